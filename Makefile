@@ -1,0 +1,50 @@
+# Quiver's two everyday commands are `make demo` and `make test`.
+#
+# The Cargo target directory and the Python venv live outside the clone (under
+# ~/.cache/quiver), so every clone on a machine — and CI — reuses one build.
+
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/quiver/target
+VENV ?= $(HOME)/.cache/quiver/venv
+PYTHON ?= python3
+QUIVER_BIN := $(CARGO_TARGET_DIR)/release/quiver
+
+.PHONY: demo build test test-rust test-python venv lint fmt bench
+
+## Run the server with the TPC-H demo data (scale 0.1).
+demo:
+	cargo run --release -p quiver -- demo
+
+build:
+	cargo build --release -p quiver
+
+## Every test: formatting, Rust unit and end-to-end tests, Python client tests.
+test: build venv
+	cargo fmt --all -- --check
+	cargo test --release --workspace
+	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
+
+test-rust: build
+	cargo test --release --workspace
+
+test-python: build venv
+	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
+
+## The pinned real clients (ADBC, pyarrow, polars, pandas) in a venv.
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: tests/python/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r tests/python/requirements.txt
+	cp tests/python/requirements.txt $@
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+## End-to-end benchmark at scale 1 (see benches/RESULTS.md).
+bench: build venv
+	cargo run --release -p quiver-benches -- --scale 1

@@ -1,0 +1,381 @@
+//! The state store: one embedded DuckDB file (`state.duckdb`) owned by the server process.
+//!
+//! Schema changes are numbered migrations, applied in order on open and recorded in
+//! `schema_migrations`. Every statement takes its values as parameters.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use duckdb::{Connection, OptionalExt, params};
+
+use crate::identity::{self, Principal};
+use crate::{CatalogError, TableName};
+
+/// Migrations, applied in order; index + 1 is the schema version. Never edit a released one.
+const MIGRATIONS: &[&str] = &[
+    // 1: identity and the table registry.
+    r#"
+    CREATE TABLE users (
+        email          VARCHAR PRIMARY KEY,
+        name           VARCHAR,
+        password_hash  VARCHAR,
+        active         BOOLEAN NOT NULL DEFAULT TRUE,
+        created_at     TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE TABLE groups (
+        name        VARCHAR PRIMARY KEY,
+        created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    INSERT INTO groups (name) VALUES ('Admin'), ('Everyone');
+    CREATE TABLE memberships (
+        group_name  VARCHAR NOT NULL,
+        email       VARCHAR NOT NULL,
+        source      VARCHAR NOT NULL,
+        created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (group_name, email)
+    );
+    CREATE TABLE tables (
+        schema_name      VARCHAR NOT NULL,
+        table_name       VARCHAR NOT NULL,
+        description      VARCHAR,
+        current_version  BIGINT,
+        created_at       TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (schema_name, table_name)
+    );
+    CREATE TABLE table_versions (
+        schema_name   VARCHAR NOT NULL,
+        table_name    VARCHAR NOT NULL,
+        version       BIGINT NOT NULL,
+        location      VARCHAR NOT NULL,
+        row_count     BIGINT NOT NULL,
+        byte_count    BIGINT NOT NULL,
+        committed_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (schema_name, table_name, version)
+    );
+    "#,
+];
+
+/// A committed, queryable table version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableEntry {
+    /// `schema.table`.
+    pub name: TableName,
+    /// Free-text description shown in catalogs.
+    pub description: Option<String>,
+    /// Version number, 1 for the first publish.
+    pub version: i64,
+    /// Object-store folder (URL with a trailing slash) holding the version's parquet files.
+    pub location: String,
+    /// Rows in the version.
+    pub rows: i64,
+    /// Bytes of parquet in the version.
+    pub bytes: i64,
+}
+
+/// Handle to the state file. Cheap to share behind an `Arc`; calls are short and serialised.
+pub struct StateStore {
+    conn: Mutex<Connection>,
+    /// Bumped on every change that affects what a principal can see, so caches can tell.
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// Opens (creating when missing) the state file and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        let conn = Connection::open(path).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("lock") {
+                CatalogError::StateLocked(path.display().to_string())
+            } else {
+                CatalogError::State(format!("cannot open {}: {text}", path.display()))
+            }
+        })?;
+        Self::with_connection(conn)
+    }
+
+    /// An in-memory store, for tests.
+    pub fn in_memory() -> Result<Self, CatalogError> {
+        Self::with_connection(Connection::open_in_memory()?)
+    }
+
+    fn with_connection(conn: Connection) -> Result<Self, CatalogError> {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version INTEGER PRIMARY KEY,
+                 applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
+        )?;
+        let applied: i64 = conn.query_row(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        if applied as usize > MIGRATIONS.len() {
+            return Err(CatalogError::State(format!(
+                "the state file is at schema version {applied}, newer than this Quiver ({}); upgrade Quiver",
+                MIGRATIONS.len()
+            )));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+            let version = index as i64 + 1;
+            conn.execute_batch(&format!("BEGIN TRANSACTION; {sql} COMMIT;"))
+                .map_err(|e| CatalogError::State(format!("migration {version} failed: {e}")))?;
+            conn.execute(
+                "INSERT INTO schema_migrations (version) VALUES (?)",
+                params![version],
+            )?;
+            tracing::info!(version, "state store migrated");
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave DuckDB half-written (statements are
+        // atomic), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Current schema version of the state file.
+    pub fn schema_version(&self) -> Result<i64, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// A number that changes whenever tables, users or grants change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    // ----- identity -------------------------------------------------------------------
+
+    /// Creates `email` as an active administrator with `password`, unless the user exists.
+    /// Returns whether it was created. An existing user is never overwritten.
+    pub fn ensure_bootstrap_admin(&self, email: &str, password: &str) -> Result<bool, CatalogError> {
+        let email = email.trim().to_lowercase();
+        let hash = identity::hash_password(password)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: Option<String> = tx
+            .query_row("SELECT email FROM users WHERE email = ?", params![email], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if exists.is_some() {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO users (email, password_hash) VALUES (?, ?)",
+            params![email, hash],
+        )?;
+        for group in ["Admin", "Everyone"] {
+            tx.execute(
+                "INSERT INTO memberships (group_name, email, source) VALUES (?, ?, 'bootstrap')",
+                params![group, email],
+            )?;
+        }
+        tx.commit()?;
+        drop(conn);
+        self.bump();
+        Ok(true)
+    }
+
+    /// Checks an e-mail and password. Unknown users, inactive users and wrong passwords all
+    /// give `None` after the same amount of work, so the answer does not tell which it was.
+    pub fn authenticate_password(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<Principal>, CatalogError> {
+        let email = email.trim().to_lowercase();
+        let row: Option<(Option<String>, bool)> = self
+            .conn()
+            .query_row(
+                "SELECT password_hash, active FROM users WHERE email = ?",
+                params![email],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (hash, active) = match row {
+            Some((Some(hash), active)) => (hash, active),
+            _ => (identity::dummy_hash().to_string(), false),
+        };
+        let ok = identity::verify_password(&hash, password);
+        if ok && active {
+            self.principal(&email)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The active principal named `email`, with its groups; `None` when unknown or inactive.
+    pub fn principal(&self, email: &str) -> Result<Option<Principal>, CatalogError> {
+        let conn = self.conn();
+        let active: Option<bool> = conn
+            .query_row(
+                "SELECT active FROM users WHERE email = ?",
+                params![email],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if active != Some(true) {
+            return Ok(None);
+        }
+        let mut stmt =
+            conn.prepare("SELECT group_name FROM memberships WHERE email = ? ORDER BY 1")?;
+        let mut groups: Vec<String> = stmt
+            .query_map(params![email], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if !groups.iter().any(|g| g == "Everyone") {
+            groups.push("Everyone".into());
+        }
+        Ok(Some(Principal::new(email.to_string(), groups)))
+    }
+
+    // ----- table registry -------------------------------------------------------------
+
+    /// Commits a new version of `table` stored at `location`, in one transaction, and returns
+    /// its number. Readers see either the previous version or this one, never a mix.
+    pub fn commit_version(
+        &self,
+        table: &TableName,
+        location: &str,
+        rows: i64,
+        bytes: i64,
+        description: Option<&str>,
+    ) -> Result<i64, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let (schema, name) = (table.schema(), table.table());
+        tx.execute(
+            "INSERT INTO tables (schema_name, table_name, description) VALUES (?, ?, ?)
+             ON CONFLICT DO NOTHING",
+            params![schema, name, description],
+        )?;
+        let version: i64 = tx.query_row(
+            "SELECT coalesce(max(version), 0) + 1 FROM table_versions
+             WHERE schema_name = ? AND table_name = ?",
+            params![schema, name],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
+             VALUES (?, ?, ?, ?, ?, ?)",
+            params![schema, name, version, location, rows, bytes],
+        )?;
+        tx.execute(
+            "UPDATE tables SET current_version = ?, description = coalesce(?, description)
+             WHERE schema_name = ? AND table_name = ?",
+            params![version, description, schema, name],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        self.bump();
+        tracing::info!(table = %table, version, rows, bytes, "table version committed");
+        Ok(version)
+    }
+
+    /// Every table with a committed version, ordered by name.
+    pub fn tables(&self) -> Result<Vec<TableEntry>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT t.schema_name, t.table_name, t.description, v.version, v.location,
+                    v.row_count, v.byte_count
+             FROM tables t JOIN table_versions v
+               ON v.schema_name = t.schema_name AND v.table_name = t.table_name
+              AND v.version = t.current_version
+             ORDER BY 1, 2",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (schema, table, description, version, location, rows, bytes) = row?;
+            out.push(TableEntry {
+                name: TableName::new(&schema, &table)?,
+                description,
+                version,
+                location,
+                rows,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_idempotent_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.duckdb");
+        let store = StateStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        drop(store);
+        let store = StateStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn bootstrap_admin_is_created_once_and_never_overwritten() {
+        let store = StateStore::in_memory().unwrap();
+        assert!(store.ensure_bootstrap_admin("Ada@Example.com", "first-password").unwrap());
+        assert!(!store.ensure_bootstrap_admin("ada@example.com", "second-password").unwrap());
+        let p = store
+            .authenticate_password("ada@example.com", "first-password")
+            .unwrap()
+            .expect("original password still works");
+        assert!(p.is_admin());
+        assert!(
+            store
+                .authenticate_password("ada@example.com", "second-password")
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.authenticate_password("bob@example.com", "x").unwrap().is_none());
+    }
+
+    #[test]
+    fn versions_commit_in_order_and_only_the_current_one_is_listed() {
+        let store = StateStore::in_memory().unwrap();
+        let t: TableName = "tpch.nation".parse().unwrap();
+        let g0 = store.generation();
+        assert_eq!(store.commit_version(&t, "file:///a/", 25, 100, None).unwrap(), 1);
+        assert_eq!(store.commit_version(&t, "file:///b/", 26, 120, Some("n")).unwrap(), 2);
+        assert!(store.generation() > g0);
+        let tables = store.tables().unwrap();
+        assert_eq!(tables.len(), 1);
+        assert_eq!(tables[0].version, 2);
+        assert_eq!(tables[0].location, "file:///b/");
+        assert_eq!(tables[0].description.as_deref(), Some("n"));
+    }
+}

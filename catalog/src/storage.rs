@@ -1,0 +1,102 @@
+//! Table data in object storage: a local directory by default, `s3://…` by URL.
+//!
+//! Layout: `tables/<schema>/<table>/<run-id>/part-NNNNN.parquet`. A writer fills a fresh
+//! run folder; the folder becomes a *version* only when the state store commits it, so a
+//! reader (who resolves tables through the state store) never sees a half-written folder.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use url::Url;
+
+use crate::{CatalogError, TableName};
+
+/// The object store holding table data, with the URL DataFusion resolves it by.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    /// Scheme and authority, e.g. `file:///` or `s3://bucket/`.
+    base_url: Url,
+    /// Key prefix inside the store under which Quiver keeps everything.
+    root: ObjectPath,
+}
+
+impl Storage {
+    /// Opens the store at `url` (`file:///abs/dir`, `s3://bucket/prefix`, `memory://`).
+    /// A local directory is created when missing.
+    pub fn open(url: &str) -> Result<Self, CatalogError> {
+        let parsed = Url::parse(url).map_err(|e| {
+            CatalogError::Storage(format!("`{url}` is not a valid object store URL: {e}"))
+        })?;
+        match parsed.scheme() {
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|_| {
+                    CatalogError::Storage(format!("`{url}` is not an absolute file URL"))
+                })?;
+                Self::local(&dir)
+            }
+            _ => {
+                let (store, root) = object_store::parse_url(&parsed).map_err(|e| {
+                    CatalogError::Storage(format!("cannot open object store `{url}`: {e}"))
+                })?;
+                let mut base_url = parsed.clone();
+                base_url.set_path("/");
+                Ok(Self {
+                    store: Arc::from(store),
+                    base_url,
+                    root,
+                })
+            }
+        }
+    }
+
+    /// A store rooted at a local directory (created when missing).
+    pub fn local(dir: &Path) -> Result<Self, CatalogError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CatalogError::Storage(format!("cannot create data directory {}: {e}", dir.display()))
+        })?;
+        let dir = dir.canonicalize().map_err(|e| {
+            CatalogError::Storage(format!("cannot resolve {}: {e}", dir.display()))
+        })?;
+        let root = ObjectPath::from_filesystem_path(&dir)
+            .map_err(|e| CatalogError::Storage(format!("bad data directory: {e}")))?;
+        Ok(Self {
+            // Rooted at `/` so `root` is an ordinary key prefix, as for S3.
+            store: Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
+            base_url: Url::parse("file:///").expect("static URL"),
+            root,
+        })
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The URL under which DataFusion's object-store registry must know [`Self::store`].
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    /// The folder for a new, not yet committed run of `table`.
+    pub fn new_run_prefix(&self, table: &TableName) -> ObjectPath {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        self.table_prefix(table).child(run)
+    }
+
+    /// All data of `table`, every version.
+    pub fn table_prefix(&self, table: &TableName) -> ObjectPath {
+        self.root
+            .child("tables")
+            .child(table.schema())
+            .child(table.table())
+    }
+
+    /// The URL of a folder, as DataFusion's `ListingTableUrl` expects it (trailing slash).
+    pub fn folder_url(&self, prefix: &ObjectPath) -> String {
+        format!("{}{}/", self.base_url, prefix)
+    }
+}

@@ -1,0 +1,372 @@
+//! Quiver's configuration: one YAML file → a typed, validated [`Config`].
+//!
+//! [`Config::parse`] interpolates `${ENV}` references in the raw text ([`interpolate`]),
+//! parses the YAML, rejects unknown keys and checks values — and reports *every* problem at
+//! once, each with its key path or line, so a broken file is fixed in one round. With no file
+//! at all, [`Config::default`] runs a local server. The binary reads the file and the
+//! environment; this crate never does, so it is easy to test and to reuse in `check-config`.
+
+pub mod interpolate;
+mod model;
+
+use std::fmt;
+
+pub use bytesize::ByteSize;
+pub use model::*;
+use serde::de::DeserializeOwned;
+use serde_norway::Value;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Where: a dotted key path (`server.flight_listen`) or a line number.
+    pub location: Location,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+/// Where a [`ConfigIssue`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The whole file.
+    File,
+    /// A line of the raw text (interpolation problems).
+    Line(usize),
+    /// A dotted key path.
+    Key(String),
+}
+
+impl ConfigIssue {
+    fn at_line(line: usize, message: impl Into<String>) -> Self {
+        Self {
+            location: Location::Line(line),
+            message: message.into(),
+        }
+    }
+
+    fn at_key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            location: Location::Key(key.into()),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Location::File => write!(f, "{}", self.message),
+            Location::Line(n) => write!(f, "line {n}: {}", self.message),
+            Location::Key(k) => write!(f, "`{k}`: {}", self.message),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} problem(s) in the configuration:\n{}", .0.len(), render(.0))]
+pub struct ConfigError(pub Vec<ConfigIssue>);
+
+fn render(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The top-level sections, in the order they are documented.
+const SECTIONS: &[&str] = &["server", "storage", "auth", "query", "demo", "logging"];
+
+impl Config {
+    /// Parses and validates a YAML configuration; `env` resolves `${VAR}` references.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = interpolate::interpolate(text, env).map_err(ConfigError)?;
+        let value: Value = serde_norway::from_str(&text).map_err(|e| {
+            ConfigError(vec![ConfigIssue {
+                location: e
+                    .location()
+                    .map_or(Location::File, |l| Location::Line(l.line())),
+                message: format!("not valid YAML: {e}"),
+            }])
+        })?;
+        let mut issues = Vec::new();
+        let mut config = Config::default();
+        match value {
+            Value::Null => {}
+            Value::Mapping(map) => {
+                for (key, value) in map {
+                    let Some(key) = key.as_str() else {
+                        issues.push(ConfigIssue {
+                            location: Location::File,
+                            message: format!("top-level key {key:?} is not a string"),
+                        });
+                        continue;
+                    };
+                    match key {
+                        "server" => section(key, value, &mut config.server, &mut issues),
+                        "storage" => section(key, value, &mut config.storage, &mut issues),
+                        "auth" => section(key, value, &mut config.auth, &mut issues),
+                        "query" => section(key, value, &mut config.query, &mut issues),
+                        "demo" => section(key, value, &mut config.demo, &mut issues),
+                        "logging" => section(key, value, &mut config.logging, &mut issues),
+                        other => issues.push(ConfigIssue::at_key(
+                            other,
+                            format!(
+                                "unknown key (expected one of: {})",
+                                SECTIONS.join(", ")
+                            ),
+                        )),
+                    }
+                }
+            }
+            _ => issues.push(ConfigIssue {
+                location: Location::File,
+                message: "the configuration must be a YAML mapping (`key: value` lines)".into(),
+            }),
+        }
+        issues.extend(config.validate());
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(issues))
+        }
+    }
+
+    /// Checks values that parse but cannot work; returns every problem.
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        let mut check = |ok: bool, key: &str, message: String| {
+            if !ok {
+                issues.push(ConfigIssue::at_key(key, message));
+            }
+        };
+        check(
+            self.server.flight_listen != self.server.http_listen,
+            "server.http_listen",
+            format!(
+                "must differ from `server.flight_listen` (both are {})",
+                self.server.http_listen
+            ),
+        );
+        if let Some(url) = &self.storage.object_store {
+            let supported = ["file:///", "s3://", "memory://"];
+            check(
+                supported.iter().any(|p| url.starts_with(p)),
+                "storage.object_store",
+                format!(
+                    "`{url}` is not a supported object store URL (use file:///absolute/path or s3://bucket/prefix)"
+                ),
+            );
+        }
+        if let Some(secret) = &self.auth.jwt_secret {
+            check(
+                secret.len() >= 32,
+                "auth.jwt_secret",
+                format!(
+                    "is {} characters long; use at least 32 random characters (or leave it out to have one generated)",
+                    secret.len()
+                ),
+            );
+        }
+        if let Some(admin) = &self.auth.bootstrap_admin {
+            check(
+                is_plausible_email(&admin.email),
+                "auth.bootstrap_admin.email",
+                format!("`{}` is not an e-mail address", admin.email),
+            );
+            check(
+                admin.password.chars().count() >= 8,
+                "auth.bootstrap_admin.password",
+                "must be at least 8 characters long".into(),
+            );
+        }
+        check(
+            !self.auth.token_lifetime.is_zero(),
+            "auth.token_lifetime",
+            "must be longer than zero".into(),
+        );
+        check(
+            !self.auth.ticket_lifetime.is_zero(),
+            "auth.ticket_lifetime",
+            "must be longer than zero".into(),
+        );
+        check(
+            !self.query.timeout.is_zero(),
+            "query.timeout",
+            "must be longer than zero".into(),
+        );
+        check(
+            (1..=1_048_576).contains(&self.query.batch_size),
+            "query.batch_size",
+            format!("{} is out of range 1..=1048576", self.query.batch_size),
+        );
+        check(
+            self.query.memory_limit >= ByteSize::mib(64),
+            "query.memory_limit",
+            format!("{} is too small; use at least 64 MiB", self.query.memory_limit),
+        );
+        check(
+            (ByteSize::kib(64)..=ByteSize::mib(15)).contains(&self.query.max_message_size),
+            "query.max_message_size",
+            format!(
+                "{} is out of range 64 KiB..=15 MiB (clients refuse messages over 16 MiB)",
+                self.query.max_message_size
+            ),
+        );
+        check(
+            self.demo.scale > 0.0 && self.demo.scale <= 1000.0,
+            "demo.scale",
+            format!("{} is out of range (0, 1000]", self.demo.scale),
+        );
+        issues
+    }
+}
+
+/// A cheap shape check; the real proof of an address is a login.
+pub fn is_plausible_email(email: &str) -> bool {
+    let mut parts = email.split('@');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(local), Some(domain), None)
+            if !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+                && !domain.ends_with('.') && !email.chars().any(char::is_whitespace)
+    )
+}
+
+/// Deserializes one section into `target`, collecting unknown keys and type errors with paths.
+fn section<T: DeserializeOwned>(
+    name: &str,
+    value: Value,
+    target: &mut T,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    if value.is_null() {
+        return;
+    }
+    let mut unknown = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let result: Result<T, _> = serde_ignored::deserialize(
+        serde_path_to_error::Deserializer::new(value, &mut track),
+        |path| unknown.push(path.to_string()),
+    );
+    for path in unknown {
+        issues.push(ConfigIssue::at_key(format!("{name}.{path}"), "unknown key"));
+    }
+    match result {
+        Ok(parsed) => *target = parsed,
+        Err(e) => {
+            let path = track.path().to_string();
+            let key = if path == "." || path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}.{path}")
+            };
+            issues.push(ConfigIssue::at_key(key, e.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("", no_env).unwrap(), Config::default());
+        assert_eq!(Config::parse("# nothing\n", no_env).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+server:
+  flight_listen: 0.0.0.0:6000
+  http_listen: 0.0.0.0:6001
+storage:
+  data_dir: /var/lib/quiver
+  object_store: s3://bucket/quiver
+auth:
+  bootstrap_admin:
+    email: ${ADMIN_EMAIL:-admin@example.com}
+    password: ${ADMIN_PASSWORD}
+  token_lifetime: 2h
+query:
+  timeout: 30s
+  memory_limit: 512 MiB
+demo:
+  scale: 1
+logging:
+  format: json
+"#;
+        let env = |k: &str| (k == "ADMIN_PASSWORD").then(|| "correct horse".to_string());
+        let config = Config::parse(text, env).unwrap();
+        assert_eq!(config.server.flight_listen.port(), 6000);
+        assert_eq!(config.storage.object_store.as_deref(), Some("s3://bucket/quiver"));
+        let admin = config.auth.bootstrap_admin.unwrap();
+        assert_eq!(admin.email, "admin@example.com");
+        assert_eq!(admin.password, "correct horse");
+        assert_eq!(config.auth.token_lifetime.as_secs(), 7200);
+        assert_eq!(config.query.timeout.as_secs(), 30);
+        assert_eq!(config.query.memory_limit, ByteSize::mib(512));
+        assert_eq!(config.logging.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key_path() {
+        let text = r#"
+server:
+  flight_listen: nowhere
+  colour: blue
+storage:
+  object_store: ftp://x
+query:
+  timeout: soon
+  batch_size: 0
+demo:
+  scale: -1
+extra: 1
+"#;
+        let err = Config::parse(text, no_env).unwrap_err();
+        let rendered: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        let has = |needle: &str| rendered.iter().any(|r| r.contains(needle));
+        assert!(has("`server.colour`: unknown key"), "{rendered:#?}");
+        assert!(has("`server.flight_listen`: invalid socket address"), "{rendered:#?}");
+        assert!(has("`storage.object_store`: `ftp://x` is not a supported"), "{rendered:#?}");
+        assert!(has("`query.timeout`: `soon` is not a duration"), "{rendered:#?}");
+        assert!(has("`demo.scale`: -1 is out of range"), "{rendered:#?}");
+        assert!(has("`extra`: unknown key (expected one of"), "{rendered:#?}");
+        // A section with a type error keeps its defaults, so later checks still run.
+        assert!(has("`query.batch_size`") || has("`query.timeout`"), "{rendered:#?}");
+    }
+
+    #[test]
+    fn missing_variables_are_all_reported() {
+        let err = Config::parse("auth:\n  jwt_secret: ${A}\n  x: ${B:?needed}\n", no_env)
+            .unwrap_err();
+        assert_eq!(err.0.len(), 2);
+        assert_eq!(err.0[0].location, Location::Line(2));
+        assert_eq!(err.0[1].location, Location::Line(3));
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let admin = BootstrapAdmin {
+            email: "a@b.co".into(),
+            password: "hunter2hunter2".into(),
+        };
+        assert!(!format!("{admin:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn email_shape() {
+        assert!(is_plausible_email("ada@example.com"));
+        assert!(!is_plausible_email("ada"));
+        assert!(!is_plausible_email("ada@localhost"));
+        assert!(!is_plausible_email("a da@example.com"));
+    }
+}

@@ -1,0 +1,220 @@
+//! The typed configuration. Doc comments on these fields are the user documentation of
+//! `quiver.yaml` (the README's config reference mirrors them). Every field has a default, so
+//! Quiver runs with no file at all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+/// Everything Quiver can be told in `quiver.yaml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Listeners and TLS.
+    pub server: ServerConfig,
+    /// Where table data and the state file live.
+    pub storage: StorageConfig,
+    /// Credentials and token lifetimes.
+    pub auth: AuthConfig,
+    /// Limits applied to every query.
+    pub query: QueryConfig,
+    /// The demo dataset that `quiver demo` generates.
+    pub demo: DemoConfig,
+    /// Log output.
+    pub logging: LoggingConfig,
+}
+
+/// Listeners and TLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address of the Flight SQL (gRPC) listener. Default `127.0.0.1:50051`.
+    pub flight_listen: SocketAddr,
+    /// Address of the HTTP listener (health, login, admin API). Default `127.0.0.1:8080`.
+    pub http_listen: SocketAddr,
+    /// TLS for the Flight SQL listener; plaintext when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            flight_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
+        }
+    }
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Where table data and the state file live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// Directory for the state file (`state.duckdb`), spill files and, by default, table data.
+    /// Default `./quiver-data`.
+    pub data_dir: PathBuf,
+    /// Object store for table data: `file:///abs/path` or `s3://bucket/prefix`. Default:
+    /// the `objects` folder inside `data_dir`. S3 credentials come from the usual `AWS_*`
+    /// environment variables.
+    pub object_store: Option<String>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("quiver-data"),
+            object_store: None,
+        }
+    }
+}
+
+/// Credentials and token lifetimes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// The first administrator, created on start when missing and never overwritten.
+    /// `QUIVER_ADMIN_EMAIL` / `QUIVER_ADMIN_PASSWORD` fill it when it is not set here.
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+    /// Secret that signs bearer tokens and tickets (at least 32 characters). Default: a random
+    /// secret generated once and kept in `data_dir/secret.key`.
+    pub jwt_secret: Option<String>,
+    /// How long a bearer token from the Flight SQL handshake stays valid. Default `12h`.
+    #[serde(with = "humantime_serde_compat")]
+    pub token_lifetime: Duration,
+    /// How long a ticket returned by `GetFlightInfo` can be redeemed. Default `1h`.
+    #[serde(with = "humantime_serde_compat")]
+    pub ticket_lifetime: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_admin: None,
+            jwt_secret: None,
+            token_lifetime: Duration::from_secs(12 * 3600),
+            ticket_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The first administrator.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapAdmin {
+    /// E-mail address; it is the user name for Flight SQL Basic authentication.
+    pub email: String,
+    /// Password (use `${QUIVER_ADMIN_PASSWORD}` rather than a literal).
+    pub password: String,
+}
+
+impl std::fmt::Debug for BootstrapAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapAdmin")
+            .field("email", &self.email)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Limits applied to every query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueryConfig {
+    /// A query running longer than this is stopped with `DEADLINE_EXCEEDED`. Default `5m`.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Memory the query engine may use at once, across queries; operators that can spill
+    /// (sorts, joins, aggregates) spill to `data_dir/spill` beyond it. Default `2 GiB`.
+    pub memory_limit: ByteSize,
+    /// Rows per record batch produced by the engine. Default `8192`.
+    pub batch_size: usize,
+    /// Largest gRPC message Quiver sends; larger batches are split. Must stay under the
+    /// clients' limit (16 MiB for the Go-based ADBC driver). Default `4 MiB`.
+    pub max_message_size: ByteSize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(300),
+            memory_limit: ByteSize::gib(2),
+            batch_size: 8192,
+            max_message_size: ByteSize::mib(4),
+        }
+    }
+}
+
+/// The demo dataset that `quiver demo` generates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DemoConfig {
+    /// TPC-H scale factor (1 ≈ 1 GB of CSV, 6 million `lineitem` rows). Default `0.1`.
+    pub scale: f64,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self { scale: 0.1 }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoggingConfig {
+    /// `text` (default) or `json` (one object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `quiver=debug,info`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Durations written the way people write them: `30s`, `5m`, `12h`, `1h 30m`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            D::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. `30s`, `5m` or `12h`"
+            ))
+        })
+    }
+}

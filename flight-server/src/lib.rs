@@ -1,0 +1,79 @@
+//! Quiver's Arrow Flight SQL endpoint.
+//!
+//! - [`service`]: the `FlightSqlService` — handshake, statements, prepared statements,
+//!   metadata, cancellation — over the per-principal sessions of `quiver-catalog`.
+//! - [`stream`]: results streamed batch by batch with cancellation, a deadline and a log line.
+//! - [`ticket`]: signed, self-contained tickets and prepared-statement handles.
+//! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` answers for JDBC, SQLAlchemy and ADBC.
+//! - [`error`]: the one mapping from errors to gRPC statuses.
+
+pub mod error;
+pub mod metadata;
+pub mod service;
+pub mod stream;
+pub mod ticket;
+
+use std::future::Future;
+use std::path::Path;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+pub use service::{FlightOptions, QuiverFlightSql};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+/// Largest message accepted from clients (bound parameters, handshakes).
+const MAX_DECODING_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Errors starting the Flight SQL listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS files could not be read.
+    #[error("cannot read TLS file {path}: {source}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("Flight SQL server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves Flight SQL on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// `tls` is a (certificate, key) pair of PEM files.
+pub async fn serve(
+    listener: TcpListener,
+    service: QuiverFlightSql,
+    tls: Option<(&Path, &Path)>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let max_encoding = service_max_message(&service);
+    let svc = FlightServiceServer::new(service)
+        .max_decoding_message_size(MAX_DECODING_MESSAGE)
+        .max_encoding_message_size(max_encoding);
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .tcp_nodelay(true);
+    if let Some((cert, key)) = tls {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| ServeError::Tls {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let identity = Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    builder
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Headroom over the data size: the encoder's target excludes IPC headers.
+fn service_max_message(service: &QuiverFlightSql) -> usize {
+    service.max_message_size() + 1024 * 1024
+}

@@ -1,0 +1,207 @@
+//! What Quiver tells metadata-browsing clients (JDBC's `DatabaseMetaData`, SQLAlchemy,
+//! DBeaver, Tableau, ADBC): `GetSqlInfo`, `GetXdbcTypeInfo` and the key-listing schemas.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow_flight::sql::metadata::{
+    SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+};
+use arrow_flight::sql::{
+    Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity,
+    SqlSupportedTransaction, XdbcDataType,
+};
+use datafusion::sql::sqlparser::keywords::ALL_KEYWORDS;
+
+/// The server's name, as clients display it.
+pub const SERVER_NAME: &str = "Quiver";
+
+/// Answers to `GetSqlInfo`.
+pub static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+    let mut b = SqlInfoDataBuilder::new();
+    // Server
+    b.append(SqlInfo::FlightSqlServerName, SERVER_NAME);
+    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    b.append(SqlInfo::FlightSqlServerArrowVersion, "1.5");
+    b.append(SqlInfo::FlightSqlServerReadOnly, true);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(
+        SqlInfo::FlightSqlServerTransaction,
+        SqlSupportedTransaction::None as i32,
+    );
+    b.append(SqlInfo::FlightSqlServerCancel, true);
+    b.append(SqlInfo::FlightSqlServerBulkIngestion, false);
+    b.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
+    // SQL language
+    b.append(SqlInfo::SqlDdlCatalog, false);
+    b.append(SqlInfo::SqlDdlSchema, false);
+    b.append(SqlInfo::SqlDdlTable, false);
+    b.append(
+        SqlInfo::SqlIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32,
+    );
+    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    b.append(
+        SqlInfo::SqlQuotedIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityCaseInsensitive as i32,
+    );
+    b.append(SqlInfo::SqlAllTablesAreSelectable, true);
+    b.append(
+        SqlInfo::SqlNullOrdering,
+        SqlNullOrdering::SqlNullsSortedHigh as i32,
+    );
+    let keywords: Vec<String> = ALL_KEYWORDS.iter().map(|k| k.to_string()).collect();
+    b.append(SqlInfo::SqlKeywords, keywords);
+    b.append(SqlInfo::SqlNumericFunctions, NUMERIC_FUNCTIONS);
+    b.append(SqlInfo::SqlStringFunctions, STRING_FUNCTIONS);
+    b.append(SqlInfo::SqlSystemFunctions, SYSTEM_FUNCTIONS);
+    b.append(SqlInfo::SqlDatetimeFunctions, DATETIME_FUNCTIONS);
+    b.append(SqlInfo::SqlSearchStringEscape, "\\");
+    b.append(SqlInfo::SqlExtraNameCharacters, "");
+    b.append(SqlInfo::SqlSupportsColumnAliasing, true);
+    b.append(SqlInfo::SqlNullPlusNullIsNull, true);
+    b.append(SqlInfo::SqlSupportsTableCorrelationNames, true);
+    b.append(SqlInfo::SqlSupportsDifferentTableCorrelationNames, false);
+    b.append(SqlInfo::SqlSupportsExpressionsInOrderBy, true);
+    b.append(SqlInfo::SqlSupportsOrderByUnrelated, true);
+    b.append(SqlInfo::SqlSupportedGroupBy, 0b11_i32);
+    b.append(SqlInfo::SqlSupportsLikeEscapeClause, true);
+    b.append(SqlInfo::SqlSupportsNonNullableColumns, true);
+    b.append(SqlInfo::SqlSupportedGrammar, 0b11_i32);
+    b.append(SqlInfo::SqlSupportsIntegrityEnhancementFacility, false);
+    b.append(SqlInfo::SqlOuterJoinsSupportLevel, 2_i32);
+    b.append(SqlInfo::SqlSchemaTerm, "schema");
+    b.append(SqlInfo::SqlProcedureTerm, "procedure");
+    b.append(SqlInfo::SqlCatalogTerm, "catalog");
+    b.append(SqlInfo::SqlCatalogAtStart, true);
+    b.append(SqlInfo::SqlSchemasSupportedActions, 0_i32);
+    b.append(SqlInfo::SqlCatalogsSupportedActions, 0_i32);
+    b.append(SqlInfo::SqlSupportedPositionedCommands, 0_i32);
+    b.append(SqlInfo::SqlSelectForUpdateSupported, false);
+    b.append(SqlInfo::SqlStoredProceduresSupported, false);
+    b.append(SqlInfo::SqlSupportedSubqueries, 0b1111_i32);
+    b.append(SqlInfo::SqlCorrelatedSubqueriesSupported, true);
+    b.append(SqlInfo::SqlSupportedUnions, 0b11_i32);
+    b.append(SqlInfo::SqlMaxColumnNameLength, 63_i64);
+    b.append(SqlInfo::SqlDbSchemaNameLength, 63_i64);
+    b.append(SqlInfo::SqlMaxTableNameLength, 63_i64);
+    b.append(SqlInfo::SqlMaxCatalogNameLength, 63_i64);
+    b.append(SqlInfo::SqlMaxStatementLength, 0_i64);
+    b.append(SqlInfo::SqlMaxConnections, 0_i64);
+    b.append(SqlInfo::SqlDefaultTransactionIsolation, 0_i64);
+    b.append(SqlInfo::SqlTransactionsSupported, false);
+    b.append(SqlInfo::SqlSupportedTransactionsIsolationLevels, 0_i32);
+    b.append(SqlInfo::SqlDataDefinitionCausesTransactionCommit, false);
+    b.append(SqlInfo::SqlDataDefinitionsInTransactionsIgnored, true);
+    b.append(SqlInfo::SqlBatchUpdatesSupported, false);
+    b.append(SqlInfo::SqlSavepointsSupported, false);
+    b.append(SqlInfo::SqlNamedParametersSupported, false);
+    b.append(SqlInfo::SqlLocatorsUpdateCopy, false);
+    b.append(SqlInfo::SqlStoredFunctionsUsingCallSyntaxSupported, false);
+    b.build().expect("static SqlInfo data")
+});
+
+const NUMERIC_FUNCTIONS: &[&str] = &[
+    "abs", "acos", "asin", "atan", "atan2", "cbrt", "ceil", "cos", "cot", "degrees", "exp",
+    "floor", "ln", "log", "log10", "log2", "mod", "pi", "power", "radians", "random", "round",
+    "signum", "sin", "sqrt", "tan", "trunc",
+];
+const STRING_FUNCTIONS: &[&str] = &[
+    "ascii", "btrim", "char_length", "concat", "concat_ws", "initcap", "left", "length",
+    "lower", "lpad", "ltrim", "md5", "octet_length", "regexp_like", "regexp_match",
+    "regexp_replace", "repeat", "replace", "reverse", "right", "rpad", "rtrim", "split_part",
+    "starts_with", "strpos", "substr", "substring", "to_hex", "translate", "trim", "upper",
+];
+const SYSTEM_FUNCTIONS: &[&str] = &["arrow_typeof", "coalesce", "nullif", "version"];
+const DATETIME_FUNCTIONS: &[&str] = &[
+    "current_date", "current_time", "date_bin", "date_part", "date_trunc", "extract",
+    "from_unixtime", "make_date", "now", "to_char", "to_date", "to_timestamp",
+    "to_unixtime",
+];
+
+fn xdbc(
+    name: &str,
+    data_type: XdbcDataType,
+    column_size: Option<i32>,
+    literal: Option<&str>,
+    scales: Option<(i32, i32)>,
+    radix: Option<i32>,
+) -> XdbcTypeInfo {
+    XdbcTypeInfo {
+        type_name: name.into(),
+        data_type,
+        column_size,
+        literal_prefix: literal.map(Into::into),
+        literal_suffix: literal.map(Into::into),
+        create_params: None,
+        nullable: Nullable::NullabilityNullable,
+        case_sensitive: matches!(data_type, XdbcDataType::XdbcVarchar),
+        searchable: Searchable::Full,
+        unsigned_attribute: radix.map(|_| false),
+        fixed_prec_scale: false,
+        auto_increment: Some(false),
+        local_type_name: Some(name.into()),
+        minimum_scale: scales.map(|s| s.0),
+        maximum_scale: scales.map(|s| s.1),
+        sql_data_type: data_type,
+        datetime_subcode: None,
+        num_prec_radix: radix,
+        interval_precision: None,
+    }
+}
+
+/// Answers to `GetXdbcTypeInfo`: the SQL types DataFusion reads and returns.
+pub static XDBC_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
+    use XdbcDataType as X;
+    let mut b = XdbcTypeInfoDataBuilder::new();
+    for info in [
+        xdbc("BOOLEAN", X::XdbcBit, Some(1), None, None, None),
+        xdbc("TINYINT", X::XdbcTinyint, Some(3), None, None, Some(10)),
+        xdbc("SMALLINT", X::XdbcSmallint, Some(5), None, None, Some(10)),
+        xdbc("INTEGER", X::XdbcInteger, Some(10), None, None, Some(10)),
+        xdbc("BIGINT", X::XdbcBigint, Some(19), None, None, Some(10)),
+        xdbc("REAL", X::XdbcFloat, Some(24), None, None, Some(2)),
+        xdbc("DOUBLE", X::XdbcDouble, Some(53), None, None, Some(2)),
+        xdbc("DECIMAL", X::XdbcDecimal, Some(38), None, Some((0, 38)), Some(10)),
+        xdbc("VARCHAR", X::XdbcVarchar, Some(i32::MAX), Some("'"), None, None),
+        xdbc("BINARY", X::XdbcBinary, Some(i32::MAX), None, None, None),
+        xdbc("DATE", X::XdbcDate, Some(10), Some("'"), None, None),
+        xdbc("TIME", X::XdbcTime, Some(18), Some("'"), None, None),
+        xdbc("TIMESTAMP", X::XdbcTimestamp, Some(29), Some("'"), None, None),
+    ] {
+        b.append(info);
+    }
+    b.build().expect("static XdbcTypeInfo data")
+});
+
+/// Schema of `GetPrimaryKeys` results (always empty: Quiver tables have no declared keys).
+pub fn primary_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("catalog_name", DataType::Utf8, true),
+        Field::new("db_schema_name", DataType::Utf8, true),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("key_name", DataType::Utf8, true),
+        Field::new("key_sequence", DataType::Int32, false),
+    ]))
+}
+
+/// Schema of `GetExportedKeys`, `GetImportedKeys` and `GetCrossReference` results.
+pub fn foreign_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("pk_catalog_name", DataType::Utf8, true),
+        Field::new("pk_db_schema_name", DataType::Utf8, true),
+        Field::new("pk_table_name", DataType::Utf8, false),
+        Field::new("pk_column_name", DataType::Utf8, false),
+        Field::new("fk_catalog_name", DataType::Utf8, true),
+        Field::new("fk_db_schema_name", DataType::Utf8, true),
+        Field::new("fk_table_name", DataType::Utf8, false),
+        Field::new("fk_column_name", DataType::Utf8, false),
+        Field::new("key_sequence", DataType::Int32, false),
+        Field::new("fk_key_name", DataType::Utf8, true),
+        Field::new("pk_key_name", DataType::Utf8, true),
+        Field::new("update_rule", DataType::UInt8, false),
+        Field::new("delete_rule", DataType::UInt8, false),
+    ]))
+}

@@ -1,0 +1,937 @@
+//! The Flight SQL service: authentication, statements, prepared statements, metadata and
+//! cancellation. Every call resolves its principal first; everything after that goes
+//! through the principal's own DataFusion session, so metadata and queries only ever see
+//! what the principal may read.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetTableTypesBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
+    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
+    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
+    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
+    CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery, action_cancel_query_result,
+};
+use arrow_flight::{
+    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus,
+    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::scalar::ScalarValue;
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use prost::Message;
+use quiver_catalog::engine::parameter_types;
+use quiver_catalog::identity::unix_now;
+use quiver_catalog::{CATALOG_NAME, Principal, QueryEngine, TokenSigner};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::instrument;
+
+use crate::error::{internal, to_status};
+use crate::metadata::{SQL_INFO, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
+use crate::stream::{GuardedStream, QueryLog, RunningQueries};
+use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+const TICKET: &str = "ticket";
+const PREPARED: &str = "prepared statement";
+const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+const READ_ONLY_MESSAGE: &str =
+    "Quiver is read-only: INSERT, UPDATE, DELETE, DDL and bulk ingestion are not accepted";
+
+/// Limits and lifetimes of the Flight SQL service.
+#[derive(Debug, Clone)]
+pub struct FlightOptions {
+    /// A query running longer is stopped with `DEADLINE_EXCEEDED`.
+    pub query_timeout: Duration,
+    /// How long a ticket may be redeemed after it was issued.
+    pub ticket_lifetime: Duration,
+    /// Largest `FlightData` message sent; bigger batches are split.
+    pub max_message_size: usize,
+}
+
+/// Quiver's `FlightSqlService`.
+#[derive(Clone)]
+pub struct QuiverFlightSql {
+    engine: Arc<QueryEngine>,
+    tokens: TokenSigner,
+    sealer: Sealer,
+    options: FlightOptions,
+    running: RunningQueries,
+    /// Parameters bound to prepared statements, for clients that keep using the original
+    /// handle instead of the updated one returned by `DoPut`.
+    bound: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for QuiverFlightSql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuiverFlightSql")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuiverFlightSql {
+    /// A service over `engine`; `secret` signs tickets and prepared-statement handles.
+    pub fn new(
+        engine: Arc<QueryEngine>,
+        tokens: TokenSigner,
+        secret: &[u8],
+        options: FlightOptions,
+    ) -> Self {
+        Self {
+            engine,
+            tokens,
+            sealer: Sealer::new(secret),
+            options,
+            running: RunningQueries::default(),
+            bound: Arc::default(),
+        }
+    }
+
+    /// Largest `FlightData` message this service sends.
+    pub fn max_message_size(&self) -> usize {
+        self.options.max_message_size
+    }
+
+    /// Queries currently registered for cancellation.
+    pub fn running(&self) -> &RunningQueries {
+        &self.running
+    }
+
+    /// The principal behind a call's `authorization: Bearer …` header.
+    async fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "authentication required: connect with a user name and password, or a bearer token",
+                )
+            })?
+            .to_str()
+            .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "expected `authorization: Bearer <token>`; obtain a token with the Basic-auth handshake",
+                )
+            })?;
+        let email = self
+            .tokens
+            .verify(token.trim())
+            .ok_or_else(|| Status::unauthenticated("invalid or expired token; sign in again"))?;
+        let engine = self.engine.clone();
+        let principal = tokio::task::spawn_blocking(move || engine.state().principal(&email))
+            .await
+            .map_err(|e| internal(&e))?
+            .map_err(to_status)?;
+        principal.ok_or_else(|| Status::unauthenticated("the account is no longer active"))
+    }
+
+    /// Plans `sql` for `principal` (read-only check included).
+    async fn plan(
+        &self,
+        principal: &Principal,
+        sql: &str,
+    ) -> Result<(datafusion::prelude::SessionContext, LogicalPlan), Status> {
+        self.engine.plan(principal, sql).await.map_err(to_status)
+    }
+
+    /// A `FlightInfo` whose single endpoint is a sealed ticket for `sql` with `params`.
+    async fn query_info(
+        &self,
+        principal: &Principal,
+        sql: String,
+        params: Option<Vec<u8>>,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let (_, plan) = self.plan(principal, &sql).await?;
+        let schema = plan.schema().as_arrow().clone();
+        let query_id = uuid::Uuid::new_v4().to_string();
+        self.running
+            .register(&query_id, self.options.ticket_lifetime);
+        let ticket = QueryTicket {
+            query_id,
+            user: principal.email().to_string(),
+            sql,
+            params,
+            exp: unix_now() + self.options.ticket_lifetime.as_secs(),
+        };
+        let handle = self.sealer.seal(TICKET, &ticket);
+        let ticket = Ticket::new(
+            TicketStatementQuery {
+                statement_handle: handle,
+            }
+            .as_any()
+            .encode_to_vec(),
+        );
+        // No location: the client fetches from this same server (and connection).
+        let endpoint = FlightEndpoint::new().with_ticket(ticket);
+        FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(|e| internal(&e))
+            .map(|info| {
+                info.with_endpoint(endpoint)
+                    .with_descriptor(descriptor)
+                    .with_total_records(-1)
+                    .with_total_bytes(-1)
+            })
+    }
+
+    /// A `FlightInfo` for a metadata command: the ticket is the command itself.
+    fn command_info(
+        &self,
+        command: impl ProstMessageExt,
+        schema: &Schema,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let ticket = Ticket::new(command.as_any().encode_to_vec());
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| internal(&e))?
+            .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+            .with_descriptor(descriptor);
+        Ok(Response::new(info))
+    }
+
+    /// Streams one in-memory batch (metadata results).
+    fn batch_response(&self, batch: RecordBatch) -> Response<BoxStream<FlightData>> {
+        let schema = batch.schema();
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(self.options.max_message_size)
+            .build(stream::iter([Ok(batch)]))
+            .map_err(Status::from);
+        Response::new(Box::pin(stream))
+    }
+
+    /// Executes a ticket's query (once per parameter row) and streams its results.
+    async fn run_ticket(
+        &self,
+        principal: &Principal,
+        ticket: QueryTicket,
+    ) -> Result<Response<BoxStream<FlightData>>, Status> {
+        let (ctx, plan) = self.plan(principal, &ticket.sql).await?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let param_rows = match &ticket.params {
+            Some(ipc) => parameter_rows(&plan, ipc)?,
+            None => vec![Vec::new()],
+        };
+        let log = QueryLog::new(
+            ticket.query_id.clone(),
+            principal.email().to_string(),
+            ticket.sql.clone(),
+            self.running.clone(),
+        );
+        let token = self.running.token(&ticket.query_id);
+        if token.is_cancelled() {
+            return Err(Status::cancelled("the query was cancelled"));
+        }
+        let engine = self.engine.clone();
+        // One execution per parameter row, run lazily one after another.
+        let batches = stream::iter(param_rows)
+            .then(move |params| {
+                let (engine, ctx, plan) = (engine.clone(), ctx.clone(), plan.clone());
+                async move { engine.execute(&ctx, plan, params).await.map_err(to_status) }
+            })
+            .map_ok(|s| s.map_err(|e| crate::error::datafusion_status(&e)))
+            .try_flatten();
+        let first = Box::pin(batches);
+        // Plan-time errors of the first execution surface before any data, as a status.
+        let mut peekable = first.peekable();
+        if let Some(Err(status)) = Pin::new(&mut peekable).peek().await {
+            let status = status.clone();
+            drop(log);
+            return Err(status);
+        }
+        let inner = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), peekable));
+        let guarded = GuardedStream::new(inner, token, self.options.query_timeout, log.clone());
+        let bytes_log = log;
+        let flight = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(self.options.max_message_size)
+            .build(guarded.map_err(|status| FlightError::Tonic(Box::new(status))))
+            .map(move |item| match item {
+                Ok(data) => {
+                    bytes_log.add_bytes(data.data_body.len() + data.data_header.len());
+                    Ok(data)
+                }
+                Err(FlightError::Tonic(status)) => Err(*status),
+                Err(e) => Err(Status::from(e)),
+            });
+        Ok(Response::new(Box::pin(flight)))
+    }
+
+    fn open_prepared(&self, principal: &Principal, handle: &[u8]) -> Result<PreparedHandle, Status> {
+        let prepared: PreparedHandle = self.sealer.open(PREPARED, handle)?;
+        if prepared.user != principal.email() {
+            return Err(Status::permission_denied(
+                "this prepared statement belongs to another user",
+            ));
+        }
+        Ok(prepared)
+    }
+
+    fn cancel_info(&self, info: &FlightInfo) -> Result<bool, Status> {
+        let mut any_known = false;
+        for endpoint in &info.endpoint {
+            let Some(ticket) = &endpoint.ticket else { continue };
+            let any = Any::decode(&*ticket.ticket)
+                .map_err(|_| Status::invalid_argument("not a Quiver ticket"))?;
+            let Some(statement) = any
+                .unpack::<TicketStatementQuery>()
+                .map_err(|_| Status::invalid_argument("not a Quiver ticket"))?
+            else {
+                continue;
+            };
+            let ticket: QueryTicket = self.sealer.open(TICKET, &statement.statement_handle)?;
+            any_known |= self.running.cancel(&ticket.query_id);
+        }
+        Ok(any_known)
+    }
+}
+
+/// A `Stream` of batches with a known schema, as DataFusion and the encoder expect.
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+/// Splits bound parameters (an Arrow IPC stream) into rows of scalars, cast to the types
+/// the plan expects where it knows them.
+fn parameter_rows(plan: &LogicalPlan, ipc: &[u8]) -> Result<Vec<Vec<ScalarValue>>, Status> {
+    let expected = parameter_types(plan).map_err(to_status)?;
+    let reader = StreamReader::try_new(ipc, None)
+        .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch =
+            batch.map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
+        if batch.num_columns() != expected.len() {
+            return Err(Status::invalid_argument(format!(
+                "the statement has {} parameter(s) but {} were bound",
+                expected.len(),
+                batch.num_columns()
+            )));
+        }
+        for row in 0..batch.num_rows() {
+            let values = batch
+                .columns()
+                .iter()
+                .zip(&expected)
+                .enumerate()
+                .map(|(i, (column, ty))| scalar_at(column, row, ty, i + 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.push(values);
+        }
+    }
+    if rows.is_empty() && !expected.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "the statement has {} parameter(s) but none were bound",
+            expected.len()
+        )));
+    }
+    if rows.is_empty() {
+        rows.push(Vec::new());
+    }
+    Ok(rows)
+}
+
+fn scalar_at(
+    column: &ArrayRef,
+    row: usize,
+    expected: &DataType,
+    position: usize,
+) -> Result<ScalarValue, Status> {
+    let value = ScalarValue::try_from_array(column, row)
+        .map_err(|e| Status::invalid_argument(format!("parameter ${position}: {e}")))?;
+    if expected == &DataType::Null || value.data_type() == *expected {
+        return Ok(value);
+    }
+    value.cast_to(expected).map_err(|_| {
+        Status::invalid_argument(format!(
+            "parameter ${position}: cannot use a {} value where {expected} is expected",
+            value.data_type()
+        ))
+    })
+}
+
+/// Encodes a schema as the IPC message Flight SQL carries in prepared-statement results.
+fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| internal(&e))?;
+    Ok(bytes)
+}
+
+/// Encodes parameter batches as one Arrow IPC stream.
+fn ipc_bytes(batches: &[RecordBatch]) -> Result<Vec<u8>, Status> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut writer =
+        StreamWriter::try_new(Vec::new(), &first.schema()).map_err(|e| internal(&e))?;
+    for batch in batches {
+        writer.write(batch).map_err(|e| internal(&e))?;
+    }
+    writer.into_inner().map_err(|e| internal(&e))
+}
+
+fn parse_basic(header: &str) -> Option<(String, String)> {
+    let encoded = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))?;
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for QuiverFlightSql {
+    type FlightService = QuiverFlightSql;
+
+    #[instrument(skip_all)]
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<BoxStream<HandshakeResponse>>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Status::unauthenticated("the handshake needs Basic credentials (e-mail and password)")
+            })?;
+        // A client that already holds a bearer token may handshake with it.
+        if header.starts_with("Bearer ") || header.starts_with("bearer ") {
+            self.principal(&request).await?;
+            let value = MetadataValue::try_from(header).map_err(|e| internal(&e))?;
+            let mut response: Response<BoxStream<HandshakeResponse>> =
+                Response::new(Box::pin(stream::iter([Ok(HandshakeResponse::default())])));
+            response.metadata_mut().insert("authorization", value);
+            return Ok(response);
+        }
+        let (user, password) = parse_basic(header).ok_or_else(|| {
+            Status::unauthenticated("malformed Basic credentials in the authorization header")
+        })?;
+        let engine = self.engine.clone();
+        let login = user.clone();
+        let principal = tokio::task::spawn_blocking(move || {
+            engine.state().authenticate_password(&login, &password)
+        })
+        .await
+        .map_err(|e| internal(&e))?
+        .map_err(to_status)?;
+        let Some(principal) = principal else {
+            tracing::warn!(user = %user, "handshake refused");
+            return Err(Status::unauthenticated("invalid e-mail or password"));
+        };
+        let (token, _expires) = self.tokens.issue(principal.email()).map_err(to_status)?;
+        tracing::info!(user = %principal.email(), "handshake");
+        let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| internal(&e))?;
+        let payload = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.into(),
+        };
+        let mut response: Response<BoxStream<HandshakeResponse>> =
+            Response::new(Box::pin(stream::iter([Ok(payload)])));
+        response.metadata_mut().insert("authorization", value);
+        Ok(response)
+    }
+
+    async fn do_get_fallback(
+        &self,
+        request: Request<Ticket>,
+        _message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        Err(Status::invalid_argument("unknown ticket type"))
+    }
+
+    // ----- statements -------------------------------------------------------------------
+
+    #[instrument(skip_all)]
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.principal(&request).await?;
+        let info = self
+            .query_info(&principal, query.query, None, request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn get_flight_info_substrait_plan(
+        &self,
+        _query: CommandStatementSubstraitPlan,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        Err(Status::unimplemented("Substrait plans are not supported; send SQL"))
+    }
+
+    #[instrument(skip_all)]
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.principal(&request).await?;
+        let ticket: QueryTicket = self.sealer.open(TICKET, &ticket.statement_handle)?;
+        if ticket.user != principal.email() {
+            return Err(Status::permission_denied("this ticket was issued to another user"));
+        }
+        if ticket.exp < unix_now() {
+            return Err(Status::invalid_argument(
+                "the ticket has expired; run the query again",
+            ));
+        }
+        self.run_ticket(&principal, ticket).await
+    }
+
+    // ----- prepared statements ----------------------------------------------------------
+
+    #[instrument(skip_all)]
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let principal = self.principal(&request).await?;
+        let (_, plan) = self.plan(&principal, &query.query).await?;
+        let dataset = plan.schema().as_arrow().clone();
+        let parameters = Schema::new(
+            parameter_types(&plan)
+                .map_err(to_status)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, ty)| Field::new(format!("${}", i + 1), ty, true))
+                .collect::<Vec<_>>(),
+        );
+        let handle = PreparedHandle {
+            id: uuid::Uuid::new_v4().to_string(),
+            user: principal.email().to_string(),
+            sql: query.query,
+            params: None,
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: self.sealer.seal(PREPARED, &handle),
+            dataset_schema: schema_bytes(&dataset)?,
+            parameter_schema: schema_bytes(&parameters)?,
+        })
+    }
+
+    #[instrument(skip_all)]
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let principal = self.principal(&request).await?;
+        let mut prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        )
+        .try_collect()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
+        let ipc = ipc_bytes(&batches)?;
+        // Check now, so a bad binding fails at bind time rather than at execution.
+        let (_, plan) = self.plan(&principal, &prepared.sql).await?;
+        if !ipc.is_empty() {
+            parameter_rows(&plan, &ipc)?;
+        }
+        let params = (!ipc.is_empty()).then_some(ipc);
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(prepared.id.clone(), params.clone().unwrap_or_default());
+        prepared.params = params;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(self.sealer.seal(PREPARED, &prepared)),
+        })
+    }
+
+    #[instrument(skip_all)]
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.principal(&request).await?;
+        let prepared = self.open_prepared(&principal, &cmd.prepared_statement_handle)?;
+        let params = prepared.params.or_else(|| {
+            self.bound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&prepared.id)
+                .filter(|p| !p.is_empty())
+                .cloned()
+        });
+        let info = self
+            .query_info(&principal, prepared.sql, params, request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let principal = self.principal(&request).await?;
+        let prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&prepared.id);
+        Ok(())
+    }
+
+    // ----- refused writes -----------------------------------------------------------------
+
+    async fn do_put_statement_update(
+        &self,
+        _ticket: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.principal(&request).await?;
+        Err(Status::invalid_argument(READ_ONLY_MESSAGE))
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        _ticket: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.principal(&request).await?;
+        Err(Status::invalid_argument(READ_ONLY_MESSAGE))
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        _query: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.principal(&request).await?;
+        Err(Status::invalid_argument(READ_ONLY_MESSAGE))
+    }
+
+    // ----- metadata -------------------------------------------------------------------------
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.clone().into_builder().schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        _query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        let mut builder = GetCatalogsBuilder::new();
+        builder.append(CATALOG_NAME);
+        Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.clone().into_builder().schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.principal(&request).await?;
+        let mut schemas: Vec<String> = self
+            .engine
+            .visible_tables(&principal)
+            .map_err(to_status)?
+            .into_iter()
+            .map(|t| t.name.schema().to_string())
+            .collect();
+        schemas.push("information_schema".into());
+        schemas.sort();
+        schemas.dedup();
+        let mut builder = query.into_builder();
+        for schema in schemas {
+            builder.append(CATALOG_NAME, schema);
+        }
+        Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.clone().into_builder().schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.principal(&request).await?;
+        let include_schema = query.include_schema;
+        let tables = self.engine.visible_tables(&principal).map_err(to_status)?;
+        let mut builder = query.into_builder();
+        let empty = Schema::empty();
+        for table in tables {
+            let schema = if include_schema {
+                self.engine
+                    .table_schema(&principal, &table.name)
+                    .await
+                    .map_err(to_status)?
+            } else {
+                None
+            };
+            builder
+                .append(
+                    CATALOG_NAME,
+                    table.name.schema(),
+                    table.name.table(),
+                    "TABLE",
+                    schema.as_deref().unwrap_or(&empty),
+                )
+                .map_err(|e| internal(&e))?;
+        }
+        Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.clone().into_builder().schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        _query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        let mut builder = GetTableTypesBuilder::new();
+        builder.append("TABLE");
+        Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        let batch = query
+            .into_builder(&SQL_INFO)
+            .build()
+            .map_err(|e| internal(&e))?;
+        Ok(self.batch_response(batch))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.clone().into_builder(&XDBC_INFO).schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        let batch = query
+            .into_builder(&XDBC_INFO)
+            .build()
+            .map_err(|e| internal(&e))?;
+        Ok(self.batch_response(batch))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        self.command_info(query, &primary_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        Ok(self.batch_response(RecordBatch::new_empty(primary_keys_schema())))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        self.command_info(query, &foreign_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        Ok(self.batch_response(RecordBatch::new_empty(foreign_keys_schema())))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        self.command_info(query, &foreign_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        Ok(self.batch_response(RecordBatch::new_empty(foreign_keys_schema())))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        self.command_info(query, &foreign_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        Ok(self.batch_response(RecordBatch::new_empty(foreign_keys_schema())))
+    }
+
+    // ----- cancellation -------------------------------------------------------------------
+
+    async fn do_action_cancel_query(
+        &self,
+        query: ActionCancelQueryRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCancelQueryResult, Status> {
+        self.principal(&request).await?;
+        let info = FlightInfo::decode(&*query.info)
+            .map_err(|_| Status::invalid_argument("CancelQuery needs a FlightInfo"))?;
+        let known = self.cancel_info(&info)?;
+        let result = if known {
+            action_cancel_query_result::CancelResult::Cancelled
+        } else {
+            action_cancel_query_result::CancelResult::NotCancellable
+        };
+        Ok(ActionCancelQueryResult {
+            result: result as i32,
+        })
+    }
+
+    async fn list_custom_actions(&self) -> Option<Vec<Result<ActionType, Status>>> {
+        Some(vec![Ok(ActionType {
+            r#type: CANCEL_FLIGHT_INFO.into(),
+            description: "Cancel a running query, given its FlightInfo".into(),
+        })])
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        self.principal(&request).await?;
+        let action = request.into_inner();
+        if action.r#type != CANCEL_FLIGHT_INFO {
+            return Err(Status::unimplemented(format!(
+                "action `{}` is not supported",
+                action.r#type
+            )));
+        }
+        let cancel = CancelFlightInfoRequest::decode(&*action.body)
+            .map_err(|_| Status::invalid_argument("malformed CancelFlightInfoRequest"))?;
+        let info = cancel
+            .info
+            .ok_or_else(|| Status::invalid_argument("CancelFlightInfo needs a FlightInfo"))?;
+        let status = if self.cancel_info(&info)? {
+            CancelStatus::Cancelled
+        } else {
+            CancelStatus::NotCancellable
+        };
+        let body = CancelFlightInfoResult {
+            status: status as i32,
+        }
+        .encode_to_vec();
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

@@ -1,0 +1,167 @@
+//! `quiver serve` / `quiver demo`: open the state, prepare data, bind both listeners, run
+//! until a shutdown signal, then drain.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine;
+use quiver_catalog::{EngineOptions, QueryEngine, StateStore, Storage, TokenSigner};
+use quiver_config::Config;
+use quiver_flight::{FlightOptions, QuiverFlightSql};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the server; `demo_scale` also makes sure the TPC-H demo data exists.
+pub fn run(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("quiver")
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(config, demo_scale))
+}
+
+async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
+    let data_dir = &config.storage.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let secret = load_secret(&config, data_dir)?;
+
+    let state = Arc::new(StateStore::open(&data_dir.join("state.duckdb"))?);
+    let storage = match &config.storage.object_store {
+        Some(url) => Storage::open(url)?,
+        None => Storage::local(&data_dir.join("objects"))?,
+    };
+
+    if let Some(admin) = &config.auth.bootstrap_admin {
+        if state.ensure_bootstrap_admin(&admin.email, &admin.password)? {
+            tracing::info!(user = %admin.email, "bootstrap admin created");
+        }
+    }
+
+    if let Some(scale) = demo_scale {
+        eprintln!("Preparing TPC-H demo data at scale {scale} (generated once, then reused)…");
+        let tables = quiver_orchestrator::ensure_demo_data(&state, &storage, scale).await?;
+        let rows: i64 = tables.iter().map(|t| t.rows).sum();
+        eprintln!("Demo data ready: {} tables, {rows} rows in schema tpch.", tables.len());
+    }
+
+    let engine = Arc::new(QueryEngine::new(
+        state.clone(),
+        &storage,
+        EngineOptions {
+            memory_limit: config.query.memory_limit.as_u64() as usize,
+            spill_dir: data_dir.join("spill"),
+            max_spill_bytes: config.query.memory_limit.as_u64().saturating_mul(8),
+            batch_size: config.query.batch_size,
+        },
+    )?);
+    let tokens = TokenSigner::new(&secret, config.auth.token_lifetime);
+    let flight = QuiverFlightSql::new(
+        engine.clone(),
+        tokens,
+        &secret,
+        FlightOptions {
+            query_timeout: config.query.timeout,
+            ticket_lifetime: config.auth.ticket_lifetime,
+            max_message_size: config.query.max_message_size.as_u64() as usize,
+        },
+    );
+
+    let flight_listener = TcpListener::bind(config.server.flight_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.flight_listen)", config.server.flight_listen))?;
+    let http_listener = TcpListener::bind(config.server.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.http_listen)", config.server.http_listen))?;
+    let flight_addr = flight_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let scheme = if config.server.tls.is_some() { "grpc+tls" } else { "grpc" };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Quiver {} is running.", env!("CARGO_PKG_VERSION"))?;
+    writeln!(out, "  Flight SQL: {scheme}://{}", display_addr(flight_addr))?;
+    writeln!(out, "  HTTP:       http://{}", display_addr(http_addr))?;
+    if let Some(admin) = &config.auth.bootstrap_admin {
+        writeln!(out, "  Admin:      {} / {}", admin.email, admin.password)?;
+        writeln!(out, "              (an admin that already existed keeps its password)")?;
+    }
+    writeln!(out, "Press Ctrl-C to stop.")?;
+    out.flush()?;
+    drop(out);
+    tracing::info!(flight = %flight_addr, http = %http_addr, "listening");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(|t| (t.cert.as_path(), t.key.as_path()));
+    let http_app = quiver_admin::app(quiver_admin::AppState { state: state.clone() });
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(quiver_admin::serve(http_listener, http_app, async move {
+        http_shutdown.cancelled().await
+    }));
+    let flight_result =
+        quiver_flight::serve(flight_listener, flight, tls, shutdown.clone().cancelled_owned()).await;
+    shutdown.cancel();
+    http.await.context("HTTP server task failed")??;
+    flight_result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A wildcard bind is reachable on loopback; print an address a client can use.
+fn display_addr(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+/// The signing secret: from the config, else generated once into `data_dir/secret.key`.
+fn load_secret(config: &Config, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &config.auth.jwt_secret {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = data_dir.join("secret.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .with_context(|| format!("{} is corrupt; delete it to generate a new one", path.display()));
+    }
+    let secret: [u8; 32] = rand::random();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(base64::engine::general_purpose::STANDARD.encode(secret).as_bytes())?;
+    file.sync_all()?;
+    Ok(secret.to_vec())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    shutdown.cancel();
+}

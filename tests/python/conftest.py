@@ -1,0 +1,104 @@
+"""Fixtures: the real `quiver demo` binary on free ports, and clients logged in to it."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "test-admin-password"
+SCALE = "0.1"
+
+
+def quiver_bin() -> str:
+    path = os.environ.get("QUIVER_BIN")
+    if not path:
+        target = os.environ.get("CARGO_TARGET_DIR", str(pathlib.Path(__file__).parents[2] / "target"))
+        path = str(pathlib.Path(target) / "release" / "quiver")
+    if not os.path.exists(path):
+        pytest.exit(f"{path} not found: run `cargo build --release -p quiver` or set QUIVER_BIN", 2)
+    return path
+
+
+class Server:
+    """A running quiver process; its log is collected line by line."""
+
+    def __init__(self, args: list[str], data_dir: str, config: str | None = None):
+        cmd = [quiver_bin(), *args, "--flight-listen", "127.0.0.1:0",
+               "--http-listen", "127.0.0.1:0", "--data-dir", data_dir]
+        if config is not None:
+            path = os.path.join(data_dir, "test-config.yaml")
+            os.makedirs(data_dir, exist_ok=True)
+            with open(path, "w") as f:
+                f.write(config)
+            cmd += ["--config", path]
+        env = dict(os.environ, QUIVER_ADMIN_EMAIL=ADMIN_EMAIL,
+                   QUIVER_ADMIN_PASSWORD=ADMIN_PASSWORD, RUST_LOG="info")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True, env=env)
+        self.log_lines: list[str] = []
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self.flight = self.http = None
+        deadline = time.time() + 300
+        while (self.flight is None or self.http is None) and time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            line = line.strip()
+            if line.startswith("Flight SQL:"):
+                self.flight = line.split("grpc://", 1)[1]
+            elif line.startswith("HTTP:"):
+                self.http = line.split("http://", 1)[1]
+        if self.flight is None:
+            self.proc.kill()
+            raise RuntimeError("quiver did not start:\n" + self.log())
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    def _drain_stderr(self):
+        for line in self.proc.stderr:
+            self.log_lines.append(line.rstrip("\n"))
+
+    @property
+    def uri(self) -> str:
+        return f"grpc://{self.flight}"
+
+    def log(self) -> str:
+        return "\n".join(self.log_lines)
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server():
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Server(["demo", "--scale", SCALE], os.path.join(tmp, "data"))
+        yield s
+        s.stop()
+
+
+@pytest.fixture
+def conn(server):
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    c = flight_sql.connect(server.uri, db_kwargs={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+    yield c
+    c.close()
