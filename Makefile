@@ -14,8 +14,9 @@ QUIVER_BIN := $(CARGO_TARGET_DIR)/release/quiver
 demo:
 	cargo run --release -p quiver -- demo
 
+# The whole workspace with every target, so `cargo test` below reuses it (same features).
 build:
-	cargo build --release -p quiver
+	cargo build --release --workspace --all-targets
 
 ## Every test: formatting, Rust unit and end-to-end tests, Python client tests.
 test: build venv
@@ -47,4 +48,5 @@ fmt:
 
 ## End-to-end benchmark at scale 1 (see benches/RESULTS.md).
 bench: build venv
-	cargo run --release -p quiver-benches -- --scale 1
+	cargo build --release -p quiver-benches
+	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/run.py --scale 1

@@ -3,7 +3,7 @@
 //!
 //! Enforcement lives here, in what the planner can resolve, not in filters over SQL text:
 //! a relation that is not in the principal's catalog does not exist for it, whatever way it
-//! is spelled. The SQL surface is read-only ([`READ_ONLY`]): DDL, DML (`COPY`, `INSERT`),
+//! is spelled. The SQL surface is read-only ([`read_only`]): DDL, DML (`COPY`, `INSERT`),
 //! and statements (`SET`, `PREPARE`) are refused for every plan, including prepared ones.
 //! URL tables (`SELECT * FROM '/etc/passwd'`) are never enabled.
 
@@ -48,10 +48,12 @@ pub struct EngineOptions {
 }
 
 /// What the SQL surface allows: queries only.
-pub const READ_ONLY: SQLOptions = SQLOptions::new()
-    .with_allow_ddl(false)
-    .with_allow_dml(false)
-    .with_allow_statements(false);
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
 
 /// Per-principal query sessions over the committed tables.
 pub struct QueryEngine {
@@ -200,7 +202,7 @@ impl QueryEngine {
         let ctx = self.session(principal).await?;
         let sql = number_placeholders(sql)?;
         let plan = ctx.state().create_logical_plan(&sql).await?;
-        READ_ONLY.verify_plan(&plan)?;
+        verify_read_only(&plan)?;
         Ok((ctx, plan))
     }
 
@@ -216,7 +218,7 @@ impl QueryEngine {
         } else {
             plan.with_param_values(params)?
         };
-        READ_ONLY.verify_plan(&plan)?;
+        verify_read_only(&plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
         Ok(df.execute_stream().await?)
     }
@@ -236,6 +238,16 @@ impl QueryEngine {
         };
         Ok(schema.table(name.table()).await?.map(|t| t.schema()))
     }
+}
+
+/// Refuses plans that would change anything (DDL, DML, `COPY`, `SET`, …).
+fn verify_read_only(plan: &LogicalPlan) -> Result<(), CatalogError> {
+    read_only().verify_plan(plan).map_err(|e| {
+        CatalogError::InvalidQuery(format!(
+            "Quiver is read-only; only queries are accepted ({})",
+            e.find_root().strip_backtrace()
+        ))
+    })
 }
 
 /// The placeholders' types in a plan, ordered `$1, $2, …`; unknown types come back as `Null`.

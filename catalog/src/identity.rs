@@ -3,8 +3,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 
@@ -54,9 +53,8 @@ fn argon2() -> Argon2<'static> {
 
 /// Hashes a password into a PHC string (`$argon2id$…`).
 pub fn hash_password(password: &str) -> Result<String, CatalogError> {
-    let salt = SaltString::generate();
     argon2()
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| CatalogError::Internal(format!("password hashing failed: {e}")))
 }

@@ -84,15 +84,16 @@ impl Storage {
     /// The folder for a new, not yet committed run of `table`.
     pub fn new_run_prefix(&self, table: &TableName) -> ObjectPath {
         let run = uuid::Uuid::new_v4().simple().to_string();
-        self.table_prefix(table).child(run)
+        self.table_prefix(table).join(run)
     }
 
     /// All data of `table`, every version.
     pub fn table_prefix(&self, table: &TableName) -> ObjectPath {
         self.root
-            .child("tables")
-            .child(table.schema())
-            .child(table.table())
+            .clone()
+            .join("tables")
+            .join(table.schema())
+            .join(table.table())
     }
 
     /// The URL of a folder, as DataFusion's `ListingTableUrl` expects it (trailing slash).

@@ -234,37 +234,73 @@ pub fn is_plausible_email(email: &str) -> bool {
     )
 }
 
-/// Deserializes one section into `target`, collecting unknown keys and type errors with paths.
+/// Deserializes one section into `target`, collecting unknown keys and type errors with
+/// their paths. A key with a bad value is reported, dropped (keeping its default) and the
+/// section retried, so one mistake does not hide the next.
 fn section<T: DeserializeOwned>(
     name: &str,
-    value: Value,
+    mut value: Value,
     target: &mut T,
     issues: &mut Vec<ConfigIssue>,
 ) {
     if value.is_null() {
         return;
     }
-    let mut unknown = Vec::new();
-    let mut track = serde_path_to_error::Track::new();
-    let result: Result<T, _> = serde_ignored::deserialize(
-        serde_path_to_error::Deserializer::new(value, &mut track),
-        |path| unknown.push(path.to_string()),
-    );
+    let mut unknown = std::collections::BTreeSet::new();
+    for _ in 0..64 {
+        let mut track = serde_path_to_error::Track::new();
+        let result: Result<T, _> = serde_ignored::deserialize(
+            serde_path_to_error::Deserializer::new(value.clone(), &mut track),
+            |path| {
+                unknown.insert(path.to_string());
+            },
+        );
+        match result {
+            Ok(parsed) => {
+                *target = parsed;
+                break;
+            }
+            Err(e) => {
+                let path = track.path();
+                let keys: Vec<String> = path
+                    .iter()
+                    .filter_map(|segment| match segment {
+                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let key = std::iter::once(name.to_string())
+                    .chain(keys.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                issues.push(ConfigIssue::at_key(key, e.to_string()));
+                if keys.is_empty() || !remove_key(&mut value, &keys) {
+                    break;
+                }
+            }
+        }
+    }
     for path in unknown {
         issues.push(ConfigIssue::at_key(format!("{name}.{path}"), "unknown key"));
     }
-    match result {
-        Ok(parsed) => *target = parsed,
-        Err(e) => {
-            let path = track.path().to_string();
-            let key = if path == "." || path.is_empty() {
-                name.to_string()
-            } else {
-                format!("{name}.{path}")
-            };
-            issues.push(ConfigIssue::at_key(key, e.to_string()));
+}
+
+/// Removes the entry at a path of mapping keys; returns whether something was removed.
+fn remove_key(value: &mut Value, keys: &[String]) -> bool {
+    let Some((last, parents)) = keys.split_last() else {
+        return false;
+    };
+    let mut current = value;
+    for key in parents {
+        match current.get_mut(key.as_str()) {
+            Some(next) => current = next,
+            None => return false,
         }
     }
+    current
+        .as_mapping_mut()
+        .and_then(|m| m.remove(last.as_str()))
+        .is_some()
 }
 
 #[cfg(test)]
@@ -340,8 +376,8 @@ extra: 1
         assert!(has("`query.timeout`: `soon` is not a duration"), "{rendered:#?}");
         assert!(has("`demo.scale`: -1 is out of range"), "{rendered:#?}");
         assert!(has("`extra`: unknown key (expected one of"), "{rendered:#?}");
-        // A section with a type error keeps its defaults, so later checks still run.
-        assert!(has("`query.batch_size`") || has("`query.timeout`"), "{rendered:#?}");
+        // One bad value does not hide the next one in the same section.
+        assert!(has("`query.batch_size`: 0 is out of range"), "{rendered:#?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use object_store::PutPayload;
+use object_store::{ObjectStoreExt, PutPayload};
 use object_store::path::Path as ObjectPath;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -56,7 +56,7 @@ impl ParquetSink {
 
     /// Stores an encoded part file (see [`encode_parquet`]) holding `rows` rows as part `index`.
     pub async fn put_part(&mut self, index: usize, file: Vec<u8>, rows: i64) -> Result<(), ConnectorError> {
-        let path = self.prefix.child(format!("part-{index:05}.parquet"));
+        let path = self.prefix.clone().join(format!("part-{index:05}.parquet"));
         let len = file.len() as i64;
         self.storage
             .store()

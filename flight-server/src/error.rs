@@ -21,8 +21,9 @@ pub fn to_status(error: CatalogError) -> Status {
 
 /// Maps a DataFusion error, planning or execution, to a status.
 pub fn datafusion_status(error: &DataFusionError) -> Status {
-    let message = error.message().to_string();
-    match error.find_root() {
+    let root = error.find_root();
+    let message = root.strip_backtrace();
+    match root {
         DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
             "the query needs more memory than allowed (query.memory_limit): {message}"
         )),

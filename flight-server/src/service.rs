@@ -15,7 +15,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetTableTypesBuilder};
+use arrow_flight::sql::metadata::GetCatalogsBuilder;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
@@ -25,7 +25,7 @@ use arrow_flight::sql::{
     CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
     CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
     CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery, action_cancel_query_result,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus,
@@ -45,7 +45,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
-use crate::error::{internal, to_status};
+use crate::error::{datafusion_status, internal, to_status};
 use crate::metadata::{SQL_INFO, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
 use crate::stream::{GuardedStream, QueryLog, RunningQueries};
 use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
@@ -247,27 +247,36 @@ impl QuiverFlightSql {
         );
         let token = self.running.token(&ticket.query_id);
         if token.is_cancelled() {
+            log.set_outcome("cancelled before it started");
             return Err(Status::cancelled("the query was cancelled"));
         }
+        // The first execution is planned now, so its errors become the call's status; further
+        // parameter rows run lazily, one after another.
+        let mut param_rows = param_rows.into_iter();
+        let first = self
+            .engine
+            .execute(&ctx, plan.clone(), param_rows.next().unwrap_or_default())
+            .await
+            .map_err(|e| {
+                let status = to_status(e);
+                log.set_outcome(format!("error: {}", status.message()));
+                status
+            })?;
         let engine = self.engine.clone();
-        // One execution per parameter row, run lazily one after another.
-        let batches = stream::iter(param_rows)
+        let rest = stream::iter(param_rows)
             .then(move |params| {
                 let (engine, ctx, plan) = (engine.clone(), ctx.clone(), plan.clone());
                 async move { engine.execute(&ctx, plan, params).await.map_err(to_status) }
             })
-            .map_ok(|s| s.map_err(|e| crate::error::datafusion_status(&e)))
+            .map_ok(|s| s.map_err(|e| datafusion_status(&e)))
             .try_flatten();
-        let first = Box::pin(batches);
-        // Plan-time errors of the first execution surface before any data, as a status.
-        let mut peekable = first.peekable();
-        if let Some(Err(status)) = Pin::new(&mut peekable).peek().await {
-            let status = status.clone();
-            drop(log);
-            return Err(status);
-        }
-        let inner = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), peekable));
-        let guarded = GuardedStream::new(inner, token, self.options.query_timeout, log.clone());
+        let batches = first.map_err(|e| datafusion_status(&e)).chain(rest);
+        let guarded = GuardedStream::new(
+            Box::pin(batches),
+            token,
+            self.options.query_timeout,
+            log.clone(),
+        );
         let bytes_log = log;
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
@@ -312,9 +321,6 @@ impl QuiverFlightSql {
         Ok(any_known)
     }
 }
-
-/// A `Stream` of batches with a known schema, as DataFusion and the encoder expect.
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
 /// Splits bound parameters (an Arrow IPC stream) into rows of scalars, cast to the types
 /// the plan expects where it knows them.
@@ -426,7 +432,7 @@ impl FlightSqlService for QuiverFlightSql {
             self.principal(&request).await?;
             let value = MetadataValue::try_from(header).map_err(|e| internal(&e))?;
             let mut response: Response<BoxStream<HandshakeResponse>> =
-                Response::new(Box::pin(stream::iter([Ok(HandshakeResponse::default())])));
+                Response::new(Box::pin(stream::iter([Ok::<_, Status>(HandshakeResponse::default())])));
             response.metadata_mut().insert("authorization", value);
             return Ok(response);
         }
@@ -453,7 +459,7 @@ impl FlightSqlService for QuiverFlightSql {
             payload: token.into(),
         };
         let mut response: Response<BoxStream<HandshakeResponse>> =
-            Response::new(Box::pin(stream::iter([Ok(payload)])));
+            Response::new(Box::pin(stream::iter([Ok::<_, Status>(payload)])));
         response.metadata_mut().insert("authorization", value);
         Ok(response)
     }
@@ -684,7 +690,6 @@ impl FlightSqlService for QuiverFlightSql {
             .into_iter()
             .map(|t| t.name.schema().to_string())
             .collect();
-        schemas.push("information_schema".into());
         schemas.sort();
         schemas.dedup();
         let mut builder = query.into_builder();
@@ -748,11 +753,11 @@ impl FlightSqlService for QuiverFlightSql {
 
     async fn do_get_table_types(
         &self,
-        _query: CommandGetTableTypes,
+        query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.principal(&request).await?;
-        let mut builder = GetTableTypesBuilder::new();
+        let mut builder = query.into_builder();
         builder.append("TABLE");
         Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
     }
@@ -886,13 +891,9 @@ impl FlightSqlService for QuiverFlightSql {
         let info = FlightInfo::decode(&*query.info)
             .map_err(|_| Status::invalid_argument("CancelQuery needs a FlightInfo"))?;
         let known = self.cancel_info(&info)?;
-        let result = if known {
-            action_cancel_query_result::CancelResult::Cancelled
-        } else {
-            action_cancel_query_result::CancelResult::NotCancellable
-        };
+        // `CancelResult` is not exported by arrow-flight: 1 = CANCELLED, 3 = NOT_CANCELLABLE.
         Ok(ActionCancelQueryResult {
-            result: result as i32,
+            result: if known { 1 } else { 3 },
         })
     }
 
@@ -930,7 +931,7 @@ impl FlightSqlService for QuiverFlightSql {
         }
         .encode_to_vec();
         let result = arrow_flight::Result { body: body.into() };
-        Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
+        Ok(Response::new(Box::pin(stream::iter([Ok::<_, Status>(result)]))))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -13,13 +13,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
-use datafusion::error::DataFusionError;
-use datafusion::execution::SendableRecordBatchStream;
 use futures::{FutureExt, Stream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
-use crate::error::datafusion_status;
+
+/// Batches of one query, errors already mapped to statuses.
+pub type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, Status>> + Send>>;
 
 /// Queries that can be cancelled, by query id. An entry is made when a ticket is issued (so
 /// a cancel may even arrive before `DoGet`) and removed when the query ends or expires.
@@ -114,7 +114,8 @@ impl QueryLog {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    fn set_outcome(&self, outcome: impl Into<String>) {
+    /// Records how the query ended (the first outcome recorded wins).
+    pub fn set_outcome(&self, outcome: impl Into<String>) {
         let mut slot = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
         slot.get_or_insert_with(|| outcome.into());
     }
@@ -144,9 +145,9 @@ impl Drop for QueryLog {
     }
 }
 
-/// A DataFusion stream that stops on cancellation or at its deadline, and counts rows.
+/// A query's batches, stopped on cancellation or at the deadline, with rows counted.
 pub struct GuardedStream {
-    inner: SendableRecordBatchStream,
+    inner: BatchStream,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
@@ -157,7 +158,7 @@ pub struct GuardedStream {
 impl GuardedStream {
     /// Guards `inner` with `token` and a `timeout` counted from now.
     pub fn new(
-        inner: SendableRecordBatchStream,
+        inner: BatchStream,
         token: CancellationToken,
         timeout: Duration,
         log: Arc<QueryLog>,
@@ -200,10 +201,7 @@ impl Stream for GuardedStream {
                 self.log.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 Poll::Ready(Some(Ok(batch)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                let status = stream_error_status(&e);
-                self.fail(status)
-            }
+            Poll::Ready(Some(Err(status))) => self.fail(status),
             Poll::Ready(None) => {
                 self.done = true;
                 self.log.set_outcome("ok");
@@ -212,10 +210,6 @@ impl Stream for GuardedStream {
             Poll::Pending => Poll::Pending,
         }
     }
-}
-
-fn stream_error_status(e: &DataFusionError) -> Status {
-    datafusion_status(e)
 }
 
 fn humantime_secs(d: Duration) -> String {

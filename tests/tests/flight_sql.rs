@@ -86,38 +86,24 @@ async fn metadata_calls_list_catalog_schemas_tables_and_info() -> anyhow::Result
     let server = TestServer::spawn()?;
     let mut client = server.client().await?;
 
-    let catalogs = fetch(&mut client, client.clone().get_catalogs().await?).await?;
+    let catalogs = { let info = client.get_catalogs().await?; fetch(&mut client, info).await? };
     assert_eq!(catalogs[0].column(0).as_string::<i32>().value(0), "quiver");
 
-    let schemas = fetch(
-        &mut client,
-        client
-            .clone()
-            .get_db_schemas(CommandGetDbSchemas {
+    let schemas = { let info = client.get_db_schemas(CommandGetDbSchemas {
                 catalog: None,
                 db_schema_filter_pattern: Some("tp%".into()),
-            })
-            .await?,
-    )
-    .await?;
+            }).await?; fetch(&mut client, info).await? };
     let names: Vec<&str> = schemas[0].column(1).as_string::<i32>().iter().flatten().collect();
     assert_eq!(names, vec!["tpch"]);
 
     // No catalog filter, include_schema: every demo table with its Arrow schema.
-    let tables = fetch(
-        &mut client,
-        client
-            .clone()
-            .get_tables(CommandGetTables {
+    let tables = { let info = client.get_tables(CommandGetTables {
                 catalog: None,
                 db_schema_filter_pattern: Some("tpch".into()),
                 table_name_filter_pattern: None,
                 table_types: vec![],
                 include_schema: true,
-            })
-            .await?,
-    )
-    .await?;
+            }).await?; fetch(&mut client, info).await? };
     let batch = &tables[0];
     let names: Vec<&str> = batch.column(2).as_string::<i32>().iter().flatten().collect();
     assert_eq!(
@@ -130,78 +116,47 @@ async fn metadata_calls_list_catalog_schemas_tables_and_info() -> anyhow::Result
     assert_eq!(schema.field_with_name("l_shipdate")?.data_type(), &DataType::Date32);
 
     // A table-name pattern filters.
-    let filtered = fetch(
-        &mut client,
-        client
-            .clone()
-            .get_tables(CommandGetTables {
+    let filtered = { let info = client.get_tables(CommandGetTables {
                 catalog: Some("quiver".into()),
                 db_schema_filter_pattern: None,
                 table_name_filter_pattern: Some("part%".into()),
                 table_types: vec!["TABLE".into()],
                 include_schema: false,
-            })
-            .await?,
-    )
-    .await?;
+            }).await?; fetch(&mut client, info).await? };
     assert_eq!(row_count(&filtered), 2);
 
-    let types = fetch(&mut client, client.clone().get_table_types().await?).await?;
+    let types = { let info = client.get_table_types().await?; fetch(&mut client, info).await? };
     assert_eq!(types[0].column(0).as_string::<i32>().value(0), "TABLE");
 
     // SqlInfo: server name, read-only, identifier quote char (504).
-    let info = fetch(
-        &mut client,
-        client
-            .clone()
-            .get_sql_info(vec![
+    let info = { let info = client.get_sql_info(vec![
                 SqlInfo::FlightSqlServerName,
                 SqlInfo::FlightSqlServerReadOnly,
                 SqlInfo::SqlIdentifierQuoteChar,
-            ])
-            .await?,
-    )
-    .await?;
+            ]).await?; fetch(&mut client, info).await? };
     assert_eq!(row_count(&info), 3);
     let ids: Vec<u32> = info[0].column(0).as_primitive::<arrow::datatypes::UInt32Type>().values().to_vec();
     assert_eq!(ids, vec![0, 3, 504]);
 
-    let xdbc = fetch(
-        &mut client,
-        client
-            .clone()
-            .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })
-            .await?,
-    )
-    .await?;
+    // JDBC's DatabaseMetaData asks for everything at once.
+    let all = { let info = client.get_sql_info(vec![]).await?; fetch(&mut client, info).await? };
+    assert!(row_count(&all) > 50, "{} SqlInfo entries", row_count(&all));
+
+    let xdbc = { let info = client.get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None }).await?; fetch(&mut client, info).await? };
     assert!(row_count(&xdbc) >= 10);
 
     // Keys: empty results with the right shape, not errors.
-    let pk = fetch(
-        &mut client,
-        client
-            .clone()
-            .get_primary_keys(arrow_flight::sql::CommandGetPrimaryKeys {
+    let pk = { let info = client.get_primary_keys(arrow_flight::sql::CommandGetPrimaryKeys {
                 catalog: None,
                 db_schema: Some("tpch".into()),
                 table: "orders".into(),
-            })
-            .await?,
-    )
-    .await?;
+            }).await?; fetch(&mut client, info).await? };
     assert_eq!(row_count(&pk), 0);
-    let fk = fetch(
-        &mut client,
-        client
-            .clone()
-            .get_imported_keys(arrow_flight::sql::CommandGetImportedKeys {
+    let fk = { let info = client.get_imported_keys(arrow_flight::sql::CommandGetImportedKeys {
                 catalog: None,
                 db_schema: Some("tpch".into()),
                 table: "orders".into(),
-            })
-            .await?,
-    )
-    .await?;
+            }).await?; fetch(&mut client, info).await? };
     assert_eq!(row_count(&fk), 0);
     Ok(())
 }
@@ -245,6 +200,28 @@ async fn prepared_statements_bind_question_mark_and_dollar_parameters() -> anyho
         assert_eq!(names, vec!["ALGERIA", "ARGENTINA", "BRAZIL"]);
         prepared.close().await?;
     }
+    Ok(())
+}
+
+/// The JDBC driver runs every statement as create-prepared → GetFlightInfo → DoGet → close,
+/// with no DoPut when there are no parameters.
+#[tokio::test]
+async fn prepared_statements_without_parameters_follow_the_jdbc_pattern() -> anyhow::Result<()> {
+    let server = TestServer::spawn()?;
+    let mut client = server.client().await?;
+    let mut prepared = client
+        .prepare("SELECT o_orderstatus, count(*) AS n FROM tpch.orders GROUP BY 1 ORDER BY 1".into(), None)
+        .await?;
+    assert_eq!(prepared.parameter_schema()?.fields().len(), 0);
+    let schema = prepared.dataset_schema()?.clone();
+    assert_eq!(schema.field(1).name(), "n");
+    for _ in 0..2 {
+        let batches = fetch(&mut client, prepared.execute().await?).await?;
+        assert_eq!(batches[0].schema().fields(), schema.fields());
+        let total: i64 = int64(&batches, 1).iter().sum();
+        assert_eq!(total, 15_000);
+    }
+    prepared.close().await?;
     Ok(())
 }
 
@@ -352,7 +329,7 @@ async fn large_strings_are_split_below_the_client_message_limit() -> anyhow::Res
 }
 
 /// A query that runs for a long time on any machine.
-const SLOW_QUERY: &str = "SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b WHERE a.l_comment < b.l_comment";
+const SLOW_QUERY: &str = "SELECT count(*) FROM generate_series(1, 1000000000000) WHERE value % 7 = 3";
 
 #[tokio::test]
 async fn cancel_flight_info_stops_a_running_query() -> anyhow::Result<()> {
@@ -360,7 +337,7 @@ async fn cancel_flight_info_stops_a_running_query() -> anyhow::Result<()> {
     let mut client = server.client().await?;
     let info = client.execute(SLOW_QUERY.into(), None).await?;
     let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let mut reader = client.clone();
+    let mut reader = server.client().await?;
     let running = tokio::spawn(async move {
         let stream = reader.do_get(ticket).await?;
         stream.try_collect::<Vec<_>>().await.map_err(anyhow::Error::from)
@@ -371,7 +348,7 @@ async fn cancel_flight_info_stops_a_running_query() -> anyhow::Result<()> {
         .do_action(Action::new("CancelFlightInfo", body))
         .await?;
     let result = results.next().await.unwrap()?;
-    let result = CancelFlightInfoResult::decode(&*result)?;
+    let result = CancelFlightInfoResult::decode(&*result.body)?;
     assert_eq!(result.status, CancelStatus::Cancelled as i32);
     let outcome = tokio::time::timeout(Duration::from_secs(20), running).await??;
     let err = outcome.unwrap_err().to_string();
