@@ -133,11 +133,13 @@ impl QueryEngine {
     }
 
     fn new_context(&self) -> SessionContext {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, "public")
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true)
             .with_batch_size(self.batch_size);
+        // Plain Utf8/Binary on the wire: JDBC and older drivers do not read view types.
+        config.options_mut().execution.parquet.schema_force_view_types = false;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())
@@ -178,8 +180,11 @@ impl QueryEngine {
             return Ok(p.clone());
         }
         let url = ListingTableUrl::parse(&entry.location)?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet");
+        // The format carries its own options: take the session's (no view types).
+        let mut parquet = ctx.state().table_options().parquet.clone();
+        parquet.global.schema_force_view_types = false;
+        let format = ParquetFormat::default().with_options(parquet);
+        let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
         let schema = options.infer_schema(&ctx.state(), &url).await?;
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)

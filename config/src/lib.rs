@@ -142,7 +142,8 @@ impl Config {
             }
         };
         check(
-            self.server.flight_listen != self.server.http_listen,
+            self.server.flight_listen != self.server.http_listen
+                || self.server.http_listen.port() == 0,
             "server.http_listen",
             format!(
                 "must differ from `server.flight_listen` (both are {})",

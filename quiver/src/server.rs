@@ -80,6 +80,12 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     let flight_addr = flight_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    // Handlers are installed before the addresses are printed, so a supervisor that signals
+    // as soon as it sees them gets a graceful shutdown.
+    let shutdown = CancellationToken::new();
+    let signals = Signals::install()?;
+    tokio::spawn(signals.wait(shutdown.clone()));
+
     let scheme = if config.server.tls.is_some() { "grpc+tls" } else { "grpc" };
     let mut out = std::io::stdout().lock();
     writeln!(out, "Quiver {} is running.", env!("CARGO_PKG_VERSION"))?;
@@ -93,9 +99,6 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     tracing::info!(flight = %flight_addr, http = %http_addr, "listening");
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
 
     let tls = config
         .server
@@ -149,19 +152,32 @@ fn load_secret(config: &Config, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(secret.to_vec())
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C and (on Unix) SIGTERM.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot install the SIGTERM handler")?,
+        })
+    }
+
+    /// Waits for either signal, then asks everything to shut down.
+    async fn wait(mut self, shutdown: CancellationToken) {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
         tokio::select! {
             _ = ctrl_c => {},
-            _ = term.recv() => {},
+            _ = self.term.recv() => {},
         }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        shutdown.cancel();
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
-    shutdown.cancel();
 }
