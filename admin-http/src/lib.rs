@@ -55,7 +55,9 @@ async fn health(State(app): State<AppState>) -> Response {
             tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "health check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"error": {"code": "unavailable", "message": "state store unreachable"}})),
+                Json(
+                    json!({"error": {"code": "unavailable", "message": "state store unreachable"}}),
+                ),
             )
                 .into_response()
         }

@@ -28,12 +28,19 @@ fn run_folder(tables: &Path, table: &str) -> anyhow::Result<PathBuf> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let tables = PathBuf::from(args.next().context("usage: quiver-bench-datafusion <tables-dir> <runs>")?);
+    let tables = PathBuf::from(
+        args.next()
+            .context("usage: quiver-bench-datafusion <tables-dir> <runs>")?,
+    );
     let runs: usize = args.next().map_or(Ok(5), |r| r.parse())?;
 
     // Quiver's settings: 8192-row batches, no view types.
     let mut config = SessionConfig::new().with_batch_size(8192);
-    config.options_mut().execution.parquet.schema_force_view_types = false;
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
     let ctx = SessionContext::new_with_config(config);
     ctx.sql("CREATE SCHEMA tpch").await?.collect().await?;
     for table in ["lineitem", "orders"] {

@@ -90,7 +90,9 @@ impl QueryEngine {
             .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
             .with_disk_manager_builder(
                 DiskManagerBuilder::default()
-                    .with_mode(DiskManagerMode::Directories(vec![options.spill_dir.clone()]))
+                    .with_mode(DiskManagerMode::Directories(vec![
+                        options.spill_dir.clone(),
+                    ]))
                     .with_max_temp_directory_size(options.max_spill_bytes),
             )
             .build_arc()?;
@@ -139,7 +141,11 @@ impl QueryEngine {
             .with_information_schema(true)
             .with_batch_size(self.batch_size);
         // Plain Utf8/Binary on the wire: JDBC and older drivers do not read view types.
-        config.options_mut().execution.parquet.schema_force_view_types = false;
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())
@@ -261,14 +267,11 @@ pub fn parameter_types(plan: &LogicalPlan) -> Result<Vec<DataType>, CatalogError
     let mut numbered: Vec<(usize, DataType)> = types
         .into_iter()
         .map(|(name, ty)| {
-            let index = name
-                .trim_start_matches('$')
-                .parse::<usize>()
-                .map_err(|_| {
-                    CatalogError::InvalidQuery(format!(
-                        "named placeholder `{name}` is not supported; use `?` or `$1`, `$2`, …"
-                    ))
-                })?;
+            let index = name.trim_start_matches('$').parse::<usize>().map_err(|_| {
+                CatalogError::InvalidQuery(format!(
+                    "named placeholder `{name}` is not supported; use `?` or `$1`, `$2`, …"
+                ))
+            })?;
             Ok((index, ty.unwrap_or(DataType::Null)))
         })
         .collect::<Result<_, CatalogError>>()?;

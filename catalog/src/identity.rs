@@ -62,7 +62,11 @@ pub fn hash_password(password: &str) -> Result<String, CatalogError> {
 /// Checks `password` against a PHC hash; any malformed hash is a mismatch.
 pub fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| argon2().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            argon2()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -127,8 +131,12 @@ impl TokenSigner {
             nbf: now,
             exp: now + self.lifetime.as_secs(),
         };
-        let token = encode(&Header::new(jsonwebtoken::Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| CatalogError::Internal(format!("token signing failed: {e}")))?;
+        let token = encode(
+            &Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )
+        .map_err(|e| CatalogError::Internal(format!("token signing failed: {e}")))?;
         Ok((token, claims.exp))
     }
 

@@ -17,8 +17,7 @@ fn valid_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_IDENT
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
@@ -83,8 +82,13 @@ mod tests {
     fn parses_and_rejects() {
         let t: TableName = "tpch.line_item2".parse().unwrap();
         assert_eq!((t.schema(), t.table()), ("tpch", "line_item2"));
-        for bad in ["tpch", "TPCH.x", "a.b.c", "a.", ".b", "a.1b", "a.b-c", "../x.y", "a.b c"] {
-            assert!(bad.parse::<TableName>().is_err(), "{bad} should be rejected");
+        for bad in [
+            "tpch", "TPCH.x", "a.b.c", "a.", ".b", "a.1b", "a.b-c", "../x.y", "a.b c",
+        ] {
+            assert!(
+                bad.parse::<TableName>().is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 }

@@ -168,15 +168,21 @@ impl StateStore {
 
     /// Creates `email` as an active administrator with `password`, unless the user exists.
     /// Returns whether it was created. An existing user is never overwritten.
-    pub fn ensure_bootstrap_admin(&self, email: &str, password: &str) -> Result<bool, CatalogError> {
+    pub fn ensure_bootstrap_admin(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<bool, CatalogError> {
         let email = email.trim().to_lowercase();
         let hash = identity::hash_password(password)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let exists: Option<String> = tx
-            .query_row("SELECT email FROM users WHERE email = ?", params![email], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT email FROM users WHERE email = ?",
+                params![email],
+                |r| r.get(0),
+            )
             .optional()?;
         if exists.is_some() {
             return Ok(false);
@@ -348,8 +354,16 @@ mod tests {
     #[test]
     fn bootstrap_admin_is_created_once_and_never_overwritten() {
         let store = StateStore::in_memory().unwrap();
-        assert!(store.ensure_bootstrap_admin("Ada@Example.com", "first-password").unwrap());
-        assert!(!store.ensure_bootstrap_admin("ada@example.com", "second-password").unwrap());
+        assert!(
+            store
+                .ensure_bootstrap_admin("Ada@Example.com", "first-password")
+                .unwrap()
+        );
+        assert!(
+            !store
+                .ensure_bootstrap_admin("ada@example.com", "second-password")
+                .unwrap()
+        );
         let p = store
             .authenticate_password("ada@example.com", "first-password")
             .unwrap()
@@ -361,7 +375,12 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert!(store.authenticate_password("bob@example.com", "x").unwrap().is_none());
+        assert!(
+            store
+                .authenticate_password("bob@example.com", "x")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -369,8 +388,18 @@ mod tests {
         let store = StateStore::in_memory().unwrap();
         let t: TableName = "tpch.nation".parse().unwrap();
         let g0 = store.generation();
-        assert_eq!(store.commit_version(&t, "file:///a/", 25, 100, None).unwrap(), 1);
-        assert_eq!(store.commit_version(&t, "file:///b/", 26, 120, Some("n")).unwrap(), 2);
+        assert_eq!(
+            store
+                .commit_version(&t, "file:///a/", 25, 100, None)
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .commit_version(&t, "file:///b/", 26, 120, Some("n"))
+                .unwrap(),
+            2
+        );
         assert!(store.generation() > g0);
         let tables = store.tables().unwrap();
         assert_eq!(tables.len(), 1);

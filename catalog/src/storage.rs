@@ -56,11 +56,14 @@ impl Storage {
     /// A store rooted at a local directory (created when missing).
     pub fn local(dir: &Path) -> Result<Self, CatalogError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            CatalogError::Storage(format!("cannot create data directory {}: {e}", dir.display()))
+            CatalogError::Storage(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
-        let dir = dir.canonicalize().map_err(|e| {
-            CatalogError::Storage(format!("cannot resolve {}: {e}", dir.display()))
-        })?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| CatalogError::Storage(format!("cannot resolve {}: {e}", dir.display())))?;
         let root = ObjectPath::from_filesystem_path(&dir)
             .map_err(|e| CatalogError::Storage(format!("bad data directory: {e}")))?;
         Ok(Self {

@@ -34,7 +34,10 @@ pub fn interpolate(
                 continue;
             };
             let Some(end) = body_and_tail.find('}') else {
-                issues.push(ConfigIssue::at_line(line_no, "unterminated `${` (missing `}`)"));
+                issues.push(ConfigIssue::at_line(
+                    line_no,
+                    "unterminated `${` (missing `}`)",
+                ));
                 rest = "";
                 break;
             };
@@ -60,9 +63,7 @@ fn expand(body: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String
         None => (body, None),
     };
     if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         || name.starts_with(|c: char| c.is_ascii_digit())
     {
         return Err(format!(
@@ -75,16 +76,14 @@ fn expand(body: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String
         Some(op) if op.starts_with('-') => Ok(value
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| op[1..].to_string())),
-        Some(op) if op.starts_with('?') => {
-            value.filter(|v| !v.is_empty()).ok_or_else(|| {
-                let message = op[1..].trim();
-                if message.is_empty() {
-                    format!("environment variable `{name}` is required")
-                } else {
-                    format!("environment variable `{name}` is required: {message}")
-                }
-            })
-        }
+        Some(op) if op.starts_with('?') => value.filter(|v| !v.is_empty()).ok_or_else(|| {
+            let message = op[1..].trim();
+            if message.is_empty() {
+                format!("environment variable `{name}` is required")
+            } else {
+                format!("environment variable `{name}` is required: {message}")
+            }
+        }),
         Some(op) => Err(format!(
             "`${{{name}:{op}}}` uses an unknown operator (use `:-` for a default or `:?` for a required variable)"
         )),
@@ -112,7 +111,8 @@ mod tests {
 
     #[test]
     fn reports_every_missing_variable_with_its_line() {
-        let text = "a: ${MISSING_ONE}\nb: ok\nc: ${MISSING_TWO:?set it to the S3 key}\nd: ${bad name}\n";
+        let text =
+            "a: ${MISSING_ONE}\nb: ok\nc: ${MISSING_TWO:?set it to the S3 key}\nd: ${bad name}\n";
         let issues = interpolate(text, env).unwrap_err();
         let rendered: Vec<String> = issues.iter().map(|i| i.to_string()).collect();
         assert_eq!(

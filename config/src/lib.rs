@@ -112,10 +112,7 @@ impl Config {
                         "logging" => section(key, value, &mut config.logging, &mut issues),
                         other => issues.push(ConfigIssue::at_key(
                             other,
-                            format!(
-                                "unknown key (expected one of: {})",
-                                SECTIONS.join(", ")
-                            ),
+                            format!("unknown key (expected one of: {})", SECTIONS.join(", ")),
                         )),
                     }
                 }
@@ -205,7 +202,10 @@ impl Config {
         check(
             self.query.memory_limit >= ByteSize::mib(64),
             "query.memory_limit",
-            format!("{} is too small; use at least 64 MiB", self.query.memory_limit),
+            format!(
+                "{} is too small; use at least 64 MiB",
+                self.query.memory_limit
+            ),
         );
         check(
             (ByteSize::kib(64)..=ByteSize::mib(15)).contains(&self.query.max_message_size),
@@ -315,7 +315,10 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         assert_eq!(Config::parse("", no_env).unwrap(), Config::default());
-        assert_eq!(Config::parse("# nothing\n", no_env).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("# nothing\n", no_env).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -343,7 +346,10 @@ logging:
         let env = |k: &str| (k == "ADMIN_PASSWORD").then(|| "correct horse".to_string());
         let config = Config::parse(text, env).unwrap();
         assert_eq!(config.server.flight_listen.port(), 6000);
-        assert_eq!(config.storage.object_store.as_deref(), Some("s3://bucket/quiver"));
+        assert_eq!(
+            config.storage.object_store.as_deref(),
+            Some("s3://bucket/quiver")
+        );
         let admin = config.auth.bootstrap_admin.unwrap();
         assert_eq!(admin.email, "admin@example.com");
         assert_eq!(admin.password, "correct horse");
@@ -372,19 +378,34 @@ extra: 1
         let rendered: Vec<String> = err.0.iter().map(ToString::to_string).collect();
         let has = |needle: &str| rendered.iter().any(|r| r.contains(needle));
         assert!(has("`server.colour`: unknown key"), "{rendered:#?}");
-        assert!(has("`server.flight_listen`: invalid socket address"), "{rendered:#?}");
-        assert!(has("`storage.object_store`: `ftp://x` is not a supported"), "{rendered:#?}");
-        assert!(has("`query.timeout`: `soon` is not a duration"), "{rendered:#?}");
+        assert!(
+            has("`server.flight_listen`: invalid socket address"),
+            "{rendered:#?}"
+        );
+        assert!(
+            has("`storage.object_store`: `ftp://x` is not a supported"),
+            "{rendered:#?}"
+        );
+        assert!(
+            has("`query.timeout`: `soon` is not a duration"),
+            "{rendered:#?}"
+        );
         assert!(has("`demo.scale`: -1 is out of range"), "{rendered:#?}");
-        assert!(has("`extra`: unknown key (expected one of"), "{rendered:#?}");
+        assert!(
+            has("`extra`: unknown key (expected one of"),
+            "{rendered:#?}"
+        );
         // One bad value does not hide the next one in the same section.
-        assert!(has("`query.batch_size`: 0 is out of range"), "{rendered:#?}");
+        assert!(
+            has("`query.batch_size`: 0 is out of range"),
+            "{rendered:#?}"
+        );
     }
 
     #[test]
     fn missing_variables_are_all_reported() {
-        let err = Config::parse("auth:\n  jwt_secret: ${A}\n  x: ${B:?needed}\n", no_env)
-            .unwrap_err();
+        let err =
+            Config::parse("auth:\n  jwt_secret: ${A}\n  x: ${B:?needed}\n", no_env).unwrap_err();
         assert_eq!(err.0.len(), 2);
         assert_eq!(err.0[0].location, Location::Line(2));
         assert_eq!(err.0[1].location, Location::Line(3));

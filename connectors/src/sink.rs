@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use object_store::{ObjectStoreExt, PutPayload};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -55,7 +55,12 @@ impl ParquetSink {
     }
 
     /// Stores an encoded part file (see [`encode_parquet`]) holding `rows` rows as part `index`.
-    pub async fn put_part(&mut self, index: usize, file: Vec<u8>, rows: i64) -> Result<(), ConnectorError> {
+    pub async fn put_part(
+        &mut self,
+        index: usize,
+        file: Vec<u8>,
+        rows: i64,
+    ) -> Result<(), ConnectorError> {
         let path = self.prefix.clone().join(format!("part-{index:05}.parquet"));
         let len = file.len() as i64;
         self.storage

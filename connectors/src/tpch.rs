@@ -148,7 +148,9 @@ pub async fn generate(
         )));
     }
     let name = TableName::new(SCHEMA, table)?;
-    let parts = ((rows_per_scale(table) * scale) / PART_ROWS).ceil().max(1.0) as i32;
+    let parts = ((rows_per_scale(table) * scale) / PART_ROWS)
+        .ceil()
+        .max(1.0) as i32;
     let mut sink = ParquetSink::new(storage, &name);
     // Two parts at a time: both cores busy, memory bounded to two part files.
     let mut part = 1;
@@ -182,14 +184,26 @@ mod tests {
     fn schemas_are_typed() {
         let s = schema("lineitem");
         assert_eq!(s.fields().len(), 16);
-        assert_eq!(s.field_with_name("l_orderkey").unwrap().data_type(), &DataType::Int64);
-        assert_eq!(s.field_with_name("l_shipdate").unwrap().data_type(), &DataType::Date32);
+        assert_eq!(
+            s.field_with_name("l_orderkey").unwrap().data_type(),
+            &DataType::Int64
+        );
+        assert_eq!(
+            s.field_with_name("l_shipdate").unwrap().data_type(),
+            &DataType::Date32
+        );
         assert_eq!(
             s.field_with_name("l_discount").unwrap().data_type(),
             &DataType::Decimal128(15, 2)
         );
-        assert_eq!(s.field_with_name("l_linenumber").unwrap().data_type(), &DataType::Int32);
-        assert_eq!(s.field_with_name("l_comment").unwrap().data_type(), &DataType::Utf8);
+        assert_eq!(
+            s.field_with_name("l_linenumber").unwrap().data_type(),
+            &DataType::Int32
+        );
+        assert_eq!(
+            s.field_with_name("l_comment").unwrap().data_type(),
+            &DataType::Utf8
+        );
     }
 
     #[test]

@@ -28,9 +28,9 @@ use arrow_flight::sql::{
     ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus,
-    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
-    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -293,7 +293,11 @@ impl QuiverFlightSql {
         Ok(Response::new(Box::pin(flight)))
     }
 
-    fn open_prepared(&self, principal: &Principal, handle: &[u8]) -> Result<PreparedHandle, Status> {
+    fn open_prepared(
+        &self,
+        principal: &Principal,
+        handle: &[u8],
+    ) -> Result<PreparedHandle, Status> {
         let prepared: PreparedHandle = self.sealer.open(PREPARED, handle)?;
         if prepared.user != principal.email() {
             return Err(Status::permission_denied(
@@ -306,7 +310,9 @@ impl QuiverFlightSql {
     fn cancel_info(&self, info: &FlightInfo) -> Result<bool, Status> {
         let mut any_known = false;
         for endpoint in &info.endpoint {
-            let Some(ticket) = &endpoint.ticket else { continue };
+            let Some(ticket) = &endpoint.ticket else {
+                continue;
+            };
             let any = Any::decode(&*ticket.ticket)
                 .map_err(|_| Status::invalid_argument("not a Quiver ticket"))?;
             let Some(statement) = any
@@ -330,8 +336,8 @@ fn parameter_rows(plan: &LogicalPlan, ipc: &[u8]) -> Result<Vec<Vec<ScalarValue>
         .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
     let mut rows = Vec::new();
     for batch in reader {
-        let batch =
-            batch.map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
+        let batch = batch
+            .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
         if batch.num_columns() != expected.len() {
             return Err(Status::invalid_argument(format!(
                 "the statement has {} parameter(s) but {} were bound",
@@ -427,14 +433,17 @@ impl FlightSqlService for QuiverFlightSql {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| {
-                Status::unauthenticated("the handshake needs Basic credentials (e-mail and password)")
+                Status::unauthenticated(
+                    "the handshake needs Basic credentials (e-mail and password)",
+                )
             })?;
         // A client that already holds a bearer token may handshake with it.
         if header.starts_with("Bearer ") || header.starts_with("bearer ") {
             self.principal(&request).await?;
             let value = MetadataValue::try_from(header).map_err(|e| internal(&e))?;
-            let mut response: Response<BoxStream<HandshakeResponse>> =
-                Response::new(Box::pin(stream::iter([Ok::<_, Status>(HandshakeResponse::default())])));
+            let mut response: Response<BoxStream<HandshakeResponse>> = Response::new(Box::pin(
+                stream::iter([Ok::<_, Status>(HandshakeResponse::default())]),
+            ));
             response.metadata_mut().insert("authorization", value);
             return Ok(response);
         }
@@ -496,7 +505,9 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(&request).await?;
-        Err(Status::unimplemented("Substrait plans are not supported; send SQL"))
+        Err(Status::unimplemented(
+            "Substrait plans are not supported; send SQL",
+        ))
     }
 
     #[instrument(skip_all)]
@@ -508,7 +519,9 @@ impl FlightSqlService for QuiverFlightSql {
         let principal = self.principal(&request).await?;
         let ticket: QueryTicket = self.sealer.open(TICKET, &ticket.statement_handle)?;
         if ticket.user != principal.email() {
-            return Err(Status::permission_denied("this ticket was issued to another user"));
+            return Err(Status::permission_denied(
+                "this ticket was issued to another user",
+            ));
         }
         if ticket.exp < unix_now() {
             return Err(Status::invalid_argument(
@@ -933,7 +946,9 @@ impl FlightSqlService for QuiverFlightSql {
         }
         .encode_to_vec();
         let result = arrow_flight::Result { body: body.into() };
-        Ok(Response::new(Box::pin(stream::iter([Ok::<_, Status>(result)]))))
+        Ok(Response::new(Box::pin(stream::iter([Ok::<_, Status>(
+            result,
+        )]))))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

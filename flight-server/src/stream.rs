@@ -17,7 +17,6 @@ use futures::{FutureExt, Stream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
-
 /// Batches of one query, errors already mapped to statuses.
 pub type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, Status>> + Send>>;
 
@@ -96,7 +95,12 @@ pub struct QueryLog {
 
 impl QueryLog {
     /// Starts the record of a query.
-    pub fn new(query_id: String, user: String, statement: String, running: RunningQueries) -> Arc<Self> {
+    pub fn new(
+        query_id: String,
+        user: String,
+        statement: String,
+        running: RunningQueries,
+    ) -> Arc<Self> {
         Arc::new(Self {
             query_id,
             user,
@@ -198,7 +202,9 @@ impl Stream for GuardedStream {
         }
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(batch))) => {
-                self.log.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                self.log
+                    .rows
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(status))) => self.fail(status),

@@ -132,7 +132,11 @@ mod tests {
 
         // Another kind, another key, or a changed payload are all refused.
         assert!(sealer.open::<QueryTicket>("prepared", &sealed).is_err());
-        assert!(Sealer::new(b"another key").open::<QueryTicket>("ticket", &sealed).is_err());
+        assert!(
+            Sealer::new(b"another key")
+                .open::<QueryTicket>("ticket", &sealed)
+                .is_err()
+        );
         let text = std::str::from_utf8(&sealed).unwrap();
         let (payload, tag) = text.split_once('.').unwrap();
         let mut forged = ticket();
@@ -140,6 +144,10 @@ mod tests {
         let forged_payload = B64.encode(serde_json::to_vec(&forged).unwrap());
         assert_ne!(forged_payload, payload);
         let forged = format!("{forged_payload}.{tag}");
-        assert!(sealer.open::<QueryTicket>("ticket", forged.as_bytes()).is_err());
+        assert!(
+            sealer
+                .open::<QueryTicket>("ticket", forged.as_bytes())
+                .is_err()
+        );
     }
 }

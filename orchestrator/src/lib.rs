@@ -25,7 +25,13 @@ pub fn publish(
     landed: &Landed,
     description: Option<&str>,
 ) -> Result<i64, OrchestratorError> {
-    Ok(state.commit_version(table, &landed.location, landed.rows, landed.bytes, description)?)
+    Ok(state.commit_version(
+        table,
+        &landed.location,
+        landed.rows,
+        landed.bytes,
+        description,
+    )?)
 }
 
 /// The description a demo table carries; it records the scale so a new scale regenerates.

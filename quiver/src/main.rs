@@ -151,9 +151,7 @@ fn resolve(args: &ServeArgs, demo: bool) -> anyhow::Result<Config> {
                 password: DEMO_ADMIN_PASSWORD.into(),
             }),
             (None, None) => None,
-            _ => anyhow::bail!(
-                "set both QUIVER_ADMIN_EMAIL and QUIVER_ADMIN_PASSWORD, or neither"
-            ),
+            _ => anyhow::bail!("set both QUIVER_ADMIN_EMAIL and QUIVER_ADMIN_PASSWORD, or neither"),
         };
     }
     let issues = config.validate();

@@ -46,7 +46,10 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         eprintln!("Preparing TPC-H demo data at scale {scale} (generated once, then reused)…");
         let tables = quiver_orchestrator::ensure_demo_data(&state, &storage, scale).await?;
         let rows: i64 = tables.iter().map(|t| t.rows).sum();
-        eprintln!("Demo data ready: {} tables, {rows} rows in schema tpch.", tables.len());
+        eprintln!(
+            "Demo data ready: {} tables, {rows} rows in schema tpch.",
+            tables.len()
+        );
     }
 
     let engine = Arc::new(QueryEngine::new(
@@ -73,10 +76,20 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
 
     let flight_listener = TcpListener::bind(config.server.flight_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.flight_listen)", config.server.flight_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.flight_listen)",
+                config.server.flight_listen
+            )
+        })?;
     let http_listener = TcpListener::bind(config.server.http_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.http_listen)", config.server.http_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.http_listen)",
+                config.server.http_listen
+            )
+        })?;
     let flight_addr = flight_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
@@ -86,14 +99,25 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     tokio::spawn(signals.wait(shutdown.clone()));
 
-    let scheme = if config.server.tls.is_some() { "grpc+tls" } else { "grpc" };
+    let scheme = if config.server.tls.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "Quiver {} is running.", env!("CARGO_PKG_VERSION"))?;
-    writeln!(out, "  Flight SQL: {scheme}://{}", display_addr(flight_addr))?;
+    writeln!(
+        out,
+        "  Flight SQL: {scheme}://{}",
+        display_addr(flight_addr)
+    )?;
     writeln!(out, "  HTTP:       http://{}", display_addr(http_addr))?;
     if let Some(admin) = &config.auth.bootstrap_admin {
         writeln!(out, "  Admin:      {} / {}", admin.email, admin.password)?;
-        writeln!(out, "              (an admin that already existed keeps its password)")?;
+        writeln!(
+            out,
+            "              (an admin that already existed keeps its password)"
+        )?;
     }
     writeln!(out, "Press Ctrl-C to stop.")?;
     out.flush()?;
@@ -105,13 +129,20 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         .tls
         .as_ref()
         .map(|t| (t.cert.as_path(), t.key.as_path()));
-    let http_app = quiver_admin::app(quiver_admin::AppState { state: state.clone() });
+    let http_app = quiver_admin::app(quiver_admin::AppState {
+        state: state.clone(),
+    });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(quiver_admin::serve(http_listener, http_app, async move {
         http_shutdown.cancelled().await
     }));
-    let flight_result =
-        quiver_flight::serve(flight_listener, flight, tls, shutdown.clone().cancelled_owned()).await;
+    let flight_result = quiver_flight::serve(
+        flight_listener,
+        flight,
+        tls,
+        shutdown.clone().cancelled_owned(),
+    )
+    .await;
     shutdown.cancel();
     http.await.context("HTTP server task failed")??;
     flight_result?;
@@ -137,7 +168,12 @@ fn load_secret(config: &Config, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     if let Ok(text) = std::fs::read_to_string(&path) {
         return base64::engine::general_purpose::STANDARD
             .decode(text.trim())
-            .with_context(|| format!("{} is corrupt; delete it to generate a new one", path.display()));
+            .with_context(|| {
+                format!(
+                    "{} is corrupt; delete it to generate a new one",
+                    path.display()
+                )
+            });
     }
     let secret: [u8; 32] = rand::random();
     let mut options = std::fs::OpenOptions::new();
@@ -147,7 +183,11 @@ fn load_secret(config: &Config, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     let mut file = options
         .open(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(base64::engine::general_purpose::STANDARD.encode(secret).as_bytes())?;
+    file.write_all(
+        base64::engine::general_purpose::STANDARD
+            .encode(secret)
+            .as_bytes(),
+    )?;
     file.sync_all()?;
     Ok(secret.to_vec())
 }

@@ -30,7 +30,10 @@ pub fn quiver_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let bin = dir.join(format!("quiver{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
@@ -88,7 +91,12 @@ impl TestServer {
             command.args(["demo", "--scale", TEST_SCALE]);
         }
         command
-            .args(["--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args([
+                "--flight-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(&data_dir)
             .env("QUIVER_ADMIN_EMAIL", ADMIN_EMAIL)
@@ -158,9 +166,11 @@ impl TestServer {
 
     /// A gRPC channel to the Flight SQL listener.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Endpoint::from_shared(format!("http://{}", self.flight_addr))?
-            .connect()
-            .await?)
+        Ok(
+            Endpoint::from_shared(format!("http://{}", self.flight_addr))?
+                .connect()
+                .await?,
+        )
     }
 
     /// A Flight SQL client without credentials.

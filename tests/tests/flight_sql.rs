@@ -19,7 +19,12 @@ use tonic::Code;
 fn int64(batches: &[RecordBatch], column: usize) -> Vec<i64> {
     batches
         .iter()
-        .flat_map(|b| b.column(column).as_primitive::<Int64Type>().values().to_vec())
+        .flat_map(|b| {
+            b.column(column)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
         .collect()
 }
 
@@ -60,24 +65,36 @@ async fn demo_tables_answer_queries_with_the_tpch_row_counts() -> anyhow::Result
 async fn no_call_works_without_valid_credentials() -> anyhow::Result<()> {
     let server = TestServer::spawn()?;
     let mut anonymous = server.anonymous_client().await?;
-    let err = anonymous.execute("SELECT 1".into(), None).await.unwrap_err();
+    let err = anonymous
+        .execute("SELECT 1".into(), None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("authentication required"), "{err}");
 
     let err = anonymous
         .handshake(quiver_e2e::ADMIN_EMAIL, "wrong password")
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("invalid e-mail or password"), "{err}");
+    assert!(
+        err.to_string().contains("invalid e-mail or password"),
+        "{err}"
+    );
     let err = anonymous
         .handshake("nobody@example.com", "whatever-password")
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("invalid e-mail or password"), "{err}");
+    assert!(
+        err.to_string().contains("invalid e-mail or password"),
+        "{err}"
+    );
 
     let mut forged = server.anonymous_client().await?;
     forged.set_token("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbkBleGFtcGxlLmNvbSJ9.bad".into());
     let err = forged.get_catalogs().await.unwrap_err();
-    assert!(err.to_string().contains("invalid or expired token"), "{err}");
+    assert!(
+        err.to_string().contains("invalid or expired token"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -86,77 +103,140 @@ async fn metadata_calls_list_catalog_schemas_tables_and_info() -> anyhow::Result
     let server = TestServer::spawn()?;
     let mut client = server.client().await?;
 
-    let catalogs = { let info = client.get_catalogs().await?; fetch(&mut client, info).await? };
+    let catalogs = {
+        let info = client.get_catalogs().await?;
+        fetch(&mut client, info).await?
+    };
     assert_eq!(catalogs[0].column(0).as_string::<i32>().value(0), "quiver");
 
-    let schemas = { let info = client.get_db_schemas(CommandGetDbSchemas {
+    let schemas = {
+        let info = client
+            .get_db_schemas(CommandGetDbSchemas {
                 catalog: None,
                 db_schema_filter_pattern: Some("tp%".into()),
-            }).await?; fetch(&mut client, info).await? };
-    let names: Vec<&str> = schemas[0].column(1).as_string::<i32>().iter().flatten().collect();
+            })
+            .await?;
+        fetch(&mut client, info).await?
+    };
+    let names: Vec<&str> = schemas[0]
+        .column(1)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
     assert_eq!(names, vec!["tpch"]);
 
     // No catalog filter, include_schema: every demo table with its Arrow schema.
-    let tables = { let info = client.get_tables(CommandGetTables {
+    let tables = {
+        let info = client
+            .get_tables(CommandGetTables {
                 catalog: None,
                 db_schema_filter_pattern: Some("tpch".into()),
                 table_name_filter_pattern: None,
                 table_types: vec![],
                 include_schema: true,
-            }).await?; fetch(&mut client, info).await? };
+            })
+            .await?;
+        fetch(&mut client, info).await?
+    };
     let batch = &tables[0];
-    let names: Vec<&str> = batch.column(2).as_string::<i32>().iter().flatten().collect();
+    let names: Vec<&str> = batch
+        .column(2)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
     assert_eq!(
         names,
-        vec!["customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier"]
+        vec![
+            "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier"
+        ]
     );
     let schema_bytes = batch.column(4).as_binary::<i32>().value(1);
     let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(schema_bytes)?;
     assert_eq!(schema.field(0).name(), "l_orderkey");
-    assert_eq!(schema.field_with_name("l_shipdate")?.data_type(), &DataType::Date32);
+    assert_eq!(
+        schema.field_with_name("l_shipdate")?.data_type(),
+        &DataType::Date32
+    );
 
     // A table-name pattern filters.
-    let filtered = { let info = client.get_tables(CommandGetTables {
+    let filtered = {
+        let info = client
+            .get_tables(CommandGetTables {
                 catalog: Some("quiver".into()),
                 db_schema_filter_pattern: None,
                 table_name_filter_pattern: Some("part%".into()),
                 table_types: vec!["TABLE".into()],
                 include_schema: false,
-            }).await?; fetch(&mut client, info).await? };
+            })
+            .await?;
+        fetch(&mut client, info).await?
+    };
     assert_eq!(row_count(&filtered), 2);
 
-    let types = { let info = client.get_table_types().await?; fetch(&mut client, info).await? };
+    let types = {
+        let info = client.get_table_types().await?;
+        fetch(&mut client, info).await?
+    };
     assert_eq!(types[0].column(0).as_string::<i32>().value(0), "TABLE");
 
     // SqlInfo: server name, read-only, identifier quote char (504).
-    let info = { let info = client.get_sql_info(vec![
+    let info = {
+        let info = client
+            .get_sql_info(vec![
                 SqlInfo::FlightSqlServerName,
                 SqlInfo::FlightSqlServerReadOnly,
                 SqlInfo::SqlIdentifierQuoteChar,
-            ]).await?; fetch(&mut client, info).await? };
+            ])
+            .await?;
+        fetch(&mut client, info).await?
+    };
     assert_eq!(row_count(&info), 3);
-    let ids: Vec<u32> = info[0].column(0).as_primitive::<arrow::datatypes::UInt32Type>().values().to_vec();
+    let ids: Vec<u32> = info[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::UInt32Type>()
+        .values()
+        .to_vec();
     assert_eq!(ids, vec![0, 3, 504]);
 
     // JDBC's DatabaseMetaData asks for everything at once.
-    let all = { let info = client.get_sql_info(vec![]).await?; fetch(&mut client, info).await? };
+    let all = {
+        let info = client.get_sql_info(vec![]).await?;
+        fetch(&mut client, info).await?
+    };
     assert!(row_count(&all) > 50, "{} SqlInfo entries", row_count(&all));
 
-    let xdbc = { let info = client.get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None }).await?; fetch(&mut client, info).await? };
+    let xdbc = {
+        let info = client
+            .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })
+            .await?;
+        fetch(&mut client, info).await?
+    };
     assert!(row_count(&xdbc) >= 10);
 
     // Keys: empty results with the right shape, not errors.
-    let pk = { let info = client.get_primary_keys(arrow_flight::sql::CommandGetPrimaryKeys {
+    let pk = {
+        let info = client
+            .get_primary_keys(arrow_flight::sql::CommandGetPrimaryKeys {
                 catalog: None,
                 db_schema: Some("tpch".into()),
                 table: "orders".into(),
-            }).await?; fetch(&mut client, info).await? };
+            })
+            .await?;
+        fetch(&mut client, info).await?
+    };
     assert_eq!(row_count(&pk), 0);
-    let fk = { let info = client.get_imported_keys(arrow_flight::sql::CommandGetImportedKeys {
+    let fk = {
+        let info = client
+            .get_imported_keys(arrow_flight::sql::CommandGetImportedKeys {
                 catalog: None,
                 db_schema: Some("tpch".into()),
                 table: "orders".into(),
-            }).await?; fetch(&mut client, info).await? };
+            })
+            .await?;
+        fetch(&mut client, info).await?
+    };
     assert_eq!(row_count(&fk), 0);
     Ok(())
 }
@@ -210,7 +290,10 @@ async fn prepared_statements_without_parameters_follow_the_jdbc_pattern() -> any
     let server = TestServer::spawn()?;
     let mut client = server.client().await?;
     let mut prepared = client
-        .prepare("SELECT o_orderstatus, count(*) AS n FROM tpch.orders GROUP BY 1 ORDER BY 1".into(), None)
+        .prepare(
+            "SELECT o_orderstatus, count(*) AS n FROM tpch.orders GROUP BY 1 ORDER BY 1".into(),
+            None,
+        )
         .await?;
     assert_eq!(prepared.parameter_schema()?.fields().len(), 0);
     let schema = prepared.dataset_schema()?.clone();
@@ -249,13 +332,17 @@ async fn the_sql_surface_is_read_only_on_both_paths() -> anyhow::Result<()> {
         let err = client.execute(sql.clone(), None).await.unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("read-only") || text.contains("not found") || text.contains("not supported"),
+            text.contains("read-only")
+                || text.contains("not found")
+                || text.contains("not supported"),
             "{sql}: {text}"
         );
         let err = client.prepare(sql.clone(), None).await.unwrap_err();
         assert!(!err.to_string().is_empty(), "{sql}");
     }
-    let update = client.execute_update("DELETE FROM tpch.nation".into(), None).await;
+    let update = client
+        .execute_update("DELETE FROM tpch.nation".into(), None)
+        .await;
     assert!(update.unwrap_err().to_string().contains("read-only"));
     assert!(!marker.exists(), "a refused statement wrote a file");
     let batches = query(&mut client, "SELECT count(*) FROM tpch.nation").await?;
@@ -271,7 +358,12 @@ async fn tickets_are_signed_bound_to_the_user_and_have_no_bad_location() -> anyh
     assert_eq!(info.endpoint.len(), 1);
     for location in &info.endpoint[0].location {
         assert!(
-            !location.uri.contains("0.0.0.0") && location.uri.rsplit(':').next().is_some_and(|p| p.parse::<u16>().is_ok()),
+            !location.uri.contains("0.0.0.0")
+                && location
+                    .uri
+                    .rsplit(':')
+                    .next()
+                    .is_some_and(|p| p.parse::<u16>().is_ok()),
             "unusable location {}",
             location.uri
         );
@@ -329,7 +421,8 @@ async fn large_strings_are_split_below_the_client_message_limit() -> anyhow::Res
 }
 
 /// A query that runs for a long time on any machine.
-const SLOW_QUERY: &str = "SELECT count(*) FROM generate_series(1, 1000000000000) WHERE value % 7 = 3";
+const SLOW_QUERY: &str =
+    "SELECT count(*) FROM generate_series(1, 1000000000000) WHERE value % 7 = 3";
 
 #[tokio::test]
 async fn cancel_flight_info_stops_a_running_query() -> anyhow::Result<()> {
@@ -340,7 +433,10 @@ async fn cancel_flight_info_stops_a_running_query() -> anyhow::Result<()> {
     let mut reader = server.client().await?;
     let running = tokio::spawn(async move {
         let stream = reader.do_get(ticket).await?;
-        stream.try_collect::<Vec<_>>().await.map_err(anyhow::Error::from)
+        stream
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(anyhow::Error::from)
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body = CancelFlightInfoRequest { info: Some(info) }.encode_to_vec();
@@ -392,7 +488,11 @@ async fn demo_data_is_reused_and_sigterm_stops_the_server_cleanly() -> anyhow::R
     assert!(status.success(), "exit status {status}");
 
     let server = TestServer::spawn_with(options)?;
-    assert!(!server.log().contains("TPC-H table generated"), "regenerated:\n{}", server.log());
+    assert!(
+        !server.log().contains("TPC-H table generated"),
+        "regenerated:\n{}",
+        server.log()
+    );
     let mut client = server.client().await?;
     let batches = query(&mut client, "SELECT count(*) FROM tpch.region").await?;
     assert_eq!(int64(&batches, 0), vec![5]);
@@ -404,6 +504,9 @@ async fn demo_data_is_reused_and_sigterm_stops_the_server_cleanly() -> anyhow::R
         .lines()
         .find(|l| l.contains("SELECT count(*) FROM tpch.region") && l.contains("outcome"))
         .unwrap_or_else(|| panic!("no query log line in:\n{log}"));
-    assert!(line.contains("admin@example.com") && line.contains("rows=1") && line.contains("ok"), "{line}");
+    assert!(
+        line.contains("admin@example.com") && line.contains("rows=1") && line.contains("ok"),
+        "{line}"
+    );
     Ok(())
 }
