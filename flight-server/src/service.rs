@@ -667,7 +667,7 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(&request).await?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.command_info(query, &schema, request.into_inner())
     }
 
@@ -762,7 +762,7 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(&request).await?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.command_info(query, &schema, request.into_inner())
     }
 
@@ -806,7 +806,7 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(&request).await?;
-        let schema = query.clone().into_builder(&XDBC_INFO).schema();
+        let schema = query.into_builder(&XDBC_INFO).schema();
         self.command_info(query, &schema, request.into_inner())
     }
 

@@ -195,7 +195,7 @@ impl Stream for GuardedStream {
             return self.fail(Status::cancelled("the query was cancelled"));
         }
         if self.deadline.poll_unpin(cx).is_ready() {
-            let timeout = humantime_secs(self.timeout);
+            let timeout = humantime::format_duration(self.timeout);
             return self.fail(Status::deadline_exceeded(format!(
                 "the query ran longer than the {timeout} limit (query.timeout) and was stopped"
             )));
@@ -215,15 +215,5 @@ impl Stream for GuardedStream {
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-fn humantime_secs(d: Duration) -> String {
-    if d.as_secs() >= 60 && d.as_secs() % 60 == 0 {
-        format!("{}m", d.as_secs() / 60)
-    } else if d.as_secs() > 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }

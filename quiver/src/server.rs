@@ -36,10 +36,10 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         None => Storage::local(&data_dir.join("objects"))?,
     };
 
-    if let Some(admin) = &config.auth.bootstrap_admin {
-        if state.ensure_bootstrap_admin(&admin.email, &admin.password)? {
-            tracing::info!(user = %admin.email, "bootstrap admin created");
-        }
+    if let Some(admin) = &config.auth.bootstrap_admin
+        && state.ensure_bootstrap_admin(&admin.email, &admin.password)?
+    {
+        tracing::info!(user = %admin.email, "bootstrap admin created");
     }
 
     if let Some(scale) = demo_scale {
