@@ -17,6 +17,7 @@ use std::future::Future;
 use std::path::Path;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use futures::TryStreamExt;
 pub use service::{FlightOptions, QuiverFlightSql};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -53,9 +54,8 @@ pub async fn serve(
     let svc = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(max_encoding);
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .tcp_nodelay(true);
+    let mut builder =
+        Server::builder().http2_keepalive_interval(Some(std::time::Duration::from_secs(30)));
     if let Some((cert, key)) = tls {
         let read = |p: &Path| {
             std::fs::read(p).map_err(|source| ServeError::Tls {
@@ -66,9 +66,16 @@ pub async fn serve(
         let identity = Identity::from_pem(read(cert)?, read(key)?);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
+    // tonic's own TCP settings do not reach a listener we bound: disable Nagle here, or every
+    // small response waits ~40 ms for the client's delayed ACK.
+    let incoming = TcpListenerStream::new(listener).inspect_ok(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot disable Nagle's algorithm");
+        }
+    });
     builder
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
