@@ -26,8 +26,12 @@ pub struct Storage {
 
 impl Storage {
     /// Opens the store at `url` (`file:///abs/dir`, `s3://bucket/prefix`, `memory://`).
-    /// A local directory is created when missing.
-    pub fn open(url: &str) -> Result<Self, CatalogError> {
+    /// A local directory is created when missing. `options` configure remote stores with
+    /// `object_store`'s keys (`aws_access_key_id`, `aws_endpoint`, `aws_allow_http`, …).
+    pub fn open(
+        url: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, CatalogError> {
         let parsed = Url::parse(url).map_err(|e| {
             CatalogError::Storage(format!("`{url}` is not a valid object store URL: {e}"))
         })?;
@@ -39,9 +43,10 @@ impl Storage {
                 Self::local(&dir)
             }
             _ => {
-                let (store, root) = object_store::parse_url(&parsed).map_err(|e| {
-                    CatalogError::Storage(format!("cannot open object store `{url}`: {e}"))
-                })?;
+                let (store, root) =
+                    object_store::parse_url_opts(&parsed, options).map_err(|e| {
+                        CatalogError::Storage(format!("cannot open object store `{url}`: {e}"))
+                    })?;
                 let mut base_url = parsed.clone();
                 base_url.set_path("/");
                 Ok(Self {

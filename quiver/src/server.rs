@@ -32,7 +32,13 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
 
     let state = Arc::new(StateStore::open(&data_dir.join("state.duckdb"))?);
     let storage = match &config.storage.object_store {
-        Some(url) => Storage::open(url)?,
+        // Remote stores take their credentials from the usual AWS_* variables.
+        Some(url) => Storage::open(
+            url,
+            std::env::vars()
+                .filter(|(k, _)| k.starts_with("AWS_"))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v)),
+        )?,
         None => Storage::local(&data_dir.join("objects"))?,
     };
 
