@@ -80,6 +80,9 @@ pub struct QuiverFlightSql {
     /// Parameters bound to prepared statements, for clients that keep using the original
     /// handle instead of the updated one returned by `DoPut`.
     bound: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+    /// Principals by e-mail, valid while the state store's generation is unchanged (any
+    /// change to users or memberships bumps it), so most calls skip the state lookup.
+    principals: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Principal)>>>,
 }
 
 impl std::fmt::Debug for QuiverFlightSql {
@@ -105,6 +108,7 @@ impl QuiverFlightSql {
             options,
             running: RunningQueries::default(),
             bound: Arc::default(),
+            principals: Arc::default(),
         }
     }
 
@@ -142,12 +146,28 @@ impl QuiverFlightSql {
             .tokens
             .verify(token.trim())
             .ok_or_else(|| Status::unauthenticated("invalid or expired token; sign in again"))?;
+        let generation = self.engine.state().generation();
+        if let Some((g, principal)) = self.cached_principals().get(&email)
+            && *g == generation
+        {
+            return Ok(principal.clone());
+        }
         let engine = self.engine.clone();
-        let principal = tokio::task::spawn_blocking(move || engine.state().principal(&email))
+        let lookup = email.clone();
+        let principal = tokio::task::spawn_blocking(move || engine.state().principal(&lookup))
             .await
             .map_err(|e| internal(&e))?
-            .map_err(to_status)?;
-        principal.ok_or_else(|| Status::unauthenticated("the account is no longer active"))
+            .map_err(to_status)?
+            .ok_or_else(|| Status::unauthenticated("the account is no longer active"))?;
+        self.cached_principals()
+            .insert(email, (generation, principal.clone()));
+        Ok(principal)
+    }
+
+    fn cached_principals(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Principal)>> {
+        self.principals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Plans `sql` for `principal` (read-only check included).
