@@ -265,7 +265,7 @@ impl QuiverFlightSql {
             ticket.sql.clone(),
             self.running.clone(),
         );
-        let token = self.running.token(&ticket.query_id);
+        let token = self.running.start(&ticket.query_id);
         if token.is_cancelled() {
             log.set_outcome("cancelled before it started");
             return Err(Status::cancelled("the query was cancelled"));

@@ -20,35 +20,42 @@ use tonic::Status;
 /// Batches of one query, errors already mapped to statuses.
 pub type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, Status>> + Send>>;
 
+/// When a registered query's ticket was issued; `None` once it runs (and so is removed
+/// when it ends, not when it gets old).
+type Issued = Option<Instant>;
+
 /// Queries that can be cancelled, by query id. An entry is made when a ticket is issued (so
-/// a cancel may even arrive before `DoGet`) and removed when the query ends or expires.
+/// a cancel may even arrive before `DoGet`) and removed when the query ends, or when its
+/// ticket was never redeemed and has expired.
 #[derive(Debug, Default, Clone)]
 pub struct RunningQueries {
-    inner: Arc<Mutex<HashMap<String, (Instant, CancellationToken)>>>,
+    inner: Arc<Mutex<HashMap<String, (Issued, CancellationToken)>>>,
 }
 
 impl RunningQueries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, CancellationToken)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Issued, CancellationToken)>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a query, forgetting entries older than `max_age` (tickets never redeemed).
+    /// Registers an issued ticket, forgetting tickets issued more than `max_age` ago and
+    /// never redeemed.
     pub fn register(&self, query_id: &str, max_age: Duration) -> CancellationToken {
         let mut map = self.lock();
-        map.retain(|_, (created, _)| created.elapsed() < max_age);
+        map.retain(|_, (issued, _)| issued.is_none_or(|at| at.elapsed() < max_age));
         map.entry(query_id.to_string())
-            .or_insert_with(|| (Instant::now(), CancellationToken::new()))
+            .or_insert_with(|| (Some(Instant::now()), CancellationToken::new()))
             .1
             .clone()
     }
 
-    /// The token of a registered query (registering it if it was forgotten).
-    pub fn token(&self, query_id: &str) -> CancellationToken {
-        self.lock()
+    /// Marks a query as running and returns its token (registering it if it was forgotten).
+    pub fn start(&self, query_id: &str) -> CancellationToken {
+        let mut map = self.lock();
+        let entry = map
             .entry(query_id.to_string())
-            .or_insert_with(|| (Instant::now(), CancellationToken::new()))
-            .1
-            .clone()
+            .or_insert_with(|| (None, CancellationToken::new()));
+        entry.0 = None;
+        entry.1.clone()
     }
 
     /// Cancels a query; returns whether it was known.
@@ -215,5 +222,25 @@ impl Stream for GuardedStream {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_queries_outlive_the_ticket_lifetime_but_unredeemed_tickets_do_not() {
+        let running = RunningQueries::default();
+        running.register("started", Duration::from_secs(3600));
+        let token = running.start("started");
+        running.register("never-redeemed", Duration::from_secs(3600));
+        std::thread::sleep(Duration::from_millis(20));
+        // A new ticket with a tiny lifetime prunes old, unredeemed tickets only.
+        running.register("new", Duration::from_millis(10));
+        assert!(running.cancel("started"));
+        assert!(token.is_cancelled());
+        assert!(!running.cancel("never-redeemed"));
+        assert_eq!(running.len(), 2);
     }
 }
