@@ -10,9 +10,9 @@ QUIVER_BIN := $(CARGO_TARGET_DIR)/release/quiver
 
 .PHONY: demo build test test-rust test-python venv lint fmt bench
 
-## Run the server with the TPC-H demo data (scale 0.1).
-demo:
-	cargo run --release -p quiver -- demo
+## Run the server with the TPC-H demo data (scale 0.1), from the same build as the tests.
+demo: build
+	$(QUIVER_BIN) demo
 
 # The whole workspace with every target, so `cargo test` below reuses it (same features).
 build:
