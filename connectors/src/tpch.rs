@@ -184,26 +184,19 @@ mod tests {
     fn schemas_are_typed() {
         let s = schema("lineitem");
         assert_eq!(s.fields().len(), 16);
-        assert_eq!(
-            s.field_with_name("l_orderkey").unwrap().data_type(),
-            &DataType::Int64
-        );
-        assert_eq!(
-            s.field_with_name("l_shipdate").unwrap().data_type(),
-            &DataType::Date32
-        );
-        assert_eq!(
-            s.field_with_name("l_discount").unwrap().data_type(),
-            &DataType::Decimal128(15, 2)
-        );
-        assert_eq!(
-            s.field_with_name("l_linenumber").unwrap().data_type(),
-            &DataType::Int32
-        );
-        assert_eq!(
-            s.field_with_name("l_comment").unwrap().data_type(),
-            &DataType::Utf8
-        );
+        for (column, expected) in [
+            ("l_orderkey", DataType::Int64),
+            ("l_shipdate", DataType::Date32),
+            ("l_discount", DataType::Decimal128(15, 2)),
+            ("l_linenumber", DataType::Int32),
+            ("l_comment", DataType::Utf8),
+        ] {
+            assert_eq!(
+                s.field_with_name(column).unwrap().data_type(),
+                &expected,
+                "{column}"
+            );
+        }
     }
 
     #[test]
