@@ -6,6 +6,10 @@
 //! is spelled. The SQL surface is read-only ([`read_only`]): DDL, DML (`COPY`, `INSERT`),
 //! and statements (`SET`, `PREPARE`) are refused for every plan, including prepared ones.
 //! URL tables (`SELECT * FROM '/etc/passwd'`) are never enabled.
+//!
+//! Administrators see every table as it is (and the `system` schema). Everyone else sees
+//! the tables their groups are granted, each wrapped in a [`PolicyTable`] that applies the
+//! grants' row filters and column masks before any of the user's SQL runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +23,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -28,10 +32,14 @@ use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
+use crate::access::{Grant, GrantTarget, NewGrant};
 use crate::identity::Principal;
+use crate::memory::UserPool;
 use crate::names::CATALOG_NAME;
+use crate::policy::{CurrentUser, PolicyTable, TablePolicy};
 use crate::state::{StateStore, TableEntry};
 use crate::storage::Storage;
+use crate::system::{AuditTable, SYSTEM_SCHEMA};
 use crate::{CatalogError, TableName};
 
 /// Engine limits, from the `query` section of the configuration.
@@ -39,6 +47,8 @@ use crate::{CatalogError, TableName};
 pub struct EngineOptions {
     /// Memory all running queries may hold; spilling operators spill beyond it.
     pub memory_limit: usize,
+    /// Memory one user's running queries may hold together, within `memory_limit`.
+    pub memory_limit_per_user: usize,
     /// Where spill files go.
     pub spill_dir: std::path::PathBuf,
     /// Cap on spill files on disk.
@@ -60,11 +70,21 @@ pub struct QueryEngine {
     state: Arc<StateStore>,
     runtime: Arc<RuntimeEnv>,
     batch_size: usize,
+    memory_limit_per_user: usize,
+    /// Each user's memory pool, kept across sessions so a grant change does not hand a
+    /// user a second pool while their queries still hold the first.
+    pools: Mutex<HashMap<String, Arc<dyn MemoryPool>>>,
     /// Table providers by (table, version): a provider reads a version's parquet footers
     /// once, then serves every principal.
     providers: Mutex<HashMap<(TableName, i64), Arc<dyn TableProvider>>>,
     /// Sessions by principal, valid while the state store's generation is unchanged.
-    sessions: Mutex<HashMap<Principal, (u64, SessionContext)>>,
+    sessions: Mutex<HashMap<Principal, (u64, Arc<PrincipalSession>)>>,
+}
+
+/// A principal's DataFusion session and the tables in its catalog.
+struct PrincipalSession {
+    ctx: SessionContext,
+    tables: Vec<TableEntry>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -101,6 +121,8 @@ impl QueryEngine {
             state,
             runtime,
             batch_size: options.batch_size,
+            memory_limit_per_user: options.memory_limit_per_user,
+            pools: Mutex::default(),
             providers: Mutex::default(),
             sessions: Mutex::default(),
         })
@@ -111,30 +133,38 @@ impl QueryEngine {
         &self.state
     }
 
-    /// Tables `principal` may read, from the registry.
-    pub fn visible_tables(&self, principal: &Principal) -> Result<Vec<TableEntry>, CatalogError> {
-        let tables = self.state.tables()?;
-        Ok(tables
-            .into_iter()
-            .filter(|t| may_read(principal, &t.name))
-            .collect())
+    /// Tables `principal` may read, by name.
+    pub async fn visible_tables(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<TableEntry>, CatalogError> {
+        Ok(self.principal_session(principal).await?.tables.clone())
     }
 
     /// The principal's session: its catalog holds exactly the tables it may read, at their
-    /// current versions. Cached until tables, users or grants change.
+    /// current versions, with its policies applied. Cached until tables, users or grants
+    /// change.
     pub async fn session(&self, principal: &Principal) -> Result<SessionContext, CatalogError> {
-        let generation = self.state.generation();
-        if let Some((g, ctx)) = lock(&self.sessions).get(principal)
-            && *g == generation
-        {
-            return Ok(ctx.clone());
-        }
-        let ctx = self.build_session(principal).await?;
-        lock(&self.sessions).insert(principal.clone(), (generation, ctx.clone()));
-        Ok(ctx)
+        Ok(self.principal_session(principal).await?.ctx.clone())
     }
 
-    fn new_context(&self) -> SessionContext {
+    async fn principal_session(
+        &self,
+        principal: &Principal,
+    ) -> Result<Arc<PrincipalSession>, CatalogError> {
+        let generation = self.state.generation();
+        if let Some((g, session)) = lock(&self.sessions).get(principal)
+            && *g == generation
+        {
+            return Ok(session.clone());
+        }
+        let session = Arc::new(self.build_session(principal).await?);
+        lock(&self.sessions).insert(principal.clone(), (generation, session.clone()));
+        Ok(session)
+    }
+
+    /// A fresh context for `email`, with no tables yet.
+    fn new_context(&self, email: &str) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, "public")
             .with_create_default_catalog_and_schema(false)
@@ -146,20 +176,63 @@ impl QueryEngine {
             .execution
             .parquet
             .schema_force_view_types = false;
+        let pool = lock(&self.pools)
+            .entry(email.to_string())
+            .or_insert_with(|| {
+                Arc::new(UserPool::new(
+                    self.memory_limit_per_user,
+                    self.runtime.memory_pool.clone(),
+                ))
+            })
+            .clone();
+        let runtime = RuntimeEnv {
+            memory_pool: pool,
+            ..self.runtime.as_ref().clone()
+        };
         let state = SessionStateBuilder::new()
             .with_config(config)
-            .with_runtime_env(self.runtime.clone())
+            .with_runtime_env(Arc::new(runtime))
             .with_default_features()
             .build();
-        SessionContext::new_with_state(state)
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(CurrentUser::udf(email));
+        ctx
     }
 
-    async fn build_session(&self, principal: &Principal) -> Result<SessionContext, CatalogError> {
-        let ctx = self.new_context();
+    async fn build_session(&self, principal: &Principal) -> Result<PrincipalSession, CatalogError> {
+        let ctx = self.new_context(principal.email());
+        let grants = if principal.is_admin() {
+            Vec::new()
+        } else {
+            self.state.grants()?
+        };
         let catalog = MemoryCatalogProvider::new();
         let mut schemas: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
-        for entry in self.visible_tables(principal)? {
-            let provider = self.provider(&ctx, &entry).await?;
+        let mut visible = Vec::new();
+        for entry in self.state.tables()? {
+            let base = self.provider(&ctx, &entry).await?;
+            let provider = if principal.is_admin() {
+                base
+            } else {
+                let applicable: Vec<&Grant> = grants
+                    .iter()
+                    .filter(|g| {
+                        principal.groups().contains(&g.group) && g.table.covers(&entry.name)
+                    })
+                    .collect();
+                if applicable.is_empty() {
+                    continue;
+                }
+                let state = ctx.state();
+                let Some(policy) = TablePolicy::compile(&state, &base.schema(), &applicable) else {
+                    continue;
+                };
+                if policy.is_transparent(&base.schema()) {
+                    base
+                } else {
+                    Arc::new(PolicyTable::new(base, policy))
+                }
+            };
             let schema = schemas
                 .entry(entry.name.schema().to_string())
                 .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
@@ -168,12 +241,73 @@ impl QueryEngine {
                 entry.name.table().to_string(),
                 provider,
             )?;
+            visible.push(entry);
+        }
+        if principal.is_admin() {
+            let system = Arc::new(MemorySchemaProvider::new());
+            datafusion::catalog::SchemaProvider::register_table(
+                system.as_ref(),
+                "audit".into(),
+                Arc::new(AuditTable::new(self.state.clone())?),
+            )?;
+            schemas.insert(SYSTEM_SCHEMA.into(), system);
         }
         for (name, schema) in schemas {
             catalog.register_schema(&name, schema)?;
         }
         ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
-        Ok(ctx)
+        Ok(PrincipalSession {
+            ctx,
+            tables: visible,
+        })
+    }
+
+    /// Validates a grant against the tables it covers (its row filter must be a condition
+    /// over their columns, each mask an expression of its column's type) and stores it.
+    pub async fn create_grant(&self, actor: &str, new: &NewGrant) -> Result<Grant, CatalogError> {
+        let target: GrantTarget = new.table.trim().parse()?;
+        let row_filter = new
+            .row_filter
+            .as_deref()
+            .map(str::trim)
+            .filter(|f| !f.is_empty());
+        let grant = Grant {
+            id: 0,
+            group: new.group.clone(),
+            table: target.clone(),
+            row_filter: row_filter.map(String::from),
+            column_masks: new.column_masks.clone(),
+        };
+        let covered: Vec<TableEntry> = self
+            .state
+            .tables()?
+            .into_iter()
+            .filter(|t| target.covers(&t.name))
+            .collect();
+        if covered.is_empty() && matches!(target, GrantTarget::Table(_)) {
+            return Err(CatalogError::NotFound(format!("no table `{target}`")));
+        }
+        let ctx = self.new_context(actor);
+        for entry in &covered {
+            let base = self.provider(&ctx, entry).await?;
+            let schema = base.schema();
+            let mut grant = grant.clone();
+            if matches!(target, GrantTarget::Schema(_)) {
+                // A schema-wide mask applies to the tables that have the column.
+                grant
+                    .column_masks
+                    .retain(|c, _| schema.field_with_name(c).is_ok());
+            }
+            TablePolicy::validate(&ctx.state(), &schema, &grant)
+                .map_err(|e| CatalogError::InvalidInput(format!("{}: {e}", entry.name)))?;
+        }
+        self.state.insert_grant(
+            actor,
+            &grant.group,
+            &target,
+            row_filter,
+            &grant.column_masks,
+        )
     }
 
     async fn provider(
@@ -214,6 +348,14 @@ impl QueryEngine {
         let sql = number_placeholders(sql)?;
         let plan = ctx.state().create_logical_plan(&sql).await?;
         verify_read_only(&plan)?;
+        // EXPLAIN would show policy literals, storage paths and pre-filter row counts.
+        if !principal.is_admin()
+            && matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_))
+        {
+            return Err(CatalogError::InvalidQuery(
+                "EXPLAIN is available to administrators only".into(),
+            ));
+        }
         Ok((ctx, plan))
     }
 
@@ -302,10 +444,24 @@ pub fn number_placeholders(sql: &str) -> Result<String, CatalogError> {
     Ok(out)
 }
 
-/// Whether `principal` may read `table`. Admins read everything; grants arrive with the
-/// identity-and-access work.
-fn may_read(principal: &Principal, _table: &TableName) -> bool {
-    principal.is_admin()
+/// The tables a plan reads (`schema.table`), subqueries included, for the audit log.
+pub fn tables_read(plan: &LogicalPlan) -> Vec<String> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut tables = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let name = scan.table_name.table();
+            let name = match scan.table_name.schema() {
+                Some(schema) => format!("{schema}.{name}"),
+                None => name.to_string(),
+            };
+            tables.push(name);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    tables.sort();
+    tables.dedup();
+    tables
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,18 +1,30 @@
 //! Quiver's system state and the per-principal view of the data.
 //!
-//! - [`state`]: the embedded DuckDB state file — users, groups, the table registry and its
-//!   versions — with versioned migrations.
-//! - [`identity`]: principals, argon2id password hashes and signed bearer tokens.
+//! - [`state`]: the embedded DuckDB state file and its versioned migrations; the table
+//!   registry and its versions.
+//! - [`access`]: users, groups, memberships and grants; [`tokens`]: personal access tokens;
+//!   [`audit`]: the audit log. Each change is validated and audited in one transaction.
+//! - [`identity`]: principals, argon2id password hashes and signed bearer tokens;
+//!   [`throttle`]: sign-in rate limits.
+//! - [`policy`]: row filters and column masks, enforced inside a per-principal table
+//!   provider; [`system`]: the admins' `system` schema.
 //! - [`storage`]: the object store holding table data, and its key layout.
 //! - [`engine`]: one DataFusion session per principal whose catalog holds only what that
 //!   principal may read, with a read-only SQL surface.
 //! - [`names`]: validated `schema.table` names.
 
+pub mod access;
+pub mod audit;
 pub mod engine;
 pub mod identity;
+pub mod memory;
 pub mod names;
+pub mod policy;
 pub mod state;
 pub mod storage;
+pub mod system;
+pub mod throttle;
+pub mod tokens;
 
 pub use engine::{EngineOptions, QueryEngine};
 pub use identity::{Principal, TokenSigner};
@@ -34,6 +46,15 @@ pub enum CatalogError {
     /// Planning or running a query failed.
     #[error(transparent)]
     Query(#[from] DataFusionError),
+    /// Input that cannot be accepted (a bad e-mail, a row filter naming an unknown column…).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The named user, group, grant, token or table does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with what exists (a duplicate, the last administrator…).
+    #[error("{0}")]
+    Conflict(String),
     /// The object store could not be opened or used.
     #[error("object store: {0}")]
     Storage(String),

@@ -54,6 +54,46 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (schema_name, table_name, version)
     );
     "#,
+    // 2: access: grants, personal access tokens, the audit log.
+    r#"
+    CREATE SEQUENCE grant_ids START 1;
+    CREATE TABLE grants (
+        id            BIGINT PRIMARY KEY DEFAULT nextval('grant_ids'),
+        group_name    VARCHAR NOT NULL,
+        schema_name   VARCHAR NOT NULL,
+        table_name    VARCHAR NOT NULL,   -- '*' for every table of the schema
+        row_filter    VARCHAR,
+        column_masks  VARCHAR NOT NULL,   -- JSON object: column -> SQL expression, or null to hide
+        created_by    VARCHAR NOT NULL,
+        created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE TABLE tokens (
+        id            VARCHAR PRIMARY KEY,
+        email         VARCHAR NOT NULL,
+        name          VARCHAR NOT NULL,
+        prefix        VARCHAR NOT NULL,
+        hash          VARCHAR NOT NULL UNIQUE,
+        created_at    BIGINT NOT NULL,     -- seconds since the epoch, like the other token times
+        expires_at    BIGINT,
+        last_used_at  BIGINT,
+        revoked_at    BIGINT
+    );
+    CREATE SEQUENCE audit_ids START 1;
+    CREATE TABLE audit (
+        id           BIGINT PRIMARY KEY DEFAULT nextval('audit_ids'),
+        at           TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        actor        VARCHAR NOT NULL,
+        action       VARCHAR NOT NULL,
+        target       VARCHAR,
+        detail       VARCHAR,
+        outcome      VARCHAR NOT NULL,
+        statement    VARCHAR,
+        tables       VARCHAR,
+        row_count    BIGINT,
+        byte_count   BIGINT,
+        duration_ms  BIGINT
+    );
+    "#,
 ];
 
 /// A committed, queryable table version.
@@ -140,7 +180,7 @@ impl StateStore {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave DuckDB half-written (statements are
         // atomic), so a poisoned lock is safe to reuse.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -160,8 +200,32 @@ impl StateStore {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn bump(&self) {
+    pub(crate) fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Runs `change` in one transaction, records it in the audit log as `actor` doing
+    /// `action` on `target`, commits, and tells the caches. Either all of it happens or none.
+    pub(crate) fn change<T>(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        change: impl FnOnce(&duckdb::Transaction<'_>) -> Result<(T, serde_json::Value), CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let (value, detail) = change(&tx)?;
+        let detail = (!detail.is_null()).then(|| detail.to_string());
+        tx.execute(
+            "INSERT INTO audit (actor, action, target, detail, outcome) VALUES (?, ?, ?, ?, 'ok')",
+            params![actor, action, target, detail],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        self.bump();
+        tracing::info!(actor, action, target, "administrative change");
+        Ok(value)
     }
 
     // ----- identity -------------------------------------------------------------------

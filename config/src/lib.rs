@@ -216,6 +216,19 @@ impl Config {
             ),
         );
         check(
+            self.query.max_concurrent_per_user >= 1,
+            "query.max_concurrent_per_user",
+            "must be at least 1".into(),
+        );
+        check(
+            self.query.memory_limit_per_user >= ByteSize::mib(16),
+            "query.memory_limit_per_user",
+            format!(
+                "{} is too small; use at least 16 MiB",
+                self.query.memory_limit_per_user
+            ),
+        );
+        check(
             self.demo.scale > 0.0 && self.demo.scale <= 1000.0,
             "demo.scale",
             format!("{} is out of range (0, 1000]", self.demo.scale),

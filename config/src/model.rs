@@ -143,6 +143,17 @@ pub struct QueryConfig {
     /// Largest gRPC message Quiver sends; larger batches are split. Must stay under the
     /// clients' limit (16 MiB for the Go-based ADBC driver). Default `4 MiB`.
     pub max_message_size: ByteSize,
+    /// Queries one user may run at once; more are refused with `RESOURCE_EXHAUSTED`.
+    /// Default `8`.
+    pub max_concurrent_per_user: usize,
+    /// Memory one user's running queries may hold together, within `memory_limit`; beyond
+    /// it their operators spill, then fail with `RESOURCE_EXHAUSTED`. Default `1 GiB`.
+    pub memory_limit_per_user: ByteSize,
+    /// A result with more rows fails with `RESOURCE_EXHAUSTED` (never silently truncated).
+    /// Default: no limit.
+    pub max_result_rows: Option<u64>,
+    /// A result sending more bytes fails with `RESOURCE_EXHAUSTED`. Default: no limit.
+    pub max_result_bytes: Option<ByteSize>,
 }
 
 impl Default for QueryConfig {
@@ -152,6 +163,10 @@ impl Default for QueryConfig {
             memory_limit: ByteSize::gib(2),
             batch_size: 8192,
             max_message_size: ByteSize::mib(4),
+            max_concurrent_per_user: 8,
+            memory_limit_per_user: ByteSize::gib(1),
+            max_result_rows: None,
+            max_result_bytes: None,
         }
     }
 }

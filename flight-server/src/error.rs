@@ -10,7 +10,11 @@ use tonic::Status;
 /// Maps a catalog error to the status a client sees.
 pub fn to_status(error: CatalogError) -> Status {
     match error {
-        CatalogError::InvalidName(m) | CatalogError::InvalidQuery(m) => Status::invalid_argument(m),
+        CatalogError::InvalidName(m)
+        | CatalogError::InvalidQuery(m)
+        | CatalogError::InvalidInput(m) => Status::invalid_argument(m),
+        CatalogError::NotFound(m) => Status::not_found(m),
+        CatalogError::Conflict(m) => Status::failed_precondition(m),
         CatalogError::Query(e) => datafusion_status(&e),
         other @ (CatalogError::Storage(_)
         | CatalogError::State(_)

@@ -38,8 +38,10 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
-use quiver_catalog::engine::parameter_types;
+use quiver_catalog::engine::{parameter_types, tables_read};
 use quiver_catalog::identity::unix_now;
+use quiver_catalog::throttle::LoginThrottle;
+use quiver_catalog::tokens::{TOKEN_PREFIX, token_hash};
 use quiver_catalog::{CATALOG_NAME, Principal, QueryEngine, TokenSigner};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -67,6 +69,22 @@ pub struct FlightOptions {
     pub ticket_lifetime: Duration,
     /// Largest `FlightData` message sent; bigger batches are split.
     pub max_message_size: usize,
+    /// Queries one user may run at once.
+    pub max_concurrent_per_user: usize,
+    /// A result with more rows fails instead of being truncated.
+    pub max_result_rows: Option<u64>,
+    /// A result with more bytes fails instead of being truncated.
+    pub max_result_bytes: Option<u64>,
+}
+
+/// A resolved bearer credential, valid while the state store's generation is unchanged
+/// (any change to users, memberships or tokens bumps it) and, for a PAT, until it expires.
+#[derive(Debug, Clone)]
+struct Cached {
+    generation: u64,
+    principal: Principal,
+    /// A PAT's id, expiry and when its use was last recorded.
+    token: Option<(String, Option<u64>, std::time::Instant)>,
 }
 
 /// Quiver's `FlightSqlService`.
@@ -80,9 +98,11 @@ pub struct QuiverFlightSql {
     /// Parameters bound to prepared statements, for clients that keep using the original
     /// handle instead of the updated one returned by `DoPut`.
     bound: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
-    /// Principals by e-mail, valid while the state store's generation is unchanged (any
-    /// change to users or memberships bumps it), so most calls skip the state lookup.
-    principals: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Principal)>>>,
+    /// Resolved credentials by JWT subject (`jwt:email`) or PAT hash (`pat:hash`), so most
+    /// calls skip the state lookup.
+    principals: Arc<std::sync::Mutex<std::collections::HashMap<String, Cached>>>,
+    /// Failed sign-in limits, shared with the HTTP sign-in.
+    throttle: Arc<LoginThrottle>,
 }
 
 impl std::fmt::Debug for QuiverFlightSql {
@@ -100,8 +120,10 @@ impl QuiverFlightSql {
         tokens: TokenSigner,
         secret: &[u8],
         options: FlightOptions,
+        throttle: Arc<LoginThrottle>,
     ) -> Self {
         Self {
+            throttle,
             engine,
             tokens,
             sealer: Sealer::new(secret),
@@ -142,31 +164,95 @@ impl QuiverFlightSql {
                     "expected `authorization: Bearer <token>`; obtain a token with the Basic-auth handshake",
                 )
             })?;
+        let token = token.trim();
+        if token.starts_with(TOKEN_PREFIX) {
+            return self.token_principal(token).await;
+        }
         let email = self
             .tokens
-            .verify(token.trim())
+            .verify(token)
             .ok_or_else(|| Status::unauthenticated("invalid or expired token; sign in again"))?;
+        let key = format!("jwt:{email}");
         let generation = self.engine.state().generation();
-        if let Some((g, principal)) = self.cached_principals().get(&email)
-            && *g == generation
+        if let Some(cached) = self.cached_principals().get(&key)
+            && cached.generation == generation
         {
-            return Ok(principal.clone());
+            return Ok(cached.principal.clone());
         }
         let engine = self.engine.clone();
-        let lookup = email.clone();
-        let principal = tokio::task::spawn_blocking(move || engine.state().principal(&lookup))
+        let principal = tokio::task::spawn_blocking(move || engine.state().principal(&email))
             .await
             .map_err(|e| internal(&e))?
             .map_err(to_status)?
             .ok_or_else(|| Status::unauthenticated("the account is no longer active"))?;
-        self.cached_principals()
-            .insert(email, (generation, principal.clone()));
+        self.cached_principals().insert(
+            key,
+            Cached {
+                generation,
+                principal: principal.clone(),
+                token: None,
+            },
+        );
         Ok(principal)
+    }
+
+    /// The owner of a personal access token; revoked, expired or unknown tokens and
+    /// inactive owners are refused at once.
+    async fn token_principal(&self, token: &str) -> Result<Principal, Status> {
+        let refused = || Status::unauthenticated("invalid, expired or revoked access token");
+        let key = format!("pat:{}", token_hash(token));
+        let generation = self.engine.state().generation();
+        let now = unix_now();
+        let mut touch = None;
+        if let Some(cached) = self.cached_principals().get_mut(&key)
+            && cached.generation == generation
+            && let Some((id, expires, touched)) = &mut cached.token
+        {
+            if expires.is_some_and(|e| e <= now) {
+                return Err(refused());
+            }
+            // Record use at most once a minute.
+            if touched.elapsed() >= Duration::from_secs(60) {
+                *touched = std::time::Instant::now();
+                touch = Some(id.clone());
+            }
+            let principal = cached.principal.clone();
+            if let Some(id) = touch {
+                self.touch_token(id);
+            }
+            return Ok(principal);
+        }
+        let engine = self.engine.clone();
+        let secret = token.to_string();
+        let used = tokio::task::spawn_blocking(move || engine.state().token_principal(&secret))
+            .await
+            .map_err(|e| internal(&e))?
+            .map_err(to_status)?
+            .ok_or_else(refused)?;
+        self.touch_token(used.id.clone());
+        self.cached_principals().insert(
+            key,
+            Cached {
+                generation,
+                principal: used.principal.clone(),
+                token: Some((used.id, used.expires_at, std::time::Instant::now())),
+            },
+        );
+        Ok(used.principal)
+    }
+
+    fn touch_token(&self, id: String) {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = engine.state().touch_token(&id) {
+                tracing::warn!(error = %e, "cannot record token use");
+            }
+        });
     }
 
     fn cached_principals(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Principal)>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Cached>> {
         self.principals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -191,7 +277,7 @@ impl QuiverFlightSql {
         let schema = plan.schema().as_arrow().clone();
         let query_id = uuid::Uuid::new_v4().to_string();
         self.running
-            .register(&query_id, self.options.ticket_lifetime);
+            .register(&query_id, principal.email(), self.options.ticket_lifetime);
         let ticket = QueryTicket {
             query_id,
             user: principal.email().to_string(),
@@ -263,9 +349,24 @@ impl QuiverFlightSql {
             ticket.query_id.clone(),
             principal.email().to_string(),
             ticket.sql.clone(),
+            tables_read(&plan),
             self.running.clone(),
+            Some(self.engine.state().clone()),
         );
-        let token = self.running.start(&ticket.query_id);
+        let token = match self.running.start(
+            &ticket.query_id,
+            principal.email(),
+            self.options.max_concurrent_per_user,
+        ) {
+            Ok(token) => token,
+            Err(running) => {
+                let message = format!(
+                    "you already have {running} queries running (query.max_concurrent_per_user); wait for one to finish"
+                );
+                log.set_outcome(format!("refused: {message}"));
+                return Err(Status::resource_exhausted(message));
+            }
+        };
         if token.is_cancelled() {
             log.set_outcome("cancelled before it started");
             return Err(Status::cancelled("the query was cancelled"));
@@ -295,17 +396,29 @@ impl QuiverFlightSql {
             Box::pin(batches),
             token,
             self.options.query_timeout,
+            self.options.max_result_rows,
             log.clone(),
         );
         let bytes_log = log;
+        let max_bytes = self.options.max_result_bytes;
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_max_flight_data_size(self.options.max_message_size)
             .build(guarded.map_err(|status| FlightError::Tonic(Box::new(status))))
             .map(move |item| match item {
                 Ok(data) => {
-                    bytes_log.add_bytes(data.data_body.len() + data.data_header.len());
-                    Ok(data)
+                    let sent =
+                        bytes_log.add_bytes(data.data_body.len() + data.data_header.len());
+                    match max_bytes {
+                        Some(max) if sent > max => {
+                            let message = format!(
+                                "the result is larger than {max} bytes (query.max_result_bytes); add a LIMIT or select fewer columns"
+                            );
+                            bytes_log.set_outcome(format!("error: {message}"));
+                            Err(Status::resource_exhausted(message))
+                        }
+                        _ => Ok(data),
+                    }
                 }
                 Err(FlightError::Tonic(status)) => Err(*status),
                 Err(e) => Err(Status::from(e)),
@@ -470,18 +583,45 @@ impl FlightSqlService for QuiverFlightSql {
         let (user, password) = parse_basic(header).ok_or_else(|| {
             Status::unauthenticated("malformed Basic credentials in the authorization header")
         })?;
+        let address = request.remote_addr().map(|a| a.ip().to_string());
+        if let Err(wait) = self.throttle.check(&user, address.as_deref()) {
+            return Err(Status::resource_exhausted(format!(
+                "too many failed sign-in attempts; try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
         let engine = self.engine.clone();
         let login = user.clone();
         let principal = tokio::task::spawn_blocking(move || {
-            engine.state().authenticate_password(&login, &password)
+            let state = engine.state();
+            // Tools that only know user and password (DBeaver, JDBC) may pass a personal
+            // access token as the password.
+            let principal = if password.starts_with(TOKEN_PREFIX) {
+                state
+                    .token_principal(&password)?
+                    .map(|t| t.principal)
+                    .filter(|p| p.email() == login.trim().to_lowercase())
+            } else {
+                state.authenticate_password(&login, &password)?
+            };
+            let outcome = if principal.is_some() { "ok" } else { "refused" };
+            state.record_event(
+                &login.trim().to_lowercase(),
+                "login",
+                Some("flight"),
+                outcome,
+            )?;
+            Ok::<_, quiver_catalog::CatalogError>(principal)
         })
         .await
         .map_err(|e| internal(&e))?
         .map_err(to_status)?;
         let Some(principal) = principal else {
-            tracing::warn!(user = %user, "handshake refused");
+            self.throttle.failed(&user, address.as_deref());
+            tracing::warn!(user = %user, address = ?address, "handshake refused");
             return Err(Status::unauthenticated("invalid e-mail or password"));
         };
+        self.throttle.succeeded(&user);
         let (token, _expires) = self.tokens.issue(principal.email()).map_err(to_status)?;
         tracing::info!(user = %principal.email(), "handshake");
         let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| internal(&e))?;
@@ -721,6 +861,7 @@ impl FlightSqlService for QuiverFlightSql {
         let mut schemas: Vec<String> = self
             .engine
             .visible_tables(&principal)
+            .await
             .map_err(to_status)?
             .into_iter()
             .map(|t| t.name.schema().to_string())
@@ -751,7 +892,11 @@ impl FlightSqlService for QuiverFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let principal = self.principal(&request).await?;
         let include_schema = query.include_schema;
-        let tables = self.engine.visible_tables(&principal).map_err(to_status)?;
+        let tables = self
+            .engine
+            .visible_tables(&principal)
+            .await
+            .map_err(to_status)?;
         let mut builder = query.into_builder();
         let empty = Schema::empty();
         for table in tables {

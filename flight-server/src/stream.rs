@@ -14,55 +14,83 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use futures::{FutureExt, Stream};
+use quiver_catalog::StateStore;
+use quiver_catalog::audit::QueryRecord;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 /// Batches of one query, errors already mapped to statuses.
 pub type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, Status>> + Send>>;
 
-/// When a registered query's ticket was issued; `None` once it runs (and so is removed
-/// when it ends, not when it gets old).
-type Issued = Option<Instant>;
+/// A registered query.
+#[derive(Debug)]
+struct Entry {
+    /// When its ticket was issued; `None` once it runs (and so it is removed when it ends,
+    /// not when it gets old).
+    issued: Option<Instant>,
+    /// Who runs it.
+    user: String,
+    token: CancellationToken,
+}
 
 /// Queries that can be cancelled, by query id. An entry is made when a ticket is issued (so
 /// a cancel may even arrive before `DoGet`) and removed when the query ends, or when its
 /// ticket was never redeemed and has expired.
 #[derive(Debug, Default, Clone)]
 pub struct RunningQueries {
-    inner: Arc<Mutex<HashMap<String, (Issued, CancellationToken)>>>,
+    inner: Arc<Mutex<HashMap<String, Entry>>>,
 }
 
 impl RunningQueries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Issued, CancellationToken)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers an issued ticket, forgetting tickets issued more than `max_age` ago and
     /// never redeemed.
-    pub fn register(&self, query_id: &str, max_age: Duration) -> CancellationToken {
+    pub fn register(&self, query_id: &str, user: &str, max_age: Duration) -> CancellationToken {
         let mut map = self.lock();
-        map.retain(|_, (issued, _)| issued.is_none_or(|at| at.elapsed() < max_age));
+        map.retain(|_, e| e.issued.is_none_or(|at| at.elapsed() < max_age));
         map.entry(query_id.to_string())
-            .or_insert_with(|| (Some(Instant::now()), CancellationToken::new()))
-            .1
+            .or_insert_with(|| Entry {
+                issued: Some(Instant::now()),
+                user: user.to_string(),
+                token: CancellationToken::new(),
+            })
+            .token
             .clone()
     }
 
-    /// Marks a query as running and returns its token (registering it if it was forgotten).
-    pub fn start(&self, query_id: &str) -> CancellationToken {
+    /// Marks a query as running and returns its token (registering it if it was forgotten),
+    /// unless `user` already runs `max_per_user` queries: then `Err(running)`.
+    pub fn start(
+        &self,
+        query_id: &str,
+        user: &str,
+        max_per_user: usize,
+    ) -> Result<CancellationToken, usize> {
         let mut map = self.lock();
-        let entry = map
-            .entry(query_id.to_string())
-            .or_insert_with(|| (None, CancellationToken::new()));
-        entry.0 = None;
-        entry.1.clone()
+        let running = map
+            .iter()
+            .filter(|(id, e)| e.issued.is_none() && e.user == user && id.as_str() != query_id)
+            .count();
+        if running >= max_per_user {
+            return Err(running);
+        }
+        let entry = map.entry(query_id.to_string()).or_insert_with(|| Entry {
+            issued: None,
+            user: user.to_string(),
+            token: CancellationToken::new(),
+        });
+        entry.issued = None;
+        Ok(entry.token.clone())
     }
 
     /// Cancels a query; returns whether it was known.
     pub fn cancel(&self, query_id: &str) -> bool {
         match self.lock().get(query_id) {
-            Some((_, token)) => {
-                token.cancel();
+            Some(entry) => {
+                entry.token.cancel();
                 true
             }
             None => false,
@@ -93,36 +121,43 @@ pub struct QueryLog {
     pub user: String,
     /// The SQL text.
     pub statement: String,
+    /// Tables the query reads.
+    pub tables: Vec<String>,
     started: Instant,
     rows: AtomicU64,
     bytes: AtomicU64,
     outcome: Mutex<Option<String>>,
     running: RunningQueries,
+    audit: Option<Arc<StateStore>>,
 }
 
 impl QueryLog {
-    /// Starts the record of a query.
+    /// Starts the record of a query; when it ends it is logged, and written to `audit`.
     pub fn new(
         query_id: String,
         user: String,
         statement: String,
+        tables: Vec<String>,
         running: RunningQueries,
+        audit: Option<Arc<StateStore>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             query_id,
             user,
             statement,
+            tables,
             started: Instant::now(),
             rows: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             outcome: Mutex::new(None),
             running,
+            audit,
         })
     }
 
-    /// Adds bytes sent on the wire.
-    pub fn add_bytes(&self, n: usize) {
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    /// Adds bytes sent on the wire; returns the total so far.
+    pub fn add_bytes(&self, n: usize) -> u64 {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64
     }
 
     /// Records how the query ended (the first outcome recorded wins).
@@ -143,16 +178,35 @@ impl Drop for QueryLog {
             .flatten()
             .unwrap_or_else(|| "cancelled: client went away".into());
         let duration_ms = self.started.elapsed().as_millis() as u64;
+        let record = QueryRecord {
+            user: std::mem::take(&mut self.user),
+            statement: std::mem::take(&mut self.statement),
+            tables: std::mem::take(&mut self.tables),
+            rows: self.rows.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            duration_ms,
+            outcome,
+        };
         tracing::info!(
             query_id = %self.query_id,
-            user = %self.user,
-            statement = %self.statement,
-            rows = self.rows.load(Ordering::Relaxed),
-            bytes = self.bytes.load(Ordering::Relaxed),
+            user = %record.user,
+            statement = %record.statement,
+            tables = %record.tables.join(","),
+            rows = record.rows,
+            bytes = record.bytes,
             duration_ms,
-            outcome = %outcome,
+            outcome = %record.outcome,
             "query"
         );
+        if let (Some(state), Ok(runtime)) =
+            (self.audit.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn_blocking(move || {
+                if let Err(e) = state.record_query(&record) {
+                    tracing::error!(error = %e, "cannot write the query to the audit log");
+                }
+            });
+        }
     }
 }
 
@@ -162,16 +216,18 @@ pub struct GuardedStream {
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
+    max_rows: Option<u64>,
     log: Arc<QueryLog>,
     done: bool,
 }
 
 impl GuardedStream {
-    /// Guards `inner` with `token` and a `timeout` counted from now.
+    /// Guards `inner` with `token`, a `timeout` counted from now and a row cap.
     pub fn new(
         inner: BatchStream,
         token: CancellationToken,
         timeout: Duration,
+        max_rows: Option<u64>,
         log: Arc<QueryLog>,
     ) -> Self {
         Self {
@@ -179,6 +235,7 @@ impl GuardedStream {
             cancelled: Box::pin(token.cancelled_owned()),
             deadline: Box::pin(tokio::time::sleep(timeout)),
             timeout,
+            max_rows,
             log,
             done: false,
         }
@@ -209,9 +266,18 @@ impl Stream for GuardedStream {
         }
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(batch))) => {
-                self.log
+                let rows = self
+                    .log
                     .rows
-                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed)
+                    + batch.num_rows() as u64;
+                if let Some(max) = self.max_rows
+                    && rows > max
+                {
+                    return self.fail(Status::resource_exhausted(format!(
+                        "the result has more than {max} rows (query.max_result_rows); add a LIMIT or narrow the query"
+                    )));
+                }
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(status))) => self.fail(status),
@@ -232,15 +298,28 @@ mod tests {
     #[test]
     fn running_queries_outlive_the_ticket_lifetime_but_unredeemed_tickets_do_not() {
         let running = RunningQueries::default();
-        running.register("started", Duration::from_secs(3600));
-        let token = running.start("started");
-        running.register("never-redeemed", Duration::from_secs(3600));
+        running.register("started", "a", Duration::from_secs(3600));
+        let token = running.start("started", "a", 8).unwrap();
+        running.register("never-redeemed", "a", Duration::from_secs(3600));
         std::thread::sleep(Duration::from_millis(20));
         // A new ticket with a tiny lifetime prunes old, unredeemed tickets only.
-        running.register("new", Duration::from_millis(10));
+        running.register("new", "a", Duration::from_millis(10));
         assert!(running.cancel("started"));
         assert!(token.is_cancelled());
         assert!(!running.cancel("never-redeemed"));
         assert_eq!(running.len(), 2);
+    }
+
+    #[test]
+    fn a_user_runs_at_most_the_allowed_number_of_queries() {
+        let running = RunningQueries::default();
+        running.start("q1", "a", 2).unwrap();
+        running.start("q2", "a", 2).unwrap();
+        assert_eq!(running.start("q3", "a", 2).unwrap_err(), 2);
+        running
+            .start("q3", "b", 2)
+            .expect("other users are not affected");
+        running.finish("q1");
+        running.start("q3", "a", 2).expect("a slot was freed");
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use base64::Engine;
+use quiver_catalog::throttle::LoginThrottle;
 use quiver_catalog::{EngineOptions, QueryEngine, StateStore, Storage, TokenSigner};
 use quiver_config::Config;
 use quiver_flight::{FlightOptions, QuiverFlightSql};
@@ -63,21 +64,27 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         &storage,
         EngineOptions {
             memory_limit: config.query.memory_limit.as_u64() as usize,
+            memory_limit_per_user: config.query.memory_limit_per_user.as_u64() as usize,
             spill_dir: data_dir.join("spill"),
             max_spill_bytes: config.query.memory_limit.as_u64().saturating_mul(8),
             batch_size: config.query.batch_size,
         },
     )?);
     let tokens = TokenSigner::new(&secret, config.auth.token_lifetime);
+    let throttle = Arc::new(LoginThrottle::default());
     let flight = QuiverFlightSql::new(
         engine.clone(),
-        tokens,
+        tokens.clone(),
         &secret,
         FlightOptions {
             query_timeout: config.query.timeout,
             ticket_lifetime: config.auth.ticket_lifetime,
             max_message_size: config.query.max_message_size.as_u64() as usize,
+            max_concurrent_per_user: config.query.max_concurrent_per_user,
+            max_result_rows: config.query.max_result_rows,
+            max_result_bytes: config.query.max_result_bytes.map(|b| b.as_u64()),
         },
+        throttle.clone(),
     );
 
     let flight_listener = TcpListener::bind(config.server.flight_listen)
@@ -137,6 +144,9 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         .map(|t| (t.cert.as_path(), t.key.as_path()));
     let http_app = quiver_admin::app(quiver_admin::AppState {
         state: state.clone(),
+        engine: engine.clone(),
+        tokens,
+        throttle,
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(quiver_admin::serve(http_listener, http_app, async move {

@@ -1,0 +1,560 @@
+//! Row filters and column masks, enforced inside a per-principal table provider.
+//!
+//! DataFusion's optimizer reorders and pushes predicates, so a user predicate such as
+//! `1/(secret - 42)` could otherwise run on rows the policy hides and leak through its
+//! error. [`PolicyTable`] therefore produces its rows already filtered and masked, and
+//! accepts only predicates that cannot fail or leak (plain comparisons of always-clear
+//! columns with literals, see [`is_safe_filter`]) below the policy, which keeps parquet
+//! pruning. Everything else the user writes runs above it, on visible rows and masked
+//! values. [`PolicyExec`] is the barrier in the physical plan: no filter, dynamic or not,
+//! is pushed through it, and it reports no statistics, so `COUNT(*)`/`MIN`/`MAX` are never
+//! answered from file metadata.
+//!
+//! Several grants on one table combine as a union: a row is visible if any grant's filter
+//! keeps it; a column value is clear on the rows of a grant that leaves it clear, masked on
+//! the rows of a grant that masks it, and the column is hidden only if every grant hides it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema, Result, ScalarValue};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::session_state::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, TableProviderFilterPushDown, Volatility, and, lit, or, when,
+};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
+};
+
+use crate::access::Grant;
+
+/// How one visible column of a policy-governed table is produced.
+#[derive(Debug, Clone)]
+enum ColumnRule {
+    /// The base column, unchanged on every visible row.
+    Clear,
+    /// An expression over the base columns (a mask, or a per-grant `CASE`).
+    Computed(Expr),
+}
+
+/// A principal's compiled policy on one table: which rows, and how each visible column is
+/// produced from the base table's columns.
+#[derive(Debug, Clone)]
+pub struct TablePolicy {
+    /// Predicate over base columns; `None` keeps every row.
+    rows: Option<Expr>,
+    /// Visible columns: (index in the base schema, rule), in base order.
+    columns: Vec<(usize, ColumnRule)>,
+}
+
+/// One grant, parsed against a table.
+struct ParsedGrant {
+    filter: Option<Expr>,
+    /// Per base column: `None` clear, `Some(None)` hidden, `Some(Some(e))` masked by `e`.
+    masks: Vec<Option<Option<Expr>>>,
+}
+
+impl TablePolicy {
+    /// Combines `grants` (all covering this table) into one policy. Grants whose filter or
+    /// masks do not compile against the table are skipped with a warning (fail closed);
+    /// `None` when nothing remains.
+    pub fn compile(state: &SessionState, base: &Schema, grants: &[&Grant]) -> Option<Self> {
+        let parsed: Vec<ParsedGrant> = grants
+            .iter()
+            .filter_map(|g| match parse_grant(state, base, g) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(grant = g.id, table = %g.table, error = %e, "grant skipped: it does not compile against the table");
+                    None
+                }
+            })
+            .collect();
+        if parsed.is_empty() {
+            return None;
+        }
+        Some(Self::combine(base, &parsed))
+    }
+
+    /// Checks one grant against a table, with messages for the person writing it.
+    pub fn validate(state: &SessionState, base: &Schema, grant: &Grant) -> Result<(), String> {
+        for column in grant.column_masks.keys() {
+            if base.field_with_name(column).is_err() {
+                return Err(format!(
+                    "column_masks names `{column}`, which the table does not have (columns: {})",
+                    column_names(base)
+                ));
+            }
+        }
+        let parsed = parse_grant(state, base, grant)?;
+        let policy = Self::combine(base, &[parsed]);
+        // Plan the expressions physically too, so nothing fails later at query time.
+        let df = DFSchema::try_from(base.clone()).map_err(|e| e.to_string())?;
+        for expr in
+            policy
+                .rows
+                .iter()
+                .chain(policy.columns.iter().filter_map(|(_, rule)| match rule {
+                    ColumnRule::Computed(e) => Some(e),
+                    ColumnRule::Clear => None,
+                }))
+        {
+            state
+                .create_physical_expr(expr.clone(), &df)
+                .map_err(|e| e.strip_backtrace())?;
+        }
+        Ok(())
+    }
+
+    /// True when the policy changes nothing (no filter, every column clear).
+    pub fn is_transparent(&self, base: &Schema) -> bool {
+        self.rows.is_none()
+            && self.columns.len() == base.fields().len()
+            && self
+                .columns
+                .iter()
+                .all(|(_, r)| matches!(r, ColumnRule::Clear))
+    }
+
+    fn combine(base: &Schema, grants: &[ParsedGrant]) -> Self {
+        let rows = any_of(grants.iter().map(|g| g.filter.clone()));
+        let mut columns = Vec::new();
+        for (index, field) in base.fields().iter().enumerate() {
+            let clear_rows = any_of(
+                grants
+                    .iter()
+                    .filter(|g| g.masks[index].is_none())
+                    .map(|g| g.filter.clone()),
+            );
+            let has_clear = grants.iter().any(|g| g.masks[index].is_none());
+            let masked: Vec<(Option<Expr>, Expr)> = grants
+                .iter()
+                .filter_map(|g| match &g.masks[index] {
+                    Some(Some(mask)) => Some((g.filter.clone(), mask.clone())),
+                    _ => None,
+                })
+                .collect();
+            let rule = if has_clear && (clear_rows.is_none() || rows == clear_rows) {
+                // Clear on every visible row.
+                ColumnRule::Clear
+            } else if !has_clear && masked.is_empty() {
+                continue; // hidden under every grant
+            } else if grants.len() == 1 {
+                let (_, mask) = masked.into_iter().next().expect("one masked grant");
+                ColumnRule::Computed(cast(mask, field.data_type()))
+            } else {
+                let column = Expr::Column(Column::new_unqualified(field.name()));
+                let mut branches: Vec<(Expr, Expr)> = Vec::new();
+                if has_clear {
+                    branches.push((clear_rows.unwrap_or(lit(true)), column));
+                }
+                for (filter, mask) in masked {
+                    branches.push((filter.unwrap_or(lit(true)), cast(mask, field.data_type())));
+                }
+                let mut iter = branches.into_iter();
+                let (first_when, first_then) = iter.next().expect("at least one branch");
+                let mut case = when(first_when, first_then);
+                for (w, t) in iter {
+                    case.when(w, t);
+                }
+                let null = ScalarValue::try_from(field.data_type()).unwrap_or(ScalarValue::Null);
+                match case.otherwise(lit(null)) {
+                    Ok(e) => ColumnRule::Computed(e),
+                    // Cannot build the CASE: hide the column rather than show it.
+                    Err(_) => continue,
+                }
+            };
+            columns.push((index, rule));
+        }
+        Self { rows, columns }
+    }
+}
+
+/// `None` (all rows) if any input is `None`, else the OR of the inputs.
+fn any_of(filters: impl Iterator<Item = Option<Expr>>) -> Option<Expr> {
+    let mut acc: Option<Expr> = None;
+    for f in filters {
+        let f = f?;
+        acc = Some(match acc {
+            None => f,
+            Some(a) => or(a, f),
+        });
+    }
+    acc
+}
+
+fn cast(expr: Expr, to: &DataType) -> Expr {
+    Expr::Cast(datafusion::logical_expr::Cast::new(
+        Box::new(expr),
+        to.clone(),
+    ))
+}
+
+fn column_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether a mask of type `from` may stand in for a column of type `to`: same type, or the
+/// same family (numbers, strings), or NULL.
+fn mask_type_fits(from: &DataType, to: &DataType) -> bool {
+    from == to
+        || from.is_null()
+        || (from.is_numeric() && to.is_numeric())
+        || (is_string(from) && is_string(to))
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn parse_grant(state: &SessionState, base: &Schema, grant: &Grant) -> Result<ParsedGrant, String> {
+    let df = DFSchema::try_from(base.clone()).map_err(|e| e.to_string())?;
+    let parse = |sql: &str| -> Result<Expr, String> {
+        let expr = state
+            .create_logical_expr(sql, &df)
+            .map_err(|e| e.strip_backtrace())?;
+        if expr
+            .exists(|e| {
+                Ok(matches!(
+                    e,
+                    Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)
+                ))
+            })
+            .unwrap_or(true)
+        {
+            return Err("subqueries are not allowed in row filters or masks".into());
+        }
+        Ok(expr)
+    };
+    let filter = match grant.row_filter.as_deref() {
+        Some(sql) => {
+            let expr = parse(sql).map_err(|e| format!("row_filter: {e}"))?;
+            let ty = expr.get_type(&df).map_err(|e| e.strip_backtrace())?;
+            if ty != DataType::Boolean {
+                return Err(format!(
+                    "row_filter must be a true/false condition, but `{sql}` is {ty}"
+                ));
+            }
+            Some(expr)
+        }
+        None => None,
+    };
+    let mut masks = vec![None; base.fields().len()];
+    for (column, mask) in &grant.column_masks {
+        // Masks on columns a table lacks (from a `schema.*` grant) do not apply to it.
+        let Ok(index) = base.index_of(column) else {
+            continue;
+        };
+        masks[index] = Some(match mask {
+            None => None,
+            Some(sql) => {
+                let expr = parse(sql).map_err(|e| format!("mask for `{column}`: {e}"))?;
+                let from = expr.get_type(&df).map_err(|e| e.strip_backtrace())?;
+                let to = base.field(index).data_type();
+                if !mask_type_fits(&from, to) {
+                    return Err(format!(
+                        "mask for `{column}` is {from} but the column is {to}; a mask keeps the column's type"
+                    ));
+                }
+                Some(expr)
+            }
+        });
+    }
+    Ok(ParsedGrant { filter, masks })
+}
+
+/// Whether a user predicate may run below the policy: it cannot fail and reveals nothing,
+/// because it only compares columns that are clear on every visible row with literals.
+pub fn is_safe_filter(expr: &Expr, clear: &HashSet<&str>) -> bool {
+    let is_col = |e: &Expr| matches!(e, Expr::Column(c) if clear.contains(c.name.as_str()));
+    let is_lit = |e: &Expr| matches!(e, Expr::Literal(..));
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+            Operator::And | Operator::Or => {
+                is_safe_filter(left, clear) && is_safe_filter(right, clear)
+            }
+            Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+            | Operator::IsDistinctFrom
+            | Operator::IsNotDistinctFrom => {
+                (is_col(left) && is_lit(right)) || (is_lit(left) && is_col(right))
+            }
+            _ => false,
+        },
+        Expr::Not(e) => is_safe_filter(e, clear),
+        Expr::IsNull(e) | Expr::IsNotNull(e) => is_col(e),
+        Expr::Between(b) => is_col(&b.expr) && is_lit(&b.low) && is_lit(&b.high),
+        Expr::InList(l) => is_col(&l.expr) && l.list.iter().all(is_lit),
+        _ => false,
+    }
+}
+
+/// A table as one principal may see it: the base table's rows filtered and its columns
+/// masked or hidden by the principal's grants.
+#[derive(Debug)]
+pub struct PolicyTable {
+    base: Arc<dyn TableProvider>,
+    policy: TablePolicy,
+    schema: SchemaRef,
+}
+
+impl PolicyTable {
+    /// Wraps `base` with `policy`.
+    pub fn new(base: Arc<dyn TableProvider>, policy: TablePolicy) -> Self {
+        let base_schema = base.schema();
+        let fields: Vec<Field> = policy
+            .columns
+            .iter()
+            .map(|(index, rule)| {
+                let field = base_schema.field(*index).clone();
+                match rule {
+                    ColumnRule::Clear => field,
+                    ColumnRule::Computed(_) => field.with_nullable(true),
+                }
+            })
+            .collect();
+        Self {
+            base,
+            policy,
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    /// Names of the columns that are clear on every visible row.
+    fn clear_columns(&self) -> HashSet<&str> {
+        self.schema
+            .fields()
+            .iter()
+            .zip(&self.policy.columns)
+            .filter(|(_, (_, rule))| matches!(rule, ColumnRule::Clear))
+            .map(|(field, _)| field.name().as_str())
+            .collect()
+    }
+}
+
+/// Drops table qualifiers, so expressions resolve against the provider's own schema.
+fn unqualify(expr: Expr) -> Result<Expr> {
+    expr.transform(|e| match e {
+        Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(
+            Column::new_unqualified(c.name),
+        ))),
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
+#[async_trait]
+impl TableProvider for PolicyTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        let clear = self.clear_columns();
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if is_safe_filter(f, &clear) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let base_schema = self.base.schema();
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.policy.columns.len()).collect(),
+        };
+        let pushed: Vec<Expr> = filters
+            .iter()
+            .cloned()
+            .map(unqualify)
+            .collect::<Result<_>>()?;
+
+        // Base columns needed: the row filter's, the wanted columns' and the pushed filters'.
+        let mut needed: HashSet<usize> = HashSet::new();
+        let note = |needed: &mut HashSet<usize>, expr: &Expr| {
+            for c in expr.column_refs() {
+                if let Ok(i) = base_schema.index_of(&c.name) {
+                    needed.insert(i);
+                }
+            }
+        };
+        if let Some(rows) = &self.policy.rows {
+            note(&mut needed, rows);
+        }
+        for f in &pushed {
+            note(&mut needed, f);
+        }
+        for &out in &wanted {
+            match &self.policy.columns[out] {
+                (i, ColumnRule::Clear) => {
+                    needed.insert(*i);
+                }
+                (_, ColumnRule::Computed(e)) => note(&mut needed, e),
+            }
+        }
+        let mut needed: Vec<usize> = needed.into_iter().collect();
+        needed.sort_unstable();
+
+        // Without a row filter or pushed filters, a limit can go to the base scan.
+        let base_limit = (self.policy.rows.is_none() && pushed.is_empty())
+            .then_some(limit)
+            .flatten();
+        let mut plan = self
+            .base
+            .scan(state, Some(&needed), &pushed, base_limit)
+            .await?;
+        let inner = DFSchema::try_from(plan.schema().as_ref().clone())?;
+
+        let predicate = self.policy.rows.iter().cloned().chain(pushed).reduce(and);
+        if let Some(predicate) = predicate {
+            let physical = state.create_physical_expr(predicate, &inner)?;
+            plan = Arc::new(FilterExec::try_new(physical, plan)?);
+        }
+        let mut exprs = Vec::with_capacity(wanted.len());
+        for &out in &wanted {
+            let (index, rule) = &self.policy.columns[out];
+            let name = base_schema.field(*index).name().clone();
+            let expr = match rule {
+                ColumnRule::Clear => Expr::Column(Column::new_unqualified(&name)),
+                ColumnRule::Computed(e) => e.clone(),
+            };
+            exprs.push((state.create_physical_expr(expr, &inner)?, name));
+        }
+        plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+        Ok(Arc::new(PolicyExec::new(plan)))
+    }
+}
+
+/// A pass-through node that the optimizer cannot see through: filters are not pushed below
+/// it and it reports no statistics. It marks where a policy ends and user SQL begins.
+#[derive(Debug)]
+pub struct PolicyExec {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl PolicyExec {
+    fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+        Self { input }
+    }
+}
+
+impl DisplayAs for PolicyExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "PolicyExec")
+    }
+}
+
+impl ExecutionPlan for PolicyExec {
+    fn name(&self) -> &str {
+        "PolicyExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match children.pop() {
+            Some(child) if children.is_empty() => Ok(Arc::new(Self::new(child))),
+            _ => datafusion::common::internal_err!("PolicyExec has exactly one child"),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+
+    fn partition_statistics(&self, _partition: Option<usize>) -> Result<Arc<Statistics>> {
+        Ok(Arc::new(Statistics::new_unknown(&self.schema())))
+    }
+}
+
+/// `current_user()`: the e-mail of the principal running the query, for row filters such as
+/// `owner_email = current_user()`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct CurrentUser {
+    email: String,
+    signature: Signature,
+}
+
+impl CurrentUser {
+    /// The function for `email`'s sessions.
+    pub fn udf(email: &str) -> ScalarUDF {
+        ScalarUDF::from(Self {
+            email: email.to_string(),
+            signature: Signature::nullary(Volatility::Stable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for CurrentUser {
+    fn name(&self) -> &str {
+        "current_user"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+            self.email.clone(),
+        ))))
+    }
+}

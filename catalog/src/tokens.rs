@@ -1,0 +1,271 @@
+//! Personal access tokens: `qvr_` + 256 random bits, shown once, stored only as a SHA-256
+//! hash (the secret is high-entropy, so a fast hash is enough and lookups stay indexed),
+//! with a display prefix, an optional expiry and revocation.
+
+use base64::Engine;
+use duckdb::{OptionalExt, params};
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::CatalogError;
+use crate::identity::{Principal, unix_now};
+use crate::state::StateStore;
+
+/// Every personal access token starts with this, so it is recognisable (and scannable by
+/// secret detectors) wherever it leaks.
+pub const TOKEN_PREFIX: &str = "qvr_";
+
+/// Characters of a token kept in the clear, to tell tokens apart in lists.
+const DISPLAY_LEN: usize = 12;
+
+/// Longest lifetime a token may be given.
+pub const MAX_TOKEN_DAYS: u32 = 3650;
+
+/// A token as listed (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// Id, for revoking.
+    pub id: String,
+    /// Owner.
+    pub email: String,
+    /// What the owner called it.
+    pub name: String,
+    /// The first characters of the token, e.g. `qvr_AbCd1234`.
+    pub prefix: String,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    /// Seconds since the epoch; `None` never expires.
+    pub expires_at: Option<u64>,
+    /// Seconds since the epoch, to the minute.
+    pub last_used_at: Option<u64>,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// A token that authenticated: whose it is and until when it may be used.
+#[derive(Debug, Clone)]
+pub struct TokenUse {
+    /// The token's id.
+    pub id: String,
+    /// The owner, active.
+    pub principal: Principal,
+    /// Seconds since the epoch.
+    pub expires_at: Option<u64>,
+}
+
+/// The stored form of a token.
+pub fn token_hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl StateStore {
+    /// Creates a token for `email`, valid for `days` (or until revoked), and returns it with
+    /// its secret — the only time the secret exists outside the caller.
+    pub fn create_token(
+        &self,
+        actor: &str,
+        email: &str,
+        name: &str,
+        days: Option<u32>,
+    ) -> Result<(TokenInfo, String), CatalogError> {
+        let email = email.trim().to_lowercase();
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(CatalogError::InvalidInput(
+                "a token needs a name of 1-100 characters".into(),
+            ));
+        }
+        if let Some(days) = days
+            && !(1..=MAX_TOKEN_DAYS).contains(&days)
+        {
+            return Err(CatalogError::InvalidInput(format!(
+                "expires_in_days must be between 1 and {MAX_TOKEN_DAYS}"
+            )));
+        }
+        let secret = format!(
+            "{TOKEN_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+        );
+        let now = unix_now();
+        let info = TokenInfo {
+            id: uuid::Uuid::new_v4().to_string(),
+            email: email.clone(),
+            name: name.to_string(),
+            prefix: secret[..DISPLAY_LEN].to_string(),
+            created_at: now,
+            expires_at: days.map(|d| now + u64::from(d) * 86_400),
+            last_used_at: None,
+            revoked: false,
+        };
+        self.change(actor, "token.create", &email, |tx| {
+            let active: Option<bool> = tx
+                .query_row(
+                    "SELECT active FROM users WHERE email = ?",
+                    params![email],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match active {
+                None => return Err(CatalogError::NotFound(format!("no user `{email}`"))),
+                Some(false) => {
+                    return Err(CatalogError::Conflict(format!(
+                        "`{email}` is deactivated; activate the user first"
+                    )));
+                }
+                Some(true) => {}
+            }
+            tx.execute(
+                "INSERT INTO tokens (id, email, name, prefix, hash, created_at, expires_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    info.id,
+                    email,
+                    info.name,
+                    info.prefix,
+                    token_hash(&secret),
+                    now as i64,
+                    info.expires_at.map(|e| e as i64)
+                ],
+            )?;
+            Ok((
+                (),
+                json!({ "id": info.id, "name": info.name, "prefix": info.prefix, "expires_at": info.expires_at }),
+            ))
+        })?;
+        Ok((info, secret))
+    }
+
+    /// The tokens of `email`, newest first.
+    pub fn tokens(&self, email: &str) -> Result<Vec<TokenInfo>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, email, name, prefix, created_at, expires_at, last_used_at,
+                    revoked_at IS NOT NULL
+             FROM tokens WHERE email = ? ORDER BY created_at DESC, id",
+        )?;
+        let tokens = stmt
+            .query_map(params![email.trim().to_lowercase()], |r| {
+                Ok(TokenInfo {
+                    id: r.get(0)?,
+                    email: r.get(1)?,
+                    name: r.get(2)?,
+                    prefix: r.get(3)?,
+                    created_at: r.get::<_, i64>(4)? as u64,
+                    expires_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                    last_used_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                    revoked: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(tokens)
+    }
+
+    /// Revokes token `id`. With `owner`, only that user's token can be revoked (others are
+    /// "not found", so ids of other users' tokens cannot be probed).
+    pub fn revoke_token(
+        &self,
+        actor: &str,
+        owner: Option<&str>,
+        id: &str,
+    ) -> Result<(), CatalogError> {
+        let owner = owner.map(|o| o.trim().to_lowercase());
+        self.change(actor, "token.revoke", id, |tx| {
+            let email: Option<String> = tx
+                .query_row("SELECT email FROM tokens WHERE id = ?", params![id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(email) = email.filter(|e| owner.as_ref().is_none_or(|o| o == e)) else {
+                return Err(CatalogError::NotFound(format!("no token `{id}`")));
+            };
+            tx.execute(
+                "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                params![unix_now() as i64, id],
+            )?;
+            Ok(((), json!({ "owner": email })))
+        })
+    }
+
+    /// Who a presented token belongs to; `None` when it is unknown, revoked, expired or its
+    /// owner is inactive.
+    pub fn token_principal(&self, secret: &str) -> Result<Option<TokenUse>, CatalogError> {
+        if !secret.starts_with(TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let row: Option<(String, String, Option<i64>)> = self
+            .conn()
+            .query_row(
+                "SELECT id, email, expires_at FROM tokens
+                 WHERE hash = ? AND revoked_at IS NULL",
+                params![token_hash(secret)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((id, email, expires_at)) = row else {
+            return Ok(None);
+        };
+        let expires_at = expires_at.map(|e| e as u64);
+        if expires_at.is_some_and(|e| e <= unix_now()) {
+            return Ok(None);
+        }
+        Ok(self.principal(&email)?.map(|principal| TokenUse {
+            id,
+            principal,
+            expires_at,
+        }))
+    }
+
+    /// Records that a token was used just now (callers throttle this to once a minute).
+    pub fn touch_token(&self, id: &str) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "UPDATE tokens SET last_used_at = ? WHERE id = ?",
+            params![unix_now() as i64, id],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_work_until_revoked_and_are_stored_hashed() {
+        let s = StateStore::in_memory().unwrap();
+        s.ensure_bootstrap_admin("root@example.com", "root-password")
+            .unwrap();
+        let (info, secret) = s
+            .create_token("root@example.com", "root@example.com", "laptop", Some(30))
+            .unwrap();
+        assert!(secret.starts_with("qvr_") && secret.len() > 40);
+        assert!(secret.starts_with(&info.prefix));
+        let used = s.token_principal(&secret).unwrap().unwrap();
+        assert_eq!(used.principal.email(), "root@example.com");
+        let stored: String = s
+            .conn()
+            .query_row("SELECT hash FROM tokens", [], |r| r.get(0))
+            .unwrap();
+        assert_ne!(stored, secret);
+        assert!(s.token_principal("qvr_not-a-token").unwrap().is_none());
+        // Another user's revocation attempt looks like an unknown id.
+        assert!(matches!(
+            s.revoke_token("x", Some("other@example.com"), &info.id),
+            Err(CatalogError::NotFound(_))
+        ));
+        s.revoke_token("root@example.com", Some("root@example.com"), &info.id)
+            .unwrap();
+        assert!(s.token_principal(&secret).unwrap().is_none());
+        assert!(s.tokens("root@example.com").unwrap()[0].revoked);
+        let audit = s.audit_log(&Default::default()).unwrap();
+        assert!(audit.iter().all(|a| {
+            !a.detail
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&secret[4..])
+        }));
+    }
+}
