@@ -1,9 +1,10 @@
-//! The `quiver` command line: `serve`, `demo`, `check-config`.
+//! The `quiver` command line: `serve`, `demo`, `check-config`, `admin`.
 //!
 //! This is the only place that reads the environment and the configuration file; it wires
 //! the libraries together with shared `Arc`s and runs the Flight SQL and HTTP listeners in
 //! one process until Ctrl-C or SIGTERM.
 
+mod admin;
 mod server;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ enum Command {
         #[arg(long)]
         scale: Option<f64>,
     },
+    /// Manage users, groups, grants and tokens on the state file (while the server is stopped).
+    Admin(admin::AdminArgs),
     /// Validate a configuration file and print every problem found.
     CheckConfig {
         /// Configuration file (default: quiver.yaml if present).
@@ -89,6 +92,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Admin(args) => {
+            let config = load_config(config_path(args.config()).as_deref())?;
+            admin::run(args, config)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
             let config = resolve(&args, false)?;

@@ -32,16 +32,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     let secret = load_secret(&config, data_dir)?;
 
     let state = Arc::new(StateStore::open(&data_dir.join("state.duckdb"))?);
-    let storage = match &config.storage.object_store {
-        // Remote stores take their credentials from the usual AWS_* variables.
-        Some(url) => Storage::open(
-            url,
-            std::env::vars()
-                .filter(|(k, _)| k.starts_with("AWS_"))
-                .map(|(k, v)| (k.to_ascii_lowercase(), v)),
-        )?,
-        None => Storage::local(&data_dir.join("objects"))?,
-    };
+    let storage = open_storage(&config)?;
 
     if let Some(admin) = &config.auth.bootstrap_admin
         && state.ensure_bootstrap_admin(&admin.email, &admin.password)?
@@ -164,6 +155,20 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     flight_result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The object store for table data: the configured URL, else `data_dir/objects`.
+pub fn open_storage(config: &Config) -> anyhow::Result<Storage> {
+    Ok(match &config.storage.object_store {
+        // Remote stores take their credentials from the usual AWS_* variables.
+        Some(url) => Storage::open(
+            url,
+            std::env::vars()
+                .filter(|(k, _)| k.starts_with("AWS_"))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v)),
+        )?,
+        None => Storage::local(&config.storage.data_dir.join("objects"))?,
+    })
 }
 
 /// A wildcard bind is reachable on loopback; print an address a client can use.
