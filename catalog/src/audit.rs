@@ -108,7 +108,7 @@ impl StateStore {
         let limit = query.limit.unwrap_or(100).clamp(1, 1000) as i64;
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, strftime(at, '%Y-%m-%dT%H:%M:%S.%gZ'), actor, action, target, detail,
+            "SELECT id, strftime(occurred_at, '%Y-%m-%dT%H:%M:%S.%gZ'), actor, action, target, detail,
                     outcome, statement, tables, row_count, byte_count, duration_ms
              FROM audit
              WHERE (? IS NULL OR id < ?) AND (? IS NULL OR actor = ?) AND (? IS NULL OR action = ?)
@@ -156,8 +156,8 @@ impl StateStore {
     ) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>), CatalogError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, at, actor, action, target, detail, outcome, statement, tables,
-                    row_count AS rows, byte_count AS bytes, duration_ms
+            "SELECT id, occurred_at, actor, action, target, detail, outcome, statement,
+                    tables AS tables_read, row_count, byte_count, duration_ms
              FROM audit ORDER BY id LIMIT ?",
         )?;
         let limit = limit.map(|l| l as i64).unwrap_or(i64::MAX);

@@ -81,7 +81,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE SEQUENCE audit_ids START 1;
     CREATE TABLE audit (
         id           BIGINT PRIMARY KEY DEFAULT nextval('audit_ids'),
-        at           TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        occurred_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
         actor        VARCHAR NOT NULL,
         action       VARCHAR NOT NULL,
         target       VARCHAR,
@@ -255,12 +255,14 @@ impl StateStore {
             "INSERT INTO users (email, password_hash) VALUES (?, ?)",
             params![email, hash],
         )?;
-        for group in ["Admin", "Everyone"] {
-            tx.execute(
-                "INSERT INTO memberships (group_name, email, source) VALUES (?, ?, 'bootstrap')",
-                params![group, email],
-            )?;
-        }
+        tx.execute(
+            "INSERT INTO memberships (group_name, email, source) VALUES ('Admin', ?, 'bootstrap')",
+            params![email],
+        )?;
+        tx.execute(
+            "INSERT INTO audit (actor, action, target, outcome) VALUES ('bootstrap', 'user.create', ?, 'ok')",
+            params![email],
+        )?;
         tx.commit()?;
         drop(conn);
         self.bump();

@@ -30,6 +30,7 @@ class Server:
     """A running quiver process; its log is collected line by line."""
 
     def __init__(self, args: list[str], data_dir: str, config: str | None = None):
+        self.data_dir = data_dir
         cmd = [quiver_bin(), *args, "--flight-listen", "127.0.0.1:0",
                "--http-listen", "127.0.0.1:0", "--data-dir", data_dir]
         if config is not None:
@@ -85,6 +86,43 @@ class Server:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def api(server: Server, method: str, path: str, token: str | None = None, body=None):
+    """Calls Quiver's HTTP API; returns (status, decoded JSON or None)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{server.http}{path}", data=data, method=method)
+    if body is not None:
+        request.add_header("content-type", "application/json")
+    if token is not None:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read()
+            return response.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, (json.loads(raw) if raw else None)
+
+
+def login(server: Server, email: str, password: str) -> str:
+    """A bearer token from `POST /auth/login`."""
+    status, body = api(server, "POST", "/auth/login", body={"email": email, "password": password})
+    assert status == 200, body
+    return body["token"]
+
+
+def connect(server: Server, email: str | None = None, password: str | None = None, token: str | None = None):
+    """An ADBC connection with a password (Basic handshake) or a bearer token (JWT or PAT)."""
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    if token is not None:
+        return flight_sql.connect(server.uri, db_kwargs={"adbc.flight.sql.authorization_header": f"Bearer {token}"})
+    return flight_sql.connect(server.uri, db_kwargs={"username": email, "password": password})
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,63 @@
+"""`quiver admin`, the break-glass path: it refuses politely while the server runs, works on
+the stopped server's state file with the same validation, and its changes hold once the
+server is back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+
+from conftest import ADMIN_EMAIL, Server, connect, quiver_bin
+
+PASSWORD = "gina-password-1"
+
+
+def admin(data_dir: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([quiver_bin(), "admin", "--data-dir", data_dir, *args], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_admin_cli_manages_access_offline():
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "data")
+        server = Server(["demo", "--scale", "0.01"], data)
+        try:
+            busy = admin(data, "user", "list")
+            assert busy.returncode != 0
+            assert "in use by another Quiver process" in busy.stderr and "HTTP API" in busy.stderr
+        finally:
+            server.stop()
+
+        def ok(*args, stdin=None):
+            r = admin(data, *args, stdin=stdin)
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+
+        ok("user", "add", "gina@example.com", "--password-stdin", stdin=PASSWORD + "\n")
+        ok("group", "add", "analysts")
+        ok("member", "add", "analysts", "gina@example.com")
+        bad = admin(data, "grant", "tpch.nation", "--group", "analysts", "--row-filter", "n_nope = 3")
+        assert bad.returncode != 0 and "n_nope" in bad.stderr
+        assert "grant" in ok("grant", "tpch.nation", "--group", "analysts", "--row-filter", "n_regionkey = 3",
+                             "--mask", "n_comment='redacted'", "--hide", "n_regionkey")
+        token = ok("token", "create", "gina@example.com", "--name", "cli").strip()
+        assert token.startswith("qvr_")
+        last_admin = admin(data, "user", "deactivate", ADMIN_EMAIL)
+        assert last_admin.returncode != 0 and "last active administrator" in last_admin.stderr
+        audit = ok("audit", "--limit", "100")
+        assert "grant.create" in audit and "member.add" in audit and "quiver admin" in audit
+        assert token not in audit and token[4:] not in audit and PASSWORD not in audit
+        assert "analysts" in ok("grants")
+
+        server = Server(["serve"], data)
+        try:
+            for conn in [connect(server, token=token), connect(server, "gina@example.com", PASSWORD)]:
+                with conn, conn.cursor() as cur:
+                    cur.execute("SELECT * FROM tpch.nation ORDER BY n_nationkey")
+                    table = cur.fetch_arrow_table()
+                assert table.column_names == ["n_nationkey", "n_name", "n_comment"]
+                assert table.num_rows == 5  # EUROPE
+                assert set(table.column("n_comment").to_pylist()) == {"redacted"}
+        finally:
+            server.stop()
