@@ -288,6 +288,7 @@ impl QueryEngine {
             return Err(CatalogError::NotFound(format!("no table `{target}`")));
         }
         let ctx = self.new_context(actor);
+        let mut masked_somewhere: std::collections::BTreeSet<&str> = Default::default();
         for entry in &covered {
             let base = self.provider(&ctx, entry).await?;
             let schema = base.schema();
@@ -297,9 +298,25 @@ impl QueryEngine {
                 grant
                     .column_masks
                     .retain(|c, _| schema.field_with_name(c).is_ok());
+                masked_somewhere.extend(
+                    new.column_masks
+                        .keys()
+                        .filter(|c| schema.field_with_name(c).is_ok())
+                        .map(String::as_str),
+                );
             }
             TablePolicy::validate(&ctx.state(), &schema, &grant)
                 .map_err(|e| CatalogError::InvalidInput(format!("{}: {e}", entry.name)))?;
+        }
+        if let GrantTarget::Schema(schema) = &target
+            && let Some(unknown) = new
+                .column_masks
+                .keys()
+                .find(|c| !covered.is_empty() && !masked_somewhere.contains(c.as_str()))
+        {
+            return Err(CatalogError::InvalidInput(format!(
+                "column_masks names `{unknown}`, which no table in `{schema}` has"
+            )));
         }
         self.state.insert_grant(
             actor,

@@ -252,12 +252,17 @@ def test_hidden_columns_and_ungranted_tables_do_not_exist(alice):
     assert sorted(tables.column(0).to_pylist()) == ["tpch.customer", "tpch.nation"]
     schema = alice.adbc_get_table_schema("customer", db_schema_filter="tpch")
     assert "c_address" not in schema.names
+    objects = alice.adbc_get_objects(depth="all", table_name_filter="customer").read_all().to_pylist()
+    columns = [c["column_name"] for cat in objects for sch in cat["catalog_db_schemas"]
+               for t in sch["db_schema_tables"] for c in t["table_columns"]]
+    assert "c_phone" in columns and "c_address" not in columns
     assert "not found" in error_of(alice, "SELECT * FROM system.audit")
 
 
 def test_explain_is_for_admins_only(alice, admin):
     assert "administrators only" in error_of(alice, "EXPLAIN SELECT * FROM tpch.customer")
     assert "administrators only" in error_of(alice, "EXPLAIN ANALYZE SELECT * FROM tpch.customer")
+    assert "administrators only" in error_of(alice, "EXPLAIN VERBOSE SELECT * FROM tpch.customer WHERE c_custkey = 1")
     assert query(admin, "EXPLAIN SELECT * FROM tpch.customer").num_rows > 0
 
 
@@ -306,6 +311,7 @@ def test_grants_are_validated_before_they_are_saved(server, world, admin_token):
         ({"group": group, "table": "tpch.nation", "column_masks": {"n_nationkey": "'x'"}}, 422, "type"),
         ({"group": group, "table": "tpch.nation", "row_filter": "n_nationkey IN (SELECT 1)"}, 422, "subquer"),
         ({"group": group, "table": "TPCH.Nation"}, 422, "not a valid name"),
+        ({"group": group, "table": "tpch.*", "column_masks": {"no_such_column": None}}, 422, "no_such_column"),
     ]
     for body, status, needle in cases:
         got, answer = api(server, "POST", "/api/admin/grants", admin_token, body)
@@ -399,6 +405,32 @@ def test_failed_sign_ins_are_rate_limited_per_account(server, admin_token):
     status, body = api(server, "POST", "/auth/login", body={"email": email, "password": PASSWORD})
     assert status == 429 and "too many" in body["error"]["message"]
     assert "too many failed sign-in attempts" in handshake_error(server, email, PASSWORD)
+
+
+# ----- tickets ---------------------------------------------------------------------------------------
+
+def flight_client(server, email, password):
+    import pyarrow.flight as flight
+
+    client = flight.FlightClient(server.uri)
+    return client, flight.FlightCallOptions(headers=[client.authenticate_basic_token(email, password)])
+
+
+def test_tickets_are_bound_to_the_user_who_asked(server, world):
+    import pyarrow.flight as flight
+    from test_clients import statement_command
+
+    alice, alice_opts = flight_client(server, world["users"]["alice"], PASSWORD)
+    bob, bob_opts = flight_client(server, world["users"]["bob"], PASSWORD)
+    info = alice.get_flight_info(
+        flight.FlightDescriptor.for_command(statement_command("SELECT * FROM tpch.customer")), alice_opts)
+    ticket = info.endpoints[0].ticket
+    # bob may read tpch.customer himself, but not through alice's ticket (nor without a token).
+    with pytest.raises(flight.FlightError, match="another user"):
+        bob.do_get(ticket, bob_opts).read_all()
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        bob.do_get(ticket).read_all()
+    assert alice.do_get(ticket, alice_opts).read_all().num_rows > 0
 
 
 # ----- the JWT corpus ----------------------------------------------------------------------------------

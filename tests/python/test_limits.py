@@ -10,6 +10,7 @@ import threading
 import time
 
 import adbc_driver_manager
+import pyarrow as pa
 import pytest
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, connect
@@ -19,6 +20,9 @@ query:
   max_concurrent_per_user: 1
   memory_limit_per_user: 16 MiB
   max_result_rows: 10000
+  max_result_bytes: 4 MiB
+auth:
+  ticket_lifetime: 1s
 """
 SLOW_QUERY = "SELECT count(*) FROM generate_series(1, 1000000000000) WHERE value % 7 = 3"
 
@@ -44,6 +48,26 @@ def test_result_row_cap_fails_loudly(tight):
             run(c, "SELECT * FROM tpch.lineitem")
         assert "query.max_result_rows" in str(info.value)
         assert run(c, "SELECT * FROM tpch.lineitem LIMIT 10000").num_rows == 10000
+
+
+def test_result_byte_cap_fails_loudly(tight):
+    with connect(tight, ADMIN_EMAIL, ADMIN_PASSWORD) as c:
+        assert run(c, "SELECT repeat('x', 1000) AS s FROM generate_series(1, 1000)").num_rows == 1000
+        with pytest.raises(adbc_driver_manager.Error) as info:
+            run(c, "SELECT repeat('x', 1000) AS s FROM generate_series(1, 9000)")
+        assert "query.max_result_bytes" in str(info.value)
+
+
+def test_expired_tickets_are_refused(tight):
+    import pyarrow.flight as flight
+    from test_clients import statement_command
+
+    client = flight.FlightClient(tight.uri)
+    options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)])
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_command("SELECT 1")), options)
+    time.sleep(2.5)
+    with pytest.raises((flight.FlightError, pa.ArrowInvalid), match="ticket has expired"):
+        client.do_get(info.endpoints[0].ticket, options).read_all()
 
 
 def test_concurrent_queries_per_user_are_capped(tight):
