@@ -558,3 +558,106 @@ impl ScalarUDFImpl for CurrentUser {
         ))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::logical_expr::{col, in_list};
+    use datafusion::prelude::SessionContext;
+
+    fn clear() -> HashSet<&'static str> {
+        ["id", "region"].into_iter().collect()
+    }
+
+    #[test]
+    fn only_comparisons_of_clear_columns_with_literals_are_safe() {
+        let safe = [
+            col("id").eq(lit(7)),
+            lit(7).lt(col("id")),
+            col("region").eq(lit("EU")).or(col("id").is_null()),
+            in_list(col("id"), vec![lit(1), lit(2)], false),
+            col("id").between(lit(1), lit(9)),
+            !col("id").gt_eq(lit(3)),
+        ];
+        for e in &safe {
+            assert!(is_safe_filter(e, &clear()), "{e}");
+        }
+        let unsafe_ = [
+            // can fail on a hidden row
+            (lit(1) / (col("id") - lit(42))).gt(lit(0)),
+            cast(col("region"), &DataType::Int64).eq(lit(1)),
+            // compares a masked column's real value
+            col("email").eq(lit("a@b.c")),
+            // column against column, function calls
+            col("id").eq(col("region")),
+            col("region").like(lit("E%")),
+        ];
+        for e in &unsafe_ {
+            assert!(!is_safe_filter(e, &clear()), "{e}");
+        }
+    }
+
+    fn grant(id: i64, filter: Option<&str>, masks: &[(&str, Option<&str>)]) -> Grant {
+        Grant {
+            id,
+            group: "g".into(),
+            table: "s.t".parse().unwrap(),
+            row_filter: filter.map(String::from),
+            column_masks: masks
+                .iter()
+                .map(|(c, m)| (c.to_string(), m.map(String::from)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn grants_combine_as_a_union_with_per_row_masks() {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("email", DataType::Utf8, true),
+            Field::new("secret", DataType::Utf8, true),
+        ]);
+        let ctx = SessionContext::new();
+        let state = ctx.state();
+        let a = grant(
+            1,
+            Some("id < 10"),
+            &[("email", Some("'***'")), ("secret", None)],
+        );
+        let b = grant(2, Some("id > 100"), &[("secret", None)]);
+        let policy = TablePolicy::compile(&state, &schema, &[&a, &b]).unwrap();
+        assert_eq!(
+            policy.rows.as_ref().unwrap().to_string(),
+            "id < Int64(10) OR id > Int64(100)"
+        );
+        // `secret` is hidden under both; `id` clear under both; `email` clear only under b.
+        let names: Vec<usize> = policy.columns.iter().map(|(i, _)| *i).collect();
+        assert_eq!(names, vec![0, 1]);
+        assert!(matches!(policy.columns[0].1, ColumnRule::Clear));
+        let ColumnRule::Computed(email) = &policy.columns[1].1 else {
+            panic!("email should be computed")
+        };
+        let text = email.to_string();
+        assert!(
+            text.starts_with("CASE WHEN id > Int64(100) THEN email WHEN id < Int64(10)"),
+            "{text}"
+        );
+        // A grant without filter or masks makes the table transparent.
+        let all = grant(3, None, &[]);
+        assert!(
+            TablePolicy::compile(&state, &schema, &[&a, &all])
+                .unwrap()
+                .rows
+                .is_none()
+        );
+        assert!(
+            TablePolicy::compile(&state, &schema, &[&all])
+                .unwrap()
+                .is_transparent(&schema)
+        );
+        // A grant that does not compile is skipped, not widened.
+        let broken = grant(4, Some("nope = 1"), &[]);
+        assert!(TablePolicy::compile(&state, &schema, &[&broken]).is_none());
+        assert!(TablePolicy::validate(&state, &schema, &broken).is_err());
+    }
+}

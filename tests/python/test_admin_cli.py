@@ -8,6 +8,9 @@ import os
 import subprocess
 import tempfile
 
+import adbc_driver_manager
+import pytest
+
 from conftest import ADMIN_EMAIL, Server, connect, quiver_bin
 
 PASSWORD = "gina-password-1"
@@ -59,5 +62,27 @@ def test_admin_cli_manages_access_offline():
                 assert table.column_names == ["n_nationkey", "n_name", "n_comment"]
                 assert table.num_rows == 5  # EUROPE
                 assert set(table.column("n_comment").to_pylist()) == {"redacted"}
+        finally:
+            server.stop()
+
+        # New password, token revoked, grant revoked: all hold after a restart.
+        ok("user", "password", "gina@example.com", stdin="a-new-password\n")
+        token_id = ok("token", "list", "gina@example.com").split()[0]
+        ok("token", "revoke", token_id)
+        assert "revoked" in ok("token", "list", "gina@example.com")
+        grant_id = ok("grants").split()[0]
+        ok("revoke", grant_id)
+        ok("member", "remove", "analysts", "gina@example.com")
+        ok("group", "remove", "analysts")
+        assert "analysts" not in ok("group", "list")
+        server = Server(["serve"], data)
+        try:
+            for email, password in [("gina@example.com", PASSWORD), (None, token)]:
+                with pytest.raises(adbc_driver_manager.Error):
+                    conn = connect(server, email, password) if email else connect(server, token=password)
+                    conn.cursor().execute("SELECT 1")
+            with connect(server, "gina@example.com", "a-new-password") as conn, conn.cursor() as cur:
+                with pytest.raises(adbc_driver_manager.Error, match="not found"):
+                    cur.execute("SELECT * FROM tpch.nation")
         finally:
             server.stop()
