@@ -7,23 +7,28 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use quiver_catalog::access::{Grant, Member, MembershipSource, NewGrant, User, UserUpdate};
 use quiver_catalog::audit::{AuditQuery, AuditRecord};
+use quiver_catalog::clients::ClientInfo;
 use quiver_catalog::tokens::TokenInfo;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::{AdminCaller, Caller};
 use crate::error::ApiError;
 use crate::{AppState, blocking};
 
 /// `GET /api/me` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Me {
     email: String,
     groups: Vec<String>,
     is_admin: bool,
 }
 
-/// `GET /api/me`.
-pub async fn me(Caller(p): Caller) -> Json<Me> {
+/// The signed-in user.
+#[utoipa::path(get, path = "/api/me", tag = "me",
+    responses((status = 200, body = Me), (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn me(Caller { principal: p, .. }: Caller) -> Json<Me> {
     Json(Me {
         email: p.email().to_string(),
         groups: p.groups().to_vec(),
@@ -32,7 +37,7 @@ pub async fn me(Caller(p): Caller) -> Json<Me> {
 }
 
 /// `POST /api/me/tokens` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     name: String,
@@ -40,26 +45,32 @@ pub struct NewToken {
 }
 
 /// A token just created: the secret is in this answer and nowhere else.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedToken {
     #[serde(flatten)]
     info: TokenInfo,
     token: String,
 }
 
-/// `GET /api/me/tokens`.
+/// Your personal access tokens (never their secrets).
+#[utoipa::path(get, path = "/api/me/tokens", tag = "me",
+    responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn my_tokens(
     State(app): State<AppState>,
-    Caller(p): Caller,
+    Caller { principal: p, .. }: Caller,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let email = p.email().to_string();
     Ok(Json(blocking(&app, move |s| s.tokens(&email)).await?))
 }
 
-/// `POST /api/me/tokens`.
+/// Create a personal access token; the answer is the only time it is shown.
+#[utoipa::path(post, path = "/api/me/tokens", tag = "me", request_body = NewToken,
+    responses((status = 201, body = CreatedToken), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn create_token(
     State(app): State<AppState>,
-    Caller(p): Caller,
+    Caller { principal: p, .. }: Caller,
     Json(body): Json<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let email = p.email().to_string();
@@ -70,10 +81,13 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))
 }
 
-/// `DELETE /api/me/tokens/{id}`.
+/// Revoke one of your tokens.
+#[utoipa::path(delete, path = "/api/me/tokens/{id}", tag = "me", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn revoke_token(
     State(app): State<AppState>,
-    Caller(p): Caller,
+    Caller { principal: p, .. }: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let email = p.email().to_string();
@@ -84,7 +98,7 @@ pub async fn revoke_token(
 // ----- users ------------------------------------------------------------------------------
 
 /// `POST /api/admin/users` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     email: String,
@@ -92,7 +106,10 @@ pub struct NewUser {
     name: Option<String>,
 }
 
-/// `GET /api/admin/users`.
+/// Every user.
+#[utoipa::path(get, path = "/api/admin/users", tag = "admin",
+    responses((status = 200, body = Vec<User>), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn users(
     State(app): State<AppState>,
     _: AdminCaller,
@@ -100,7 +117,10 @@ pub async fn users(
     Ok(Json(blocking(&app, |s| s.users()).await?))
 }
 
-/// `POST /api/admin/users`.
+/// Create a user (without a password, the user signs in through OIDC or tokens).
+#[utoipa::path(post, path = "/api/admin/users", tag = "admin", request_body = NewUser,
+    responses((status = 201, body = User), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn create_user(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
@@ -119,7 +139,10 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-/// `PATCH /api/admin/users/{email}` body: any of `name`, `password`, `active`.
+/// Change a user's name, password or active flag.
+#[utoipa::path(patch, path = "/api/admin/users/{email}", tag = "admin", params(("email" = String, Path)), request_body = UserUpdate,
+    responses((status = 200, body = User), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn update_user(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
@@ -132,7 +155,10 @@ pub async fn update_user(
     ))
 }
 
-/// `DELETE /api/admin/users/{email}`.
+/// Delete a user with memberships and tokens.
+#[utoipa::path(delete, path = "/api/admin/users/{email}", tag = "admin", params(("email" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn delete_user(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
@@ -146,19 +172,22 @@ pub async fn delete_user(
 // ----- groups -----------------------------------------------------------------------------
 
 /// `POST /api/admin/groups` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewGroup {
     name: String,
 }
 
 /// A group as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GroupInfo {
     name: String,
 }
 
-/// `GET /api/admin/groups`.
+/// Every group.
+#[utoipa::path(get, path = "/api/admin/groups", tag = "admin",
+    responses((status = 200, body = Vec<GroupInfo>), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn groups(
     State(app): State<AppState>,
     _: AdminCaller,
@@ -169,7 +198,10 @@ pub async fn groups(
     ))
 }
 
-/// `POST /api/admin/groups`.
+/// Create a group.
+#[utoipa::path(post, path = "/api/admin/groups", tag = "admin", request_body = NewGroup,
+    responses((status = 201, body = GroupInfo), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn create_group(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
@@ -181,7 +213,10 @@ pub async fn create_group(
     Ok((StatusCode::CREATED, Json(GroupInfo { name })))
 }
 
-/// `DELETE /api/admin/groups/{name}`.
+/// Delete a group with its memberships and grants.
+#[utoipa::path(delete, path = "/api/admin/groups/{name}", tag = "admin", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn delete_group(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
@@ -193,13 +228,16 @@ pub async fn delete_group(
 }
 
 /// `POST /api/admin/groups/{name}/members` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMember {
     email: String,
 }
 
-/// `GET /api/admin/groups/{name}/members`.
+/// A group's members.
+#[utoipa::path(get, path = "/api/admin/groups/{name}/members", tag = "admin", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<Member>), (status = 404, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn members(
     State(app): State<AppState>,
     _: AdminCaller,
@@ -208,7 +246,10 @@ pub async fn members(
     Ok(Json(blocking(&app, move |s| s.members(&name)).await?))
 }
 
-/// `POST /api/admin/groups/{name}/members`.
+/// Add a user to a group.
+#[utoipa::path(post, path = "/api/admin/groups/{name}/members", tag = "admin", params(("name" = String, Path)), request_body = NewMember,
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn add_member(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
@@ -223,7 +264,10 @@ pub async fn add_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `DELETE /api/admin/groups/{name}/members/{email}`.
+/// Remove a user from a group.
+#[utoipa::path(delete, path = "/api/admin/groups/{name}/members/{email}", tag = "admin", params(("name" = String, Path), ("email" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn remove_member(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
@@ -236,7 +280,10 @@ pub async fn remove_member(
 
 // ----- grants -----------------------------------------------------------------------------
 
-/// `GET /api/admin/grants`.
+/// Every grant.
+#[utoipa::path(get, path = "/api/admin/grants", tag = "admin",
+    responses((status = 200, body = Vec<Grant>), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn grants(
     State(app): State<AppState>,
     _: AdminCaller,
@@ -244,7 +291,11 @@ pub async fn grants(
     Ok(Json(blocking(&app, |s| s.grants()).await?))
 }
 
-/// `POST /api/admin/grants`: validated against the table's columns before it is saved.
+/// Grant a table or schema to a group, with an optional row filter and column masks,
+/// validated against the table's columns before it is saved.
+#[utoipa::path(post, path = "/api/admin/grants", tag = "admin", request_body = NewGrant,
+    responses((status = 201, body = Grant), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn create_grant(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
@@ -254,7 +305,10 @@ pub async fn create_grant(
     Ok((StatusCode::CREATED, Json(grant)))
 }
 
-/// `DELETE /api/admin/grants/{id}`.
+/// Revoke a grant.
+#[utoipa::path(delete, path = "/api/admin/grants/{id}", tag = "admin", params(("id" = i64, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn revoke_grant(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
@@ -267,11 +321,91 @@ pub async fn revoke_grant(
 
 // ----- audit ------------------------------------------------------------------------------
 
-/// `GET /api/admin/audit?limit=&before=&actor=&action=`, newest first.
+/// The audit log, newest first; page with `before`.
+#[utoipa::path(get, path = "/api/admin/audit", tag = "admin", params(AuditQuery),
+    responses((status = 200, body = Vec<AuditRecord>), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
 pub async fn audit(
     State(app): State<AppState>,
     _: AdminCaller,
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
     Ok(Json(blocking(&app, move |s| s.audit_log(&query)).await?))
+}
+
+// ----- service accounts -------------------------------------------------------------------
+
+/// `POST /api/admin/service-accounts` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewServiceAccount {
+    /// The account the service acts as; created (without a password) when missing.
+    email: String,
+    /// What the credentials are for.
+    name: String,
+}
+
+/// Client credentials just created: the secret is in this answer and nowhere else.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedClient {
+    #[serde(flatten)]
+    info: ClientInfo,
+    client_secret: String,
+    /// Where to exchange them for a bearer token (`grant_type=client_credentials`).
+    token_endpoint: &'static str,
+}
+
+/// Every service account's client credentials (never their secrets).
+#[utoipa::path(get, path = "/api/admin/service-accounts", tag = "admin",
+    responses((status = 200, body = Vec<ClientInfo>), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn service_accounts(
+    State(app): State<AppState>,
+    _: AdminCaller,
+) -> Result<Json<Vec<ClientInfo>>, ApiError> {
+    Ok(Json(blocking(&app, |s| s.clients()).await?))
+}
+
+/// Create OAuth client credentials for a service account; grant it access through its
+/// groups like any user.
+#[utoipa::path(post, path = "/api/admin/service-accounts", tag = "admin", request_body = NewServiceAccount,
+    responses((status = 201, body = CreatedClient), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn create_service_account(
+    State(app): State<AppState>,
+    AdminCaller(p): AdminCaller,
+    Json(body): Json<NewServiceAccount>,
+) -> Result<(StatusCode, Json<CreatedClient>), ApiError> {
+    let actor = p.email().to_string();
+    let (info, client_secret) = blocking(&app, move |s| {
+        s.create_client(&actor, &body.email, &body.name)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedClient {
+            info,
+            client_secret,
+            token_endpoint: "/oauth/token",
+        }),
+    ))
+}
+
+/// Revoke a service account's client credentials.
+#[utoipa::path(delete, path = "/api/admin/service-accounts/{client_id}", tag = "admin",
+    params(("client_id" = String, Path)),
+    responses((status = 204), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn revoke_service_account(
+    State(app): State<AppState>,
+    AdminCaller(p): AdminCaller,
+    Path(client_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let actor = p.email().to_string();
+    blocking(&app, move |s| s.revoke_client(&actor, &client_id)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

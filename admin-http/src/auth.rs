@@ -1,58 +1,97 @@
-//! Who is calling: bearer credentials (a Quiver JWT or a personal access token) resolved to
-//! a principal, and password sign-in.
+//! Who is calling: a bearer credential (a Quiver JWT or a personal access token) or the
+//! browser session cookie, resolved to a principal; password sign-in and sign-out.
 
 use std::net::SocketAddr;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use quiver_catalog::Principal;
 use quiver_catalog::tokens::TOKEN_PREFIX;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::session::{CSRF_HEADER, SESSION_COOKIE, cookie, end_cookies, is_https, start_cookies};
 use crate::{AppState, blocking};
 
 /// The signed-in caller.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller {
+    /// Who it is.
+    pub principal: Principal,
+    /// The credential presented (session token, JWT or PAT), to end a session with.
+    credential: String,
+}
 
 /// The signed-in caller, a member of `Admin`.
 #[derive(Debug, Clone)]
 pub struct AdminCaller(pub Principal);
 
+/// The credential of a request: the bearer token, else the session cookie (then changes
+/// must carry the session's CSRF token).
+fn credential(parts: &Parts, app: &AppState) -> Result<String, ApiError> {
+    if let Some(header) = parts.headers.get(header::AUTHORIZATION) {
+        let header = header
+            .to_str()
+            .map_err(|_| ApiError::unauthenticated("malformed authorization header"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| ApiError::unauthenticated("expected `Authorization: Bearer <token>`"))?;
+        return Ok(token.trim().to_string());
+    }
+    let Some(session) = cookie(&parts.headers, SESSION_COOKIE) else {
+        return Err(ApiError::unauthenticated(
+            "sign in: send `Authorization: Bearer <token>` or sign in at /auth/login",
+        ));
+    };
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let presented = parts
+        .headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !safe && !app.sessions.csrf_ok(session, presented) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            format!("missing or wrong {CSRF_HEADER} header for a cookie-authenticated change"),
+        ));
+    }
+    Ok(session.to_string())
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::unauthenticated("sign in: send `Authorization: Bearer <token>`")
-            })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| ApiError::unauthenticated("expected `Authorization: Bearer <token>`"))?
-            .trim()
-            .to_string();
+        let token = credential(parts, app)?;
         let refused = || ApiError::unauthenticated("invalid, expired or revoked token");
         let principal = if token.starts_with(TOKEN_PREFIX) {
+            let secret = token.clone();
             blocking(app, move |s| {
-                Ok(s.token_principal(&token)?.map(|t| t.principal))
+                Ok(s.token_principal(&secret)?.map(|t| t.principal))
             })
             .await?
             .ok_or_else(refused)?
         } else {
+            if app.sessions.is_ended(&token) {
+                return Err(ApiError::unauthenticated(
+                    "the session has ended; sign in again",
+                ));
+            }
             let email = app.tokens.verify(&token).ok_or_else(refused)?;
             blocking(app, move |s| s.principal(&email))
                 .await?
                 .ok_or_else(refused)?
         };
-        Ok(Caller(principal))
+        Ok(Caller {
+            principal,
+            credential: token,
+        })
     }
 }
 
@@ -60,37 +99,46 @@ impl FromRequestParts<AppState> for AdminCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let Caller(principal) = Caller::from_request_parts(parts, app).await?;
-        if !principal.is_admin() {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        if !caller.principal.is_admin() {
             return Err(ApiError::forbidden("administrators only"));
         }
-        Ok(AdminCaller(principal))
+        Ok(AdminCaller(caller.principal))
     }
 }
 
 /// `POST /auth/login` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    /// The user's e-mail.
     email: String,
+    /// The user's password.
     password: String,
 }
 
 /// `POST /auth/login` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LoginResponse {
+    /// A bearer token for the API and Flight SQL.
     token: String,
     /// Seconds since the epoch.
     expires_at: u64,
+    /// The CSRF token to send as `x-csrf-token` with cookie-authenticated changes.
+    csrf_token: String,
 }
 
-/// `POST /auth/login`: e-mail and password → a bearer token. Failures are uniform and
-/// rate-limited like the Flight SQL handshake.
+/// Sign in with e-mail and password: a bearer token, and a session cookie for browsers.
+/// Failures are uniform and rate-limited like the Flight SQL handshake.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login,
+    responses((status = 200, body = LoginResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 429, body = crate::error::ErrorBody)))]
 pub async fn login(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(body): Json<Login>,
-) -> Result<Json<LoginResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let address = peer.ip().to_string();
     if let Err(wait) = app.throttle.check(&body.email, Some(&address)) {
         return Err(ApiError::new(
@@ -116,10 +164,40 @@ pub async fn login(
     })
     .await?;
     let Some(principal) = principal else {
+        metrics::counter!("quiver_logins_total", "via" => "http", "outcome" => "refused")
+            .increment(1);
         app.throttle.failed(&email, Some(&address));
         return Err(ApiError::unauthenticated("invalid e-mail or password"));
     };
+    metrics::counter!("quiver_logins_total", "via" => "http", "outcome" => "ok").increment(1);
     app.throttle.succeeded(&email);
     let (token, expires_at) = app.tokens.issue(principal.email())?;
-    Ok(Json(LoginResponse { token, expires_at }))
+    let max_age = expires_at.saturating_sub(quiver_catalog::identity::unix_now());
+    let cookies = start_cookies(&app.sessions, &token, max_age, is_https(&headers));
+    let body = LoginResponse {
+        csrf_token: app.sessions.csrf_for(&token),
+        token,
+        expires_at,
+    };
+    let mut response = Json(body).into_response();
+    for c in cookies {
+        response.headers_mut().append(header::SET_COOKIE, c);
+    }
+    Ok(response)
+}
+
+/// End the session: its token stops working and the cookies are cleared.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+    responses((status = 204), (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn logout(State(app): State<AppState>, caller: Caller) -> Response {
+    if !caller.credential.starts_with(TOKEN_PREFIX) {
+        let expires = quiver_catalog::identity::unix_now() + app.tokens.lifetime().as_secs();
+        app.sessions.end(&caller.credential, expires);
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    for c in end_cookies() {
+        response.headers_mut().append(header::SET_COOKIE, c);
+    }
+    response
 }

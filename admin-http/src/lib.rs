@@ -1,16 +1,23 @@
-//! Quiver's HTTP sidecar (axum): health, password sign-in, the caller's tokens and the
-//! admin API. OIDC, webhooks and the web UI build on the same router.
+//! Quiver's HTTP sidecar (axum): health and metrics, password sign-in with browser
+//! sessions, the OAuth token endpoint, the caller's tokens and the admin API. OIDC,
+//! webhooks and the web UI build on the same router.
 //!
-//! - [`auth`]: bearer credentials → principal; `POST /auth/login`.
+//! - [`auth`]: credentials (bearer or session cookie) → principal; sign-in and sign-out.
+//! - [`session`]: session cookies, CSRF tokens, ended sessions.
+//! - [`oauth`]: `POST /oauth/token` (client credentials).
 //! - [`api`]: `/api/me…` and `/api/admin/…` handlers.
+//! - [`metrics`]: `GET /metrics` (Prometheus).
 //! - [`error`]: the one mapping of errors to JSON responses.
 //!
-//! The router is built by [`app`] from shared state and served by [`serve`], so tests can
-//! drive it in process and the binary can bind it wherever it likes.
+//! Every route is registered through [`utoipa_axum`], so the OpenAPI document served at
+//! `/api/openapi.json` is generated from the handlers and lists them all.
 
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod metrics;
+pub mod oauth;
+pub mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,14 +26,20 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use quiver_catalog::throttle::LoginThrottle;
 use quiver_catalog::{CatalogError, QueryEngine, StateStore, TokenSigner};
-use serde_json::json;
+use serde::Serialize;
 use tokio::net::TcpListener;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
+use crate::session::Sessions;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -39,6 +52,12 @@ pub struct AppState {
     pub tokens: TokenSigner,
     /// Failed sign-in limits, shared with the Flight SQL handshake.
     pub throttle: Arc<LoginThrottle>,
+    /// Browser sessions: CSRF tokens and ended sessions.
+    pub sessions: Arc<Sessions>,
+    /// The Prometheus recorder's handle, when one is installed.
+    pub metrics: Option<PrometheusHandle>,
+    /// Serve `/metrics` without credentials.
+    pub public_metrics: bool,
 }
 
 /// Runs a state-store call off the async threads.
@@ -50,41 +69,83 @@ pub(crate) async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(move || f(&state)).await??)
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Quiver", description = "Sign-in, tokens and administration of a Quiver server."),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "auth", description = "Sign-in, sign-out and the OAuth token endpoint"),
+        (name = "me", description = "The signed-in user and their personal access tokens"),
+        (name = "admin", description = "Users, groups, grants, service accounts and the audit log (Admin only)"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from /auth/login, /oauth/token or the Flight SQL handshake, or a personal access token (qvr_…)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(session::SESSION_COOKIE))),
+        );
+    }
+}
+
+/// Every route, with its OpenAPI description.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(oauth::token))
+        .routes(routes!(api::me))
+        .routes(routes!(api::my_tokens, api::create_token))
+        .routes(routes!(api::revoke_token))
+        .routes(routes!(api::users, api::create_user))
+        .routes(routes!(api::update_user, api::delete_user))
+        .routes(routes!(api::groups, api::create_group))
+        .routes(routes!(api::delete_group))
+        .routes(routes!(api::members, api::add_member))
+        .routes(routes!(api::remove_member))
+        .routes(routes!(api::grants, api::create_grant))
+        .routes(routes!(api::revoke_grant))
+        .routes(routes!(api::service_accounts, api::create_service_account))
+        .routes(routes!(api::revoke_service_account))
+        .routes(routes!(api::audit))
+}
+
+/// The OpenAPI document of the HTTP API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
 /// The HTTP API.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/auth/login", post(auth::login))
-        .route("/api/me", get(api::me))
+    let (router, api) = routes().split_for_parts();
+    let api = Arc::new(api);
+    router
         .route(
-            "/api/me/tokens",
-            get(api::my_tokens).post(api::create_token),
+            "/api/openapi.json",
+            get(move || {
+                let api = api.clone();
+                async move { Json(api.as_ref().clone()) }
+            }),
         )
-        .route("/api/me/tokens/{id}", delete(api::revoke_token))
-        .route("/api/admin/users", get(api::users).post(api::create_user))
-        .route(
-            "/api/admin/users/{email}",
-            patch(api::update_user).delete(api::delete_user),
-        )
-        .route(
-            "/api/admin/groups",
-            get(api::groups).post(api::create_group),
-        )
-        .route("/api/admin/groups/{name}", delete(api::delete_group))
-        .route(
-            "/api/admin/groups/{name}/members",
-            get(api::members).post(api::add_member),
-        )
-        .route(
-            "/api/admin/groups/{name}/members/{email}",
-            delete(api::remove_member),
-        )
-        .route(
-            "/api/admin/grants",
-            get(api::grants).post(api::create_grant),
-        )
-        .route("/api/admin/grants/{id}", delete(api::revoke_grant))
-        .route("/api/admin/audit", get(api::audit))
         .with_state(state)
 }
 
@@ -102,25 +163,37 @@ pub async fn serve(
     .await
 }
 
-/// `GET /health`: up, state store reachable, schema version. No authentication.
+/// `GET /health` answer.
+#[derive(Debug, Serialize, ToSchema)]
+struct Health {
+    /// `ok`.
+    status: &'static str,
+    /// `ok` when the state store answers.
+    state_store: &'static str,
+    /// The state file's schema version.
+    schema_version: i64,
+}
+
+/// Up, state store reachable, schema version. No authentication.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = error::ErrorBody)))]
 async fn health(State(app): State<AppState>) -> Response {
     let state = app.state.clone();
     match tokio::task::spawn_blocking(move || state.schema_version()).await {
-        Ok(Ok(version)) => Json(json!({
-            "status": "ok",
-            "state_store": "ok",
-            "schema_version": version,
-        }))
+        Ok(Ok(version)) => Json(Health {
+            status: "ok",
+            state_store: "ok",
+            schema_version: version,
+        })
         .into_response(),
         other => {
             tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "health check failed");
-            (
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({"error": {"code": "unavailable", "message": "state store unreachable"}}),
-                ),
+                "unavailable",
+                "state store unreachable",
             )
-                .into_response()
+            .into_response()
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::{CatalogError, TableName};
 pub const MIN_PASSWORD_LEN: usize = 8;
 
 /// A user account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     /// E-mail, the user's name everywhere.
     pub email: String,
@@ -36,7 +36,8 @@ pub struct User {
 }
 
 /// Changes to a user; `None` leaves a field alone.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UserUpdate {
     /// New display name.
     pub name: Option<String>,
@@ -48,7 +49,7 @@ pub struct UserUpdate {
 
 /// Where a membership came from: made by an admin, synced from an identity provider's
 /// group claim, or the bootstrap admin's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipSource {
     /// Added by an administrator.
@@ -70,7 +71,7 @@ impl MembershipSource {
 }
 
 /// A group member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Member {
     /// The member's e-mail.
     pub email: String,
@@ -141,13 +142,14 @@ impl Serialize for GrantTarget {
 
 /// A grant: members of `group` may read `target`, only the rows `row_filter` keeps, with
 /// `column_masks` applied (a column mapped to `None` is hidden).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Grant {
     /// Grant id, for revoking.
     pub id: i64,
     /// The group it is granted to.
     pub group: String,
     /// `schema.table` or `schema.*`.
+    #[schema(value_type = String, example = "tpch.customer")]
     pub table: GrantTarget,
     /// SQL predicate over the table's columns; may use `current_user()`.
     pub row_filter: Option<String>,
@@ -156,7 +158,7 @@ pub struct Grant {
 }
 
 /// A grant to be made; the engine validates it against the table before it is stored.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewGrant {
     /// The group to grant to.

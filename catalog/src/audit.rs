@@ -9,7 +9,7 @@ use crate::CatalogError;
 use crate::state::StateStore;
 
 /// One entry of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Increasing id; page with `before`.
     pub id: i64,
@@ -38,7 +38,8 @@ pub struct AuditRecord {
 }
 
 /// Which entries to read, newest first.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// At most this many (default 100, at most 1000).
     pub limit: Option<usize>,

@@ -120,6 +120,11 @@ impl TokenSigner {
         }
     }
 
+    /// How long issued tokens are valid.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
     /// A token naming `email`, and when it expires (seconds since the epoch).
     pub fn issue(&self, email: &str) -> Result<(String, u64), CatalogError> {
         let now = unix_now();

@@ -15,6 +15,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod clients;
 pub mod engine;
 pub mod identity;
 pub mod memory;

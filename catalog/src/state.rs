@@ -94,6 +94,17 @@ const MIGRATIONS: &[&str] = &[
         duration_ms  BIGINT
     );
     "#,
+    // 3: OAuth client credentials for service accounts.
+    r#"
+    CREATE TABLE client_credentials (
+        client_id    VARCHAR PRIMARY KEY,
+        email        VARCHAR NOT NULL,     -- the user the client acts as
+        name         VARCHAR NOT NULL,
+        secret_hash  VARCHAR NOT NULL,
+        created_at   BIGINT NOT NULL,
+        revoked_at   BIGINT
+    );
+    "#,
 ];
 
 /// A committed, queryable table version.

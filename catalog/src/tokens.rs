@@ -23,7 +23,7 @@ const DISPLAY_LEN: usize = 12;
 pub const MAX_TOKEN_DAYS: u32 = 3650;
 
 /// A token as listed (never the secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Id, for revoking.
     pub id: String,

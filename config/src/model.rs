@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub http_listen: SocketAddr,
     /// TLS for the Flight SQL listener; plaintext when absent.
     pub tls: Option<TlsConfig>,
+    /// Serve `/metrics` without credentials (for a scraper on a private network).
+    /// Default `false`: admins only.
+    pub public_metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
             flight_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
+            public_metrics: false,
         }
     }
 }

@@ -617,11 +617,14 @@ impl FlightSqlService for QuiverFlightSql {
         .map_err(|e| internal(&e))?
         .map_err(to_status)?;
         let Some(principal) = principal else {
+            metrics::counter!("quiver_logins_total", "via" => "flight", "outcome" => "refused")
+                .increment(1);
             self.throttle.failed(&user, address.as_deref());
             tracing::warn!(user = %user, address = ?address, "handshake refused");
             return Err(Status::unauthenticated("invalid e-mail or password"));
         };
         self.throttle.succeeded(&user);
+        metrics::counter!("quiver_logins_total", "via" => "flight", "outcome" => "ok").increment(1);
         let (token, _expires) = self.tokens.issue(principal.email()).map_err(to_status)?;
         tracing::info!(user = %principal.email(), "handshake");
         let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| internal(&e))?;

@@ -141,6 +141,7 @@ impl QueryLog {
         running: RunningQueries,
         audit: Option<Arc<StateStore>>,
     ) -> Arc<Self> {
+        metrics::gauge!("quiver_active_queries").increment(1.0);
         Arc::new(Self {
             query_id,
             user,
@@ -187,6 +188,19 @@ impl Drop for QueryLog {
             duration_ms,
             outcome,
         };
+        let outcome_label = match record.outcome.as_str() {
+            "ok" => "ok",
+            o if o.starts_with("cancelled") => "cancelled",
+            o if o.starts_with("refused") => "refused",
+            o if o.contains("query.timeout") => "timeout",
+            _ => "error",
+        };
+        metrics::gauge!("quiver_active_queries").decrement(1.0);
+        metrics::counter!("quiver_queries_total", "outcome" => outcome_label).increment(1);
+        metrics::histogram!("quiver_query_duration_seconds")
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::counter!("quiver_rows_streamed_total").increment(record.rows);
+        metrics::counter!("quiver_bytes_streamed_total").increment(record.bytes);
         tracing::info!(
             query_id = %self.query_id,
             user = %record.user,

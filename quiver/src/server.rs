@@ -138,6 +138,9 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         engine: engine.clone(),
         tokens,
         throttle,
+        sessions: Arc::new(quiver_admin::session::Sessions::new(&secret)),
+        metrics: install_metrics(),
+        public_metrics: config.server.public_metrics,
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(quiver_admin::serve(http_listener, http_app, async move {
@@ -155,6 +158,27 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     flight_result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Installs the Prometheus recorder behind `/metrics`; `None` (and a warning) if another
+/// recorder is already installed.
+fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("quiver_query_duration_seconds".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ],
+        )
+        .ok()?;
+    match builder.install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are not recorded");
+            None
+        }
+    }
 }
 
 /// The object store for table data: the configured URL, else `data_dir/objects`.

@@ -1,0 +1,168 @@
+//! The OAuth 2.0 token endpoint (RFC 6749) for drivers and services: the client
+//! credentials grant for service accounts, so the ADBC Flight SQL driver's
+//! `adbc.flight.sql.oauth.*` options can sign in on their own. Client authentication by
+//! HTTP Basic (`client_secret_basic`) or form fields (`client_secret_post`); errors in the
+//! RFC's `{"error", "error_description"}` shape, which OAuth clients parse.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::{AppState, blocking};
+
+const CLIENT_CREDENTIALS: &str = "client_credentials";
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// A token request (form-encoded).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenRequest {
+    /// `client_credentials`.
+    grant_type: String,
+    /// The client id, unless sent with HTTP Basic.
+    client_id: Option<String>,
+    /// The client secret, unless sent with HTTP Basic.
+    client_secret: Option<String>,
+    /// Ignored: a token carries its user's grants, whatever the scope.
+    #[allow(dead_code)]
+    scope: Option<String>,
+}
+
+/// A successful token response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds.
+    expires_in: u64,
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut response = (
+        status,
+        Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"quiver\""),
+        );
+    }
+    no_store(response)
+}
+
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `client_id:client_secret` from HTTP Basic, each form-urlencoded (RFC 6749 §2.3.1).
+fn basic_client(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((unescape(id)?, unescape(secret)?))
+}
+
+/// Exchange client credentials for a bearer token.
+#[utoipa::path(post, path = "/oauth/token", tag = "auth",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = TokenResponse), (status = 400), (status = 401)))]
+pub async fn token(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(request): Form<TokenRequest>,
+) -> Response {
+    match request.grant_type.as_str() {
+        CLIENT_CREDENTIALS => {}
+        TOKEN_EXCHANGE => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "token exchange needs an identity provider configured (auth.oidc)",
+            );
+        }
+        other => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!("grant_type `{other}` is not supported; use client_credentials"),
+            );
+        }
+    }
+    let Some((client_id, secret)) = basic_client(&headers)
+        .or_else(|| request.client_id.clone().zip(request.client_secret.clone()))
+    else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "send client_id and client_secret (HTTP Basic or form fields)",
+        );
+    };
+    let address = peer.ip().to_string();
+    if let Err(wait) = app.throttle.check(&client_id, Some(&address)) {
+        return oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow_down",
+            &format!(
+                "too many failed attempts; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        );
+    }
+    let id = client_id.clone();
+    let principal = match blocking(&app, move |s| {
+        let principal = s.client_principal(&id, &secret)?;
+        let outcome = if principal.is_some() { "ok" } else { "refused" };
+        s.record_event(&id, "login", Some("oauth client_credentials"), outcome)?;
+        Ok(principal)
+    })
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let Some(principal) = principal else {
+        metrics::counter!("quiver_logins_total", "via" => "oauth", "outcome" => "refused")
+            .increment(1);
+        app.throttle.failed(&client_id, Some(&address));
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client, wrong secret, or revoked",
+        );
+    };
+    metrics::counter!("quiver_logins_total", "via" => "oauth", "outcome" => "ok").increment(1);
+    app.throttle.succeeded(&client_id);
+    match app.tokens.issue(principal.email()) {
+        Ok((access_token, _)) => no_store(
+            Json(TokenResponse {
+                access_token,
+                token_type: "Bearer",
+                expires_in: app.tokens.lifetime().as_secs(),
+            })
+            .into_response(),
+        ),
+        Err(e) => crate::error::ApiError::from(e).into_response(),
+    }
+}

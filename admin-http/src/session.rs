@@ -1,0 +1,148 @@
+//! Browser sessions: the bearer token in an HttpOnly, SameSite=Lax cookie (Secure behind
+//! HTTPS), a CSRF token derived from it for every cookie-authenticated change, and a
+//! sign-out list so a session ended with `POST /auth/logout` stays ended.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use hmac::{Hmac, Mac};
+use quiver_catalog::identity::unix_now;
+use quiver_catalog::tokens::token_hash;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "quiver_session";
+/// The CSRF cookie (readable by the page, unlike the session cookie).
+pub const CSRF_COOKIE: &str = "quiver_csrf";
+/// The header carrying the CSRF token on cookie-authenticated changes.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Derives CSRF tokens and remembers ended sessions.
+#[derive(Debug)]
+pub struct Sessions {
+    key: Vec<u8>,
+    /// Ended sessions (token hash → expiry), forgotten once they would have expired anyway.
+    ended: Mutex<HashMap<String, u64>>,
+}
+
+impl Sessions {
+    /// Sessions whose CSRF tokens are keyed with `secret`.
+    pub fn new(secret: &[u8]) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+        mac.update(b"quiver csrf key");
+        Self {
+            key: mac.finalize().into_bytes().to_vec(),
+            ended: Mutex::default(),
+        }
+    }
+
+    /// The CSRF token that goes with a session token.
+    pub fn csrf_for(&self, session: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
+        mac.update(session.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Whether `presented` is the CSRF token of `session`, compared in constant time.
+    pub fn csrf_ok(&self, session: &str, presented: &str) -> bool {
+        self.csrf_for(session)
+            .as_bytes()
+            .ct_eq(presented.as_bytes())
+            .into()
+    }
+
+    /// Ends a session until `expires_at`.
+    pub fn end(&self, session: &str, expires_at: u64) {
+        let now = unix_now();
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.retain(|_, exp| *exp > now);
+        ended.insert(token_hash(session), expires_at);
+    }
+
+    /// Whether a session was ended.
+    pub fn is_ended(&self, session: &str) -> bool {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&token_hash(session))
+    }
+}
+
+/// A cookie's value from the request.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Whether the request came over HTTPS (directly or through a proxy that says so).
+pub fn is_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+/// `Set-Cookie` values starting a session that lasts `max_age` seconds.
+pub fn start_cookies(
+    sessions: &Sessions,
+    token: &str,
+    max_age: u64,
+    https: bool,
+) -> [HeaderValue; 2] {
+    let secure = if https { "; Secure" } else { "" };
+    let session = format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    );
+    let csrf = format!(
+        "{CSRF_COOKIE}={}; Path=/; SameSite=Lax; Max-Age={max_age}{secure}",
+        sessions.csrf_for(token)
+    );
+    [session, csrf].map(|c| HeaderValue::from_str(&c).expect("cookie values are ASCII"))
+}
+
+/// `Set-Cookie` values clearing the session.
+pub fn end_cookies() -> [HeaderValue; 2] {
+    [SESSION_COOKIE, CSRF_COOKIE].map(|name| {
+        HeaderValue::from_str(&format!("{name}=; Path=/; Max-Age=0; SameSite=Lax"))
+            .expect("cookie values are ASCII")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csrf_tokens_belong_to_their_session() {
+        let s = Sessions::new(b"0123456789abcdef0123456789abcdef");
+        let t = s.csrf_for("session-a");
+        assert!(s.csrf_ok("session-a", &t));
+        assert!(!s.csrf_ok("session-b", &t));
+        assert!(!s.csrf_ok("session-a", ""));
+        s.end("session-a", unix_now() + 60);
+        assert!(s.is_ended("session-a") && !s.is_ended("session-b"));
+    }
+
+    #[test]
+    fn cookies_are_read_from_any_cookie_header() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; quiver_session=tok"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("tok"));
+        assert_eq!(cookie(&h, "b"), None);
+    }
+}
