@@ -8,7 +8,7 @@ VENV ?= $(HOME)/.cache/quiver/venv
 PYTHON ?= python3
 QUIVER_BIN := $(CARGO_TARGET_DIR)/release/quiver
 
-.PHONY: demo build test test-rust test-python venv lint fmt bench
+.PHONY: demo build test test-rust test-python venv node browser lint fmt bench
 
 ## Run the server with the TPC-H demo data (scale 0.1), from the same build as the tests.
 demo: build
@@ -18,8 +18,9 @@ demo: build
 build:
 	cargo build --release --workspace --all-targets
 
-## Every test: formatting, Rust unit and end-to-end tests, Python client tests.
-test: build venv
+## Every test: formatting, Rust unit and end-to-end tests, Python client tests (with a real
+## OpenID provider under Node).
+test: build venv node browser
 	cargo fmt --all -- --check
 	cargo test --release --workspace
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
@@ -27,7 +28,7 @@ test: build venv
 test-rust: build
 	cargo test --release --workspace
 
-test-python: build venv
+test-python: build venv node browser
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 
 ## The pinned real clients (ADBC, pyarrow, polars, pandas) in a venv.
@@ -38,6 +39,20 @@ $(VENV)/.installed: tests/python/requirements.txt
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r tests/python/requirements.txt
 	cp tests/python/requirements.txt $@
+
+## The OpenID provider the OIDC tests sign in with (npm `oidc-provider`, pinned by its lockfile).
+node: tests/oidc/node_modules/.installed
+
+tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Debian's Chromium for the web UI tests (driven by Playwright), installed when missing.
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
 lint:
 	cargo fmt --all -- --check

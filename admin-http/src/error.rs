@@ -39,6 +39,11 @@ impl ApiError {
         }
     }
 
+    /// The message for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// 401: no or bad credentials.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)

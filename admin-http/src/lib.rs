@@ -5,8 +5,10 @@
 //! - [`auth`]: credentials (bearer or session cookie) → principal; sign-in and sign-out.
 //! - [`session`]: session cookies, CSRF tokens, ended sessions.
 //! - [`oauth`]: `POST /oauth/token` (client credentials).
+//! - [`oidc`]: sign-in with OpenID Connect providers.
 //! - [`api`]: `/api/me…` and `/api/admin/…` handlers.
 //! - [`metrics`]: `GET /metrics` (Prometheus).
+//! - [`ui`]: the server-rendered web pages.
 //! - [`error`]: the one mapping of errors to JSON responses.
 //!
 //! Every route is registered through [`utoipa_axum`], so the OpenAPI document served at
@@ -17,7 +19,9 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod oauth;
+pub mod oidc;
 pub mod session;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,6 +62,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Serve `/metrics` without credentials.
     pub public_metrics: bool,
+    /// OpenID Connect providers.
+    pub oidc: Arc<oidc::Oidc>,
+    /// The Flight SQL URI clients connect to, shown on the Connect page.
+    pub flight_url: String,
 }
 
 /// Runs a state-store call off the async threads.
@@ -78,6 +86,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
         (name = "me", description = "The signed-in user and their personal access tokens"),
         (name = "admin", description = "Users, groups, grants, service accounts and the audit log (Admin only)"),
         (name = "operations", description = "Health and metrics"),
+        (name = "web", description = "Server-rendered pages (HTML forms, session cookie and CSRF token)"),
     )
 )]
 struct ApiDoc;
@@ -113,6 +122,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
         .routes(routes!(oauth::token))
+        .routes(routes!(oidc::login))
+        .routes(routes!(oidc::callback))
         .routes(routes!(api::me))
         .routes(routes!(api::my_tokens, api::create_token))
         .routes(routes!(api::revoke_token))
@@ -127,6 +138,23 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::service_accounts, api::create_service_account))
         .routes(routes!(api::revoke_service_account))
         .routes(routes!(api::audit))
+        .routes(routes!(ui::home))
+        .routes(routes!(ui::login_form, ui::login_submit))
+        .routes(routes!(ui::logout))
+        .routes(routes!(ui::connect))
+        .routes(routes!(ui::create_token))
+        .routes(routes!(ui::revoke_token))
+        .routes(routes!(ui::catalog))
+        .routes(routes!(ui::users, ui::create_user))
+        .routes(routes!(ui::set_active))
+        .routes(routes!(ui::groups, ui::create_group))
+        .routes(routes!(ui::delete_group))
+        .routes(routes!(ui::add_member))
+        .routes(routes!(ui::remove_member))
+        .routes(routes!(ui::grants, ui::create_grant))
+        .routes(routes!(ui::revoke_grant))
+        .routes(routes!(ui::tables))
+        .routes(routes!(ui::audit))
 }
 
 /// The OpenAPI document of the HTTP API.

@@ -57,6 +57,27 @@ impl Sessions {
             .into()
     }
 
+    /// Seals `value` (JSON) with an HMAC, for a cookie the browser carries but cannot change.
+    pub fn seal<T: serde::Serialize>(&self, value: &T) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(value).expect("sealed values serialize");
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        format!("{body}.{}", self.csrf_for(&body))
+    }
+
+    /// Opens what [`Sessions::seal`] sealed; `None` when it was changed or is not ours.
+    pub fn open<T: serde::de::DeserializeOwned>(&self, sealed: &str) -> Option<T> {
+        use base64::Engine;
+        let (body, mac) = sealed.rsplit_once('.')?;
+        if !self.csrf_ok(body, mac) {
+            return None;
+        }
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+
     /// Ends a session until `expires_at`.
     pub fn end(&self, session: &str, expires_at: u64) {
         let now = unix_now();
@@ -72,6 +93,12 @@ impl Sessions {
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&token_hash(session))
     }
+}
+
+/// A random token (256 bits, URL-safe).
+pub fn random_token() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
 /// A cookie's value from the request.

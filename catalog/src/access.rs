@@ -406,6 +406,78 @@ impl StateStore {
         Ok(users)
     }
 
+    /// Signs in a user vouched for by an identity provider: creates the account (without a
+    /// password) on first sign-in and, with `groups`, syncs the provider's memberships —
+    /// groups that exist in Quiver, never `Admin` — leaving admin-made memberships alone.
+    /// `None` when the account is deactivated.
+    pub fn sign_in_from_idp(
+        &self,
+        provider: &str,
+        email: &str,
+        name: Option<&str>,
+        groups: Option<&[String]>,
+    ) -> Result<Option<crate::Principal>, CatalogError> {
+        let email = normalize_email(email)?;
+        let actor = format!("oidc:{provider}");
+        self.change(&actor, "login", &email, |tx| {
+            let active: Option<bool> = tx
+                .query_row(
+                    "SELECT active FROM users WHERE email = ?",
+                    params![email],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let created = match active {
+                Some(false) => return Ok((false, json!({ "outcome": "deactivated" }))),
+                Some(true) => false,
+                None => {
+                    tx.execute(
+                        "INSERT INTO users (email, name) VALUES (?, ?)",
+                        params![email, name],
+                    )?;
+                    true
+                }
+            };
+            let mut synced = Vec::new();
+            if let Some(groups) = groups {
+                let mut wanted: Vec<String> = Vec::new();
+                for g in groups {
+                    if g == ADMIN_GROUP || g == EVERYONE_GROUP || !group_exists(tx, g)? {
+                        continue;
+                    }
+                    wanted.push(g.clone());
+                }
+                let mut stmt = tx.prepare(
+                    "SELECT group_name FROM memberships WHERE email = ? AND source = 'idp'",
+                )?;
+                let current: Vec<String> = stmt
+                    .query_map(params![email], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for g in current.iter().filter(|g| !wanted.contains(g)) {
+                    tx.execute(
+                        "DELETE FROM memberships WHERE email = ? AND group_name = ? AND source = 'idp'",
+                        params![email, g],
+                    )?;
+                }
+                for g in &wanted {
+                    tx.execute(
+                        "INSERT INTO memberships (group_name, email, source) VALUES (?, ?, 'idp')
+                         ON CONFLICT DO NOTHING",
+                        params![g, email],
+                    )?;
+                }
+                synced = wanted;
+            }
+            Ok((
+                true,
+                json!({ "created": created, "groups_from_idp": groups.map(|_| synced) }),
+            ))
+        })?
+        .then(|| self.principal(&email))
+        .transpose()
+        .map(Option::flatten)
+    }
+
     // ----- groups -----------------------------------------------------------------------
 
     /// Creates a group.
@@ -729,6 +801,50 @@ mod tests {
                 .is_err()
         );
         assert_eq!(s.audit_log(&Default::default()).unwrap().len(), before);
+    }
+
+    #[test]
+    fn identity_provider_groups_sync_without_touching_admin_memberships() {
+        let s = store();
+        for g in ["sales", "support"] {
+            s.create_group("t", g).unwrap();
+        }
+        let groups = |list: &[&str]| list.iter().map(|g| g.to_string()).collect::<Vec<_>>();
+        let p = s
+            .sign_in_from_idp(
+                "okta",
+                "Ivy@Example.com",
+                Some("Ivy"),
+                Some(&groups(&["sales", "Admin", "unknown"])),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.groups(), ["Everyone", "sales"]);
+        s.add_member("t", "support", "ivy@example.com", MembershipSource::Admin)
+            .unwrap();
+        let p = s
+            .sign_in_from_idp("okta", "ivy@example.com", None, Some(&groups(&[])))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p.groups(),
+            ["Everyone", "support"],
+            "idp membership gone, admin one kept"
+        );
+        s.update_user(
+            "t",
+            "ivy@example.com",
+            &UserUpdate {
+                active: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            s.sign_in_from_idp("okta", "ivy@example.com", None, None)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

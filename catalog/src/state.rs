@@ -122,6 +122,8 @@ pub struct TableEntry {
     pub rows: i64,
     /// Bytes of parquet in the version.
     pub bytes: i64,
+    /// When the version was published (UTC, ISO 8601).
+    pub committed_at: String,
 }
 
 /// Handle to the state file. Cheap to share behind an `Arc`; calls are short and serialised.
@@ -380,7 +382,7 @@ impl StateStore {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT t.schema_name, t.table_name, t.description, v.version, v.location,
-                    v.row_count, v.byte_count
+                    v.row_count, v.byte_count, strftime(v.committed_at, '%Y-%m-%dT%H:%M:%SZ')
              FROM tables t JOIN table_versions v
                ON v.schema_name = t.schema_name AND v.table_name = t.table_name
               AND v.version = t.current_version
@@ -395,11 +397,12 @@ impl StateStore {
                 r.get::<_, String>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, String>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (schema, table, description, version, location, rows, bytes) = row?;
+            let (schema, table, description, version, location, rows, bytes, committed_at) = row?;
             out.push(TableEntry {
                 name: TableName::new(&schema, &table)?,
                 description,
@@ -407,6 +410,7 @@ impl StateStore {
                 location,
                 rows,
                 bytes,
+                committed_at,
             });
         }
         Ok(out)

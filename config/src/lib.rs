@@ -157,6 +157,41 @@ impl Config {
                 ),
             );
         }
+        if let Some(url) = &self.server.public_url {
+            check(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "server.public_url",
+                format!("`{url}` must start with http:// or https://"),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.auth.oidc.iter().enumerate() {
+            let key = |field: &str| format!("auth.oidc[{i}].{field}");
+            check(
+                !p.name.is_empty()
+                    && p.name.len() <= 32
+                    && p.name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                &key("name"),
+                format!("`{}` must be 1-32 lowercase letters, digits or `-`", p.name),
+            );
+            check(
+                names.insert(p.name.clone()),
+                &key("name"),
+                format!("`{}` is used by two providers", p.name),
+            );
+            check(
+                p.issuer.starts_with("https://") || p.issuer.starts_with("http://"),
+                &key("issuer"),
+                format!("`{}` must be an http(s) URL", p.issuer),
+            );
+            check(
+                p.scopes.iter().any(|s| s == "openid"),
+                &key("scopes"),
+                "must include `openid`".into(),
+            );
+        }
         if let Some(secret) = &self.auth.jwt_secret {
             check(
                 secret.len() >= 32,

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// Serve `/metrics` without credentials (for a scraper on a private network).
     /// Default `false`: admins only.
     pub public_metrics: bool,
+    /// The URL people reach the HTTP listener at (behind a proxy, its public address);
+    /// OIDC redirect URIs are built from it. Default `http://<http_listen>`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
             public_metrics: false,
+            public_url: None,
         }
     }
 }
@@ -100,6 +104,9 @@ pub struct AuthConfig {
     /// How long a ticket returned by `GetFlightInfo` can be redeemed. Default `1h`.
     #[serde(with = "humantime_serde_compat")]
     pub ticket_lifetime: Duration,
+    /// OpenID Connect providers people may sign in with (each is a button on the login
+    /// page). Default: none.
+    pub oidc: Vec<OidcProvider>,
 }
 
 impl Default for AuthConfig {
@@ -109,7 +116,53 @@ impl Default for AuthConfig {
             jwt_secret: None,
             token_lifetime: Duration::from_secs(12 * 3600),
             ticket_lifetime: Duration::from_secs(3600),
+            oidc: Vec::new(),
         }
+    }
+}
+
+/// An OpenID Connect provider (Google, Okta, Keycloak, Entra ID…), found by its issuer's
+/// discovery document. Register `<server.public_url>/auth/oidc/<name>/callback` as its
+/// redirect URI.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProvider {
+    /// Short id used in URLs (`/auth/oidc/<name>/login`): lowercase letters, digits, `-`.
+    pub name: String,
+    /// Label of the sign-in button. Default: the name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Issuer URL, e.g. `https://accounts.google.com`.
+    pub issuer: String,
+    /// OAuth client id registered with the provider.
+    pub client_id: String,
+    /// OAuth client secret (use `${ENV}`).
+    pub client_secret: String,
+    /// Scopes requested. Default `openid email profile`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// E-mail domains allowed to sign in, e.g. `[example.com]`. Default: any.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// ID-token claim listing the user's groups (e.g. `groups`). Members of Quiver groups
+    /// with those names are kept in sync, marked as coming from the provider; memberships
+    /// made by admins are left alone, and `Admin` is never granted this way.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "email", "profile"].map(String::from).to_vec()
+}
+
+impl std::fmt::Debug for OidcProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcProvider")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 

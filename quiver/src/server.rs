@@ -133,7 +133,9 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         .tls
         .as_ref()
         .map(|t| (t.cert.as_path(), t.key.as_path()));
+    let flight_url = format!("{scheme}://{}", display_addr(flight_addr));
     let http_app = quiver_admin::app(quiver_admin::AppState {
+        flight_url,
         state: state.clone(),
         engine: engine.clone(),
         tokens,
@@ -141,6 +143,14 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         sessions: Arc::new(quiver_admin::session::Sessions::new(&secret)),
         metrics: install_metrics(),
         public_metrics: config.server.public_metrics,
+        oidc: Arc::new(quiver_admin::oidc::Oidc::new(
+            config.auth.oidc.clone(),
+            &config
+                .server
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", display_addr(http_addr))),
+        )),
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(quiver_admin::serve(http_listener, http_app, async move {

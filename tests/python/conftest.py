@@ -29,10 +29,11 @@ def quiver_bin() -> str:
 class Server:
     """A running quiver process; its log is collected line by line."""
 
-    def __init__(self, args: list[str], data_dir: str, config: str | None = None):
+    def __init__(self, args: list[str], data_dir: str, config: str | None = None,
+                 http_listen: str = "127.0.0.1:0"):
         self.data_dir = data_dir
         cmd = [quiver_bin(), *args, "--flight-listen", "127.0.0.1:0",
-               "--http-listen", "127.0.0.1:0", "--data-dir", data_dir]
+               "--http-listen", http_listen, "--data-dir", data_dir]
         if config is not None:
             path = os.path.join(data_dir, "test-config.yaml")
             os.makedirs(data_dir, exist_ok=True)

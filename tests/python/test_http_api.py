@@ -16,10 +16,13 @@ import uuid
 import adbc_driver_flightsql.dbapi as flight_sql
 import adbc_driver_manager
 import pytest
+import requests
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login
 
-PUBLIC = {("get", "/health"), ("post", "/auth/login"), ("post", "/oauth/token")}
+PUBLIC = {("get", "/health"), ("post", "/auth/login"), ("post", "/oauth/token"), ("get", "/"),
+          ("get", "/login"), ("post", "/login"), ("get", "/auth/oidc/{provider}/login"),
+          ("get", "/auth/oidc/{provider}/callback")}
 PASSWORD = "a long enough password"
 
 
@@ -31,9 +34,9 @@ def openapi(server) -> dict:
 
 def operations(doc):
     for path, item in doc["paths"].items():
-        for method in item:
+        for method, op in item.items():
             if method in {"get", "post", "put", "patch", "delete"}:
-                yield method, path
+                yield method, path, "web" in op.get("tags", [])
 
 
 def concrete(path: str) -> str:
@@ -50,7 +53,7 @@ def analyst(server):
 
 def test_the_openapi_document_lists_the_documented_interface(server):
     doc = openapi(server)
-    ops = set(operations(doc))
+    ops = {(m, p) for m, p, _ in operations(doc)}
     for expected in [("post", "/auth/login"), ("post", "/auth/logout"), ("get", "/api/me"),
                      ("get", "/api/me/tokens"), ("post", "/api/me/tokens"), ("delete", "/api/me/tokens/{id}"),
                      ("get", "/api/admin/users"), ("post", "/api/admin/users"),
@@ -61,33 +64,55 @@ def test_the_openapi_document_lists_the_documented_interface(server):
                      ("delete", "/api/admin/groups/{name}/members/{email}"),
                      ("get", "/api/admin/grants"), ("post", "/api/admin/grants"), ("delete", "/api/admin/grants/{id}"),
                      ("get", "/api/admin/audit"), ("get", "/health"), ("get", "/metrics"),
-                     ("post", "/oauth/token")]:
+                     ("post", "/oauth/token"), ("get", "/auth/oidc/{provider}/login"),
+                     ("get", "/auth/oidc/{provider}/callback"), ("get", "/connect"), ("get", "/catalog"),
+                     ("get", "/admin/users"), ("get", "/admin/grants"), ("get", "/admin/audit")]:
         assert expected in ops, expected
     assert "bearer" in doc["components"]["securitySchemes"]
 
 
 def test_every_route_needs_credentials_and_admin_routes_need_an_admin(server, analyst):
-    user_token = login(server, analyst, PASSWORD)
+    """Every route the router has (the OpenAPI document is generated from it): without
+    credentials the API says 401 and pages send you to sign in; as a non-admin, admin routes
+    say 403; nothing answers 5xx."""
+    base = f"http://{server.http}"
+    status, signed_in = api(server, "POST", "/auth/login", body={"email": analyst, "password": PASSWORD})
+    user_token, csrf = signed_in["token"], signed_in["csrf_token"]
     checked = 0
-    for method, path in operations(openapi(server)):
-        url = concrete(path)
-        status, body = api(server, method.upper(), url, None, {} if method in {"post", "patch"} else None)
-        assert status < 500, (method, path, body)
+    for method, path, web in operations(openapi(server)):
+        url = base + concrete(path)
+        send = {"data": {"csrf": csrf}} if web else ({"json": {}} if method in {"post", "patch"} else {})
+        anonymous = requests.request(method, url, allow_redirects=False, timeout=30,
+                                     **({"data": {}} if web and method == "post" else {}))
+        assert anonymous.status_code < 500, (method, path, anonymous.text)
         if (method, path) in PUBLIC:
             continue
-        assert status == 401, (method, path, status, body)
-        assert body["error"]["code"] == "unauthenticated"
-        # Signing out ends the token it is called with: use a spare one.
-        token = login(server, analyst, PASSWORD) if path == "/auth/logout" else user_token
-        status, body = api(server, method.upper(), url, token, {} if method in {"post", "patch"} else None)
-        assert status < 500, (method, path, body)
-        if path.startswith("/api/admin/") or path == "/metrics":
-            assert status == 403, (method, path, status, body)
-            assert body["error"]["code"] == "forbidden"
+        if web:
+            assert anonymous.status_code == 303, (method, path, anonymous.status_code)
+            assert anonymous.headers["location"].startswith("/login"), (method, path)
         else:
-            assert status not in (401, 403), (method, path, status, body)
+            assert anonymous.status_code == 401, (method, path, anonymous.status_code, anonymous.text)
+            assert anonymous.json()["error"]["code"] == "unauthenticated"
+        # As a signed-in non-admin (a fresh token for signing out, which ends it).
+        token = login(server, analyst, PASSWORD) if path in ("/auth/logout", "/logout") else user_token
+        if web:
+            csrf_now = csrf if token == user_token else api(server, "POST", "/auth/login", body={
+                "email": analyst, "password": PASSWORD})[1]
+            if token != user_token:
+                token, send = csrf_now["token"], {"data": {"csrf": csrf_now["csrf_token"]}}
+            as_user = requests.request(method, url, allow_redirects=False, timeout=30,
+                                       cookies={"quiver_session": token}, **send)
+        else:
+            as_user = requests.request(method, url, allow_redirects=False, timeout=30,
+                                       headers={"authorization": f"Bearer {token}"}, **send)
+        assert as_user.status_code < 500, (method, path, as_user.text)
+        admin_only = path.startswith("/api/admin/") or path.startswith("/admin/") or path == "/metrics"
+        if admin_only:
+            assert as_user.status_code == 403, (method, path, as_user.status_code)
+        else:
+            assert as_user.status_code not in (401, 403), (method, path, as_user.status_code, as_user.text)
         checked += 1
-    assert checked >= 20
+    assert checked >= 35
 
 
 class Browser:

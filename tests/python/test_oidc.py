@@ -1,0 +1,185 @@
+"""Sign-in with a real OpenID provider (the certified `oidc-provider` package, run by Node):
+the authorization-code flow with PKCE end to end, and the ways it must fail — bad state,
+replayed code, wrong nonce, disallowed domain, unverified e-mail — plus group-claim sync
+and using the resulting session from ADBC."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import tempfile
+import urllib.parse
+import uuid
+
+import pytest
+import requests
+
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login
+
+PROVIDER = pathlib.Path(__file__).parents[1] / "oidc" / "provider.mjs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def idp_and_server():
+    port = free_port()
+    redirect = f"http://127.0.0.1:{port}/auth/oidc/test/callback"
+    node = subprocess.Popen(["node", str(PROVIDER), redirect], stdout=subprocess.PIPE, text=True,
+                            cwd=PROVIDER.parent)
+    line = node.stdout.readline().strip()
+    assert line.startswith("ISSUER "), line
+    issuer = line.split(" ", 1)[1]
+    config = f"""
+auth:
+  oidc:
+    - name: test
+      display_name: Test IdP
+      issuer: {issuer}
+      client_id: quiver
+      client_secret: quiver-test-secret
+      scopes: [openid, email, profile, groups]
+      allowed_domains: [example.com]
+      groups_claim: groups
+"""
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"), config=config,
+                        http_listen=f"127.0.0.1:{port}")
+        try:
+            yield issuer, server
+        finally:
+            server.stop()
+            node.terminate()
+
+
+class Flow:
+    """One browser going through the sign-in, with hooks to tamper with it."""
+
+    def __init__(self, issuer, server, account, tamper=None, next_path="/connect"):
+        requests.post(f"{issuer}/test/account", json=account, timeout=10).raise_for_status()
+        self.server = server
+        self.browser = requests.Session()
+        self.callback_url = None
+        self.flow_cookie = None
+        base = f"http://{server.http}"
+        url = f"{base}/auth/oidc/test/login?next={urllib.parse.quote(next_path)}"
+        for _ in range(20):
+            r = self.browser.get(url, allow_redirects=False, timeout=10)
+            location = r.headers.get("location")
+            if location is None or r.status_code not in (302, 303, 307):
+                break
+            location = urllib.parse.urljoin(url, location)
+            if location.startswith(issuer) and "/auth?" in location and tamper:
+                location = tamper("authorize", location)
+            if location.startswith(f"{base}/auth/oidc/test/callback"):
+                self.flow_cookie = self.browser.cookies.get("quiver_oidc")
+                if tamper:
+                    location = tamper("callback", location)
+                self.callback_url = location
+            if not location.startswith(f"{base}/auth/") and location.startswith(base):
+                break  # back in Quiver, past the callback
+            url = location
+        self.response = r
+        self.location = r.headers.get("location")
+
+    @property
+    def session_token(self):
+        return self.browser.cookies.get("quiver_session")
+
+
+def account(email, groups=(), verified=True, name="Test User"):
+    return {"sub": str(uuid.uuid4()), "email": email, "email_verified": verified, "name": name,
+            "groups": list(groups)}
+
+
+def replace_param(url, name, value):
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    query[name] = value
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def test_sign_in_creates_the_user_syncs_groups_and_works_for_flight_sql(idp_and_server):
+    issuer, server = idp_and_server
+    admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    for group in ["sales", "manual"]:
+        assert api(server, "POST", "/api/admin/groups", admin, {"name": group})[0] == 201
+    assert api(server, "POST", "/api/admin/grants", admin, {"group": "sales", "table": "tpch.nation"})[0] == 201
+    person = account("olivia@example.com", groups=["sales", "Admin", "not-a-quiver-group"], name="Olivia")
+
+    flow = Flow(issuer, server, person)
+    assert flow.response.status_code == 303 and flow.location == "/connect"
+    me = api(server, "GET", "/api/me", flow.session_token)[1]
+    assert me["email"] == "olivia@example.com"
+    assert me["groups"] == ["Everyone", "sales"] and not me["is_admin"]
+    with connect(server, token=flow.session_token) as c, c.cursor() as cur:
+        cur.execute("SELECT count(*) FROM tpch.nation")
+        assert cur.fetchone()[0] == 25
+
+    members = api(server, "GET", "/api/admin/groups/sales/members", admin)[1]
+    assert {"email": "olivia@example.com", "source": "idp"} in members
+    assert api(server, "POST", "/api/admin/groups/manual/members", admin, {"email": "olivia@example.com"})[0] == 204
+    # Next sign-in: the provider no longer lists `sales`; the admin-made membership stays.
+    person["groups"] = []
+    flow = Flow(issuer, server, person)
+    assert api(server, "GET", "/api/me", flow.session_token)[1]["groups"] == ["Everyone", "manual"]
+
+
+def test_redirects_after_sign_in_stay_on_this_server(idp_and_server):
+    issuer, server = idp_and_server
+    flow = Flow(issuer, server, account("paul@example.com"), next_path="https://evil.example/")
+    assert flow.location == "/"
+    flow = Flow(issuer, server, account("paul@example.com"), next_path="//evil.example/")
+    assert flow.location == "/"
+
+
+def test_a_tampered_state_is_refused(idp_and_server):
+    issuer, server = idp_and_server
+    flow = Flow(issuer, server, account("quinn@example.com"),
+                tamper=lambda stage, url: replace_param(url, "state", "forged") if stage == "callback" else url)
+    assert flow.response.status_code == 400 and "state" in flow.response.json()["error"]["message"]
+    assert flow.session_token is None
+
+
+def test_a_replayed_code_is_refused(idp_and_server):
+    issuer, server = idp_and_server
+    flow = Flow(issuer, server, account("rita@example.com"))
+    assert flow.response.status_code == 303 and flow.session_token
+    replay = requests.Session()
+    replay.cookies.set("quiver_oidc", flow.flow_cookie, path="/auth/oidc/")
+    r = replay.get(flow.callback_url, allow_redirects=False, timeout=10)
+    assert r.status_code == 400 and "code" in r.json()["error"]["message"]
+    assert "quiver_session" not in replay.cookies
+
+
+def test_a_wrong_nonce_is_refused(idp_and_server):
+    issuer, server = idp_and_server
+    flow = Flow(issuer, server, account("sam@example.com"),
+                tamper=lambda stage, url: replace_param(url, "nonce", "forged-nonce") if stage == "authorize" else url)
+    assert flow.response.status_code == 400 and "nonce" in flow.response.json()["error"]["message"]
+    assert flow.session_token is None
+
+
+@pytest.mark.parametrize("person, message", [
+    (account("mallory@evil.example"), "evil.example"),
+    (account("tess@example.com", verified=False), "not verified"),
+])
+def test_disallowed_domains_and_unverified_emails_are_refused(idp_and_server, person, message):
+    issuer, server = idp_and_server
+    flow = Flow(issuer, server, person)
+    assert flow.response.status_code == 403 and message in flow.response.json()["error"]["message"]
+    assert flow.session_token is None
+    admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    assert person["email"] not in [u["email"] for u in api(server, "GET", "/api/admin/users", admin)[1]]
+
+
+def test_an_unknown_provider_is_not_found(idp_and_server):
+    _, server = idp_and_server
+    r = requests.get(f"http://{server.http}/auth/oidc/nope/login", allow_redirects=False, timeout=10)
+    assert r.status_code == 404
