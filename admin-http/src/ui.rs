@@ -150,12 +150,12 @@ fn html_response(status: StatusCode, markup: Markup) -> Response {
     (status, markup).into_response()
 }
 
-/// Refuses a form whose CSRF token is not the session's.
-fn check_csrf(app: &AppState, user: &PageUser, presented: &str) -> Result<(), Response> {
+/// The refusal of a form whose CSRF token is not the session's; `None` when it is.
+fn csrf_rejection(app: &AppState, user: &PageUser, presented: &str) -> Option<Response> {
     if app.sessions.csrf_ok(&user.session, presented) {
-        Ok(())
+        None
     } else {
-        Err(html_response(
+        Some(html_response(
             StatusCode::FORBIDDEN,
             layout(
                 app,
@@ -350,7 +350,7 @@ pub async fn logout(
     user: PageUser,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     app.sessions
@@ -487,7 +487,7 @@ pub async fn create_token(
     user: PageUser,
     Form(form): Form<TokenForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let days = match form.expires_in_days.as_deref().map(str::trim) {
@@ -524,7 +524,7 @@ pub async fn revoke_token(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let email = user.principal.email().to_string();
@@ -665,7 +665,7 @@ pub async fn create_user(
     PageAdmin(user): PageAdmin,
     Form(form): Form<UserForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let actor = user.principal.email().to_string();
@@ -701,7 +701,7 @@ pub async fn set_active(
     Path(email): Path<String>,
     Form(form): Form<ActiveForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let actor = user.principal.email().to_string();
@@ -816,7 +816,7 @@ pub async fn create_group(
     PageAdmin(user): PageAdmin,
     Form(form): Form<NameForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let actor = user.principal.email().to_string();
@@ -837,7 +837,7 @@ pub async fn delete_group(
     Path(name): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let actor = user.principal.email().to_string();
@@ -857,7 +857,7 @@ pub async fn add_member(
     Path(name): Path<String>,
     Form(form): Form<NameForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let actor = user.principal.email().to_string();
@@ -883,7 +883,7 @@ pub async fn remove_member(
     Path((name, email)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let actor = user.principal.email().to_string();
@@ -989,7 +989,7 @@ pub async fn create_grant(
     PageAdmin(user): PageAdmin,
     Form(form): Form<GrantForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let mut column_masks = BTreeMap::new();
@@ -1042,7 +1042,7 @@ pub async fn revoke_grant(
     Path(id): Path<i64>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &user, &form.csrf) {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
     let actor = user.principal.email().to_string();

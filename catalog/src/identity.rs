@@ -83,6 +83,10 @@ pub fn dummy_hash() -> &'static str {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    /// Unique per token, so two tokens issued in the same second differ (signing out ends
+    /// exactly one).
+    #[serde(default)]
+    jti: String,
     iss: String,
     aud: String,
     iat: u64,
@@ -130,6 +134,7 @@ impl TokenSigner {
         let now = unix_now();
         let claims = Claims {
             sub: email.to_string(),
+            jti: uuid::Uuid::new_v4().to_string(),
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             iat: now,

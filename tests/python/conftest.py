@@ -54,7 +54,7 @@ class Server:
                 break
             line = line.strip()
             if line.startswith("Flight SQL:"):
-                self.flight = line.split("grpc://", 1)[1]
+                self.flight = line.split("://", 1)[1]
             elif line.startswith("HTTP:"):
                 self.http = line.split("http://", 1)[1]
         if self.flight is None:

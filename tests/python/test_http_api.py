@@ -202,7 +202,36 @@ def oauth_token(server, body: dict, basic: tuple[str, str] | None = None):
         return e.code, json.loads(e.read())
 
 
-def test_service_accounts_sign_in_with_client_credentials_through_adbc(server):
+@pytest.fixture(scope="module")
+def tls_server():
+    """A server with TLS on Flight SQL (the ADBC driver sends OAuth tokens only over TLS),
+    with a certificate from a throwaway CA."""
+    import os
+    import tempfile
+
+    import trustme
+
+    from conftest import Server
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        cert.cert_chain_pems[0].write_to_path(cert_path)
+        for extra in cert.cert_chain_pems[1:]:
+            extra.write_to_path(cert_path, append=True)
+        cert.private_key_pem.write_to_path(key_path)
+        config = f"server:\n  tls:\n    cert: {cert_path}\n    key: {key_path}\n"
+        s = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"), config=config)
+        try:
+            yield s, ca.cert_pem.bytes().decode()
+        finally:
+            s.stop()
+
+
+def test_service_accounts_sign_in_with_client_credentials_through_adbc(tls_server):
+    server, ca_pem = tls_server
+    assert server.flight.startswith("127.0.0.1:") or server.flight.startswith("localhost:")
     token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
     group = f"etl_{uuid.uuid4().hex[:6]}"
     email = f"{group}@example.com"
@@ -220,7 +249,8 @@ def test_service_accounts_sign_in_with_client_credentials_through_adbc(server):
     assert oauth_token(server, {"grant_type": "password"})[1]["error"] == "unsupported_grant_type"
 
     def adbc():
-        return flight_sql.connect(server.uri, db_kwargs={
+        return flight_sql.connect(f"grpc+tls://{server.flight}", db_kwargs={
+            "adbc.flight.sql.client_option.tls_root_certs": ca_pem,
             "adbc.flight.sql.oauth.flow": "client_credentials",
             "adbc.flight.sql.oauth.token_uri": f"http://{server.http}/oauth/token",
             "adbc.flight.sql.oauth.client_id": client["client_id"],
@@ -235,4 +265,18 @@ def test_service_accounts_sign_in_with_client_credentials_through_adbc(server):
     assert api(server, "DELETE", f"/api/admin/service-accounts/{client['client_id']}", token)[0] == 204
     with pytest.raises(adbc_driver_manager.Error):
         with adbc() as c, c.cursor() as cur:
+            cur.execute("SELECT 1")
+
+
+def test_flight_sql_over_tls_with_a_password(tls_server):
+    server, ca_pem = tls_server
+    with flight_sql.connect(f"grpc+tls://{server.flight}", db_kwargs={
+            "adbc.flight.sql.client_option.tls_root_certs": ca_pem,
+            "username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}) as c, c.cursor() as cur:
+        cur.execute("SELECT count(*) FROM tpch.region")
+        assert cur.fetchone()[0] == 5
+    # Without trusting the CA, the handshake fails: the certificate is really checked.
+    with pytest.raises(adbc_driver_manager.Error):
+        with flight_sql.connect(f"grpc+tls://{server.flight}", db_kwargs={
+                "username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}) as c, c.cursor() as cur:
             cur.execute("SELECT 1")
