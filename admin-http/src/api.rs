@@ -36,6 +36,73 @@ pub async fn me(Caller { principal: p, .. }: Caller) -> Json<Me> {
     })
 }
 
+/// A table in the caller's catalog.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CatalogTable {
+    /// `schema.table`.
+    name: String,
+    description: Option<String>,
+    /// Current version.
+    version: i64,
+    /// When that version was published (UTC).
+    published_at: String,
+    /// Rows in the version; absent when a row filter hides some of them from the caller.
+    rows: Option<i64>,
+    /// Parquet bytes in the version; absent like `rows`.
+    bytes: Option<i64>,
+    /// The columns the caller sees (hidden ones are absent; masked ones keep their type).
+    columns: Vec<CatalogColumn>,
+}
+
+/// A column: name and Arrow type.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CatalogColumn {
+    name: String,
+    #[serde(rename = "type")]
+    data_type: String,
+    nullable: bool,
+}
+
+/// The tables the caller may read, with their visible columns and freshness.
+#[utoipa::path(get, path = "/api/catalog", tag = "me",
+    responses((status = 200, body = Vec<CatalogTable>), (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn catalog(
+    State(app): State<AppState>,
+    Caller { principal: p, .. }: Caller,
+) -> Result<Json<Vec<CatalogTable>>, ApiError> {
+    let mut out = Vec::new();
+    for visible in app.engine.visible_tables(&p).await? {
+        let t = visible.entry;
+        let columns = app
+            .engine
+            .table_schema(&p, &t.name)
+            .await?
+            .map(|schema| {
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| CatalogColumn {
+                        name: f.name().clone(),
+                        data_type: f.data_type().to_string(),
+                        nullable: f.is_nullable(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(CatalogTable {
+            name: t.name.to_string(),
+            description: t.description,
+            version: t.version,
+            published_at: t.committed_at,
+            rows: (!visible.row_filtered).then_some(t.rows),
+            bytes: (!visible.row_filtered).then_some(t.bytes),
+            columns,
+        });
+    }
+    Ok(Json(out))
+}
+
 /// `POST /api/me/tokens` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

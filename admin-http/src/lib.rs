@@ -125,6 +125,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(oidc::login))
         .routes(routes!(oidc::callback))
         .routes(routes!(api::me))
+        .routes(routes!(api::catalog))
         .routes(routes!(api::my_tokens, api::create_token))
         .routes(routes!(api::revoke_token))
         .routes(routes!(api::users, api::create_user))

@@ -1,5 +1,6 @@
 //! The OAuth 2.0 token endpoint (RFC 6749) for drivers and services: the client
-//! credentials grant for service accounts, so the ADBC Flight SQL driver's
+//! credentials grant for service accounts, and token exchange (RFC 8693) of an identity
+//! provider's ID token for a Quiver token, so the ADBC Flight SQL driver's
 //! `adbc.flight.sql.oauth.*` options can sign in on their own. Client authentication by
 //! HTTP Basic (`client_secret_basic`) or form fields (`client_secret_post`); errors in the
 //! RFC's `{"error", "error_description"}` shape, which OAuth clients parse.
@@ -32,6 +33,11 @@ pub struct TokenRequest {
     /// Ignored: a token carries its user's grants, whatever the scope.
     #[allow(dead_code)]
     scope: Option<String>,
+    /// Token exchange: an ID token (or JWT) from a configured identity provider, issued to
+    /// Quiver's client id there.
+    subject_token: Option<String>,
+    /// Token exchange: `urn:ietf:params:oauth:token-type:id_token` or `…:jwt`.
+    subject_token_type: Option<String>,
 }
 
 /// A successful token response.
@@ -42,7 +48,12 @@ pub struct TokenResponse {
     token_type: &'static str,
     /// Seconds.
     expires_in: u64,
+    /// For token exchange: what was issued (an access token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<&'static str>,
 }
+
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let mut response = (
@@ -95,13 +106,7 @@ pub async fn token(
 ) -> Response {
     match request.grant_type.as_str() {
         CLIENT_CREDENTIALS => {}
-        TOKEN_EXCHANGE => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "token exchange needs an identity provider configured (auth.oidc)",
-            );
-        }
+        TOKEN_EXCHANGE => return exchange(&app, &request).await,
         other => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -160,6 +165,76 @@ pub async fn token(
                 access_token,
                 token_type: "Bearer",
                 expires_in: app.tokens.lifetime().as_secs(),
+                issued_token_type: None,
+            })
+            .into_response(),
+        ),
+        Err(e) => crate::error::ApiError::from(e).into_response(),
+    }
+}
+
+/// Token exchange: an identity provider's ID token in, a Quiver access token out, for the
+/// same person (created on first use, groups synced, like a browser sign-in).
+async fn exchange(app: &AppState, request: &TokenRequest) -> Response {
+    let accepted = [
+        "urn:ietf:params:oauth:token-type:id_token",
+        "urn:ietf:params:oauth:token-type:jwt",
+    ];
+    let Some(subject) = request.subject_token.as_deref() else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token exchange needs subject_token",
+        );
+    };
+    if !request
+        .subject_token_type
+        .as_deref()
+        .is_some_and(|t| accepted.contains(&t))
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "subject_token_type must be urn:ietf:params:oauth:token-type:id_token or …:jwt",
+        );
+    }
+    let identity = match app.oidc.verify_foreign_token(subject).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            metrics::counter!("quiver_logins_total", "via" => "token_exchange", "outcome" => "refused")
+                .increment(1);
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", e.message());
+        }
+    };
+    let principal = match blocking(app, move |s| {
+        s.sign_in_from_idp(
+            &identity.provider,
+            &identity.email,
+            identity.name.as_deref(),
+            identity.groups.as_deref(),
+        )
+    })
+    .await
+    {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the account is deactivated",
+            );
+        }
+        Err(e) => return e.into_response(),
+    };
+    metrics::counter!("quiver_logins_total", "via" => "token_exchange", "outcome" => "ok")
+        .increment(1);
+    match app.tokens.issue(principal.email()) {
+        Ok((access_token, _)) => no_store(
+            Json(TokenResponse {
+                access_token,
+                token_type: "Bearer",
+                expires_in: app.tokens.lifetime().as_secs(),
+                issued_token_type: Some(ACCESS_TOKEN_TYPE),
             })
             .into_response(),
         ),

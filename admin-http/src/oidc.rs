@@ -205,13 +205,39 @@ impl Oidc {
         Ok(keys)
     }
 
-    /// Checks an ID token's signature and claims; returns its claims.
+    /// For token exchange: the provider that issued `token` (by its `iss`), and the
+    /// token's verified claims. The token must be meant for that provider's client id.
+    pub async fn verify_foreign_token(&self, token: &str) -> Result<IdpIdentity, ApiError> {
+        let invalid =
+            || bad_request("the subject token is not from a configured identity provider");
+        let payload = token.split('.').nth(1).ok_or_else(invalid)?;
+        let claims: serde_json::Value = URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(invalid)?;
+        let issuer = claims["iss"]
+            .as_str()
+            .ok_or_else(invalid)?
+            .trim_end_matches('/');
+        let p = self
+            .providers
+            .iter()
+            .find(|p| p.issuer.trim_end_matches('/') == issuer)
+            .ok_or_else(invalid)?;
+        let d = self.discovery(p).await?;
+        let claims = self.verify_id_token(p, &d, token, None).await?;
+        identity_of(p, claims)
+    }
+
+    /// Checks an ID token's signature and claims (and its nonce, for a sign-in); returns
+    /// its claims.
     async fn verify_id_token(
         &self,
         p: &OidcProvider,
         d: &Discovery,
         id_token: &str,
-        nonce: &str,
+        nonce: Option<&str>,
     ) -> Result<IdClaims, ApiError> {
         let invalid = |why: &str| bad_request(format!("the identity provider's ID token {why}"));
         let header = jsonwebtoken::decode_header(id_token).map_err(|_| invalid("is malformed"))?;
@@ -245,18 +271,85 @@ impl Oidc {
         let claims = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation)
             .map_err(|e| invalid(&format!("was refused ({e})")))?
             .claims;
-        let nonce_ok: bool = claims
-            .nonce
-            .as_deref()
-            .unwrap_or_default()
-            .as_bytes()
-            .ct_eq(nonce.as_bytes())
-            .into();
-        if !nonce_ok {
-            return Err(invalid("does not carry this sign-in's nonce"));
+        if let Some(nonce) = nonce {
+            let nonce_ok: bool = claims
+                .nonce
+                .as_deref()
+                .unwrap_or_default()
+                .as_bytes()
+                .ct_eq(nonce.as_bytes())
+                .into();
+            if !nonce_ok {
+                return Err(invalid("does not carry this sign-in's nonce"));
+            }
         }
         Ok(claims)
     }
+}
+
+/// Who an identity provider says someone is, after Quiver's checks.
+#[derive(Debug)]
+pub struct IdpIdentity {
+    /// The provider's name.
+    pub provider: String,
+    /// Verified e-mail, lowercase, in an allowed domain.
+    pub email: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Groups from the configured claim; `None` when no claim is configured.
+    pub groups: Option<Vec<String>>,
+}
+
+/// Applies the provider's rules to verified claims: a verified e-mail in an allowed domain,
+/// and the groups claim.
+fn identity_of(p: &OidcProvider, claims: IdClaims) -> Result<IdpIdentity, ApiError> {
+    let email = claims
+        .email
+        .clone()
+        .ok_or_else(|| bad_request("the identity provider did not share an e-mail address"))?
+        .trim()
+        .to_lowercase();
+    let verified = match &claims.email_verified {
+        None => true,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s == "true",
+        Some(_) => false,
+    };
+    if !verified {
+        return Err(ApiError::forbidden(
+            "your e-mail address is not verified with the identity provider",
+        ));
+    }
+    let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+    if !p.allowed_domains.is_empty()
+        && !p
+            .allowed_domains
+            .iter()
+            .any(|d| d.trim_start_matches('@').eq_ignore_ascii_case(domain))
+    {
+        metrics::counter!("quiver_logins_total", "via" => "oidc", "outcome" => "refused")
+            .increment(1);
+        return Err(ApiError::forbidden(format!(
+            "accounts from `{domain}` may not sign in here"
+        )));
+    }
+    let groups = p
+        .groups_claim
+        .as_ref()
+        .map(|claim| match claims.rest.get(claim) {
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        });
+    Ok(IdpIdentity {
+        provider: p.name.clone(),
+        email,
+        name: claims.name,
+        groups,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -423,51 +516,15 @@ pub async fn callback(
         .ok_or_else(|| bad_request("the identity provider sent no ID token"))?;
     let claims = app
         .oidc
-        .verify_id_token(p, &d, &id_token, &flow.nonce)
+        .verify_id_token(p, &d, &id_token, Some(&flow.nonce))
         .await?;
 
-    let email = claims
-        .email
-        .clone()
-        .ok_or_else(|| bad_request("the identity provider did not share an e-mail address"))?
-        .trim()
-        .to_lowercase();
-    let verified = match &claims.email_verified {
-        None => true,
-        Some(serde_json::Value::Bool(b)) => *b,
-        Some(serde_json::Value::String(s)) => s == "true",
-        Some(_) => false,
-    };
-    if !verified {
-        return Err(ApiError::forbidden(
-            "your e-mail address is not verified with the identity provider",
-        ));
-    }
-    let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-    if !p.allowed_domains.is_empty()
-        && !p
-            .allowed_domains
-            .iter()
-            .any(|d| d.trim_start_matches('@').eq_ignore_ascii_case(domain))
-    {
-        metrics::counter!("quiver_logins_total", "via" => "oidc", "outcome" => "refused")
-            .increment(1);
-        return Err(ApiError::forbidden(format!(
-            "accounts from `{domain}` may not sign in here"
-        )));
-    }
-    let groups: Option<Vec<String>> =
-        p.groups_claim
-            .as_ref()
-            .map(|claim| match claims.rest.get(claim) {
-                Some(serde_json::Value::Array(items)) => items
-                    .iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect(),
-                Some(serde_json::Value::String(s)) => vec![s.clone()],
-                _ => Vec::new(),
-            });
-    let name = claims.name.clone();
+    let IdpIdentity {
+        email,
+        name,
+        groups,
+        ..
+    } = identity_of(p, claims)?;
     let provider_name = provider.clone();
     let principal = blocking(&app, move |s| {
         s.sign_in_from_idp(&provider_name, &email, name.as_deref(), groups.as_deref())

@@ -548,7 +548,7 @@ pub async fn catalog(State(app): State<AppState>, user: PageUser) -> Response {
     for t in tables {
         let schema = app
             .engine
-            .table_schema(&user.principal, &t.name)
+            .table_schema(&user.principal, &t.entry.name)
             .await
             .ok()
             .flatten();
@@ -562,11 +562,15 @@ pub async fn catalog(State(app): State<AppState>, user: PageUser) -> Response {
             @if rows.is_empty() {
                 p #no-tables { "You cannot read any table yet. Ask an administrator for access." }
             }
-            @for (t, schema) in &rows {
+            @for (visible, schema) in &rows {
+                @let t = &visible.entry;
                 section.table id=(format!("table-{}", t.name)) {
                     h2 { code { (t.name) } }
                     @if let Some(d) = &t.description { p { (d) } }
-                    p { (t.rows) " rows · version " (t.version) " · published " (t.committed_at) }
+                    p {
+                        @if !visible.row_filtered { (t.rows) " rows · " }
+                        "version " (t.version) " · published " (t.committed_at)
+                    }
                     @if let Some(schema) = schema {
                         table {
                             thead { tr { th { "Column" } th { "Type" } } }

@@ -84,7 +84,17 @@ pub struct QueryEngine {
 /// A principal's DataFusion session and the tables in its catalog.
 struct PrincipalSession {
     ctx: SessionContext,
-    tables: Vec<TableEntry>,
+    tables: Vec<VisibleTable>,
+}
+
+/// A table in a principal's catalog.
+#[derive(Debug, Clone)]
+pub struct VisibleTable {
+    /// The table as registered.
+    pub entry: TableEntry,
+    /// Rows are filtered for this principal, so the table-wide row and byte counts would
+    /// reveal how much is hidden: do not show them.
+    pub row_filtered: bool,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -137,7 +147,7 @@ impl QueryEngine {
     pub async fn visible_tables(
         &self,
         principal: &Principal,
-    ) -> Result<Vec<TableEntry>, CatalogError> {
+    ) -> Result<Vec<VisibleTable>, CatalogError> {
         Ok(self.principal_session(principal).await?.tables.clone())
     }
 
@@ -211,6 +221,7 @@ impl QueryEngine {
         let mut visible = Vec::new();
         for entry in self.state.tables()? {
             let base = self.provider(&ctx, &entry).await?;
+            let mut row_filtered = false;
             let provider = if principal.is_admin() {
                 base
             } else {
@@ -227,6 +238,7 @@ impl QueryEngine {
                 let Some(policy) = TablePolicy::compile(&state, &base.schema(), &applicable) else {
                     continue;
                 };
+                row_filtered = policy.filters_rows();
                 if policy.is_transparent(&base.schema()) {
                     base
                 } else {
@@ -241,7 +253,10 @@ impl QueryEngine {
                 entry.name.table().to_string(),
                 provider,
             )?;
-            visible.push(entry);
+            visible.push(VisibleTable {
+                entry,
+                row_filtered,
+            });
         }
         if principal.is_admin() {
             let system = Arc::new(MemorySchemaProvider::new());

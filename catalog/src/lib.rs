@@ -27,7 +27,7 @@ pub mod system;
 pub mod throttle;
 pub mod tokens;
 
-pub use engine::{EngineOptions, QueryEngine};
+pub use engine::{EngineOptions, QueryEngine, VisibleTable};
 pub use identity::{Principal, TokenSigner};
 pub use names::{CATALOG_NAME, TableName};
 pub use state::{StateStore, TableEntry};

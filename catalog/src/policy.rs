@@ -115,6 +115,11 @@ impl TablePolicy {
         Ok(())
     }
 
+    /// Whether the policy hides rows.
+    pub fn filters_rows(&self) -> bool {
+        self.rows.is_some()
+    }
+
     /// True when the policy changes nothing (no filter, every column clear).
     pub fn is_transparent(&self, base: &Schema) -> bool {
         self.rows.is_none()

@@ -867,7 +867,7 @@ impl FlightSqlService for QuiverFlightSql {
             .await
             .map_err(to_status)?
             .into_iter()
-            .map(|t| t.name.schema().to_string())
+            .map(|t| t.entry.name.schema().to_string())
             .collect();
         schemas.sort();
         schemas.dedup();
@@ -902,7 +902,7 @@ impl FlightSqlService for QuiverFlightSql {
             .map_err(to_status)?;
         let mut builder = query.into_builder();
         let empty = Schema::empty();
-        for table in tables {
+        for table in tables.into_iter().map(|t| t.entry) {
             let schema = if include_schema {
                 self.engine
                     .table_schema(&principal, &table.name)

@@ -496,3 +496,19 @@ def test_queries_and_changes_are_audited(server, world, admin, admin_token):
     changes = api(server, "GET", "/api/admin/audit?action=grant.create&limit=1000", admin_token)[1]
     assert {c["target"] for c in changes} >= {"tpch.customer", "tpch.nation", "tpch.*", "tpch.region"}
     assert all(c["actor"] == ADMIN_EMAIL for c in changes if c["target"] == "tpch.*")
+
+
+def test_the_catalog_api_lists_only_readable_tables_and_visible_columns(server, world):
+    token = login(server, world["users"]["alice"], PASSWORD)
+    status, tables = api(server, "GET", "/api/catalog", token)
+    assert status == 200
+    assert [t["name"] for t in tables] == ["tpch.customer", "tpch.nation"]
+    customer = tables[0]
+    names = [c["name"] for c in customer["columns"]]
+    assert "c_address" not in names and "c_phone" in names
+    # Row-filtered for alice: the table-wide row count would reveal how much is hidden.
+    assert customer["rows"] is None and customer["bytes"] is None
+    assert customer["version"] >= 1 and customer["published_at"].endswith("Z")
+    assert tables[1]["rows"] == 25  # tpch.nation, not filtered
+    dave = login(server, world["users"]["dave"], PASSWORD)
+    assert api(server, "GET", "/api/catalog", dave)[1] == []

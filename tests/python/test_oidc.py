@@ -183,3 +183,89 @@ def test_an_unknown_provider_is_not_found(idp_and_server):
     _, server = idp_and_server
     r = requests.get(f"http://{server.http}/auth/oidc/nope/login", allow_redirects=False, timeout=10)
     assert r.status_code == 404
+
+
+def id_token_from_provider(issuer, person, redirect):
+    """An ID token for `person`, issued to Quiver's client id: the authorization-code flow
+    run by hand, as a notebook's own sign-in library would."""
+    import base64
+    import hashlib
+
+    requests.post(f"{issuer}/test/account", json=person, timeout=10).raise_for_status()
+    discovery = requests.get(f"{issuer}/.well-known/openid-configuration", timeout=10).json()
+    verifier = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    browser = requests.Session()
+    url = discovery["authorization_endpoint"] + "?" + urllib.parse.urlencode({
+        "response_type": "code", "client_id": "quiver", "redirect_uri": redirect,
+        "scope": "openid email profile groups", "state": "s", "nonce": "n",
+        "code_challenge": challenge, "code_challenge_method": "S256"})
+    for _ in range(20):
+        r = browser.get(url, allow_redirects=False, timeout=10)
+        url = urllib.parse.urljoin(url, r.headers["location"])
+        if url.startswith(redirect):
+            break
+    code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["code"]
+    answer = requests.post(discovery["token_endpoint"], auth=("quiver", "quiver-test-secret"), timeout=10, data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": redirect, "code_verifier": verifier})
+    answer.raise_for_status()
+    return answer.json()["id_token"]
+
+
+def test_token_exchange_turns_a_provider_id_token_into_quiver_access_for_adbc(idp_and_server):
+    import adbc_driver_flightsql.dbapi as flight_sql
+    import adbc_driver_manager
+    import trustme
+
+    issuer, plain = idp_and_server
+    redirect = f"http://{plain.http}/auth/oidc/test/callback"
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        cert.cert_chain_pems[0].write_to_path(cert_path)
+        cert.private_key_pem.write_to_path(key_path)
+        config = f"""
+server:
+  tls: {{cert: {cert_path}, key: {key_path}}}
+auth:
+  oidc:
+    - name: test
+      issuer: {issuer}
+      client_id: quiver
+      client_secret: quiver-test-secret
+      allowed_domains: [example.com]
+"""
+        server = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"), config=config)
+        try:
+            id_token = id_token_from_provider(issuer, account("uma@example.com"), redirect)
+            exchange = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                        "subject_token": id_token,
+                        "subject_token_type": "urn:ietf:params:oauth:token-type:id_token"}
+            r = requests.post(f"http://{server.http}/oauth/token", data=exchange, timeout=10)
+            assert r.status_code == 200, r.text
+            assert api(server, "GET", "/api/me", r.json()["access_token"])[1]["email"] == "uma@example.com"
+
+            header, payload, signature = id_token.split(".")
+            forged = ".".join([header, payload[:-4] + ("AAAA" if payload[-4:] != "AAAA" else "BBBB"), signature])
+            r = requests.post(f"http://{server.http}/oauth/token", data=dict(exchange, subject_token=forged), timeout=10)
+            assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+            admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+            assert api(server, "POST", "/api/admin/grants", admin, {"group": "Everyone", "table": "tpch.region"})[0] == 201
+            options = {
+                "adbc.flight.sql.client_option.tls_root_certs": ca.cert_pem.bytes().decode(),
+                "adbc.flight.sql.oauth.flow": "token_exchange",
+                "adbc.flight.sql.oauth.token_uri": f"http://{server.http}/oauth/token",
+                "adbc.flight.sql.oauth.exchange.subject_token": id_token,
+                "adbc.flight.sql.oauth.exchange.subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+            }
+            with flight_sql.connect(f"grpc+tls://{server.flight}", db_kwargs=options) as c, c.cursor() as cur:
+                cur.execute("SELECT count(*) FROM tpch.region")
+                assert cur.fetchone()[0] == 5
+            with pytest.raises(adbc_driver_manager.Error):
+                bad = dict(options, **{"adbc.flight.sql.oauth.exchange.subject_token": forged})
+                with flight_sql.connect(f"grpc+tls://{server.flight}", db_kwargs=bad) as c, c.cursor() as cur:
+                    cur.execute("SELECT 1")
+        finally:
+            server.stop()
