@@ -476,3 +476,118 @@ pub async fn revoke_service_account(
     blocking(&app, move |s| s.revoke_client(&actor, &client_id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+// ----- tables -----------------------------------------------------------------------------
+
+/// A published table, for admins.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TableInfo {
+    /// `schema.table`.
+    name: String,
+    description: Option<String>,
+    /// Current version.
+    version: i64,
+    /// Rows in the current version.
+    rows: i64,
+    /// Parquet bytes in the current version.
+    bytes: i64,
+    /// When the current version was published (UTC).
+    published_at: String,
+    /// Object-store folder of the current version.
+    location: String,
+}
+
+impl From<quiver_catalog::TableEntry> for TableInfo {
+    fn from(t: quiver_catalog::TableEntry) -> Self {
+        Self {
+            name: t.name.to_string(),
+            description: t.description,
+            version: t.version,
+            rows: t.rows,
+            bytes: t.bytes,
+            published_at: t.committed_at,
+            location: t.location,
+        }
+    }
+}
+
+fn table_name(name: &str) -> Result<quiver_catalog::TableName, ApiError> {
+    Ok(name.parse()?)
+}
+
+/// Every published table.
+#[utoipa::path(get, path = "/api/admin/tables", tag = "admin",
+    responses((status = 200, body = Vec<TableInfo>), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn tables(
+    State(app): State<AppState>,
+    _: AdminCaller,
+) -> Result<Json<Vec<TableInfo>>, ApiError> {
+    let tables = blocking(&app, |s| s.tables()).await?;
+    Ok(Json(tables.into_iter().map(TableInfo::from).collect()))
+}
+
+/// One published table.
+#[utoipa::path(get, path = "/api/admin/tables/{table}", tag = "admin",
+    params(("table" = String, Path, description = "`schema.table`")),
+    responses((status = 200, body = TableInfo), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn table(
+    State(app): State<AppState>,
+    _: AdminCaller,
+    Path(table): Path<String>,
+) -> Result<Json<TableInfo>, ApiError> {
+    let name = table_name(&table)?;
+    Ok(Json(blocking(&app, move |s| s.table(&name)).await?.into()))
+}
+
+/// `PATCH /api/admin/tables/{table}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableUpdate {
+    /// New description; `null` clears it.
+    description: Option<String>,
+}
+
+/// Change a table's description.
+#[utoipa::path(patch, path = "/api/admin/tables/{table}", tag = "admin",
+    params(("table" = String, Path, description = "`schema.table`")), request_body = TableUpdate,
+    responses((status = 200, body = TableInfo), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn update_table(
+    State(app): State<AppState>,
+    AdminCaller(p): AdminCaller,
+    Path(table): Path<String>,
+    Json(body): Json<TableUpdate>,
+) -> Result<Json<TableInfo>, ApiError> {
+    let name = table_name(&table)?;
+    let actor = p.email().to_string();
+    let entry = blocking(&app, move |s| {
+        s.set_table_description(&actor, &name, body.description.as_deref())
+    })
+    .await?;
+    Ok(Json(entry.into()))
+}
+
+/// Unpublish a table: it stops being queryable at once.
+#[utoipa::path(delete, path = "/api/admin/tables/{table}", tag = "admin",
+    params(("table" = String, Path, description = "`schema.table`")),
+    responses((status = 204), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn delete_table(
+    State(app): State<AppState>,
+    AdminCaller(p): AdminCaller,
+    Path(table): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = table_name(&table)?;
+    let actor = p.email().to_string();
+    blocking(&app, move |s| s.delete_table(&actor, &name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

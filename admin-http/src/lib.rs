@@ -139,6 +139,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::service_accounts, api::create_service_account))
         .routes(routes!(api::revoke_service_account))
         .routes(routes!(api::audit))
+        .routes(routes!(api::tables))
+        .routes(routes!(api::table, api::update_table, api::delete_table))
         .routes(routes!(ui::home))
         .routes(routes!(ui::login_form, ui::login_submit))
         .routes(routes!(ui::logout))

@@ -103,7 +103,8 @@ pre{padding:.75rem;overflow-x:auto}
 .notice{background:#e8f5e9;padding:.5rem .75rem;border-radius:4px}
 form.inline{display:inline}
 fieldset{border:1px solid #dde;border-radius:6px;margin:1rem 0}
-label{display:block;margin:.4rem 0}
+label{display:block;margin:.6rem 0}
+label>input,label>textarea,label>select{display:block;margin-top:.25rem}
 input[type=text],input[type=email],input[type=password],input[type=number],textarea{width:100%;max-width:32rem;padding:.3rem}
 button{padding:.3rem .8rem}
 "#;

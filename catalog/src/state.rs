@@ -377,6 +377,56 @@ impl StateStore {
         Ok(version)
     }
 
+    /// One table with a committed version.
+    pub fn table(&self, name: &TableName) -> Result<TableEntry, CatalogError> {
+        self.tables()?
+            .into_iter()
+            .find(|t| &t.name == name)
+            .ok_or_else(|| CatalogError::NotFound(format!("no table `{name}`")))
+    }
+
+    /// Sets a table's description.
+    pub fn set_table_description(
+        &self,
+        actor: &str,
+        name: &TableName,
+        description: Option<&str>,
+    ) -> Result<TableEntry, CatalogError> {
+        self.table(name)?;
+        self.change(actor, "table.update", &name.to_string(), |tx| {
+            tx.execute(
+                "UPDATE tables SET description = ? WHERE schema_name = ? AND table_name = ?",
+                params![description, name.schema(), name.table()],
+            )?;
+            Ok(((), serde_json::json!({ "description": description })))
+        })?;
+        self.table(name)
+    }
+
+    /// Removes a table from the registry: it stops being queryable at once. Its files stay
+    /// in the object store (their locations are in the audit entry) until collected.
+    pub fn delete_table(&self, actor: &str, name: &TableName) -> Result<(), CatalogError> {
+        self.table(name)?;
+        self.change(actor, "table.delete", &name.to_string(), |tx| {
+            let mut stmt = tx.prepare(
+                "SELECT location FROM table_versions WHERE schema_name = ? AND table_name = ?
+                 ORDER BY version",
+            )?;
+            let locations: Vec<String> = stmt
+                .query_map(params![name.schema(), name.table()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.execute(
+                "DELETE FROM table_versions WHERE schema_name = ? AND table_name = ?",
+                params![name.schema(), name.table()],
+            )?;
+            tx.execute(
+                "DELETE FROM tables WHERE schema_name = ? AND table_name = ?",
+                params![name.schema(), name.table()],
+            )?;
+            Ok(((), serde_json::json!({ "locations": locations })))
+        })
+    }
+
     /// Every table with a committed version, ordered by name.
     pub fn tables(&self) -> Result<Vec<TableEntry>, CatalogError> {
         let conn = self.conn();

@@ -280,3 +280,29 @@ def test_flight_sql_over_tls_with_a_password(tls_server):
         with flight_sql.connect(f"grpc+tls://{server.flight}", db_kwargs={
                 "username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}) as c, c.cursor() as cur:
             cur.execute("SELECT 1")
+
+
+def test_admins_describe_and_unpublish_tables(tls_server):
+    server, ca_pem = tls_server
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    status, tables = api(server, "GET", "/api/admin/tables", token)
+    assert status == 200 and "tpch.part" in [t["name"] for t in tables]
+    status, part = api(server, "GET", "/api/admin/tables/tpch.part", token)
+    assert status == 200 and part["rows"] > 0 and part["location"]
+    assert api(server, "GET", "/api/admin/tables/tpch.nope", token)[0] == 404
+    assert api(server, "GET", "/api/admin/tables/Not%20A%20Name", token)[0] == 422
+
+    status, part = api(server, "PATCH", "/api/admin/tables/tpch.part", token, {"description": "Parts we sell"})
+    assert status == 200 and part["description"] == "Parts we sell"
+    catalog = {t["name"]: t for t in api(server, "GET", "/api/catalog", token)[1]}
+    assert catalog["tpch.part"]["description"] == "Parts we sell"
+
+    assert api(server, "DELETE", "/api/admin/tables/tpch.part", token)[0] == 204
+    assert api(server, "GET", "/api/admin/tables/tpch.part", token)[0] == 404
+    with flight_sql.connect(f"grpc+tls://{server.flight}", db_kwargs={
+            "adbc.flight.sql.client_option.tls_root_certs": ca_pem,
+            "username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}) as c, c.cursor() as cur:
+        with pytest.raises(adbc_driver_manager.Error, match="not found"):
+            cur.execute("SELECT count(*) FROM tpch.part")
+    audit = api(server, "GET", "/api/admin/audit?action=table.delete", token)[1]
+    assert audit and audit[0]["target"] == "tpch.part" and "locations" in audit[0]["detail"]
