@@ -77,6 +77,26 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
+/// A successful token answer (not cached), or the error of issuing it.
+fn token_response(
+    issued: Result<(String, u64), quiver_catalog::CatalogError>,
+    lifetime: std::time::Duration,
+    issued_token_type: Option<&'static str>,
+) -> Response {
+    match issued {
+        Ok((access_token, _)) => no_store(
+            Json(TokenResponse {
+                access_token,
+                token_type: "Bearer",
+                expires_in: lifetime.as_secs(),
+                issued_token_type,
+            })
+            .into_response(),
+        ),
+        Err(e) => crate::error::ApiError::from(e).into_response(),
+    }
+}
+
 /// `client_id:client_secret` from HTTP Basic, each form-urlencoded (RFC 6749 §2.3.1).
 fn basic_client(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -159,18 +179,11 @@ pub async fn token(
     };
     metrics::counter!("quiver_logins_total", "via" => "oauth", "outcome" => "ok").increment(1);
     app.throttle.succeeded(&client_id);
-    match app.tokens.issue(principal.email()) {
-        Ok((access_token, _)) => no_store(
-            Json(TokenResponse {
-                access_token,
-                token_type: "Bearer",
-                expires_in: app.tokens.lifetime().as_secs(),
-                issued_token_type: None,
-            })
-            .into_response(),
-        ),
-        Err(e) => crate::error::ApiError::from(e).into_response(),
-    }
+    token_response(
+        app.tokens.issue(principal.email()),
+        app.tokens.lifetime(),
+        None,
+    )
 }
 
 /// Token exchange: an identity provider's ID token in, a Quiver access token out, for the
@@ -228,16 +241,9 @@ async fn exchange(app: &AppState, request: &TokenRequest) -> Response {
     };
     metrics::counter!("quiver_logins_total", "via" => "token_exchange", "outcome" => "ok")
         .increment(1);
-    match app.tokens.issue(principal.email()) {
-        Ok((access_token, _)) => no_store(
-            Json(TokenResponse {
-                access_token,
-                token_type: "Bearer",
-                expires_in: app.tokens.lifetime().as_secs(),
-                issued_token_type: Some(ACCESS_TOKEN_TYPE),
-            })
-            .into_response(),
-        ),
-        Err(e) => crate::error::ApiError::from(e).into_response(),
-    }
+    token_response(
+        app.tokens.issue(principal.email()),
+        app.tokens.lifetime(),
+        Some(ACCESS_TOKEN_TYPE),
+    )
 }

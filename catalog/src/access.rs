@@ -211,6 +211,17 @@ fn check_password(password: &str) -> Result<(), CatalogError> {
     Ok(())
 }
 
+/// A user's active flag; `None` when there is no such user.
+pub(crate) fn user_active(tx: &Transaction<'_>, email: &str) -> Result<Option<bool>, CatalogError> {
+    Ok(tx
+        .query_row(
+            "SELECT active FROM users WHERE email = ?",
+            params![email],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 fn user_exists(tx: &Transaction<'_>, email: &str) -> Result<bool, CatalogError> {
     Ok(tx
         .query_row(
@@ -420,13 +431,7 @@ impl StateStore {
         let email = normalize_email(email)?;
         let actor = format!("oidc:{provider}");
         self.change(&actor, "login", &email, |tx| {
-            let active: Option<bool> = tx
-                .query_row(
-                    "SELECT active FROM users WHERE email = ?",
-                    params![email],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let active = user_active(tx, &email)?;
             let created = match active {
                 Some(false) => return Ok((false, json!({ "outcome": "deactivated" }))),
                 Some(true) => false,

@@ -11,6 +11,7 @@ use subtle::ConstantTimeEq;
 
 use crate::CatalogError;
 use crate::access::normalize_email;
+use crate::access::user_active;
 use crate::identity::{Principal, unix_now};
 use crate::state::StateStore;
 use crate::tokens::token_hash;
@@ -66,13 +67,7 @@ impl StateStore {
             revoked: false,
         };
         self.change(actor, "client.create", &email, |tx| {
-            let active: Option<bool> = tx
-                .query_row(
-                    "SELECT active FROM users WHERE email = ?",
-                    params![email],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let active = user_active(tx, &email)?;
             match active {
                 Some(false) => {
                     return Err(CatalogError::Conflict(format!(

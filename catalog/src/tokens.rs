@@ -9,6 +9,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::CatalogError;
+use crate::access::user_active;
 use crate::identity::{Principal, unix_now};
 use crate::state::StateStore;
 
@@ -102,13 +103,7 @@ impl StateStore {
             revoked: false,
         };
         self.change(actor, "token.create", &email, |tx| {
-            let active: Option<bool> = tx
-                .query_row(
-                    "SELECT active FROM users WHERE email = ?",
-                    params![email],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let active = user_active(tx, &email)?;
             match active {
                 None => return Err(CatalogError::NotFound(format!("no user `{email}`"))),
                 Some(false) => {
