@@ -8,7 +8,7 @@ VENV ?= $(HOME)/.cache/quiver/venv
 PYTHON ?= python3
 QUIVER_BIN := $(CARGO_TARGET_DIR)/release/quiver
 
-.PHONY: demo build test test-rust test-python venv node browser lint fmt bench
+.PHONY: demo build test test-rust test-python venv node browser postgres lint fmt bench bench-ingest
 
 ## Run the server with the TPC-H demo data (scale 0.1), from the same build as the tests.
 demo: build
@@ -20,7 +20,7 @@ build:
 
 ## Every test: formatting, Rust unit and end-to-end tests, Python client tests (with a real
 ## OpenID provider under Node).
-test: build venv node browser
+test: build venv node browser postgres
 	cargo fmt --all -- --check
 	cargo test --release --workspace
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
@@ -28,7 +28,7 @@ test: build venv node browser
 test-rust: build
 	cargo test --release --workspace
 
-test-python: build venv node browser
+test-python: build venv node browser postgres
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 
 ## The pinned real clients (ADBC, pyarrow, polars, pandas) in a venv.
@@ -47,6 +47,13 @@ tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
 	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 	touch $@
 
+## Debian's PostgreSQL server for the PostgreSQL connector tests, installed when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
+
 ## Debian's Chromium for the web UI tests (driven by Playwright), installed when missing.
 browser:
 	@command -v chromium >/dev/null || { \
@@ -60,6 +67,11 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+## Ingest benchmark: CSV and PostgreSQL → parquet beside DuckDB (see benches/RESULTS.md).
+bench-ingest: build venv postgres
+	$(VENV)/bin/pip install --quiet -r benches/requirements.txt
+	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/ingest.py
 
 ## End-to-end benchmark at scale 1 (see benches/RESULTS.md).
 bench: build venv

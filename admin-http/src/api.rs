@@ -8,7 +8,11 @@ use axum::http::StatusCode;
 use quiver_catalog::access::{Grant, Member, MembershipSource, NewGrant, User, UserUpdate};
 use quiver_catalog::audit::{AuditQuery, AuditRecord};
 use quiver_catalog::clients::ClientInfo;
+use quiver_catalog::registry::{Origin, SyncRun};
 use quiver_catalog::tokens::TokenInfo;
+use quiver_catalog::{CatalogError, StateStore, TableName};
+use quiver_config::TableDef;
+use quiver_orchestrator::Trigger;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -52,6 +56,11 @@ pub struct CatalogTable {
     bytes: Option<i64>,
     /// The columns the caller sees (hidden ones are absent; masked ones keep their type).
     columns: Vec<CatalogColumn>,
+    /// Statistics of the version's columns (nulls, distinct estimate, min, max, top values)
+    /// from the last sync: only for columns the caller sees unmasked, and absent when a row
+    /// filter applies (they would describe hidden rows).
+    #[schema(value_type = Option<Object>)]
+    pub(crate) profile: Option<serde_json::Value>,
 }
 
 /// A column: name and Arrow type.
@@ -90,7 +99,26 @@ pub async fn catalog(
                     .collect()
             })
             .unwrap_or_default();
+        let profile = if visible.row_filtered {
+            None
+        } else {
+            let (name, version) = (t.name.clone(), t.version);
+            let stored = blocking(&app, move |s| s.version_details(&name, version))
+                .await?
+                .1;
+            stored.map(|mut profile| {
+                if let Some(columns) = profile["columns"].as_array_mut() {
+                    columns.retain(|c| {
+                        c["name"]
+                            .as_str()
+                            .is_some_and(|n| visible.clear_columns.iter().any(|v| v == n))
+                    });
+                }
+                profile
+            })
+        };
         out.push(CatalogTable {
+            profile,
             name: t.name.to_string(),
             description: t.description,
             version: t.version,
@@ -479,43 +507,111 @@ pub async fn revoke_service_account(
 
 // ----- tables -----------------------------------------------------------------------------
 
-/// A published table, for admins.
+/// A table, for admins: its definition (when it is synced from a source), its current
+/// version (once published) and its sync status.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TableInfo {
     /// `schema.table`.
-    name: String,
-    description: Option<String>,
-    /// Current version.
-    version: i64,
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    /// `config` (the configuration file), `api`, or absent for a table published without a
+    /// definition (the demo data).
+    pub(crate) origin: Option<Origin>,
+    /// What to sync and when; secrets appear as the `${ENV}` references they are stored as.
+    #[schema(value_type = Option<Object>)]
+    pub(crate) definition: Option<TableDef>,
+    /// Current version; absent until the first sync succeeds.
+    pub(crate) version: Option<i64>,
     /// Rows in the current version.
-    rows: i64,
+    pub(crate) rows: Option<i64>,
     /// Parquet bytes in the current version.
-    bytes: i64,
+    pub(crate) bytes: Option<i64>,
     /// When the current version was published (UTC).
-    published_at: String,
+    pub(crate) published_at: Option<String>,
     /// Object-store folder of the current version.
-    location: String,
+    pub(crate) location: Option<String>,
+    /// The latest sync run (a running one shows its progress so far).
+    pub(crate) last_sync: Option<SyncRun>,
+    /// Per-column statistics of the current version.
+    #[schema(value_type = Option<Object>)]
+    profile: Option<serde_json::Value>,
 }
 
-impl From<quiver_catalog::TableEntry> for TableInfo {
-    fn from(t: quiver_catalog::TableEntry) -> Self {
-        Self {
-            name: t.name.to_string(),
-            description: t.description,
-            version: t.version,
-            rows: t.rows,
-            bytes: t.bytes,
-            published_at: t.committed_at,
-            location: t.location,
-        }
+/// Every table: definitions and published versions, by name.
+pub(crate) fn table_infos(
+    app: &AppState,
+    state: &StateStore,
+    only: Option<&TableName>,
+    with_profile: bool,
+) -> Result<Vec<TableInfo>, CatalogError> {
+    let published = state.tables()?;
+    let definitions = state.definitions()?;
+    let mut names: Vec<TableName> = published
+        .iter()
+        .map(|t| t.name.clone())
+        .chain(definitions.iter().map(|d| d.name.clone()))
+        .filter(|n| only.is_none_or(|o| o == n))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let entry = published.iter().find(|t| t.name == name);
+        let definition = definitions.iter().find(|d| d.name == name);
+        let profile = match (entry, with_profile) {
+            (Some(e), true) => state.version_details(&name, e.version)?.1,
+            _ => None,
+        };
+        out.push(TableInfo {
+            description: entry
+                .and_then(|e| e.description.clone())
+                .or_else(|| definition.and_then(|d| d.def.description.clone())),
+            origin: definition.map(|d| d.origin),
+            definition: definition.map(|d| d.def.clone()),
+            version: entry.map(|e| e.version),
+            rows: entry.map(|e| e.rows),
+            bytes: entry.map(|e| e.bytes),
+            published_at: entry.map(|e| e.committed_at.clone()),
+            location: entry.map(|e| e.location.clone()),
+            last_sync: state
+                .sync_runs(Some(&name), None, 1)?
+                .pop()
+                .map(|run| with_progress(app, run)),
+            profile,
+            name: name.to_string(),
+        });
     }
+    Ok(out)
 }
 
-fn table_name(name: &str) -> Result<quiver_catalog::TableName, ApiError> {
+/// A running run's rows and bytes so far.
+fn with_progress(app: &AppState, mut run: SyncRun) -> SyncRun {
+    if run.status == "running"
+        && let Ok(name) = run.table.parse::<TableName>()
+        && let Some(running) = app.orchestrator.running(&name)
+        && running.run == run.id
+    {
+        run.rows = Some(running.progress.rows() as i64);
+        run.bytes = Some(running.progress.bytes() as i64);
+    }
+    run
+}
+
+fn table_name(name: &str) -> Result<TableName, ApiError> {
     Ok(name.parse()?)
 }
 
-/// Every published table.
+async fn table_info(app: &AppState, name: TableName) -> Result<TableInfo, ApiError> {
+    let app2 = app.clone();
+    blocking(app, move |s| {
+        table_infos(&app2, s, Some(&name), true)?
+            .pop()
+            .ok_or_else(|| CatalogError::NotFound(format!("no table `{name}`")))
+    })
+    .await
+}
+
+/// Every table, defined or published.
 #[utoipa::path(get, path = "/api/admin/tables", tag = "admin",
     responses((status = 200, body = Vec<TableInfo>), (status = 401, body = crate::error::ErrorBody),
               (status = 403, body = crate::error::ErrorBody)),
@@ -524,11 +620,60 @@ pub async fn tables(
     State(app): State<AppState>,
     _: AdminCaller,
 ) -> Result<Json<Vec<TableInfo>>, ApiError> {
-    let tables = blocking(&app, |s| s.tables()).await?;
-    Ok(Json(tables.into_iter().map(TableInfo::from).collect()))
+    let app2 = app.clone();
+    Ok(Json(
+        blocking(&app, move |s| table_infos(&app2, s, None, false)).await?,
+    ))
 }
 
-/// One published table.
+/// Register a table synced from a source. The definition is checked completely (name,
+/// connector options, schedule, mode) and every problem is reported; secrets must be
+/// `${ENV}` references. The first sync runs on its schedule, or when asked.
+#[utoipa::path(post, path = "/api/admin/tables", tag = "admin",
+    request_body(content = Object, description = "A table definition: `name`, `connector`, `options`, `schedule`, `mode`, `watermark`, `primary_key`, `description`"),
+    responses((status = 201, body = TableInfo), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn create_table(
+    State(app): State<AppState>,
+    AdminCaller(p): AdminCaller,
+    Json(body): Json<serde_json::Value>,
+) -> Result<(StatusCode, Json<TableInfo>), ApiError> {
+    let def = parse_definition(body)?;
+    let name = table_name(&def.name)?;
+    let actor = p.email().to_string();
+    let n = name.clone();
+    blocking(&app, move |s| s.define_table(&actor, &n, &def)).await?;
+    Ok((StatusCode::CREATED, Json(table_info(&app, name).await?)))
+}
+
+/// A definition from JSON, checked completely; 422 lists every problem.
+fn parse_definition(body: serde_json::Value) -> Result<TableDef, ApiError> {
+    let def: TableDef = serde_path_to_error::deserialize(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("`{}`: {}", e.path(), e.inner()),
+        )
+    })?;
+    let problems = quiver_orchestrator::validate(&def);
+    if problems.is_empty() {
+        Ok(def)
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
+    }
+}
+
+/// One table, with the profile of its current version.
 #[utoipa::path(get, path = "/api/admin/tables/{table}", tag = "admin",
     params(("table" = String, Path, description = "`schema.table`")),
     responses((status = 200, body = TableInfo), (status = 401, body = crate::error::ErrorBody),
@@ -541,23 +686,37 @@ pub async fn table(
     Path(table): Path<String>,
 ) -> Result<Json<TableInfo>, ApiError> {
     let name = table_name(&table)?;
-    Ok(Json(blocking(&app, move |s| s.table(&name)).await?.into()))
+    Ok(Json(table_info(&app, name).await?))
 }
 
-/// `PATCH /api/admin/tables/{table}` body.
+/// `PATCH /api/admin/tables/{table}` body: the fields to change.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableUpdate {
     /// New description; `null` clears it.
-    description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+    /// New schedule; `null` syncs only when asked.
+    #[serde(default, deserialize_with = "present")]
+    schedule: Option<Option<String>>,
+    /// New connector options (replacing the old ones).
+    #[schema(value_type = Option<Object>)]
+    options: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Change a table's description.
+/// Tells a field set to `null` (`Some(None)`) from a missing one (`None`).
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Change a table's description, schedule or connector options.
 #[utoipa::path(patch, path = "/api/admin/tables/{table}", tag = "admin",
     params(("table" = String, Path, description = "`schema.table`")), request_body = TableUpdate,
     responses((status = 200, body = TableInfo), (status = 401, body = crate::error::ErrorBody),
               (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
-              (status = 422, body = crate::error::ErrorBody)),
+              (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn update_table(
     State(app): State<AppState>,
@@ -567,19 +726,53 @@ pub async fn update_table(
 ) -> Result<Json<TableInfo>, ApiError> {
     let name = table_name(&table)?;
     let actor = p.email().to_string();
-    let entry = blocking(&app, move |s| {
-        s.set_table_description(&actor, &name, body.description.as_deref())
-    })
-    .await?;
-    Ok(Json(entry.into()))
+    let n = name.clone();
+    let definition = blocking(&app, move |s| s.definition(&n)).await?;
+    match definition {
+        Some(d) => {
+            let mut def = d.def;
+            if let Some(description) = body.description {
+                def.description = description;
+            }
+            if let Some(schedule) = body.schedule {
+                def.schedule = schedule;
+            }
+            if let Some(options) = body.options {
+                def.options = options;
+            }
+            let def =
+                parse_definition(serde_json::to_value(&def).map_err(|e| ApiError::internal(&e))?)?;
+            let n = name.clone();
+            blocking(&app, move |s| s.redefine_table(&actor, &n, &def)).await?;
+        }
+        None => {
+            if body.schedule.is_some() || body.options.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!(
+                        "`{name}` has no definition (it was published directly); only its description can change"
+                    ),
+                ));
+            }
+            let description = body.description.flatten();
+            let n = name.clone();
+            blocking(&app, move |s| {
+                s.set_table_description(&actor, &n, description.as_deref())
+            })
+            .await?;
+        }
+    }
+    Ok(Json(table_info(&app, name).await?))
 }
 
-/// Unpublish a table: it stops being queryable at once.
+/// Delete a table: it stops being queryable at once and is no longer synced. Its files are
+/// removed after the retention period.
 #[utoipa::path(delete, path = "/api/admin/tables/{table}", tag = "admin",
     params(("table" = String, Path, description = "`schema.table`")),
     responses((status = 204), (status = 401, body = crate::error::ErrorBody),
               (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
-              (status = 422, body = crate::error::ErrorBody)),
+              (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn delete_table(
     State(app): State<AppState>,
@@ -588,6 +781,95 @@ pub async fn delete_table(
 ) -> Result<StatusCode, ApiError> {
     let name = table_name(&table)?;
     let actor = p.email().to_string();
-    blocking(&app, move |s| s.delete_table(&actor, &name)).await?;
+    if app.orchestrator.running(&name).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("a sync of `{name}` is running; delete the table when it has finished"),
+        ));
+    }
+    blocking(&app, move |s| {
+        if s.definition(&name)?
+            .is_some_and(|d| d.origin == Origin::Config)
+        {
+            return Err(CatalogError::Conflict(format!(
+                "`{name}` is defined in the configuration file; remove it there (and restart) first"
+            )));
+        }
+        s.delete_table(&actor, &name)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/admin/tables/{table}/sync` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncStarted {
+    /// The run, to follow in `GET /api/admin/syncs`.
+    run: i64,
+    /// `running`.
+    status: String,
+}
+
+/// Start a sync of a defined table now. It runs in the background: follow it in
+/// `GET /api/admin/syncs?table=…`.
+#[utoipa::path(post, path = "/api/admin/tables/{table}/sync", tag = "admin",
+    params(("table" = String, Path, description = "`schema.table`")),
+    responses((status = 202, body = SyncStarted), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+              (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn sync_table(
+    State(app): State<AppState>,
+    AdminCaller(p): AdminCaller,
+    Path(table): Path<String>,
+) -> Result<(StatusCode, Json<SyncStarted>), ApiError> {
+    let name = table_name(&table)?;
+    let run = app
+        .orchestrator
+        .start(&name, Trigger::Manual(p.email().to_string()))?;
+    let actor = p.email().to_string();
+    blocking(&app, move |s| {
+        s.record_event(&actor, "table.sync", Some(&name.to_string()), "ok")
+    })
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SyncStarted {
+            run,
+            status: "running".into(),
+        }),
+    ))
+}
+
+/// `GET /api/admin/syncs` filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SyncQuery {
+    /// Only runs of this `schema.table`.
+    table: Option<String>,
+    /// Only runs with a smaller id (paging: pass the last id seen).
+    before: Option<i64>,
+    /// At most this many (default 50, at most 1000).
+    limit: Option<usize>,
+}
+
+/// Sync history, newest first: start, end, rows, bytes, version, status and error.
+#[utoipa::path(get, path = "/api/admin/syncs", tag = "admin", params(SyncQuery),
+    responses((status = 200, body = Vec<SyncRun>), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn syncs(
+    State(app): State<AppState>,
+    _: AdminCaller,
+    Query(query): Query<SyncQuery>,
+) -> Result<Json<Vec<SyncRun>>, ApiError> {
+    let table = query.table.as_deref().map(table_name).transpose()?;
+    let runs = blocking(&app, move |s| {
+        s.sync_runs(table.as_ref(), query.before, query.limit.unwrap_or(50))
+    })
+    .await?;
+    Ok(Json(
+        runs.into_iter().map(|r| with_progress(&app, r)).collect(),
+    ))
 }

@@ -80,6 +80,19 @@ impl From<CatalogError> for ApiError {
     }
 }
 
+impl From<quiver_orchestrator::OrchestratorError> for ApiError {
+    fn from(e: quiver_orchestrator::OrchestratorError) -> Self {
+        use quiver_orchestrator::OrchestratorError as E;
+        match e {
+            E::Catalog(e) => e.into(),
+            E::Invalid(_) | E::SchemaChange(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         Self::internal(&e)

@@ -52,6 +52,8 @@ pub struct AppState {
     pub state: Arc<StateStore>,
     /// The query engine (validates grants against tables).
     pub engine: Arc<QueryEngine>,
+    /// Runs syncs (the tables API triggers them).
+    pub orchestrator: Arc<quiver_orchestrator::Orchestrator>,
     /// Issues and checks bearer tokens.
     pub tokens: TokenSigner,
     /// Failed sign-in limits, shared with the Flight SQL handshake.
@@ -139,7 +141,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::service_accounts, api::create_service_account))
         .routes(routes!(api::revoke_service_account))
         .routes(routes!(api::audit))
-        .routes(routes!(api::tables))
+        .routes(routes!(api::tables, api::create_table))
+        .routes(routes!(api::sync_table))
+        .routes(routes!(api::syncs))
         .routes(routes!(api::table, api::update_table, api::delete_table))
         .routes(routes!(ui::home))
         .routes(routes!(ui::login_form, ui::login_submit))
@@ -157,6 +161,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ui::grants, ui::create_grant))
         .routes(routes!(ui::revoke_grant))
         .routes(routes!(ui::tables))
+        .routes(routes!(ui::sync_table))
         .routes(routes!(ui::audit))
 }
 

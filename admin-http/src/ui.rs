@@ -1059,29 +1059,60 @@ pub async fn revoke_grant(
 
 // ----- admin: tables and audit ----------------------------------------------------------------
 
-/// Published tables and their current versions.
+/// Every table: its source and schedule, current version, and last sync.
 #[utoipa::path(get, path = "/admin/tables", tag = "web",
     responses((status = 200, content_type = "text/html", body = String), (status = 303), (status = 403)))]
 pub async fn tables(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> Response {
-    let tables = match blocking(&app, |s| s.tables()).await {
+    tables_page(&app, &user, None).await
+}
+
+async fn tables_page(app: &AppState, user: &PageUser, error: Option<String>) -> Response {
+    let app2 = app.clone();
+    let tables = match blocking(app, move |s| crate::api::table_infos(&app2, s, None, false)).await
+    {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
+    let csrf = user.csrf(app);
     layout(
-        &app,
+        app,
         "Tables",
-        Some(&user),
+        Some(user),
         html! {
+            @if let Some(e) = &error { p.error role="alert" { (e) } }
             table #tables {
-                thead { tr { th { "Table" } th { "Version" } th { "Rows" } th { "Bytes" } th { "Published" } } }
+                thead { tr {
+                    th { "Table" } th { "Source" } th { "Schedule" } th { "Version" } th { "Rows" }
+                    th { "Bytes" } th { "Published" } th { "Last sync" } th {}
+                } }
                 tbody {
                     @for t in &tables {
                         tr {
                             td { code { (t.name) } }
-                            td { (t.version) }
-                            td { (t.rows) }
-                            td { (bytesize::ByteSize::b(t.bytes.max(0) as u64).to_string()) }
-                            td { (t.committed_at) }
+                            td { (t.definition.as_ref().map(|d| format!("{} ({})", d.connector, d.mode.as_str())).unwrap_or_else(|| "published directly".into())) }
+                            td { (t.definition.as_ref().and_then(|d| d.schedule.clone()).unwrap_or_else(|| "on demand".into())) }
+                            td { (t.version.map(|v| v.to_string()).unwrap_or_default()) }
+                            td { (t.rows.map(|v| v.to_string()).unwrap_or_default()) }
+                            td { (t.bytes.map(|b| bytesize::ByteSize::b(b.max(0) as u64).to_string()).unwrap_or_default()) }
+                            td { (t.published_at.clone().unwrap_or_default()) }
+                            td.sync {
+                                @if let Some(run) = &t.last_sync {
+                                    span class=(format!("status {}", run.status)) { (run.status) }
+                                    " " (run.ended_at.clone().unwrap_or_else(|| run.started_at.clone()))
+                                    @if run.status == "running" {
+                                        " · " (run.rows.unwrap_or_default()) " rows so far"
+                                    }
+                                    @if let Some(error) = &run.error { br; small.error { (error) } }
+                                } @else { "never" }
+                            }
+                            td {
+                                @if t.definition.is_some() {
+                                    form method="post" action=(format!("/admin/tables/{}/sync", t.name)) {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        button type="submit" { "Sync now" }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -1089,6 +1120,37 @@ pub async fn tables(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> 
         },
     )
     .into_response()
+}
+
+/// Start a sync of a table now.
+#[utoipa::path(post, path = "/admin/tables/{table}/sync", tag = "web",
+    params(("table" = String, Path, description = "`schema.table`")),
+    request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303), (status = 403)))]
+pub async fn sync_table(
+    State(app): State<AppState>,
+    PageAdmin(user): PageAdmin,
+    Path(table): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
+        return r;
+    }
+    let started = table
+        .parse::<quiver_catalog::TableName>()
+        .map_err(crate::error::ApiError::from)
+        .and_then(|name| {
+            app.orchestrator
+                .start(
+                    &name,
+                    quiver_orchestrator::Trigger::Manual(user.principal.email().to_string()),
+                )
+                .map_err(crate::error::ApiError::from)
+        });
+    match started {
+        Ok(_) => Redirect::to("/admin/tables").into_response(),
+        Err(e) => tables_page(&app, &user, Some(e.message().to_string())).await,
+    }
 }
 
 /// Recent audit log entries, optionally of one action.

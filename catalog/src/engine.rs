@@ -95,6 +95,9 @@ pub struct VisibleTable {
     /// Rows are filtered for this principal, so the table-wide row and byte counts would
     /// reveal how much is hidden: do not show them.
     pub row_filtered: bool,
+    /// Columns the principal sees unchanged (neither hidden nor masked): statistics of
+    /// other columns would reveal what the policy hides.
+    pub clear_columns: Vec<String>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -222,6 +225,12 @@ impl QueryEngine {
         for entry in self.state.tables()? {
             let base = self.provider(&ctx, &entry).await?;
             let mut row_filtered = false;
+            let mut clear_columns: Vec<String> = base
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
             let provider = if principal.is_admin() {
                 base
             } else {
@@ -239,6 +248,7 @@ impl QueryEngine {
                     continue;
                 };
                 row_filtered = policy.filters_rows();
+                clear_columns = policy.clear_columns(&base.schema());
                 if policy.is_transparent(&base.schema()) {
                     base
                 } else {
@@ -256,6 +266,7 @@ impl QueryEngine {
             visible.push(VisibleTable {
                 entry,
                 row_filtered,
+                clear_columns,
             });
         }
         if principal.is_admin() {

@@ -1,7 +1,7 @@
 //! Quiver's system state and the per-principal view of the data.
 //!
 //! - [`state`]: the embedded DuckDB state file and its versioned migrations; the table
-//!   registry and its versions.
+//!   registry and its versions. [`registry`]: table definitions, sync runs, retention.
 //! - [`access`]: users, groups, memberships and grants; [`tokens`]: personal access tokens;
 //!   [`audit`]: the audit log. Each change is validated and audited in one transaction.
 //! - [`identity`]: principals, argon2id password hashes and signed bearer tokens;
@@ -21,6 +21,7 @@ pub mod identity;
 pub mod memory;
 pub mod names;
 pub mod policy;
+pub mod registry;
 pub mod state;
 pub mod storage;
 pub mod system;
@@ -30,7 +31,7 @@ pub mod tokens;
 pub use engine::{EngineOptions, QueryEngine, VisibleTable};
 pub use identity::{Principal, TokenSigner};
 pub use names::{CATALOG_NAME, TableName};
-pub use state::{StateStore, TableEntry};
+pub use state::{NewVersion, StateStore, TableEntry};
 pub use storage::Storage;
 
 use datafusion::error::DataFusionError;

@@ -120,6 +120,15 @@ impl TablePolicy {
         self.rows.is_some()
     }
 
+    /// Names of the visible columns shown unchanged (not masked).
+    pub fn clear_columns(&self, base: &Schema) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|(_, r)| matches!(r, ColumnRule::Clear))
+            .map(|(i, _)| base.field(*i).name().clone())
+            .collect()
+    }
+
     /// True when the policy changes nothing (no filter, every column clear).
     pub fn is_transparent(&self, base: &Schema) -> bool {
         self.rows.is_none()

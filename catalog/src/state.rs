@@ -105,7 +105,60 @@ const MIGRATIONS: &[&str] = &[
         revoked_at   BIGINT
     );
     "#,
+    // 4: table definitions (connector, options, schedule), sync runs, version profiles.
+    r#"
+    CREATE TABLE table_definitions (
+        schema_name  VARCHAR NOT NULL,
+        table_name   VARCHAR NOT NULL,
+        definition   VARCHAR NOT NULL,   -- JSON; secrets only as ${ENV} references
+        origin       VARCHAR NOT NULL,   -- 'config' (quiver.yaml) or 'api'
+        created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (schema_name, table_name)
+    );
+    CREATE SEQUENCE sync_run_ids START 1;
+    CREATE TABLE sync_runs (
+        id           BIGINT PRIMARY KEY DEFAULT nextval('sync_run_ids'),
+        schema_name  VARCHAR NOT NULL,
+        table_name   VARCHAR NOT NULL,
+        trigger      VARCHAR NOT NULL,   -- 'schedule', 'manual' or 'retry'
+        actor        VARCHAR,
+        started_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        ended_at     TIMESTAMP,
+        status       VARCHAR NOT NULL,   -- 'running', 'succeeded', 'failed', 'interrupted'
+        row_count    BIGINT,
+        byte_count   BIGINT,
+        version      BIGINT,
+        error        VARCHAR
+    );
+    CREATE TABLE version_details (
+        schema_name  VARCHAR NOT NULL,
+        table_name   VARCHAR NOT NULL,
+        version      BIGINT NOT NULL,
+        watermark    VARCHAR,            -- incremental tables: largest watermark loaded
+        profile      VARCHAR,            -- JSON: per-column statistics
+        PRIMARY KEY (schema_name, table_name, version)
+    );
+    "#,
 ];
+
+/// A new table version, ready to commit.
+#[derive(Debug, Clone, Default)]
+pub struct NewVersion {
+    /// Object-store folder (URL with a trailing slash) holding the parquet files.
+    pub location: String,
+    /// Rows in the version.
+    pub rows: i64,
+    /// Bytes of parquet.
+    pub bytes: i64,
+    /// Description to set (kept when `None`).
+    pub description: Option<String>,
+    /// Incremental tables: the largest watermark value now loaded.
+    pub watermark: Option<String>,
+    /// Per-column statistics.
+    pub profile: Option<serde_json::Value>,
+    /// The sync run that produced it; marked succeeded in the same transaction.
+    pub run: Option<i64>,
+}
 
 /// A committed, queryable table version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,19 +389,13 @@ impl StateStore {
 
     // ----- table registry -------------------------------------------------------------
 
-    /// Commits a new version of `table` stored at `location`, in one transaction, and returns
-    /// its number. Readers see either the previous version or this one, never a mix.
-    pub fn commit_version(
-        &self,
-        table: &TableName,
-        location: &str,
-        rows: i64,
-        bytes: i64,
-        description: Option<&str>,
-    ) -> Result<i64, CatalogError> {
+    /// Commits a new version of `table`, in one transaction, and returns its number.
+    /// Readers see either the previous version or this one, never a mix.
+    pub fn commit_version(&self, table: &TableName, new: &NewVersion) -> Result<i64, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let (schema, name) = (table.schema(), table.table());
+        let description = new.description.as_deref();
         tx.execute(
             "INSERT INTO tables (schema_name, table_name, description) VALUES (?, ?, ?)
              ON CONFLICT DO NOTHING",
@@ -363,17 +410,36 @@ impl StateStore {
         tx.execute(
             "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
              VALUES (?, ?, ?, ?, ?, ?)",
-            params![schema, name, version, location, rows, bytes],
+            params![schema, name, version, new.location, new.rows, new.bytes],
+        )?;
+        tx.execute(
+            "INSERT INTO version_details (schema_name, table_name, version, watermark, profile)
+             VALUES (?, ?, ?, ?, ?)",
+            params![
+                schema,
+                name,
+                version,
+                new.watermark,
+                new.profile.as_ref().map(|p| p.to_string())
+            ],
         )?;
         tx.execute(
             "UPDATE tables SET current_version = ?, description = coalesce(?, description)
              WHERE schema_name = ? AND table_name = ?",
             params![version, description, schema, name],
         )?;
+        if let Some(run) = new.run {
+            tx.execute(
+                "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp,
+                        row_count = ?, byte_count = ?, version = ?
+                 WHERE id = ?",
+                params![new.rows, new.bytes, version, run],
+            )?;
+        }
         tx.commit()?;
         drop(conn);
         self.bump();
-        tracing::info!(table = %table, version, rows, bytes, "table version committed");
+        tracing::info!(table = %table, version, rows = new.rows, bytes = new.bytes, "table version committed");
         Ok(version)
     }
 
@@ -406,7 +472,9 @@ impl StateStore {
     /// Removes a table from the registry: it stops being queryable at once. Its files stay
     /// in the object store (their locations are in the audit entry) until collected.
     pub fn delete_table(&self, actor: &str, name: &TableName) -> Result<(), CatalogError> {
-        self.table(name)?;
+        if self.table(name).is_err() && self.definition(name)?.is_none() {
+            return Err(CatalogError::NotFound(format!("no table `{name}`")));
+        }
         self.change(actor, "table.delete", &name.to_string(), |tx| {
             let mut stmt = tx.prepare(
                 "SELECT location FROM table_versions WHERE schema_name = ? AND table_name = ?
@@ -419,10 +487,13 @@ impl StateStore {
                 "DELETE FROM table_versions WHERE schema_name = ? AND table_name = ?",
                 params![name.schema(), name.table()],
             )?;
-            tx.execute(
+            for statement in [
                 "DELETE FROM tables WHERE schema_name = ? AND table_name = ?",
-                params![name.schema(), name.table()],
-            )?;
+                "DELETE FROM version_details WHERE schema_name = ? AND table_name = ?",
+                "DELETE FROM table_definitions WHERE schema_name = ? AND table_name = ?",
+            ] {
+                tx.execute(statement, params![name.schema(), name.table()])?;
+            }
             Ok(((), serde_json::json!({ "locations": locations })))
         })
     }
@@ -519,15 +590,22 @@ mod tests {
         let store = StateStore::in_memory().unwrap();
         let t: TableName = "tpch.nation".parse().unwrap();
         let g0 = store.generation();
+        let v = |location: &str, rows, description: Option<&str>| NewVersion {
+            location: location.into(),
+            rows,
+            bytes: 100,
+            description: description.map(String::from),
+            ..NewVersion::default()
+        };
         assert_eq!(
             store
-                .commit_version(&t, "file:///a/", 25, 100, None)
+                .commit_version(&t, &v("file:///a/", 25, None))
                 .unwrap(),
             1
         );
         assert_eq!(
             store
-                .commit_version(&t, "file:///b/", 26, 120, Some("n"))
+                .commit_version(&t, &v("file:///b/", 26, Some("n")))
                 .unwrap(),
             2
         );

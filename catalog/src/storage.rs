@@ -104,6 +104,42 @@ impl Storage {
             .join(table.table())
     }
 
+    /// The key prefix of a folder URL made by [`Self::folder_url`].
+    pub fn prefix_of(&self, folder_url: &str) -> Option<ObjectPath> {
+        let rest = folder_url.strip_prefix(self.base_url.as_str())?;
+        Some(ObjectPath::from(rest.trim_end_matches('/')))
+    }
+
+    /// Runs folders of every table, as key prefixes (for the orphan sweep).
+    pub fn tables_root(&self) -> ObjectPath {
+        self.root.clone().join("tables")
+    }
+
+    /// Makes a folder durable: on a local disk, fsyncs its files and the folder itself
+    /// (`LocalFileSystem` renames into place but does not sync). A no-op elsewhere.
+    pub async fn sync_folder(&self, prefix: &ObjectPath) -> Result<(), CatalogError> {
+        if self.base_url.scheme() != "file" {
+            return Ok(());
+        }
+        let dir = std::path::PathBuf::from(format!("/{prefix}"));
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if !dir.exists() {
+                return Ok(());
+            }
+            for entry in std::fs::read_dir(&dir)? {
+                std::fs::File::open(entry?.path())?.sync_all()?;
+            }
+            std::fs::File::open(&dir)?.sync_all()?;
+            if let Some(parent) = dir.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| CatalogError::Internal(e.to_string()))?
+        .map_err(|e| CatalogError::Storage(format!("fsync: {e}")))
+    }
+
     /// The URL of a folder, as DataFusion's `ListingTableUrl` expects it (trailing slash).
     pub fn folder_url(&self, prefix: &ObjectPath) -> String {
         format!("{}{}/", self.base_url, prefix)

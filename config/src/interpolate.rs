@@ -7,6 +7,10 @@
 //! - `${VAR:-default}`: the value of `VAR`, or `default` when it is unset or empty.
 //! - `${VAR:?message}`: the value of `VAR`; an error carrying `message` when it is unset or empty.
 //! - `$$` is a literal `$`.
+//!
+//! The top-level `tables:` block is left as written: table options reference secrets as
+//! `${VAR}`, and those are resolved (with [`resolve`]) only when a sync runs, so the secret
+//! itself is never stored or shown.
 
 use crate::ConfigIssue;
 
@@ -17,8 +21,17 @@ pub fn interpolate(
 ) -> Result<String, Vec<ConfigIssue>> {
     let mut out = String::with_capacity(text.len());
     let mut issues = Vec::new();
+    let mut in_tables = false;
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let line_no = index + 1;
+        // A top-level key starts at column 0; the `tables:` block runs until the next one.
+        if line.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            in_tables = line.starts_with("tables:");
+        }
+        if in_tables {
+            out.push_str(line);
+            continue;
+        }
         let mut rest = line;
         while let Some(pos) = rest.find('$') {
             out.push_str(&rest[..pos]);
@@ -55,6 +68,32 @@ pub fn interpolate(
     } else {
         Err(issues)
     }
+}
+
+/// Resolves every `${…}` in one value (a table option, at sync time); the error names the
+/// first variable that is missing.
+pub fn resolve(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let text = format!("v: {value}");
+    match interpolate(&text, lookup) {
+        Ok(out) => Ok(out[3..].to_string()),
+        Err(issues) => Err(issues
+            .into_iter()
+            .next()
+            .map(|i| i.message)
+            .unwrap_or_default()),
+    }
+}
+
+/// Whether `value` is exactly one `${VAR}` reference (how secrets must be written).
+pub fn is_reference(value: &str) -> bool {
+    value
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .is_some_and(|name| {
+            !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 fn expand(body: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
@@ -107,6 +146,24 @@ mod tests {
         let text = "a: ${HOME_DIR}/x\nb: ${NOPE:-fallback}\nc: ${EMPTY:-d}\nd: $$5 and $x\n";
         let out = interpolate(text, env).unwrap();
         assert_eq!(out, "a: /home/q/x\nb: fallback\nc: d\nd: $5 and $x\n");
+    }
+
+    #[test]
+    fn table_options_keep_their_references_until_resolved() {
+        let text = "auth:\n  x: ${HOME_DIR}\ntables:\n  - name: a.b\n    options: {password: ${PG_PASSWORD}}\n- name: c.d\n\n  # ${NOT_EITHER}\nquery:\n  y: ${HOME_DIR}\n";
+        let out = interpolate(text, env).unwrap();
+        assert!(out.contains("x: /home/q\n"));
+        assert!(out.contains("{password: ${PG_PASSWORD}}"));
+        assert!(out.contains("# ${NOT_EITHER}"));
+        assert!(out.contains("y: /home/q\n"));
+        assert_eq!(resolve("${HOME_DIR}/data", env).unwrap(), "/home/q/data");
+        assert_eq!(
+            resolve("${PG_PASSWORD}", env).unwrap_err(),
+            "environment variable `PG_PASSWORD` is not set"
+        );
+        assert!(is_reference("${PG_PASSWORD}"));
+        assert!(!is_reference("hunter2"));
+        assert!(!is_reference("${A}${B}"));
     }
 
     #[test]

@@ -76,7 +76,9 @@ fn render(issues: &[ConfigIssue]) -> String {
 }
 
 /// The top-level sections, in the order they are documented.
-const SECTIONS: &[&str] = &["server", "storage", "auth", "query", "demo", "logging"];
+const SECTIONS: &[&str] = &[
+    "server", "storage", "auth", "query", "demo", "logging", "sync", "tables",
+];
 
 impl Config {
     /// Parses and validates a YAML configuration; `env` resolves `${VAR}` references.
@@ -110,6 +112,8 @@ impl Config {
                         "query" => section(key, value, &mut config.query, &mut issues),
                         "demo" => section(key, value, &mut config.demo, &mut issues),
                         "logging" => section(key, value, &mut config.logging, &mut issues),
+                        "sync" => section(key, value, &mut config.sync, &mut issues),
+                        "tables" => section(key, value, &mut config.tables, &mut issues),
                         other => issues.push(ConfigIssue::at_key(
                             other,
                             format!("unknown key (expected one of: {})", SECTIONS.join(", ")),
@@ -264,6 +268,31 @@ impl Config {
             ),
         );
         check(
+            self.sync.concurrency >= 1,
+            "sync.concurrency",
+            "must be at least 1".into(),
+        );
+        let mut names = std::collections::HashSet::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            for problem in table.problems() {
+                issues.push(ConfigIssue::at_key(
+                    format!("tables[{i}].{}", problem.field),
+                    problem.message,
+                ));
+            }
+            if !names.insert(table.name.as_str()) {
+                issues.push(ConfigIssue::at_key(
+                    format!("tables[{i}].name"),
+                    format!("`{}` is defined twice", table.name),
+                ));
+            }
+        }
+        let mut check = |ok: bool, key: &str, message: String| {
+            if !ok {
+                issues.push(ConfigIssue::at_key(key, message));
+            }
+        };
+        check(
             self.demo.scale > 0.0 && self.demo.scale <= 1000.0,
             "demo.scale",
             format!("{} is out of range (0, 1000]", self.demo.scale),
@@ -311,19 +340,31 @@ fn section<T: DeserializeOwned>(
             }
             Err(e) => {
                 let path = track.path();
-                let keys: Vec<String> = path
-                    .iter()
-                    .filter_map(|segment| match segment {
-                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                let key = std::iter::once(name.to_string())
-                    .chain(keys.iter().cloned())
-                    .collect::<Vec<_>>()
-                    .join(".");
-                issues.push(ConfigIssue::at_key(key, e.to_string()));
-                if keys.is_empty() || !remove_key(&mut value, &keys) {
+                let mut key = name.to_string();
+                let mut keys = Vec::new();
+                let mut nested_in_list = false;
+                for segment in path.iter() {
+                    match segment {
+                        serde_path_to_error::Segment::Map { key: k } => {
+                            key.push('.');
+                            key.push_str(k);
+                            keys.push(k.clone());
+                        }
+                        serde_path_to_error::Segment::Seq { index } => {
+                            key.push_str(&format!("[{index}]"));
+                            nested_in_list = true;
+                        }
+                        _ => {}
+                    }
+                }
+                // Strip serde's "at line …" suffix: the key path says where.
+                let message = e.to_string();
+                let message = message
+                    .split_once(" at line ")
+                    .map_or(message.as_str(), |(m, _)| m)
+                    .to_string();
+                issues.push(ConfigIssue::at_key(key, message));
+                if nested_in_list || keys.is_empty() || !remove_key(&mut value, &keys) {
                     break;
                 }
             }

@@ -25,6 +25,10 @@ pub struct Config {
     pub demo: DemoConfig,
     /// Log output.
     pub logging: LoggingConfig,
+    /// How syncs run: concurrency, retries, retention of old versions.
+    pub sync: SyncConfig,
+    /// Tables to keep in sync from their sources (more can be added through the admin API).
+    pub tables: Vec<TableDef>,
 }
 
 /// Listeners and TLS.
@@ -269,6 +273,164 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// How syncs run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncConfig {
+    /// Syncs that may run at once, across all tables. Default `2`.
+    pub concurrency: usize,
+    /// How long a replaced table version stays readable (queries that started on it
+    /// finish) before its files are removed. Default `1h`.
+    #[serde(with = "humantime_serde_compat")]
+    pub retention: Duration,
+    /// Wait after a failed scheduled sync before the first retry; doubled after each
+    /// further failure, up to `max_backoff`. Default `30s`.
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff: Duration,
+    /// Longest wait between retries of a failing table. Default `1h`.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_backoff: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            retention: Duration::from_secs(3600),
+            backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A table kept in sync from a source: what to read (`connector` and its `options`), when
+/// (`schedule`) and how (`mode`).
+///
+/// Options that are secrets (passwords, tokens) must be written as `${ENV_VAR}` references:
+/// inside `tables:` references are kept as written and resolved only when a sync runs, so a
+/// secret never reaches the state file, the admin API or a log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableDef {
+    /// `schema.table`, lowercase, e.g. `sales.orders`.
+    pub name: String,
+    /// Which connector reads the source: `files`, `postgres`, `keboola` or `sql`.
+    pub connector: String,
+    /// The connector's options (see the README's connector reference).
+    #[serde(default)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// When to sync: `every 15m`, `every 2h`, `daily 03:00`, `daily 07:00,13:00` (UTC) or a
+    /// cron expression such as `0 */6 * * *`. Default: only when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// `full` (default): every sync replaces the table. `incremental`: a sync reads rows
+    /// changed since the last one (by `watermark`) and merges them by `primary_key`.
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// Incremental mode: the column that grows with every change (e.g. `updated_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<String>,
+    /// Incremental mode: the columns that identify a row.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primary_key: Vec<String>,
+    /// Shown in catalogs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A problem with one field of a [`TableDef`]: `field` is its path inside the definition
+/// (`name`, `options.path`, `schedule`), so the config file and the API can both point at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// Path of the field inside the definition.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl FieldProblem {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.message)
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl TableDef {
+    /// Problems every definition can be checked for without knowing the connector; the
+    /// orchestrator adds the connector's own checks.
+    pub fn problems(&self) -> Vec<FieldProblem> {
+        let mut out = Vec::new();
+        match self.name.split_once('.') {
+            Some((schema, table)) if is_identifier(schema) && is_identifier(table) => {}
+            _ => out.push(FieldProblem::new(
+                "name",
+                format!(
+                    "`{}` must be `schema.table`: lowercase letters, digits and `_`, each part starting with a letter or `_`",
+                    self.name
+                ),
+            )),
+        }
+        if self.mode == SyncMode::Incremental {
+            if self.watermark.as_deref().is_none_or(str::is_empty) {
+                out.push(FieldProblem::new(
+                    "watermark",
+                    "incremental mode needs the column that grows with every change, e.g. `watermark: updated_at`",
+                ));
+            }
+            if self.primary_key.is_empty() {
+                out.push(FieldProblem::new(
+                    "primary_key",
+                    "incremental mode needs the columns that identify a row, e.g. `primary_key: [id]`",
+                ));
+            }
+        } else if self.watermark.is_some() || !self.primary_key.is_empty() {
+            out.push(FieldProblem::new(
+                "mode",
+                "`watermark` and `primary_key` are used only with `mode: incremental`",
+            ));
+        }
+        out
+    }
+}
+
+/// How a sync updates a table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Replace the whole table.
+    #[default]
+    Full,
+    /// Merge changed rows by primary key.
+    Incremental,
+}
+
+impl SyncMode {
+    /// The name used in files and APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Full => "full",
+            SyncMode::Incremental => "incremental",
+        }
+    }
 }
 
 /// Durations written the way people write them: `30s`, `5m`, `12h`, `1h 30m`.

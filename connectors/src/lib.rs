@@ -1,15 +1,95 @@
 //! Connectors pull data from sources and land it as parquet in the object store.
 //!
-//! - [`sink`]: the one place data is written — part files under a fresh run folder that
-//!   becomes a table version only when the orchestrator commits it.
-//! - [`tpch`]: the TPC-H demo dataset, generated offline.
+//! A [`Connector`] turns a table definition's options into a stream of Arrow batches; the
+//! orchestrator writes that stream through the [`sink`] into a fresh run folder, merges it
+//! for incremental tables and commits it as a new version. So a connector only knows its
+//! source: files, PostgreSQL, Keboola, or SQL over other Quiver tables.
 //!
-//! Source connectors (files, PostgreSQL, Keboola, SQL) arrive as one module each.
+//! - [`files`]: CSV (typed by DuckDB's sniffer), JSON lines and Parquet, local or remote.
+//! - [`keboola`]: a Keboola Storage table, through the Storage API's async export.
+//! - [`postgres`]: a PostgreSQL table or query, via binary `COPY`.
+//! - [`sql`]: a query over other Quiver tables, materialized.
+//! - [`sink`]: the one place data is written. [`tpch`]: the demo dataset.
+//! - [`options`]: typed, documented options with errors that name the field.
 
+pub mod files;
+pub mod keboola;
+pub mod options;
+pub mod postgres;
 pub mod sink;
+pub mod sql;
 pub mod tpch;
 
+use std::path::Path;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use futures::stream::BoxStream;
+use quiver_config::FieldProblem;
+
 pub use sink::{Landed, ParquetSink};
+
+/// Every connector, by the name a table definition uses. Adding one is one line here.
+pub const CONNECTORS: &[(&str, &dyn Connector)] = &[
+    ("files", &files::Files),
+    ("keboola", &keboola::Keboola),
+    ("postgres", &postgres::Postgres),
+    ("sql", &sql::Sql),
+];
+
+/// The connector named `name`.
+pub fn connector(name: &str) -> Option<&'static dyn Connector> {
+    CONNECTORS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+}
+
+/// The names of every connector, for error messages.
+pub fn connector_names() -> String {
+    CONNECTORS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A source of rows.
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync {
+    /// Checks a definition's options without touching the source: unknown keys, types,
+    /// secrets written as literals. Problems name the field (`options.path`).
+    fn check(&self, options: &Options) -> Vec<FieldProblem>;
+
+    /// Starts reading. `options` have their `${ENV}` references resolved.
+    async fn read(&self, request: ReadRequest<'_>) -> Result<Batches, ConnectorError>;
+}
+
+/// A definition's `options` mapping.
+pub type Options = serde_json::Map<String, serde_json::Value>;
+
+/// What one sync asks of a connector.
+pub struct ReadRequest<'a> {
+    /// The options, with `${ENV}` references resolved.
+    pub options: &'a Options,
+    /// For an incremental sync after the first: the watermark column and the largest value
+    /// already loaded (as text). A connector may use it to read less; the orchestrator
+    /// filters by it either way.
+    pub since: Option<(&'a str, &'a str)>,
+    /// For an incremental sync after the first: when the last successful sync started
+    /// (seconds since the epoch), for sources that track change times themselves.
+    pub changed_since: Option<i64>,
+    /// A private directory for downloads, removed after the sync.
+    pub scratch: &'a Path,
+    /// A session over every published table (for the `sql` connector).
+    pub session: &'a SessionContext,
+}
+
+/// Batches as they arrive from the source, all of one schema.
+pub struct Batches {
+    /// The schema of every batch.
+    pub schema: SchemaRef,
+    /// The batches; an error ends the sync.
+    pub stream: BoxStream<'static, Result<RecordBatch, ConnectorError>>,
+}
 
 /// Errors of the connectors.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +109,9 @@ pub enum ConnectorError {
     /// Parquet encoding failed.
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    /// The query engine failed (SQL connector, JSON and Parquet reading).
+    #[error("{0}")]
+    Query(#[from] datafusion::error::DataFusionError),
     /// A catalog-level failure (names, storage).
     #[error(transparent)]
     Catalog(#[from] quiver_catalog::CatalogError),

@@ -3,6 +3,7 @@
 //! folder as a new table version.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -13,11 +14,37 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use quiver_catalog::{Storage, TableName};
 
-use crate::ConnectorError;
+use futures::StreamExt;
+
+use crate::{Batches, ConnectorError};
 
 /// Rows per parquet row group: small enough for min/max pruning to skip most of a file on a
 /// selective filter, large enough for fast scans.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Rows per part file written from a stream.
+const PART_ROWS: usize = 1_000_000;
+/// Arrow bytes buffered for one part before it is encoded, whatever its row count.
+const PART_BYTES: usize = 256 * 1024 * 1024;
+
+/// Rows and bytes written so far by a running sync; read by logs and progress bars.
+#[derive(Debug, Default)]
+pub struct Progress {
+    rows: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Progress {
+    /// Rows read from the source so far.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Parquet bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
 
 /// What a finished run left in the object store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,14 +101,84 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// The run's summary, ready to be committed.
-    pub fn finish(self) -> Landed {
-        Landed {
+    /// Makes the written files durable (fsync on a local disk; object stores are durable
+    /// once a put returns) and returns the run's summary, ready to be committed.
+    pub async fn finish(self) -> Result<Landed, ConnectorError> {
+        self.storage.sync_folder(&self.prefix).await?;
+        Ok(Landed {
             location: self.storage.folder_url(&self.prefix),
             rows: self.rows,
             bytes: self.bytes,
             files: self.files,
+        })
+    }
+
+    /// Writes a stream of batches as part files of up to a million rows. Each part is
+    /// encoded on a blocking thread while the next one is read, so the source and the
+    /// encoder keep both cores busy.
+    pub async fn write_stream(
+        mut self,
+        mut batches: Batches,
+        progress: &Progress,
+    ) -> Result<Landed, ConnectorError> {
+        let schema = batches.schema.clone();
+        let mut pending: Option<tokio::task::JoinHandle<Result<(Vec<u8>, i64), ConnectorError>>> =
+            None;
+        let mut part: Vec<RecordBatch> = Vec::new();
+        let (mut part_rows, mut part_bytes) = (0usize, 0usize);
+        let mut index = 0;
+        loop {
+            let next = batches.stream.next().await.transpose()?;
+            let end = next.is_none();
+            if let Some(batch) = next {
+                progress
+                    .rows
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                part_rows += batch.num_rows();
+                part_bytes += batch.get_array_memory_size();
+                if batch.num_rows() > 0 {
+                    part.push(batch);
+                }
+            }
+            let full = part_rows >= PART_ROWS || part_bytes >= PART_BYTES;
+            // An empty source still lands one (empty) part, so the version has a schema.
+            let last_or_empty = end && (!part.is_empty() || index == 0);
+            if full || last_or_empty {
+                if let Some(handle) = pending.take() {
+                    self.store_encoded(&mut index, handle, progress).await?;
+                }
+                let batches = std::mem::take(&mut part);
+                let schema = schema.clone();
+                pending = Some(tokio::task::spawn_blocking(move || {
+                    encode_parquet(schema, batches.into_iter().map(Ok))
+                }));
+                (part_rows, part_bytes) = (0, 0);
+            }
+            if end {
+                break;
+            }
         }
+        if let Some(handle) = pending.take() {
+            self.store_encoded(&mut index, handle, progress).await?;
+        }
+        self.finish().await
+    }
+
+    async fn store_encoded(
+        &mut self,
+        index: &mut usize,
+        handle: tokio::task::JoinHandle<Result<(Vec<u8>, i64), ConnectorError>>,
+        progress: &Progress,
+    ) -> Result<(), ConnectorError> {
+        let (file, rows) = handle
+            .await
+            .map_err(|e| ConnectorError::Storage(format!("parquet encoder failed: {e}")))??;
+        progress
+            .bytes
+            .fetch_add(file.len() as u64, Ordering::Relaxed);
+        self.put_part(*index, file, rows).await?;
+        *index += 1;
+        Ok(())
     }
 }
 

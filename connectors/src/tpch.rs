@@ -171,7 +171,7 @@ pub async fn generate(
         }
         part += batch.len() as i32;
     }
-    let landed = sink.finish();
+    let landed = sink.finish().await?;
     tracing::info!(table = %name, scale, rows = landed.rows, bytes = landed.bytes, files = landed.files, "TPC-H table generated");
     Ok(landed)
 }

@@ -1,11 +1,34 @@
-//! The orchestrator runs connectors and publishes what they land as new table versions.
+//! The orchestrator runs connectors on schedule or on demand and publishes what they land as
+//! new table versions.
 //!
-//! Publishing is one state-store transaction ([`quiver_catalog::StateStore::commit_version`]):
-//! readers see the previous version until it commits and the new one after, never a mix.
-//! Schedules, retries and garbage collection of old versions build on [`publish`].
+//! - [`Orchestrator`]: one sync per table at a time, a global concurrency limit, run history,
+//!   retries with backoff, the scheduler loop.
+//! - [`sync`]: one run — read, land, merge (incremental), profile, commit in one transaction.
+//! - [`schedule`]: `every 15m`, `daily 03:00`, cron. [`profile`]: per-column statistics.
+//! - [`retention`]: removes replaced versions after their retention, and orphaned folders.
+//!
+//! Readers see the previous version until the commit and the new one after, never a mix; a
+//! crash at any point leaves the previous version served, and the next start cleans up.
 
-use quiver_catalog::{CatalogError, StateStore, Storage, TableEntry, TableName};
-use quiver_connectors::{ConnectorError, Landed, tpch};
+pub mod profile;
+pub mod retention;
+pub mod schedule;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quiver_catalog::registry::SyncRun;
+use quiver_catalog::{CatalogError, QueryEngine, StateStore, Storage, TableEntry, TableName};
+use quiver_config::{FieldProblem, SyncConfig, TableDef};
+use quiver_connectors::sink::Progress;
+use quiver_connectors::{ConnectorError, connector, connector_names, tpch};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use schedule::Schedule;
 
 /// Errors of the orchestrator.
 #[derive(Debug, thiserror::Error)]
@@ -13,24 +36,366 @@ pub enum OrchestratorError {
     /// A connector failed; the previous version keeps serving.
     #[error(transparent)]
     Connector(#[from] ConnectorError),
-    /// The state store or object store failed.
+    /// The state store or object store failed, or a name or definition is wrong.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The query engine failed while merging or profiling.
+    #[error("{0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    /// A definition that cannot be used; every problem names its field.
+    #[error("invalid table definition: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldProblem>),
+    /// Arrow failed while profiling.
+    #[error("{0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// The source's schema changed in a way the table cannot follow.
+    #[error("{0}")]
+    SchemaChange(String),
+}
+
+/// Why a sync runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Its schedule said so.
+    Schedule,
+    /// A retry after a failure.
+    Retry,
+    /// Someone asked (API, `quiver sync`).
+    Manual(String),
+}
+
+impl Trigger {
+    fn name(&self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Retry => "retry",
+            Trigger::Manual(_) => "manual",
+        }
+    }
+
+    fn actor(&self) -> Option<&str> {
+        match self {
+            Trigger::Manual(actor) => Some(actor),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a definition completely: names, mode, schedule, and the connector's options.
+pub fn validate(def: &TableDef) -> Vec<FieldProblem> {
+    let mut problems = def.problems();
+    if let Some(schedule) = &def.schedule
+        && let Err(e) = schedule.parse::<Schedule>()
+    {
+        problems.push(FieldProblem::new("schedule", e));
+    }
+    match connector(&def.connector) {
+        Some(c) => problems.extend(c.check(&def.options)),
+        None => problems.push(FieldProblem::new(
+            "connector",
+            format!(
+                "`{}` is not a connector (expected one of: {})",
+                def.connector,
+                connector_names()
+            ),
+        )),
+    }
+    problems
+}
+
+/// A sync in progress.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Its run id.
+    pub run: i64,
+    /// Rows and bytes so far.
+    pub progress: Arc<Progress>,
+}
+
+/// Runs syncs and publishes versions. Shared behind an `Arc` by the scheduler, the HTTP API
+/// and `quiver sync`.
+pub struct Orchestrator {
+    state: Arc<StateStore>,
+    storage: Storage,
+    engine: Arc<QueryEngine>,
+    options: SyncConfig,
+    scratch: PathBuf,
+    running: Mutex<HashMap<TableName, Running>>,
+    permits: Semaphore,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Orchestrator {
+    /// An orchestrator writing to `storage`; `scratch` holds downloads during a sync.
+    pub fn new(
+        state: Arc<StateStore>,
+        storage: Storage,
+        engine: Arc<QueryEngine>,
+        options: SyncConfig,
+        scratch: PathBuf,
+    ) -> Self {
+        Self {
+            permits: Semaphore::new(options.concurrency.max(1)),
+            state,
+            storage,
+            engine,
+            options,
+            scratch,
+            running: Mutex::default(),
+        }
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &Arc<StateStore> {
+        &self.state
+    }
+
+    /// Startup: stores the configuration file's definitions, marks runs a stopped process
+    /// left behind as interrupted, and removes the folders they were writing.
+    pub async fn recover(&self, config_tables: &[TableDef]) -> Result<(), OrchestratorError> {
+        let mut defs = Vec::new();
+        for def in config_tables {
+            let problems = validate(def);
+            if !problems.is_empty() {
+                return Err(OrchestratorError::Invalid(problems));
+            }
+            defs.push((def.name.parse::<TableName>()?, def.clone()));
+        }
+        self.state.sync_config_definitions(&defs)?;
+        let interrupted = self.state.interrupt_running_runs()?;
+        if interrupted > 0 {
+            tracing::warn!(
+                runs = interrupted,
+                "syncs interrupted by the last stop; previous versions kept serving"
+            );
+        }
+        let removed = retention::sweep_orphans(&self.state, &self.storage, &[], None).await?;
+        if removed > 0 {
+            tracing::info!(folders = removed, "removed unpublished sync folders");
+        }
+        Ok(())
+    }
+
+    /// The sync of `table` in progress, if any.
+    pub fn running(&self, table: &TableName) -> Option<Running> {
+        lock(&self.running).get(table).cloned()
+    }
+
+    /// Starts a sync in the background and returns its run id. A table already syncing is a
+    /// conflict; a table without a definition is not found.
+    pub fn start(
+        self: &Arc<Self>,
+        table: &TableName,
+        trigger: Trigger,
+    ) -> Result<i64, OrchestratorError> {
+        let (def, running) = self.claim(table, &trigger)?;
+        let run = running.run;
+        let this = self.clone();
+        let table = table.clone();
+        tokio::spawn(async move {
+            let _ = this.execute(&table, &def, running).await;
+        });
+        Ok(run)
+    }
+
+    /// Runs a sync to its end and returns the finished run (failed runs included).
+    pub async fn run(
+        &self,
+        table: &TableName,
+        trigger: Trigger,
+        on_start: impl FnOnce(&Running),
+    ) -> Result<SyncRun, OrchestratorError> {
+        let (def, running) = self.claim(table, &trigger)?;
+        on_start(&running);
+        let run = running.run;
+        let _ = self.execute(table, &def, running).await;
+        Ok(self.state.sync_run(run)?)
+    }
+
+    /// Marks `table` as syncing and records the run; refuses a second concurrent sync.
+    fn claim(
+        &self,
+        table: &TableName,
+        trigger: &Trigger,
+    ) -> Result<(TableDef, Running), OrchestratorError> {
+        let def = self
+            .state
+            .definition(table)?
+            .ok_or_else(|| {
+                CatalogError::NotFound(format!(
+                    "table `{table}` has no definition to sync (it is not in the `tables:` list or registered through the API)"
+                ))
+            })?
+            .def;
+        let mut running = lock(&self.running);
+        if let Some(r) = running.get(table) {
+            return Err(CatalogError::Conflict(format!(
+                "a sync of `{table}` is already running (run {})",
+                r.run
+            ))
+            .into());
+        }
+        let run = self
+            .state
+            .start_run(table, trigger.name(), trigger.actor())?;
+        let entry = Running {
+            run,
+            progress: Arc::default(),
+        };
+        running.insert(table.clone(), entry.clone());
+        Ok((def, entry))
+    }
+
+    /// Runs one claimed sync: waits for a permit, lands, commits or records the failure.
+    async fn execute(
+        &self,
+        table: &TableName,
+        def: &TableDef,
+        running: Running,
+    ) -> Result<i64, OrchestratorError> {
+        let _permit = self.permits.acquire().await;
+        let started = std::time::Instant::now();
+        tracing::info!(table = %table, run = running.run, connector = %def.connector, mode = def.mode.as_str(), "sync started");
+        let outcome = sync::run(self, table, def, &running).await;
+        lock(&self.running).remove(table);
+        let seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(version) => {
+                metrics::counter!("quiver_syncs_total", "outcome" => "succeeded").increment(1);
+                tracing::info!(table = %table, run = running.run, version, rows = running.progress.rows(), bytes = running.progress.bytes(), seconds, "sync succeeded");
+                Ok(version)
+            }
+            Err(e) => {
+                metrics::counter!("quiver_syncs_total", "outcome" => "failed").increment(1);
+                let message = e.to_string();
+                tracing::warn!(table = %table, run = running.run, error = %message, seconds, "sync failed; the previous version keeps serving");
+                if let Err(store) = self.state.fail_run(running.run, &message) {
+                    tracing::error!(error = %store, "cannot record the failed sync");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts every scheduled table that is due: its schedule has come round since the last
+    /// successful sync (or it never succeeded), and a failure's backoff has passed.
+    pub fn start_due(self: &Arc<Self>) -> Result<(), OrchestratorError> {
+        let now = chrono::Utc::now();
+        for definition in self.state.definitions()? {
+            let Some(text) = &definition.def.schedule else {
+                continue;
+            };
+            let Ok(schedule) = text.parse::<Schedule>() else {
+                continue;
+            };
+            if self.running(&definition.name).is_some() {
+                continue;
+            }
+            let history = self.state.run_history(&definition.name)?;
+            let due = match history
+                .last_success
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+            {
+                None => true,
+                Some(last) => now >= schedule.next_after(last),
+            };
+            let backing_off = history.failures > 0
+                && history.last_failure.is_some_and(|at| {
+                    let wait = self.backoff(history.failures);
+                    now.timestamp() < at + wait.as_secs() as i64
+                });
+            if due && !backing_off {
+                let trigger = if history.failures > 0 {
+                    Trigger::Retry
+                } else {
+                    Trigger::Schedule
+                };
+                match self.start(&definition.name, trigger) {
+                    Ok(_) | Err(OrchestratorError::Catalog(CatalogError::Conflict(_))) => {}
+                    Err(e) => {
+                        tracing::warn!(table = %definition.name, error = %e, "cannot start a scheduled sync")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait before retry number `failures`: `backoff`, doubled each time, capped.
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+        self.options
+            .backoff
+            .saturating_mul(factor)
+            .min(self.options.max_backoff)
+    }
+
+    /// The scheduler: starts due syncs every few seconds and collects garbage every few
+    /// minutes, until `shutdown`.
+    pub async fn run_scheduler(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let mut collect = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.start_due() {
+                        tracing::warn!(error = %e, "scheduler");
+                    }
+                }
+                _ = collect.tick() => {
+                    if let Err(e) = self.collect_garbage().await {
+                        tracing::warn!(error = %e, "garbage collection");
+                    }
+                }
+            }
+        }
+        // Syncs still running are cut off by the shutdown: say so in their history now.
+        for (table, running) in lock(&self.running).drain() {
+            tracing::warn!(table = %table, run = running.run, "sync interrupted by shutdown");
+            let _ = self.state.fail_run(
+                running.run,
+                "the server stopped during the sync; the previous version kept serving",
+            );
+        }
+    }
+
+    /// Removes versions replaced longer than the retention ago, and folders no version
+    /// points at (unfinished runs); returns how many folders went.
+    pub async fn collect_garbage(&self) -> Result<usize, OrchestratorError> {
+        let busy: Vec<TableName> = lock(&self.running).keys().cloned().collect();
+        retention::collect(&self.state, &self.storage, self.options.retention, &busy).await
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Commits a landed run as the next version of `table`; returns the version number.
 pub fn publish(
     state: &StateStore,
     table: &TableName,
-    landed: &Landed,
+    landed: &quiver_connectors::Landed,
     description: Option<&str>,
 ) -> Result<i64, OrchestratorError> {
     Ok(state.commit_version(
         table,
-        &landed.location,
-        landed.rows,
-        landed.bytes,
-        description,
+        &quiver_catalog::NewVersion {
+            location: landed.location.clone(),
+            rows: landed.rows,
+            bytes: landed.bytes,
+            description: description.map(String::from),
+            ..Default::default()
+        },
     )?)
 }
 

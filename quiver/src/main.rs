@@ -6,6 +6,7 @@
 
 mod admin;
 mod server;
+mod sync;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ enum Command {
     },
     /// Manage users, groups, grants and tokens on the state file (while the server is stopped).
     Admin(admin::AdminArgs),
+    /// Sync one table now (through the running server when it is up; needs QUIVER_TOKEN).
+    Sync(sync::SyncArgs),
     /// Validate a configuration file and print every problem found.
     CheckConfig {
         /// Configuration file (default: quiver.yaml if present).
@@ -98,6 +101,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin::run(args, config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sync(args) => {
+            let config = load_config(config_path(args.config()).as_deref())?;
+            init_logging(&config);
+            Ok(if sync::run(args, config)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Serve(args) => {
             let config = resolve(&args, false)?;
             server::run(config, None)?;
@@ -133,8 +145,28 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-    Config::parse(&text, |name| std::env::var(name).ok())
-        .with_context(|| format!("invalid configuration file {}", path.display()))
+    let config = Config::parse(&text, |name| std::env::var(name).ok())
+        .with_context(|| format!("invalid configuration file {}", path.display()))?;
+    // The connectors' own checks (options, schedules) live above the config crate.
+    let issues: Vec<_> = config
+        .tables
+        .iter()
+        .enumerate()
+        .flat_map(|(i, def)| {
+            quiver_orchestrator::validate(def)
+                .into_iter()
+                .filter(|p| !def.problems().contains(p))
+                .map(move |p| quiver_config::ConfigIssue {
+                    location: quiver_config::Location::Key(format!("tables[{i}].{}", p.field)),
+                    message: p.message,
+                })
+        })
+        .collect();
+    if !issues.is_empty() {
+        return Err(anyhow::Error::new(quiver_config::ConfigError(issues))
+            .context(format!("invalid configuration file {}", path.display())));
+    }
+    Ok(config)
 }
 
 /// Loads the configuration and applies flags and the bootstrap-admin environment variables.

@@ -61,6 +61,17 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
             batch_size: config.query.batch_size,
         },
     )?);
+    let orchestrator = Arc::new(quiver_orchestrator::Orchestrator::new(
+        state.clone(),
+        storage.clone(),
+        engine.clone(),
+        config.sync.clone(),
+        data_dir.join("scratch"),
+    ));
+    orchestrator
+        .recover(&config.tables)
+        .await
+        .context("cannot prepare the table definitions")?;
     let tokens = TokenSigner::new(&secret, config.auth.token_lifetime);
     let throttle = Arc::new(LoginThrottle::default());
     let flight = QuiverFlightSql::new(
@@ -138,6 +149,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         flight_url,
         state: state.clone(),
         engine: engine.clone(),
+        orchestrator: orchestrator.clone(),
         tokens,
         throttle,
         sessions: Arc::new(quiver_admin::session::Sessions::new(&secret)),
@@ -152,6 +164,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("http://{}", display_addr(http_addr))),
         )),
     });
+    let scheduler = tokio::spawn(orchestrator.clone().run_scheduler(shutdown.clone()));
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(quiver_admin::serve(http_listener, http_app, async move {
         http_shutdown.cancelled().await
@@ -165,6 +178,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     .await;
     shutdown.cancel();
     http.await.context("HTTP server task failed")??;
+    scheduler.await.context("scheduler task failed")?;
     flight_result?;
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,549 @@
+//! Table definitions (what to sync and when), the history of sync runs, and which old
+//! versions have outlived their retention.
+//!
+//! A definition is stored as the JSON of [`TableDef`]; its secrets are `${ENV}` references
+//! (the connectors refuse literals), so nothing secret is ever written here.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use duckdb::{OptionalExt, params};
+use quiver_config::TableDef;
+use serde::{Deserialize, Serialize};
+
+use crate::{CatalogError, StateStore, TableName};
+
+/// Where a definition came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The `tables:` list of the configuration file (changed there, not through the API).
+    Config,
+    /// The admin API.
+    Api,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Api => "api",
+        }
+    }
+}
+
+/// A stored definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    /// The table it defines.
+    pub name: TableName,
+    /// What to sync and when.
+    pub def: TableDef,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// One sync run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SyncRun {
+    /// Run id.
+    pub id: i64,
+    /// `schema.table`.
+    pub table: String,
+    /// `schedule`, `manual` or `retry`.
+    pub trigger: String,
+    /// Who asked (manual runs).
+    pub actor: Option<String>,
+    /// When it started (UTC, ISO 8601).
+    pub started_at: String,
+    /// When it ended, if it has.
+    pub ended_at: Option<String>,
+    /// `running`, `succeeded`, `failed` or `interrupted` (the server stopped during it).
+    pub status: String,
+    /// Rows in the version it published.
+    pub rows: Option<i64>,
+    /// Parquet bytes it wrote.
+    pub bytes: Option<i64>,
+    /// The version it published.
+    pub version: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// What the scheduler needs to know about a table's recent runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunHistory {
+    /// Start of the last successful run (seconds since the epoch).
+    pub last_success: Option<i64>,
+    /// Failed runs since then.
+    pub failures: u32,
+    /// End of the last failed run (seconds since the epoch).
+    pub last_failure: Option<i64>,
+}
+
+/// A version past its retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredVersion {
+    /// Its table.
+    pub table: TableName,
+    /// Its number.
+    pub version: i64,
+    /// Its folder.
+    pub location: String,
+}
+
+const RUN_COLUMNS: &str = "id, schema_name || '.' || table_name, trigger, actor,
+    strftime(started_at, '%Y-%m-%dT%H:%M:%SZ'), strftime(ended_at, '%Y-%m-%dT%H:%M:%SZ'),
+    status, row_count, byte_count, version, error";
+
+fn run_from_row(r: &duckdb::Row<'_>) -> duckdb::Result<SyncRun> {
+    Ok(SyncRun {
+        id: r.get(0)?,
+        table: r.get(1)?,
+        trigger: r.get(2)?,
+        actor: r.get(3)?,
+        started_at: r.get(4)?,
+        ended_at: r.get(5)?,
+        status: r.get(6)?,
+        rows: r.get(7)?,
+        bytes: r.get(8)?,
+        version: r.get(9)?,
+        error: r.get(10)?,
+    })
+}
+
+fn parse_def(json: &str) -> Result<TableDef, CatalogError> {
+    serde_json::from_str(json)
+        .map_err(|e| CatalogError::State(format!("stored table definition is unreadable: {e}")))
+}
+
+impl StateStore {
+    // ----- definitions ----------------------------------------------------------------
+
+    /// Every definition, ordered by name.
+    pub fn definitions(&self) -> Result<Vec<Definition>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT schema_name, table_name, definition, origin FROM table_definitions ORDER BY 1, 2",
+        )?;
+        let rows: Vec<(String, String, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(schema, table, json, origin)| {
+                Ok(Definition {
+                    name: TableName::new(&schema, &table)?,
+                    def: parse_def(&json)?,
+                    origin: if origin == "config" {
+                        Origin::Config
+                    } else {
+                        Origin::Api
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The definition of `name`, if it has one.
+    pub fn definition(&self, name: &TableName) -> Result<Option<Definition>, CatalogError> {
+        Ok(self.definitions()?.into_iter().find(|d| &d.name == name))
+    }
+
+    /// Registers a new table through the API; a name in use is a conflict.
+    pub fn define_table(
+        &self,
+        actor: &str,
+        name: &TableName,
+        def: &TableDef,
+    ) -> Result<(), CatalogError> {
+        let json = serde_json::to_string(def)
+            .map_err(|e| CatalogError::Internal(format!("definition: {e}")))?;
+        let exists = self.definition(name)?.is_some() || self.table(name).is_ok();
+        if exists {
+            return Err(CatalogError::Conflict(format!(
+                "table `{name}` already exists"
+            )));
+        }
+        self.change(actor, "table.create", &name.to_string(), |tx| {
+            tx.execute(
+                "INSERT INTO table_definitions (schema_name, table_name, definition, origin)
+                 VALUES (?, ?, ?, 'api')",
+                params![name.schema(), name.table(), json],
+            )?;
+            Ok(((), serde_json::to_value(def).unwrap_or_default()))
+        })
+    }
+
+    /// Replaces the definition of an API-defined table.
+    pub fn redefine_table(
+        &self,
+        actor: &str,
+        name: &TableName,
+        def: &TableDef,
+    ) -> Result<(), CatalogError> {
+        match self.definition(name)? {
+            None => {
+                return Err(CatalogError::NotFound(format!(
+                    "no table definition `{name}`"
+                )));
+            }
+            Some(d) if d.origin == Origin::Config => {
+                return Err(CatalogError::Conflict(format!(
+                    "`{name}` is defined in the configuration file; change it there"
+                )));
+            }
+            Some(_) => {}
+        }
+        let json = serde_json::to_string(def)
+            .map_err(|e| CatalogError::Internal(format!("definition: {e}")))?;
+        self.change(actor, "table.update", &name.to_string(), |tx| {
+            tx.execute(
+                "UPDATE table_definitions SET definition = ? WHERE schema_name = ? AND table_name = ?",
+                params![json, name.schema(), name.table()],
+            )?;
+            tx.execute(
+                "UPDATE tables SET description = ? WHERE schema_name = ? AND table_name = ?",
+                params![def.description, name.schema(), name.table()],
+            )?;
+            Ok(((), serde_json::to_value(def).unwrap_or_default()))
+        })
+    }
+
+    /// Makes the stored config-file definitions match `defs` (the file wins over an API
+    /// definition of the same name); returns how many changed.
+    pub fn sync_config_definitions(
+        &self,
+        defs: &[(TableName, TableDef)],
+    ) -> Result<usize, CatalogError> {
+        let current = self.definitions()?;
+        let mut changed = 0;
+        for (name, def) in defs {
+            let json = serde_json::to_string(def)
+                .map_err(|e| CatalogError::Internal(format!("definition: {e}")))?;
+            let same = current
+                .iter()
+                .any(|d| &d.name == name && d.origin == Origin::Config && &d.def == def);
+            if same {
+                continue;
+            }
+            self.change("config", "table.define", &name.to_string(), |tx| {
+                tx.execute(
+                    "INSERT OR REPLACE INTO table_definitions (schema_name, table_name, definition, origin)
+                     VALUES (?, ?, ?, ?)",
+                    params![name.schema(), name.table(), json, Origin::Config.as_str()],
+                )?;
+                tx.execute(
+                    "UPDATE tables SET description = ? WHERE schema_name = ? AND table_name = ?",
+                    params![def.description, name.schema(), name.table()],
+                )?;
+                Ok(((), serde_json::Value::Null))
+            })?;
+            changed += 1;
+        }
+        let wanted: HashSet<&TableName> = defs.iter().map(|(n, _)| n).collect();
+        for gone in current
+            .iter()
+            .filter(|d| d.origin == Origin::Config && !wanted.contains(&d.name))
+        {
+            // Removed from the file: no more syncs. Its data stays until an admin deletes it.
+            self.change("config", "table.undefine", &gone.name.to_string(), |tx| {
+                tx.execute(
+                    "DELETE FROM table_definitions WHERE schema_name = ? AND table_name = ?",
+                    params![gone.name.schema(), gone.name.table()],
+                )?;
+                Ok(((), serde_json::Value::Null))
+            })?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    // ----- sync runs ------------------------------------------------------------------
+
+    /// Records the start of a run; returns its id.
+    pub fn start_run(
+        &self,
+        table: &TableName,
+        trigger: &str,
+        actor: Option<&str>,
+    ) -> Result<i64, CatalogError> {
+        Ok(self.conn().query_row(
+            "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status)
+             VALUES (?, ?, ?, ?, 'running') RETURNING id",
+            params![table.schema(), table.table(), trigger, actor],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Records a failed run; the table keeps its previous version.
+    pub fn fail_run(&self, run: i64, error: &str) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "UPDATE sync_runs SET status = 'failed', ended_at = current_timestamp, error = ?
+             WHERE id = ?",
+            params![error, run],
+        )?;
+        Ok(())
+    }
+
+    /// Marks runs left `running` by a stopped process as interrupted; returns how many.
+    pub fn interrupt_running_runs(&self) -> Result<usize, CatalogError> {
+        Ok(self.conn().execute(
+            "UPDATE sync_runs SET status = 'interrupted', ended_at = current_timestamp,
+                    error = 'the server stopped during the sync; the previous version kept serving'
+             WHERE status = 'running'",
+            [],
+        )?)
+    }
+
+    /// Sync runs, newest first: of one table or all, before run id `before`, at most `limit`.
+    pub fn sync_runs(
+        &self,
+        table: Option<&TableName>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<SyncRun>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM sync_runs
+             WHERE (? IS NULL OR (schema_name = ? AND table_name = ?)) AND (? IS NULL OR id < ?)
+             ORDER BY id DESC LIMIT ?"
+        ))?;
+        let (schema, name) = match table {
+            Some(t) => (Some(t.schema()), Some(t.table())),
+            None => (None, None),
+        };
+        let runs = stmt
+            .query_map(
+                params![
+                    schema,
+                    schema,
+                    name,
+                    before,
+                    before,
+                    limit.clamp(1, 1000) as i64
+                ],
+                run_from_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(runs)
+    }
+
+    /// One run.
+    pub fn sync_run(&self, id: i64) -> Result<SyncRun, CatalogError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {RUN_COLUMNS} FROM sync_runs WHERE id = ?"),
+                params![id],
+                run_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound(format!("no sync run {id}")))
+    }
+
+    /// The last success and the failures since, for scheduling and backoff.
+    pub fn run_history(&self, table: &TableName) -> Result<RunHistory, CatalogError> {
+        let conn = self.conn();
+        let last_success: Option<i64> = conn.query_row(
+            "SELECT max(epoch(started_at))::BIGINT FROM sync_runs
+             WHERE schema_name = ? AND table_name = ? AND status = 'succeeded'",
+            params![table.schema(), table.table()],
+            |r| r.get(0),
+        )?;
+        let (failures, last_failure): (i64, Option<i64>) = conn.query_row(
+            "SELECT count(*), max(epoch(ended_at))::BIGINT FROM sync_runs
+             WHERE schema_name = ? AND table_name = ? AND status IN ('failed', 'interrupted')
+               AND (? IS NULL OR epoch(started_at) > ?)",
+            params![table.schema(), table.table(), last_success, last_success],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(RunHistory {
+            last_success,
+            failures: failures as u32,
+            last_failure,
+        })
+    }
+
+    // ----- versions -------------------------------------------------------------------
+
+    /// The watermark and profile stored with a version.
+    pub fn version_details(
+        &self,
+        table: &TableName,
+        version: i64,
+    ) -> Result<(Option<String>, Option<serde_json::Value>), CatalogError> {
+        let row: Option<(Option<String>, Option<String>)> = self
+            .conn()
+            .query_row(
+                "SELECT watermark, profile FROM version_details
+                 WHERE schema_name = ? AND table_name = ? AND version = ?",
+                params![table.schema(), table.table(), version],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (watermark, profile) = row.unwrap_or_default();
+        Ok((
+            watermark,
+            profile.and_then(|p| serde_json::from_str(&p).ok()),
+        ))
+    }
+
+    /// Versions replaced more than `retention` ago.
+    pub fn expired_versions(
+        &self,
+        retention: Duration,
+    ) -> Result<Vec<ExpiredVersion>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT v.schema_name, v.table_name, v.version, v.location
+             FROM table_versions v
+             JOIN tables t ON t.schema_name = v.schema_name AND t.table_name = v.table_name
+             JOIN table_versions n ON n.schema_name = v.schema_name
+                  AND n.table_name = v.table_name AND n.version = v.version + 1
+             WHERE v.version < t.current_version
+               AND n.committed_at < current_timestamp::TIMESTAMP - to_seconds(?)
+             ORDER BY 1, 2, 3",
+        )?;
+        let rows: Vec<(String, String, i64, String)> = stmt
+            .query_map(params![retention.as_secs_f64()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(schema, table, version, location)| {
+                Ok(ExpiredVersion {
+                    table: TableName::new(&schema, &table)?,
+                    version,
+                    location,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets an expired version (its files are removed next).
+    pub fn forget_version(&self, table: &TableName, version: i64) -> Result<(), CatalogError> {
+        let conn = self.conn();
+        for statement in [
+            "DELETE FROM table_versions WHERE schema_name = ? AND table_name = ? AND version = ?",
+            "DELETE FROM version_details WHERE schema_name = ? AND table_name = ? AND version = ?",
+        ] {
+            conn.execute(statement, params![table.schema(), table.table(), version])?;
+        }
+        Ok(())
+    }
+
+    /// Every folder a version points at; anything else under `tables/` is an orphan.
+    pub fn version_locations(&self) -> Result<HashSet<String>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT location FROM table_versions")?;
+        let locations = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(locations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NewVersion;
+
+    fn def(name: &str) -> TableDef {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "connector": "files", "options": {"path": "/x.csv"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn definitions_runs_and_retention() {
+        let store = StateStore::in_memory().unwrap();
+        let t: TableName = "sales.orders".parse().unwrap();
+        store
+            .define_table("admin@x.io", &t, &def("sales.orders"))
+            .unwrap();
+        assert!(matches!(
+            store.define_table("admin@x.io", &t, &def("sales.orders")),
+            Err(CatalogError::Conflict(_))
+        ));
+        let run = store.start_run(&t, "manual", Some("admin@x.io")).unwrap();
+        store.fail_run(run, "boom").unwrap();
+        let history = store.run_history(&t).unwrap();
+        assert_eq!((history.last_success, history.failures), (None, 1));
+
+        let run = store.start_run(&t, "schedule", None).unwrap();
+        let new = NewVersion {
+            location: "file:///v1/".into(),
+            rows: 3,
+            bytes: 10,
+            watermark: Some("2026-01-01".into()),
+            profile: Some(serde_json::json!({"id": {"nulls": 0}})),
+            run: Some(run),
+            ..NewVersion::default()
+        };
+        assert_eq!(store.commit_version(&t, &new).unwrap(), 1);
+        let done = store.sync_run(run).unwrap();
+        assert_eq!(
+            (done.status.as_str(), done.version, done.rows),
+            ("succeeded", Some(1), Some(3))
+        );
+        assert_eq!(store.run_history(&t).unwrap().failures, 0);
+        let (watermark, profile) = store.version_details(&t, 1).unwrap();
+        assert_eq!(watermark.as_deref(), Some("2026-01-01"));
+        assert_eq!(profile.unwrap()["id"]["nulls"], 0);
+
+        store
+            .commit_version(
+                &t,
+                &NewVersion {
+                    location: "file:///v2/".into(),
+                    ..new.clone()
+                },
+            )
+            .unwrap();
+        assert!(
+            store
+                .expired_versions(Duration::from_secs(3600))
+                .unwrap()
+                .is_empty()
+        );
+        let expired = store.expired_versions(Duration::ZERO).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].location, "file:///v1/");
+        store.forget_version(&t, 1).unwrap();
+        assert_eq!(
+            store.version_locations().unwrap(),
+            HashSet::from(["file:///v2/".to_string()])
+        );
+
+        let running = store.start_run(&t, "schedule", None).unwrap();
+        assert_eq!(store.interrupt_running_runs().unwrap(), 1);
+        assert_eq!(store.sync_run(running).unwrap().status, "interrupted");
+        assert_eq!(store.sync_runs(Some(&t), None, 10).unwrap().len(), 4);
+        assert_eq!(store.sync_runs(None, Some(running), 10).unwrap().len(), 3);
+
+        store.delete_table("admin@x.io", &t).unwrap();
+        assert!(store.definitions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn config_definitions_follow_the_file() {
+        let store = StateStore::in_memory().unwrap();
+        let a: TableName = "s.a".parse().unwrap();
+        let b: TableName = "s.b".parse().unwrap();
+        let both = vec![(a.clone(), def("s.a")), (b.clone(), def("s.b"))];
+        assert_eq!(store.sync_config_definitions(&both).unwrap(), 2);
+        assert_eq!(store.sync_config_definitions(&both).unwrap(), 0);
+        assert!(matches!(
+            store.redefine_table("x@y.io", &a, &def("s.a")),
+            Err(CatalogError::Conflict(_))
+        ));
+        assert_eq!(store.sync_config_definitions(&both[..1]).unwrap(), 1);
+        let names: Vec<_> = store
+            .definitions()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(names, vec![a]);
+    }
+}

@@ -1,0 +1,569 @@
+//! `files`: CSV, JSON lines and Parquet from a local path or glob, an `https://` URL or an
+//! object-store URL.
+//!
+//! CSV is read by DuckDB, whose sniffer detects the dialect (delimiter, quoting, header) and
+//! the column types (integers, decimals, dates and timestamps in their local formats), so a
+//! CSV lands as typed parquet. JSON lines and Parquet are read by DataFusion. Remote files are
+//! first downloaded into the sync's scratch directory, so every format reads local files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::compute::BatchCoalescer;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::prelude::{JsonReadOptions, ParquetReadOptions, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use quiver_config::FieldProblem;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::options::{parse, parse_checked, secret_reference};
+use crate::{Batches, Connector, ConnectorError, Options, ReadRequest};
+
+/// Rows per batch handed on (DuckDB produces 2 048-row chunks).
+const BATCH_ROWS: usize = 65_536;
+
+/// The `files` connector.
+pub struct Files;
+
+/// Options of the `files` connector.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FilesOptions {
+    /// A local path or glob (`/data/orders/*.csv`), an `https://` URL, or an object store
+    /// URL (`s3://bucket/orders/*.parquet`).
+    path: String,
+    /// `csv`, `jsonl` or `parquet`. Default: from the file extension.
+    #[serde(default)]
+    format: Option<Format>,
+    /// CSV: the delimiter, when the sniffer should not guess it.
+    #[serde(default)]
+    delimiter: Option<String>,
+    /// CSV: whether the first line names the columns.
+    #[serde(default)]
+    header: Option<bool>,
+    /// CSV: the quote character.
+    #[serde(default)]
+    quote: Option<String>,
+    /// CSV: the date format, e.g. `%d.%m.%Y`.
+    #[serde(default)]
+    date_format: Option<String>,
+    /// CSV: the timestamp format, e.g. `%d.%m.%Y %H:%M`.
+    #[serde(default)]
+    timestamp_format: Option<String>,
+    /// CSV: the decimal separator, `.` or `,`.
+    #[serde(default)]
+    decimal_separator: Option<String>,
+    /// CSV: the text that stands for a missing value, e.g. `NA`.
+    #[serde(default)]
+    null_string: Option<String>,
+    /// Object store URLs: `object_store` settings such as `aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_secret_access_key` (secrets as `${ENV}` references).
+    #[serde(default)]
+    storage_options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    Csv,
+    Jsonl,
+    Parquet,
+}
+
+impl Format {
+    /// The format a file name implies.
+    fn of(path: &str) -> Option<Self> {
+        let name = path.rsplit('/').next()?.to_ascii_lowercase();
+        let name = name.trim_end_matches(".gz").trim_end_matches(".zst");
+        if name.ends_with(".csv") || name.ends_with(".tsv") || name.ends_with(".txt") {
+            Some(Format::Csv)
+        } else if name.ends_with(".jsonl") || name.ends_with(".ndjson") || name.ends_with(".json") {
+            Some(Format::Jsonl)
+        } else if name.ends_with(".parquet") || name.ends_with(".pq") {
+            Some(Format::Parquet)
+        } else {
+            None
+        }
+    }
+}
+
+impl FilesOptions {
+    /// A local CSV file with a header line, every dialect setting sniffed.
+    pub(crate) fn local_csv(path: String) -> Self {
+        Self {
+            path,
+            format: Some(Format::Csv),
+            delimiter: None,
+            header: Some(true),
+            quote: None,
+            date_format: None,
+            timestamp_format: None,
+            decimal_separator: None,
+            null_string: None,
+            storage_options: BTreeMap::new(),
+        }
+    }
+
+    fn format(&self) -> Option<Format> {
+        self.format.or_else(|| Format::of(&self.path))
+    }
+
+    fn is_remote(&self) -> bool {
+        self.path.contains("://") && !self.path.starts_with("file://")
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for Files {
+    fn check(&self, options: &Options) -> Vec<FieldProblem> {
+        let parsed: FilesOptions = match parse(options) {
+            Ok(o) => o,
+            Err(p) => return vec![p],
+        };
+        let mut problems = Vec::new();
+        if parsed.path.trim().is_empty() {
+            problems.push(FieldProblem::new("options.path", "must not be empty"));
+        }
+        if parsed.format().is_none() {
+            problems.push(FieldProblem::new(
+                "options.format",
+                format!(
+                    "cannot tell the format of `{}` from its extension; set `format: csv`, `jsonl` or `parquet`",
+                    parsed.path
+                ),
+            ));
+        }
+        if parsed.format() != Some(Format::Csv) {
+            let csv_only = [
+                ("delimiter", parsed.delimiter.is_some()),
+                ("header", parsed.header.is_some()),
+                ("quote", parsed.quote.is_some()),
+                ("date_format", parsed.date_format.is_some()),
+                ("timestamp_format", parsed.timestamp_format.is_some()),
+                ("decimal_separator", parsed.decimal_separator.is_some()),
+                ("null_string", parsed.null_string.is_some()),
+            ];
+            for (key, set) in csv_only {
+                if set {
+                    problems.push(FieldProblem::new(
+                        format!("options.{key}"),
+                        "applies to CSV files only",
+                    ));
+                }
+            }
+        }
+        if let Some(sep) = &parsed.decimal_separator
+            && sep != "."
+            && sep != ","
+        {
+            problems.push(FieldProblem::new(
+                "options.decimal_separator",
+                format!("`{sep}` must be `.` or `,`"),
+            ));
+        }
+        if let Some(serde_json::Value::Object(storage)) = options.get("storage_options") {
+            for key in storage.keys() {
+                let k = key.to_ascii_lowercase();
+                if (k.contains("secret") || k.contains("token") || k.contains("password"))
+                    && let Some(mut p) = secret_reference(storage, key)
+                {
+                    p.field = format!("options.storage_options.{key}");
+                    problems.push(p);
+                }
+            }
+        }
+        problems
+    }
+
+    async fn read(&self, request: ReadRequest<'_>) -> Result<Batches, ConnectorError> {
+        let options: FilesOptions = parse_checked(request.options)?;
+        let format = options
+            .format()
+            .ok_or_else(|| ConnectorError::Config("no format".into()))?;
+        let local = if options.is_remote() {
+            download(&options, request.scratch).await?
+        } else {
+            let path = options
+                .path
+                .strip_prefix("file://")
+                .unwrap_or(&options.path);
+            if !has_match(path)? {
+                return Err(ConnectorError::Source(format!(
+                    "no file matches `{}`",
+                    options.path
+                )));
+            }
+            path.to_string()
+        };
+        match format {
+            Format::Csv => read_csv(options, local).await,
+            Format::Jsonl | Format::Parquet => {
+                let ctx = SessionContext::new();
+                let frame = if format == Format::Jsonl {
+                    let extension = extension_of(&local);
+                    ctx.read_json(
+                        local.as_str(),
+                        JsonReadOptions::default().file_extension(&extension),
+                    )
+                    .await?
+                } else {
+                    let extension = extension_of(&local);
+                    ctx.read_parquet(
+                        local.as_str(),
+                        ParquetReadOptions::default().file_extension(&extension),
+                    )
+                    .await?
+                };
+                let stream = frame.execute_stream().await?;
+                let schema = stream.schema();
+                Ok(Batches {
+                    schema,
+                    stream: stream.map_err(ConnectorError::from).boxed(),
+                })
+            }
+        }
+    }
+}
+
+/// The extension DataFusion should filter listed files by: that of the path or pattern.
+fn extension_of(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    match name.rfind('.') {
+        Some(i) if !name[i..].contains('*') => name[i..].to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Whether a local path or glob names at least one file.
+fn has_match(pattern: &str) -> Result<bool, ConnectorError> {
+    if !pattern.contains(['*', '?', '[']) {
+        return Ok(Path::new(pattern).is_file());
+    }
+    let url = ListingTableUrl::parse(pattern)
+        .map_err(|e| ConnectorError::Config(format!("`{pattern}` is not a valid glob: {e}")))?;
+    let base = url.prefix().as_ref().to_string();
+    let base = PathBuf::from(format!("/{base}"));
+    let mut stack = vec![base];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(p) = object_store::path::Path::from_filesystem_path(&path)
+                && url.contains(&p, false)
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Downloads the remote file(s) into `scratch`; returns a local path or glob over them.
+async fn download(options: &FilesOptions, scratch: &Path) -> Result<String, ConnectorError> {
+    let dir = scratch.join("download");
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ConnectorError::Source(format!("cannot create {}: {e}", dir.display())))?;
+    let name = options
+        .path
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && !n.contains(['*', '?', '[']))
+        .unwrap_or("data");
+    if options.path.starts_with("https://") || options.path.starts_with("http://") {
+        let target = dir.join(sanitize(name));
+        let response = reqwest::get(&options.path)
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| ConnectorError::Source(format!("GET {}: {e}", options.path)))?;
+        let mut file = tokio::fs::File::create(&target)
+            .await
+            .map_err(|e| ConnectorError::Source(format!("{}: {e}", target.display())))?;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| ConnectorError::Source(format!("GET {}: {e}", options.path)))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| ConnectorError::Source(format!("{}: {e}", target.display())))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| ConnectorError::Source(e.to_string()))?;
+        return Ok(target.to_string_lossy().into_owned());
+    }
+    let url = url::Url::parse(&options.path)
+        .map_err(|e| ConnectorError::Config(format!("`{}` is not a URL: {e}", options.path)))?;
+    let (store, _) = object_store::parse_url_opts(&url, options.storage_options.clone())
+        .map_err(|e| ConnectorError::Config(format!("cannot open `{}`: {e}", options.path)))?;
+    let store: Arc<dyn object_store::ObjectStore> = Arc::from(store);
+    let listing = ListingTableUrl::parse(&options.path)
+        .map_err(|e| ConnectorError::Config(format!("`{}`: {e}", options.path)))?;
+    let ctx = SessionContext::new();
+    let files: Vec<_> = listing
+        .list_all_files(&ctx.state(), store.as_ref(), "")
+        .await?
+        .try_collect()
+        .await?;
+    if files.is_empty() {
+        return Err(ConnectorError::Source(format!(
+            "no file matches `{}`",
+            options.path
+        )));
+    }
+    let extension = Format::of(&files[0].location.to_string())
+        .map(|_| extension_of(files[0].location.as_ref()))
+        .unwrap_or_default();
+    for (i, meta) in files.iter().enumerate() {
+        let target = dir.join(format!("part-{i:05}{extension}"));
+        let mut stream = store
+            .get(&meta.location)
+            .await
+            .map_err(|e| ConnectorError::Source(format!("{}: {e}", meta.location)))?
+            .into_stream();
+        let mut file = tokio::fs::File::create(&target)
+            .await
+            .map_err(|e| ConnectorError::Source(format!("{}: {e}", target.display())))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ConnectorError::Source(format!("{}: {e}", meta.location)))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| ConnectorError::Source(e.to_string()))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| ConnectorError::Source(e.to_string()))?;
+    }
+    Ok(dir
+        .join(format!("part-*{extension}"))
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// A file name safe to create: anything but letters, digits, `.`, `-` and `_` becomes `_`.
+fn sanitize(name: &str) -> String {
+    let name: String = name
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("data")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.starts_with('.') {
+        format!("data{name}")
+    } else {
+        name
+    }
+}
+
+/// Reads CSV through DuckDB's `read_csv`, which sniffs what was not given.
+pub(crate) async fn read_csv(
+    options: FilesOptions,
+    path: String,
+) -> Result<Batches, ConnectorError> {
+    blocking_batches(move |out| {
+        let conn = duckdb::Connection::open_in_memory()
+            .map_err(|e| ConnectorError::Source(format!("DuckDB: {e}")))?;
+        let mut args = vec!["?".to_string()];
+        let mut params: Vec<Box<dyn duckdb::ToSql>> = vec![Box::new(path.clone())];
+        let text_options = [
+            ("delim", &options.delimiter),
+            ("quote", &options.quote),
+            ("dateformat", &options.date_format),
+            ("timestampformat", &options.timestamp_format),
+            ("decimal_separator", &options.decimal_separator),
+            ("nullstr", &options.null_string),
+        ];
+        for (name, value) in text_options {
+            if let Some(value) = value {
+                args.push(format!("{name} = ?"));
+                params.push(Box::new(value.clone()));
+            }
+        }
+        if let Some(header) = options.header {
+            args.push("header = ?".into());
+            params.push(Box::new(header));
+        }
+        args.push("union_by_name = true".into());
+        let sql = format!("SELECT * FROM read_csv({})", args.join(", "));
+        let csv_error = |e: duckdb::Error| {
+            ConnectorError::Source(format!("reading CSV `{}`: {e}", options.path))
+        };
+        let mut stmt = conn.prepare(&sql).map_err(csv_error)?;
+        let refs: Vec<&dyn duckdb::ToSql> = params.iter().map(|p| p.as_ref()).collect();
+        // The iterator panics on a failed chunk; step() below reports it as an error.
+        drop(stmt.stream_arrow(refs.as_slice()).map_err(csv_error)?);
+        let schema = stmt.schema();
+        out.schema(schema.clone());
+        let mut coalescer = BatchCoalescer::new(schema, BATCH_ROWS);
+        while let Some(chunk) = stmt.step().map_err(csv_error)? {
+            coalescer.push_batch(RecordBatch::from(&chunk))?;
+            while let Some(batch) = coalescer.next_completed_batch() {
+                if !out.batch(batch) {
+                    return Ok(());
+                }
+            }
+        }
+        coalescer.finish_buffered_batch()?;
+        while let Some(batch) = coalescer.next_completed_batch() {
+            if !out.batch(batch) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Where a blocking reader hands its schema and batches.
+pub(crate) struct Emitter {
+    schema: Option<oneshot::Sender<Result<SchemaRef, ConnectorError>>>,
+    batches: mpsc::Sender<Result<RecordBatch, ConnectorError>>,
+}
+
+impl Emitter {
+    /// Announces the schema; must come before the first batch.
+    pub(crate) fn schema(&mut self, schema: SchemaRef) {
+        if let Some(tx) = self.schema.take() {
+            let _ = tx.send(Ok(schema));
+        }
+    }
+
+    /// Hands on a batch; `false` when nobody reads any more (stop reading).
+    pub(crate) fn batch(&mut self, batch: RecordBatch) -> bool {
+        self.batches.blocking_send(Ok(batch)).is_ok()
+    }
+}
+
+/// Runs a blocking reader on its own thread and streams what it emits, with backpressure.
+pub(crate) async fn blocking_batches(
+    produce: impl FnOnce(&mut Emitter) -> Result<(), ConnectorError> + Send + 'static,
+) -> Result<Batches, ConnectorError> {
+    let (schema_tx, schema_rx) = oneshot::channel();
+    let (tx, mut rx) = mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut emitter = Emitter {
+            schema: Some(schema_tx),
+            batches: tx,
+        };
+        if let Err(e) = produce(&mut emitter) {
+            match emitter.schema.take() {
+                Some(schema) => {
+                    let _ = schema.send(Err(e));
+                }
+                None => {
+                    let _ = emitter.batches.blocking_send(Err(e));
+                }
+            }
+        }
+    });
+    let schema = schema_rx
+        .await
+        .map_err(|_| ConnectorError::Source("the reader stopped unexpectedly".into()))??;
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
+    Ok(Batches { schema, stream })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(value: serde_json::Value) -> Options {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn checks_name_the_field() {
+        let problems = Files.check(&options(serde_json::json!({"path": "/x/data.bin"})));
+        assert_eq!(problems[0].field, "options.format");
+        let problems = Files.check(&options(
+            serde_json::json!({"path": "/x/a.csv", "delimeter": ";"}),
+        ));
+        assert_eq!(problems[0].field, "options");
+        assert!(
+            problems[0].message.contains("unknown field `delimeter`"),
+            "{problems:?}"
+        );
+        let problems = Files.check(&options(
+            serde_json::json!({"path": "/x/a.parquet", "header": true}),
+        ));
+        assert_eq!(problems[0].field, "options.header");
+        let problems = Files.check(&options(serde_json::json!({
+            "path": "s3://b/a.csv",
+            "storage_options": {"aws_secret_access_key": "AKIA-literal"}
+        })));
+        assert_eq!(
+            problems[0].field,
+            "options.storage_options.aws_secret_access_key"
+        );
+        assert!(
+            Files
+                .check(&options(serde_json::json!({
+                    "path": "s3://b/a.csv",
+                    "storage_options": {"aws_secret_access_key": "${AWS_SECRET}"}
+                })))
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn csv_is_sniffed_into_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.csv");
+        std::fs::write(
+            &path,
+            "id;amount;day;note\n1;12,50;03.01.2026;x\n2;7,25;04.01.2026;\n",
+        )
+        .unwrap();
+        let opts = FilesOptions {
+            path: path.to_string_lossy().into(),
+            format: None,
+            delimiter: None,
+            header: None,
+            quote: None,
+            date_format: Some("%d.%m.%Y".into()),
+            timestamp_format: None,
+            decimal_separator: Some(",".into()),
+            null_string: None,
+            storage_options: BTreeMap::new(),
+        };
+        let batches = read_csv(opts, path.to_string_lossy().into()).await.unwrap();
+        let types: Vec<String> = batches
+            .schema
+            .fields()
+            .iter()
+            .map(|f| format!("{}:{}", f.name(), f.data_type()))
+            .collect();
+        assert_eq!(types[0], "id:Int64");
+        assert!(
+            types[1].starts_with("amount:Decimal") || types[1] == "amount:Float64",
+            "{types:?}"
+        );
+        assert_eq!(types[2], "day:Date32");
+        let rows: usize = batches
+            .stream
+            .map(|b| b.unwrap().num_rows())
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .sum();
+        assert_eq!(rows, 2);
+    }
+}

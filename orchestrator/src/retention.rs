@@ -1,0 +1,98 @@
+//! Removing what no reader needs any more: versions replaced longer than the retention ago
+//! (queries that started on them have finished), and run folders that were never committed
+//! (a failed or killed sync). The state store forgets a version before its files go, so a
+//! crash in between leaves only an orphan folder, which the next sweep removes.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use quiver_catalog::{CatalogError, StateStore, Storage, TableName};
+
+use crate::OrchestratorError;
+
+/// Deletes every object under `prefix`.
+pub async fn delete_prefix(storage: &Storage, prefix: &ObjectPath) -> Result<(), CatalogError> {
+    let store = storage.store();
+    let locations = store
+        .list(Some(prefix))
+        .map_ok(|meta| meta.location)
+        .boxed();
+    store
+        .delete_stream(locations)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| CatalogError::Storage(format!("deleting {prefix}: {e}")))?;
+    Ok(())
+}
+
+/// Removes expired versions and orphaned folders; returns how many folders were removed.
+pub async fn collect(
+    state: &StateStore,
+    storage: &Storage,
+    retention: Duration,
+    busy: &[TableName],
+) -> Result<usize, OrchestratorError> {
+    let mut removed = 0;
+    for expired in state.expired_versions(retention)? {
+        state.forget_version(&expired.table, expired.version)?;
+        if let Some(prefix) = storage.prefix_of(&expired.location) {
+            delete_prefix(storage, &prefix).await?;
+            removed += 1;
+            tracing::info!(table = %expired.table, version = expired.version, "removed a replaced version");
+        }
+    }
+    removed += sweep_orphans(state, storage, busy, Some(retention)).await?;
+    Ok(removed)
+}
+
+/// Removes run folders no version points at, except those of tables being synced (`busy`).
+/// With `min_age`, only folders whose newest file is older than that (a deleted table's last
+/// version may still be read for a while); without, every orphan (at startup).
+pub async fn sweep_orphans(
+    state: &StateStore,
+    storage: &Storage,
+    busy: &[TableName],
+    min_age: Option<Duration>,
+) -> Result<usize, OrchestratorError> {
+    let known = state.version_locations()?;
+    let root = storage.tables_root();
+    let mut folders: HashMap<ObjectPath, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let mut listing = storage.store().list(Some(&root));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| CatalogError::Storage(format!("listing {root}: {e}")))?;
+        // tables/<schema>/<table>/<run>/<file>
+        let parts: Vec<_> = meta.location.parts().collect();
+        if parts.len() < 2 {
+            continue;
+        }
+        let folder = ObjectPath::from_iter(parts[..parts.len() - 1].iter().cloned());
+        let newest = folders.entry(folder).or_insert(meta.last_modified);
+        *newest = (*newest).max(meta.last_modified);
+    }
+    let busy: HashSet<ObjectPath> = busy.iter().map(|t| storage.table_prefix(t)).collect();
+    let now = chrono::Utc::now();
+    let mut removed = 0;
+    for (folder, newest) in folders {
+        if known.contains(&storage.folder_url(&folder)) {
+            continue;
+        }
+        if busy.iter().any(|b| folder.prefix_matches(b)) {
+            continue;
+        }
+        if let Some(age) = min_age
+            && now
+                .signed_duration_since(newest)
+                .to_std()
+                .unwrap_or_default()
+                < age
+        {
+            continue;
+        }
+        delete_prefix(storage, &folder).await?;
+        tracing::info!(folder = %folder, "removed an unpublished folder");
+        removed += 1;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,202 @@
+//! `quiver sync TABLE`: run one sync now, with a progress bar on a terminal.
+//!
+//! With the server stopped, the sync runs in this process on the state file. While the
+//! server runs (it holds the state file), the sync is started through its HTTP API with an
+//! admin token from `QUIVER_TOKEN`, and followed until it ends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use quiver_catalog::{CatalogError, EngineOptions, QueryEngine, StateStore, TableName};
+use quiver_config::Config;
+use quiver_orchestrator::{Orchestrator, Trigger};
+
+/// `quiver sync` arguments.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The table to sync, `schema.table`.
+    table: String,
+    /// Configuration file (default: quiver.yaml if present).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the file).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl SyncArgs {
+    /// The configuration file given, if any.
+    pub fn config(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+}
+
+/// The rows/bytes line shown while a sync runs.
+fn spinner(table: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
+            .expect("static template"),
+    );
+    bar.set_prefix(table.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn progress_message(rows: u64, bytes: u64) -> String {
+    format!(
+        "{rows} rows, {} written",
+        quiver_config::ByteSize::b(bytes).display().iec()
+    )
+}
+
+/// Runs `quiver sync`; returns whether the sync succeeded.
+pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
+    if let Some(dir) = &args.data_dir {
+        config.storage.data_dir = dir.clone();
+    }
+    let table: TableName = args.table.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let data_dir = config.storage.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let state = match StateStore::open(&data_dir.join("state.duckdb")) {
+        Ok(state) => Arc::new(state),
+        Err(CatalogError::StateLocked(_)) => {
+            return runtime.block_on(through_server(&config, &table));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    runtime.block_on(async {
+        let storage = crate::server::open_storage(&config)?;
+        let engine = Arc::new(QueryEngine::new(
+            state.clone(),
+            &storage,
+            EngineOptions {
+                memory_limit: config.query.memory_limit.as_u64() as usize,
+                memory_limit_per_user: config.query.memory_limit.as_u64() as usize,
+                spill_dir: data_dir.join("spill"),
+                max_spill_bytes: config.query.memory_limit.as_u64().saturating_mul(8),
+                batch_size: config.query.batch_size,
+            },
+        )?);
+        let orchestrator = Orchestrator::new(
+            state,
+            storage,
+            engine,
+            config.sync.clone(),
+            data_dir.join("scratch"),
+        );
+        orchestrator.recover(&config.tables).await?;
+        let bar = spinner(&table.to_string());
+        let progress = std::sync::Mutex::new(None);
+        let ticker = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(p) = progress.lock().unwrap().as_ref() {
+                    let p: &Arc<quiver_connectors::sink::Progress> = p;
+                    bar.set_message(progress_message(p.rows(), p.bytes()));
+                }
+            }
+        };
+        let sync = orchestrator.run(&table, Trigger::Manual("cli".into()), |running| {
+            *progress.lock().unwrap() = Some(running.progress.clone());
+        });
+        let run = tokio::select! {
+            run = sync => run?,
+            _ = ticker => unreachable!("the ticker never ends"),
+        };
+        bar.finish_and_clear();
+        Ok(report(&run))
+    })
+}
+
+/// Prints the outcome of a run; returns whether it succeeded.
+fn report(run: &quiver_catalog::registry::SyncRun) -> bool {
+    if run.status == "succeeded" {
+        println!(
+            "{}: version {} published, {} rows, {} (run {})",
+            run.table,
+            run.version.unwrap_or_default(),
+            run.rows.unwrap_or_default(),
+            quiver_config::ByteSize::b(run.bytes.unwrap_or_default() as u64)
+                .display()
+                .iec(),
+            run.id
+        );
+        true
+    } else {
+        eprintln!(
+            "{}: sync {} (run {}): {}\nThe previous version keeps serving.",
+            run.table,
+            run.status,
+            run.id,
+            run.error.as_deref().unwrap_or("no error recorded")
+        );
+        false
+    }
+}
+
+/// Starts the sync through the running server's API and follows it.
+async fn through_server(config: &Config, table: &TableName) -> anyhow::Result<bool> {
+    let Ok(token) = std::env::var("QUIVER_TOKEN") else {
+        bail!(
+            "the server is running (it holds the state file). Set QUIVER_TOKEN to an admin's personal access token to sync through it, or call POST /api/admin/tables/{table}/sync"
+        );
+    };
+    let base = config
+        .server
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.server.http_listen));
+    let client = reqwest::Client::new();
+    let started = client
+        .post(format!("{base}/api/admin/tables/{table}/sync"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server at {base}"))?;
+    let status = started.status();
+    let body: serde_json::Value =
+        serde_json::from_slice(&started.bytes().await?).unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the server refused: {}",
+            body["error"]["message"].as_str().unwrap_or(status.as_str())
+        );
+    }
+    let run_id = body["run"].as_i64().unwrap_or_default();
+    let bar = spinner(&table.to_string());
+    let deadline = Instant::now() + Duration::from_secs(24 * 3600);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let runs: Vec<quiver_catalog::registry::SyncRun> = serde_json::from_slice(
+            &client
+                .get(format!("{base}/api/admin/syncs?table={table}&limit=5"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?,
+        )
+        .context("unexpected answer from /api/admin/syncs")?;
+        let Some(run) = runs.into_iter().find(|r| r.id == run_id) else {
+            bail!("run {run_id} disappeared from the history");
+        };
+        if run.status != "running" || Instant::now() > deadline {
+            bar.finish_and_clear();
+            return Ok(report(&run));
+        }
+        bar.set_message(progress_message(
+            run.rows.unwrap_or_default() as u64,
+            run.bytes.unwrap_or_default() as u64,
+        ));
+    }
+}

@@ -1,0 +1,162 @@
+"""The PostgreSQL connector against a real PostgreSQL server (Debian's package, a throwaway
+cluster on a free port): types, full and incremental syncs, query sources, failures, and
+the password never reaching the state file, the API or the log."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import os
+import pathlib
+import tempfile
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
+from pgserver import PASSWORD, postgres_server
+from test_sync import rows, sync
+
+PG_PASSWORD = PASSWORD
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL cluster of our own; yields its connection settings."""
+    with postgres_server() as settings:
+        yield settings
+
+
+def execute(settings, sql: str, params=None):
+    with psycopg.connect(**settings, autocommit=True) as conn:
+        conn.execute(sql, params)
+
+
+def definition(settings, name: str, **extra):
+    options = {"host": settings["host"], "port": settings["port"], "database": settings["dbname"],
+               "user": settings["user"], "password": "${PG_PASSWORD}"}
+    options.update(extra.pop("options", {}))
+    return {"name": name, "connector": "postgres", "options": options, **extra}
+
+
+@pytest.fixture
+def server(postgres, monkeypatch):
+    monkeypatch.setenv("PG_PASSWORD", PG_PASSWORD)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Server(["serve"], os.path.join(tmp, "data"))
+        yield s
+        s.stop()
+        state = pathlib.Path(tmp, "data", "state.duckdb").read_bytes()
+        assert PG_PASSWORD.encode() not in state
+        assert PG_PASSWORD not in s.log()
+
+
+def test_types_map_faithfully(postgres, server):
+    execute(postgres, """
+        DROP TABLE IF EXISTS kinds;
+        CREATE TYPE mood AS ENUM ('sad', 'happy');
+        CREATE TABLE kinds (
+            id bigint PRIMARY KEY, flag boolean, small smallint, n integer, r real, d double precision,
+            price numeric(12,2), anything numeric, label text, code varchar(8), fixed char(3),
+            born date, at_local timestamp, at timestamptz, t time, doc jsonb, raw json, blob bytea,
+            uid uuid, tags text[], scores integer[], feeling mood, net inet)
+    """)
+    execute(postgres, """
+        INSERT INTO kinds VALUES
+        (1, true, 7, 42, 1.5, 2.25, 1234567890.12, 3.14159265358979, 'žluťoučký kůň', 'abc', 'xy',
+         '2026-01-31', '2026-01-31 12:34:56.789', '2026-01-31 12:34:56+02', '23:59:59.5',
+         '{"a": [1, 2]}', '{"b": null}', '\\xdeadbeef', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+         ARRAY['x', NULL, 'z'], ARRAY[1, 2, 3], 'happy', '10.0.0.1'),
+        (2, NULL, NULL, NULL, NULL, NULL, NULL, 'NaN', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, '{}', NULL, NULL)
+    """)
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    status, body = api(server, "POST", "/api/admin/tables", token,
+                       definition(postgres, "pg.kinds", options={"table": "public.kinds"}))
+    assert status == 201, body
+    # The definition keeps the reference, never the password.
+    assert body["definition"]["options"]["password"] == "${PG_PASSWORD}"
+    run = sync(server, token, "pg.kinds")
+    assert run["status"] == "succeeded", run
+
+    table = rows(server, "SELECT * FROM pg.kinds ORDER BY id")
+    types = {f.name: f.type for f in table.schema}
+    assert types["id"] == pa.int64() and types["small"] == pa.int16() and types["n"] == pa.int32()
+    assert types["r"] == pa.float32() and types["d"] == pa.float64() and types["flag"] == pa.bool_()
+    assert types["price"] == pa.decimal128(12, 2)
+    assert types["anything"] == pa.decimal128(38, 10)
+    assert types["born"] == pa.date32()
+    assert types["at_local"] == pa.timestamp("us")
+    assert types["at"] == pa.timestamp("us", tz="UTC")
+    assert types["t"] == pa.time64("us")
+    assert types["blob"] == pa.binary()
+    assert types["tags"] == pa.list_(pa.string()) and types["scores"] == pa.list_(pa.int32())
+    assert types["feeling"] == pa.string() and types["net"] == pa.string()
+    first, second = table.to_pylist()
+    assert first["price"] == decimal.Decimal("1234567890.12")
+    assert first["anything"] == decimal.Decimal("3.1415926536")
+    assert first["label"] == "žluťoučký kůň" and first["fixed"] == "xy "
+    assert first["born"] == datetime.date(2026, 1, 31)
+    assert first["at_local"] == datetime.datetime(2026, 1, 31, 12, 34, 56, 789000)
+    assert first["at"] == datetime.datetime(2026, 1, 31, 10, 34, 56, tzinfo=datetime.timezone.utc)
+    assert first["t"] == datetime.time(23, 59, 59, 500000)
+    assert json.loads(first["doc"]) == {"a": [1, 2]} and json.loads(first["raw"]) == {"b": None}
+    assert first["blob"] == b"\xde\xad\xbe\xef"
+    assert first["uid"] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    assert first["tags"] == ["x", None, "z"] and first["scores"] == [1, 2, 3]
+    assert first["feeling"] == "happy" and first["net"] == "10.0.0.1"
+    assert second["anything"] is None  # NaN has no decimal value
+    assert second["scores"] == [] and second["flag"] is None
+
+
+def test_incremental_from_a_query_with_updates_and_a_failure(postgres, server):
+    execute(postgres, """
+        DROP TABLE IF EXISTS accounts;
+        CREATE TABLE accounts (id int PRIMARY KEY, name text, balance numeric(10,2), updated_at timestamptz);
+        INSERT INTO accounts VALUES (1, 'ada', 10.00, '2026-01-01 10:00:00+00'),
+                                    (2, 'bob', 20.00, '2026-01-01 11:00:00+00');
+    """)
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    status, body = api(server, "POST", "/api/admin/tables", token, definition(
+        postgres, "pg.accounts", options={"query": "SELECT id, name, balance, updated_at FROM accounts"},
+        mode="incremental", watermark="updated_at", primary_key=["id"]))
+    assert status == 201, body
+    assert sync(server, token, "pg.accounts")["status"] == "succeeded"
+
+    execute(postgres, """
+        UPDATE accounts SET balance = 25.50, updated_at = '2026-01-02 09:00:00+00' WHERE id = 2;
+        UPDATE accounts SET name = 'ada-unseen' WHERE id = 1;  -- watermark not advanced
+        INSERT INTO accounts VALUES (3, 'cyd', 5.00, '2026-01-02 10:00:00+00');
+    """)
+    run = sync(server, token, "pg.accounts")
+    assert run["status"] == "succeeded", run
+    # Only rows past the watermark were read: the silent change to row 1 is not picked up.
+    status, info = api(server, "GET", "/api/admin/tables/pg.accounts", token)
+    assert info["rows"] == 3
+    table = rows(server, "SELECT id, name, balance FROM pg.accounts ORDER BY id")
+    assert table.to_pylist() == [
+        {"id": 1, "name": "ada", "balance": decimal.Decimal("10.00")},
+        {"id": 2, "name": "bob", "balance": decimal.Decimal("25.50")},
+        {"id": 3, "name": "cyd", "balance": decimal.Decimal("5.00")},
+    ]
+
+    # The source table disappears: the sync fails with PostgreSQL's message; data stays.
+    execute(postgres, "DROP TABLE accounts")
+    run = sync(server, token, "pg.accounts")
+    assert run["status"] == "failed" and 'relation "accounts" does not exist' in run["error"], run
+    assert rows(server, "SELECT count(*) AS n FROM pg.accounts").to_pylist() == [{"n": 3}]
+
+
+def test_wrong_password_and_literal_secret(postgres, server, monkeypatch):
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    literal = definition(postgres, "pg.bad", options={"table": "x", "password": "hunter2hunter2"})
+    status, body = api(server, "POST", "/api/admin/tables", token, literal)
+    assert status == 422 and "`options.password`: is a secret" in body["error"]["message"], body
+
+    unset = definition(postgres, "pg.unset", options={"table": "x", "password": "${NOT_SET_ANYWHERE}"})
+    status, body = api(server, "POST", "/api/admin/tables", token, unset)
+    assert status == 201, body
+    run = sync(server, token, "pg.unset")
+    assert run["status"] == "failed" and "NOT_SET_ANYWHERE" in run["error"], run

@@ -1,0 +1,326 @@
+"""Connectors and the orchestrator, as an admin meets them: define tables (in quiver.yaml and
+through the API), sync them on schedule and on demand, query them with ADBC, read the sync
+history and profiles; incremental merges, schema changes, failures and `kill -9` mid-sync."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import tempfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, quiver_bin
+
+
+def wait_run(server: Server, token: str, table: str, run: int | None = None, timeout: float = 120):
+    """Waits until the given run (or the table's latest) is no longer running; returns it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, runs = api(server, "GET", f"/api/admin/syncs?table={table}&limit=20", token)
+        assert status == 200, runs
+        match = [r for r in runs if run is None or r["id"] == run]
+        if match and match[0]["status"] != "running":
+            return match[0]
+        time.sleep(0.2)
+    raise AssertionError(f"sync of {table} did not finish:\n{server.log()}")
+
+
+def sync(server: Server, token: str, table: str) -> dict:
+    status, body = api(server, "POST", f"/api/admin/tables/{table}/sync", token)
+    assert status == 202, body
+    return wait_run(server, token, table, body["run"])
+
+
+def rows(server: Server, sql: str):
+    conn = connect(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetch_arrow_table()
+    finally:
+        conn.close()
+
+
+def yaml_tables(tables: list[dict]) -> str:
+    # JSON is YAML: the definitions go into the file exactly as written.
+    return "tables:\n" + "".join(f"  - {json.dumps(t)}\n" for t in tables)
+
+
+@pytest.fixture
+def workdir():
+    with tempfile.TemporaryDirectory() as tmp:
+        yield pathlib.Path(tmp)
+
+
+def test_csv_from_config_is_sniffed_typed_scheduled_and_profiled(workdir):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "orders.csv").write_text(
+        "id;customer;amount;ordered_on;status\n"
+        "1;Ada;12,50;03.01.2026;open\n"
+        "2;Bob;7,25;04.01.2026;shipped\n"
+        "3;Čeněk;100,00;05.01.2026;open\n"
+    )
+    config = yaml_tables([{
+        "name": "sales.orders", "connector": "files",
+        "options": {"path": str(src / "*.csv"), "date_format": "%d.%m.%Y", "decimal_separator": ","},
+        "schedule": "every 1h", "description": "Orders from the shop",
+    }])
+    server = Server(["serve"], str(workdir / "data"), config=config)
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        # Never synced, so due at once: the scheduler runs it without being asked.
+        run = wait_run(server, token, "sales.orders")
+        assert run["status"] == "succeeded", run
+        assert run["trigger"] == "schedule" and run["rows"] == 3 and run["version"] == 1
+
+        table = rows(server, "SELECT * FROM sales.orders ORDER BY id")
+        types = {f.name: f.type for f in table.schema}
+        assert types["id"] == pa.int64()
+        assert pa.types.is_decimal(types["amount"]) or types["amount"] == pa.float64()
+        assert types["ordered_on"] == pa.date32()
+        assert table.column("customer").to_pylist() == ["Ada", "Bob", "Čeněk"]
+        assert table.column("ordered_on").to_pylist()[0] == datetime.date(2026, 1, 3)
+        assert float(table.column("amount").to_pylist()[2]) == 100.0
+
+        status, info = api(server, "GET", "/api/admin/tables/sales.orders", token)
+        assert status == 200, info
+        assert info["origin"] == "config" and info["version"] == 1
+        assert info["description"] == "Orders from the shop"
+        assert info["last_sync"]["status"] == "succeeded"
+        columns = {c["name"]: c for c in info["profile"]["columns"]}
+        assert columns["status"]["distinct"] == 2
+        assert columns["status"]["top"][0] == {"value": "open", "count": 2}
+        assert columns["id"]["min"] == "1" and columns["id"]["max"] == "3"
+        assert columns["customer"]["nulls"] == 0
+
+        # The catalog API shows the profile to readers who see the columns unmasked.
+        status, catalog = api(server, "GET", "/api/catalog", token)
+        entry = next(t for t in catalog if t["name"] == "sales.orders")
+        assert entry["profile"]["rows"] == 3
+
+        # A config-defined table is changed in the file, not through the API.
+        status, body = api(server, "DELETE", "/api/admin/tables/sales.orders", token)
+        assert status == 409 and "configuration file" in body["error"]["message"]
+    finally:
+        server.stop()
+
+
+def test_api_registration_validates_every_field(workdir):
+    server = Server(["serve"], str(workdir / "data"))
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        cases = [
+            ({"name": "Bad Name", "connector": "files", "options": {"path": "/x.csv"}}, "`name`"),
+            ({"name": "s.t", "connector": "ftp", "options": {}}, "`connector`: `ftp` is not a connector"),
+            ({"name": "s.t", "connector": "files", "options": {"path": "/x.csv", "delimeter": ";"}},
+             "unknown field `delimeter`"),
+            ({"name": "s.t", "connector": "files", "options": {"path": "/x.csv"}, "schedule": "sometimes"},
+             "`schedule`"),
+            ({"name": "s.t", "connector": "files", "options": {"path": "/x.csv"}, "mode": "incremental"},
+             "`watermark`"),
+            ({"name": "s.t", "connector": "files",
+              "options": {"path": "s3://b/x.csv", "storage_options": {"aws_secret_access_key": "hunter2"}}},
+             "`options.storage_options.aws_secret_access_key`: is a secret"),
+            ({"name": "s.t", "connector": "sql", "options": {"query": "DROP TABLE x"}}, "`options.query`"),
+        ]
+        for definition, needle in cases:
+            status, body = api(server, "POST", "/api/admin/tables", token, definition)
+            assert status == 422, (definition, body)
+            assert needle in body["error"]["message"], (needle, body)
+        # Nothing half-registered.
+        status, tables = api(server, "GET", "/api/admin/tables", token)
+        assert tables == []
+        status, body = api(server, "POST", "/api/admin/tables/s.nothing/sync", token)
+        assert status == 404, body
+    finally:
+        server.stop()
+
+
+def test_incremental_merge_added_columns_type_change_and_failures(workdir):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "part1.csv").write_text(
+        "id,name,updated_at\n1,alpha,2026-01-01 10:00:00\n2,beta,2026-01-01 11:00:00\n"
+    )
+    server = Server(["serve"], str(workdir / "data"))
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        status, body = api(server, "POST", "/api/admin/tables", token, {
+            "name": "crm.accounts", "connector": "files", "options": {"path": str(src / "*.csv")},
+            "mode": "incremental", "watermark": "updated_at", "primary_key": ["id"],
+        })
+        assert status == 201, body
+        assert body["version"] is None and body["origin"] == "api"
+        run = sync(server, token, "crm.accounts")
+        assert run["status"] == "succeeded", run
+        assert run["trigger"] == "manual" and run["actor"] == ADMIN_EMAIL
+
+        # Row 2 updated, row 3 inserted, and a new column appears.
+        (src / "part2.csv").write_text(
+            "id,name,updated_at,tier\n2,beta-2,2026-01-02 09:00:00,gold\n3,gamma,2026-01-02 10:00:00,silver\n"
+        )
+        run = sync(server, token, "crm.accounts")
+        assert run["status"] == "succeeded", run
+        table = rows(server, "SELECT id, name, tier FROM crm.accounts ORDER BY id")
+        assert table.to_pylist() == [
+            {"id": 1, "name": "alpha", "tier": None},
+            {"id": 2, "name": "beta-2", "tier": "gold"},
+            {"id": 3, "name": "gamma", "tier": "silver"},
+        ]
+        version_before = run["version"]
+
+        # A column changes type: the sync fails, saying which, and version 2 keeps serving.
+        (src / "part3.csv").write_text("id,name,updated_at,tier\nx,delta,2026-01-03 10:00:00,1\n")
+        run = sync(server, token, "crm.accounts")
+        assert run["status"] == "failed", run
+        assert "changed type" in run["error"] and "`id`" in run["error"], run
+        assert rows(server, "SELECT count(*) AS n FROM crm.accounts").to_pylist() == [{"n": 3}]
+
+        # The source vanishes: the sync fails with a clear error; the table still answers.
+        for f in src.iterdir():
+            f.unlink()
+        run = sync(server, token, "crm.accounts")
+        assert run["status"] == "failed" and "no file matches" in run["error"], run
+        status, info = api(server, "GET", "/api/admin/tables/crm.accounts", token)
+        assert info["version"] == version_before
+        assert info["last_sync"]["status"] == "failed"
+        assert rows(server, "SELECT count(*) AS n FROM crm.accounts").to_pylist() == [{"n": 3}]
+
+        # The whole history, newest first, is there for admins only.
+        status, history = api(server, "GET", "/api/admin/syncs?table=crm.accounts", token)
+        assert [r["status"] for r in history] == ["failed", "failed", "succeeded", "succeeded"]
+        assert all(r["started_at"] and r["ended_at"] for r in history)
+    finally:
+        server.stop()
+
+
+def test_jsonl_parquet_and_sql_tables(workdir):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "events.jsonl").write_text(
+        '{"user": "ada", "kind": "login", "n": 1}\n{"user": "bob", "kind": "view", "n": 5}\n'
+        '{"user": "ada", "kind": "view", "n": 2}\n'
+    )
+    pq.write_table(pa.table({"user": ["ada", "bob"], "team": ["red", "blue"]}), src / "users.parquet")
+    server = Server(["serve"], str(workdir / "data"))
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        for definition in [
+            {"name": "app.events", "connector": "files", "options": {"path": str(src / "events.jsonl")}},
+            {"name": "app.users", "connector": "files", "options": {"path": str(src / "users.parquet")}},
+            {"name": "app.views_by_team", "connector": "sql", "options": {"query":
+                "SELECT u.team, sum(e.n) AS views FROM app.events e JOIN app.users u ON u.user = e.user "
+                "WHERE e.kind = 'view' GROUP BY u.team"}},
+        ]:
+            status, body = api(server, "POST", "/api/admin/tables", token, definition)
+            assert status == 201, body
+            run = sync(server, token, definition["name"])
+            assert run["status"] == "succeeded", run
+        table = rows(server, "SELECT team, views FROM app.views_by_team ORDER BY team")
+        assert table.to_pylist() == [{"team": "blue", "views": 5}, {"team": "red", "views": 2}]
+        assert rows(server, "SELECT count(*) AS n FROM app.events").to_pylist() == [{"n": 3}]
+    finally:
+        server.stop()
+
+
+def test_quiver_sync_command_offline_and_check_config(workdir):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "a.csv").write_text("k,v\n1,x\n2,y\n")
+    config_path = workdir / "quiver.yaml"
+    config_path.write_text(yaml_tables([
+        {"name": "ops.kv", "connector": "files", "options": {"path": str(src / "a.csv")}},
+    ]))
+    data = str(workdir / "data")
+    done = subprocess.run([quiver_bin(), "sync", "ops.kv", "--config", str(config_path), "--data-dir", data],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ops.kv: version 1 published, 2 rows" in done.stdout
+
+    missing = subprocess.run([quiver_bin(), "sync", "ops.none", "--config", str(config_path), "--data-dir", data],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "has no definition" in missing.stderr
+
+    bad = workdir / "bad.yaml"
+    bad.write_text(yaml_tables([
+        {"name": "ops.kv", "connector": "files", "options": {"path": "/x.csv", "colour": "red"},
+         "schedule": "every blue moon"},
+    ]))
+    checked = subprocess.run([quiver_bin(), "check-config", "--config", str(bad)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode != 0
+    assert "`tables[0].schedule`" in checked.stderr and "`tables[0].options`" in checked.stderr, checked.stderr
+
+    server = Server(["serve"], data, config=config_path.read_text())
+    try:
+        assert rows(server, "SELECT count(*) AS n FROM ops.kv").to_pylist() == [{"n": 2}]
+        # While the server holds the state file, `quiver sync` goes through its API.
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        cfg = workdir / "via-server.yaml"
+        cfg.write_text(f"server:\n  http_listen: {server.http}\n" + config_path.read_text())
+        through = subprocess.run([quiver_bin(), "sync", "ops.kv", "--config", str(cfg), "--data-dir", data],
+                                 capture_output=True, text=True, timeout=300,
+                                 env=dict(os.environ, QUIVER_TOKEN=token))
+        assert through.returncode == 0, through.stderr
+        assert "ops.kv: version 2 published" in through.stdout
+    finally:
+        server.stop()
+
+
+def test_kill_during_sync_keeps_the_previous_version(workdir):
+    src = workdir / "src"
+    src.mkdir()
+    big = src / "big.csv"
+    with open(big, "w") as f:
+        f.write("id,name,amount\n")
+        for i in range(3_000_000):
+            f.write(f"{i},name-{i % 1000},{i * 0.5}\n")
+    config = yaml_tables([{"name": "big.t", "connector": "files", "options": {"path": str(big)}}])
+    data = str(workdir / "data")
+    objects = pathlib.Path(data) / "objects" / "tables" / "big" / "t"
+
+    done = subprocess.run([quiver_bin(), "sync", "big.t", "--data-dir", data, "--config", str(_write(workdir, config))],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for delay in (0.3, 1.0, 2.5):
+        proc = subprocess.Popen([quiver_bin(), "sync", "big.t", "--data-dir", data, "--config",
+                                 str(workdir / "quiver.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    server = Server(["serve"], data, config=config)
+    try:
+        assert rows(server, "SELECT count(*) AS n, max(id) AS m FROM big.t").to_pylist() == [
+            {"n": 3_000_000, "m": 2_999_999}]
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        status, history = api(server, "GET", "/api/admin/syncs?table=big.t", token)
+        statuses = [r["status"] for r in history]
+        assert statuses[-1] == "succeeded" and statuses.count("succeeded") >= 1
+        assert "running" not in statuses
+        killed = [r for r in history if r["status"] == "interrupted"]
+        assert killed and all("previous version" in r["error"] for r in killed)
+        # The folders the killed runs were writing are gone: only committed versions remain.
+        status, info = api(server, "GET", "/api/admin/tables/big.t", token)
+        folders = sorted(p.name for p in objects.iterdir())
+        current = info["location"].rstrip("/").rsplit("/", 1)[1]
+        assert current in folders
+        assert len(folders) == statuses.count("succeeded"), (folders, statuses)
+    finally:
+        server.stop()
+
+
+def _write(workdir: pathlib.Path, config: str) -> pathlib.Path:
+    path = workdir / "quiver.yaml"
+    path.write_text(config)
+    return path
