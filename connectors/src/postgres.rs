@@ -12,7 +12,7 @@
 //! | `bytea` | `Binary` |
 //! | `date`, `time`, `timestamp`, `timestamptz` | `Date32`, `Time64(µs)`, `Timestamp(µs)`, `Timestamp(µs, UTC)` |
 //! | arrays of the above | `List` (multi-dimensional arrays are flattened) |
-//! | anything else (enums, `inet`, `interval`, …) | `Utf8`, as PostgreSQL prints it |
+//! | anything else (enums, `inet`, `interval`, …) | `Utf8`, cast with `::text` |
 //!
 //! `NaN` and infinite numerics, dates and timestamps have no Arrow value and become null.
 
@@ -606,7 +606,7 @@ fn numeric(v: &[u8], scale: i8) -> Result<Option<i128>, String> {
                 .checked_mul(factor)
                 .and_then(|d| acc.checked_add(d))
                 .ok_or_else(overflow)?;
-        } else if exponent > -4 {
+        } else if exponent >= -4 {
             let divisor = 10i128.pow((-exponent) as u32);
             acc = acc.checked_add(digit / divisor).ok_or_else(overflow)?;
             round_up = (digit % divisor) * 2 >= divisor;

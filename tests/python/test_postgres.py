@@ -106,7 +106,7 @@ def test_types_map_faithfully(postgres, server):
     assert first["blob"] == b"\xde\xad\xbe\xef"
     assert first["uid"] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     assert first["tags"] == ["x", None, "z"] and first["scores"] == [1, 2, 3]
-    assert first["feeling"] == "happy" and first["net"] == "10.0.0.1"
+    assert first["feeling"] == "happy" and first["net"] == "10.0.0.1/32"
     assert second["anything"] is None  # NaN has no decimal value
     assert second["scores"] == [] and second["flag"] is None
 

@@ -259,7 +259,7 @@ def test_quiver_sync_command_offline_and_check_config(workdir):
     checked = subprocess.run([quiver_bin(), "check-config", "--config", str(bad)],
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode != 0
-    assert "`tables[0].schedule`" in checked.stderr and "`tables[0].options`" in checked.stderr, checked.stderr
+    assert "`tables[0].schedule`" in checked.stderr and "`tables[0].options.colour`: unknown field" in checked.stderr, checked.stderr
 
     server = Server(["serve"], data, config=config_path.read_text())
     try:
