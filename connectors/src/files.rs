@@ -307,8 +307,7 @@ async fn download(options: &FilesOptions, scratch: &Path) -> Result<String, Conn
     let (store, _) = object_store::parse_url_opts(&url, options.storage_options.clone())
         .map_err(|e| ConnectorError::Config(format!("cannot open `{}`: {e}", options.path)))?;
     let store: Arc<dyn object_store::ObjectStore> = Arc::from(store);
-    let listing = ListingTableUrl::parse(&options.path)
-        .map_err(|e| ConnectorError::Config(format!("`{}`: {e}", options.path)))?;
+    let listing = remote_listing(&options.path)?;
     let ctx = SessionContext::new();
     let files: Vec<_> = listing
         .list_all_files(&ctx.state(), store.as_ref(), "")
@@ -321,7 +320,7 @@ async fn download(options: &FilesOptions, scratch: &Path) -> Result<String, Conn
             options.path
         )));
     }
-    let extension = Format::of(&files[0].location.to_string())
+    let extension = Format::of(files[0].location.as_ref())
         .map(|_| extension_of(files[0].location.as_ref()))
         .unwrap_or_default();
     for (i, meta) in files.iter().enumerate() {
@@ -349,6 +348,20 @@ async fn download(options: &FilesOptions, scratch: &Path) -> Result<String, Conn
         .join(format!("part-*{extension}"))
         .to_string_lossy()
         .into_owned())
+}
+
+/// A remote URL as a listing: DataFusion reads globs only in local paths, so the pattern
+/// (from the first segment with `*`, `?` or `[`) is split off here.
+fn remote_listing(path: &str) -> Result<ListingTableUrl, ConnectorError> {
+    let invalid = |e: &dyn std::fmt::Display| ConnectorError::Config(format!("`{path}`: {e}"));
+    let Some(first) = path.find(['*', '?', '[']) else {
+        return ListingTableUrl::parse(path).map_err(|e| invalid(&e));
+    };
+    let split = path[..first].rfind('/').map_or(0, |i| i + 1);
+    let (base, pattern) = path.split_at(split);
+    let url = url::Url::parse(base).map_err(|e| invalid(&e))?;
+    let pattern = glob::Pattern::new(pattern).map_err(|e| invalid(&e))?;
+    ListingTableUrl::try_new(url, Some(pattern)).map_err(|e| invalid(&e))
 }
 
 /// A file name safe to create: anything but letters, digits, `.`, `-` and `_` becomes `_`.

@@ -27,6 +27,9 @@ const PART_ROWS: usize = 1_000_000;
 /// Arrow bytes buffered for one part before it is encoded, whatever its row count.
 const PART_BYTES: usize = 256 * 1024 * 1024;
 
+/// A part file being encoded on a blocking thread: its bytes and row count.
+type Encoding = tokio::task::JoinHandle<Result<(Vec<u8>, i64), ConnectorError>>;
+
 /// Rows and bytes written so far by a running sync; read by logs and progress bars.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -122,8 +125,7 @@ impl ParquetSink {
         progress: &Progress,
     ) -> Result<Landed, ConnectorError> {
         let schema = batches.schema.clone();
-        let mut pending: Option<tokio::task::JoinHandle<Result<(Vec<u8>, i64), ConnectorError>>> =
-            None;
+        let mut pending: Option<Encoding> = None;
         let mut part: Vec<RecordBatch> = Vec::new();
         let (mut part_rows, mut part_bytes) = (0usize, 0usize);
         let mut index = 0;
@@ -167,7 +169,7 @@ impl ParquetSink {
     async fn store_encoded(
         &mut self,
         index: &mut usize,
-        handle: tokio::task::JoinHandle<Result<(Vec<u8>, i64), ConnectorError>>,
+        handle: Encoding,
         progress: &Progress,
     ) -> Result<(), ConnectorError> {
         let (file, rows) = handle

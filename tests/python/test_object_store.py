@@ -52,3 +52,54 @@ def test_demo_tables_live_in_s3_and_answer_queries(monkeypatch):
         assert orders and all(k.endswith(".parquet") for k in orders), keys
     finally:
         s3.stop()
+
+
+def test_files_from_s3_sync_into_s3(monkeypatch):
+    """A CSV glob in one bucket lands as a table in another; a failed sync leaves no folder."""
+    from conftest import api, login
+    from test_sync import rows, sync
+
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    s3.start()
+    try:
+        host, port = s3.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for key, value in {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                           "SOURCE_SECRET": "testing"}.items():
+            monkeypatch.setenv(key, value)
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket="warehouse")
+        client.create_bucket(Bucket="landing")
+        client.put_object(Bucket="landing", Key="drop/2026-01.csv", Body=b"day,sales\n2026-01-01,10.5\n")
+        client.put_object(Bucket="landing", Key="drop/2026-02.csv", Body=b"day,sales\n2026-02-01,7.25\n")
+        client.put_object(Bucket="landing", Key="drop/readme.txt", Body=b"not data")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            server = Server(["serve"], os.path.join(tmp, "data"),
+                            config="storage:\n  object_store: s3://warehouse/q\n")
+            try:
+                token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+                source = {"aws_endpoint": endpoint, "aws_allow_http": "true", "aws_region": "us-east-1",
+                          "aws_access_key_id": "testing", "aws_secret_access_key": "${SOURCE_SECRET}"}
+                status, body = api(server, "POST", "/api/admin/tables", token, {
+                    "name": "shop.sales", "connector": "files",
+                    "options": {"path": "s3://landing/drop/*.csv", "storage_options": source}})
+                assert status == 201, body
+                run = sync(server, token, "shop.sales")
+                assert run["status"] == "succeeded", run
+                table = rows(server, "SELECT day, sales FROM shop.sales ORDER BY day")
+                assert [str(d) for d in table.column("day").to_pylist()] == ["2026-01-01", "2026-02-01"]
+
+                status, body = api(server, "POST", "/api/admin/tables", token, {
+                    "name": "shop.nothing", "connector": "files",
+                    "options": {"path": "s3://landing/none/*.csv", "storage_options": source}})
+                run = sync(server, token, "shop.nothing")
+                assert run["status"] == "failed" and "no file matches" in run["error"], run
+            finally:
+                server.stop()
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="warehouse")["Contents"]]
+        assert all(k.startswith("q/tables/shop/sales/") for k in keys), keys
+    finally:
+        s3.stop()

@@ -280,11 +280,7 @@ def test_quiver_sync_command_offline_and_check_config(workdir):
 def test_kill_during_sync_keeps_the_previous_version(workdir):
     src = workdir / "src"
     src.mkdir()
-    big = src / "big.csv"
-    with open(big, "w") as f:
-        f.write("id,name,amount\n")
-        for i in range(3_000_000):
-            f.write(f"{i},name-{i % 1000},{i * 0.5}\n")
+    big = big_csv(src / "big.csv")
     config = yaml_tables([{"name": "big.t", "connector": "files", "options": {"path": str(big)}}])
     data = str(workdir / "data")
     objects = pathlib.Path(data) / "objects" / "tables" / "big" / "t"
@@ -324,3 +320,72 @@ def _write(workdir: pathlib.Path, config: str) -> pathlib.Path:
     path = workdir / "quiver.yaml"
     path.write_text(config)
     return path
+
+
+def big_csv(path: pathlib.Path, rows: int = 3_000_000) -> pathlib.Path:
+    with open(path, "w") as f:
+        f.write("id,name,amount\n")
+        f.writelines(f"{i},name-{i % 1000},{i * 0.5}\n" for i in range(rows))
+    return path
+
+
+def test_one_sync_per_table_retention_metrics_and_progress_bar(workdir):
+    import pty
+
+    src = workdir / "src"
+    src.mkdir()
+    big = big_csv(src / "big.csv")
+    config = yaml_tables([{"name": "big.t", "connector": "files", "options": {"path": str(big)}}])
+    config += "sync:\n  retention: 1s\n"
+    data = str(workdir / "data")
+    folders = pathlib.Path(data) / "objects" / "tables" / "big" / "t"
+
+    # `quiver sync` on a terminal draws a progress line with rows and bytes.
+    config_file = _write(workdir, config)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([quiver_bin(), "sync", "big.t", "--config", str(config_file), "--data-dir", data],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower,
+                            env=dict(os.environ, RUST_LOG="warn"))
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert proc.wait(timeout=300) == 0
+    os.close(leader)
+    assert b"big.t" in screen and b"rows" in screen and b"written" in screen, screen[-500:]
+    assert b"version 1 published, 3000000 rows" in proc.stdout.read()
+
+    server = Server(["serve"], data, config=config)
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        status, first = api(server, "POST", "/api/admin/tables/big.t/sync", token)
+        assert status == 202, first
+        status, second = api(server, "POST", "/api/admin/tables/big.t/sync", token)
+        assert status == 409 and "already running" in second["error"]["message"], second
+        status, table = api(server, "GET", "/api/admin/tables/big.t", token)
+        assert table["last_sync"]["status"] == "running"
+        assert wait_run(server, token, "big.t", first["run"])["status"] == "succeeded"
+        time.sleep(1.5)
+        assert sync(server, token, "big.t")["status"] == "succeeded"
+        # Version 1 was replaced more than a second ago: its files are gone. Version 2 was
+        # replaced just now and stays readable for running queries; version 3 is current.
+        status, history = api(server, "GET", "/api/admin/syncs?table=big.t", token)
+        assert len(history) == 3
+        assert len(list(folders.iterdir())) == 2
+        assert rows(server, "SELECT count(*) AS n FROM big.t").to_pylist() == [{"n": 3_000_000}]
+
+        import urllib.request
+
+        request = urllib.request.Request(f"http://{server.http}/metrics",
+                                         headers={"authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request) as response:
+            text = response.read().decode()
+        assert 'quiver_syncs_total{outcome="succeeded"} 2' in text, text
+    finally:
+        server.stop()
