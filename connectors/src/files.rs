@@ -393,6 +393,15 @@ pub(crate) async fn read_csv(
 ) -> Result<Batches, ConnectorError> {
     blocking_batches(move |out| {
         let conn = duckdb::Connection::open_in_memory()
+            .and_then(|c| {
+                // Let DuckDB's threads parse ahead of the parquet encoder (its default
+                // streaming buffer is 1 MB, which serialises the read) and hand over chunks
+                // as they finish rather than in file order.
+                c.execute_batch(
+                    "SET streaming_buffer_size = '256MB'; SET preserve_insertion_order = false;",
+                )?;
+                Ok(c)
+            })
             .map_err(|e| ConnectorError::Source(format!("DuckDB: {e}")))?;
         let mut args = vec!["?".to_string()];
         let mut params: Vec<Box<dyn duckdb::ToSql>> = vec![Box::new(path.clone())];

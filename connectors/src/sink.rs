@@ -2,16 +2,18 @@
 //! store. Nothing written here is visible to queries until the orchestrator commits the
 //! folder as a new table version.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use quiver_catalog::{Storage, TableName};
 
 use futures::StreamExt;
@@ -23,7 +25,9 @@ use crate::{Batches, ConnectorError};
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Rows per part file written from a stream.
-const PART_ROWS: usize = 1_000_000;
+const PART_ROWS: usize = 512 * 1024;
+/// Parts encoded at once (one per core on the machines Quiver is sized for).
+const ENCODERS: usize = 2;
 /// Arrow bytes buffered for one part before it is encoded, whatever its row count.
 const PART_BYTES: usize = 256 * 1024 * 1024;
 
@@ -116,19 +120,20 @@ impl ParquetSink {
         })
     }
 
-    /// Writes a stream of batches as part files of up to a million rows. Each part is
-    /// encoded on a blocking thread while the next one is read, so the source and the
-    /// encoder keep both cores busy.
+    /// Writes a stream of batches as part files of up to half a million rows. Parts are
+    /// encoded on blocking threads, up to [`ENCODERS`] at once, while the next ones are
+    /// read, so the source and the encoders keep both cores busy; memory stays bounded by
+    /// the parts in flight.
     pub async fn write_stream(
         mut self,
         mut batches: Batches,
         progress: &Progress,
     ) -> Result<Landed, ConnectorError> {
         let schema = batches.schema.clone();
-        let mut pending: Option<Encoding> = None;
+        let mut pending: VecDeque<Encoding> = VecDeque::new();
         let mut part: Vec<RecordBatch> = Vec::new();
         let (mut part_rows, mut part_bytes) = (0usize, 0usize);
-        let mut index = 0;
+        let (mut spawned, mut index) = (0usize, 0usize);
         loop {
             let next = batches.stream.next().await.transpose()?;
             let end = next.is_none();
@@ -144,23 +149,26 @@ impl ParquetSink {
             }
             let full = part_rows >= PART_ROWS || part_bytes >= PART_BYTES;
             // An empty source still lands one (empty) part, so the version has a schema.
-            let last_or_empty = end && (!part.is_empty() || index == 0);
+            let last_or_empty = end && (!part.is_empty() || spawned == 0);
             if full || last_or_empty {
-                if let Some(handle) = pending.take() {
+                if pending.len() >= ENCODERS
+                    && let Some(handle) = pending.pop_front()
+                {
                     self.store_encoded(&mut index, handle, progress).await?;
                 }
                 let batches = std::mem::take(&mut part);
                 let schema = schema.clone();
-                pending = Some(tokio::task::spawn_blocking(move || {
+                pending.push_back(tokio::task::spawn_blocking(move || {
                     encode_parquet(schema, batches.into_iter().map(Ok))
                 }));
+                spawned += 1;
                 (part_rows, part_bytes) = (0, 0);
             }
             if end {
                 break;
             }
         }
-        if let Some(handle) = pending.take() {
+        while let Some(handle) = pending.pop_front() {
             self.store_encoded(&mut index, handle, progress).await?;
         }
         self.finish().await
@@ -185,14 +193,33 @@ impl ParquetSink {
 }
 
 /// Encodes batches as one parquet file (snappy, 128 Ki-row groups, page statistics).
+///
+/// Dictionary encoding is used for text and binary columns only: that is where repeated
+/// values are common and save space, while for numbers and timestamps building a dictionary
+/// that is usually abandoned costs about as much as all the rest of the encoding.
 pub fn encode_parquet(
     schema: SchemaRef,
     batches: impl IntoIterator<Item = Result<RecordBatch, ConnectorError>>,
 ) -> Result<(Vec<u8>, i64), ConnectorError> {
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build();
+        .set_dictionary_enabled(false);
+    for field in schema.fields() {
+        if matches!(
+            field.data_type(),
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::Dictionary(_, _)
+        ) {
+            props =
+                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
+        }
+    }
+    let props = props.build();
     let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props))?;
     let mut rows = 0;
     for batch in batches {
