@@ -389,3 +389,66 @@ def test_one_sync_per_table_retention_metrics_and_progress_bar(workdir):
         assert 'quiver_syncs_total{outcome="succeeded"} 2' in text, text
     finally:
         server.stop()
+
+
+def test_profiles_in_the_catalog_hide_what_the_grant_hides(workdir):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "people.csv").write_text("id,email,team\n1,ada@x.io,red\n2,bob@x.io,blue\n3,cy@x.io,red\n")
+    config = yaml_tables([{"name": "hr.people", "connector": "files",
+                           "options": {"path": str(src / "people.csv")}, "schedule": "every 1h"}])
+    server = Server(["serve"], str(workdir / "data"), config=config)
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert wait_run(server, token, "hr.people")["status"] == "succeeded"
+        users = {"masked@x.io": {"column_masks": {"email": "'***'"}},
+                 "filtered@x.io": {"row_filter": "team = 'red'"}}
+        for email, grant in users.items():
+            group = email.split("@")[0]
+            assert api(server, "POST", "/api/admin/users", token, {"email": email, "password": "pw-123456789"})[0] == 201
+            assert api(server, "POST", "/api/admin/groups", token, {"name": group})[0] == 201
+            assert api(server, "POST", f"/api/admin/groups/{group}/members", token, {"email": email})[0] in (201, 204)
+            status, body = api(server, "POST", "/api/admin/grants", token, {"group": group, "table": "hr.people", **grant})
+            assert status == 201, body
+
+        def profile_of(email):
+            status, catalog = api(server, "GET", "/api/catalog", login(server, email, "pw-123456789"))
+            assert status == 200, catalog
+            return next(t for t in catalog if t["name"] == "hr.people")["profile"]
+
+        masked = profile_of("masked@x.io")
+        assert [c["name"] for c in masked["columns"]] == ["id", "team"]  # no statistics of real e-mails
+        assert "ada@x.io" not in json.dumps(masked)
+        assert profile_of("filtered@x.io") is None  # would describe rows the filter hides
+    finally:
+        server.stop()
+
+
+def test_a_running_query_finishes_on_the_version_it_started_with(workdir):
+    src = workdir / "src"
+    src.mkdir()
+    big = big_csv(src / "t.csv")
+    config = yaml_tables([{"name": "live.t", "connector": "files", "options": {"path": str(big)}}])
+    server = Server(["serve"], str(workdir / "data"), config=config)
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert sync(server, token, "live.t")["status"] == "succeeded"
+        conn = connect(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT id FROM live.t")
+                reader = cur.fetch_record_batch()
+                seen = reader.read_next_batch().num_rows
+                # Version 2 replaces the table with ten rows while the scan is under way.
+                big.write_text("id,name,amount\n" + "".join(f"{i},n,1\n" for i in range(10)))
+                assert sync(server, token, "live.t")["status"] == "succeeded"
+                for batch in reader:
+                    seen += batch.num_rows
+            assert seen == 3_000_000
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM live.t")
+                assert cur.fetchone()[0] == 10
+        finally:
+            conn.close()
+    finally:
+        server.stop()

@@ -140,3 +140,31 @@ def test_forms_without_the_csrf_token_are_refused(server, user):
                allow_redirects=False, timeout=10)
     assert r.status_code == 403
     assert all(t["name"] != "forged" for t in api(server, "GET", "/api/me/tokens", token)[1])
+
+
+def test_an_admin_syncs_a_table_from_the_tables_page(browser, server):
+    from playwright.sync_api import expect
+
+    name = f"web.regions_{uuid.uuid4().hex[:6]}"
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    status, body = api(server, "POST", "/api/admin/tables", token, {
+        "name": name, "connector": "sql", "options": {"query": "SELECT r_name FROM tpch.region"}})
+    assert status == 201, body
+
+    admin = sign_in(browser, server, ADMIN_EMAIL, ADMIN_PASSWORD, start="/admin/tables")
+    row = admin.locator("#tables tr", has_text=name)
+    expect(row).to_contain_text("sql (full)")
+    expect(row).to_contain_text("never")
+    row.get_by_role("button", name="Sync now").click()
+    expect(admin).to_have_url(re.compile(r"/admin/tables$"))
+    for _ in range(50):
+        if "succeeded" in admin.locator("#tables tr", has_text=name).inner_text():
+            break
+        admin.wait_for_timeout(200)
+        admin.reload()
+    row = admin.locator("#tables tr", has_text=name)
+    expect(row).to_contain_text("succeeded")
+    expect(row).to_contain_text("5")  # rows
+    with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as c, c.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {name}")
+        assert cur.fetchone()[0] == 5
