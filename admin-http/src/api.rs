@@ -544,6 +544,9 @@ pub(crate) fn table_infos(
     only: Option<&TableName>,
     with_profile: bool,
 ) -> Result<Vec<TableInfo>, CatalogError> {
+    // Runs first: a run read as succeeded has its version committed (same transaction), so
+    // the tables read next include it.
+    let runs = state.sync_runs(only, None, 1000)?;
     let published = state.tables()?;
     let definitions = state.definitions()?;
     let mut names: Vec<TableName> = published
@@ -573,10 +576,13 @@ pub(crate) fn table_infos(
             bytes: entry.map(|e| e.bytes),
             published_at: entry.map(|e| e.committed_at.clone()),
             location: entry.map(|e| e.location.clone()),
-            last_sync: state
-                .sync_runs(Some(&name), None, 1)?
-                .pop()
-                .map(|run| with_progress(app, run)),
+            last_sync: match runs.iter().find(|r| r.table == name.to_string()) {
+                Some(run) => Some(run.clone()),
+                // More tables than recent runs: ask for this one's.
+                None if runs.len() == 1000 => state.sync_runs(Some(&name), None, 1)?.pop(),
+                None => None,
+            }
+            .map(|run| with_progress(app, run)),
             profile,
             name: name.to_string(),
         });

@@ -452,3 +452,96 @@ def test_a_running_query_finishes_on_the_version_it_started_with(workdir):
             conn.close()
     finally:
         server.stop()
+
+
+def test_failed_schedules_retry_with_backoff_and_syncs_share_a_global_limit(workdir):
+    src = workdir / "src"
+    src.mkdir()
+    late = src / "late.csv"
+    a, b = big_csv(src / "a.csv", 1_000_000), big_csv(src / "b.csv", 1_000_000)
+    config = yaml_tables([
+        {"name": "flaky.t", "connector": "files", "options": {"path": str(late)}, "schedule": "every 1h"},
+        {"name": "lim.a", "connector": "files", "options": {"path": str(a)}},
+        {"name": "lim.b", "connector": "files", "options": {"path": str(b)}},
+    ]) + "sync:\n  concurrency: 1\n  backoff: 1s\n  max_backoff: 2s\n"
+    server = Server(["serve"], str(workdir / "data"), config=config)
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        # The file is not there yet: the first scheduled run fails, then retries follow.
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            status, history = api(server, "GET", "/api/admin/syncs?table=flaky.t", token)
+            if len([r for r in history if r["status"] == "failed"]) >= 3:
+                break
+            time.sleep(0.5)
+        failed = [r for r in reversed(history) if r["status"] == "failed"]
+        assert len(failed) >= 3, history
+        assert failed[0]["trigger"] == "schedule" and {r["trigger"] for r in failed[1:]} == {"retry"}
+        late.write_text("k\n1\n")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            status, history = api(server, "GET", "/api/admin/syncs?table=flaky.t&limit=1", token)
+            if history[0]["status"] == "succeeded":
+                break
+            time.sleep(0.5)
+        assert history[0]["status"] == "succeeded" and history[0]["trigger"] == "retry", history
+
+        # With `concurrency: 1` the second sync starts only when the first has ended.
+        runs = [api(server, "POST", f"/api/admin/tables/{t}/sync", token)[1]["run"] for t in ("lim.a", "lim.b")]
+        for table, run in zip(("lim.a", "lim.b"), runs):
+            assert wait_run(server, token, table, run)["status"] == "succeeded"
+        lines = server.log_lines
+
+        def line_of(message, table):
+            return next(i for i, line in enumerate(lines) if message in line and f"table={table}" in line)
+
+        assert line_of("sync started", "lim.b") > line_of("sync succeeded", "lim.a"), "\n".join(lines[-40:])
+    finally:
+        server.stop()
+
+
+def test_files_from_an_https_url(workdir, monkeypatch):
+    import http.server
+    import ssl
+    import threading
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file = workdir / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    served = workdir / "www"
+    served.mkdir()
+    (served / "rates.csv").write_text("currency,rate\nEUR,1.0\nCZK,24.3\n")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(context)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    # The server trusts the test CA the way it would a company CA: through SSL_CERT_FILE.
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    server = Server(["serve"], str(workdir / "data"))
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        for name, path in [("fx.rates", "rates.csv"), ("fx.missing", "nope.csv")]:
+            status, body = api(server, "POST", "/api/admin/tables", token, {
+                "name": name, "connector": "files", "options": {"path": f"{url}/{path}"}})
+            assert status == 201, body
+        assert sync(server, token, "fx.rates")["status"] == "succeeded"
+        table = rows(server, "SELECT currency, rate FROM fx.rates ORDER BY currency")
+        assert table.column("currency").to_pylist() == ["CZK", "EUR"]
+        run = sync(server, token, "fx.missing")
+        assert run["status"] == "failed" and "404" in run["error"], run
+    finally:
+        server.stop()
+        httpd.shutdown()
