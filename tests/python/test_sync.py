@@ -545,3 +545,33 @@ def test_files_from_an_https_url(workdir, monkeypatch):
     finally:
         server.stop()
         httpd.shutdown()
+
+
+def test_sql_tables_incremental_and_failing(workdir):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "1.csv").write_text("id,name,updated_at\n1,a,2026-01-01 00:00:00\n2,b,2026-01-01 00:00:00\n")
+    server = Server(["serve"], str(workdir / "data"))
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        for definition in [
+            {"name": "raw.items", "connector": "files", "options": {"path": str(src / "*.csv")}},
+            {"name": "mart.items", "connector": "sql", "mode": "incremental", "watermark": "updated_at",
+             "primary_key": ["id"], "options": {"query": "SELECT id, upper(name) AS name, updated_at FROM raw.items"}},
+        ]:
+            assert api(server, "POST", "/api/admin/tables", token, definition)[0] == 201
+        for table in ("raw.items", "mart.items"):
+            assert sync(server, token, table)["status"] == "succeeded"
+        (src / "2.csv").write_text("id,name,updated_at\n2,bee,2026-01-02 00:00:00\n3,c,2026-01-02 00:00:00\n")
+        for table in ("raw.items", "mart.items"):
+            assert sync(server, token, table)["status"] == "succeeded"
+        assert rows(server, "SELECT id, name FROM mart.items ORDER BY id").to_pylist() == [
+            {"id": 1, "name": "A"}, {"id": 2, "name": "BEE"}, {"id": 3, "name": "C"}]
+
+        # Its source table is deleted: the sync fails saying so; the last version stays.
+        assert api(server, "DELETE", "/api/admin/tables/raw.items", token)[0] == 204
+        run = sync(server, token, "mart.items")
+        assert run["status"] == "failed" and "raw.items" in run["error"], run
+        assert rows(server, "SELECT count(*) AS n FROM mart.items").to_pylist() == [{"n": 3}]
+    finally:
+        server.stop()
