@@ -151,6 +151,34 @@ fn html_response(status: StatusCode, markup: Markup) -> Response {
     (status, markup).into_response()
 }
 
+/// A signed-in page that may carry the error of the form just sent: then it answers 422 and
+/// shows the error above the page.
+fn form_page(
+    app: &AppState,
+    title: &str,
+    user: &PageUser,
+    error: Option<&str>,
+    body: Markup,
+) -> Response {
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    html_response(
+        status,
+        layout(
+            app,
+            title,
+            Some(user),
+            html! {
+                @if let Some(error) = error { p.error role="alert" { (error) } }
+                (body)
+            },
+        ),
+    )
+}
+
 /// The refusal of a form whose CSRF token is not the session's; `None` when it is.
 fn csrf_rejection(app: &AppState, user: &PageUser, presented: &str) -> Option<Response> {
     if app.sessions.csrf_ok(&user.session, presented) {
@@ -391,69 +419,61 @@ async fn connect_page(
     let jdbc = format!(
         "jdbc:arrow-flight-sql://{host}/?useEncryption={tls}&user={email}&password=<your token>"
     );
-    let status = if error.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    html_response(
-        status,
-        layout(
-            app,
-            "Connect",
-            Some(user),
-            html! {
-                @if let Some(error) = &error { p.error role="alert" { (error) } }
-                @if let Some((name, secret)) = &created {
-                    div.notice role="status" {
-                        p { "Your new token " strong { (name) } " — copy it now; it is not shown again:" }
-                        pre { code #new-token { (secret) } }
-                    }
+    form_page(
+        app,
+        "Connect",
+        user,
+        error.as_deref(),
+        html! {
+            @if let Some((name, secret)) = &created {
+                div.notice role="status" {
+                    p { "Your new token " strong { (name) } " — copy it now; it is not shown again:" }
+                    pre { code #new-token { (secret) } }
                 }
-                p { "Flight SQL endpoint: " code #flight-uri { (uri) } ". Sign in with your e-mail and password, or with a personal access token." }
-                h2 { "Python (ADBC)" }
-                pre { code { (adbc) } }
-                h2 { "polars" }
-                pre { code { (polars) } }
-                h2 { "pandas" }
-                pre { code { (pandas) } }
-                h2 { "DBeaver / JDBC" }
-                p { "Driver: Arrow Flight SQL JDBC. URL:" }
-                pre { code { (jdbc) } }
-                h2 { "Personal access tokens" }
-                table #tokens {
-                    thead { tr { th { "Name" } th { "Token" } th { "Created" } th { "Last used" } th { "Expires" } th { "" } } }
-                    tbody {
-                        @for t in &tokens {
-                            tr {
-                                td { (t.name) }
-                                td { code { (t.prefix) "…" } }
-                                td { (date(Some(t.created_at))) }
-                                td { (date(t.last_used_at)) }
-                                td { @if t.revoked { "revoked" } @else { (date(t.expires_at)) } }
-                                td {
-                                    @if !t.revoked {
-                                        form.inline method="post" action=(format!("/connect/tokens/{}/revoke", t.id)) {
-                                            input type="hidden" name="csrf" value=(csrf);
-                                            button type="submit" aria-label=(format!("Revoke {}", t.name)) { "Revoke" }
-                                        }
+            }
+            p { "Flight SQL endpoint: " code #flight-uri { (uri) } ". Sign in with your e-mail and password, or with a personal access token." }
+            h2 { "Python (ADBC)" }
+            pre { code { (adbc) } }
+            h2 { "polars" }
+            pre { code { (polars) } }
+            h2 { "pandas" }
+            pre { code { (pandas) } }
+            h2 { "DBeaver / JDBC" }
+            p { "Driver: Arrow Flight SQL JDBC. URL:" }
+            pre { code { (jdbc) } }
+            h2 { "Personal access tokens" }
+            table #tokens {
+                thead { tr { th { "Name" } th { "Token" } th { "Created" } th { "Last used" } th { "Expires" } th { "" } } }
+                tbody {
+                    @for t in &tokens {
+                        tr {
+                            td { (t.name) }
+                            td { code { (t.prefix) "…" } }
+                            td { (date(Some(t.created_at))) }
+                            td { (date(t.last_used_at)) }
+                            td { @if t.revoked { "revoked" } @else { (date(t.expires_at)) } }
+                            td {
+                                @if !t.revoked {
+                                    form.inline method="post" action=(format!("/connect/tokens/{}/revoke", t.id)) {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        button type="submit" aria-label=(format!("Revoke {}", t.name)) { "Revoke" }
                                     }
                                 }
                             }
                         }
                     }
                 }
-                form method="post" action="/connect/tokens" {
-                    fieldset {
-                        legend { "New token" }
-                        input type="hidden" name="csrf" value=(csrf);
-                        label { "Name" input type="text" name="name" required placeholder="laptop notebook"; }
-                        label { "Expires in days (empty: never)" input type="number" name="expires_in_days" min="1" max="3650" value="90"; }
-                        button type="submit" { "Create token" }
-                    }
+            }
+            form method="post" action="/connect/tokens" {
+                fieldset {
+                    legend { "New token" }
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "Name" input type="text" name="name" required placeholder="laptop notebook"; }
+                    label { "Expires in days (empty: never)" input type="number" name="expires_in_days" min="1" max="3650" value="90"; }
+                    button type="submit" { "Create token" }
                 }
-            },
-        ),
+            }
+        },
     )
 }
 
@@ -597,51 +617,43 @@ async fn users_page(app: &AppState, user: &PageUser, error: Option<String>) -> R
         Err(e) => return e.into_response(),
     };
     let csrf = user.csrf(app);
-    let status = if error.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    html_response(
-        status,
-        layout(
-            app,
-            "Users",
-            Some(user),
-            html! {
-                @if let Some(error) = &error { p.error role="alert" { (error) } }
-                table #users {
-                    thead { tr { th { "E-mail" } th { "Name" } th { "Groups" } th { "Status" } th { "" } } }
-                    tbody {
-                        @for u in &users {
-                            tr {
-                                td { (u.email) }
-                                td { (u.name.clone().unwrap_or_default()) }
-                                td { (u.groups.join(", ")) }
-                                td { @if u.active { "active" } @else { "deactivated" } }
-                                td {
-                                    form.inline method="post" action=(format!("/admin/users/{}/active", u.email)) {
-                                        input type="hidden" name="csrf" value=(csrf);
-                                        input type="hidden" name="active" value=(if u.active { "false" } else { "true" });
-                                        button type="submit" { @if u.active { "Deactivate" } @else { "Activate" } }
-                                    }
+    form_page(
+        app,
+        "Users",
+        user,
+        error.as_deref(),
+        html! {
+            table #users {
+                thead { tr { th { "E-mail" } th { "Name" } th { "Groups" } th { "Status" } th { "" } } }
+                tbody {
+                    @for u in &users {
+                        tr {
+                            td { (u.email) }
+                            td { (u.name.clone().unwrap_or_default()) }
+                            td { (u.groups.join(", ")) }
+                            td { @if u.active { "active" } @else { "deactivated" } }
+                            td {
+                                form.inline method="post" action=(format!("/admin/users/{}/active", u.email)) {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    input type="hidden" name="active" value=(if u.active { "false" } else { "true" });
+                                    button type="submit" { @if u.active { "Deactivate" } @else { "Activate" } }
                                 }
                             }
                         }
                     }
                 }
-                form method="post" action="/admin/users" {
-                    fieldset {
-                        legend { "New user" }
-                        input type="hidden" name="csrf" value=(csrf);
-                        label { "E-mail" input type="email" name="email" required; }
-                        label { "Name" input type="text" name="name"; }
-                        label { "Password (empty: signs in through an identity provider or tokens)" input type="password" name="password" autocomplete="new-password"; }
-                        button type="submit" { "Add user" }
-                    }
+            }
+            form method="post" action="/admin/users" {
+                fieldset {
+                    legend { "New user" }
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "E-mail" input type="email" name="email" required; }
+                    label { "Name" input type="text" name="name"; }
+                    label { "Password (empty: signs in through an identity provider or tokens)" input type="password" name="password" autocomplete="new-password"; }
+                    button type="submit" { "Add user" }
                 }
-            },
-        ),
+            }
+        },
     )
 }
 
@@ -738,62 +750,54 @@ async fn groups_page(app: &AppState, user: &PageUser, error: Option<String>) -> 
         Err(e) => return e.into_response(),
     };
     let csrf = user.csrf(app);
-    let status = if error.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    html_response(
-        status,
-        layout(
-            app,
-            "Groups",
-            Some(user),
-            html! {
-                @if let Some(error) = &error { p.error role="alert" { (error) } }
-                @for (g, members) in &groups {
-                    section.group id=(format!("group-{g}")) {
-                        h2 { (g) }
-                        ul {
-                            @for m in members {
-                                li {
-                                    (m.email) " (" (m.source) ")"
-                                    @if g != "Everyone" {
-                                        " "
-                                        form.inline method="post" action=(format!("/admin/groups/{g}/members/{}/remove", m.email)) {
-                                            input type="hidden" name="csrf" value=(csrf);
-                                            button type="submit" { "Remove" }
-                                        }
+    form_page(
+        app,
+        "Groups",
+        user,
+        error.as_deref(),
+        html! {
+            @for (g, members) in &groups {
+                section.group id=(format!("group-{g}")) {
+                    h2 { (g) }
+                    ul {
+                        @for m in members {
+                            li {
+                                (m.email) " (" (m.source) ")"
+                                @if g != "Everyone" {
+                                    " "
+                                    form.inline method="post" action=(format!("/admin/groups/{g}/members/{}/remove", m.email)) {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        button type="submit" { "Remove" }
                                     }
                                 }
                             }
                         }
-                        @if g != "Everyone" {
-                            form.inline method="post" action=(format!("/admin/groups/{g}/members")) {
-                                input type="hidden" name="csrf" value=(csrf);
-                                input type="email" name="email" placeholder="e-mail" required aria-label=(format!("Add to {g}"));
-                                button type="submit" { "Add member" }
-                            }
+                    }
+                    @if g != "Everyone" {
+                        form.inline method="post" action=(format!("/admin/groups/{g}/members")) {
+                            input type="hidden" name="csrf" value=(csrf);
+                            input type="email" name="email" placeholder="e-mail" required aria-label=(format!("Add to {g}"));
+                            button type="submit" { "Add member" }
                         }
-                        @if g != "Everyone" && g != "Admin" {
-                            " "
-                            form.inline method="post" action=(format!("/admin/groups/{g}/delete")) {
-                                input type="hidden" name="csrf" value=(csrf);
-                                button type="submit" { "Delete group" }
-                            }
+                    }
+                    @if g != "Everyone" && g != "Admin" {
+                        " "
+                        form.inline method="post" action=(format!("/admin/groups/{g}/delete")) {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" { "Delete group" }
                         }
                     }
                 }
-                form method="post" action="/admin/groups" {
-                    fieldset {
-                        legend { "New group" }
-                        input type="hidden" name="csrf" value=(csrf);
-                        label { "Name" input type="text" name="name" required; }
-                        button type="submit" { "Add group" }
-                    }
+            }
+            form method="post" action="/admin/groups" {
+                fieldset {
+                    legend { "New group" }
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "Name" input type="text" name="name" required; }
+                    button type="submit" { "Add group" }
                 }
-            },
-        ),
+            }
+        },
     )
 }
 
@@ -907,63 +911,55 @@ async fn grants_page(app: &AppState, user: &PageUser, error: Option<String>) -> 
             Err(e) => return e.into_response(),
         };
     let csrf = user.csrf(app);
-    let status = if error.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    html_response(
-        status,
-        layout(
-            app,
-            "Grants",
-            Some(user),
-            html! {
-                @if let Some(error) = &error { p.error role="alert" { (error) } }
-                table #grants {
-                    thead { tr { th { "Group" } th { "Table" } th { "Row filter" } th { "Column masks" } th { "" } } }
-                    tbody {
-                        @for g in &grants {
-                            tr {
-                                td { (g.group) }
-                                td { code { (g.table.to_string()) } }
-                                td { @if let Some(f) = &g.row_filter { code { (f) } } @else { "all rows" } }
-                                td {
-                                    @for (c, m) in &g.column_masks {
-                                        div { code { (c) } " → " @if let Some(m) = m { code { (m) } } @else { "hidden" } }
-                                    }
+    form_page(
+        app,
+        "Grants",
+        user,
+        error.as_deref(),
+        html! {
+            table #grants {
+                thead { tr { th { "Group" } th { "Table" } th { "Row filter" } th { "Column masks" } th { "" } } }
+                tbody {
+                    @for g in &grants {
+                        tr {
+                            td { (g.group) }
+                            td { code { (g.table.to_string()) } }
+                            td { @if let Some(f) = &g.row_filter { code { (f) } } @else { "all rows" } }
+                            td {
+                                @for (c, m) in &g.column_masks {
+                                    div { code { (c) } " → " @if let Some(m) = m { code { (m) } } @else { "hidden" } }
                                 }
-                                td {
-                                    form.inline method="post" action=(format!("/admin/grants/{}/revoke", g.id)) {
-                                        input type="hidden" name="csrf" value=(csrf);
-                                        button type="submit" { "Revoke" }
-                                    }
+                            }
+                            td {
+                                form.inline method="post" action=(format!("/admin/grants/{}/revoke", g.id)) {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button type="submit" { "Revoke" }
                                 }
                             }
                         }
                     }
                 }
-                form method="post" action="/admin/grants" {
-                    fieldset {
-                        legend { "New grant" }
-                        input type="hidden" name="csrf" value=(csrf);
-                        label { "Group"
-                            select name="group" required {
-                                @for g in &groups { @if g != "Admin" { option value=(g) { (g) } } }
-                            }
+            }
+            form method="post" action="/admin/grants" {
+                fieldset {
+                    legend { "New grant" }
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "Group"
+                        select name="group" required {
+                            @for g in &groups { @if g != "Admin" { option value=(g) { (g) } } }
                         }
-                        label { "Table (schema.table or schema.*)"
-                            input type="text" name="table" list="known-tables" required;
-                            datalist #known-tables { @for t in &tables { option value=(t.name.to_string()) {} } }
-                        }
-                        label { "Row filter (SQL condition; empty: all rows)" input type="text" name="row_filter" placeholder="region = 'EU'"; }
-                        label { "Column masks, one per line: column = SQL expression" textarea name="masks" rows="3" placeholder="email = left(email, 2) || '…'" {} }
-                        label { "Hidden columns (comma-separated)" input type="text" name="hidden"; }
-                        button type="submit" { "Grant" }
                     }
+                    label { "Table (schema.table or schema.*)"
+                        input type="text" name="table" list="known-tables" required;
+                        datalist #known-tables { @for t in &tables { option value=(t.name.to_string()) {} } }
+                    }
+                    label { "Row filter (SQL condition; empty: all rows)" input type="text" name="row_filter" placeholder="region = 'EU'"; }
+                    label { "Column masks, one per line: column = SQL expression" textarea name="masks" rows="3" placeholder="email = left(email, 2) || '…'" {} }
+                    label { "Hidden columns (comma-separated)" input type="text" name="hidden"; }
+                    button type="submit" { "Grant" }
                 }
-            },
-        ),
+            }
+        },
     )
 }
 
@@ -1074,12 +1070,12 @@ async fn tables_page(app: &AppState, user: &PageUser, error: Option<String>) -> 
         Err(e) => return e.into_response(),
     };
     let csrf = user.csrf(app);
-    layout(
+    form_page(
         app,
         "Tables",
-        Some(user),
+        user,
+        error.as_deref(),
         html! {
-            @if let Some(e) = &error { p.error role="alert" { (e) } }
             table #tables {
                 thead { tr {
                     th { "Table" } th { "Source" } th { "Schedule" } th { "Version" } th { "Rows" }
@@ -1119,7 +1115,6 @@ async fn tables_page(app: &AppState, user: &PageUser, error: Option<String>) -> 
             }
         },
     )
-    .into_response()
 }
 
 /// Start a sync of a table now.

@@ -289,17 +289,7 @@ async fn download(options: &FilesOptions, scratch: &Path) -> Result<String, Conn
         let mut file = tokio::fs::File::create(&target)
             .await
             .map_err(|e| ConnectorError::Source(format!("{}: {e}", target.display())))?;
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| ConnectorError::Source(format!("GET {}: {e}", options.path)))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| ConnectorError::Source(format!("{}: {e}", target.display())))?;
-        }
-        file.flush()
-            .await
-            .map_err(|e| ConnectorError::Source(e.to_string()))?;
+        append_stream(response.bytes_stream(), &mut file, &options.path).await?;
         return Ok(target.to_string_lossy().into_owned());
     }
     let url = url::Url::parse(&options.path)
@@ -325,7 +315,7 @@ async fn download(options: &FilesOptions, scratch: &Path) -> Result<String, Conn
         .unwrap_or_default();
     for (i, meta) in files.iter().enumerate() {
         let target = dir.join(format!("part-{i:05}{extension}"));
-        let mut stream = store
+        let stream = store
             .get(&meta.location)
             .await
             .map_err(|e| ConnectorError::Source(format!("{}: {e}", meta.location)))?
@@ -333,16 +323,7 @@ async fn download(options: &FilesOptions, scratch: &Path) -> Result<String, Conn
         let mut file = tokio::fs::File::create(&target)
             .await
             .map_err(|e| ConnectorError::Source(format!("{}: {e}", target.display())))?;
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| ConnectorError::Source(format!("{}: {e}", meta.location)))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| ConnectorError::Source(e.to_string()))?;
-        }
-        file.flush()
-            .await
-            .map_err(|e| ConnectorError::Source(e.to_string()))?;
+        append_stream(stream, &mut file, meta.location.as_ref()).await?;
     }
     Ok(dir
         .join(format!("part-*{extension}"))
@@ -362,6 +343,27 @@ fn remote_listing(path: &str) -> Result<ListingTableUrl, ConnectorError> {
     let url = url::Url::parse(base).map_err(|e| invalid(&e))?;
     let pattern = glob::Pattern::new(pattern).map_err(|e| invalid(&e))?;
     ListingTableUrl::try_new(url, Some(pattern)).map_err(|e| invalid(&e))
+}
+
+/// Appends a byte stream (an HTTP body, an object) to `out`, flushed; returns the last byte
+/// written. `source` names it in errors.
+pub(crate) async fn append_stream<E: std::fmt::Display>(
+    mut stream: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    out: &mut tokio::fs::File,
+    source: &str,
+) -> Result<Option<u8>, ConnectorError> {
+    let mut last = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ConnectorError::Source(format!("reading {source}: {e}")))?;
+        last = chunk.last().copied().or(last);
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| ConnectorError::Source(format!("saving {source}: {e}")))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| ConnectorError::Source(format!("saving {source}: {e}")))?;
+    Ok(last)
 }
 
 /// A file name safe to create: anything but letters, digits, `.`, `-` and `_` becomes `_`.

@@ -13,14 +13,13 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use quiver_config::FieldProblem;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::files::{FilesOptions, read_csv};
+use crate::files::{FilesOptions, append_stream, read_csv};
 use crate::options::{parse, parse_checked, secret_reference};
 use crate::{Batches, Connector, ConnectorError, Options, ReadRequest};
 
@@ -270,7 +269,6 @@ impl Api {
         file: &Value,
         out: &mut tokio::fs::File,
     ) -> Result<Option<u8>, ConnectorError> {
-        let mut last = None;
         let fail =
             |e: &dyn std::fmt::Display| ConnectorError::Source(format!("downloading {url}: {e}"));
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -291,16 +289,12 @@ impl Api {
                 builder = builder.with_token(session);
             }
             let store = builder.build().map_err(|e| fail(&e))?;
-            let mut stream = store
+            let stream = store
                 .get(&object_store::path::Path::from(key))
                 .await
                 .map_err(|e| fail(&e))?
                 .into_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| fail(&e))?;
-                last = chunk.last().copied().or(last);
-                write(out, &chunk).await?;
-            }
+            append_stream(stream, out, url).await
         } else {
             let response = self
                 .http
@@ -309,13 +303,7 @@ impl Api {
                 .await
                 .and_then(|r| r.error_for_status())
                 .map_err(|e| fail(&e))?;
-            let mut body = response.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| fail(&e))?;
-                last = chunk.last().copied().or(last);
-                write(out, &chunk).await?;
-            }
+            append_stream(response.bytes_stream(), out, url).await
         }
-        Ok(last)
     }
 }

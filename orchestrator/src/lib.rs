@@ -270,8 +270,11 @@ impl Orchestrator {
             Ok(version) => {
                 metrics::counter!("quiver_syncs_total", "outcome" => "succeeded").increment(1);
                 tracing::info!(table = %table, run = running.run, version, rows = running.progress.rows(), bytes = running.progress.bytes(), seconds, "sync succeeded");
-                // A new version may have pushed an older one past its retention.
-                if let Err(e) = self.collect_garbage().await {
+                // A new version may have pushed an older one past its retention. (Orphan
+                // folders need a listing of the whole store: the scheduler sweeps them.)
+                if let Err(e) =
+                    retention::expire(&self.state, &self.storage, self.options.retention).await
+                {
                     tracing::warn!(error = %e, "garbage collection");
                 }
                 Ok(version)

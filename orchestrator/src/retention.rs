@@ -34,6 +34,17 @@ pub async fn collect(
     retention: Duration,
     busy: &[TableName],
 ) -> Result<usize, OrchestratorError> {
+    let removed = expire(state, storage, retention).await?;
+    Ok(removed + sweep_orphans(state, storage, busy, Some(retention)).await?)
+}
+
+/// Removes the versions replaced more than `retention` ago (a query in the state store, so
+/// cheap enough to run after every sync); returns how many.
+pub async fn expire(
+    state: &StateStore,
+    storage: &Storage,
+    retention: Duration,
+) -> Result<usize, OrchestratorError> {
     let mut removed = 0;
     for expired in state.expired_versions(retention)? {
         state.forget_version(&expired.table, expired.version)?;
@@ -43,7 +54,6 @@ pub async fn collect(
             tracing::info!(table = %expired.table, version = expired.version, "removed a replaced version");
         }
     }
-    removed += sweep_orphans(state, storage, busy, Some(retention)).await?;
     Ok(removed)
 }
 

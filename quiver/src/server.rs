@@ -50,24 +50,8 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         );
     }
 
-    let engine = Arc::new(QueryEngine::new(
-        state.clone(),
-        &storage,
-        EngineOptions {
-            memory_limit: config.query.memory_limit.as_u64() as usize,
-            memory_limit_per_user: config.query.memory_limit_per_user.as_u64() as usize,
-            spill_dir: data_dir.join("spill"),
-            max_spill_bytes: config.query.memory_limit.as_u64().saturating_mul(8),
-            batch_size: config.query.batch_size,
-        },
-    )?);
-    let orchestrator = Arc::new(quiver_orchestrator::Orchestrator::new(
-        state.clone(),
-        storage.clone(),
-        engine.clone(),
-        config.sync.clone(),
-        data_dir.join("scratch"),
-    ));
+    let engine = open_engine(&config, &state, &storage)?;
+    let orchestrator = Arc::new(new_orchestrator(&config, &state, &storage, &engine));
     orchestrator
         .recover(&config.tables)
         .await
@@ -203,6 +187,41 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
             None
         }
     }
+}
+
+/// The query engine with the `query` section's limits, spilling into `data_dir/spill`.
+pub fn open_engine(
+    config: &Config,
+    state: &Arc<StateStore>,
+    storage: &Storage,
+) -> anyhow::Result<Arc<QueryEngine>> {
+    Ok(Arc::new(QueryEngine::new(
+        state.clone(),
+        storage,
+        EngineOptions {
+            memory_limit: config.query.memory_limit.as_u64() as usize,
+            memory_limit_per_user: config.query.memory_limit_per_user.as_u64() as usize,
+            spill_dir: config.storage.data_dir.join("spill"),
+            max_spill_bytes: config.query.memory_limit.as_u64().saturating_mul(8),
+            batch_size: config.query.batch_size,
+        },
+    )?))
+}
+
+/// The orchestrator with the `sync` section's settings, downloading into `data_dir/scratch`.
+pub fn new_orchestrator(
+    config: &Config,
+    state: &Arc<StateStore>,
+    storage: &Storage,
+    engine: &Arc<QueryEngine>,
+) -> quiver_orchestrator::Orchestrator {
+    quiver_orchestrator::Orchestrator::new(
+        state.clone(),
+        storage.clone(),
+        engine.clone(),
+        config.sync.clone(),
+        config.storage.data_dir.join("scratch"),
+    )
 }
 
 /// The object store for table data: the configured URL, else `data_dir/objects`.

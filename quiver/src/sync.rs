@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use quiver_catalog::{CatalogError, EngineOptions, QueryEngine, StateStore, TableName};
+use quiver_catalog::{CatalogError, StateStore, TableName};
 use quiver_config::Config;
-use quiver_orchestrator::{Orchestrator, Trigger};
+use quiver_orchestrator::Trigger;
 
 /// `quiver sync` arguments.
 #[derive(Debug, Args)]
@@ -75,24 +75,8 @@ pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
     };
     runtime.block_on(async {
         let storage = crate::server::open_storage(&config)?;
-        let engine = Arc::new(QueryEngine::new(
-            state.clone(),
-            &storage,
-            EngineOptions {
-                memory_limit: config.query.memory_limit.as_u64() as usize,
-                memory_limit_per_user: config.query.memory_limit.as_u64() as usize,
-                spill_dir: data_dir.join("spill"),
-                max_spill_bytes: config.query.memory_limit.as_u64().saturating_mul(8),
-                batch_size: config.query.batch_size,
-            },
-        )?);
-        let orchestrator = Orchestrator::new(
-            state,
-            storage,
-            engine,
-            config.sync.clone(),
-            data_dir.join("scratch"),
-        );
+        let engine = crate::server::open_engine(&config, &state, &storage)?;
+        let orchestrator = crate::server::new_orchestrator(&config, &state, &storage, &engine);
         orchestrator.recover(&config.tables).await?;
         let bar = spinner(&table.to_string());
         let progress = std::sync::Mutex::new(None);
