@@ -817,10 +817,21 @@ pub struct SyncStarted {
     status: String,
 }
 
+/// Options of a sync started through the API.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// Jira tables only: load every issue this JQL matches (a backfill) instead of the
+    /// consistency check, e.g. `project = ABC`.
+    jql: Option<String>,
+}
+
 /// Start a sync of a defined table now. It runs in the background: follow it in
-/// `GET /api/admin/syncs?table=…`.
+/// `GET /api/admin/syncs?table=…`. For a Jira table (`jira.*`) this runs the consistency
+/// check, or with `jql` a backfill, recorded as runs of `jira.issues`.
 #[utoipa::path(post, path = "/api/admin/tables/{table}/sync", tag = "admin",
     params(("table" = String, Path, description = "`schema.table`")),
+    request_body(content = Option<SyncRequest>, description = "Optional"),
     responses((status = 202, body = SyncStarted), (status = 401, body = crate::error::ErrorBody),
               (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)),
@@ -829,11 +840,26 @@ pub async fn sync_table(
     State(app): State<AppState>,
     AdminCaller(p): AdminCaller,
     Path(table): Path<String>,
+    request: Option<Json<SyncRequest>>,
 ) -> Result<(StatusCode, Json<SyncStarted>), ApiError> {
     let name = table_name(&table)?;
-    let run = app
-        .orchestrator
-        .start(&name, Trigger::Manual(p.email().to_string()))?;
+    let trigger = Trigger::Manual(p.email().to_string());
+    let jql = request
+        .and_then(|Json(r)| r.jql)
+        .filter(|j| !j.trim().is_empty());
+    let run = match jql {
+        Some(jql) if name.schema() == quiver_orchestrator::jira::SCHEMA => app
+            .orchestrator
+            .start_jira(quiver_orchestrator::JiraJob::Backfill(jql), trigger)?,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "`jql` applies to Jira tables (jira.*) only",
+            ));
+        }
+        None => app.orchestrator.start(&name, trigger)?,
+    };
     let actor = p.email().to_string();
     blocking(&app, move |s| {
         s.record_event(&actor, "table.sync", Some(&name.to_string()), "ok")

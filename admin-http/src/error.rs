@@ -15,7 +15,7 @@ pub struct ErrorBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `unauthenticated`, `forbidden`, `not_found`, `conflict`,
-    /// `invalid`, `csrf`, `rate_limited`, `internal`.
+    /// `invalid`, `bad_request`, `too_large`, `unavailable`, `csrf`, `rate_limited`, `internal`.
     code: String,
     /// For people.
     message: String,
@@ -88,6 +88,7 @@ impl From<quiver_orchestrator::OrchestratorError> for ApiError {
             E::Invalid(_) | E::SchemaChange(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
             }
+            E::BadPayload(m) => Self::new(StatusCode::BAD_REQUEST, "bad_request", m),
             other => Self::internal(&other),
         }
     }

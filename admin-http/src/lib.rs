@@ -9,6 +9,7 @@
 //! - [`api`]: `/api/me…` and `/api/admin/…` handlers.
 //! - [`metrics`]: `GET /metrics` (Prometheus).
 //! - [`ui`]: the server-rendered web pages.
+//! - [`webhooks`]: `POST /webhooks/jira`, HMAC-signed deliveries.
 //! - [`error`]: the one mapping of errors to JSON responses.
 //!
 //! Every route is registered through [`utoipa_axum`], so the OpenAPI document served at
@@ -22,6 +23,7 @@ pub mod oauth;
 pub mod oidc;
 pub mod session;
 pub mod ui;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -88,6 +90,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
         (name = "me", description = "The signed-in user and their personal access tokens"),
         (name = "admin", description = "Users, groups, grants, service accounts and the audit log (Admin only)"),
         (name = "operations", description = "Health and metrics"),
+        (name = "webhooks", description = "Deliveries from sources that push (HMAC-signed, no token)"),
         (name = "web", description = "Server-rendered pages (HTML forms, session cookie and CSRF token)"),
     )
 )]
@@ -163,6 +166,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ui::tables))
         .routes(routes!(ui::sync_table))
         .routes(routes!(ui::audit))
+        .routes(routes!(webhooks::jira))
 }
 
 /// The OpenAPI document of the HTTP API.

@@ -362,14 +362,23 @@ impl QueryEngine {
         if let Some(p) = lock(&self.providers).get(&key) {
             return Ok(p.clone());
         }
-        let url = ListingTableUrl::parse(&entry.location)?;
+        // A folder, or for a sharded table the files its version lists.
+        let files = self.state.shard_files(&entry.name, entry.version)?;
+        let urls = if files.is_empty() {
+            vec![ListingTableUrl::parse(&entry.location)?]
+        } else {
+            files
+                .iter()
+                .map(|f| ListingTableUrl::parse(&f.url))
+                .collect::<Result<_, _>>()?
+        };
         // The format carries its own options: take the session's (no view types).
         let mut parquet = ctx.state().table_options().parquet.clone();
         parquet.global.schema_force_view_types = false;
         let format = ParquetFormat::default().with_options(parquet);
         let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
-        let schema = options.infer_schema(&ctx.state(), &url).await?;
-        let config = ListingTableConfig::new(url)
+        let schema = options.infer_schema(&ctx.state(), &urls[0]).await?;
+        let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
             .with_schema(schema);
         let provider: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config)?);

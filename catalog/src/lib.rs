@@ -8,6 +8,8 @@
 //!   [`throttle`]: sign-in rate limits.
 //! - [`policy`]: row filters and column masks, enforced inside a per-principal table
 //!   provider; [`system`]: the admins' `system` schema.
+//! - [`shards`]: sharded tables, whose versions list one file per shard;
+//!   [`webhooks`]: received webhook deliveries, de-duplicated, until processed.
 //! - [`storage`]: the object store holding table data, and its key layout.
 //! - [`engine`]: one DataFusion session per principal whose catalog holds only what that
 //!   principal may read, with a read-only SQL surface.
@@ -22,15 +24,18 @@ pub mod memory;
 pub mod names;
 pub mod policy;
 pub mod registry;
+pub mod shards;
 pub mod state;
 pub mod storage;
 pub mod system;
 pub mod throttle;
 pub mod tokens;
+pub mod webhooks;
 
 pub use engine::{EngineOptions, QueryEngine, VisibleTable};
 pub use identity::{Principal, TokenSigner};
 pub use names::{CATALOG_NAME, TableName};
+pub use shards::{ShardChange, ShardFile};
 pub use state::{NewVersion, StateStore, TableEntry};
 pub use storage::Storage;
 

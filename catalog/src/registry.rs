@@ -285,6 +285,16 @@ impl StateStore {
         Ok(())
     }
 
+    /// Marks a run that committed its versions itself (a Jira job) as succeeded.
+    pub fn succeed_run(&self, run: i64, rows: i64) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp, row_count = ?
+             WHERE id = ?",
+            params![rows, run],
+        )?;
+        Ok(())
+    }
+
     /// Marks runs left `running` by a stopped process as interrupted; returns how many.
     pub fn interrupt_running_runs(&self) -> Result<usize, CatalogError> {
         Ok(self.conn().execute(
@@ -419,22 +429,61 @@ impl StateStore {
             .collect()
     }
 
-    /// Forgets an expired version (its files are removed next).
-    pub fn forget_version(&self, table: &TableName, version: i64) -> Result<(), CatalogError> {
-        let conn = self.conn();
+    /// Forgets an expired version and returns what to remove next: its folder (a URL with a
+    /// trailing slash) or, for a sharded version, its files no other version lists.
+    pub fn forget_version(
+        &self,
+        table: &TableName,
+        version: i64,
+    ) -> Result<Vec<String>, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let key = params![table.schema(), table.table(), version];
+        let listed: i64 = tx.query_row(
+            "SELECT count(*) FROM version_files
+             WHERE schema_name = ? AND table_name = ? AND version = ?",
+            key,
+            |r| r.get(0),
+        )?;
+        let unused: Vec<String> = if listed > 0 {
+            let mut stmt = tx.prepare(
+                "SELECT url FROM version_files f
+                 WHERE schema_name = ? AND table_name = ? AND version = ?
+                   AND NOT EXISTS (SELECT 1 FROM version_files o
+                       WHERE o.schema_name = f.schema_name AND o.table_name = f.table_name
+                         AND o.url = f.url AND o.version <> f.version)
+                 ORDER BY url",
+            )?;
+            stmt.query_map(key, |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        } else {
+            tx.query_row(
+                "SELECT location FROM table_versions
+                 WHERE schema_name = ? AND table_name = ? AND version = ?",
+                key,
+                |r| r.get(0),
+            )
+            .optional()?
+            .into_iter()
+            .collect()
+        };
         for statement in [
             "DELETE FROM table_versions WHERE schema_name = ? AND table_name = ? AND version = ?",
             "DELETE FROM version_details WHERE schema_name = ? AND table_name = ? AND version = ?",
+            "DELETE FROM version_files WHERE schema_name = ? AND table_name = ? AND version = ?",
         ] {
-            conn.execute(statement, params![table.schema(), table.table(), version])?;
+            tx.execute(statement, key)?;
         }
-        Ok(())
+        tx.commit()?;
+        Ok(unused)
     }
 
-    /// Every folder a version points at; anything else under `tables/` is an orphan.
+    /// Every folder and listed file a version points at; anything else under `tables/` is
+    /// an orphan.
     pub fn version_locations(&self) -> Result<HashSet<String>, CatalogError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT location FROM table_versions")?;
+        let mut stmt = conn
+            .prepare("SELECT location FROM table_versions UNION SELECT url FROM version_files")?;
         let locations = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -509,7 +558,7 @@ mod tests {
         let expired = store.expired_versions(Duration::ZERO).unwrap();
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].location, "file:///v1/");
-        store.forget_version(&t, 1).unwrap();
+        assert_eq!(store.forget_version(&t, 1).unwrap(), vec!["file:///v1/"]);
         assert_eq!(
             store.version_locations().unwrap(),
             HashSet::from(["file:///v2/".to_string()])

@@ -139,6 +139,34 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (schema_name, table_name, version)
     );
     "#,
+    // 5: sharded versions (a version listing its files, one per shard), webhook deliveries.
+    r#"
+    CREATE TABLE version_files (
+        schema_name  VARCHAR NOT NULL,
+        table_name   VARCHAR NOT NULL,
+        version      BIGINT NOT NULL,
+        shard        VARCHAR NOT NULL,   -- e.g. '2026-03', a month of Jira issues
+        url          VARCHAR NOT NULL,   -- one parquet file; shared by versions until replaced
+        row_count    BIGINT NOT NULL,
+        byte_count   BIGINT NOT NULL,
+        PRIMARY KEY (schema_name, table_name, version, shard)
+    );
+    CREATE TABLE webhook_deliveries (
+        source           VARCHAR NOT NULL,   -- 'jira'
+        delivery_id      VARCHAR NOT NULL,
+        received_at      TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        event            VARCHAR NOT NULL,
+        subject          VARCHAR NOT NULL,   -- what the event is about, e.g. an issue key
+        detail           VARCHAR NOT NULL,   -- JSON the processor needs from the payload
+        payload          VARCHAR NOT NULL,   -- object-store key of the raw body
+        status           VARCHAR NOT NULL,   -- 'pending' or 'done'
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        error            VARCHAR,
+        processed_at     TIMESTAMP,
+        PRIMARY KEY (source, delivery_id)
+    );
+    "#,
 ];
 
 /// A new table version, ready to commit.
@@ -483,11 +511,9 @@ impl StateStore {
             let locations: Vec<String> = stmt
                 .query_map(params![name.schema(), name.table()], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            tx.execute(
-                "DELETE FROM table_versions WHERE schema_name = ? AND table_name = ?",
-                params![name.schema(), name.table()],
-            )?;
             for statement in [
+                "DELETE FROM table_versions WHERE schema_name = ? AND table_name = ?",
+                "DELETE FROM version_files WHERE schema_name = ? AND table_name = ?",
                 "DELETE FROM tables WHERE schema_name = ? AND table_name = ?",
                 "DELETE FROM version_details WHERE schema_name = ? AND table_name = ?",
                 "DELETE FROM table_definitions WHERE schema_name = ? AND table_name = ?",

@@ -1,6 +1,7 @@
 //! Table data in object storage: a local directory by default, `s3://…` by URL.
 //!
-//! Layout: `tables/<schema>/<table>/<run-id>/part-NNNNN.parquet`. A writer fills a fresh
+//! Layout: `tables/<schema>/<table>/<run-id>/part-NNNNN.parquet`; sharded tables
+//! `tables/<schema>/<table>/<shard>/<uuid>.parquet`; webhook bodies `webhooks/<source>/`. A writer fills a fresh
 //! run folder; the folder becomes a *version* only when the state store commits it, so a
 //! reader (who resolves tables through the state store) never sees a half-written folder.
 
@@ -110,6 +111,11 @@ impl Storage {
         Some(ObjectPath::from(rest.trim_end_matches('/')))
     }
 
+    /// Where raw webhook bodies from `source` are kept.
+    pub fn inbox_prefix(&self, source: &str) -> ObjectPath {
+        self.root.clone().join("webhooks").join(source)
+    }
+
     /// Runs folders of every table, as key prefixes (for the orphan sweep).
     pub fn tables_root(&self) -> ObjectPath {
         self.root.clone().join("tables")
@@ -138,6 +144,31 @@ impl Storage {
         .await
         .map_err(|e| CatalogError::Internal(e.to_string()))?
         .map_err(|e| CatalogError::Storage(format!("fsync: {e}")))
+    }
+
+    /// Makes one new file durable: on a local disk, fsyncs it and its folders. A no-op
+    /// elsewhere.
+    pub async fn sync_file(&self, key: &ObjectPath) -> Result<(), CatalogError> {
+        if self.base_url.scheme() != "file" {
+            return Ok(());
+        }
+        let file = std::path::PathBuf::from(format!("/{key}"));
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            // The folder holding it, and the one holding that (the folder may be new).
+            for folder in file.ancestors().skip(1).take(2) {
+                std::fs::File::open(folder)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| CatalogError::Internal(e.to_string()))?
+        .map_err(|e| CatalogError::Storage(format!("fsync: {e}")))
+    }
+
+    /// The URL of one file.
+    pub fn file_url(&self, key: &ObjectPath) -> String {
+        format!("{}{}", self.base_url, key)
     }
 
     /// The URL of a folder, as DataFusion's `ListingTableUrl` expects it (trailing slash).

@@ -77,7 +77,7 @@ fn render(issues: &[ConfigIssue]) -> String {
 
 /// The top-level sections, in the order they are documented.
 const SECTIONS: &[&str] = &[
-    "server", "storage", "auth", "query", "demo", "logging", "sync", "tables",
+    "server", "storage", "auth", "query", "demo", "logging", "sync", "tables", "jira",
 ];
 
 impl Config {
@@ -114,6 +114,7 @@ impl Config {
                         "logging" => section(key, value, &mut config.logging, &mut issues),
                         "sync" => section(key, value, &mut config.sync, &mut issues),
                         "tables" => section(key, value, &mut config.tables, &mut issues),
+                        "jira" => section(key, value, &mut config.jira, &mut issues),
                         other => issues.push(ConfigIssue::at_key(
                             other,
                             format!("unknown key (expected one of: {})", SECTIONS.join(", ")),
@@ -292,6 +293,26 @@ impl Config {
                 issues.push(ConfigIssue::at_key(key, message));
             }
         };
+        if let Some(jira) = &self.jira {
+            check(
+                jira.url.starts_with("https://") || jira.url.starts_with("http://"),
+                "jira.url",
+                format!(
+                    "`{}` must be the site's URL, e.g. https://acme.atlassian.net",
+                    jira.url
+                ),
+            );
+            check(
+                !jira.email.trim().is_empty() && !jira.api_token.trim().is_empty(),
+                "jira.api_token",
+                "`jira.email` and `jira.api_token` are needed to read issues from Jira".into(),
+            );
+            check(
+                jira.webhook_secret.as_ref().is_none_or(|s| s.len() >= 16),
+                "jira.webhook_secret",
+                "is too short; use at least 16 characters".into(),
+            );
+        }
         check(
             self.demo.scale > 0.0 && self.demo.scale <= 1000.0,
             "demo.scale",

@@ -29,6 +29,68 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Tables to keep in sync from their sources (more can be added through the admin API).
     pub tables: Vec<TableDef>,
+    /// Jira Cloud, pushing issue events into the `jira` schema. Off when absent.
+    pub jira: Option<JiraConfig>,
+}
+
+/// Jira Cloud: webhook deliveries keep six tables in schema `jira` (`issues`, `comments`,
+/// `attachments`, `changelog`, `issuelinks`, `remote_links`) up to date; each event makes
+/// Quiver fetch the whole issue from Jira's REST API.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JiraConfig {
+    /// The site, e.g. `https://acme.atlassian.net`.
+    pub url: String,
+    /// The Atlassian account the API token belongs to.
+    pub email: String,
+    /// API token of that account (use `${JIRA_API_TOKEN}`).
+    pub api_token: String,
+    /// Secret Jira signs deliveries with (the webhook's "Secret"; use `${ENV}`). Without it
+    /// `POST /webhooks/jira` answers 503 to every call.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Which issues the consistency check compares with Jira, as JQL (e.g.
+    /// `project in (ABC, OPS)`). Default: the projects Quiver already holds.
+    #[serde(default)]
+    pub jql: Option<String>,
+    /// How often Jira's issue list is compared with ours, re-fetching what is missing or
+    /// stale. Default `6h`.
+    #[serde(default = "six_hours", with = "humantime_serde_compat")]
+    pub consistency_check: Duration,
+    /// How often open issues' SLA fields are re-fetched (they change without events).
+    /// Default `5m`.
+    #[serde(default = "five_minutes", with = "humantime_serde_compat")]
+    pub sla_refresh: Duration,
+    /// Largest webhook body accepted (413 beyond). Default `10 MiB`.
+    #[serde(default = "ten_mib")]
+    pub max_payload: ByteSize,
+}
+
+fn six_hours() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn ten_mib() -> ByteSize {
+    ByteSize::mib(10)
+}
+
+impl std::fmt::Debug for JiraConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JiraConfig")
+            .field("url", &self.url)
+            .field("email", &self.email)
+            .field("api_token", &"<redacted>")
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jql", &self.jql)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Listeners and TLS.

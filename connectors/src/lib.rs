@@ -6,6 +6,7 @@
 //! source: files, PostgreSQL, Keboola, or SQL over other Quiver tables.
 //!
 //! - [`files`]: CSV (typed by DuckDB's sniffer), JSON lines and Parquet, local or remote.
+//! - [`jira`]: Jira Cloud issues, pushed by webhook, fetched whole (not a [`Connector`]).
 //! - [`keboola`]: a Keboola Storage table, through the Storage API's async export.
 //! - [`postgres`]: a PostgreSQL table or query, via binary `COPY`.
 //! - [`sql`]: a query over other Quiver tables, materialized.
@@ -13,6 +14,7 @@
 //! - [`options`]: typed, documented options with errors that name the field.
 
 pub mod files;
+pub mod jira;
 pub mod keboola;
 pub mod options;
 pub mod postgres;

@@ -51,6 +51,11 @@ impl Progress {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+
+    /// Sets the rows done, for jobs that count their own (a Jira backfill counts issues).
+    pub fn set_rows(&self, rows: u64) {
+        self.rows.store(rows, Ordering::Relaxed);
+    }
 }
 
 /// What a finished run left in the object store.

@@ -5,11 +5,14 @@
 //!   retries with backoff, the scheduler loop.
 //! - [`sync`]: one run — read, land, merge (incremental), profile, commit in one transaction.
 //! - [`schedule`]: `every 15m`, `daily 03:00`, cron. [`profile`]: per-column statistics.
+//! - [`jira`]: Jira webhook deliveries into monthly shards of schema `jira`; backfill,
+//!   consistency check, SLA refresh.
 //! - [`retention`]: removes replaced versions after their retention, and orphaned folders.
 //!
 //! Readers see the previous version until the commit and the new one after, never a mix; a
 //! crash at any point leaves the previous version served, and the next start cleans up.
 
+pub mod jira;
 pub mod profile;
 pub mod retention;
 pub mod schedule;
@@ -51,6 +54,12 @@ pub enum OrchestratorError {
     /// The source's schema changed in a way the table cannot follow.
     #[error("{0}")]
     SchemaChange(String),
+    /// A webhook payload that cannot be used.
+    #[error("{0}")]
+    BadPayload(String),
+    /// Parquet failed reading or writing a shard.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
 }
 
 /// Why a sync runs.
@@ -103,6 +112,15 @@ pub fn validate(def: &TableDef) -> Vec<FieldProblem> {
     problems
 }
 
+/// What `quiver sync jira.*` (or "Sync now" on a Jira table) runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JiraJob {
+    /// Compare Jira's issue list with ours and repair the difference.
+    Check,
+    /// Load every issue a JQL query matches.
+    Backfill(String),
+}
+
 /// A sync in progress.
 #[derive(Debug, Clone)]
 pub struct Running {
@@ -122,6 +140,7 @@ pub struct Orchestrator {
     scratch: PathBuf,
     running: Mutex<HashMap<TableName, Running>>,
     permits: Semaphore,
+    jira: Option<Arc<jira::JiraSync>>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -149,7 +168,19 @@ impl Orchestrator {
             options,
             scratch,
             running: Mutex::default(),
+            jira: None,
         }
+    }
+
+    /// With Jira's tables kept by `jira` (processing runs with the scheduler).
+    pub fn with_jira(mut self, jira: jira::JiraSync) -> Self {
+        self.jira = Some(Arc::new(jira));
+        self
+    }
+
+    /// The Jira writer, when Jira is configured.
+    pub fn jira(&self) -> Option<&Arc<jira::JiraSync>> {
+        self.jira.as_ref()
     }
 
     /// The state store.
@@ -195,6 +226,9 @@ impl Orchestrator {
         table: &TableName,
         trigger: Trigger,
     ) -> Result<i64, OrchestratorError> {
+        if self.is_jira(table)? {
+            return self.start_jira(JiraJob::Check, trigger);
+        }
         let (def, running) = self.claim(table, &trigger)?;
         let run = running.run;
         let this = self.clone();
@@ -205,6 +239,95 @@ impl Orchestrator {
         Ok(run)
     }
 
+    /// Whether `table` is one of Jira's (kept by the Jira writer, not by a definition).
+    fn is_jira(&self, table: &TableName) -> Result<bool, OrchestratorError> {
+        Ok(self.jira.is_some()
+            && table.schema() == jira::SCHEMA
+            && self.state.definition(table)?.is_none())
+    }
+
+    /// Starts a Jira job in the background (recorded as a run of `jira.issues`).
+    pub fn start_jira(
+        self: &Arc<Self>,
+        job: JiraJob,
+        trigger: Trigger,
+    ) -> Result<i64, OrchestratorError> {
+        let (jira, running) = self.claim_jira(&trigger)?;
+        let run = running.run;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _ = this.execute_jira(&jira, &job, &running, |_, _| {}).await;
+        });
+        Ok(run)
+    }
+
+    /// Runs a Jira job to its end; `progress(done, total)` as issues are loaded.
+    pub async fn run_jira(
+        &self,
+        job: JiraJob,
+        trigger: Trigger,
+        progress: impl Fn(u64, u64),
+    ) -> Result<SyncRun, OrchestratorError> {
+        let (jira, running) = self.claim_jira(&trigger)?;
+        let _ = self.execute_jira(&jira, &job, &running, progress).await;
+        Ok(self.state.sync_run(running.run)?)
+    }
+
+    fn claim_jira(
+        &self,
+        trigger: &Trigger,
+    ) -> Result<(Arc<jira::JiraSync>, Running), OrchestratorError> {
+        let jira = self.jira.clone().ok_or_else(|| {
+            CatalogError::NotFound("Jira is not configured (no `jira:` section)".into())
+        })?;
+        let table = TableName::new(jira::SCHEMA, "issues")?;
+        Ok((jira, self.claim_slot(&table, trigger)?))
+    }
+
+    async fn execute_jira(
+        &self,
+        jira: &jira::JiraSync,
+        job: &JiraJob,
+        running: &Running,
+        progress: impl Fn(u64, u64),
+    ) -> Result<u64, OrchestratorError> {
+        let table = TableName::new(jira::SCHEMA, "issues")?;
+        let _permit = self.permits.acquire().await;
+        tracing::info!(run = running.run, ?job, "jira job started");
+        let outcome = match job {
+            JiraJob::Check => jira
+                .check_consistency()
+                .await
+                .map(|r| (r.refetched + r.removed) as u64),
+            JiraJob::Backfill(jql) => {
+                jira.backfill(jql, |done, total| {
+                    running.progress.set_rows(done);
+                    progress(done, total);
+                })
+                .await
+            }
+        };
+        lock(&self.running).remove(&table);
+        match outcome {
+            Ok(issues) => {
+                self.state.succeed_run(running.run, issues as i64)?;
+                tracing::info!(run = running.run, issues, "jira job succeeded");
+                if let Err(e) =
+                    retention::expire(&self.state, &self.storage, self.options.retention).await
+                {
+                    tracing::warn!(error = %e, "garbage collection");
+                }
+                Ok(issues)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(run = running.run, error = %message, "jira job failed");
+                self.state.fail_run(running.run, &message)?;
+                Err(e)
+            }
+        }
+    }
+
     /// Runs a sync to its end and returns the finished run (failed runs included).
     pub async fn run(
         &self,
@@ -212,6 +335,9 @@ impl Orchestrator {
         trigger: Trigger,
         on_start: impl FnOnce(&Running),
     ) -> Result<SyncRun, OrchestratorError> {
+        if self.is_jira(table)? {
+            return self.run_jira(JiraJob::Check, trigger, |_, _| {}).await;
+        }
         let (def, running) = self.claim(table, &trigger)?;
         on_start(&running);
         let run = running.run;
@@ -219,7 +345,7 @@ impl Orchestrator {
         Ok(self.state.sync_run(run)?)
     }
 
-    /// Marks `table` as syncing and records the run; refuses a second concurrent sync.
+    /// Looks up `table`'s definition and claims it ([`Self::claim_slot`]).
     fn claim(
         &self,
         table: &TableName,
@@ -234,6 +360,15 @@ impl Orchestrator {
                 ))
             })?
             .def;
+        Ok((def, self.claim_slot(table, trigger)?))
+    }
+
+    /// Marks `table` as syncing and records the run; refuses a second concurrent sync.
+    fn claim_slot(
+        &self,
+        table: &TableName,
+        trigger: &Trigger,
+    ) -> Result<Running, OrchestratorError> {
         let mut running = lock(&self.running);
         if let Some(r) = running.get(table) {
             return Err(CatalogError::Conflict(format!(
@@ -250,7 +385,7 @@ impl Orchestrator {
             progress: Arc::default(),
         };
         running.insert(table.clone(), entry.clone());
-        Ok((def, entry))
+        Ok(entry)
     }
 
     /// Runs one claimed sync: waits for a permit, lands, commits or records the failure.
@@ -347,6 +482,9 @@ impl Orchestrator {
     /// The scheduler: starts due syncs every few seconds and collects garbage every few
     /// minutes, until `shutdown`.
     pub async fn run_scheduler(self: Arc<Self>, shutdown: CancellationToken) {
+        if let Some(jira) = &self.jira {
+            tokio::spawn(jira.clone().run(shutdown.clone()));
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         let mut collect = tokio::time::interval(Duration::from_secs(300));
         loop {
@@ -377,7 +515,10 @@ impl Orchestrator {
     /// Removes versions replaced longer than the retention ago, and folders no version
     /// points at (unfinished runs); returns how many folders went.
     pub async fn collect_garbage(&self) -> Result<usize, OrchestratorError> {
-        let busy: Vec<TableName> = lock(&self.running).keys().cloned().collect();
+        let mut busy: Vec<TableName> = lock(&self.running).keys().cloned().collect();
+        if self.jira.as_ref().is_some_and(|j| j.is_writing()) {
+            busy.extend(jira::JiraSync::tables());
+        }
         retention::collect(&self.state, &self.storage, self.options.retention, &busy).await
     }
 }

@@ -3,10 +3,11 @@
 //! (a failed or killed sync). The state store forgets a version before its files go, so a
 //! crash in between leaves only an orphan folder, which the next sweep removes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use quiver_catalog::{CatalogError, StateStore, Storage, TableName};
 
@@ -47,19 +48,33 @@ pub async fn expire(
 ) -> Result<usize, OrchestratorError> {
     let mut removed = 0;
     for expired in state.expired_versions(retention)? {
-        state.forget_version(&expired.table, expired.version)?;
-        if let Some(prefix) = storage.prefix_of(&expired.location) {
-            delete_prefix(storage, &prefix).await?;
-            removed += 1;
-            tracing::info!(table = %expired.table, version = expired.version, "removed a replaced version");
+        for url in state.forget_version(&expired.table, expired.version)? {
+            let Some(key) = storage.prefix_of(&url) else {
+                continue;
+            };
+            if url.ends_with('/') {
+                delete_prefix(storage, &key).await?;
+            } else {
+                delete_object(storage, &key).await?;
+            }
         }
+        removed += 1;
+        tracing::info!(table = %expired.table, version = expired.version, "removed a replaced version");
     }
     Ok(removed)
 }
 
-/// Removes run folders no version points at, except those of tables being synced (`busy`).
-/// With `min_age`, only folders whose newest file is older than that (a deleted table's last
-/// version may still be read for a while); without, every orphan (at startup).
+async fn delete_object(storage: &Storage, key: &ObjectPath) -> Result<(), CatalogError> {
+    match storage.store().delete(key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(CatalogError::Storage(format!("deleting {key}: {e}"))),
+    }
+}
+
+/// Removes files no version points at (run folders of failed syncs, shard files never
+/// committed), except those of tables being synced (`busy`); returns how many folders they
+/// were in. With `min_age`, only files older than that (a deleted table's last version may
+/// still be read for a while); without, every orphan (at startup).
 pub async fn sweep_orphans(
     state: &StateStore,
     storage: &Storage,
@@ -68,40 +83,43 @@ pub async fn sweep_orphans(
 ) -> Result<usize, OrchestratorError> {
     let known = state.version_locations()?;
     let root = storage.tables_root();
-    let mut folders: HashMap<ObjectPath, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let busy: Vec<ObjectPath> = busy.iter().map(|t| storage.table_prefix(t)).collect();
+    let now = chrono::Utc::now();
+    let mut orphans: HashMap<ObjectPath, Vec<ObjectPath>> = HashMap::new();
     let mut listing = storage.store().list(Some(&root));
     while let Some(meta) = listing.next().await {
         let meta = meta.map_err(|e| CatalogError::Storage(format!("listing {root}: {e}")))?;
-        // tables/<schema>/<table>/<run>/<file>
+        // tables/<schema>/<table>/<run or shard>/<file>
         let parts: Vec<_> = meta.location.parts().collect();
         if parts.len() < 2 {
             continue;
         }
         let folder = ObjectPath::from_iter(parts[..parts.len() - 1].iter().cloned());
-        let newest = folders.entry(folder).or_insert(meta.last_modified);
-        *newest = (*newest).max(meta.last_modified);
-    }
-    let busy: HashSet<ObjectPath> = busy.iter().map(|t| storage.table_prefix(t)).collect();
-    let now = chrono::Utc::now();
-    let mut removed = 0;
-    for (folder, newest) in folders {
-        if known.contains(&storage.folder_url(&folder)) {
-            continue;
-        }
-        if busy.iter().any(|b| folder.prefix_matches(b)) {
-            continue;
-        }
-        if let Some(age) = min_age
-            && now
-                .signed_duration_since(newest)
+        let young = min_age.is_some_and(|age| {
+            now.signed_duration_since(meta.last_modified)
                 .to_std()
                 .unwrap_or_default()
                 < age
+        });
+        if known.contains(&storage.folder_url(&folder))
+            || known.contains(&storage.file_url(&meta.location))
+            || busy.iter().any(|b| folder.prefix_matches(b))
+            || young
         {
             continue;
         }
-        delete_prefix(storage, &folder).await?;
-        tracing::info!(folder = %folder, "removed an unpublished folder");
+        orphans.entry(folder).or_default().push(meta.location);
+    }
+    let mut removed = 0;
+    for (folder, files) in orphans {
+        let doomed = futures::stream::iter(files.into_iter().map(Ok)).boxed();
+        storage
+            .store()
+            .delete_stream(doomed)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| CatalogError::Storage(format!("deleting in {folder}: {e}")))?;
+        tracing::info!(folder = %folder, "removed unpublished files");
         removed += 1;
     }
     Ok(removed)

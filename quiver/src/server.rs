@@ -51,7 +51,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     }
 
     let engine = open_engine(&config, &state, &storage)?;
-    let orchestrator = Arc::new(new_orchestrator(&config, &state, &storage, &engine));
+    let orchestrator = Arc::new(new_orchestrator(&config, &state, &storage, &engine)?);
     orchestrator
         .recover(&config.tables)
         .await
@@ -208,20 +208,29 @@ pub fn open_engine(
     )?))
 }
 
-/// The orchestrator with the `sync` section's settings, downloading into `data_dir/scratch`.
+/// The orchestrator with the `sync` section's settings, downloading into `data_dir/scratch`,
+/// keeping Jira's tables when `jira:` is configured.
 pub fn new_orchestrator(
     config: &Config,
     state: &Arc<StateStore>,
     storage: &Storage,
     engine: &Arc<QueryEngine>,
-) -> quiver_orchestrator::Orchestrator {
-    quiver_orchestrator::Orchestrator::new(
+) -> anyhow::Result<quiver_orchestrator::Orchestrator> {
+    let orchestrator = quiver_orchestrator::Orchestrator::new(
         state.clone(),
         storage.clone(),
         engine.clone(),
         config.sync.clone(),
         config.storage.data_dir.join("scratch"),
-    )
+    );
+    Ok(match &config.jira {
+        Some(jira) => orchestrator.with_jira(quiver_orchestrator::jira::JiraSync::new(
+            jira.clone(),
+            state.clone(),
+            storage.clone(),
+        )?),
+        None => orchestrator,
+    })
 }
 
 /// The object store for table data: the configured URL, else `data_dir/objects`.

@@ -3,6 +3,9 @@
 //! With the server stopped, the sync runs in this process on the state file. While the
 //! server runs (it holds the state file), the sync is started through its HTTP API with an
 //! admin token from `QUIVER_TOKEN`, and followed until it ends.
+//!
+//! For Jira's tables (`jira.*`) a sync is the consistency check; `--backfill --jql Q` loads
+//! every issue `Q` matches instead, with a progress bar over Jira's count.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +29,12 @@ pub struct SyncArgs {
     /// Data directory (overrides the file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Jira tables: load history (every issue `--jql` matches) instead of checking.
+    #[arg(long, requires = "jql")]
+    backfill: bool,
+    /// With `--backfill`: which issues, e.g. `project = ABC`.
+    #[arg(long, requires = "backfill")]
+    jql: Option<String>,
 }
 
 impl SyncArgs {
@@ -60,6 +69,13 @@ pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
         config.storage.data_dir = dir.clone();
     }
     let table: TableName = args.table.parse()?;
+    if args.backfill && table.schema() != quiver_orchestrator::jira::SCHEMA {
+        bail!("--backfill applies to Jira tables (jira.*), not `{table}`");
+    }
+    if args.backfill && config.jira.is_none() {
+        bail!("--backfill needs Jira configured: add a `jira:` section to the configuration");
+    }
+    let jql = args.jql.clone().filter(|_| args.backfill);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -69,15 +85,18 @@ pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
     let state = match StateStore::open(&data_dir.join("state.duckdb")) {
         Ok(state) => Arc::new(state),
         Err(CatalogError::StateLocked(_)) => {
-            return runtime.block_on(through_server(&config, &table));
+            return runtime.block_on(through_server(&config, &table, jql.as_deref()));
         }
         Err(e) => return Err(e.into()),
     };
     runtime.block_on(async {
         let storage = crate::server::open_storage(&config)?;
         let engine = crate::server::open_engine(&config, &state, &storage)?;
-        let orchestrator = crate::server::new_orchestrator(&config, &state, &storage, &engine);
+        let orchestrator = crate::server::new_orchestrator(&config, &state, &storage, &engine)?;
         orchestrator.recover(&config.tables).await?;
+        if let Some(jql) = jql {
+            return Ok(report(&backfill(&orchestrator, jql).await?));
+        }
         let bar = spinner(&table.to_string());
         let progress = std::sync::Mutex::new(None);
         let ticker = async {
@@ -101,9 +120,47 @@ pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
     })
 }
 
+/// Runs a Jira backfill with a progress bar over Jira's (approximate) issue count.
+async fn backfill(
+    orchestrator: &quiver_orchestrator::Orchestrator,
+    jql: String,
+) -> anyhow::Result<quiver_catalog::registry::SyncRun> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} issues [{elapsed}, {eta} left]",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("jira backfill");
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let run = orchestrator
+        .run_jira(
+            quiver_orchestrator::JiraJob::Backfill(jql),
+            Trigger::Manual("cli".into()),
+            |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            },
+        )
+        .await?;
+    bar.finish_and_clear();
+    Ok(run)
+}
+
 /// Prints the outcome of a run; returns whether it succeeded.
 fn report(run: &quiver_catalog::registry::SyncRun) -> bool {
-    if run.status == "succeeded" {
+    if run.status == "succeeded" && run.version.is_none() {
+        // A Jira job: it commits versions as it goes and counts issues.
+        println!(
+            "{}: succeeded, {} issues loaded or repaired (run {})",
+            run.table,
+            run.rows.unwrap_or_default(),
+            run.id
+        );
+        true
+    } else if run.status == "succeeded" {
         println!(
             "{}: version {} published, {} rows, {} (run {})",
             run.table,
@@ -128,7 +185,11 @@ fn report(run: &quiver_catalog::registry::SyncRun) -> bool {
 }
 
 /// Starts the sync through the running server's API and follows it.
-async fn through_server(config: &Config, table: &TableName) -> anyhow::Result<bool> {
+async fn through_server(
+    config: &Config,
+    table: &TableName,
+    jql: Option<&str>,
+) -> anyhow::Result<bool> {
     let Ok(token) = std::env::var("QUIVER_TOKEN") else {
         bail!(
             "the server is running (it holds the state file). Set QUIVER_TOKEN to an admin's personal access token to sync through it, or call POST /api/admin/tables/{table}/sync"
@@ -143,6 +204,8 @@ async fn through_server(config: &Config, table: &TableName) -> anyhow::Result<bo
     let started = client
         .post(format!("{base}/api/admin/tables/{table}/sync"))
         .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "jql": jql }).to_string())
         .send()
         .await
         .with_context(|| format!("cannot reach the server at {base}"))?;
@@ -162,7 +225,10 @@ async fn through_server(config: &Config, table: &TableName) -> anyhow::Result<bo
         tokio::time::sleep(Duration::from_millis(500)).await;
         let runs: Vec<quiver_catalog::registry::SyncRun> = serde_json::from_slice(
             &client
-                .get(format!("{base}/api/admin/syncs?table={table}&limit=5"))
+                .get(format!(
+                    "{base}/api/admin/syncs?before={}&limit=1",
+                    run_id + 1
+                ))
                 .bearer_auth(&token)
                 .send()
                 .await?

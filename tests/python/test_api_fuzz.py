@@ -24,6 +24,8 @@ def test_the_api_survives_fuzzing_from_its_openapi_document():
                  "--header", f"Authorization: Bearer {token}",
                  # Signing out would end the token the fuzzer uses for everything else.
                  "--exclude-path", "/auth/logout", "--exclude-path", "/logout",
+                 # Off without a secret (503 by design); test_jira.py covers it.
+                 "--exclude-path", "/webhooks/jira",
                  "--max-examples", "25", "--seed", "20261122", "--workers", "2",
                  "--generation-database", "none", "--no-color"],
                 capture_output=True, text=True, timeout=900, cwd=tmp)
