@@ -743,7 +743,7 @@ fn targets_of(payload: &Value) -> Result<Vec<Target>, OrchestratorError> {
         let month = issue["fields"]["created"]
             .as_str()
             .and_then(micros)
-            .and_then(|t| chrono::DateTime::from_timestamp_micros(t))
+            .and_then(chrono::DateTime::from_timestamp_micros)
             .map(|t| t.format("%Y-%m").to_string());
         return Ok(vec![Target {
             reference: key.to_string(),
