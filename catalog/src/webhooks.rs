@@ -130,6 +130,32 @@ impl StateStore {
         Ok(())
     }
 
+    /// Forgets deliveries processed more than `age` ago (a retry of one would now count as
+    /// new; Jira retries for hours, not days); returns their payloads' keys to delete.
+    pub fn forget_deliveries(
+        &self,
+        source: &str,
+        age: std::time::Duration,
+    ) -> Result<Vec<String>, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let cutoff = "status = 'done' AND source = ?
+             AND processed_at < current_timestamp::TIMESTAMP - to_seconds(?)";
+        let payloads: Vec<String> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT payload FROM webhook_deliveries WHERE {cutoff}"
+            ))?;
+            stmt.query_map(params![source, age.as_secs_f64()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        tx.execute(
+            &format!("DELETE FROM webhook_deliveries WHERE {cutoff}"),
+            params![source, age.as_secs_f64()],
+        )?;
+        tx.commit()?;
+        Ok(payloads)
+    }
+
     /// How many deliveries of `source` are pending and done.
     pub fn delivery_counts(&self, source: &str) -> Result<DeliveryCounts, CatalogError> {
         Ok(self.conn().query_row(

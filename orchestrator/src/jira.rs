@@ -45,6 +45,8 @@ pub const SCHEMA: &str = "jira";
 const BATCH: usize = 500;
 /// Issues fetched from Jira at once.
 const FETCHES: usize = 8;
+/// How long a processed delivery (its id, for de-duplication, and its raw body) is kept.
+const KEEP_DELIVERIES: Duration = Duration::from_secs(7 * 86400);
 
 /// A webhook delivery that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +123,8 @@ pub struct JiraSync {
     client: JiraClient,
     state: Arc<StateStore>,
     storage: Storage,
+    /// How long replaced versions stay readable (`sync.retention`).
+    retention: Duration,
     /// One lock per month: held from reading a shard to committing its replacement.
     months: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Shard writes in flight (their files are not committed yet: not orphans).
@@ -137,11 +141,12 @@ impl std::fmt::Debug for JiraSync {
 }
 
 impl JiraSync {
-    /// A writer for the site in `config`.
+    /// A writer for the site in `config`; replaced versions are removed after `retention`.
     pub fn new(
         config: JiraConfig,
         state: Arc<StateStore>,
         storage: Storage,
+        retention: Duration,
     ) -> Result<Self, OrchestratorError> {
         let client = JiraClient::new(&config.url, &config.email, &config.api_token)?;
         Ok(Self {
@@ -149,6 +154,7 @@ impl JiraSync {
             client,
             state,
             storage,
+            retention,
             months: Mutex::default(),
             writing: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
@@ -253,6 +259,10 @@ impl JiraSync {
                     }
                 }
             }
+            if let Ok(counts) = self.state.delivery_counts(SCHEMA) {
+                metrics::gauge!("quiver_webhook_deliveries_pending", "source" => "jira")
+                    .set(counts.pending as f64);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
@@ -266,6 +276,7 @@ impl JiraSync {
     async fn run_jobs(&self, shutdown: CancellationToken) {
         let mut consistency = tokio::time::interval(self.config.consistency_check);
         let mut sla = tokio::time::interval(self.config.sla_refresh);
+        let mut prune = tokio::time::interval(Duration::from_secs(3600));
         // The first tick of an interval is immediate: start after one period instead.
         consistency.tick().await;
         sla.tick().await;
@@ -280,8 +291,40 @@ impl JiraSync {
                     Ok(n) => tracing::info!(issues = n, "jira SLA refresh"),
                     Err(e) => tracing::warn!(error = %e, "jira SLA refresh failed"),
                 },
+                _ = prune.tick() => if let Err(e) = self.prune_deliveries().await {
+                    tracing::warn!(error = %e, "pruning old jira deliveries");
+                },
             }
         }
+    }
+
+    /// Forgets deliveries processed more than a week ago and removes their raw bodies.
+    async fn prune_deliveries(&self) -> Result<(), OrchestratorError> {
+        let payloads = self.state.forget_deliveries(SCHEMA, KEEP_DELIVERIES)?;
+        let keys = futures::stream::iter(
+            payloads
+                .into_iter()
+                .map(|p| Ok(object_store::path::Path::from(p))),
+        )
+        .boxed();
+        let removed = self
+            .storage
+            .store()
+            .delete_stream(keys)
+            .filter(|r| {
+                let gone = !matches!(r, Err(object_store::Error::NotFound { .. }));
+                async move { gone }
+            })
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| CatalogError::Storage(format!("removing old deliveries: {e}")))?;
+        if !removed.is_empty() {
+            tracing::info!(deliveries = removed.len(), "removed old jira deliveries");
+        }
+        let counts = self.state.delivery_counts(SCHEMA)?;
+        metrics::gauge!("quiver_webhook_deliveries_pending", "source" => "jira")
+            .set(counts.pending as f64);
+        Ok(())
     }
 
     /// Processes one batch of due deliveries; returns how many were taken.
@@ -308,6 +351,7 @@ impl JiraSync {
                 self.state.finish_deliveries(SCHEMA, &ids)?;
                 metrics::counter!("quiver_webhook_deliveries_processed_total", "source" => "jira")
                     .increment(ids.len() as u64);
+                crate::retention::expire(&self.state, &self.storage, self.retention).await?;
             }
             Err(e) => {
                 let message = e.to_string();

@@ -172,10 +172,20 @@ impl Orchestrator {
         }
     }
 
-    /// With Jira's tables kept by `jira` (processing runs with the scheduler).
-    pub fn with_jira(mut self, jira: jira::JiraSync) -> Self {
+    /// Keeping Jira's tables for the site in `config` (deliveries are processed while the
+    /// scheduler runs).
+    pub fn with_jira(
+        mut self,
+        config: quiver_config::JiraConfig,
+    ) -> Result<Self, OrchestratorError> {
+        let jira = jira::JiraSync::new(
+            config,
+            self.state.clone(),
+            self.storage.clone(),
+            self.options.retention,
+        )?;
         self.jira = Some(Arc::new(jira));
-        self
+        Ok(self)
     }
 
     /// The Jira writer, when Jira is configured.

@@ -224,11 +224,7 @@ pub fn new_orchestrator(
         config.storage.data_dir.join("scratch"),
     );
     Ok(match &config.jira {
-        Some(jira) => orchestrator.with_jira(quiver_orchestrator::jira::JiraSync::new(
-            jira.clone(),
-            state.clone(),
-            storage.clone(),
-        )?),
+        Some(jira) => orchestrator.with_jira(jira.clone())?,
         None => orchestrator,
     })
 }

@@ -354,3 +354,35 @@ def test_backfill_then_consistency_repair_and_sla_refresh(jira, workdir):
             {"summary": "not in the backfill"}]
     finally:
         server.stop()
+
+
+def test_replaced_shards_are_removed_after_the_retention_and_shared_ones_stay(jira, workdir):
+    jira.create("ABC-1", dt.datetime(2026, 1, 10, tzinfo=UTC), "changes often", comments=1)
+    jira.create("ABC-2", dt.datetime(2026, 2, 10, tzinfo=UTC), "never changes", comments=1)
+    server = Server(["serve"], str(workdir / "data"), config=jira_config(jira) + "sync:\n  retention: 1s\n")
+    try:
+        event(server, jira, "jira:issue_created", "ABC-1")
+        event(server, jira, "jira:issue_created", "ABC-2")
+        wait_for(server, "SELECT count(*) AS n FROM jira.issues", [{"n": 2}])
+        for n in range(3):
+            jira.update("ABC-1", summary=f"edit {n}")
+            event(server, jira, "jira:issue_updated", "ABC-1")
+            wait_for(server, "SELECT summary FROM jira.issues WHERE issue_key = 'ABC-1'", [{"summary": f"edit {n}"}])
+            time.sleep(1.2)
+        jira.comment("ABC-1", "last one")
+        event(server, jira, "jira:issue_updated", "ABC-1")
+        wait_for(server, "SELECT count(*) AS n FROM jira.comments", [{"n": 3}])
+        shards = workdir / "data" / "objects" / "tables" / "jira"
+        # February was written once and every version since shares that file.
+        for table in ["issues", "comments"]:
+            assert len(list((shards / table / "2026-02").iterdir())) == 1, table
+        # January's replaced files went once their retention passed; the last two may remain.
+        assert len(list((shards / "issues" / "2026-01").iterdir())) <= 2
+        assert rows(server, "SELECT issue_key, summary FROM jira.issues ORDER BY 1").to_pylist() == [
+            {"issue_key": "ABC-1", "summary": "edit 2"}, {"issue_key": "ABC-2", "summary": "never changes"}]
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        metrics = requests.get(f"http://{server.http}/metrics", headers={"authorization": f"Bearer {token}"},
+                               timeout=30).text
+        assert 'quiver_webhook_deliveries_total{source="jira",outcome="accepted"} 6' in metrics, metrics
+    finally:
+        server.stop()
