@@ -432,6 +432,29 @@ mod tests {
     }
 
     #[test]
+    fn jira_section_parses_with_defaults_and_hides_its_secrets() {
+        let text = "jira:\n  url: https://acme.atlassian.net\n  email: bot@acme.com\n  api_token: ${JT}\n  webhook_secret: ${WS}\n";
+        let env = |k: &str| match k {
+            "JT" => Some("token-value".to_string()),
+            "WS" => Some("a-long-webhook-secret".to_string()),
+            _ => None,
+        };
+        let jira = Config::parse(text, env).unwrap().jira.unwrap();
+        assert_eq!(jira.api_token, "token-value");
+        assert_eq!(jira.consistency_check.as_secs(), 6 * 3600);
+        assert_eq!(jira.sla_refresh.as_secs(), 300);
+        assert_eq!(jira.max_payload, ByteSize::mib(10));
+        let shown = format!("{jira:?}");
+        assert!(!shown.contains("token-value") && !shown.contains("a-long-webhook-secret"));
+
+        let bad = "jira:\n  url: acme.atlassian.net\n  email: ''\n  api_token: x\n  webhook_secret: short\n";
+        let problems = Config::parse(bad, no_env).unwrap_err().to_string();
+        for key in ["jira.url", "jira.api_token", "jira.webhook_secret"] {
+            assert!(problems.contains(key), "{key} in {problems}");
+        }
+    }
+
+    #[test]
     fn full_file_parses() {
         let text = r#"
 server:
