@@ -321,9 +321,6 @@ impl JiraSync {
         if !removed.is_empty() {
             tracing::info!(deliveries = removed.len(), "removed old jira deliveries");
         }
-        let counts = self.state.delivery_counts(SCHEMA)?;
-        metrics::gauge!("quiver_webhook_deliveries_pending", "source" => "jira")
-            .set(counts.pending as f64);
         Ok(())
     }
 
@@ -344,50 +341,75 @@ impl JiraSync {
                 entry.1 |= deleted;
             }
         }
-        let outcome = self.refetch(targets.into_values().collect()).await;
-        let ids: Vec<String> = due.iter().map(|d| d.id.clone()).collect();
-        match outcome {
-            Ok(()) => {
-                self.state.finish_deliveries(SCHEMA, &ids)?;
-                metrics::counter!("quiver_webhook_deliveries_processed_total", "source" => "jira")
-                    .increment(ids.len() as u64);
-                crate::retention::expire(&self.state, &self.storage, self.retention).await?;
-            }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::warn!(error = %message, deliveries = ids.len(), "jira deliveries postponed");
-                for delivery in &due {
-                    let pause = Duration::from_secs(5)
-                        .saturating_mul(2u32.saturating_pow(delivery.attempts.clamp(0, 7) as u32));
-                    self.state
-                        .postpone_delivery(SCHEMA, &delivery.id, &message, pause)?;
+        // An issue Jira will not serve (now) holds back only the deliveries naming it.
+        let (done, postponed): (Vec<&Delivery>, Vec<(&Delivery, String)>) =
+            match self.refetch(targets.into_values().collect()).await {
+                Ok(failed) => {
+                    let mut done = Vec::new();
+                    let mut postponed = Vec::new();
+                    for delivery in &due {
+                        let error = delivery_targets(delivery)
+                            .iter()
+                            .find_map(|t| failed.get(&t.reference).cloned());
+                        match error {
+                            Some(error) => postponed.push((delivery, error)),
+                            None => done.push(delivery),
+                        }
+                    }
+                    (done, postponed)
                 }
-            }
+                Err(e) => (Vec::new(), due.iter().map(|d| (d, e.to_string())).collect()),
+            };
+        let ids: Vec<String> = done.iter().map(|d| d.id.clone()).collect();
+        self.state.finish_deliveries(SCHEMA, &ids)?;
+        metrics::counter!("quiver_webhook_deliveries_processed_total", "source" => "jira")
+            .increment(ids.len() as u64);
+        for (delivery, error) in &postponed {
+            let pause = Duration::from_secs(5)
+                .saturating_mul(2u32.saturating_pow(delivery.attempts.clamp(0, 7) as u32));
+            tracing::warn!(delivery = %delivery.id, issues = %delivery.subject, error = %error, retry_in = ?pause, "jira delivery postponed");
+            self.state
+                .postpone_delivery(SCHEMA, &delivery.id, error, pause)?;
+        }
+        if !ids.is_empty() {
+            crate::retention::expire(&self.state, &self.storage, self.retention).await?;
         }
         Ok(due.len())
     }
 
-    /// Fetches issues (`deleted` ones are removed without asking) and applies them.
-    async fn refetch(&self, targets: Vec<(Target, bool)>) -> Result<(), OrchestratorError> {
-        let fetched: Vec<(Target, Option<IssueRows>)> = futures::stream::iter(targets)
-            .map(|(target, deleted)| async move {
-                if deleted {
-                    return Ok((target, None));
-                }
-                let issue = self.client.issue(&target.reference).await?;
-                let rows = issue.as_ref().map(issue_rows).transpose()?;
-                Ok::<_, OrchestratorError>((target, rows))
-            })
-            .buffer_unordered(FETCHES)
-            .try_collect()
-            .await?;
+    /// Fetches issues (`deleted` ones are removed without asking) and applies what could be
+    /// fetched; returns the issues that could not be, with the reason.
+    async fn refetch(
+        &self,
+        targets: Vec<(Target, bool)>,
+    ) -> Result<HashMap<String, String>, OrchestratorError> {
+        let fetched: Vec<(Target, Result<Option<IssueRows>, OrchestratorError>)> =
+            futures::stream::iter(targets)
+                .map(|(target, deleted)| async move {
+                    if deleted {
+                        return (target, Ok(None));
+                    }
+                    let rows = async {
+                        let issue = self.client.issue(&target.reference).await?;
+                        Ok(issue.as_ref().map(issue_rows).transpose()?)
+                    }
+                    .await;
+                    (target, rows)
+                })
+                .buffer_unordered(FETCHES)
+                .collect()
+                .await;
         let mut changes = Vec::new();
         let mut unplaced = Vec::new();
+        let mut failed = HashMap::new();
         for (target, rows) in fetched {
             match (rows, target.id, target.month) {
-                (Some(rows), _, _) => changes.push(Change::Upsert(rows)),
-                (None, Some(id), Some(month)) => changes.push(Change::Delete { id, month }),
-                (None, id, _) => unplaced.push((target.reference, id)),
+                (Err(e), _, _) => {
+                    failed.insert(target.reference, e.to_string());
+                }
+                (Ok(Some(rows)), _, _) => changes.push(Change::Upsert(rows)),
+                (Ok(None), Some(id), Some(month)) => changes.push(Change::Delete { id, month }),
+                (Ok(None), id, _) => unplaced.push((target.reference, id)),
             }
         }
         if !unplaced.is_empty() {
@@ -405,7 +427,23 @@ impl JiraSync {
                 }
             }
         }
-        self.apply(changes).await
+        self.apply(changes).await?;
+        Ok(failed)
+    }
+
+    /// [`Self::refetch`] for jobs: what could be fetched is applied, then any failure fails
+    /// the job, naming how many issues and the first reason.
+    async fn refetch_all(&self, targets: Vec<(Target, bool)>) -> Result<(), OrchestratorError> {
+        let failed = self.refetch(targets).await?;
+        match failed.iter().next() {
+            None => Ok(()),
+            Some((issue, error)) => Err(OrchestratorError::Connector(
+                quiver_connectors::ConnectorError::Source(format!(
+                    "{} issue(s) could not be read from Jira (the rest were loaded); {issue}: {error}",
+                    failed.len()
+                )),
+            )),
+        }
     }
 
     /// Rewrites the shards the changes touch, month by month (months in parallel).
@@ -493,7 +531,10 @@ impl JiraSync {
             batches.push(to_batch(index, &new_rows)?);
             commit.push(ShardChange {
                 location: self.storage.folder_url(&self.storage.table_prefix(&table)),
-                description: Some(description(TABLES[index]).into()),
+                // Described when first published; an admin's later description stays.
+                description: current
+                    .is_empty()
+                    .then(|| description(TABLES[index]).to_string()),
                 files: vec![self.write(&table, month, &batches).await?],
                 table,
             });
@@ -638,7 +679,7 @@ impl JiraSync {
                 })
                 .collect();
             done += targets.len() as u64;
-            self.refetch(targets).await?;
+            self.refetch_all(targets).await?;
             progress(done, total.max(done));
             match page.next {
                 Some(next) => token = Some(next),
@@ -720,7 +761,7 @@ impl JiraSync {
                 ));
             }
         }
-        self.refetch(targets).await?;
+        self.refetch_all(targets).await?;
         Ok(repair)
     }
 

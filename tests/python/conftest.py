@@ -89,6 +89,29 @@ class Server:
                 self.proc.kill()
 
 
+def on_terminal(args: list[str], timeout: float = 600) -> tuple[int, bytes, bytes]:
+    """Runs `quiver ARGS` with stderr on a pseudo-terminal (where progress bars are drawn);
+    returns the exit code, what the terminal showed and stdout."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([quiver_bin(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=follower, env=dict(os.environ, RUST_LOG="warn"))
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    code = proc.wait(timeout=timeout)
+    os.close(leader)
+    return code, screen, proc.stdout.read()
+
+
 def api(server: Server, method: str, path: str, token: str | None = None, body=None):
     """Calls Quiver's HTTP API; returns (status, decoded JSON or None)."""
     import json

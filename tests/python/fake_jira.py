@@ -44,6 +44,7 @@ class FakeJira:
         self.auth = "Basic " + base64.b64encode(f"{email}:{token}".encode()).decode()
         self.issues: dict[str, dict] = {}   # by key
         self.fetches: dict[str, int] = {}   # GET issue calls by key
+        self.failing: set[str] = set()      # keys whose GET answers 500
         self.hold = threading.Event()       # cleared: issue GETs wait (a slow Jira)
         self.hold.set()
         self._ids = itertools.count(10001)
@@ -224,6 +225,8 @@ class FakeJira:
                 if issue is None:
                     return self._send(404, {"errorMessages": ["Issue does not exist or you do not have permission to see it."]})
                 start, size = int(query.get("startAt", 0)), int(query.get("maxResults", 50))
+                if sub is None and issue["key"] in fake.failing:
+                    return self._send(500, {"errorMessages": ["Internal server error"]})
                 if sub is None:
                     fake.hold.wait()
                     with fake._lock:

@@ -20,7 +20,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, quiver_bin
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, on_terminal, quiver_bin
 from fake_jira import FakeJira
 from test_sync import rows, wait_run
 
@@ -250,6 +250,23 @@ def test_fifty_concurrent_deliveries_across_months_lose_no_update(jira, workdir)
         server.stop()
 
 
+def test_an_issue_jira_cannot_serve_holds_back_only_its_own_deliveries(jira, workdir):
+    jira.create("ABC-3", dt.datetime(2026, 3, 1, tzinfo=UTC), "Jira fails on this one")
+    jira.create("ABC-4", dt.datetime(2026, 3, 2, tzinfo=UTC), "fine")
+    jira.failing.add("ABC-3")
+    server = start(workdir, jira)
+    try:
+        event(server, jira, "jira:issue_created", "ABC-3")
+        event(server, jira, "jira:issue_created", "ABC-4")
+        wait_for(server, "SELECT issue_key FROM jira.issues", [{"issue_key": "ABC-4"}])
+        assert "jira delivery postponed" in server.log() and "500" in server.log()
+        jira.failing.clear()  # Jira recovers: the postponed delivery is retried
+        wait_for(server, "SELECT issue_key FROM jira.issues ORDER BY 1", [{"issue_key": "ABC-3"}, {"issue_key": "ABC-4"}],
+                 timeout=60)
+    finally:
+        server.stop()
+
+
 def test_a_crash_after_the_answer_loses_nothing(jira, workdir):
     jira.create("ABC-1", dt.datetime(2026, 3, 1, tzinfo=UTC), "Before the crash")
     jira.create("ABC-2", dt.datetime(2026, 4, 1, tzinfo=UTC), "Also pending")
@@ -285,26 +302,11 @@ def test_backfill_then_consistency_repair_and_sla_refresh(jira, workdir):
     config.write_text(jira_config(jira, sla_refresh="2s"))
 
     # The backfill, on a terminal: a progress bar over Jira's count, page by page.
-    import pty
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen([quiver_bin(), "sync", "jira.issues", "--backfill", "--jql", "project = ABC",
-                             "--config", str(config), "--data-dir", str(data)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower,
-                            env=dict(os.environ, RUST_LOG="warn"))
-    os.close(follower)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        screen += chunk
-    assert proc.wait(timeout=600) == 0, screen[-2000:]
-    os.close(leader)
+    code, screen, out = on_terminal(["sync", "jira.issues", "--backfill", "--jql", "project = ABC",
+                                     "--config", str(config), "--data-dir", str(data)])
+    assert code == 0, screen[-2000:]
     assert b"jira backfill" in screen and b"/231 issues" in screen, screen[-1000:]
-    assert b"231 issues loaded" in proc.stdout.read()
+    assert b"231 issues loaded" in out
 
     # A backfill of a non-Jira table is refused with the reason.
     wrong = subprocess.run([quiver_bin(), "sync", "sales.orders", "--backfill", "--jql", "x",
