@@ -388,3 +388,20 @@ def test_replaced_shards_are_removed_after_the_retention_and_shared_ones_stay(ji
         assert 'quiver_webhook_deliveries_total{source="jira",outcome="accepted"} 6' in metrics, metrics
     finally:
         server.stop()
+
+
+def test_the_scheduled_consistency_check_finds_what_no_event_announced(jira, workdir):
+    jira.create("OPS-1", dt.datetime(2026, 1, 1, tzinfo=UTC), "announced")
+    server = start(workdir, jira, consistency_check="2s")
+    try:
+        event(server, jira, "jira:issue_created", "OPS-1")
+        wait_for(server, "SELECT issue_key FROM jira.issues", [{"issue_key": "OPS-1"}])
+        jira.create("OPS-2", dt.datetime(2026, 2, 1, tzinfo=UTC), "never announced", comments=2)
+        wait_for(server, "SELECT issue_key, summary FROM jira.issues ORDER BY 1",
+                 [{"issue_key": "OPS-1", "summary": "announced"}, {"issue_key": "OPS-2", "summary": "never announced"}])
+        assert rows(server, "SELECT count(*) AS n FROM jira.comments").to_pylist() == [{"n": 2}]
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        status, table = api(server, "GET", "/api/admin/tables/jira.issues", token)
+        assert status == 200 and table["rows"] == 2 and table["version"] >= 2, table
+    finally:
+        server.stop()
