@@ -31,6 +31,7 @@ use quiver_connectors::{ConnectorError, connector, connector_names, tpch};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use jira::JiraJob;
 pub use schedule::Schedule;
 
 /// Errors of the orchestrator.
@@ -110,15 +111,6 @@ pub fn validate(def: &TableDef) -> Vec<FieldProblem> {
         )),
     }
     problems
-}
-
-/// What `quiver sync jira.*` (or "Sync now" on a Jira table) runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JiraJob {
-    /// Compare Jira's issue list with ours and repair the difference.
-    Check,
-    /// Load every issue a JQL query matches.
-    Backfill(String),
 }
 
 /// A sync in progress.
@@ -247,95 +239,6 @@ impl Orchestrator {
             let _ = this.execute(&table, &def, running).await;
         });
         Ok(run)
-    }
-
-    /// Whether `table` is one of Jira's (kept by the Jira writer, not by a definition).
-    fn is_jira(&self, table: &TableName) -> Result<bool, OrchestratorError> {
-        Ok(self.jira.is_some()
-            && table.schema() == jira::SCHEMA
-            && self.state.definition(table)?.is_none())
-    }
-
-    /// Starts a Jira job in the background (recorded as a run of `jira.issues`).
-    pub fn start_jira(
-        self: &Arc<Self>,
-        job: JiraJob,
-        trigger: Trigger,
-    ) -> Result<i64, OrchestratorError> {
-        let (jira, running) = self.claim_jira(&trigger)?;
-        let run = running.run;
-        let this = self.clone();
-        tokio::spawn(async move {
-            let _ = this.execute_jira(&jira, &job, &running, |_, _| {}).await;
-        });
-        Ok(run)
-    }
-
-    /// Runs a Jira job to its end; `progress(done, total)` as issues are loaded.
-    pub async fn run_jira(
-        &self,
-        job: JiraJob,
-        trigger: Trigger,
-        progress: impl Fn(u64, u64),
-    ) -> Result<SyncRun, OrchestratorError> {
-        let (jira, running) = self.claim_jira(&trigger)?;
-        let _ = self.execute_jira(&jira, &job, &running, progress).await;
-        Ok(self.state.sync_run(running.run)?)
-    }
-
-    fn claim_jira(
-        &self,
-        trigger: &Trigger,
-    ) -> Result<(Arc<jira::JiraSync>, Running), OrchestratorError> {
-        let jira = self.jira.clone().ok_or_else(|| {
-            CatalogError::NotFound("Jira is not configured (no `jira:` section)".into())
-        })?;
-        let table = TableName::new(jira::SCHEMA, "issues")?;
-        Ok((jira, self.claim_slot(&table, trigger)?))
-    }
-
-    async fn execute_jira(
-        &self,
-        jira: &jira::JiraSync,
-        job: &JiraJob,
-        running: &Running,
-        progress: impl Fn(u64, u64),
-    ) -> Result<u64, OrchestratorError> {
-        let table = TableName::new(jira::SCHEMA, "issues")?;
-        let _permit = self.permits.acquire().await;
-        tracing::info!(run = running.run, ?job, "jira job started");
-        let outcome = match job {
-            JiraJob::Check => jira
-                .check_consistency()
-                .await
-                .map(|r| (r.refetched + r.removed) as u64),
-            JiraJob::Backfill(jql) => {
-                jira.backfill(jql, |done, total| {
-                    running.progress.set_rows(done);
-                    progress(done, total);
-                })
-                .await
-            }
-        };
-        lock(&self.running).remove(&table);
-        match outcome {
-            Ok(issues) => {
-                self.state.succeed_run(running.run, issues as i64)?;
-                tracing::info!(run = running.run, issues, "jira job succeeded");
-                if let Err(e) =
-                    retention::expire(&self.state, &self.storage, self.options.retention).await
-                {
-                    tracing::warn!(error = %e, "garbage collection");
-                }
-                Ok(issues)
-            }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::warn!(run = running.run, error = %message, "jira job failed");
-                self.state.fail_run(running.run, &message)?;
-                Err(e)
-            }
-        }
     }
 
     /// Runs a sync to its end and returns the finished run (failed runs included).
