@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use quiver_catalog::registry::SyncRun;
 use quiver_catalog::{CatalogError, TableName};
+use quiver_connectors::jira::is_issue_key;
 use quiver_connectors::jira::tables::issue_row;
 
 use super::shards::{Change, Held};
@@ -56,7 +57,8 @@ impl JiraSync {
                 .issues
                 .iter()
                 .filter_map(|i| {
-                    let reference = i["key"].as_str().or(i["id"].as_str())?.to_string();
+                    // Keys go into request paths: only well-formed ones.
+                    let reference = i["key"].as_str().filter(|k| is_issue_key(k))?.to_string();
                     Some((
                         Target {
                             reference,
@@ -70,6 +72,8 @@ impl JiraSync {
             done += targets.len() as u64;
             self.refetch_all(targets).await?;
             progress(done, total.max(done));
+            // Each page publishes versions; a long backfill should not pile them up.
+            retention::expire(&self.state, &self.storage, self.retention).await?;
             match page.next {
                 Some(next) => token = Some(next),
                 None => break,
@@ -115,7 +119,10 @@ impl JiraSync {
         let mut seen = HashSet::new();
         let mut targets = Vec::new();
         for issue in &listed {
-            let Some(id) = issue["id"].as_str() else {
+            let Some(id) = issue["id"]
+                .as_str()
+                .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            else {
                 continue;
             };
             seen.insert(id.to_string());
