@@ -24,7 +24,9 @@ import json
 import re
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from fake_http import JsonHandler
 
 EMBEDDED = 2  # comments and histories Jira embeds in the issue before one must page
 
@@ -194,18 +196,7 @@ class FakeJira:
     def _handler(self):
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, body):
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
+        class Handler(JsonHandler):
             def _authorized(self) -> bool:
                 if self.headers.get("authorization") != fake.auth:
                     self._send(401, {"errorMessages": ["Client must be authenticated to access this resource."]})

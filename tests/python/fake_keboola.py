@@ -16,11 +16,12 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from fake_http import JsonHandler
 
 
 class FakeKeboola:
@@ -78,18 +79,7 @@ class FakeKeboola:
     def _handler(self):
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, body, content_type="application/json"):
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _authorized(self) -> bool:
                 if self.path.startswith("/slices/") or self.path.startswith("/manifests/"):
                     return True  # pre-signed in the real service

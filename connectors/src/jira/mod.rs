@@ -21,6 +21,28 @@ pub fn is_issue_key(key: &str) -> bool {
         && number.chars().all(|c| c.is_ascii_digit())
 }
 
+/// Whether `id` is a Jira issue id: digits only (`10001`).
+pub fn is_issue_id(id: &str) -> bool {
+    (1..=20).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// An issue id as text, whether Jira sent it as a string or a number; `None` if malformed.
+pub fn issue_id(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Number(n) => Some(n.to_string()).filter(|id| is_issue_id(id)),
+        serde_json::Value::String(s) => Some(s.clone()).filter(|id| is_issue_id(id)),
+        _ => None,
+    }
+}
+
+/// A Jira time (`2026-01-15T10:20:30.000+0100`, or RFC 3339) in UTC.
+pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s))
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -364,17 +364,9 @@ fn text(v: &Value) -> Value {
 
 /// A Jira time (`2026-01-15T10:20:30.000+0100`) as RFC 3339 UTC, or null.
 fn time(v: &Value) -> Value {
-    let Some(s) = v.as_str() else {
-        return Value::Null;
-    };
-    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
-        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s))
-        .map(|t| {
-            json!(
-                t.with_timezone(&chrono::Utc)
-                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-            )
-        })
+    v.as_str()
+        .and_then(super::parse_time)
+        .map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
         .unwrap_or(Value::Null)
 }
 

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use quiver_catalog::registry::SyncRun;
 use quiver_catalog::{CatalogError, TableName};
-use quiver_connectors::jira::is_issue_key;
 use quiver_connectors::jira::tables::issue_row;
+use quiver_connectors::jira::{is_issue_key, issue_id, parse_time};
 
 use super::shards::{Change, Held};
-use super::{JiraSync, SCHEMA, Target, micros};
+use super::{JiraSync, SCHEMA, Target};
 use crate::{Orchestrator, OrchestratorError, Running, Trigger, lock, retention};
 
 /// What `quiver sync jira.*` (or "Sync now" on a Jira table) runs.
@@ -62,7 +62,7 @@ impl JiraSync {
                     Some((
                         Target {
                             reference,
-                            id: i["id"].as_str().map(String::from),
+                            id: issue_id(&i["id"]),
                             month: None,
                         },
                         false,
@@ -119,14 +119,15 @@ impl JiraSync {
         let mut seen = HashSet::new();
         let mut targets = Vec::new();
         for issue in &listed {
-            let Some(id) = issue["id"]
-                .as_str()
-                .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-            else {
+            let Some(id) = issue_id(&issue["id"]) else {
                 continue;
             };
+            let id = id.as_str();
             seen.insert(id.to_string());
-            let theirs = issue["fields"]["updated"].as_str().and_then(micros);
+            let theirs = issue["fields"]["updated"]
+                .as_str()
+                .and_then(parse_time)
+                .map(|t| t.timestamp_micros());
             let stale = match held.get(id) {
                 None => true,
                 Some(h) => theirs.is_some_and(|t| h.updated.is_none_or(|ours| ours < t)),

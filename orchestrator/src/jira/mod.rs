@@ -26,7 +26,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use quiver_catalog::webhooks::{Delivery, NewDelivery};
 use quiver_catalog::{CatalogError, StateStore, Storage, TableName};
 use quiver_config::JiraConfig;
-use quiver_connectors::jira::{JiraClient, TABLES, is_issue_key};
+use quiver_connectors::jira::{JiraClient, TABLES, is_issue_key, issue_id, parse_time};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -335,15 +335,10 @@ fn targets_of(payload: &Value) -> Result<Vec<Target>, OrchestratorError> {
                 key.chars().take(60).collect::<String>()
             )));
         }
-        let id = match &issue["id"] {
-            Value::String(s) if s.chars().all(|c| c.is_ascii_digit()) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        };
+        let id = issue_id(&issue["id"]);
         let month = issue["fields"]["created"]
             .as_str()
-            .and_then(micros)
-            .and_then(chrono::DateTime::from_timestamp_micros)
+            .and_then(parse_time)
             .map(|t| t.format("%Y-%m").to_string());
         return Ok(vec![Target {
             reference: key.to_string(),
@@ -354,15 +349,8 @@ fn targets_of(payload: &Value) -> Result<Vec<Target>, OrchestratorError> {
     if let Some(link) = payload.get("issueLink") {
         let mut out = Vec::new();
         for end in ["sourceIssueId", "destinationIssueId"] {
-            let id = match &link[end] {
-                Value::Number(n) => n.to_string(),
-                Value::String(s)
-                    if !s.is_empty() && s.len() <= 20 && s.chars().all(|c| c.is_ascii_digit()) =>
-                {
-                    s.clone()
-                }
-                _ => return Err(bad(format!("`issueLink.{end}` is not an issue id"))),
-            };
+            let id = issue_id(&link[end])
+                .ok_or_else(|| bad(format!("`issueLink.{end}` is not an issue id")))?;
             out.push(Target {
                 reference: id.clone(),
                 id: Some(id),
@@ -378,14 +366,6 @@ fn targets_of(payload: &Value) -> Result<Vec<Target>, OrchestratorError> {
 
 fn delivery_targets(delivery: &Delivery) -> Vec<Target> {
     serde_json::from_value(delivery.detail["targets"].clone()).unwrap_or_default()
-}
-
-/// A Jira time as microseconds since the epoch.
-fn micros(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
-        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s))
-        .ok()
-        .map(|t| t.timestamp_micros())
 }
 
 #[cfg(test)]
