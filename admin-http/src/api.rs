@@ -165,12 +165,16 @@ pub async fn my_tokens(
     security(("bearer" = []), ("session" = [])))]
 pub async fn create_token(
     State(app): State<AppState>,
-    Caller { principal: p, .. }: Caller,
+    Caller {
+        principal: p,
+        origin,
+        ..
+    }: Caller,
     Json(body): Json<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let email = p.email().to_string();
     let (info, token) = blocking(&app, move |s| {
-        s.create_token(&email, &email, &body.name, body.expires_in_days)
+        s.create_token(&email, &email, &body.name, body.expires_in_days, origin.as_ref())
     })
     .await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))

@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use quiver_catalog::Principal;
+use quiver_catalog::{Origin, Principal, Verified};
 use quiver_catalog::tokens::TOKEN_PREFIX;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -22,8 +22,33 @@ use crate::{AppState, blocking};
 pub struct Caller {
     /// Who it is.
     pub principal: Principal,
-    /// The credential presented (session token, JWT or PAT), to end a session with.
-    credential: String,
+    /// The bearer token presented, when it was a session token (not a PAT): what signing
+    /// out ends.
+    session: Option<Verified>,
+    /// The credential a token made by this caller must end with.
+    pub origin: Option<Origin>,
+}
+
+/// The principal behind a bearer credential (a PAT, or a session token that was neither
+/// ended nor outlived its origin), and that credential as an origin for tokens made with it.
+pub(crate) async fn resolve_bearer(
+    app: &AppState,
+    token: &str,
+) -> Result<Option<(Principal, Option<Verified>, Option<Origin>)>, ApiError> {
+    if token.starts_with(TOKEN_PREFIX) {
+        let secret = token.to_string();
+        let used = blocking(app, move |s| s.token_principal(&secret)).await?;
+        return Ok(used.map(|t| (t.principal, None, Some(Origin::Token(t.id)))));
+    }
+    let Some(verified) = app.tokens.verify(token) else {
+        return Ok(None);
+    };
+    let checked = verified.clone();
+    let principal = blocking(app, move |s| s.bearer_principal(&checked)).await?;
+    Ok(principal.map(|p| {
+        let origin = verified.origin.clone();
+        (p, Some(verified), origin)
+    }))
 }
 
 /// The signed-in caller, a member of `Admin`.
@@ -69,28 +94,15 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let token = credential(parts, app)?;
-        let refused = || ApiError::unauthenticated("invalid, expired or revoked token");
-        let principal = if token.starts_with(TOKEN_PREFIX) {
-            let secret = token.clone();
-            blocking(app, move |s| {
-                Ok(s.token_principal(&secret)?.map(|t| t.principal))
-            })
-            .await?
-            .ok_or_else(refused)?
-        } else {
-            if app.sessions.is_ended(&token) {
-                return Err(ApiError::unauthenticated(
-                    "the session has ended; sign in again",
-                ));
-            }
-            let email = app.tokens.verify(&token).ok_or_else(refused)?;
-            blocking(app, move |s| s.principal(&email))
-                .await?
-                .ok_or_else(refused)?
-        };
+        let (principal, session, origin) = resolve_bearer(app, &token).await?.ok_or_else(|| {
+            ApiError::unauthenticated(
+                "invalid, expired or revoked token, or the session has ended; sign in again",
+            )
+        })?;
         Ok(Caller {
             principal,
-            credential: token,
+            session,
+            origin,
         })
     }
 }
@@ -171,7 +183,7 @@ pub async fn login(
     };
     metrics::counter!("quiver_logins_total", "via" => "http", "outcome" => "ok").increment(1);
     app.throttle.succeeded(&email);
-    let (token, expires_at) = app.tokens.issue(principal.email())?;
+    let (token, expires_at) = app.tokens.issue(principal.email(), None)?;
     let max_age = expires_at.saturating_sub(quiver_catalog::identity::unix_now());
     let cookies = start_cookies(&app.sessions, &token, max_age, is_https(&headers));
     let body = LoginResponse {
@@ -190,14 +202,17 @@ pub async fn login(
 #[utoipa::path(post, path = "/auth/logout", tag = "auth",
     responses((status = 204), (status = 401, body = crate::error::ErrorBody)),
     security(("bearer" = []), ("session" = [])))]
-pub async fn logout(State(app): State<AppState>, caller: Caller) -> Response {
-    if !caller.credential.starts_with(TOKEN_PREFIX) {
-        let expires = quiver_catalog::identity::unix_now() + app.tokens.lifetime().as_secs();
-        app.sessions.end(&caller.credential, expires);
+pub async fn logout(State(app): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    if let Some(session) = caller.session {
+        let email = caller.principal.email().to_string();
+        blocking(&app, move |s| {
+            s.end_session(&email, &session.jti, session.exp)
+        })
+        .await?;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     for c in end_cookies() {
         response.headers_mut().append(header::SET_COOKIE, c);
     }
-    response
+    Ok(response)
 }

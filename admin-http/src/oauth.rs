@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use base64::Engine;
+use quiver_catalog::Origin;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -180,7 +181,8 @@ pub async fn token(
     metrics::counter!("quiver_logins_total", "via" => "oauth", "outcome" => "ok").increment(1);
     app.throttle.succeeded(&client_id);
     token_response(
-        app.tokens.issue(principal.email()),
+        app.tokens
+            .issue(principal.email(), Some(Origin::Client(client_id.clone()))),
         app.tokens.lifetime(),
         None,
     )
@@ -242,7 +244,7 @@ async fn exchange(app: &AppState, request: &TokenRequest) -> Response {
     metrics::counter!("quiver_logins_total", "via" => "token_exchange", "outcome" => "ok")
         .increment(1);
     token_response(
-        app.tokens.issue(principal.email()),
+        app.tokens.issue(principal.email(), None),
         app.tokens.lifetime(),
         Some(ACCESS_TOKEN_TYPE),
     )

@@ -533,7 +533,7 @@ pub async fn callback(
     .ok_or_else(|| ApiError::forbidden("your account is deactivated; ask an administrator"))?;
     metrics::counter!("quiver_logins_total", "via" => "oidc", "outcome" => "ok").increment(1);
 
-    let (token, expires_at) = app.tokens.issue(principal.email())?;
+    let (token, expires_at) = app.tokens.issue(principal.email(), None)?;
     let next = if is_local_path(&flow.next) {
         flow.next
     } else {

@@ -1,14 +1,9 @@
 //! Browser sessions: the bearer token in an HttpOnly, SameSite=Lax cookie (Secure behind
-//! HTTPS), a CSRF token derived from it for every cookie-authenticated change, and a
-//! sign-out list so a session ended with `POST /auth/logout` stays ended.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! HTTPS), and a CSRF token derived from it for every cookie-authenticated change. Ended
+//! sessions are kept in the state store (`quiver_catalog::sessions`), for every edge.
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use hmac::{Hmac, Mac};
-use quiver_catalog::identity::unix_now;
-use quiver_catalog::tokens::token_hash;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -19,12 +14,10 @@ pub const CSRF_COOKIE: &str = "quiver_csrf";
 /// The header carrying the CSRF token on cookie-authenticated changes.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// Derives CSRF tokens and remembers ended sessions.
+/// Derives CSRF tokens and seals cookies.
 #[derive(Debug)]
 pub struct Sessions {
     key: Vec<u8>,
-    /// Ended sessions (token hash → expiry), forgotten once they would have expired anyway.
-    ended: Mutex<HashMap<String, u64>>,
 }
 
 impl Sessions {
@@ -34,7 +27,6 @@ impl Sessions {
         mac.update(b"quiver csrf key");
         Self {
             key: mac.finalize().into_bytes().to_vec(),
-            ended: Mutex::default(),
         }
     }
 
@@ -76,22 +68,6 @@ impl Sessions {
             .decode(body)
             .ok()?;
         serde_json::from_slice(&json).ok()
-    }
-
-    /// Ends a session until `expires_at`.
-    pub fn end(&self, session: &str, expires_at: u64) {
-        let now = unix_now();
-        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        ended.retain(|_, exp| *exp > now);
-        ended.insert(token_hash(session), expires_at);
-    }
-
-    /// Whether a session was ended.
-    pub fn is_ended(&self, session: &str) -> bool {
-        self.ended
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&token_hash(session))
     }
 }
 
@@ -158,8 +134,6 @@ mod tests {
         assert!(s.csrf_ok("session-a", &t));
         assert!(!s.csrf_ok("session-b", &t));
         assert!(!s.csrf_ok("session-a", ""));
-        s.end("session-a", unix_now() + 60);
-        assert!(s.is_ended("session-a") && !s.is_ended("session-b"));
     }
 
     #[test]

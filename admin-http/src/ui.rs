@@ -27,6 +27,8 @@ const LOGIN_CSRF_COOKIE: &str = "quiver_login_csrf";
 pub struct PageUser {
     principal: Principal,
     session: String,
+    /// The credential tokens made on these pages end with.
+    origin: Option<quiver_catalog::Origin>,
 }
 
 impl PageUser {
@@ -54,17 +56,15 @@ impl FromRequestParts<AppState> for PageUser {
         let Some(session) = cookie(&parts.headers, SESSION_COOKIE).map(String::from) else {
             return Err(to_login());
         };
-        if app.sessions.is_ended(&session) {
-            return Err(to_login());
-        }
-        let Some(email) = app.tokens.verify(&session) else {
-            return Err(to_login());
-        };
-        let principal = blocking(app, move |s| s.principal(&email))
+        let (principal, _, origin) = crate::auth::resolve_bearer(app, &session)
             .await
             .map_err(IntoResponse::into_response)?
             .ok_or_else(to_login)?;
-        Ok(PageUser { principal, session })
+        Ok(PageUser {
+            principal,
+            session,
+            origin,
+        })
     }
 }
 
@@ -349,7 +349,7 @@ pub async fn login_submit(
     };
     metrics::counter!("quiver_logins_total", "via" => "web", "outcome" => "ok").increment(1);
     app.throttle.succeeded(&form.email);
-    let Ok((token, expires_at)) = app.tokens.issue(principal.email()) else {
+    let Ok((token, expires_at)) = app.tokens.issue(principal.email(), None) else {
         return retry(StatusCode::INTERNAL_SERVER_ERROR, "Signing in failed.");
     };
     let mut response = Redirect::to(&next).into_response();
@@ -528,7 +528,12 @@ pub async fn create_token(
     };
     let email = user.principal.email().to_string();
     let name = form.name.clone();
-    match blocking(&app, move |s| s.create_token(&email, &email, &name, days)).await {
+    let origin = user.origin.clone();
+    match blocking(&app, move |s| {
+        s.create_token(&email, &email, &name, days, origin.as_ref())
+    })
+    .await
+    {
         Ok((info, secret)) => connect_page(&app, &user, Some((info.name, secret)), None).await,
         Err(e) => connect_page(&app, &user, None, Some(e.message().to_string())).await,
     }

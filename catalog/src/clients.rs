@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 use crate::CatalogError;
 use crate::access::normalize_email;
 use crate::access::user_active;
-use crate::identity::{Principal, unix_now};
+use crate::identity::{Origin, Principal, unix_now};
 use crate::state::StateStore;
 use crate::tokens::token_hash;
 
@@ -122,7 +122,7 @@ impl StateStore {
         Ok(clients)
     }
 
-    /// Revokes a client: tokens it obtains from now on are refused.
+    /// Revokes a client: its access tokens, and the tokens made with them, stop working.
     pub fn revoke_client(&self, actor: &str, client_id: &str) -> Result<(), CatalogError> {
         self.change(actor, "client.revoke", client_id, |tx| {
             let updated = tx.execute(
@@ -132,8 +132,24 @@ impl StateStore {
             if updated == 0 {
                 return Err(CatalogError::NotFound(format!("no client `{client_id}`")));
             }
-            Ok(((), serde_json::Value::Null))
+            let derived =
+                crate::tokens::revoke_derived(tx, &Origin::Client(client_id.to_string()))?;
+            Ok(((), json!({ "derived_revoked": derived })))
         })
+    }
+
+    /// Whether client `client_id`, acting as `email`, is not revoked.
+    pub fn client_active(&self, client_id: &str, email: &str) -> Result<bool, CatalogError> {
+        let found: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM client_credentials
+                 WHERE client_id = ? AND email = ? AND revoked_at IS NULL",
+                params![client_id, email],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(found.is_some())
     }
 
     /// The principal a client acts as, when `secret` is its secret and neither the client

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::datasource::TableProvider;
+use datafusion::error::DataFusionError;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -29,11 +30,14 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::access::{Grant, GrantTarget, NewGrant};
+use crate::executor::QueryExecutor;
 use crate::identity::Principal;
+use crate::limits::QueryLimits;
 use crate::memory::UserPool;
 use crate::names::CATALOG_NAME;
 use crate::policy::{CurrentUser, PolicyTable, TablePolicy};
@@ -55,6 +59,10 @@ pub struct EngineOptions {
     pub max_spill_bytes: u64,
     /// Rows per batch.
     pub batch_size: usize,
+    /// Bounds on a statement's size, depth and plan.
+    pub limits: QueryLimits,
+    /// Threads of the query runtime (planning and execution).
+    pub query_threads: usize,
 }
 
 /// What the SQL surface allows: queries only.
@@ -69,6 +77,9 @@ pub fn read_only() -> SQLOptions {
 pub struct QueryEngine {
     state: Arc<StateStore>,
     runtime: Arc<RuntimeEnv>,
+    /// Where user statements are planned and run, off the servers' async workers.
+    executor: QueryExecutor,
+    limits: QueryLimits,
     batch_size: usize,
     memory_limit_per_user: usize,
     /// Each user's memory pool, kept across sessions so a grant change does not hand a
@@ -133,6 +144,8 @@ impl QueryEngine {
         Ok(Self {
             state,
             runtime,
+            executor: QueryExecutor::new(options.query_threads)?,
+            limits: options.limits,
             batch_size: options.batch_size,
             memory_limit_per_user: options.memory_limit_per_user,
             pools: Mutex::default(),
@@ -189,15 +202,9 @@ impl QueryEngine {
             .execution
             .parquet
             .schema_force_view_types = false;
-        let pool = lock(&self.pools)
-            .entry(email.to_string())
-            .or_insert_with(|| {
-                Arc::new(UserPool::new(
-                    self.memory_limit_per_user,
-                    self.runtime.memory_pool.clone(),
-                ))
-            })
-            .clone();
+        // The parser refuses nesting past the depth the rest of planning is checked for.
+        config.options_mut().sql_parser.recursion_limit = self.limits.max_expression_depth;
+        let pool = self.user_pool(email);
         let runtime = RuntimeEnv {
             memory_pool: pool,
             ..self.runtime.as_ref().clone()
@@ -209,6 +216,7 @@ impl QueryEngine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(CurrentUser::udf(email));
+        crate::functions::bound_functions(&ctx, &ctx.runtime_env().memory_pool);
         ctx
     }
 
@@ -389,16 +397,58 @@ impl QueryEngine {
         Ok(provider)
     }
 
-    /// Plans `sql` for `principal`, refusing anything but a read-only query. `?` placeholders
-    /// are accepted as well as `$1`.
+    /// The memory pool `email`'s queries draw from (created on first use).
+    pub fn user_pool(&self, email: &str) -> Arc<dyn MemoryPool> {
+        lock(&self.pools)
+            .entry(email.to_string())
+            .or_insert_with(|| {
+                Arc::new(UserPool::new(
+                    self.memory_limit_per_user,
+                    self.runtime.memory_pool.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    /// Plans `sql` for `principal`, refusing anything but a read-only query within the
+    /// [`QueryLimits`]. `?` placeholders are accepted as well as `$1`. The work runs on
+    /// the query runtime; dropping the future abandons it.
     pub async fn plan(
-        &self,
+        self: &Arc<Self>,
         principal: &Principal,
         sql: &str,
-    ) -> Result<(SessionContext, LogicalPlan), CatalogError> {
+    ) -> Result<Planned, CatalogError> {
+        self.limits.check_length(sql)?;
+        let engine = self.clone();
+        let principal = principal.clone();
+        let sql = sql.to_string();
+        self.executor
+            .run(async move { engine.plan_here(&principal, &sql).await })
+            .await
+    }
+
+    async fn plan_here(&self, principal: &Principal, sql: &str) -> Result<Planned, CatalogError> {
         let ctx = self.session(principal).await?;
         let sql = number_placeholders(sql)?;
-        let plan = ctx.state().create_logical_plan(&sql).await?;
+        let state = ctx.state();
+        let dialect = state.config_options().sql_parser.dialect;
+        let statement = state.sql_to_statement(&sql, &dialect).map_err(|e| {
+            if e.to_string().contains("recursion limit exceeded") {
+                self.limits.too_deep()
+            } else {
+                CatalogError::Query(e)
+            }
+        })?;
+        match &statement {
+            DfStatement::Statement(inner) => self.limits.check_depth(inner.as_ref())?,
+            DfStatement::Explain(explain) => match explain.statement.as_ref() {
+                DfStatement::Statement(inner) => self.limits.check_depth(inner.as_ref())?,
+                _ => return Err(read_only_error("not a query")),
+            },
+            _ => return Err(read_only_error("not a query")),
+        }
+        let plan = state.statement_to_plan(statement).await?;
+        self.limits.check_plan(&plan)?;
         verify_read_only(&plan)?;
         // EXPLAIN would show policy literals, storage paths and pre-filter row counts.
         if !principal.is_admin()
@@ -408,24 +458,39 @@ impl QueryEngine {
                 "EXPLAIN is available to administrators only".into(),
             ));
         }
-        Ok((ctx, plan))
+        let tables = tables_read(&plan);
+        // The engine's settings include server paths (the spill directory): for admins.
+        if !principal.is_admin() && tables.iter().any(|t| t == SETTINGS_TABLE) {
+            return Err(CatalogError::Query(DataFusionError::Plan(format!(
+                "table '{CATALOG_NAME}.{SETTINGS_TABLE}' not found"
+            ))));
+        }
+        Ok(Planned { ctx, plan, tables })
     }
 
-    /// Runs a plan (after binding `params` to its placeholders) as a stream of batches.
+    /// Runs a plan (after binding `params` to its placeholders) as a stream of batches,
+    /// produced on the query runtime.
     pub async fn execute(
-        &self,
+        self: &Arc<Self>,
         ctx: &SessionContext,
         plan: LogicalPlan,
         params: Vec<ScalarValue>,
     ) -> Result<SendableRecordBatchStream, CatalogError> {
-        let plan = if params.is_empty() {
-            plan
-        } else {
-            plan.with_param_values(params)?
-        };
-        verify_read_only(&plan)?;
-        let df = ctx.execute_logical_plan(plan).await?;
-        Ok(df.execute_stream().await?)
+        let ctx = ctx.clone();
+        let stream = self
+            .executor
+            .run(async move {
+                let plan = if params.is_empty() {
+                    plan
+                } else {
+                    plan.with_param_values(params)?
+                };
+                verify_read_only(&plan)?;
+                let df = ctx.execute_logical_plan(plan).await?;
+                Ok(df.execute_stream().await?)
+            })
+            .await?;
+        Ok(self.executor.forward(stream))
     }
 
     /// The Arrow schema of a visible table, or `None` when the principal cannot see it.
@@ -445,14 +510,30 @@ impl QueryEngine {
     }
 }
 
+/// A statement planned for a principal.
+pub struct Planned {
+    /// The principal's session it was planned in (and must run in).
+    pub ctx: SessionContext,
+    /// The logical plan, policies included.
+    pub plan: LogicalPlan,
+    /// The tables it reads (`schema.table`), for the audit log.
+    pub tables: Vec<String>,
+}
+
+/// `information_schema.df_settings`, as [`tables_read`] names it.
+const SETTINGS_TABLE: &str = "information_schema.df_settings";
+
 /// Refuses plans that would change anything (DDL, DML, `COPY`, `SET`, …).
 fn verify_read_only(plan: &LogicalPlan) -> Result<(), CatalogError> {
-    read_only().verify_plan(plan).map_err(|e| {
-        CatalogError::InvalidQuery(format!(
-            "Quiver is read-only; only queries are accepted ({})",
-            e.find_root().strip_backtrace()
-        ))
-    })
+    read_only()
+        .verify_plan(plan)
+        .map_err(|e| read_only_error(&e.find_root().strip_backtrace()))
+}
+
+fn read_only_error(why: &str) -> CatalogError {
+    CatalogError::InvalidQuery(format!(
+        "Quiver is read-only; only queries are accepted ({why})"
+    ))
 }
 
 /// The placeholders' types in a plan, ordered `$1, $2, …`; unknown types come back as `Null`.

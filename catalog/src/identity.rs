@@ -92,6 +92,61 @@ struct Claims {
     iat: u64,
     nbf: u64,
     exp: u64,
+    /// The credential this token was obtained with, when it must end with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<Origin>,
+}
+
+/// A credential another one was obtained with, and so ends with: a token or a PAT made by
+/// signing in with a PAT, or with a service account's client credentials, is refused once
+/// that PAT or client is revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Origin {
+    /// A personal access token, by id.
+    Token(String),
+    /// An OAuth client (service account), by client id.
+    Client(String),
+}
+
+impl From<Origin> for String {
+    fn from(origin: Origin) -> String {
+        origin.to_string()
+    }
+}
+
+impl TryFrom<String> for Origin {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.split_once(':') {
+            Some(("pat", id)) => Ok(Origin::Token(id.to_string())),
+            Some(("client", id)) => Ok(Origin::Client(id.to_string())),
+            _ => Err(format!("unknown credential origin `{text}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Token(id) => write!(f, "pat:{id}"),
+            Origin::Client(id) => write!(f, "client:{id}"),
+        }
+    }
+}
+
+/// What a valid bearer token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The user's e-mail.
+    pub email: String,
+    /// The token's unique id (what signing out ends).
+    pub jti: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// The credential it was obtained with, if it ends with it.
+    pub origin: Option<Origin>,
 }
 
 const ISSUER: &str = "quiver";
@@ -129,8 +184,9 @@ impl TokenSigner {
         self.lifetime
     }
 
-    /// A token naming `email`, and when it expires (seconds since the epoch).
-    pub fn issue(&self, email: &str) -> Result<(String, u64), CatalogError> {
+    /// A token naming `email`, obtained with `origin` (it ends with it), and when it
+    /// expires (seconds since the epoch).
+    pub fn issue(&self, email: &str, origin: Option<Origin>) -> Result<(String, u64), CatalogError> {
         let now = unix_now();
         let claims = Claims {
             sub: email.to_string(),
@@ -140,6 +196,7 @@ impl TokenSigner {
             iat: now,
             nbf: now,
             exp: now + self.lifetime.as_secs(),
+            origin,
         };
         let token = encode(
             &Header::new(jsonwebtoken::Algorithm::HS256),
@@ -150,8 +207,10 @@ impl TokenSigner {
         Ok((token, claims.exp))
     }
 
-    /// The e-mail a valid token names; `None` for anything forged, expired or malformed.
-    pub fn verify(&self, token: &str) -> Option<String> {
+    /// What a valid token says; `None` for anything forged, expired or malformed. Whether
+    /// it was ended or its origin revoked is the state store's to say
+    /// ([`StateStore::bearer_principal`](crate::StateStore::bearer_principal)).
+    pub fn verify(&self, token: &str) -> Option<Verified> {
         let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = 30;
         validation.validate_nbf = true;
@@ -160,7 +219,12 @@ impl TokenSigner {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         decode::<Claims>(token, &self.decoding, &validation)
             .ok()
-            .map(|data| data.claims.sub)
+            .map(|data| Verified {
+                email: data.claims.sub,
+                jti: data.claims.jti,
+                exp: data.claims.exp,
+                origin: data.claims.origin,
+            })
     }
 }
 
@@ -188,8 +252,12 @@ mod tests {
     #[test]
     fn tokens_verify_only_with_the_same_key_and_unexpired() {
         let signer = TokenSigner::new(&[7u8; 32], Duration::from_secs(60));
-        let (token, _) = signer.issue("ada@example.com").unwrap();
-        assert_eq!(signer.verify(&token).as_deref(), Some("ada@example.com"));
+        let (token, _) = signer
+            .issue("ada@example.com", Some(Origin::Token("t1".into())))
+            .unwrap();
+        let verified = signer.verify(&token).unwrap();
+        assert_eq!(verified.email, "ada@example.com");
+        assert_eq!(verified.origin, Some(Origin::Token("t1".into())));
         let other = TokenSigner::new(&[8u8; 32], Duration::from_secs(60));
         assert_eq!(other.verify(&token), None);
         let mut tampered = token.clone();

@@ -5,6 +5,7 @@
 //! - [`access`]: users, groups, memberships and grants; [`tokens`]: personal access tokens;
 //!   [`audit`]: the audit log. Each change is validated and audited in one transaction.
 //! - [`identity`]: principals, argon2id password hashes and signed bearer tokens;
+//!   [`sessions`]: ended sessions and credentials that end with the one they came from;
 //!   [`throttle`]: sign-in rate limits.
 //! - [`policy`]: row filters and column masks, enforced inside a per-principal table
 //!   provider; [`system`]: the admins' `system` schema.
@@ -12,18 +13,24 @@
 //!   [`webhooks`]: received webhook deliveries, de-duplicated, until processed.
 //! - [`storage`]: the object store holding table data, and its key layout.
 //! - [`engine`]: one DataFusion session per principal whose catalog holds only what that
-//!   principal may read, with a read-only SQL surface.
+//!   principal may read, with a read-only SQL surface; [`limits`]: bounds on a statement's
+//!   size, depth and plan; [`functions`]: functions that build large values, bounded by the
+//!   user's memory; [`executor`]: the runtime user statements are planned and run on.
 //! - [`names`]: validated `schema.table` names.
 
 pub mod access;
 pub mod audit;
 pub mod clients;
 pub mod engine;
+pub mod executor;
+pub mod functions;
 pub mod identity;
+pub mod limits;
 pub mod memory;
 pub mod names;
 pub mod policy;
 pub mod registry;
+pub mod sessions;
 pub mod shards;
 pub mod state;
 pub mod storage;
@@ -32,8 +39,9 @@ pub mod throttle;
 pub mod tokens;
 pub mod webhooks;
 
-pub use engine::{EngineOptions, QueryEngine, VisibleTable};
-pub use identity::{Principal, TokenSigner};
+pub use engine::{EngineOptions, Planned, QueryEngine, VisibleTable};
+pub use limits::QueryLimits;
+pub use identity::{Origin, Principal, TokenSigner, Verified};
 pub use names::{CATALOG_NAME, TableName};
 pub use shards::{ShardChange, ShardFile};
 pub use state::{NewVersion, StateStore, TableEntry};

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use datafusion::common::Result;
+use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{
     FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
 };
@@ -52,12 +53,19 @@ impl MemoryPool for UserPool {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        // The setting is named in the root error, which is what clients are shown.
         self.user.try_grow(reservation, additional).map_err(|e| {
-            e.context("the user's share of memory (query.memory_limit_per_user) is used up")
+            DataFusionError::ResourcesExhausted(format!(
+                "your share of memory is used up (query.memory_limit_per_user): {}",
+                e.find_root().strip_backtrace()
+            ))
         })?;
         if let Err(e) = self.server.try_grow(reservation, additional) {
             self.user.shrink(reservation, additional);
-            return Err(e.context("the server's memory (query.memory_limit) is used up"));
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "the server's memory is used up (query.memory_limit): {}",
+                e.find_root().strip_backtrace()
+            )));
         }
         Ok(())
     }

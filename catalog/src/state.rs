@@ -167,6 +167,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (source, delivery_id)
     );
     "#,
+    // 6: ended sessions (signed out before they expire), and what each PAT was made with.
+    r#"
+    CREATE TABLE ended_sessions (
+        jti         VARCHAR PRIMARY KEY,   -- the bearer token's unique id
+        expires_at  BIGINT NOT NULL        -- when the token would have expired anyway
+    );
+    ALTER TABLE tokens ADD COLUMN origin VARCHAR;   -- 'pat:<id>' or 'client:<id>'; ends with it
+    "#,
 ];
 
 /// A new table version, ready to commit.

@@ -10,7 +10,24 @@ use sha2::{Digest, Sha256};
 
 use crate::CatalogError;
 use crate::access::user_active;
-use crate::identity::{Principal, unix_now};
+use crate::identity::{Origin, Principal, unix_now};
+
+/// Revokes every token made with `origin`, and the tokens made with those, and so on;
+/// returns how many.
+pub(crate) fn revoke_derived(
+    tx: &duckdb::Transaction<'_>,
+    origin: &Origin,
+) -> Result<usize, CatalogError> {
+    Ok(tx.execute(
+        "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id IN (
+             WITH RECURSIVE derived(id) AS (
+                 SELECT id FROM tokens WHERE origin = ?
+                 UNION
+                 SELECT t.id FROM tokens t JOIN derived d ON t.origin = 'pat:' || d.id)
+             SELECT id FROM derived)",
+        params![unix_now() as i64, origin.to_string()],
+    )?)
+}
 use crate::state::StateStore;
 
 /// Every personal access token starts with this, so it is recognisable (and scannable by
@@ -65,13 +82,16 @@ pub fn token_hash(secret: &str) -> String {
 
 impl StateStore {
     /// Creates a token for `email`, valid for `days` (or until revoked), and returns it with
-    /// its secret — the only time the secret exists outside the caller.
+    /// its secret — the only time the secret exists outside the caller. A token made while
+    /// signed in with another credential (`origin`: a PAT, a service account's client) is
+    /// revoked with it.
     pub fn create_token(
         &self,
         actor: &str,
         email: &str,
         name: &str,
         days: Option<u32>,
+        origin: Option<&Origin>,
     ) -> Result<(TokenInfo, String), CatalogError> {
         let email = email.trim().to_lowercase();
         let name = name.trim();
@@ -114,8 +134,8 @@ impl StateStore {
                 Some(true) => {}
             }
             tx.execute(
-                "INSERT INTO tokens (id, email, name, prefix, hash, created_at, expires_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tokens (id, email, name, prefix, hash, created_at, expires_at, origin)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 params![
                     info.id,
                     email,
@@ -123,7 +143,8 @@ impl StateStore {
                     info.prefix,
                     token_hash(&secret),
                     now as i64,
-                    info.expires_at.map(|e| e as i64)
+                    info.expires_at.map(|e| e as i64),
+                    origin.map(|o| o.to_string())
                 ],
             )?;
             Ok((
@@ -181,7 +202,8 @@ impl StateStore {
                 "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
                 params![unix_now() as i64, id],
             )?;
-            Ok(((), json!({ "owner": email })))
+            let derived = revoke_derived(tx, &Origin::Token(id.to_string()))?;
+            Ok(((), json!({ "owner": email, "derived_revoked": derived })))
         })
     }
 
@@ -214,6 +236,19 @@ impl StateStore {
         }))
     }
 
+    /// Whether token `id` of `email` may still be used (not revoked, not expired).
+    pub fn token_active(&self, id: &str, email: &str) -> Result<bool, CatalogError> {
+        let expires: Option<Option<i64>> = self
+            .conn()
+            .query_row(
+                "SELECT expires_at FROM tokens WHERE id = ? AND email = ? AND revoked_at IS NULL",
+                params![id, email],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(matches!(expires, Some(e) if e.is_none_or(|e| e as u64 > unix_now())))
+    }
+
     /// Records that a token was used just now (callers throttle this to once a minute).
     pub fn touch_token(&self, id: &str) -> Result<(), CatalogError> {
         self.conn().execute(
@@ -234,7 +269,7 @@ mod tests {
         s.ensure_bootstrap_admin("root@example.com", "root-password")
             .unwrap();
         let (info, secret) = s
-            .create_token("root@example.com", "root@example.com", "laptop", Some(30))
+            .create_token("root@example.com", "root@example.com", "laptop", Some(30), None)
             .unwrap();
         assert!(secret.starts_with("qvr_") && secret.len() > 40);
         assert!(secret.starts_with(&info.prefix));
@@ -262,5 +297,27 @@ mod tests {
                 .unwrap_or_default()
                 .contains(&secret[4..])
         }));
+    }
+
+    #[test]
+    fn tokens_made_with_a_token_end_with_it() {
+        let s = StateStore::in_memory().unwrap();
+        s.ensure_bootstrap_admin("root@example.com", "root-password")
+            .unwrap();
+        let root = "root@example.com";
+        let (a, _) = s.create_token(root, root, "a", None, None).unwrap();
+        let (b, b_secret) = s
+            .create_token(root, root, "b", None, Some(&Origin::Token(a.id.clone())))
+            .unwrap();
+        let (_, c_secret) = s
+            .create_token(root, root, "c", None, Some(&Origin::Token(b.id.clone())))
+            .unwrap();
+        let (_, other) = s.create_token(root, root, "other", None, None).unwrap();
+        assert!(s.token_active(&b.id, root).unwrap());
+        s.revoke_token(root, None, &a.id).unwrap();
+        assert!(!s.token_active(&b.id, root).unwrap());
+        assert!(s.token_principal(&b_secret).unwrap().is_none());
+        assert!(s.token_principal(&c_secret).unwrap().is_none());
+        assert!(s.token_principal(&other).unwrap().is_some());
     }
 }

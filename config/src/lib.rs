@@ -269,6 +269,40 @@ impl Config {
             ),
         );
         check(
+            (ByteSize::kib(1)..=ByteSize::mib(64)).contains(&self.query.max_sql_length),
+            "query.max_sql_length",
+            format!(
+                "{} is out of range 1 KiB..=64 MiB",
+                self.query.max_sql_length
+            ),
+        );
+        check(
+            (16..=5_000).contains(&self.query.max_expression_depth),
+            "query.max_expression_depth",
+            format!(
+                "{} is out of range 16..=5000 (deeper statements need more stack than the query threads have)",
+                self.query.max_expression_depth
+            ),
+        );
+        check(
+            (16..=1_000_000).contains(&self.query.max_plan_nodes),
+            "query.max_plan_nodes",
+            format!("{} is out of range 16..=1000000", self.query.max_plan_nodes),
+        );
+        check(
+            self.query.max_parameter_bytes.as_u64() <= self.query.max_message_size.as_u64() / 2,
+            "query.max_parameter_bytes",
+            format!(
+                "{} must be at most half of query.max_message_size ({}): the bound parameters travel back to the client, encoded, inside the statement's handle",
+                self.query.max_parameter_bytes, self.query.max_message_size
+            ),
+        );
+        check(
+            self.query.max_prepared_per_user >= 1,
+            "query.max_prepared_per_user",
+            "must be at least 1".into(),
+        );
+        check(
             self.sync.concurrency >= 1,
             "sync.concurrency",
             "must be at least 1".into(),

@@ -277,6 +277,27 @@ pub struct QueryConfig {
     pub max_result_rows: Option<u64>,
     /// A result sending more bytes fails with `RESOURCE_EXHAUSTED`. Default: no limit.
     pub max_result_bytes: Option<ByteSize>,
+    /// Longest SQL statement accepted; longer ones fail with `INVALID_ARGUMENT`.
+    /// Default `1 MiB`.
+    pub max_sql_length: ByteSize,
+    /// Deepest nesting of expressions, subqueries, set operations (`UNION` chains) and joins
+    /// in a statement (`a OR b OR c …` nests once per `OR`). Deeper statements fail with
+    /// `INVALID_ARGUMENT`. Default `500`.
+    pub max_expression_depth: usize,
+    /// Most nodes in a statement's plan (a `WITH` table is copied into the plan each time
+    /// it is used). Larger plans fail with `INVALID_ARGUMENT`. Default `10000`.
+    pub max_plan_nodes: usize,
+    /// Largest set of parameters bound to one prepared statement (an Arrow IPC stream);
+    /// bigger bindings fail with `INVALID_ARGUMENT`. Bound parameters also count against
+    /// the user's `memory_limit_per_user` while the statement is open. Default `1 MiB`.
+    pub max_parameter_bytes: ByteSize,
+    /// Prepared statements one user may hold open at once; closing one frees its place,
+    /// and one unused for `prepared_statement_idle` is closed by the server. Default `64`.
+    pub max_prepared_per_user: usize,
+    /// How long an open prepared statement may go unused before the server forgets its
+    /// bound parameters. Default `1h`.
+    #[serde(with = "humantime_serde_compat")]
+    pub prepared_statement_idle: Duration,
 }
 
 impl Default for QueryConfig {
@@ -290,6 +311,12 @@ impl Default for QueryConfig {
             memory_limit_per_user: ByteSize::gib(1),
             max_result_rows: None,
             max_result_bytes: None,
+            max_sql_length: ByteSize::mib(1),
+            max_expression_depth: 500,
+            max_plan_nodes: 10_000,
+            max_parameter_bytes: ByteSize::mib(1),
+            max_prepared_per_user: 64,
+            prepared_statement_idle: Duration::from_secs(3600),
         }
     }
 }

@@ -28,8 +28,13 @@ pub fn datafusion_status(error: &DataFusionError) -> Status {
     let root = error.find_root();
     let message = root.strip_backtrace();
     match root {
+        // The memory pools name the setting that was hit; other exhaustion (spill space)
+        // says what it is.
+        DataFusionError::ResourcesExhausted(m) if m.contains("(query.") => {
+            Status::resource_exhausted(message)
+        }
         DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
-            "the query needs more memory than allowed (query.memory_limit): {message}"
+            "the query needs more memory or spill space than allowed (query.memory_limit): {message}"
         )),
         DataFusionError::NotImplemented(_) => Status::unimplemented(message),
         DataFusionError::SQL(..)

@@ -38,18 +38,19 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
-use quiver_catalog::engine::{parameter_types, tables_read};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use quiver_catalog::engine::parameter_types;
 use quiver_catalog::identity::unix_now;
 use quiver_catalog::throttle::LoginThrottle;
 use quiver_catalog::tokens::{TOKEN_PREFIX, token_hash};
-use quiver_catalog::{CATALOG_NAME, Principal, QueryEngine, TokenSigner};
+use quiver_catalog::{CATALOG_NAME, Origin, Planned, Principal, QueryEngine, TokenSigner};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
 use crate::error::{datafusion_status, internal, to_status};
 use crate::metadata::{SQL_INFO, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
-use crate::stream::{GuardedStream, QueryLog, RunningQueries};
+use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
 use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -57,6 +58,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 const TICKET: &str = "ticket";
 const PREPARED: &str = "prepared statement";
 const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+/// Resolved credentials kept before the cache is pruned.
+const MAX_CACHED_PRINCIPALS: usize = 4096;
 const READ_ONLY_MESSAGE: &str =
     "Quiver is read-only: INSERT, UPDATE, DELETE, DDL and bulk ingestion are not accepted";
 
@@ -75,6 +78,21 @@ pub struct FlightOptions {
     pub max_result_rows: Option<u64>,
     /// A result with more bytes fails instead of being truncated.
     pub max_result_bytes: Option<u64>,
+    /// Largest set of parameters bound to a prepared statement (Arrow IPC bytes).
+    pub max_parameter_bytes: usize,
+    /// Prepared statements with bound parameters one user may keep on the server.
+    pub max_prepared_per_user: usize,
+    /// Bound parameters unused this long are forgotten.
+    pub prepared_idle: Duration,
+}
+
+/// Parameters bound to a prepared statement, kept for clients that re-use the original
+/// handle; their bytes are reserved from the user's memory pool while they are kept.
+struct BoundParams {
+    user: String,
+    ipc: Vec<u8>,
+    used: std::time::Instant,
+    _memory: MemoryReservation,
 }
 
 /// A resolved bearer credential, valid while the state store's generation is unchanged
@@ -97,9 +115,9 @@ pub struct QuiverFlightSql {
     running: RunningQueries,
     /// Parameters bound to prepared statements, for clients that keep using the original
     /// handle instead of the updated one returned by `DoPut`.
-    bound: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
-    /// Resolved credentials by JWT subject (`jwt:email`) or PAT hash (`pat:hash`), so most
-    /// calls skip the state lookup.
+    bound: Arc<std::sync::Mutex<std::collections::HashMap<String, BoundParams>>>,
+    /// Resolved credentials by token hash (`jwt:hash`, `pat:hash`), so most calls skip the
+    /// state lookup.
     principals: Arc<std::sync::Mutex<std::collections::HashMap<String, Cached>>>,
     /// Failed sign-in limits, shared with the HTTP sign-in.
     throttle: Arc<LoginThrottle>,
@@ -168,11 +186,13 @@ impl QuiverFlightSql {
         if token.starts_with(TOKEN_PREFIX) {
             return self.token_principal(token).await;
         }
-        let email = self
+        let verified = self
             .tokens
             .verify(token)
             .ok_or_else(|| Status::unauthenticated("invalid or expired token; sign in again"))?;
-        let key = format!("jwt:{email}");
+        // By token id: a signed-out session, or one whose origin was revoked, is refused
+        // once the state's generation moves (ending or revoking bumps it).
+        let key = format!("jwt:{}", token_hash(token));
         let generation = self.engine.state().generation();
         if let Some(cached) = self.cached_principals().get(&key)
             && cached.generation == generation
@@ -180,11 +200,16 @@ impl QuiverFlightSql {
             return Ok(cached.principal.clone());
         }
         let engine = self.engine.clone();
-        let principal = tokio::task::spawn_blocking(move || engine.state().principal(&email))
-            .await
-            .map_err(|e| internal(&e))?
-            .map_err(to_status)?
-            .ok_or_else(|| Status::unauthenticated("the account is no longer active"))?;
+        let principal =
+            tokio::task::spawn_blocking(move || engine.state().bearer_principal(&verified))
+                .await
+                .map_err(|e| internal(&e))?
+                .map_err(to_status)?
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "the session has ended, its credential was revoked, or the account is no longer active; sign in again",
+                    )
+                })?;
         self.cached_principals().insert(
             key,
             Cached {
@@ -253,16 +278,70 @@ impl QuiverFlightSql {
     fn cached_principals(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Cached>> {
-        self.principals.lock().unwrap_or_else(|p| p.into_inner())
+        let mut cache = self.principals.lock().unwrap_or_else(|p| p.into_inner());
+        // One entry per token: forget stale ones before the map grows large.
+        if cache.len() > MAX_CACHED_PRINCIPALS {
+            let generation = self.engine.state().generation();
+            cache.retain(|_, c| c.generation == generation);
+            if cache.len() > MAX_CACHED_PRINCIPALS {
+                cache.clear();
+            }
+        }
+        cache
     }
 
-    /// Plans `sql` for `principal` (read-only check included).
+    /// Takes one of the user's places for concurrent work (planning or a stream); a
+    /// refusal names the setting and is audited.
+    fn slot(&self, principal: &Principal, sql: &str) -> Result<Slot, Status> {
+        self.running
+            .slot(principal.email(), self.options.max_concurrent_per_user)
+            .map_err(|busy| {
+                let message = format!(
+                    "you already have {busy} queries running (query.max_concurrent_per_user); wait for one to finish"
+                );
+                self.audit_refusal(principal, sql, &format!("refused: {message}"));
+                Status::resource_exhausted(message)
+            })
+    }
+
+    /// Plans `sql` for `principal` (read-only check and limits included) before
+    /// `deadline`, on the query runtime. Failures are logged and audited, so admins see
+    /// probing; a successful plan is audited when its results are fetched.
     async fn plan(
         &self,
         principal: &Principal,
         sql: &str,
-    ) -> Result<(datafusion::prelude::SessionContext, LogicalPlan), Status> {
-        self.engine.plan(principal, sql).await.map_err(to_status)
+        deadline: tokio::time::Instant,
+    ) -> Result<Planned, Status> {
+        let result = match tokio::time::timeout_at(deadline, self.engine.plan(principal, sql)).await
+        {
+            Ok(planned) => planned.map_err(to_status),
+            Err(_) => Err(timed_out(self.options.query_timeout)),
+        };
+        result.inspect_err(|status| {
+            let kind = match status.code() {
+                tonic::Code::Internal | tonic::Code::DeadlineExceeded => "error",
+                _ => "refused",
+            };
+            self.audit_refusal(principal, sql, &format!("{kind}: {}", status.message()));
+        })
+    }
+
+    /// Logs and audits a statement that did not run.
+    fn audit_refusal(&self, principal: &Principal, sql: &str, outcome: &str) {
+        let log = QueryLog::new(
+            uuid::Uuid::new_v4().to_string(),
+            principal.email().to_string(),
+            sql.to_string(),
+            self.running.clone(),
+            Some(self.engine.state().clone()),
+        );
+        log.set_outcome(outcome);
+    }
+
+    /// When a call that starts now must be done.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.options.query_timeout
     }
 
     /// A `FlightInfo` whose single endpoint is a sealed ticket for `sql` with `params`.
@@ -273,8 +352,9 @@ impl QuiverFlightSql {
         params: Option<Vec<u8>>,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
-        let (_, plan) = self.plan(principal, &sql).await?;
-        let schema = plan.schema().as_arrow().clone();
+        let _slot = self.slot(principal, &sql)?;
+        let planned = self.plan(principal, &sql, self.deadline()).await?;
+        let schema = planned.plan.schema().as_arrow().clone();
         let query_id = uuid::Uuid::new_v4().to_string();
         self.running
             .register(&query_id, principal.email(), self.options.ticket_lifetime);
@@ -333,40 +413,33 @@ impl QuiverFlightSql {
         Response::new(Box::pin(stream))
     }
 
-    /// Executes a ticket's query (once per parameter row) and streams its results.
+    /// Executes a ticket's query (once per parameter row) and streams its results. The
+    /// deadline counts from now: planning and the first batch are inside it.
     async fn run_ticket(
         &self,
         principal: &Principal,
         ticket: QueryTicket,
     ) -> Result<Response<BoxStream<FlightData>>, Status> {
-        let (ctx, plan) = self.plan(principal, &ticket.sql).await?;
+        let deadline = self.deadline();
+        let slot = self.slot(principal, &ticket.sql)?;
+        let Planned { ctx, plan, tables } = self.plan(principal, &ticket.sql, deadline).await?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        let param_rows = match &ticket.params {
-            Some(ipc) => parameter_rows(&plan, ipc)?,
-            None => vec![Vec::new()],
-        };
         let log = QueryLog::new(
             ticket.query_id.clone(),
             principal.email().to_string(),
             ticket.sql.clone(),
-            tables_read(&plan),
             self.running.clone(),
             Some(self.engine.state().clone()),
         );
-        let token = match self.running.start(
-            &ticket.query_id,
-            principal.email(),
-            self.options.max_concurrent_per_user,
-        ) {
-            Ok(token) => token,
-            Err(running) => {
-                let message = format!(
-                    "you already have {running} queries running (query.max_concurrent_per_user); wait for one to finish"
-                );
-                log.set_outcome(format!("refused: {message}"));
-                return Err(Status::resource_exhausted(message));
-            }
+        log.set_tables(tables);
+        log.hold(slot);
+        let param_rows = match &ticket.params {
+            Some(ipc) => parameter_rows(&plan, ipc).inspect_err(|status| {
+                log.set_outcome(format!("refused: {}", status.message()));
+            })?,
+            None => vec![Vec::new()],
         };
+        let token = self.running.start(&ticket.query_id, principal.email());
         if token.is_cancelled() {
             log.set_outcome("cancelled before it started");
             return Err(Status::cancelled("the query was cancelled"));
@@ -376,13 +449,12 @@ impl QuiverFlightSql {
         let mut param_rows = param_rows.into_iter();
         let first = self
             .engine
-            .execute(&ctx, plan.clone(), param_rows.next().unwrap_or_default())
-            .await
-            .map_err(|e| {
-                let status = to_status(e);
-                log.set_outcome(format!("error: {}", status.message()));
-                status
-            })?;
+            .execute(&ctx, plan.clone(), param_rows.next().unwrap_or_default());
+        let first = match tokio::time::timeout_at(deadline, first).await {
+            Ok(first) => first.map_err(to_status),
+            Err(_) => Err(timed_out(self.options.query_timeout)),
+        }
+        .inspect_err(|status| log.set_outcome(format!("error: {}", status.message())))?;
         let engine = self.engine.clone();
         let rest = stream::iter(param_rows)
             .then(move |params| {
@@ -395,7 +467,7 @@ impl QuiverFlightSql {
         let guarded = GuardedStream::new(
             Box::pin(batches),
             token,
-            self.options.query_timeout,
+            (deadline, self.options.query_timeout),
             self.options.max_result_rows,
             log.clone(),
         );
@@ -426,6 +498,65 @@ impl QuiverFlightSql {
         Ok(Response::new(Box::pin(flight)))
     }
 
+    /// Reads parameters sent with `DoPut` as one Arrow IPC stream, refusing more than
+    /// `query.max_parameter_bytes` as soon as they pass it (nothing more is read).
+    async fn read_parameters(&self, data: PeekableFlightDataStream) -> Result<Vec<u8>, Status> {
+        let max = self.options.max_parameter_bytes;
+        let too_big = || {
+            Status::invalid_argument(format!(
+                "the bound parameters are larger than {max} bytes (query.max_parameter_bytes); bind fewer rows at a time"
+            ))
+        };
+        let mut decoded =
+            FlightRecordBatchStream::new_from_flight_data(data.map_err(FlightError::from));
+        let mut batches = Vec::new();
+        let mut size = 0;
+        while let Some(batch) = decoded.next().await {
+            let batch = batch
+                .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
+            size += batch.get_array_memory_size();
+            if size > max {
+                return Err(too_big());
+            }
+            batches.push(batch);
+        }
+        let ipc = ipc_bytes(&batches)?;
+        if ipc.len() > max {
+            return Err(too_big());
+        }
+        Ok(ipc)
+    }
+
+    /// Keeps a statement's bound parameters for clients that re-use its original handle:
+    /// at most `query.max_prepared_per_user` statements per user, idle ones forgotten, the
+    /// bytes reserved from the user's memory pool.
+    fn keep_parameters(&self, principal: &Principal, id: &str, ipc: Vec<u8>) -> Result<(), Status> {
+        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        bound.retain(|_, b| b.used.elapsed() < self.options.prepared_idle);
+        bound.remove(id);
+        let open = bound.values().filter(|b| b.user == principal.email()).count();
+        if open >= self.options.max_prepared_per_user {
+            return Err(Status::resource_exhausted(format!(
+                "you have {open} prepared statements with bound parameters open (query.max_prepared_per_user); close the ones you no longer use"
+            )));
+        }
+        let mut memory = MemoryConsumer::new(format!("bound parameters of {id}"))
+            .register(&self.engine.user_pool(principal.email()));
+        memory
+            .try_grow(ipc.len())
+            .map_err(|e| datafusion_status(&e))?;
+        bound.insert(
+            id.to_string(),
+            BoundParams {
+                user: principal.email().to_string(),
+                ipc,
+                used: std::time::Instant::now(),
+                _memory: memory,
+            },
+        );
+        Ok(())
+    }
+
     fn open_prepared(
         &self,
         principal: &Principal,
@@ -440,7 +571,9 @@ impl QuiverFlightSql {
         Ok(prepared)
     }
 
-    fn cancel_info(&self, info: &FlightInfo) -> Result<bool, Status> {
+    /// Cancels the queries of `info` that `principal` may cancel (its own; an admin's:
+    /// anyone's).
+    fn cancel_info(&self, principal: &Principal, info: &FlightInfo) -> Result<bool, Status> {
         let mut any_known = false;
         for endpoint in &info.endpoint {
             let Some(ticket) = &endpoint.ticket else {
@@ -455,7 +588,9 @@ impl QuiverFlightSql {
                 continue;
             };
             let ticket: QueryTicket = self.sealer.open(TICKET, &statement.statement_handle)?;
-            any_known |= self.running.cancel(&ticket.query_id);
+            any_known |=
+                self.running
+                    .cancel(&ticket.query_id, principal.email(), principal.is_admin());
         }
         Ok(any_known)
     }
@@ -592,31 +727,31 @@ impl FlightSqlService for QuiverFlightSql {
         }
         let engine = self.engine.clone();
         let login = user.clone();
-        let principal = tokio::task::spawn_blocking(move || {
+        let signed_in = tokio::task::spawn_blocking(move || {
             let state = engine.state();
             // Tools that only know user and password (DBeaver, JDBC) may pass a personal
-            // access token as the password.
-            let principal = if password.starts_with(TOKEN_PREFIX) {
+            // access token as the password; the session then ends with that token.
+            let signed_in = if password.starts_with(TOKEN_PREFIX) {
                 state
                     .token_principal(&password)?
-                    .map(|t| t.principal)
-                    .filter(|p| p.email() == login.trim().to_lowercase())
+                    .filter(|t| t.principal.email() == login.trim().to_lowercase())
+                    .map(|t| (t.principal, Some(Origin::Token(t.id))))
             } else {
-                state.authenticate_password(&login, &password)?
+                state.authenticate_password(&login, &password)?.map(|p| (p, None))
             };
-            let outcome = if principal.is_some() { "ok" } else { "refused" };
+            let outcome = if signed_in.is_some() { "ok" } else { "refused" };
             state.record_event(
                 &login.trim().to_lowercase(),
                 "login",
                 Some("flight"),
                 outcome,
             )?;
-            Ok::<_, quiver_catalog::CatalogError>(principal)
+            Ok::<_, quiver_catalog::CatalogError>(signed_in)
         })
         .await
         .map_err(|e| internal(&e))?
         .map_err(to_status)?;
-        let Some(principal) = principal else {
+        let Some((principal, origin)) = signed_in else {
             metrics::counter!("quiver_logins_total", "via" => "flight", "outcome" => "refused")
                 .increment(1);
             self.throttle.failed(&user, address.as_deref());
@@ -625,7 +760,10 @@ impl FlightSqlService for QuiverFlightSql {
         };
         self.throttle.succeeded(&user);
         metrics::counter!("quiver_logins_total", "via" => "flight", "outcome" => "ok").increment(1);
-        let (token, _expires) = self.tokens.issue(principal.email()).map_err(to_status)?;
+        let (token, _expires) = self
+            .tokens
+            .issue(principal.email(), origin)
+            .map_err(to_status)?;
         tracing::info!(user = %principal.email(), "handshake");
         let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| internal(&e))?;
         let payload = HandshakeResponse {
@@ -703,7 +841,10 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let principal = self.principal(&request).await?;
-        let (_, plan) = self.plan(&principal, &query.query).await?;
+        let plan = {
+            let _slot = self.slot(&principal, &query.query)?;
+            self.plan(&principal, &query.query, self.deadline()).await?.plan
+        };
         let dataset = plan.schema().as_arrow().clone();
         let parameters = Schema::new(
             parameter_types(&plan)
@@ -734,24 +875,19 @@ impl FlightSqlService for QuiverFlightSql {
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let principal = self.principal(&request).await?;
         let mut prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
-        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        )
-        .try_collect()
-        .await
-        .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
-        let ipc = ipc_bytes(&batches)?;
+        let ipc = self.read_parameters(request.into_inner()).await?;
         // Check now, so a bad binding fails at bind time rather than at execution.
-        let (_, plan) = self.plan(&principal, &prepared.sql).await?;
+        let plan = {
+            let _slot = self.slot(&principal, &prepared.sql)?;
+            self.plan(&principal, &prepared.sql, self.deadline())
+                .await?
+                .plan
+        };
         if !ipc.is_empty() {
             parameter_rows(&plan, &ipc)?;
         }
-        let params = (!ipc.is_empty()).then_some(ipc);
-        self.bound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(prepared.id.clone(), params.clone().unwrap_or_default());
-        prepared.params = params;
+        self.keep_parameters(&principal, &prepared.id, ipc.clone())?;
+        prepared.params = (!ipc.is_empty()).then_some(ipc);
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(self.sealer.seal(PREPARED, &prepared)),
         })
@@ -766,12 +902,10 @@ impl FlightSqlService for QuiverFlightSql {
         let principal = self.principal(&request).await?;
         let prepared = self.open_prepared(&principal, &cmd.prepared_statement_handle)?;
         let params = prepared.params.or_else(|| {
-            self.bound
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&prepared.id)
-                .filter(|p| !p.is_empty())
-                .cloned()
+            let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+            let kept = bound.get_mut(&prepared.id)?;
+            kept.used = std::time::Instant::now();
+            (!kept.ipc.is_empty()).then(|| kept.ipc.clone())
         });
         let info = self
             .query_info(&principal, prepared.sql, params, request.into_inner())
@@ -1070,10 +1204,10 @@ impl FlightSqlService for QuiverFlightSql {
         query: ActionCancelQueryRequest,
         request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
-        self.principal(&request).await?;
+        let principal = self.principal(&request).await?;
         let info = FlightInfo::decode(&*query.info)
             .map_err(|_| Status::invalid_argument("CancelQuery needs a FlightInfo"))?;
-        let known = self.cancel_info(&info)?;
+        let known = self.cancel_info(&principal, &info)?;
         // `CancelResult` is not exported by arrow-flight: 1 = CANCELLED, 3 = NOT_CANCELLABLE.
         Ok(ActionCancelQueryResult {
             result: if known { 1 } else { 3 },
@@ -1091,7 +1225,7 @@ impl FlightSqlService for QuiverFlightSql {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        self.principal(&request).await?;
+        let principal = self.principal(&request).await?;
         let action = request.into_inner();
         if action.r#type != CANCEL_FLIGHT_INFO {
             return Err(Status::unimplemented(format!(
@@ -1104,7 +1238,7 @@ impl FlightSqlService for QuiverFlightSql {
         let info = cancel
             .info
             .ok_or_else(|| Status::invalid_argument("CancelFlightInfo needs a FlightInfo"))?;
-        let status = if self.cancel_info(&info)? {
+        let status = if self.cancel_info(&principal, &info)? {
             CancelStatus::Cancelled
         } else {
             CancelStatus::NotCancellable

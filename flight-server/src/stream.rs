@@ -33,25 +33,71 @@ struct Entry {
     token: CancellationToken,
 }
 
-/// Queries that can be cancelled, by query id. An entry is made when a ticket is issued (so
-/// a cancel may even arrive before `DoGet`) and removed when the query ends, or when its
-/// ticket was never redeemed and has expired.
+#[derive(Debug, Default)]
+struct Registry {
+    queries: HashMap<String, Entry>,
+    /// Work in progress per user: statements being planned and streams being sent.
+    busy: HashMap<String, usize>,
+}
+
+/// Queries that can be cancelled, by query id, and each user's work in progress. An entry
+/// is made when a ticket is issued (so a cancel may even arrive before `DoGet`) and removed
+/// when the query ends, or when its ticket was never redeemed and has expired.
 #[derive(Debug, Default, Clone)]
 pub struct RunningQueries {
-    inner: Arc<Mutex<HashMap<String, Entry>>>,
+    inner: Arc<Mutex<Registry>>,
+}
+
+/// One unit of a user's concurrent work (planning a statement, or one result stream);
+/// released when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    registry: Arc<Mutex<Registry>>,
+    user: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = registry.busy.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                registry.busy.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl RunningQueries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one of `user`'s `max` places for concurrent work, or says how many are taken.
+    /// Every stream counts, so redeeming one ticket many times at once takes many places.
+    pub fn slot(&self, user: &str, max: usize) -> Result<Slot, usize> {
+        let mut registry = self.lock();
+        let busy = registry.busy.entry(user.to_string()).or_insert(0);
+        if *busy >= max {
+            return Err(*busy);
+        }
+        *busy += 1;
+        Ok(Slot {
+            registry: self.inner.clone(),
+            user: user.to_string(),
+        })
     }
 
     /// Registers an issued ticket, forgetting tickets issued more than `max_age` ago and
     /// never redeemed.
     pub fn register(&self, query_id: &str, user: &str, max_age: Duration) -> CancellationToken {
-        let mut map = self.lock();
-        map.retain(|_, e| e.issued.is_none_or(|at| at.elapsed() < max_age));
-        map.entry(query_id.to_string())
+        let mut registry = self.lock();
+        registry
+            .queries
+            .retain(|_, e| e.issued.is_none_or(|at| at.elapsed() < max_age));
+        registry
+            .queries
+            .entry(query_id.to_string())
             .or_insert_with(|| Entry {
                 issued: Some(Instant::now()),
                 user: user.to_string(),
@@ -61,49 +107,40 @@ impl RunningQueries {
             .clone()
     }
 
-    /// Marks a query as running and returns its token (registering it if it was forgotten),
-    /// unless `user` already runs `max_per_user` queries: then `Err(running)`.
-    pub fn start(
-        &self,
-        query_id: &str,
-        user: &str,
-        max_per_user: usize,
-    ) -> Result<CancellationToken, usize> {
-        let mut map = self.lock();
-        let running = map
-            .iter()
-            .filter(|(id, e)| e.issued.is_none() && e.user == user && id.as_str() != query_id)
-            .count();
-        if running >= max_per_user {
-            return Err(running);
-        }
-        let entry = map.entry(query_id.to_string()).or_insert_with(|| Entry {
-            issued: None,
-            user: user.to_string(),
-            token: CancellationToken::new(),
-        });
+    /// Marks a query as running and returns its token (registering it if it was forgotten).
+    pub fn start(&self, query_id: &str, user: &str) -> CancellationToken {
+        let mut registry = self.lock();
+        let entry = registry
+            .queries
+            .entry(query_id.to_string())
+            .or_insert_with(|| Entry {
+                issued: None,
+                user: user.to_string(),
+                token: CancellationToken::new(),
+            });
         entry.issued = None;
-        Ok(entry.token.clone())
+        entry.token.clone()
     }
 
-    /// Cancels a query; returns whether it was known.
-    pub fn cancel(&self, query_id: &str) -> bool {
-        match self.lock().get(query_id) {
-            Some(entry) => {
+    /// Cancels a query on behalf of `user` (an admin may cancel anyone's); returns whether
+    /// it was known. Another user's query is "not known": its id reveals nothing.
+    pub fn cancel(&self, query_id: &str, user: &str, admin: bool) -> bool {
+        match self.lock().queries.get(query_id) {
+            Some(entry) if admin || entry.user == user => {
                 entry.token.cancel();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     fn finish(&self, query_id: &str) {
-        self.lock().remove(query_id);
+        self.lock().queries.remove(query_id);
     }
 
     /// Number of queries registered (issued or running).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().queries.len()
     }
 
     /// Whether no query is registered.
@@ -121,8 +158,10 @@ pub struct QueryLog {
     pub user: String,
     /// The SQL text.
     pub statement: String,
-    /// Tables the query reads.
-    pub tables: Vec<String>,
+    /// Tables the query reads, once planned.
+    tables: Mutex<Vec<String>>,
+    /// The user's place for this work, released when the query ends.
+    slot: Mutex<Option<Slot>>,
     started: Instant,
     rows: AtomicU64,
     bytes: AtomicU64,
@@ -137,7 +176,6 @@ impl QueryLog {
         query_id: String,
         user: String,
         statement: String,
-        tables: Vec<String>,
         running: RunningQueries,
         audit: Option<Arc<StateStore>>,
     ) -> Arc<Self> {
@@ -146,7 +184,8 @@ impl QueryLog {
             query_id,
             user,
             statement,
-            tables,
+            tables: Mutex::default(),
+            slot: Mutex::default(),
             started: Instant::now(),
             rows: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -154,6 +193,16 @@ impl QueryLog {
             running,
             audit,
         })
+    }
+
+    /// Records the tables the query reads.
+    pub fn set_tables(&self, tables: Vec<String>) {
+        *self.tables.lock().unwrap_or_else(|p| p.into_inner()) = tables;
+    }
+
+    /// Holds `slot` until the query ends.
+    pub fn hold(&self, slot: Slot) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
     }
 
     /// Adds bytes sent on the wire; returns the total so far.
@@ -182,7 +231,7 @@ impl Drop for QueryLog {
         let record = QueryRecord {
             user: std::mem::take(&mut self.user),
             statement: std::mem::take(&mut self.statement),
-            tables: std::mem::take(&mut self.tables),
+            tables: std::mem::take(self.tables.get_mut().unwrap_or_else(|p| p.into_inner())),
             rows: self.rows.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             duration_ms,
@@ -224,6 +273,14 @@ impl Drop for QueryLog {
     }
 }
 
+/// The status of a query stopped at its deadline.
+pub fn timed_out(timeout: Duration) -> Status {
+    let timeout = humantime::format_duration(timeout);
+    Status::deadline_exceeded(format!(
+        "the query ran longer than the {timeout} limit (query.timeout) and was stopped"
+    ))
+}
+
 /// A query's batches, stopped on cancellation or at the deadline, with rows counted.
 pub struct GuardedStream {
     inner: BatchStream,
@@ -236,18 +293,19 @@ pub struct GuardedStream {
 }
 
 impl GuardedStream {
-    /// Guards `inner` with `token`, a `timeout` counted from now and a row cap.
+    /// Guards `inner` with `token`, a deadline (`timeout` after the query started) and a
+    /// row cap.
     pub fn new(
         inner: BatchStream,
         token: CancellationToken,
-        timeout: Duration,
+        (deadline, timeout): (tokio::time::Instant, Duration),
         max_rows: Option<u64>,
         log: Arc<QueryLog>,
     ) -> Self {
         Self {
             inner,
             cancelled: Box::pin(token.cancelled_owned()),
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
             timeout,
             max_rows,
             log,
@@ -273,10 +331,7 @@ impl Stream for GuardedStream {
             return self.fail(Status::cancelled("the query was cancelled"));
         }
         if self.deadline.poll_unpin(cx).is_ready() {
-            let timeout = humantime::format_duration(self.timeout);
-            return self.fail(Status::deadline_exceeded(format!(
-                "the query ran longer than the {timeout} limit (query.timeout) and was stopped"
-            )));
+            return self.fail(timed_out(self.timeout));
         }
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(batch))) => {
@@ -313,27 +368,35 @@ mod tests {
     fn running_queries_outlive_the_ticket_lifetime_but_unredeemed_tickets_do_not() {
         let running = RunningQueries::default();
         running.register("started", "a", Duration::from_secs(3600));
-        let token = running.start("started", "a", 8).unwrap();
+        let token = running.start("started", "a");
         running.register("never-redeemed", "a", Duration::from_secs(3600));
         std::thread::sleep(Duration::from_millis(20));
         // A new ticket with a tiny lifetime prunes old, unredeemed tickets only.
         running.register("new", "a", Duration::from_millis(10));
-        assert!(running.cancel("started"));
+        assert!(running.cancel("started", "a", false));
         assert!(token.is_cancelled());
-        assert!(!running.cancel("never-redeemed"));
+        assert!(!running.cancel("never-redeemed", "a", false));
         assert_eq!(running.len(), 2);
     }
 
     #[test]
-    fn a_user_runs_at_most_the_allowed_number_of_queries() {
+    fn only_the_owner_or_an_admin_cancels() {
         let running = RunningQueries::default();
-        running.start("q1", "a", 2).unwrap();
-        running.start("q2", "a", 2).unwrap();
-        assert_eq!(running.start("q3", "a", 2).unwrap_err(), 2);
-        running
-            .start("q3", "b", 2)
-            .expect("other users are not affected");
-        running.finish("q1");
-        running.start("q3", "a", 2).expect("a slot was freed");
+        let token = running.start("q", "ada");
+        assert!(!running.cancel("q", "bob", false));
+        assert!(!token.is_cancelled());
+        assert!(running.cancel("q", "root", true));
+        assert!(token.is_cancelled());
+    }
+
+    #[test]
+    fn a_user_holds_at_most_the_allowed_number_of_slots() {
+        let running = RunningQueries::default();
+        let first = running.slot("a", 2).unwrap();
+        let _second = running.slot("a", 2).unwrap();
+        assert_eq!(running.slot("a", 2).unwrap_err(), 2);
+        running.slot("b", 2).expect("other users are not affected");
+        drop(first);
+        running.slot("a", 2).expect("a slot was freed");
     }
 }

@@ -195,6 +195,8 @@ pub fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
                     spill_dir: data_dir.join("spill"),
                     max_spill_bytes: 1 << 30,
                     batch_size: 8192,
+                    limits: Default::default(),
+                    query_threads: 1,
                 },
             )?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -378,7 +380,7 @@ fn token(state: &StateStore, cmd: TokenCommand) -> anyhow::Result<()> {
             name,
             expires_in_days,
         } => {
-            let (info, secret) = state.create_token(ACTOR, &email, &name, expires_in_days)?;
+            let (info, secret) = state.create_token(ACTOR, &email, &name, expires_in_days, None)?;
             eprintln!(
                 "token {} ({}) created for {}; it is shown once:",
                 info.id, info.name, info.email

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use base64::Engine;
 use quiver_catalog::throttle::LoginThrottle;
-use quiver_catalog::{EngineOptions, QueryEngine, StateStore, Storage, TokenSigner};
+use quiver_catalog::{EngineOptions, QueryEngine, QueryLimits, StateStore, Storage, TokenSigner};
 use quiver_config::Config;
 use quiver_flight::{FlightOptions, QuiverFlightSql};
 use tokio::net::TcpListener;
@@ -20,6 +20,9 @@ pub fn run(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("quiver")
+        // User statements are planned and run on the query runtime (large stacks); this
+        // one serves requests, and drops what they leave behind.
+        .thread_stack_size(16 * 1024 * 1024)
         .build()
         .context("cannot start the async runtime")?
         .block_on(serve(config, demo_scale))
@@ -69,6 +72,9 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
             max_concurrent_per_user: config.query.max_concurrent_per_user,
             max_result_rows: config.query.max_result_rows,
             max_result_bytes: config.query.max_result_bytes.map(|b| b.as_u64()),
+            max_parameter_bytes: config.query.max_parameter_bytes.as_u64() as usize,
+            max_prepared_per_user: config.query.max_prepared_per_user,
+            prepared_idle: config.query.prepared_statement_idle,
         },
         throttle.clone(),
     );
@@ -111,12 +117,17 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         display_addr(flight_addr)
     )?;
     writeln!(out, "  HTTP:       http://{}", display_addr(http_addr))?;
-    if let Some(admin) = &config.auth.bootstrap_admin {
-        writeln!(out, "  Admin:      {} / {}", admin.email, admin.password)?;
-        writeln!(
-            out,
-            "              (an admin that already existed keeps its password)"
-        )?;
+    // The password is printed for the demo only: a real server's banner ends up in logs.
+    match (&config.auth.bootstrap_admin, demo_scale) {
+        (Some(admin), Some(_)) => {
+            writeln!(out, "  Admin:      {} / {}", admin.email, admin.password)?;
+            writeln!(
+                out,
+                "              (an admin that already existed keeps its password)"
+            )?;
+        }
+        (Some(admin), None) => writeln!(out, "  Admin:      {}", admin.email)?,
+        (None, _) => {}
     }
     writeln!(out, "Press Ctrl-C to stop.")?;
     out.flush()?;
@@ -204,6 +215,12 @@ pub fn open_engine(
             spill_dir: config.storage.data_dir.join("spill"),
             max_spill_bytes: config.query.memory_limit.as_u64().saturating_mul(8),
             batch_size: config.query.batch_size,
+            limits: QueryLimits {
+                max_sql_length: config.query.max_sql_length.as_u64() as usize,
+                max_expression_depth: config.query.max_expression_depth,
+                max_plan_nodes: config.query.max_plan_nodes,
+            },
+            query_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         },
     )?))
 }

@@ -47,16 +47,20 @@ class Server:
         self.log_lines: list[str] = []
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         self.flight = self.http = None
+        self.banner: list[str] = []
         deadline = time.time() + 300
-        while (self.flight is None or self.http is None) and time.time() < deadline:
+        while time.time() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 break
             line = line.strip()
+            self.banner.append(line)
             if line.startswith("Flight SQL:"):
                 self.flight = line.split("://", 1)[1]
             elif line.startswith("HTTP:"):
                 self.http = line.split("http://", 1)[1]
+            elif line.startswith("Press Ctrl-C"):
+                break
         if self.flight is None:
             self.proc.kill()
             raise RuntimeError("quiver did not start:\n" + self.log())
