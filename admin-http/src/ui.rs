@@ -27,6 +27,8 @@ const LOGIN_CSRF_COOKIE: &str = "quiver_login_csrf";
 pub struct PageUser {
     principal: Principal,
     session: String,
+    /// The session token, verified: what signing out ends.
+    verified: Option<quiver_catalog::Verified>,
     /// The credential tokens made on these pages end with.
     origin: Option<quiver_catalog::Origin>,
 }
@@ -56,13 +58,14 @@ impl FromRequestParts<AppState> for PageUser {
         let Some(session) = cookie(&parts.headers, SESSION_COOKIE).map(String::from) else {
             return Err(to_login());
         };
-        let (principal, _, origin) = crate::auth::resolve_bearer(app, &session)
+        let (principal, verified, origin) = crate::auth::resolve_bearer(app, &session)
             .await
             .map_err(IntoResponse::into_response)?
             .ok_or_else(to_login)?;
         Ok(PageUser {
             principal,
             session,
+            verified,
             origin,
         })
     }
@@ -382,8 +385,16 @@ pub async fn logout(
     if let Some(r) = csrf_rejection(&app, &user, &form.csrf) {
         return r;
     }
-    app.sessions
-        .end(&user.session, unix_now() + app.tokens.lifetime().as_secs());
+    if let Some(session) = user.verified.clone() {
+        let email = user.principal.email().to_string();
+        if let Err(e) = blocking(&app, move |s| {
+            s.end_session(&email, &session.jti, session.exp)
+        })
+        .await
+        {
+            return e.into_response();
+        }
+    }
     let mut response = Redirect::to("/login").into_response();
     for c in crate::session::end_cookies() {
         response.headers_mut().append(header::SET_COOKIE, c);

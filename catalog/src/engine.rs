@@ -32,6 +32,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::access::{Grant, GrantTarget, NewGrant};
@@ -433,10 +434,13 @@ impl QueryEngine {
         let state = ctx.state();
         let dialect = state.config_options().sql_parser.dialect;
         let statement = state.sql_to_statement(&sql, &dialect).map_err(|e| {
-            if e.to_string().contains("recursion limit exceeded") {
-                self.limits.too_deep()
-            } else {
-                CatalogError::Query(e)
+            match e.find_root() {
+                DataFusionError::SQL(parse, _)
+                    if matches!(parse.as_ref(), ParserError::RecursionLimitExceeded) =>
+                {
+                    self.limits.too_deep()
+                }
+                _ => CatalogError::Query(e),
             }
         })?;
         match &statement {

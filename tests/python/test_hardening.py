@@ -307,7 +307,7 @@ def test_a_session_opened_with_a_token_ends_with_the_token(hard, admin_token):
     header = client.authenticate_basic_token(email, created["token"])
     jwt = header[1].decode().removeprefix("Bearer ")
     assert works_on_flight(hard, jwt)
-    assert api(hard, "DELETE", f"/api/me/tokens/{created['info']['id']}", session)[0] == 204
+    assert api(hard, "DELETE", f"/api/me/tokens/{created['id']}", session)[0] == 204
     flight_error(hard, jwt)
     client.close()
 
@@ -320,7 +320,7 @@ def test_a_token_made_with_a_token_ends_with_it(hard, admin_token):
     assert status == 201, second
     assert api(hard, "GET", "/api/me", second["token"])[0] == 200
     assert works_on_flight(hard, second["token"])
-    assert api(hard, "DELETE", f"/api/me/tokens/{first['info']['id']}", session)[0] == 204
+    assert api(hard, "DELETE", f"/api/me/tokens/{first['id']}", session)[0] == 204
     assert api(hard, "GET", "/api/me", second["token"])[0] == 401
     flight_error(hard, second["token"])
     assert api(hard, "GET", "/api/me", session)[0] == 200, "the password session is independent"
