@@ -107,7 +107,7 @@ impl Hash for Bounded {
 impl Bounded {
     /// Reserves `bytes` from the pool (and so fails with the pool's limit named).
     fn reserve(&self, bytes: usize) -> Result<()> {
-        let mut reservation =
+        let reservation =
             MemoryConsumer::new(format!("{}()", self.inner.name())).register(&self.pool);
         reservation.try_grow(bytes)
     }

@@ -228,7 +228,7 @@ mod tests {
         let joins = format!(
             "SELECT 1 FROM t0 {}",
             (1..100)
-                .map(|i| format!("JOIN t{i} ON true"))
+                .map(|i| format!(" JOIN t{i} ON true"))
                 .collect::<String>()
         );
         assert!(!depth_ok(&joins, 50));

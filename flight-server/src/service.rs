@@ -540,7 +540,7 @@ impl QuiverFlightSql {
                 "you have {open} prepared statements with bound parameters open (query.max_prepared_per_user); close the ones you no longer use"
             )));
         }
-        let mut memory = MemoryConsumer::new(format!("bound parameters of {id}"))
+        let memory = MemoryConsumer::new(format!("bound parameters of {id}"))
             .register(&self.engine.user_pool(principal.email()));
         memory
             .try_grow(ipc.len())

@@ -331,7 +331,8 @@ impl Stream for GuardedStream {
             return self.fail(Status::cancelled("the query was cancelled"));
         }
         if self.deadline.poll_unpin(cx).is_ready() {
-            return self.fail(timed_out(self.timeout));
+            let status = timed_out(self.timeout);
+            return self.fail(status);
         }
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(batch))) => {
