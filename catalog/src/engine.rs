@@ -30,7 +30,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
-use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
@@ -433,24 +433,19 @@ impl QueryEngine {
         let sql = number_placeholders(sql)?;
         let state = ctx.state();
         let dialect = state.config_options().sql_parser.dialect;
-        let statement = state.sql_to_statement(&sql, &dialect).map_err(|e| {
-            match e.find_root() {
-                DataFusionError::SQL(parse, _)
-                    if matches!(parse.as_ref(), ParserError::RecursionLimitExceeded) =>
-                {
-                    self.limits.too_deep()
-                }
-                _ => CatalogError::Query(e),
-            }
-        })?;
-        match &statement {
-            DfStatement::Statement(inner) => self.limits.check_depth(inner.as_ref())?,
+        let statement = state
+            .sql_to_statement(&sql, &dialect)
+            .map_err(|e| self.parse_error(&sql, e))?;
+        let query = match &statement {
+            DfStatement::Statement(inner) => inner.as_ref(),
             DfStatement::Explain(explain) => match explain.statement.as_ref() {
-                DfStatement::Statement(inner) => self.limits.check_depth(inner.as_ref())?,
+                DfStatement::Statement(inner) => inner.as_ref(),
                 _ => return Err(read_only_error("not a query")),
             },
             _ => return Err(read_only_error("not a query")),
-        }
+        };
+        self.limits.check_depth(query)?;
+        self.limits.check_expansion(query)?;
         let plan = state.statement_to_plan(statement).await?;
         self.limits.check_plan(&plan)?;
         verify_read_only(&plan)?;
@@ -470,6 +465,29 @@ impl QueryEngine {
             ))));
         }
         Ok(Planned { ctx, plan, tables })
+    }
+
+    /// The error for a statement the parser refused. Past the depth limit, the parser
+    /// sometimes backtracks and reports a syntax error instead of the limit; a second parse
+    /// with room to spare (only on failure, on the query runtime's deep stack) tells which.
+    fn parse_error(&self, sql: &str, error: DataFusionError) -> CatalogError {
+        let recursion = |e: &DataFusionError| {
+            matches!(e.find_root(), DataFusionError::SQL(parse, _)
+                if matches!(parse.as_ref(), ParserError::RecursionLimitExceeded))
+        };
+        if recursion(&error) {
+            return self.limits.too_deep();
+        }
+        let roomy = DFParserBuilder::new(sql)
+            .with_dialect(&GenericDialect {})
+            .with_recursion_limit(self.limits.max_expression_depth.saturating_mul(10))
+            .build()
+            .and_then(|mut parser| parser.parse_statements());
+        match roomy {
+            Ok(_) => self.limits.too_deep(),
+            Err(e) if recursion(&e) => self.limits.too_deep(),
+            Err(_) => CatalogError::Query(error),
+        }
     }
 
     /// Runs a plan (after binding `params` to its placeholders) as a stream of batches,

@@ -11,16 +11,20 @@
 //!    counting expressions, subqueries, set operations and joins (the parser's own
 //!    recursion limit is set to the same number);
 //! 3. the logical plan has at most [`QueryLimits::max_plan_nodes`] nodes and is at most
-//!    `max_expression_depth` deep, counted with an early stop so that counting a huge
-//!    plan costs no more than the limit.
+//!    `max_expression_depth` deep: estimated from the statement first (a `WITH` table is
+//!    counted once per use, as the planner copies it), then counted in the plan with an
+//!    early stop, so that counting a huge plan costs no more than the limit.
 //!
 //! Each refusal names the setting that was exceeded.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use datafusion::common::tree_node::{TreeNodeRecursion, TreeNodeVisitor};
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::sql::sqlparser::ast::{Expr, Query, Select, SetExpr, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{
+    Expr, Query, Select, SetExpr, Visit, Visitor, visit_relations,
+};
 
 use crate::CatalogError;
 
@@ -70,6 +74,27 @@ impl QueryLimits {
         }
     }
 
+    /// Refuses a statement whose `WITH` tables, copied into the plan at every use, would
+    /// make a plan of more than `max_plan_nodes` nodes — before the planner copies them.
+    /// Each table counts one node per relation it reads, and a `WITH` table read counts
+    /// what that table counts.
+    pub fn check_expansion(&self, statement: &impl Visit) -> Result<(), CatalogError> {
+        let mut expansion = Expansion {
+            limit: self.max_plan_nodes as u64,
+        };
+        match statement.visit(&mut expansion) {
+            ControlFlow::Continue(()) => Ok(()),
+            ControlFlow::Break(()) => Err(self.too_many_nodes()),
+        }
+    }
+
+    fn too_many_nodes(&self) -> CatalogError {
+        CatalogError::InvalidQuery(format!(
+            "the statement's plan has more than {} nodes (query.max_plan_nodes); a WITH table used many times is copied into the plan each time it is used",
+            self.max_plan_nodes
+        ))
+    }
+
     /// The error for a statement nested too deeply (also used for the parser's refusal).
     pub fn too_deep(&self) -> CatalogError {
         CatalogError::InvalidQuery(format!(
@@ -90,10 +115,7 @@ impl QueryLimits {
         plan.visit_with_subqueries(&mut size)?;
         match size.exceeded {
             None => Ok(()),
-            Some(Exceeded::Nodes) => Err(CatalogError::InvalidQuery(format!(
-                "the statement's plan has more than {} nodes (query.max_plan_nodes); a WITH table used many times is copied into the plan each time it is used",
-                self.max_plan_nodes
-            ))),
+            Some(Exceeded::Nodes) => Err(self.too_many_nodes()),
             Some(Exceeded::Depth) => Err(self.too_deep()),
         }
     }
@@ -157,6 +179,46 @@ impl Visitor for Depth {
 
     fn post_visit_select(&mut self, _: &Select) -> ControlFlow<()> {
         self.leave()
+    }
+}
+
+/// Sizes of `WITH` tables as the planner will copy them.
+struct Expansion {
+    limit: u64,
+}
+
+impl Expansion {
+    /// Nodes of `query` once the `WITH` tables in `sizes` it reads are copied in.
+    fn size(query: &impl Visit, sizes: &HashMap<String, u64>) -> u64 {
+        let mut size = 1u64;
+        let _ = visit_relations(query, |relation| {
+            let name = relation.to_string().to_lowercase();
+            size = size.saturating_add(sizes.get(&name).copied().unwrap_or(1));
+            ControlFlow::<()>::Continue(())
+        });
+        size
+    }
+}
+
+impl Visitor for Expansion {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        let Some(with) = &query.with else {
+            return ControlFlow::Continue(());
+        };
+        let mut sizes = HashMap::new();
+        for cte in &with.cte_tables {
+            let size = Self::size(cte.query.as_ref(), &sizes);
+            if size > self.limit {
+                return ControlFlow::Break(());
+            }
+            sizes.insert(cte.alias.name.to_string().to_lowercase(), size);
+        }
+        if Self::size(query.body.as_ref(), &sizes) > self.limit {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -233,6 +295,34 @@ mod tests {
         );
         assert!(!depth_ok(&joins, 50));
         assert!(depth_ok("SELECT a FROM t WHERE b IN (1, 2, 3, 4, 5, 6, 7, 8)", 5));
+    }
+
+    #[test]
+    fn with_tables_are_counted_as_copied() {
+        let doubling = |levels: usize| {
+            let mut ctes = vec!["t0 AS (SELECT 1 AS x)".to_string()];
+            ctes.extend((1..=levels).map(|i| {
+                format!("t{i} AS (SELECT x FROM t{} UNION ALL SELECT x FROM t{})", i - 1, i - 1)
+            }));
+            format!("WITH {} SELECT * FROM t{levels}", ctes.join(", "))
+        };
+        let limits = QueryLimits {
+            max_plan_nodes: 10_000,
+            ..QueryLimits::default()
+        };
+        let parse = |sql: &str| {
+            Parser::new(&GenericDialect {})
+                .try_with_sql(sql)
+                .unwrap()
+                .parse_statements()
+                .unwrap()
+        };
+        assert!(limits.check_expansion(&parse(&doubling(8))).is_ok());
+        let err = limits
+            .check_expansion(&parse(&doubling(19)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("query.max_plan_nodes"), "{err}");
     }
 
     #[test]

@@ -58,6 +58,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 const TICKET: &str = "ticket";
 const PREPARED: &str = "prepared statement";
 const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+const PARAMETERS_TOO_BIG: &str = "bound parameters over the limit";
 /// Resolved credentials kept before the cache is pruned.
 const MAX_CACHED_PRINCIPALS: usize = 4096;
 const READ_ONLY_MESSAGE: &str =
@@ -507,18 +508,23 @@ impl QuiverFlightSql {
                 "the bound parameters are larger than {max} bytes (query.max_parameter_bytes); bind fewer rows at a time"
             ))
         };
-        let mut decoded =
-            FlightRecordBatchStream::new_from_flight_data(data.map_err(FlightError::from));
-        let mut batches = Vec::new();
-        let mut size = 0;
-        while let Some(batch) = decoded.next().await {
-            let batch = batch
-                .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
-            size += batch.get_array_memory_size();
-            if size > max {
-                return Err(too_big());
+        // Counted as received, before decoding: reading stops at the limit.
+        let mut received = 0usize;
+        let counted = data.map(move |message| {
+            let message = message.map_err(FlightError::from)?;
+            received += message.data_header.len() + message.data_body.len();
+            if received > max {
+                return Err(FlightError::ProtocolError(PARAMETERS_TOO_BIG.into()));
             }
-            batches.push(batch);
+            Ok(message)
+        });
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(counted);
+        let mut batches = Vec::new();
+        while let Some(batch) = decoded.next().await {
+            batches.push(batch.map_err(|e| match e {
+                FlightError::ProtocolError(m) if m == PARAMETERS_TOO_BIG => too_big(),
+                e => Status::invalid_argument(format!("cannot read bound parameters: {e}")),
+            })?);
         }
         let ipc = ipc_bytes(&batches)?;
         if ipc.len() > max {

@@ -219,7 +219,7 @@ def test_one_ticket_redeemed_many_times_counts_every_stream(hard, mallory):
         try:
             client.do_get(info.endpoints[0].ticket, options).read_all()
             outcomes.append("finished")
-        except flight.FlightError as e:
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for statuses
             outcomes.append(str(e))
 
     threads = [threading.Thread(target=redeem) for _ in range(5)]
