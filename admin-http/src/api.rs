@@ -174,7 +174,13 @@ pub async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let email = p.email().to_string();
     let (info, token) = blocking(&app, move |s| {
-        s.create_token(&email, &email, &body.name, body.expires_in_days, origin.as_ref())
+        s.create_token(
+            &email,
+            &email,
+            &body.name,
+            body.expires_in_days,
+            origin.as_ref(),
+        )
     })
     .await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))

@@ -8,8 +8,8 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use quiver_catalog::{Origin, Principal, Verified};
 use quiver_catalog::tokens::TOKEN_PREFIX;
+use quiver_catalog::{Origin, Principal, Verified};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

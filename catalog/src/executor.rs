@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -70,7 +70,7 @@ impl QueryExecutor {
     }
 
     /// Runs `work` on the query runtime. Dropping the returned future aborts the work at
-    /// its next await point.
+    /// its next await point; a panic in it becomes an error of this statement alone.
     pub fn run<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, CatalogError>> + Send + 'static,
@@ -79,7 +79,12 @@ impl QueryExecutor {
         async move {
             task.await.map_err(|e| {
                 if e.is_panic() {
-                    CatalogError::Internal(format!("a query task failed: {e}"))
+                    // A statement that makes DataFusion panic is refused like one it cannot
+                    // plan; the server is unharmed (the panic ended this task only).
+                    tracing::error!(error = %e, "the query engine panicked on a statement");
+                    CatalogError::InvalidQuery(
+                        "the query engine failed on this statement (a bug, logged on the server); rewrite it or report it to the administrator".into(),
+                    )
                 } else {
                     CatalogError::Internal("a query task was stopped".into())
                 }
@@ -93,8 +98,21 @@ impl QueryExecutor {
         let schema: SchemaRef = stream.schema();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let task = AbortOnDrop(self.handle.spawn(async move {
-            while let Some(item) = stream.next().await {
-                if tx.send(item).await.is_err() {
+            loop {
+                // A panic while producing a batch must end the result with an error, never
+                // look like its end.
+                let item = match std::panic::AssertUnwindSafe(stream.next()).catch_unwind().await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::error!("the query engine panicked while running a statement");
+                        Err(DataFusionError::Execution(
+                            "the query engine failed while running this statement (a bug, logged on the server)".into(),
+                        ))
+                    }
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
                     break;
                 }
             }
@@ -114,7 +132,9 @@ impl Drop for QueryExecutor {
 
 /// A receiver as a stream that also owns (and so aborts, when dropped) its producer.
 fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Result<datafusion::arrow::array::RecordBatch, DataFusionError>>,
+    mut rx: tokio::sync::mpsc::Receiver<
+        Result<datafusion::arrow::array::RecordBatch, DataFusionError>,
+    >,
     task: AbortOnDrop<()>,
 ) -> impl futures::Stream<Item = Result<datafusion::arrow::array::RecordBatch, DataFusionError>>
 + Send
@@ -150,16 +170,17 @@ mod tests {
     /// Recursion that would overflow a default 2 MiB stack.
     fn deep(n: u64) -> u64 {
         let pad = std::hint::black_box([1u64; 64]);
-        if n == 0 { 0 } else { deep(n - 1) + pad[n as usize % 64] }
+        if n == 0 {
+            0
+        } else {
+            deep(n - 1) + pad[n as usize % 64]
+        }
     }
 
     #[tokio::test]
     async fn work_runs_on_threads_with_deep_stacks() {
         let executor = QueryExecutor::new(1).unwrap();
-        let result = executor
-            .run(async { Ok(deep(100_000)) })
-            .await
-            .unwrap();
+        let result = executor.run(async { Ok(deep(100_000)) }).await.unwrap();
         assert_eq!(result, 100_000);
     }
 

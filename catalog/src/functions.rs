@@ -15,8 +15,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::compute::kernels::length::length;
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::kernels::length::length;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalUnit, TimeUnit};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::{ExprSchema, Result, ScalarValue};
@@ -26,8 +26,8 @@ use datafusion::logical_expr::preimage::PreimageResult;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ExpressionPlacement, ReturnFieldArgs,
-    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
+    ColumnarValue, Documentation, Expr, ExpressionPlacement, ReturnFieldArgs, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
 };
 use datafusion::prelude::SessionContext;
 
@@ -141,7 +141,8 @@ fn ints(arg: &ColumnarValue, rows: usize) -> Result<Vec<Option<i64>>> {
                 .collect());
         }
         DataType::Interval(IntervalUnit::MonthDayNano) => {
-            let intervals = array.as_primitive::<datafusion::arrow::datatypes::IntervalMonthDayNanoType>();
+            let intervals =
+                array.as_primitive::<datafusion::arrow::datatypes::IntervalMonthDayNanoType>();
             return Ok(intervals
                 .iter()
                 .map(|i| {
@@ -176,7 +177,11 @@ fn widths(arg: &ColumnarValue, rows: usize) -> Result<Vec<i64>> {
             let as_utf8 = cast(&array, &DataType::LargeBinary)?;
             widths(&ColumnarValue::Array(as_utf8), rows)
         }
-        _ => Ok(vec![(array.get_array_memory_size() / rows.max(1)).max(8) as i64; rows]),
+        _ => Ok(vec![
+            (array.get_array_memory_size() / rows.max(1)).max(8)
+                as i64;
+            rows
+        ]),
     }
 }
 
@@ -235,9 +240,7 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u64> 
             total(
                 (0..rows)
                     .map(|i| {
-                        let span = stop[i]
-                            .unwrap_or(0)
-                            .abs_diff(start[i].unwrap_or(0));
+                        let span = stop[i].unwrap_or(0).abs_diff(start[i].unwrap_or(0));
                         (span / per_step(i)).saturating_add(1).saturating_mul(8)
                     })
                     .collect(),
@@ -395,9 +398,12 @@ mod tests {
         }
         // Small calls on many rows add up per batch.
         assert!(
-            run(&ctx, "SELECT repeat('x', 1000) FROM generate_series(1, 100)")
-                .await
-                .is_ok()
+            run(
+                &ctx,
+                "SELECT repeat('x', 1000) FROM generate_series(1, 100)"
+            )
+            .await
+            .is_ok()
         );
         // Aliases and functions the wrapper does not know stay as they were.
         assert_eq!(run(&ctx, "SELECT upper('a'), sum(1)").await.unwrap(), 1);

@@ -186,7 +186,11 @@ impl TokenSigner {
 
     /// A token naming `email`, obtained with `origin` (it ends with it), and when it
     /// expires (seconds since the epoch).
-    pub fn issue(&self, email: &str, origin: Option<Origin>) -> Result<(String, u64), CatalogError> {
+    pub fn issue(
+        &self,
+        email: &str,
+        origin: Option<Origin>,
+    ) -> Result<(String, u64), CatalogError> {
         let now = unix_now();
         let claims = Claims {
             sub: email.to_string(),

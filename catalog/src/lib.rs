@@ -40,8 +40,8 @@ pub mod tokens;
 pub mod webhooks;
 
 pub use engine::{EngineOptions, Planned, QueryEngine, VisibleTable};
-pub use limits::QueryLimits;
 pub use identity::{Origin, Principal, TokenSigner, Verified};
+pub use limits::QueryLimits;
 pub use names::{CATALOG_NAME, TableName};
 pub use shards::{ShardChange, ShardFile};
 pub use state::{NewVersion, StateStore, TableEntry};

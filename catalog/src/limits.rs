@@ -294,7 +294,10 @@ mod tests {
                 .collect::<String>()
         );
         assert!(!depth_ok(&joins, 50));
-        assert!(depth_ok("SELECT a FROM t WHERE b IN (1, 2, 3, 4, 5, 6, 7, 8)", 5));
+        assert!(depth_ok(
+            "SELECT a FROM t WHERE b IN (1, 2, 3, 4, 5, 6, 7, 8)",
+            5
+        ));
     }
 
     #[test]
@@ -302,7 +305,11 @@ mod tests {
         let doubling = |levels: usize| {
             let mut ctes = vec!["t0 AS (SELECT 1 AS x)".to_string()];
             ctes.extend((1..=levels).map(|i| {
-                format!("t{i} AS (SELECT x FROM t{} UNION ALL SELECT x FROM t{})", i - 1, i - 1)
+                format!(
+                    "t{i} AS (SELECT x FROM t{} UNION ALL SELECT x FROM t{})",
+                    i - 1,
+                    i - 1
+                )
             }));
             format!("WITH {} SELECT * FROM t{levels}", ctes.join(", "))
         };

@@ -15,7 +15,10 @@ impl StateStore {
         {
             let conn = self.conn();
             // Ended sessions are kept only until they would have expired.
-            conn.execute("DELETE FROM ended_sessions WHERE expires_at < ?", params![now])?;
+            conn.execute(
+                "DELETE FROM ended_sessions WHERE expires_at < ?",
+                params![now],
+            )?;
             conn.execute(
                 "INSERT INTO ended_sessions (jti, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 params![jti, expires_at as i64],

@@ -269,7 +269,13 @@ mod tests {
         s.ensure_bootstrap_admin("root@example.com", "root-password")
             .unwrap();
         let (info, secret) = s
-            .create_token("root@example.com", "root@example.com", "laptop", Some(30), None)
+            .create_token(
+                "root@example.com",
+                "root@example.com",
+                "laptop",
+                Some(30),
+                None,
+            )
             .unwrap();
         assert!(secret.starts_with("qvr_") && secret.len() > 40);
         assert!(secret.starts_with(&info.prefix));

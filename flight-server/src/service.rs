@@ -34,11 +34,11 @@ use arrow_flight::{
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use quiver_catalog::engine::parameter_types;
 use quiver_catalog::identity::unix_now;
 use quiver_catalog::throttle::LoginThrottle;
@@ -540,7 +540,10 @@ impl QuiverFlightSql {
         let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
         bound.retain(|_, b| b.used.elapsed() < self.options.prepared_idle);
         bound.remove(id);
-        let open = bound.values().filter(|b| b.user == principal.email()).count();
+        let open = bound
+            .values()
+            .filter(|b| b.user == principal.email())
+            .count();
         if open >= self.options.max_prepared_per_user {
             return Err(Status::resource_exhausted(format!(
                 "you have {open} prepared statements with bound parameters open (query.max_prepared_per_user); close the ones you no longer use"
@@ -743,7 +746,9 @@ impl FlightSqlService for QuiverFlightSql {
                     .filter(|t| t.principal.email() == login.trim().to_lowercase())
                     .map(|t| (t.principal, Some(Origin::Token(t.id))))
             } else {
-                state.authenticate_password(&login, &password)?.map(|p| (p, None))
+                state
+                    .authenticate_password(&login, &password)?
+                    .map(|p| (p, None))
             };
             let outcome = if signed_in.is_some() { "ok" } else { "refused" };
             state.record_event(
@@ -849,7 +854,9 @@ impl FlightSqlService for QuiverFlightSql {
         let principal = self.principal(&request).await?;
         let plan = {
             let _slot = self.slot(&principal, &query.query)?;
-            self.plan(&principal, &query.query, self.deadline()).await?.plan
+            self.plan(&principal, &query.query, self.deadline())
+                .await?
+                .plan
         };
         let dataset = plan.schema().as_arrow().clone();
         let parameters = Schema::new(

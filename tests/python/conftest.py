@@ -30,7 +30,7 @@ class Server:
     """A running quiver process; its log is collected line by line."""
 
     def __init__(self, args: list[str], data_dir: str, config: str | None = None,
-                 http_listen: str = "127.0.0.1:0"):
+                 http_listen: str = "127.0.0.1:0", env: dict[str, str] | None = None):
         self.data_dir = data_dir
         cmd = [quiver_bin(), *args, "--flight-listen", "127.0.0.1:0",
                "--http-listen", http_listen, "--data-dir", data_dir]
@@ -41,7 +41,7 @@ class Server:
                 f.write(config)
             cmd += ["--config", path]
         env = dict(os.environ, QUIVER_ADMIN_EMAIL=ADMIN_EMAIL,
-                   QUIVER_ADMIN_PASSWORD=ADMIN_PASSWORD, RUST_LOG="info")
+                   QUIVER_ADMIN_PASSWORD=ADMIN_PASSWORD, RUST_LOG="info", **(env or {}))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, text=True, env=env)
         self.log_lines: list[str] = []
