@@ -18,6 +18,7 @@ from conftest import Server  # noqa: E402
 from soak import run_soak  # noqa: E402
 
 MEMORY_LIMIT_MIB = 1024
+MEMORY_LIMIT_PER_USER_MIB = 256
 
 
 def main() -> None:
@@ -28,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(["demo", "--scale", args.scale], f"{tmp}/data",
-                        config=f"query:\n  memory_limit: {MEMORY_LIMIT_MIB} MiB\n")
+                        config=f"query:\n  memory_limit: {MEMORY_LIMIT_MIB} MiB\n"
+                               f"  memory_limit_per_user: {MEMORY_LIMIT_PER_USER_MIB} MiB\n")
         try:
             report = run_soak(server, clients=args.clients, seconds=args.seconds)
         finally:

@@ -47,20 +47,22 @@ class Report:
     attacks: int = 0
     attack_failures: list[str] = dataclasses.field(default_factory=list)
     lookups: list[float] = dataclasses.field(default_factory=list)
+    idle_lookups: list[float] = dataclasses.field(default_factory=list)
     rss_before: int = 0
     rss_peak: int = 0
     rss_after: int = 0
     crashed: bool = False
 
-    def p(self, q: float) -> float:
-        ordered = sorted(self.lookups)
+    def p(self, q: float, idle: bool = False) -> float:
+        ordered = sorted(self.idle_lookups if idle else self.lookups)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
     def summary(self) -> str:
         return (f"{self.clients} clients, {self.seconds:.0f} s: {self.statements} statements, "
                 f"{len(self.errors)} errors, {self.attacks} attacks ({len(self.attack_failures)} unclean), "
                 f"point lookup p50 {self.p(0.5) * 1000:.1f} ms p99 {self.p(0.99) * 1000:.1f} ms "
-                f"(n={len(self.lookups)}), RSS before {self.rss_before >> 20} MiB, "
+                f"(n={len(self.lookups)}; idle, same run: p50 {self.p(0.5, True) * 1000:.1f} ms "
+                f"p99 {self.p(0.99, True) * 1000:.1f} ms), RSS before {self.rss_before >> 20} MiB, "
                 f"peak {self.rss_peak >> 20} MiB, after {self.rss_after >> 20} MiB, crashed={self.crashed}")
 
 
@@ -183,6 +185,15 @@ def run_soak(server: Server, clients: int, seconds: float, seed: int = 7) -> Rep
                     if failure:
                         report.attack_failures.append(failure)
 
+    # The reference: the same lookups on the idle server, before the load starts.
+    with adbc(users[0]) as conn:
+        rng = random.Random(seed)
+        for _ in range(50):
+            started = time.perf_counter()
+            with conn.cursor() as cur:
+                cur.execute("SELECT * FROM tpch.orders WHERE o_orderkey = ?", parameters=(rng.randrange(1, max_order),))
+                cur.fetch_arrow_table()
+            report.idle_lookups.append(time.perf_counter() - started)
     kinds = [point_lookups, point_lookups, q1, scans,
              lambda e, r: flight_reader(e, r, True), lambda e, r: flight_reader(e, r, False)]
     threads = [threading.Thread(target=kinds[i % len(kinds)], args=(email, random.Random(seed + i)))
