@@ -34,12 +34,10 @@ use datafusion::prelude::SessionContext;
 /// How a function's output size follows from its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Growth {
-    /// `repeat(s, n)`: `len(s) × n` bytes.
-    Repeat,
+    /// `repeat(s, n)`, `array_repeat(v, n)`: `n` copies of the value.
+    Copies,
     /// `lpad(s, n)`, `rpad(s, n)`: up to 4 bytes for each of `n` characters.
     Pad,
-    /// `array_repeat(v, n)`: `n` copies of `v`.
-    ArrayRepeat,
     /// `array_resize(a, n)`: `n` elements.
     ArrayResize,
     /// `range(…)`, `generate_series(…)`: one element per step from start to stop.
@@ -50,10 +48,10 @@ enum Growth {
 
 /// Functions wrapped, and how each grows.
 const BOUNDED: &[(&str, Growth)] = &[
-    ("repeat", Growth::Repeat),
+    ("repeat", Growth::Copies),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
-    ("array_repeat", Growth::ArrayRepeat),
+    ("array_repeat", Growth::Copies),
     ("array_resize", Growth::ArrayResize),
     ("range", Growth::Series),
     ("generate_series", Growth::Series),
@@ -189,23 +187,17 @@ fn widths(arg: &ColumnarValue, rows: usize) -> Result<Vec<i64>> {
 fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u64> {
     let rows = rows.max(1);
     let total = |per_row: Vec<u64>| per_row.into_iter().fold(0u64, u64::saturating_add);
-    Ok(match (growth, args) {
-        (Growth::Repeat, [s, n, ..]) => {
-            let (w, n) = (widths(s, rows)?, ints(n, rows)?);
-            total(
-                w.iter()
-                    .zip(&n)
-                    .map(|(w, n)| (*w as u64).saturating_mul(n.unwrap_or(0).max(0) as u64))
-                    .collect(),
-            )
-        }
-        (Growth::Pad, [_, n, ..]) => total(
+    // `n` items of `bytes` each, per row.
+    let counted = |n: &ColumnarValue, bytes: u64| -> Result<u64> {
+        Ok(total(
             ints(n, rows)?
                 .into_iter()
-                .map(|n| (n.unwrap_or(0).max(0) as u64).saturating_mul(4))
+                .map(|n| (n.unwrap_or(0).max(0) as u64).saturating_mul(bytes))
                 .collect(),
-        ),
-        (Growth::ArrayRepeat, [v, n, ..]) => {
+        ))
+    };
+    Ok(match (growth, args) {
+        (Growth::Copies, [v, n, ..]) => {
             let (w, n) = (widths(v, rows)?, ints(n, rows)?);
             total(
                 w.iter()
@@ -214,12 +206,8 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u64> 
                     .collect(),
             )
         }
-        (Growth::ArrayResize, [_, n, ..]) => total(
-            ints(n, rows)?
-                .into_iter()
-                .map(|n| (n.unwrap_or(0).max(0) as u64).saturating_mul(8))
-                .collect(),
-        ),
+        (Growth::Pad, [_, n, ..]) => counted(n, 4)?,
+        (Growth::ArrayResize, [_, n, ..]) => counted(n, 8)?,
         (Growth::Series, [stop]) => total(
             ints(stop, rows)?
                 .into_iter()

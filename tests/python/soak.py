@@ -122,27 +122,21 @@ def run_soak(server: Server, clients: int, seconds: float, seed: int = 7) -> Rep
                 except Exception as e:  # noqa: BLE001 - every failure is counted
                     record(error=f"lookup: {e}")
 
-    def q1(email: str, rng: random.Random):
-        with adbc(email) as conn:
-            while time.time() < stop_at:
-                try:
-                    with conn.cursor() as cur:
-                        cur.execute(QUERIES["q1"])
-                        assert cur.fetch_arrow_table().num_rows == 4
-                    record()
-                except Exception as e:  # noqa: BLE001
-                    record(error=f"q1: {e}")
+    def repeatedly(name: str, sql: str, check):
+        def client(email: str, rng: random.Random):
+            with adbc(email) as conn:
+                while time.time() < stop_at:
+                    try:
+                        with conn.cursor() as cur:
+                            cur.execute(sql)
+                            assert check(cur.fetch_arrow_table()), name
+                        record()
+                    except Exception as e:  # noqa: BLE001
+                        record(error=f"{name}: {e}")
+        return client
 
-    def scans(email: str, rng: random.Random):
-        with adbc(email) as conn:
-            while time.time() < stop_at:
-                try:
-                    with conn.cursor() as cur:
-                        cur.execute("SELECT * FROM tpch.lineitem")
-                        assert cur.fetch_arrow_table().num_rows > 0
-                    record()
-                except Exception as e:  # noqa: BLE001
-                    record(error=f"scan: {e}")
+    q1 = repeatedly("q1", QUERIES["q1"], lambda t: t.num_rows == 4)
+    scans = repeatedly("scan", "SELECT * FROM tpch.lineitem", lambda t: t.num_rows > 0)
 
     def flight_reader(email: str, rng: random.Random, slow: bool):
         client = flight.FlightClient(server.uri)
