@@ -11,12 +11,12 @@ import dataclasses
 import json
 import pathlib
 import random
+import signal
 import threading
 import time
 import uuid
 
 import adbc_driver_flightsql.dbapi as flight_sql
-import pyarrow as pa
 import pyarrow.flight as flight
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
@@ -87,12 +87,13 @@ def prepare_users(server: Server, count: int) -> list[str]:
 
 
 def run_soak(server: Server, clients: int, seconds: float, seed: int = 7) -> Report:
-    # Readers here go away on purpose; pyarrow would take a CANCELLED status for Ctrl-C.
-    pa.enable_signal_handlers(False)
+    # Readers here go away on purpose; pyarrow takes a CANCELLED status for Ctrl-C and
+    # simulates one in the main thread, so SIGINT is ignored meanwhile.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return _run_soak(server, clients, seconds, seed)
     finally:
-        pa.enable_signal_handlers(True)
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_soak(server: Server, clients: int, seconds: float, seed: int) -> Report:

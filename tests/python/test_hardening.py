@@ -363,12 +363,12 @@ def cancel_flight_info(client, info, options) -> int:
 @pytest.fixture
 def no_pyarrow_signal_handling():
     """pyarrow turns a CANCELLED status into a simulated Ctrl-C of the main thread (it takes
-    it for its own SIGINT handling); a test that cancels on purpose turns that off."""
-    import pyarrow as pa
+    it for its own SIGINT handling); a test that cancels on purpose ignores SIGINT meanwhile."""
+    import signal
 
-    pa.enable_signal_handlers(False)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     yield
-    pa.enable_signal_handlers(True)
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_only_the_owner_or_an_admin_cancels_a_query(hard, admin_token, mallory, no_pyarrow_signal_handling):
