@@ -328,6 +328,13 @@ impl QuiverFlightSql {
         })
     }
 
+    /// Plans `sql` holding one of the user's slots, within a deadline from now (for calls
+    /// that only plan: `GetFlightInfo`, prepare, bind).
+    async fn plan_now(&self, principal: &Principal, sql: &str) -> Result<Planned, Status> {
+        let _slot = self.slot(principal, sql)?;
+        self.plan(principal, sql, self.deadline()).await
+    }
+
     /// Logs and audits a statement that did not run.
     fn audit_refusal(&self, principal: &Principal, sql: &str, outcome: &str) {
         let log = QueryLog::new(
@@ -353,8 +360,7 @@ impl QuiverFlightSql {
         params: Option<Vec<u8>>,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
-        let _slot = self.slot(principal, &sql)?;
-        let planned = self.plan(principal, &sql, self.deadline()).await?;
+        let planned = self.plan_now(principal, &sql).await?;
         let schema = planned.plan.schema().as_arrow().clone();
         let query_id = uuid::Uuid::new_v4().to_string();
         self.running
@@ -852,12 +858,7 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let principal = self.principal(&request).await?;
-        let plan = {
-            let _slot = self.slot(&principal, &query.query)?;
-            self.plan(&principal, &query.query, self.deadline())
-                .await?
-                .plan
-        };
+        let plan = self.plan_now(&principal, &query.query).await?.plan;
         let dataset = plan.schema().as_arrow().clone();
         let parameters = Schema::new(
             parameter_types(&plan)
@@ -890,12 +891,7 @@ impl FlightSqlService for QuiverFlightSql {
         let mut prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
         let ipc = self.read_parameters(request.into_inner()).await?;
         // Check now, so a bad binding fails at bind time rather than at execution.
-        let plan = {
-            let _slot = self.slot(&principal, &prepared.sql)?;
-            self.plan(&principal, &prepared.sql, self.deadline())
-                .await?
-                .plan
-        };
+        let plan = self.plan_now(&principal, &prepared.sql).await?.plan;
         if !ipc.is_empty() {
             parameter_rows(&plan, &ipc)?;
         }
