@@ -37,6 +37,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::access::{Grant, GrantTarget, NewGrant};
 use crate::executor::QueryExecutor;
+use crate::functions::BoundedConcatPlanner;
 use crate::identity::Principal;
 use crate::limits::QueryLimits;
 use crate::memory::UserPool;
@@ -207,14 +208,19 @@ impl QueryEngine {
         config.options_mut().sql_parser.recursion_limit = self.limits.max_expression_depth;
         let pool = self.user_pool(email);
         let runtime = RuntimeEnv {
-            memory_pool: pool,
+            memory_pool: pool.clone(),
             ..self.runtime.as_ref().clone()
         };
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(Arc::new(runtime))
-            .with_default_features()
-            .build();
+            .with_default_features();
+        // After the defaults, so list `||` is already planned as an array function.
+        state
+            .expr_planners()
+            .get_or_insert_default()
+            .push(Arc::new(BoundedConcatPlanner::new(&pool)));
+        let state = state.build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(CurrentUser::udf(email));
         crate::functions::bound_functions(&ctx, &ctx.runtime_env().memory_pool);

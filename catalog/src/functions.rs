@@ -8,7 +8,9 @@
 //! arguments and reserves that from the user's pool (so it fails with the per-user limit's
 //! name instead of growing the process); after running, the output's actual size is checked
 //! the same way, which also bounds functions whose output is only a multiple of their input
-//! (`concat`, `replace`) when they are nested to multiply it.
+//! (`concat`, `replace`) when they are nested to multiply it. The `||` operator is an
+//! operator, not a function, so [`BoundedConcatPlanner`] wraps each string `||` in a
+//! pass-through check of its output.
 
 use std::any::Any;
 use std::hash::{Hash, Hasher};
@@ -19,17 +21,21 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::length::length;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalUnit, TimeUnit};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::{ExprSchema, Result, ScalarValue};
+use datafusion::common::{DFSchema, ExprSchema, Result, ScalarValue};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::interval_arithmetic::Interval;
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::logical_expr::preimage::PreimageResult;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ExpressionPlacement, ReturnFieldArgs, ScalarFunctionArgs,
-    ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
+    BinaryExpr, ColumnarValue, Documentation, Expr, ExprSchemable, ExpressionPlacement, Operator,
+    ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
+    Volatility,
 };
 use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::BinaryOperator;
 
 /// How a function's output size follows from its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +82,114 @@ pub fn bound_functions(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
                 pool: pool.clone(),
             }));
         }
+    }
+}
+
+/// Plans string `a || b` as the usual operator with its output checked against the pool;
+/// list operands are left to DataFusion's nested-function planner (`array_concat`, bounded
+/// above, and `array_append`/`array_prepend`, which add one element).
+#[derive(Debug)]
+pub struct BoundedConcatPlanner {
+    check: Arc<ScalarUDF>,
+}
+
+impl BoundedConcatPlanner {
+    /// A planner whose `||` outputs are reserved from `pool`.
+    pub fn new(pool: &Arc<dyn MemoryPool>) -> Self {
+        let check = ScalarUDF::new_from_impl(CheckedSize {
+            signature: Signature::any(1, Volatility::Immutable),
+            pool: pool.clone(),
+        });
+        Self {
+            check: Arc::new(check),
+        }
+    }
+}
+
+impl ExprPlanner for BoundedConcatPlanner {
+    fn plan_binary_op(
+        &self,
+        expr: RawBinaryExpr,
+        schema: &DFSchema,
+    ) -> Result<PlannerResult<RawBinaryExpr>> {
+        let is_list = |e: &Expr| -> Result<bool> {
+            Ok(matches!(
+                e.get_type(schema)?,
+                DataType::List(_)
+                    | DataType::LargeList(_)
+                    | DataType::FixedSizeList(..)
+                    | DataType::ListView(_)
+                    | DataType::LargeListView(_)
+            ))
+        };
+        if expr.op != BinaryOperator::StringConcat || is_list(&expr.left)? || is_list(&expr.right)?
+        {
+            return Ok(PlannerResult::Original(expr));
+        }
+        let concat = Expr::BinaryExpr(BinaryExpr::new(
+            Box::new(expr.left),
+            Operator::StringConcat,
+            Box::new(expr.right),
+        ));
+        Ok(PlannerResult::Planned(Expr::ScalarFunction(
+            ScalarFunction::new_udf(self.check.clone(), vec![concat]),
+        )))
+    }
+}
+
+/// Returns its argument unchanged after reserving the argument's size from the pool. It
+/// names itself after its argument, so `a || b` keeps its column name and plan text.
+#[derive(Debug)]
+struct CheckedSize {
+    signature: Signature,
+    pool: Arc<dyn MemoryPool>,
+}
+
+impl PartialEq for CheckedSize {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.pool, &other.pool)
+    }
+}
+
+impl Eq for CheckedSize {}
+
+impl Hash for CheckedSize {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        "||".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for CheckedSize {
+    fn name(&self) -> &str {
+        "||"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(args.arg_fields[0].clone())
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(args[0].to_string())
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(args[0].schema_name().to_string())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let value = args.args.into_iter().next().expect("one argument");
+        MemoryConsumer::new("||")
+            .register(&self.pool)
+            .try_grow(output_bytes(&value))?;
+        Ok(value)
     }
 }
 
@@ -395,5 +509,40 @@ mod tests {
         );
         // Aliases and functions the wrapper does not know stay as they were.
         assert_eq!(run(&ctx, "SELECT upper('a'), sum(1)").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn string_concat_operator_is_bounded_and_keeps_its_meaning() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(8 * 1024 * 1024));
+        let mut state = datafusion::execution::SessionStateBuilder::new().with_default_features();
+        state
+            .expr_planners()
+            .get_or_insert_default()
+            .push(Arc::new(BoundedConcatPlanner::new(&pool)));
+        let ctx = SessionContext::new_with_state(state.build());
+        bound_functions(&ctx, &pool);
+
+        let batches = ctx
+            .sql("SELECT 'a' || 'b' AS ab, NULL || 'x' AS n, 'v' || 1 AS v, [1] || [2] AS l, 'q' || s FROM (VALUES ('r')) t(s)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(
+            shown.contains("| ab | n | v  | l      | Utf8(\"q\") || t.s |"),
+            "{shown}"
+        );
+        assert!(shown.contains("| ab |   | v1 | [1, 2] | qr"), "{shown}");
+
+        let doubling = "WITH s0 AS (SELECT repeat('x', 1000000) AS s), \
+             s1 AS (SELECT s || s AS s FROM s0), s2 AS (SELECT s || s AS s FROM s1), \
+             s3 AS (SELECT s || s AS s FROM s2), s4 AS (SELECT s || s AS s FROM s3), \
+             s5 AS (SELECT s || s AS s FROM s4) SELECT length(s) FROM s5";
+        let err = run(&ctx, doubling).await.unwrap_err().to_string();
+        assert!(err.contains("Failed to allocate"), "{err}");
     }
 }

@@ -199,11 +199,13 @@ def test_functions_cannot_build_values_past_the_users_memory(hard, mallory):
             message = error_of(c, sql)
             assert "RESOURCE_EXHAUSTED" in message or "ResourceExhausted" in message, (sql, message)
             assert "query.memory_limit_per_user" in message, (sql, message)
-        # Doubling a value level by level stops at the limit too.
-        levels = ["s0 AS (SELECT repeat('x', 1000000) AS s)"] + [
-            f"s{i} AS (SELECT concat(s, s) AS s FROM s{i - 1})" for i in range(1, 12)]
-        message = error_of(c, f"WITH {', '.join(levels)} SELECT length(s) FROM s11")
-        assert "query.memory_limit_per_user" in message, message
+        # Doubling a value level by level stops at the limit too, by function or operator.
+        for double in ["concat(s, s)", "s || s"]:
+            levels = ["s0 AS (SELECT repeat('x', 1000000) AS s)"] + [
+                f"s{i} AS (SELECT {double} AS s FROM s{i - 1})" for i in range(1, 12)]
+            message = error_of(c, f"WITH {', '.join(levels)} SELECT length(s) FROM s11")
+            assert "query.memory_limit_per_user" in message, (double, message)
+        assert run(c, "SELECT 'a' || 'b' AS ab, NULL || 'b' AS n").to_pylist() == [{"ab": "ab", "n": None}]
         assert run(c, "SELECT length(repeat('x', 1000000)) AS n").to_pylist() == [{"n": 1000000}]
     assert hard.rss_bytes() - before < 400 * 1024 * 1024
     alive(hard)
