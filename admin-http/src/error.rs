@@ -75,6 +75,14 @@ impl From<CatalogError> for ApiError {
             }
             CatalogError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
             CatalogError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            other @ CatalogError::StateUnavailable(..) => {
+                tracing::error!(error = %other, "state database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the state database is unavailable; try again shortly".to_string(),
+                )
+            }
             other => Self::internal(&other),
         }
     }

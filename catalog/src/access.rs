@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use duckdb::{OptionalExt, Transaction, params};
+use crate::state::{Conn, params};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -212,33 +212,31 @@ fn check_password(password: &str) -> Result<(), CatalogError> {
 }
 
 /// A user's active flag; `None` when there is no such user.
-pub(crate) fn user_active(tx: &Transaction<'_>, email: &str) -> Result<Option<bool>, CatalogError> {
-    Ok(tx
-        .query_row(
-            "SELECT active FROM users WHERE email = ?",
-            params![email],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub(crate) fn user_active(tx: &Conn<'_>, email: &str) -> Result<Option<bool>, CatalogError> {
+    Ok(tx.query_opt(
+        "SELECT active FROM users WHERE email = $1",
+        params![email],
+        |r| r.get(0),
+    )?)
 }
 
-fn user_exists(tx: &Transaction<'_>, email: &str) -> Result<bool, CatalogError> {
+fn user_exists(tx: &Conn<'_>, email: &str) -> Result<bool, CatalogError> {
     Ok(tx
-        .query_row(
-            "SELECT 1 FROM users WHERE email = ?",
+        .query_opt(
+            "SELECT 1 FROM users WHERE email = $1",
             params![email],
             |_| Ok(()),
-        )
-        .optional()?
+        )?
         .is_some())
 }
 
-fn group_exists(tx: &Transaction<'_>, name: &str) -> Result<bool, CatalogError> {
+fn group_exists(tx: &Conn<'_>, name: &str) -> Result<bool, CatalogError> {
     Ok(tx
-        .query_row("SELECT 1 FROM groups WHERE name = ?", params![name], |_| {
-            Ok(())
-        })
-        .optional()?
+        .query_opt(
+            "SELECT 1 FROM groups WHERE name = $1",
+            params![name],
+            |_| Ok(()),
+        )?
         .is_some())
 }
 
@@ -251,16 +249,16 @@ fn no_group(name: &str) -> CatalogError {
 }
 
 /// Refuses a change that would leave no active administrator.
-fn keep_an_admin(tx: &Transaction<'_>, losing: &str) -> Result<(), CatalogError> {
+fn keep_an_admin(tx: &Conn<'_>, losing: &str) -> Result<(), CatalogError> {
     let others: i64 = tx.query_row(
         "SELECT count(*) FROM memberships m JOIN users u ON u.email = m.email
-         WHERE m.group_name = 'Admin' AND u.active AND u.email <> ?",
+         WHERE m.group_name = 'Admin' AND u.active AND u.email <> $1",
         params![losing],
         |r| r.get(0),
     )?;
     let is_admin: bool = tx.query_row(
         "SELECT count(*) > 0 FROM memberships m JOIN users u ON u.email = m.email
-         WHERE m.group_name = 'Admin' AND u.active AND u.email = ?",
+         WHERE m.group_name = 'Admin' AND u.active AND u.email = $1",
         params![losing],
         |r| r.get(0),
     )?;
@@ -298,7 +296,7 @@ impl StateStore {
                 )));
             }
             tx.execute(
-                "INSERT INTO users (email, name, password_hash) VALUES (?, ?, ?)",
+                "INSERT INTO users (email, name, password_hash) VALUES ($1, $2, $3)",
                 params![email, name, hash],
             )?;
             Ok(((), json!({ "name": name, "password_set": hash.is_some() })))
@@ -330,19 +328,19 @@ impl StateStore {
             }
             if let Some(name) = &update.name {
                 tx.execute(
-                    "UPDATE users SET name = ? WHERE email = ?",
+                    "UPDATE users SET name = $1 WHERE email = $2",
                     params![name, email],
                 )?;
             }
             if let Some(hash) = &hash {
                 tx.execute(
-                    "UPDATE users SET password_hash = ? WHERE email = ?",
+                    "UPDATE users SET password_hash = $1 WHERE email = $2",
                     params![hash, email],
                 )?;
             }
             if let Some(active) = update.active {
                 tx.execute(
-                    "UPDATE users SET active = ? WHERE email = ?",
+                    "UPDATE users SET active = $1 WHERE email = $2",
                     params![active, email],
                 )?;
             }
@@ -366,9 +364,9 @@ impl StateStore {
                 return Err(no_user(&email));
             }
             keep_an_admin(tx, &email)?;
-            tx.execute("DELETE FROM memberships WHERE email = ?", params![email])?;
-            tx.execute("DELETE FROM tokens WHERE email = ?", params![email])?;
-            tx.execute("DELETE FROM users WHERE email = ?", params![email])?;
+            tx.execute("DELETE FROM memberships WHERE email = $1", params![email])?;
+            tx.execute("DELETE FROM tokens WHERE email = $1", params![email])?;
+            tx.execute("DELETE FROM users WHERE email = $1", params![email])?;
             Ok(((), serde_json::Value::Null))
         })
     }
@@ -384,28 +382,32 @@ impl StateStore {
 
     /// Every user, by e-mail.
     pub fn users(&self) -> Result<Vec<User>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut memberships: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut stmt = conn.prepare("SELECT email, group_name FROM memberships ORDER BY 2")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
-            let (email, group) = row?;
+        for row in conn.query_map(
+            "SELECT email, group_name FROM memberships ORDER BY 2",
+            params![],
+            |r| Ok((r.get::<String>(0)?, r.get(1)?)),
+        )? {
+            let (email, group) = row;
             memberships.entry(email).or_default().push(group);
         }
-        let mut stmt = conn.prepare(
+        let rows = conn.query_map(
             "SELECT email, name, active, password_hash IS NOT NULL FROM users ORDER BY email",
+            params![],
+            |r| {
+                Ok(User {
+                    email: r.get(0)?,
+                    name: r.get(1)?,
+                    active: r.get(2)?,
+                    has_password: r.get(3)?,
+                    groups: Vec::new(),
+                })
+            },
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(User {
-                email: r.get(0)?,
-                name: r.get(1)?,
-                active: r.get(2)?,
-                has_password: r.get(3)?,
-                groups: Vec::new(),
-            })
-        })?;
         let mut users = Vec::new();
         for row in rows {
-            let mut user = row?;
+            let mut user = row;
             user.groups = memberships.remove(&user.email).unwrap_or_default();
             if user.active {
                 user.groups.push(EVERYONE_GROUP.into());
@@ -437,7 +439,7 @@ impl StateStore {
                 Some(true) => false,
                 None => {
                     tx.execute(
-                        "INSERT INTO users (email, name) VALUES (?, ?)",
+                        "INSERT INTO users (email, name) VALUES ($1, $2)",
                         params![email, name],
                     )?;
                     true
@@ -452,21 +454,16 @@ impl StateStore {
                     }
                     wanted.push(g.clone());
                 }
-                let mut stmt = tx.prepare(
-                    "SELECT group_name FROM memberships WHERE email = ? AND source = 'idp'",
-                )?;
-                let current: Vec<String> = stmt
-                    .query_map(params![email], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
+                let current: Vec<String> = tx.query_map("SELECT group_name FROM memberships WHERE email = $1 AND source = 'idp'", params![email], |r| r.get(0))?;
                 for g in current.iter().filter(|g| !wanted.contains(g)) {
                     tx.execute(
-                        "DELETE FROM memberships WHERE email = ? AND group_name = ? AND source = 'idp'",
+                        "DELETE FROM memberships WHERE email = $1 AND group_name = $2 AND source = 'idp'",
                         params![email, g],
                     )?;
                 }
                 for g in &wanted {
                     tx.execute(
-                        "INSERT INTO memberships (group_name, email, source) VALUES (?, ?, 'idp')
+                        "INSERT INTO memberships (group_name, email, source) VALUES ($1, $2, 'idp')
                          ON CONFLICT DO NOTHING",
                         params![g, email],
                     )?;
@@ -489,19 +486,17 @@ impl StateStore {
     pub fn create_group(&self, actor: &str, name: &str) -> Result<(), CatalogError> {
         check_group_name(name)?;
         self.change(actor, "group.create", name, |tx| {
-            let clash: Option<String> = tx
-                .query_row(
-                    "SELECT name FROM groups WHERE lower(name) = lower(?)",
-                    params![name],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let clash: Option<String> = tx.query_opt(
+                "SELECT name FROM groups WHERE lower(name) = lower($1)",
+                params![name],
+                |r| r.get(0),
+            )?;
             if let Some(existing) = clash {
                 return Err(CatalogError::Conflict(format!(
                     "a group `{existing}` already exists"
                 )));
             }
-            tx.execute("INSERT INTO groups (name) VALUES (?)", params![name])?;
+            tx.execute("INSERT INTO groups (name) VALUES ($1)", params![name])?;
             Ok(((), serde_json::Value::Null))
         })
     }
@@ -517,12 +512,12 @@ impl StateStore {
             if !group_exists(tx, name)? {
                 return Err(no_group(name));
             }
-            let grants = tx.execute("DELETE FROM grants WHERE group_name = ?", params![name])?;
+            let grants = tx.execute("DELETE FROM grants WHERE group_name = $1", params![name])?;
             let members = tx.execute(
-                "DELETE FROM memberships WHERE group_name = ?",
+                "DELETE FROM memberships WHERE group_name = $1",
                 params![name],
             )?;
-            tx.execute("DELETE FROM groups WHERE name = ?", params![name])?;
+            tx.execute("DELETE FROM groups WHERE name = $1", params![name])?;
             Ok((
                 (),
                 json!({ "grants_removed": grants, "members_removed": members }),
@@ -532,39 +527,35 @@ impl StateStore {
 
     /// Every group name, sorted.
     pub fn groups(&self) -> Result<Vec<String>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name FROM groups ORDER BY name")?;
-        let names = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let conn = self.conn()?;
+        let names = conn.query_map("SELECT name FROM groups ORDER BY name", params![], |r| {
+            r.get(0)
+        })?;
         Ok(names)
     }
 
     /// Members of a group; `Everyone` lists every active user.
     pub fn members(&self, group: &str) -> Result<Vec<Member>, CatalogError> {
-        let conn = self.conn();
-        let exists: Option<i32> = conn
-            .query_row("SELECT 1 FROM groups WHERE name = ?", params![group], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let conn = self.conn()?;
+        let exists: Option<i32> = conn.query_opt(
+            "SELECT 1 FROM groups WHERE name = $1",
+            params![group],
+            |r| r.get(0),
+        )?;
         if exists.is_none() {
             return Err(no_group(group));
         }
         let sql = if group == EVERYONE_GROUP {
-            "SELECT email, 'everyone' FROM users WHERE active AND ? IS NOT NULL ORDER BY email"
+            "SELECT email, 'everyone' FROM users WHERE active AND $1::VARCHAR IS NOT NULL ORDER BY email"
         } else {
-            "SELECT email, source FROM memberships WHERE group_name = ? ORDER BY email"
+            "SELECT email, source FROM memberships WHERE group_name = $1 ORDER BY email"
         };
-        let mut stmt = conn.prepare(sql)?;
-        let members = stmt
-            .query_map(params![group], |r| {
-                Ok(Member {
-                    email: r.get(0)?,
-                    source: r.get(1)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let members = conn.query_map(sql, params![group], |r| {
+            Ok(Member {
+                email: r.get(0)?,
+                source: r.get(1)?,
+            })
+        })?;
         Ok(members)
     }
 
@@ -590,7 +581,7 @@ impl StateStore {
                 return Err(no_user(&email));
             }
             tx.execute(
-                "INSERT INTO memberships (group_name, email, source) VALUES (?, ?, ?)
+                "INSERT INTO memberships (group_name, email, source) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
                 params![group, email, source.as_str()],
             )?;
@@ -614,7 +605,7 @@ impl StateStore {
                 keep_an_admin(tx, &email)?;
             }
             let removed = tx.execute(
-                "DELETE FROM memberships WHERE group_name = ? AND email = ?",
+                "DELETE FROM memberships WHERE group_name = $1 AND email = $2",
                 params![group, email],
             )?;
             if removed == 0 {
@@ -646,7 +637,7 @@ impl StateStore {
             }
             let id: i64 = tx.query_row(
                 "INSERT INTO grants (group_name, schema_name, table_name, row_filter, column_masks, created_by)
-                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                 params![group, target.schema(), target.table_part(), row_filter, masks, actor],
                 |r| r.get(0),
             )?;
@@ -662,7 +653,7 @@ impl StateStore {
     pub fn revoke_grant(&self, actor: &str, id: i64) -> Result<(), CatalogError> {
         let grant = self.grant(id)?;
         self.change(actor, "grant.revoke", &grant.table.to_string(), |tx| {
-            tx.execute("DELETE FROM grants WHERE id = ?", params![id])?;
+            tx.execute("DELETE FROM grants WHERE id = $1", params![id])?;
             Ok(((), json!({ "id": id, "group": grant.group })))
         })
     }
@@ -677,24 +668,25 @@ impl StateStore {
 
     /// Every grant, by id.
     pub fn grants(&self) -> Result<Vec<Grant>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let conn = self.conn()?;
+        let rows = conn.query_map(
             "SELECT id, group_name, schema_name, table_name, row_filter, column_masks
              FROM grants ORDER BY id",
+            params![],
+            |r| {
+                Ok((
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<String>(3)?,
+                    r.get::<Option<String>>(4)?,
+                    r.get::<String>(5)?,
+                ))
+            },
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, String>(5)?,
-            ))
-        })?;
         let mut grants = Vec::new();
         for row in rows {
-            let (id, group, schema, table, row_filter, masks) = row?;
+            let (id, group, schema, table, row_filter, masks) = row;
             let table = if table == "*" {
                 GrantTarget::Schema(schema)
             } else {

@@ -2,7 +2,12 @@
 //! transaction as the change), every sign-in attempt and every query. Secrets never reach
 //! it: changes record what was done, not passwords or tokens.
 
-use duckdb::params;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::state::{Timestamp, params};
 use serde::{Deserialize, Serialize};
 
 use crate::CatalogError;
@@ -73,9 +78,9 @@ pub struct QueryRecord {
 impl StateStore {
     /// Records a finished query.
     pub fn record_query(&self, q: &QueryRecord) -> Result<(), CatalogError> {
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO audit (actor, action, outcome, statement, tables, row_count, byte_count, duration_ms)
-             VALUES (?, 'query', ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, 'query', $2, $3, $4, $5, $6, $7)",
             params![
                 q.user,
                 q.outcome,
@@ -97,8 +102,8 @@ impl StateStore {
         target: Option<&str>,
         outcome: &str,
     ) -> Result<(), CatalogError> {
-        self.conn().execute(
-            "INSERT INTO audit (actor, action, target, outcome) VALUES (?, ?, ?, ?)",
+        self.conn()?.execute(
+            "INSERT INTO audit (actor, action, target, outcome) VALUES ($1, $2, $3, $4)",
             params![actor, action, target, outcome],
         )?;
         Ok(())
@@ -107,43 +112,32 @@ impl StateStore {
     /// Reads the audit log, newest first.
     pub fn audit_log(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, CatalogError> {
         let limit = query.limit.unwrap_or(100).clamp(1, 1000) as i64;
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, strftime(occurred_at, '%Y-%m-%dT%H:%M:%S.%gZ'), actor, action, target, detail,
+        let conn = self.conn()?;
+        let records = conn.query_map(
+            "SELECT id, occurred_at, actor, action, target, detail,
                     outcome, statement, tables, row_count, byte_count, duration_ms
              FROM audit
-             WHERE (? IS NULL OR id < ?) AND (? IS NULL OR actor = ?) AND (? IS NULL OR action = ?)
-             ORDER BY id DESC LIMIT ?",
+             WHERE ($1::BIGINT IS NULL OR id < $1) AND ($2::VARCHAR IS NULL OR actor = $2)
+               AND ($3::VARCHAR IS NULL OR action = $3)
+             ORDER BY id DESC LIMIT $4",
+            params![query.before, query.actor, query.action, limit],
+            |r| {
+                Ok(AuditRecord {
+                    id: r.get(0)?,
+                    at: r.get::<Timestamp>(1)?.iso_millis(),
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: r.get(5)?,
+                    outcome: r.get(6)?,
+                    statement: r.get(7)?,
+                    tables: r.get(8)?,
+                    rows: r.get(9)?,
+                    bytes: r.get(10)?,
+                    duration_ms: r.get(11)?,
+                })
+            },
         )?;
-        let records = stmt
-            .query_map(
-                params![
-                    query.before,
-                    query.before,
-                    query.actor,
-                    query.actor,
-                    query.action,
-                    query.action,
-                    limit
-                ],
-                |r| {
-                    Ok(AuditRecord {
-                        id: r.get(0)?,
-                        at: r.get(1)?,
-                        actor: r.get(2)?,
-                        action: r.get(3)?,
-                        target: r.get(4)?,
-                        detail: r.get(5)?,
-                        outcome: r.get(6)?,
-                        statement: r.get(7)?,
-                        tables: r.get(8)?,
-                        rows: r.get(9)?,
-                        bytes: r.get(10)?,
-                        duration_ms: r.get(11)?,
-                    })
-                },
-            )?
-            .collect::<Result<_, _>>()?;
         Ok(records)
     }
 }
@@ -154,16 +148,72 @@ impl StateStore {
     pub fn audit_arrow(
         &self,
         limit: Option<usize>,
-    ) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>), CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, occurred_at, actor, action, target, detail, outcome, statement,
-                    tables AS tables_read, row_count, byte_count, duration_ms
-             FROM audit ORDER BY id LIMIT ?",
-        )?;
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), CatalogError> {
         let limit = limit.map(|l| l as i64).unwrap_or(i64::MAX);
-        let arrow = stmt.query_arrow(params![limit])?;
-        let schema = arrow.get_schema();
-        Ok((schema, arrow.collect()))
+        let rows = self.conn()?.query(
+            "SELECT id, occurred_at, actor, action, target, detail, outcome, statement,
+                    tables, row_count, byte_count, duration_ms
+             FROM audit ORDER BY id LIMIT $1",
+            params![limit],
+        )?;
+        let text = |i: usize| -> Result<ArrayRef, CatalogError> {
+            let values: Vec<Option<String>> =
+                rows.iter().map(|r| r.get(i)).collect::<Result<_, _>>()?;
+            Ok(Arc::new(StringArray::from(values)))
+        };
+        let int = |i: usize| -> Result<ArrayRef, CatalogError> {
+            let values: Vec<Option<i64>> =
+                rows.iter().map(|r| r.get(i)).collect::<Result<_, _>>()?;
+            Ok(Arc::new(Int64Array::from(values)))
+        };
+        let occurred: Vec<Option<Timestamp>> =
+            rows.iter().map(|r| r.get(1)).collect::<Result<_, _>>()?;
+        let columns: Vec<ArrayRef> = vec![
+            int(0)?,
+            Arc::new(TimestampMicrosecondArray::from(
+                occurred
+                    .into_iter()
+                    .map(|t| t.map(|t| t.0))
+                    .collect::<Vec<_>>(),
+            )),
+            text(2)?,
+            text(3)?,
+            text(4)?,
+            text(5)?,
+            text(6)?,
+            text(7)?,
+            text(8)?,
+            int(9)?,
+            int(10)?,
+            int(11)?,
+        ];
+        let schema = audit_schema();
+        let batch = RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| CatalogError::Internal(format!("audit batch: {e}")))?;
+        Ok((schema, vec![batch]))
     }
+}
+
+/// The columns of `system.audit`.
+fn audit_schema() -> SchemaRef {
+    let text = |name: &str| Field::new(name, DataType::Utf8, true);
+    let int = |name: &str| Field::new(name, DataType::Int64, true);
+    Arc::new(Schema::new(vec![
+        int("id"),
+        Field::new(
+            "occurred_at",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
+        text("actor"),
+        text("action"),
+        text("target"),
+        text("detail"),
+        text("outcome"),
+        text("statement"),
+        text("tables_read"),
+        int("row_count"),
+        int("byte_count"),
+        int("duration_ms"),
+    ]))
 }

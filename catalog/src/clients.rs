@@ -3,8 +3,8 @@
 //! tokens from `POST /oauth/token` (`grant_type=client_credentials`). The client acts as a
 //! user account, so groups, grants, deactivation and audit work as for people.
 
+use crate::state::params;
 use base64::Engine;
-use duckdb::{OptionalExt, params};
 use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -77,14 +77,14 @@ impl StateStore {
                 Some(true) => {}
                 None => {
                     tx.execute(
-                        "INSERT INTO users (email, name) VALUES (?, ?)",
+                        "INSERT INTO users (email, name) VALUES ($1, $2)",
                         params![email, name],
                     )?;
                 }
             }
             tx.execute(
                 "INSERT INTO client_credentials (client_id, email, name, secret_hash, created_at)
-                 VALUES (?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5)",
                 params![
                     info.client_id,
                     email,
@@ -103,22 +103,21 @@ impl StateStore {
 
     /// Every client, newest first.
     pub fn clients(&self) -> Result<Vec<ClientInfo>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let conn = self.conn()?;
+        let clients = conn.query_map(
             "SELECT client_id, email, name, created_at, revoked_at IS NOT NULL
              FROM client_credentials ORDER BY created_at DESC, client_id",
-        )?;
-        let clients = stmt
-            .query_map([], |r| {
+            params![],
+            |r| {
                 Ok(ClientInfo {
                     client_id: r.get(0)?,
                     email: r.get(1)?,
                     name: r.get(2)?,
-                    created_at: r.get::<_, i64>(3)? as u64,
+                    created_at: r.get::<i64>(3)? as u64,
                     revoked: r.get(4)?,
                 })
-            })?
-            .collect::<Result<_, _>>()?;
+            },
+        )?;
         Ok(clients)
     }
 
@@ -126,7 +125,7 @@ impl StateStore {
     pub fn revoke_client(&self, actor: &str, client_id: &str) -> Result<(), CatalogError> {
         self.change(actor, "client.revoke", client_id, |tx| {
             let updated = tx.execute(
-                "UPDATE client_credentials SET revoked_at = coalesce(revoked_at, ?) WHERE client_id = ?",
+                "UPDATE client_credentials SET revoked_at = coalesce(revoked_at, $1) WHERE client_id = $2",
                 params![unix_now() as i64, client_id],
             )?;
             if updated == 0 {
@@ -140,15 +139,12 @@ impl StateStore {
 
     /// Whether client `client_id`, acting as `email`, is not revoked.
     pub fn client_active(&self, client_id: &str, email: &str) -> Result<bool, CatalogError> {
-        let found: Option<i64> = self
-            .conn()
-            .query_row(
-                "SELECT 1 FROM client_credentials
-                 WHERE client_id = ? AND email = ? AND revoked_at IS NULL",
-                params![client_id, email],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let found: Option<i64> = self.conn()?.query_opt(
+            "SELECT 1 FROM client_credentials
+                 WHERE client_id = $1 AND email = $2 AND revoked_at IS NULL",
+            params![client_id, email],
+            |r| r.get(0),
+        )?;
         Ok(found.is_some())
     }
 
@@ -159,15 +155,12 @@ impl StateStore {
         client_id: &str,
         secret: &str,
     ) -> Result<Option<Principal>, CatalogError> {
-        let row: Option<(String, String)> = self
-            .conn()
-            .query_row(
-                "SELECT email, secret_hash FROM client_credentials
-                 WHERE client_id = ? AND revoked_at IS NULL",
-                params![client_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let row: Option<(String, String)> = self.conn()?.query_opt(
+            "SELECT email, secret_hash FROM client_credentials
+                 WHERE client_id = $1 AND revoked_at IS NULL",
+            params![client_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let presented = token_hash(secret);
         let (email, stored) = row.unwrap_or_else(|| (String::new(), "0".repeat(64)));
         let matches: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();

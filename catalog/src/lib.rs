@@ -78,9 +78,12 @@ pub enum CatalogError {
         "the state file {0} is in use by another Quiver process (a running server); stop it, or make the change through its HTTP API"
     )]
     StateLocked(String),
-    /// The state file failed.
+    /// The state database failed a statement.
     #[error("state store: {0}")]
     State(String),
+    /// The state database cannot be reached (URL without its password, then why).
+    #[error("cannot reach the state database {0}: {1}")]
+    StateUnavailable(String, String),
     /// A bug or an environment failure.
     #[error("internal error: {0}")]
     Internal(String),

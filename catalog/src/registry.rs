@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use duckdb::{OptionalExt, params};
+use crate::state::{Row, Timestamp, params};
 use quiver_config::TableDef;
 use serde::{Deserialize, Serialize};
 
@@ -93,17 +93,16 @@ pub struct ExpiredVersion {
 }
 
 const RUN_COLUMNS: &str = "id, schema_name || '.' || table_name, trigger, actor,
-    strftime(started_at, '%Y-%m-%dT%H:%M:%SZ'), strftime(ended_at, '%Y-%m-%dT%H:%M:%SZ'),
-    status, row_count, byte_count, version, error";
+    started_at, ended_at, status, row_count, byte_count, version, error";
 
-fn run_from_row(r: &duckdb::Row<'_>) -> duckdb::Result<SyncRun> {
+fn run_from_row(r: &Row) -> Result<SyncRun, CatalogError> {
     Ok(SyncRun {
         id: r.get(0)?,
         table: r.get(1)?,
         trigger: r.get(2)?,
         actor: r.get(3)?,
-        started_at: r.get(4)?,
-        ended_at: r.get(5)?,
+        started_at: r.get::<Timestamp>(4)?.iso(),
+        ended_at: r.get::<Option<Timestamp>>(5)?.map(Timestamp::iso),
         status: r.get(6)?,
         rows: r.get(7)?,
         bytes: r.get(8)?,
@@ -122,13 +121,8 @@ impl StateStore {
 
     /// Every definition, ordered by name.
     pub fn definitions(&self) -> Result<Vec<Definition>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT schema_name, table_name, definition, origin FROM table_definitions ORDER BY 1, 2",
-        )?;
-        let rows: Vec<(String, String, String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
+        let conn = self.conn()?;
+        let rows: Vec<(String, String, String, String)> = conn.query_map("SELECT schema_name, table_name, definition, origin FROM table_definitions ORDER BY 1, 2", params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.into_iter()
             .map(|(schema, table, json, origin)| {
                 Ok(Definition {
@@ -167,7 +161,7 @@ impl StateStore {
         self.change(actor, "table.create", &name.to_string(), |tx| {
             tx.execute(
                 "INSERT INTO table_definitions (schema_name, table_name, definition, origin)
-                 VALUES (?, ?, ?, 'api')",
+                 VALUES ($1, $2, $3, 'api')",
                 params![name.schema(), name.table(), json],
             )?;
             Ok(((), serde_json::to_value(def).unwrap_or_default()))
@@ -198,11 +192,11 @@ impl StateStore {
             .map_err(|e| CatalogError::Internal(format!("definition: {e}")))?;
         self.change(actor, "table.update", &name.to_string(), |tx| {
             tx.execute(
-                "UPDATE table_definitions SET definition = ? WHERE schema_name = ? AND table_name = ?",
+                "UPDATE table_definitions SET definition = $1 WHERE schema_name = $2 AND table_name = $3",
                 params![json, name.schema(), name.table()],
             )?;
             tx.execute(
-                "UPDATE tables SET description = ? WHERE schema_name = ? AND table_name = ?",
+                "UPDATE tables SET description = $1 WHERE schema_name = $2 AND table_name = $3",
                 params![def.description, name.schema(), name.table()],
             )?;
             Ok(((), serde_json::to_value(def).unwrap_or_default()))
@@ -228,12 +222,14 @@ impl StateStore {
             }
             self.change("config", "table.define", &name.to_string(), |tx| {
                 tx.execute(
-                    "INSERT OR REPLACE INTO table_definitions (schema_name, table_name, definition, origin)
-                     VALUES (?, ?, ?, ?)",
+                    "INSERT INTO table_definitions (schema_name, table_name, definition, origin)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (schema_name, table_name)
+                     DO UPDATE SET definition = excluded.definition, origin = excluded.origin",
                     params![name.schema(), name.table(), json, Origin::Config.as_str()],
                 )?;
                 tx.execute(
-                    "UPDATE tables SET description = ? WHERE schema_name = ? AND table_name = ?",
+                    "UPDATE tables SET description = $1 WHERE schema_name = $2 AND table_name = $3",
                     params![def.description, name.schema(), name.table()],
                 )?;
                 Ok(((), serde_json::Value::Null))
@@ -248,7 +244,7 @@ impl StateStore {
             // Removed from the file: no more syncs. Its data stays until an admin deletes it.
             self.change("config", "table.undefine", &gone.name.to_string(), |tx| {
                 tx.execute(
-                    "DELETE FROM table_definitions WHERE schema_name = ? AND table_name = ?",
+                    "DELETE FROM table_definitions WHERE schema_name = $1 AND table_name = $2",
                     params![gone.name.schema(), gone.name.table()],
                 )?;
                 Ok(((), serde_json::Value::Null))
@@ -267,9 +263,9 @@ impl StateStore {
         trigger: &str,
         actor: Option<&str>,
     ) -> Result<i64, CatalogError> {
-        Ok(self.conn().query_row(
+        Ok(self.conn()?.query_row(
             "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status)
-             VALUES (?, ?, ?, ?, 'running') RETURNING id",
+             VALUES ($1, $2, $3, $4, 'running') RETURNING id",
             params![table.schema(), table.table(), trigger, actor],
             |r| r.get(0),
         )?)
@@ -277,9 +273,9 @@ impl StateStore {
 
     /// Records a failed run; the table keeps its previous version.
     pub fn fail_run(&self, run: i64, error: &str) -> Result<(), CatalogError> {
-        self.conn().execute(
-            "UPDATE sync_runs SET status = 'failed', ended_at = current_timestamp, error = ?
-             WHERE id = ?",
+        self.conn()?.execute(
+            "UPDATE sync_runs SET status = 'failed', ended_at = current_timestamp, error = $1
+             WHERE id = $2",
             params![error, run],
         )?;
         Ok(())
@@ -287,9 +283,9 @@ impl StateStore {
 
     /// Marks a run that committed its versions itself (a Jira job) as succeeded.
     pub fn succeed_run(&self, run: i64, rows: i64) -> Result<(), CatalogError> {
-        self.conn().execute(
-            "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp, row_count = ?
-             WHERE id = ?",
+        self.conn()?.execute(
+            "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp, row_count = $1
+             WHERE id = $2",
             params![rows, run],
         )?;
         Ok(())
@@ -297,12 +293,12 @@ impl StateStore {
 
     /// Marks runs left `running` by a stopped process as interrupted; returns how many.
     pub fn interrupt_running_runs(&self) -> Result<usize, CatalogError> {
-        Ok(self.conn().execute(
+        self.conn()?.execute(
             "UPDATE sync_runs SET status = 'interrupted', ended_at = current_timestamp,
                     error = 'the server stopped during the sync; the previous version kept serving'
              WHERE status = 'running'",
-            [],
-        )?)
+            params![],
+        )
     }
 
     /// Sync runs, newest first: of one table or all, before run id `before`, at most `limit`.
@@ -312,19 +308,16 @@ impl StateStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<SyncRun>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM sync_runs
-             WHERE (? IS NULL OR (schema_name = ? AND table_name = ?)) AND (? IS NULL OR id < ?)
-             ORDER BY id DESC LIMIT ?"
-        ))?;
+        let conn = self.conn()?;
         let (schema, name) = match table {
             Some(t) => (Some(t.schema()), Some(t.table())),
             None => (None, None),
         };
-        let runs = stmt
-            .query_map(
-                params![
+        let runs = conn.query_map(&format!(
+            "SELECT {RUN_COLUMNS} FROM sync_runs
+             WHERE ($1 IS NULL OR (schema_name = $2 AND table_name = $3)) AND ($4 IS NULL OR id < $5)
+             ORDER BY id DESC LIMIT $6"
+        ), params![
                     schema,
                     schema,
                     name,
@@ -332,44 +325,41 @@ impl StateStore {
                     before,
                     limit.clamp(1, 1000) as i64
                 ],
-                run_from_row,
-            )?
-            .collect::<Result<_, _>>()?;
+                run_from_row,)?;
         Ok(runs)
     }
 
     /// One run.
     pub fn sync_run(&self, id: i64) -> Result<SyncRun, CatalogError> {
-        self.conn()
-            .query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM sync_runs WHERE id = ?"),
+        self.conn()?
+            .query_opt(
+                &format!("SELECT {RUN_COLUMNS} FROM sync_runs WHERE id = $1"),
                 params![id],
                 run_from_row,
-            )
-            .optional()?
+            )?
             .ok_or_else(|| CatalogError::NotFound(format!("no sync run {id}")))
     }
 
     /// The last success and the failures since, for scheduling and backoff.
     pub fn run_history(&self, table: &TableName) -> Result<RunHistory, CatalogError> {
-        let conn = self.conn();
-        let (last_id, last_success): (Option<i64>, Option<i64>) = conn.query_row(
-            "SELECT max(id), max(epoch(started_at))::BIGINT FROM sync_runs
-             WHERE schema_name = ? AND table_name = ? AND status = 'succeeded'",
+        let conn = self.conn()?;
+        let (last_id, last_success): (Option<i64>, Option<Timestamp>) = conn.query_row(
+            "SELECT max(id), max(started_at) FROM sync_runs
+             WHERE schema_name = $1 AND table_name = $2 AND status = 'succeeded'",
             params![table.schema(), table.table()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let (failures, last_failure): (i64, Option<i64>) = conn.query_row(
-            "SELECT count(*), max(epoch(ended_at))::BIGINT FROM sync_runs
-             WHERE schema_name = ? AND table_name = ? AND status IN ('failed', 'interrupted')
-               AND id > coalesce(?, 0)",
+        let (failures, last_failure): (i64, Option<Timestamp>) = conn.query_row(
+            "SELECT count(*), max(ended_at) FROM sync_runs
+             WHERE schema_name = $1 AND table_name = $2 AND status IN ('failed', 'interrupted')
+               AND id > coalesce($3, 0)",
             params![table.schema(), table.table(), last_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(RunHistory {
-            last_success,
+            last_success: last_success.map(Timestamp::unix),
             failures: failures as u32,
-            last_failure,
+            last_failure: last_failure.map(Timestamp::unix),
         })
     }
 
@@ -381,15 +371,12 @@ impl StateStore {
         table: &TableName,
         version: i64,
     ) -> Result<(Option<String>, Option<serde_json::Value>), CatalogError> {
-        let row: Option<(Option<String>, Option<String>)> = self
-            .conn()
-            .query_row(
-                "SELECT watermark, profile FROM version_details
-                 WHERE schema_name = ? AND table_name = ? AND version = ?",
-                params![table.schema(), table.table(), version],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let row: Option<(Option<String>, Option<String>)> = self.conn()?.query_opt(
+            "SELECT watermark, profile FROM version_details
+                 WHERE schema_name = $1 AND table_name = $2 AND version = $3",
+            params![table.schema(), table.table(), version],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let (watermark, profile) = row.unwrap_or_default();
         Ok((
             watermark,
@@ -402,22 +389,19 @@ impl StateStore {
         &self,
         retention: Duration,
     ) -> Result<Vec<ExpiredVersion>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let conn = self.conn()?;
+        let rows: Vec<(String, String, i64, String)> = conn.query_map(
             "SELECT v.schema_name, v.table_name, v.version, v.location
              FROM table_versions v
              JOIN tables t ON t.schema_name = v.schema_name AND t.table_name = v.table_name
              JOIN table_versions n ON n.schema_name = v.schema_name
                   AND n.table_name = v.table_name AND n.version = v.version + 1
              WHERE v.version < t.current_version
-               AND n.committed_at < current_timestamp::TIMESTAMP - to_seconds(?)
+               AND n.committed_at < $1
              ORDER BY 1, 2, 3",
+            params![Timestamp::now().minus(retention)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
-        let rows: Vec<(String, String, i64, String)> = stmt
-            .query_map(params![retention.as_secs_f64()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
         rows.into_iter()
             .map(|(schema, table, version, location)| {
                 Ok(ExpiredVersion {
@@ -436,58 +420,56 @@ impl StateStore {
         table: &TableName,
         version: i64,
     ) -> Result<Vec<String>, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
         let key = params![table.schema(), table.table(), version];
+        self.transaction(|tx| {
         let listed: i64 = tx.query_row(
             "SELECT count(*) FROM version_files
-             WHERE schema_name = ? AND table_name = ? AND version = ?",
+             WHERE schema_name = $1 AND table_name = $2 AND version = $3",
             key,
             |r| r.get(0),
         )?;
         let unused: Vec<String> = if listed > 0 {
-            let mut stmt = tx.prepare(
+            tx.query_map(
                 "SELECT url FROM version_files f
-                 WHERE schema_name = ? AND table_name = ? AND version = ?
+                 WHERE schema_name = $1 AND table_name = $2 AND version = $3
                    AND NOT EXISTS (SELECT 1 FROM version_files o
                        WHERE o.schema_name = f.schema_name AND o.table_name = f.table_name
                          AND o.url = f.url AND o.version <> f.version)
                  ORDER BY url",
-            )?;
-            stmt.query_map(key, |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        } else {
-            tx.query_row(
-                "SELECT location FROM table_versions
-                 WHERE schema_name = ? AND table_name = ? AND version = ?",
                 key,
                 |r| r.get(0),
-            )
-            .optional()?
+            )?
+        } else {
+            tx.query_opt(
+                "SELECT location FROM table_versions
+                 WHERE schema_name = $1 AND table_name = $2 AND version = $3",
+                key,
+                |r| r.get(0),
+            )?
             .into_iter()
             .collect()
         };
         for statement in [
-            "DELETE FROM table_versions WHERE schema_name = ? AND table_name = ? AND version = ?",
-            "DELETE FROM version_details WHERE schema_name = ? AND table_name = ? AND version = ?",
-            "DELETE FROM version_files WHERE schema_name = ? AND table_name = ? AND version = ?",
+            "DELETE FROM table_versions WHERE schema_name = $1 AND table_name = $2 AND version = $3",
+            "DELETE FROM version_details WHERE schema_name = $1 AND table_name = $2 AND version = $3",
+            "DELETE FROM version_files WHERE schema_name = $1 AND table_name = $2 AND version = $3",
         ] {
             tx.execute(statement, key)?;
         }
-        tx.commit()?;
         Ok(unused)
+        })
     }
 
     /// Every folder and listed file a version points at; anything else under `tables/` is
     /// an orphan.
     pub fn version_locations(&self) -> Result<HashSet<String>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT location FROM table_versions UNION SELECT url FROM version_files")?;
-        let locations = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(locations)
+        let conn = self.conn()?;
+        let locations = conn.query_map(
+            "SELECT location FROM table_versions UNION SELECT url FROM version_files",
+            params![],
+            |r| r.get(0),
+        )?;
+        Ok(locations.into_iter().collect())
     }
 }
 

@@ -2,7 +2,7 @@
 //! still be used. Both edges (Flight SQL and HTTP) ask here, so a session ended on one is
 //! ended on all, and the list survives restarts (and, with a shared state store, replicas).
 
-use duckdb::{OptionalExt, params};
+use crate::state::params;
 
 use crate::CatalogError;
 use crate::identity::{Origin, Principal, Verified, unix_now};
@@ -13,14 +13,14 @@ impl StateStore {
     pub fn end_session(&self, email: &str, jti: &str, expires_at: u64) -> Result<(), CatalogError> {
         let now = unix_now() as i64;
         {
-            let conn = self.conn();
+            let conn = self.conn()?;
             // Ended sessions are kept only until they would have expired.
             conn.execute(
-                "DELETE FROM ended_sessions WHERE expires_at < ?",
+                "DELETE FROM ended_sessions WHERE expires_at < $1",
                 params![now],
             )?;
             conn.execute(
-                "INSERT INTO ended_sessions (jti, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO ended_sessions (jti, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 params![jti, expires_at as i64],
             )?;
         }
@@ -32,14 +32,11 @@ impl StateStore {
     /// The principal a verified token stands for, unless its session was ended, the
     /// credential it was obtained with was revoked, or the user is inactive.
     pub fn bearer_principal(&self, token: &Verified) -> Result<Option<Principal>, CatalogError> {
-        let ended: Option<i64> = self
-            .conn()
-            .query_row(
-                "SELECT expires_at FROM ended_sessions WHERE jti = ?",
-                params![token.jti],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let ended: Option<i64> = self.conn()?.query_opt(
+            "SELECT expires_at FROM ended_sessions WHERE jti = $1",
+            params![token.jti],
+            |r| r.get(0),
+        )?;
         if ended.is_some() {
             return Ok(None);
         }

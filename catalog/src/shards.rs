@@ -7,7 +7,7 @@
 //! take turns (the Jira processor holds a lock per month from reading a shard to
 //! committing it).
 
-use duckdb::params;
+use crate::state::params;
 
 use crate::state::StateStore;
 use crate::{CatalogError, TableName};
@@ -42,66 +42,65 @@ impl StateStore {
     /// Commits a new version of each changed table, all in one transaction (readers see
     /// every table before the change or every table after it). Returns the versions.
     pub fn commit_shards(&self, changes: &[ShardChange]) -> Result<Vec<i64>, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut versions = Vec::new();
-        for change in changes.iter().filter(|c| !c.files.is_empty()) {
-            let (schema, name) = (change.table.schema(), change.table.table());
-            tx.execute(
-                "INSERT INTO tables (schema_name, table_name, description) VALUES (?, ?, ?)
-                 ON CONFLICT DO NOTHING",
-                params![schema, name, change.description],
-            )?;
-            let (current, version): (Option<i64>, i64) = tx.query_row(
-                "SELECT (SELECT current_version FROM tables WHERE schema_name = ?1 AND table_name = ?2),
-                        coalesce(max(version), 0) + 1
-                 FROM table_versions WHERE schema_name = ?1 AND table_name = ?2",
-                params![schema, name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            tx.execute(
-                "INSERT INTO version_files
-                 SELECT schema_name, table_name, ?, shard, url, row_count, byte_count
-                 FROM version_files WHERE schema_name = ? AND table_name = ? AND version = ?",
-                params![version, schema, name, current],
-            )?;
-            for file in &change.files {
+        let versions = self.transaction(|tx| {
+            let mut versions = Vec::new();
+            for change in changes.iter().filter(|c| !c.files.is_empty()) {
+                let (schema, name) = (change.table.schema(), change.table.table());
                 tx.execute(
-                    "DELETE FROM version_files
-                     WHERE schema_name = ? AND table_name = ? AND version = ? AND shard = ?",
-                    params![schema, name, version, file.shard],
+                    "INSERT INTO tables (schema_name, table_name, description) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                    params![schema, name, change.description],
+                )?;
+                let (current, version): (Option<i64>, i64) = tx.query_row(
+                    "SELECT (SELECT current_version FROM tables WHERE schema_name = $1 AND table_name = $2),
+                            coalesce(max(version), 0) + 1
+                     FROM table_versions WHERE schema_name = $1 AND table_name = $2",
+                    params![schema, name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
                 tx.execute(
-                    "INSERT INTO version_files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    params![
-                        schema, name, version, file.shard, file.url, file.rows, file.bytes
-                    ],
+                    "INSERT INTO version_files
+                     SELECT schema_name, table_name, $1, shard, url, row_count, byte_count
+                     FROM version_files WHERE schema_name = $2 AND table_name = $3 AND version = $4",
+                    params![version, schema, name, current],
                 )?;
+                for file in &change.files {
+                    tx.execute(
+                        "DELETE FROM version_files
+                         WHERE schema_name = $1 AND table_name = $2 AND version = $3 AND shard = $4",
+                        params![schema, name, version, file.shard],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO version_files VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        params![
+                            schema, name, version, file.shard, file.url, file.rows, file.bytes
+                        ],
+                    )?;
+                }
+                let (rows, bytes): (i64, i64) = tx.query_row(
+                    "SELECT sum(row_count)::BIGINT, sum(byte_count)::BIGINT FROM version_files
+                     WHERE schema_name = $1 AND table_name = $2 AND version = $3",
+                    params![schema, name, version],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                tx.execute(
+                    "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    params![schema, name, version, change.location, rows, bytes],
+                )?;
+                tx.execute(
+                    "INSERT INTO version_details (schema_name, table_name, version) VALUES ($1, $2, $3)",
+                    params![schema, name, version],
+                )?;
+                tx.execute(
+                    "UPDATE tables SET current_version = $1, description = coalesce($2, description)
+                     WHERE schema_name = $3 AND table_name = $4",
+                    params![version, change.description, schema, name],
+                )?;
+                versions.push(version);
             }
-            let (rows, bytes): (i64, i64) = tx.query_row(
-                "SELECT sum(row_count)::BIGINT, sum(byte_count)::BIGINT FROM version_files
-                 WHERE schema_name = ? AND table_name = ? AND version = ?",
-                params![schema, name, version],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            tx.execute(
-                "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-                params![schema, name, version, change.location, rows, bytes],
-            )?;
-            tx.execute(
-                "INSERT INTO version_details (schema_name, table_name, version) VALUES (?, ?, ?)",
-                params![schema, name, version],
-            )?;
-            tx.execute(
-                "UPDATE tables SET current_version = ?, description = coalesce(?, description)
-                 WHERE schema_name = ? AND table_name = ?",
-                params![version, change.description, schema, name],
-            )?;
-            versions.push(version);
-        }
-        tx.commit()?;
-        drop(conn);
+            Ok(versions)
+        })?;
         self.bump();
         for (change, version) in changes.iter().zip(&versions) {
             let shards: Vec<&str> = change.files.iter().map(|f| f.shard.as_str()).collect();
@@ -116,21 +115,20 @@ impl StateStore {
         table: &TableName,
         version: i64,
     ) -> Result<Vec<ShardFile>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let conn = self.conn()?;
+        let files = conn.query_map(
             "SELECT shard, url, row_count, byte_count FROM version_files
-             WHERE schema_name = ? AND table_name = ? AND version = ? ORDER BY shard",
-        )?;
-        let files = stmt
-            .query_map(params![table.schema(), table.table(), version], |r| {
+             WHERE schema_name = $1 AND table_name = $2 AND version = $3 ORDER BY shard",
+            params![table.schema(), table.table(), version],
+            |r| {
                 Ok(ShardFile {
                     shard: r.get(0)?,
                     url: r.get(1)?,
                     rows: r.get(2)?,
                     bytes: r.get(3)?,
                 })
-            })?
-            .collect::<Result<_, _>>()?;
+            },
+        )?;
         Ok(files)
     }
 

@@ -2,8 +2,8 @@
 //! hash (the secret is high-entropy, so a fast hash is enough and lookups stay indexed),
 //! with a display prefix, an optional expiry and revocation.
 
+use crate::state::{Conn, params};
 use base64::Engine;
-use duckdb::{OptionalExt, params};
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -14,14 +14,11 @@ use crate::identity::{Origin, Principal, unix_now};
 
 /// Revokes every token made with `origin`, and the tokens made with those, and so on;
 /// returns how many.
-pub(crate) fn revoke_derived(
-    tx: &duckdb::Transaction<'_>,
-    origin: &Origin,
-) -> Result<usize, CatalogError> {
+pub(crate) fn revoke_derived(tx: &Conn<'_>, origin: &Origin) -> Result<usize, CatalogError> {
     Ok(tx.execute(
-        "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id IN (
+        "UPDATE tokens SET revoked_at = coalesce(revoked_at, $1) WHERE id IN (
              WITH RECURSIVE derived(id) AS (
-                 SELECT id FROM tokens WHERE origin = ?
+                 SELECT id FROM tokens WHERE origin = $2
                  UNION
                  SELECT t.id FROM tokens t JOIN derived d ON t.origin = 'pat:' || d.id)
              SELECT id FROM derived)",
@@ -135,7 +132,7 @@ impl StateStore {
             }
             tx.execute(
                 "INSERT INTO tokens (id, email, name, prefix, hash, created_at, expires_at, origin)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 params![
                     info.id,
                     email,
@@ -157,26 +154,25 @@ impl StateStore {
 
     /// The tokens of `email`, newest first.
     pub fn tokens(&self, email: &str) -> Result<Vec<TokenInfo>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let conn = self.conn()?;
+        let tokens = conn.query_map(
             "SELECT id, email, name, prefix, created_at, expires_at, last_used_at,
                     revoked_at IS NOT NULL
-             FROM tokens WHERE email = ? ORDER BY created_at DESC, id",
-        )?;
-        let tokens = stmt
-            .query_map(params![email.trim().to_lowercase()], |r| {
+             FROM tokens WHERE email = $1 ORDER BY created_at DESC, id",
+            params![email.trim().to_lowercase()],
+            |r| {
                 Ok(TokenInfo {
                     id: r.get(0)?,
                     email: r.get(1)?,
                     name: r.get(2)?,
                     prefix: r.get(3)?,
-                    created_at: r.get::<_, i64>(4)? as u64,
-                    expires_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-                    last_used_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                    created_at: r.get::<i64>(4)? as u64,
+                    expires_at: r.get::<Option<i64>>(5)?.map(|v| v as u64),
+                    last_used_at: r.get::<Option<i64>>(6)?.map(|v| v as u64),
                     revoked: r.get(7)?,
                 })
-            })?
-            .collect::<Result<_, _>>()?;
+            },
+        )?;
         Ok(tokens)
     }
 
@@ -190,16 +186,15 @@ impl StateStore {
     ) -> Result<(), CatalogError> {
         let owner = owner.map(|o| o.trim().to_lowercase());
         self.change(actor, "token.revoke", id, |tx| {
-            let email: Option<String> = tx
-                .query_row("SELECT email FROM tokens WHERE id = ?", params![id], |r| {
+            let email: Option<String> =
+                tx.query_opt("SELECT email FROM tokens WHERE id = $1", params![id], |r| {
                     r.get(0)
-                })
-                .optional()?;
+                })?;
             let Some(email) = email.filter(|e| owner.as_ref().is_none_or(|o| o == e)) else {
                 return Err(CatalogError::NotFound(format!("no token `{id}`")));
             };
             tx.execute(
-                "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                "UPDATE tokens SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2",
                 params![unix_now() as i64, id],
             )?;
             let derived = revoke_derived(tx, &Origin::Token(id.to_string()))?;
@@ -213,15 +208,12 @@ impl StateStore {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        let row: Option<(String, String, Option<i64>)> = self
-            .conn()
-            .query_row(
-                "SELECT id, email, expires_at FROM tokens
-                 WHERE hash = ? AND revoked_at IS NULL",
-                params![token_hash(secret)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let row: Option<(String, String, Option<i64>)> = self.conn()?.query_opt(
+            "SELECT id, email, expires_at FROM tokens
+                 WHERE hash = $1 AND revoked_at IS NULL",
+            params![token_hash(secret)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         let Some((id, email, expires_at)) = row else {
             return Ok(None);
         };
@@ -238,21 +230,18 @@ impl StateStore {
 
     /// Whether token `id` of `email` may still be used (not revoked, not expired).
     pub fn token_active(&self, id: &str, email: &str) -> Result<bool, CatalogError> {
-        let expires: Option<Option<i64>> = self
-            .conn()
-            .query_row(
-                "SELECT expires_at FROM tokens WHERE id = ? AND email = ? AND revoked_at IS NULL",
-                params![id, email],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let expires: Option<Option<i64>> = self.conn()?.query_opt(
+            "SELECT expires_at FROM tokens WHERE id = $1 AND email = $2 AND revoked_at IS NULL",
+            params![id, email],
+            |r| r.get(0),
+        )?;
         Ok(matches!(expires, Some(e) if e.is_none_or(|e| e as u64 > unix_now())))
     }
 
     /// Records that a token was used just now (callers throttle this to once a minute).
     pub fn touch_token(&self, id: &str) -> Result<(), CatalogError> {
-        self.conn().execute(
-            "UPDATE tokens SET last_used_at = ? WHERE id = ?",
+        self.conn()?.execute(
+            "UPDATE tokens SET last_used_at = $1 WHERE id = $2",
             params![unix_now() as i64, id],
         )?;
         Ok(())
@@ -283,7 +272,8 @@ mod tests {
         assert_eq!(used.principal.email(), "root@example.com");
         let stored: String = s
             .conn()
-            .query_row("SELECT hash FROM tokens", [], |r| r.get(0))
+            .unwrap()
+            .query_row("SELECT hash FROM tokens", params![], |r| r.get(0))
             .unwrap();
         assert_ne!(stored, secret);
         assert!(s.token_principal("qvr_not-a-token").unwrap().is_none());

@@ -5,7 +5,7 @@
 //! delivery is processed once. Its raw body is in the object store (`payload` is the key),
 //! written before the delivery is recorded; a pending delivery survives a restart.
 
-use duckdb::params;
+use crate::state::{Timestamp, params};
 use serde::Serialize;
 
 use crate::CatalogError;
@@ -55,9 +55,9 @@ pub struct DeliveryCounts {
 impl StateStore {
     /// Records a delivery; returns `false` when one with its id was recorded before.
     pub fn record_delivery(&self, new: &NewDelivery) -> Result<bool, CatalogError> {
-        let inserted = self.conn().execute(
+        let inserted = self.conn()?.execute(
             "INSERT INTO webhook_deliveries (source, delivery_id, event, subject, detail, payload, status)
-             VALUES (?, ?, ?, ?, ?, ?, 'pending') ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending') ON CONFLICT DO NOTHING",
             params![
                 new.source,
                 new.id,
@@ -76,14 +76,10 @@ impl StateStore {
         source: &str,
         limit: usize,
     ) -> Result<Vec<Delivery>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT delivery_id, event, subject, detail, attempts FROM webhook_deliveries
-             WHERE source = ? AND status = 'pending' AND next_attempt_at <= current_timestamp::TIMESTAMP
-             ORDER BY received_at, delivery_id LIMIT ?",
-        )?;
-        let rows = stmt
-            .query_map(params![source, limit as i64], |r| {
+        let conn = self.conn()?;
+        let rows = conn.query_map("SELECT delivery_id, event, subject, detail, attempts FROM webhook_deliveries
+             WHERE source = $1 AND status = 'pending' AND next_attempt_at <= current_timestamp::TIMESTAMP
+             ORDER BY received_at, delivery_id LIMIT $2", params![source, limit as i64], |r| {
                 let detail: String = r.get(3)?;
                 Ok(Delivery {
                     id: r.get(0)?,
@@ -92,25 +88,23 @@ impl StateStore {
                     detail: serde_json::from_str(&detail).unwrap_or_default(),
                     attempts: r.get(4)?,
                 })
-            })?
-            .collect::<Result<_, _>>()?;
+            })?;
         Ok(rows)
     }
 
     /// Marks deliveries processed.
     pub fn finish_deliveries(&self, source: &str, ids: &[String]) -> Result<(), CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for id in ids {
-            tx.execute(
-                "UPDATE webhook_deliveries SET status = 'done', processed_at = current_timestamp,
-                        attempts = attempts + 1, error = NULL
-                 WHERE source = ? AND delivery_id = ?",
-                params![source, id],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.transaction(|tx| {
+            for id in ids {
+                tx.execute(
+                    "UPDATE webhook_deliveries SET status = 'done', processed_at = current_timestamp,
+                            attempts = attempts + 1, error = NULL
+                     WHERE source = $1 AND delivery_id = $2",
+                    params![source, id],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Leaves a delivery pending, to be tried again after `delay`, with the error seen.
@@ -121,11 +115,11 @@ impl StateStore {
         error: &str,
         delay: std::time::Duration,
     ) -> Result<(), CatalogError> {
-        self.conn().execute(
-            "UPDATE webhook_deliveries SET attempts = attempts + 1, error = ?,
-                    next_attempt_at = current_timestamp::TIMESTAMP + to_seconds(?)
-             WHERE source = ? AND delivery_id = ?",
-            params![error, delay.as_secs_f64(), source, id],
+        self.conn()?.execute(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, error = $1,
+                    next_attempt_at = $2
+             WHERE source = $3 AND delivery_id = $4",
+            params![error, Timestamp::now().plus(delay), source, id],
         )?;
         Ok(())
     }
@@ -137,30 +131,28 @@ impl StateStore {
         source: &str,
         age: std::time::Duration,
     ) -> Result<Vec<String>, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let cutoff = "status = 'done' AND source = ?
-             AND processed_at < current_timestamp::TIMESTAMP - to_seconds(?)";
-        let payloads: Vec<String> = {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT payload FROM webhook_deliveries WHERE {cutoff}"
-            ))?;
-            stmt.query_map(params![source, age.as_secs_f64()], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
-        tx.execute(
-            &format!("DELETE FROM webhook_deliveries WHERE {cutoff}"),
-            params![source, age.as_secs_f64()],
-        )?;
-        tx.commit()?;
-        Ok(payloads)
+        let cutoff = Timestamp::now().minus(age);
+        self.transaction(|tx| {
+            let payloads: Vec<String> = tx.query_map(
+                "SELECT payload FROM webhook_deliveries
+                 WHERE status = 'done' AND source = $1 AND processed_at < $2",
+                params![source, cutoff],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "DELETE FROM webhook_deliveries
+                 WHERE status = 'done' AND source = $1 AND processed_at < $2",
+                params![source, cutoff],
+            )?;
+            Ok(payloads)
+        })
     }
 
     /// How many deliveries of `source` are pending and done.
     pub fn delivery_counts(&self, source: &str) -> Result<DeliveryCounts, CatalogError> {
-        Ok(self.conn().query_row(
+        Ok(self.conn()?.query_row(
             "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'done')
-             FROM webhook_deliveries WHERE source = ?",
+             FROM webhook_deliveries WHERE source = $1",
             params![source],
             |r| {
                 Ok(DeliveryCounts {

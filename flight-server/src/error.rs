@@ -16,6 +16,10 @@ pub fn to_status(error: CatalogError) -> Status {
         CatalogError::NotFound(m) => Status::not_found(m),
         CatalogError::Conflict(m) => Status::failed_precondition(m),
         CatalogError::Query(e) => datafusion_status(&e),
+        other @ CatalogError::StateUnavailable(..) => {
+            tracing::error!(error = %other, "state database unavailable");
+            Status::unavailable("the state database is unavailable; try again shortly")
+        }
         other @ (CatalogError::Storage(_)
         | CatalogError::State(_)
         | CatalogError::StateLocked(_)

@@ -1,13 +1,20 @@
-//! The state store: one embedded DuckDB file (`state.duckdb`) owned by the server process.
+//! The state store: users, grants, tokens, the table registry, sync runs and audit, in the
+//! embedded DuckDB file `state.duckdb` (one process) or in PostgreSQL (`storage.state`,
+//! shared by every replica).
 //!
-//! Schema changes are numbered migrations, applied in order on open and recorded in
-//! `schema_migrations`. Every statement takes its values as parameters.
+//! Schema changes are numbered migrations, the same for both backends, applied in order on
+//! open and recorded in `schema_migrations`. Every statement takes its values as
+//! parameters.
+
+pub mod db;
+mod duck;
+mod pg;
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use duckdb::{Connection, OptionalExt, params};
+pub use db::{Backend, Timestamp};
+pub(crate) use db::{Conn, Db, Row, params};
 
 use crate::identity::{self, Principal};
 use crate::{CatalogError, TableName};
@@ -215,9 +222,9 @@ pub struct TableEntry {
     pub committed_at: String,
 }
 
-/// Handle to the state file. Cheap to share behind an `Arc`; calls are short and serialised.
+/// The state store: the database Quiver keeps users, grants, tables and audit in.
 pub struct StateStore {
-    conn: Mutex<Connection>,
+    db: Db,
     /// Bumped on every change that affects what a principal can see, so caches can tell.
     generation: AtomicU64,
 }
@@ -225,76 +232,103 @@ pub struct StateStore {
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateStore")
+            .field("backend", &self.db.backend())
             .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }
 
 impl StateStore {
-    /// Opens (creating when missing) the state file and runs pending migrations.
+    /// Opens (creating when missing) the embedded state file and runs pending migrations.
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
-        let conn = Connection::open(path).map_err(|e| {
-            let text = e.to_string();
-            if text.contains("lock") {
-                CatalogError::StateLocked(path.display().to_string())
-            } else {
-                CatalogError::State(format!("cannot open {}: {text}", path.display()))
-            }
-        })?;
-        Self::with_connection(conn)
+        Self::migrated(Db::Duck(duck::Db::open(path)?))
+    }
+
+    /// Connects to a PostgreSQL state database (`postgres://…`) and runs pending
+    /// migrations; replicas starting together migrate one at a time.
+    pub fn connect(url: &str) -> Result<Self, CatalogError> {
+        Self::migrated(Db::Pg(pg::Db::connect(url)?))
+    }
+
+    /// The state named by `storage.state` (a PostgreSQL URL), or else the embedded file
+    /// `state.duckdb` in `data_dir`.
+    pub fn from_config(state: Option<&str>, data_dir: &Path) -> Result<Self, CatalogError> {
+        match state {
+            Some(url) => Self::connect(url),
+            None => Self::open(&data_dir.join("state.duckdb")),
+        }
     }
 
     /// An in-memory store, for tests.
     pub fn in_memory() -> Result<Self, CatalogError> {
-        Self::with_connection(Connection::open_in_memory()?)
+        Self::migrated(Db::Duck(duck::Db::in_memory()?))
     }
 
-    fn with_connection(conn: Connection) -> Result<Self, CatalogError> {
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version INTEGER PRIMARY KEY,
-                 applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
-        )?;
-        let applied: i64 = conn.query_row(
-            "SELECT coalesce(max(version), 0) FROM schema_migrations",
-            [],
-            |r| r.get(0),
-        )?;
-        if applied as usize > MIGRATIONS.len() {
-            return Err(CatalogError::State(format!(
-                "the state file is at schema version {applied}, newer than this Quiver ({}); upgrade Quiver",
-                MIGRATIONS.len()
-            )));
-        }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-            let version = index as i64 + 1;
-            conn.execute_batch(&format!("BEGIN TRANSACTION; {sql} COMMIT;"))
-                .map_err(|e| CatalogError::State(format!("migration {version} failed: {e}")))?;
-            conn.execute(
-                "INSERT INTO schema_migrations (version) VALUES (?)",
-                params![version],
+    fn migrated(db: Db) -> Result<Self, CatalogError> {
+        db.transaction(|conn| {
+            if db.backend() == Backend::Postgres {
+                // One replica at a time; the others find the work done.
+                conn.query("SELECT pg_advisory_xact_lock(7283921)", params![])?;
+            }
+            conn.batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version INTEGER PRIMARY KEY,
+                     applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
             )?;
-            tracing::info!(version, "state store migrated");
-        }
+            let applied: i64 = conn.query_row(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                params![],
+                |r| r.get(0),
+            )?;
+            if applied as usize > MIGRATIONS.len() {
+                return Err(CatalogError::State(format!(
+                    "the state database is at schema version {applied}, newer than this Quiver ({}); upgrade Quiver",
+                    MIGRATIONS.len()
+                )));
+            }
+            for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+                let version = index as i64 + 1;
+                conn.batch(sql)
+                    .map_err(|e| CatalogError::State(format!("migration {version} failed: {e}")))?;
+                conn.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    params![version],
+                )?;
+                tracing::info!(version, "state store migrated");
+            }
+            Ok(())
+        })?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            db,
             generation: AtomicU64::new(1),
         })
     }
 
-    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave DuckDB half-written (statements are
-        // atomic), so a poisoned lock is safe to reuse.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Which database holds the state.
+    pub fn backend(&self) -> Backend {
+        self.db.backend()
     }
 
-    /// Current schema version of the state file.
+    /// A connection for statements that need no transaction.
+    pub(crate) fn conn(&self) -> Result<Conn<'_>, CatalogError> {
+        self.db.conn()
+    }
+
+    /// Runs `work` in one transaction (see [`Db::transaction`]).
+    pub(crate) fn transaction<T>(
+        &self,
+        work: impl FnMut(&Conn<'_>) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        self.db.transaction(work)
+    }
+
+    /// Current schema version of the state database.
     pub fn schema_version(&self) -> Result<i64, CatalogError> {
-        Ok(self.conn().query_row(
+        self.conn()?.query_row(
             "SELECT coalesce(max(version), 0) FROM schema_migrations",
-            [],
+            params![],
             |r| r.get(0),
-        )?)
+        )
     }
 
     /// A number that changes whenever tables, users or grants change.
@@ -313,18 +347,17 @@ impl StateStore {
         actor: &str,
         action: &str,
         target: &str,
-        change: impl FnOnce(&duckdb::Transaction<'_>) -> Result<(T, serde_json::Value), CatalogError>,
+        mut change: impl FnMut(&Conn<'_>) -> Result<(T, serde_json::Value), CatalogError>,
     ) -> Result<T, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let (value, detail) = change(&tx)?;
-        let detail = (!detail.is_null()).then(|| detail.to_string());
-        tx.execute(
-            "INSERT INTO audit (actor, action, target, detail, outcome) VALUES (?, ?, ?, ?, 'ok')",
-            params![actor, action, target, detail],
-        )?;
-        tx.commit()?;
-        drop(conn);
+        let value = self.transaction(|tx| {
+            let (value, detail) = change(tx)?;
+            let detail = (!detail.is_null()).then(|| detail.to_string());
+            tx.execute(
+                "INSERT INTO audit (actor, action, target, detail, outcome) VALUES ($1, $2, $3, $4, 'ok')",
+                params![actor, action, target, detail],
+            )?;
+            Ok(value)
+        })?;
         self.bump();
         tracing::info!(actor, action, target, "administrative change");
         Ok(value)
@@ -341,34 +374,33 @@ impl StateStore {
     ) -> Result<bool, CatalogError> {
         let email = email.trim().to_lowercase();
         let hash = identity::hash_password(password)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let exists: Option<String> = tx
-            .query_row(
-                "SELECT email FROM users WHERE email = ?",
+        let created = self.transaction(|tx| {
+            let exists = tx.query_opt(
+                "SELECT email FROM users WHERE email = $1",
                 params![email],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if exists.is_some() {
-            return Ok(false);
+                |r| r.get::<String>(0),
+            )?;
+            if exists.is_some() {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO users (email, password_hash) VALUES ($1, $2)",
+                params![email, hash],
+            )?;
+            tx.execute(
+                "INSERT INTO memberships (group_name, email, source) VALUES ('Admin', $1, 'bootstrap')",
+                params![email],
+            )?;
+            tx.execute(
+                "INSERT INTO audit (actor, action, target, outcome) VALUES ('bootstrap', 'user.create', $1, 'ok')",
+                params![email],
+            )?;
+            Ok(true)
+        })?;
+        if created {
+            self.bump();
         }
-        tx.execute(
-            "INSERT INTO users (email, password_hash) VALUES (?, ?)",
-            params![email, hash],
-        )?;
-        tx.execute(
-            "INSERT INTO memberships (group_name, email, source) VALUES ('Admin', ?, 'bootstrap')",
-            params![email],
-        )?;
-        tx.execute(
-            "INSERT INTO audit (actor, action, target, outcome) VALUES ('bootstrap', 'user.create', ?, 'ok')",
-            params![email],
-        )?;
-        tx.commit()?;
-        drop(conn);
-        self.bump();
-        Ok(true)
+        Ok(created)
     }
 
     /// Checks an e-mail and password. Unknown users, inactive users and wrong passwords all
@@ -379,14 +411,11 @@ impl StateStore {
         password: &str,
     ) -> Result<Option<Principal>, CatalogError> {
         let email = email.trim().to_lowercase();
-        let row: Option<(Option<String>, bool)> = self
-            .conn()
-            .query_row(
-                "SELECT password_hash, active FROM users WHERE email = ?",
-                params![email],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let row: Option<(Option<String>, bool)> = self.conn()?.query_opt(
+            "SELECT password_hash, active FROM users WHERE email = $1",
+            params![email],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let (hash, active) = match row {
             Some((Some(hash), active)) => (hash, active),
             _ => (identity::dummy_hash().to_string(), false),
@@ -401,22 +430,20 @@ impl StateStore {
 
     /// The active principal named `email`, with its groups; `None` when unknown or inactive.
     pub fn principal(&self, email: &str) -> Result<Option<Principal>, CatalogError> {
-        let conn = self.conn();
-        let active: Option<bool> = conn
-            .query_row(
-                "SELECT active FROM users WHERE email = ?",
-                params![email],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let conn = self.conn()?;
+        let active: Option<bool> = conn.query_opt(
+            "SELECT active FROM users WHERE email = $1",
+            params![email],
+            |r| r.get(0),
+        )?;
         if active != Some(true) {
             return Ok(None);
         }
-        let mut stmt =
-            conn.prepare("SELECT group_name FROM memberships WHERE email = ? ORDER BY 1")?;
-        let mut groups: Vec<String> = stmt
-            .query_map(params![email], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let mut groups: Vec<String> = conn.query_map(
+            "SELECT group_name FROM memberships WHERE email = $1 ORDER BY 1",
+            params![email],
+            |r| r.get(0),
+        )?;
         if !groups.iter().any(|g| g == "Everyone") {
             groups.push("Everyone".into());
         }
@@ -428,52 +455,51 @@ impl StateStore {
     /// Commits a new version of `table`, in one transaction, and returns its number.
     /// Readers see either the previous version or this one, never a mix.
     pub fn commit_version(&self, table: &TableName, new: &NewVersion) -> Result<i64, CatalogError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
         let (schema, name) = (table.schema(), table.table());
         let description = new.description.as_deref();
-        tx.execute(
-            "INSERT INTO tables (schema_name, table_name, description) VALUES (?, ?, ?)
-             ON CONFLICT DO NOTHING",
-            params![schema, name, description],
-        )?;
-        let version: i64 = tx.query_row(
-            "SELECT coalesce(max(version), 0) + 1 FROM table_versions
-             WHERE schema_name = ? AND table_name = ?",
-            params![schema, name],
-            |r| r.get(0),
-        )?;
-        tx.execute(
-            "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
-             VALUES (?, ?, ?, ?, ?, ?)",
-            params![schema, name, version, new.location, new.rows, new.bytes],
-        )?;
-        tx.execute(
-            "INSERT INTO version_details (schema_name, table_name, version, watermark, profile)
-             VALUES (?, ?, ?, ?, ?)",
-            params![
-                schema,
-                name,
-                version,
-                new.watermark,
-                new.profile.as_ref().map(|p| p.to_string())
-            ],
-        )?;
-        tx.execute(
-            "UPDATE tables SET current_version = ?, description = coalesce(?, description)
-             WHERE schema_name = ? AND table_name = ?",
-            params![version, description, schema, name],
-        )?;
-        if let Some(run) = new.run {
+        let version = self.transaction(|tx| {
             tx.execute(
-                "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp,
-                        row_count = ?, byte_count = ?, version = ?
-                 WHERE id = ?",
-                params![new.rows, new.bytes, version, run],
+                "INSERT INTO tables (schema_name, table_name, description) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                params![schema, name, description],
             )?;
-        }
-        tx.commit()?;
-        drop(conn);
+            let version: i64 = tx.query_row(
+                "SELECT coalesce(max(version), 0) + 1 FROM table_versions
+                 WHERE schema_name = $1 AND table_name = $2",
+                params![schema, name],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                params![schema, name, version, new.location, new.rows, new.bytes],
+            )?;
+            tx.execute(
+                "INSERT INTO version_details (schema_name, table_name, version, watermark, profile)
+                 VALUES ($1, $2, $3, $4, $5)",
+                params![
+                    schema,
+                    name,
+                    version,
+                    new.watermark,
+                    new.profile.as_ref().map(|p| p.to_string())
+                ],
+            )?;
+            tx.execute(
+                "UPDATE tables SET current_version = $1, description = coalesce($2, description)
+                 WHERE schema_name = $3 AND table_name = $4",
+                params![version, description, schema, name],
+            )?;
+            if let Some(run) = new.run {
+                tx.execute(
+                    "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp,
+                            row_count = $1, byte_count = $2, version = $3
+                     WHERE id = $4",
+                    params![new.rows, new.bytes, version, run],
+                )?;
+            }
+            Ok(version)
+        })?;
         self.bump();
         tracing::info!(table = %table, version, rows = new.rows, bytes = new.bytes, "table version committed");
         Ok(version)
@@ -497,7 +523,7 @@ impl StateStore {
         self.table(name)?;
         self.change(actor, "table.update", &name.to_string(), |tx| {
             tx.execute(
-                "UPDATE tables SET description = ? WHERE schema_name = ? AND table_name = ?",
+                "UPDATE tables SET description = $1 WHERE schema_name = $2 AND table_name = $3",
                 params![description, name.schema(), name.table()],
             )?;
             Ok(((), serde_json::json!({ "description": description })))
@@ -512,19 +538,18 @@ impl StateStore {
             return Err(CatalogError::NotFound(format!("no table `{name}`")));
         }
         self.change(actor, "table.delete", &name.to_string(), |tx| {
-            let mut stmt = tx.prepare(
-                "SELECT location FROM table_versions WHERE schema_name = ? AND table_name = ?
+            let locations: Vec<String> = tx.query_map(
+                "SELECT location FROM table_versions WHERE schema_name = $1 AND table_name = $2
                  ORDER BY version",
+                params![name.schema(), name.table()],
+                |r| r.get(0),
             )?;
-            let locations: Vec<String> = stmt
-                .query_map(params![name.schema(), name.table()], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
             for statement in [
-                "DELETE FROM table_versions WHERE schema_name = ? AND table_name = ?",
-                "DELETE FROM version_files WHERE schema_name = ? AND table_name = ?",
-                "DELETE FROM tables WHERE schema_name = ? AND table_name = ?",
-                "DELETE FROM version_details WHERE schema_name = ? AND table_name = ?",
-                "DELETE FROM table_definitions WHERE schema_name = ? AND table_name = ?",
+                "DELETE FROM table_versions WHERE schema_name = $1 AND table_name = $2",
+                "DELETE FROM version_files WHERE schema_name = $1 AND table_name = $2",
+                "DELETE FROM tables WHERE schema_name = $1 AND table_name = $2",
+                "DELETE FROM version_details WHERE schema_name = $1 AND table_name = $2",
+                "DELETE FROM table_definitions WHERE schema_name = $1 AND table_name = $2",
             ] {
                 tx.execute(statement, params![name.schema(), name.table()])?;
             }
@@ -534,41 +559,26 @@ impl StateStore {
 
     /// Every table with a committed version, ordered by name.
     pub fn tables(&self) -> Result<Vec<TableEntry>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        self.conn()?.query_map(
             "SELECT t.schema_name, t.table_name, t.description, v.version, v.location,
-                    v.row_count, v.byte_count, strftime(v.committed_at, '%Y-%m-%dT%H:%M:%SZ')
+                    v.row_count, v.byte_count, v.committed_at
              FROM tables t JOIN table_versions v
                ON v.schema_name = t.schema_name AND v.table_name = t.table_name
               AND v.version = t.current_version
              ORDER BY 1, 2",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, String>(7)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (schema, table, description, version, location, rows, bytes, committed_at) = row?;
-            out.push(TableEntry {
-                name: TableName::new(&schema, &table)?,
-                description,
-                version,
-                location,
-                rows,
-                bytes,
-                committed_at,
-            });
-        }
-        Ok(out)
+            params![],
+            |r| {
+                Ok(TableEntry {
+                    name: TableName::new(&r.get::<String>(0)?, &r.get::<String>(1)?)?,
+                    description: r.get(2)?,
+                    version: r.get(3)?,
+                    location: r.get(4)?,
+                    rows: r.get(5)?,
+                    bytes: r.get(6)?,
+                    committed_at: r.get::<Timestamp>(7)?.iso(),
+                })
+            },
+        )
     }
 }
 
