@@ -24,12 +24,14 @@ test: build venv node browser postgres
 	cargo fmt --all -- --check
 	cargo test --release --workspace
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
+	QUIVER_TEST_STATE=postgres QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 
 test-rust: build
 	cargo test --release --workspace
 
 test-python: build venv node browser postgres
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
+	QUIVER_TEST_STATE=postgres QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 
 ## The pinned real clients (ADBC, pyarrow, polars, pandas) in a venv.
 venv: $(VENV)/.installed

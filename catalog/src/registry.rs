@@ -313,19 +313,16 @@ impl StateStore {
             Some(t) => (Some(t.schema()), Some(t.table())),
             None => (None, None),
         };
-        let runs = conn.query_map(&format!(
-            "SELECT {RUN_COLUMNS} FROM sync_runs
-             WHERE ($1 IS NULL OR (schema_name = $2 AND table_name = $3)) AND ($4 IS NULL OR id < $5)
-             ORDER BY id DESC LIMIT $6"
-        ), params![
-                    schema,
-                    schema,
-                    name,
-                    before,
-                    before,
-                    limit.clamp(1, 1000) as i64
-                ],
-                run_from_row,)?;
+        let runs = conn.query_map(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM sync_runs
+                 WHERE ($1::VARCHAR IS NULL OR (schema_name = $1 AND table_name = $2))
+                   AND ($3::BIGINT IS NULL OR id < $3)
+                 ORDER BY id DESC LIMIT $4"
+            ),
+            params![schema, name, before, limit.clamp(1, 1000) as i64],
+            run_from_row,
+        )?;
         Ok(runs)
     }
 

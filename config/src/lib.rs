@@ -83,7 +83,7 @@ const SECTIONS: &[&str] = &[
 impl Config {
     /// Parses and validates a YAML configuration; `env` resolves `${VAR}` references.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let text = interpolate::interpolate(text, env).map_err(ConfigError)?;
+        let text = interpolate::interpolate(text, &env).map_err(ConfigError)?;
         let value: Value = serde_norway::from_str(&text).map_err(|e| {
             ConfigError(vec![ConfigIssue {
                 location: e
@@ -127,11 +127,25 @@ impl Config {
                 message: "the configuration must be a YAML mapping (`key: value` lines)".into(),
             }),
         }
+        config.apply_env(&env);
         issues.extend(config.validate());
         if issues.is_empty() {
             Ok(config)
         } else {
             Err(ConfigError(issues))
+        }
+    }
+
+    /// Fills what the file leaves out from the environment: `QUIVER_STATE` for
+    /// `storage.state` and `QUIVER_JWT_SECRET` for `auth.jwt_secret`, so replicas (and
+    /// their tests) can share one file and get their database and secret from outside.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        let set = |name: &str| env(name).filter(|v| !v.is_empty());
+        if self.storage.state.is_none() {
+            self.storage.state = set("QUIVER_STATE");
+        }
+        if self.auth.jwt_secret.is_none() {
+            self.auth.jwt_secret = set("QUIVER_JWT_SECRET");
         }
     }
 
@@ -160,6 +174,18 @@ impl Config {
                 format!(
                     "`{url}` is not a supported object store URL (use file:///absolute/path or s3://bucket/prefix)"
                 ),
+            );
+        }
+        if let Some(url) = &self.storage.state {
+            check(
+                url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "storage.state",
+                "must be a PostgreSQL URL, postgres://user:password@host:port/database (leave it out for the embedded state file)".to_string(),
+            );
+            check(
+                self.auth.jwt_secret.is_some(),
+                "auth.jwt_secret",
+                "is required with a shared `storage.state`, so that every replica signs and checks tokens alike".to_string(),
             );
         }
         if let Some(url) = &self.server.public_url {

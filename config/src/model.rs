@@ -143,6 +143,11 @@ pub struct StorageConfig {
     /// the `objects` folder inside `data_dir`. S3 credentials come from the usual `AWS_*`
     /// environment variables.
     pub object_store: Option<String>,
+    /// Where users, grants, tokens, the table registry and audit live:
+    /// `postgres://user:${PGPASSWORD}@host:5432/db`, a PostgreSQL database every replica of
+    /// a cluster shares. Default: the embedded file `state.duckdb` in `data_dir`, which one
+    /// process owns.
+    pub state: Option<String>,
 }
 
 impl Default for StorageConfig {
@@ -150,6 +155,7 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("quiver-data"),
             object_store: None,
+            state: None,
         }
     }
 }

@@ -151,13 +151,17 @@ pub fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
     }
     let data_dir = config.storage.data_dir.clone();
     let path = data_dir.join("state.duckdb");
-    if !path.exists() {
+    if config.storage.state.is_none() && !path.exists() {
         bail!(
             "no state file at {}; start the server once (or pass --data-dir)",
             path.display()
         );
     }
-    let state = Arc::new(StateStore::open(&path)?);
+    // On PostgreSQL this works beside running servers; the embedded file only while none runs.
+    let state = Arc::new(StateStore::from_config(
+        config.storage.state.as_deref(),
+        &data_dir,
+    )?);
     match args.command {
         AdminCommand::User(cmd) => user(&state, cmd),
         AdminCommand::Group(cmd) => group(&state, cmd),

@@ -141,7 +141,9 @@ fn config_path(given: Option<&Path>) -> Option<PathBuf> {
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let Some(path) = path else {
-        return Ok(Config::default());
+        let mut config = Config::default();
+        config.apply_env(|name| std::env::var(name).ok());
+        return Ok(config);
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read configuration file {}", path.display()))?;

@@ -34,7 +34,10 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let secret = load_secret(&config, data_dir)?;
 
-    let state = Arc::new(StateStore::open(&data_dir.join("state.duckdb"))?);
+    let state = Arc::new(StateStore::from_config(
+        config.storage.state.as_deref(),
+        data_dir,
+    )?);
     let storage = open_storage(&config)?;
 
     if let Some(admin) = &config.auth.bootstrap_admin

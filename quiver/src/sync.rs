@@ -82,7 +82,7 @@ pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
     let data_dir = config.storage.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let state = match StateStore::open(&data_dir.join("state.duckdb")) {
+    let state = match StateStore::from_config(config.storage.state.as_deref(), &data_dir) {
         Ok(state) => Arc::new(state),
         Err(CatalogError::StateLocked(_)) => {
             return runtime.block_on(through_server(&config, &table, jql.as_deref()));

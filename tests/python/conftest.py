@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -14,6 +17,68 @@ import pytest
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "test-admin-password"
 SCALE = "0.1"
+
+# `QUIVER_TEST_STATE=postgres` runs every server of the suite on a PostgreSQL state database
+# (one database per data directory, in one cluster started on first use) instead of the
+# embedded state file.
+STATE_BACKEND = os.environ.get("QUIVER_TEST_STATE", "duckdb")
+_state_cluster: dict | None = None
+
+
+def on_postgres() -> bool:
+    return STATE_BACKEND == "postgres"
+
+
+def state_env(data_dir: str) -> dict[str, str]:
+    """Environment that points a quiver process for `data_dir` at its state (empty when the
+    embedded file is used)."""
+    global _state_cluster
+    if not on_postgres():
+        return {}
+    import psycopg
+    from pgserver import postgres_server
+
+    if _state_cluster is None:
+        stack = contextlib.ExitStack()
+        _state_cluster = stack.enter_context(postgres_server())
+        atexit.register(stack.close)
+    name = "state_" + hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:16]
+    with psycopg.connect(**_state_cluster, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    s = _state_cluster
+    return {"QUIVER_STATE": f"postgres://{s['user']}:{s['password']}@{s['host']}:{s['port']}/{name}",
+            "QUIVER_JWT_SECRET": "a-test-cluster-secret-of-more-than-32-characters"}
+
+
+def signing_key(data_dir: str) -> bytes:
+    """The key a server for `data_dir` signs tokens with."""
+    secret = state_env(data_dir).get("QUIVER_JWT_SECRET")
+    if secret is not None:
+        return secret.encode()
+    import base64
+    with open(os.path.join(data_dir, "secret.key")) as f:
+        return base64.b64decode(f.read().strip())
+
+
+def state_bytes(data_dir: str) -> bytes:
+    """Everything the state of `data_dir` holds, as bytes to search (for leaked secrets)."""
+    url = state_env(data_dir).get("QUIVER_STATE")
+    if url is None:
+        return pathlib.Path(data_dir, "state.duckdb").read_bytes()
+    import psycopg
+    out = []
+    with psycopg.connect(url) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()]
+        for table in tables:
+            out += [repr(row) for row in conn.execute(f'SELECT * FROM "{table}"').fetchall()]
+    return "\n".join(out).encode()
+
+
+def quiver_env(data_dir: str, **extra: str) -> dict[str, str]:
+    """The environment for a `quiver` subprocess working on `data_dir`."""
+    return dict(os.environ, **state_env(data_dir), **extra)
 
 
 def quiver_bin() -> str:
@@ -40,7 +105,7 @@ class Server:
             with open(path, "w") as f:
                 f.write(config)
             cmd += ["--config", path]
-        env = dict(os.environ, QUIVER_ADMIN_EMAIL=ADMIN_EMAIL,
+        env = dict(quiver_env(data_dir), QUIVER_ADMIN_EMAIL=ADMIN_EMAIL,
                    QUIVER_ADMIN_PASSWORD=ADMIN_PASSWORD, RUST_LOG="info", **(env or {}))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, text=True, env=env)
@@ -99,8 +164,9 @@ def on_terminal(args: list[str], timeout: float = 600) -> tuple[int, bytes, byte
     import pty
 
     leader, follower = pty.openpty()
+    data_dir = args[args.index("--data-dir") + 1] if "--data-dir" in args else "quiver-data"
     proc = subprocess.Popen([quiver_bin(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=follower, env=dict(os.environ, RUST_LOG="warn"))
+                            stderr=follower, env=quiver_env(data_dir, RUST_LOG="warn"))
     os.close(follower)
     screen = b""
     while True:

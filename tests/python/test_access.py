@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login, signing_key
 
 PASSWORD = "correct horse battery"
 # The policies under test, in one place: the grant matrix compares against these.
@@ -450,7 +450,7 @@ def jwt(claims: dict, key: bytes, alg: str = "HS256") -> str:
 
 
 def test_forged_and_stale_tokens_are_refused(server, world):
-    key = base64.b64decode(open(f"{server.data_dir}/secret.key").read().strip())
+    key = signing_key(server.data_dir)
     now = int(time.time())
     good = {"sub": world["users"]["alice"], "iss": "quiver", "aud": "quiver", "iat": now, "nbf": now,
             "exp": now + 600}

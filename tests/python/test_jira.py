@@ -20,7 +20,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, on_terminal, quiver_bin
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, on_terminal, quiver_bin, quiver_env
 from fake_jira import FakeJira
 from test_sync import rows, wait_run
 
@@ -310,7 +310,8 @@ def test_backfill_then_consistency_repair_and_sla_refresh(jira, workdir):
 
     # A backfill of a non-Jira table is refused with the reason.
     wrong = subprocess.run([quiver_bin(), "sync", "sales.orders", "--backfill", "--jql", "x",
-                            "--config", str(config), "--data-dir", str(data)], capture_output=True, text=True)
+                            "--config", str(config), "--data-dir", str(data)], capture_output=True, text=True,
+                           env=quiver_env(str(data)))
     assert wrong.returncode != 0 and "Jira tables" in wrong.stderr
 
     server = Server(["serve"], str(data), config=config.read_text())
@@ -349,7 +350,7 @@ def test_backfill_then_consistency_repair_and_sla_refresh(jira, workdir):
         through = subprocess.run([quiver_bin(), "sync", "jira.issues", "--backfill", "--jql", "project = OTHER",
                                   "--config", str(cli_config), "--data-dir", str(data)],
                                  capture_output=True, text=True, timeout=300,
-                                 env=dict(os.environ, QUIVER_TOKEN=pat["token"],
+                                 env=quiver_env(str(data), QUIVER_TOKEN=pat["token"],
                                           RUST_LOG="warn"), cwd=str(workdir))
         assert through.returncode == 0, through.stderr
         assert rows(server, "SELECT summary FROM jira.issues WHERE issue_key = 'OTHER-1'").to_pylist() == [

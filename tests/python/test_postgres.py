@@ -8,14 +8,13 @@ import datetime
 import decimal
 import json
 import os
-import pathlib
 import tempfile
 
 import psycopg
 import pyarrow as pa
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, state_bytes
 from pgserver import PASSWORD, postgres_server
 from test_sync import rows, sync
 
@@ -48,7 +47,7 @@ def server(postgres, monkeypatch):
         s = Server(["serve"], os.path.join(tmp, "data"))
         yield s
         s.stop()
-        state = pathlib.Path(tmp, "data", "state.duckdb").read_bytes()
+        state = state_bytes(os.path.join(tmp, "data"))
         assert PG_PASSWORD.encode() not in state
         assert PG_PASSWORD not in s.log()
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, on_terminal, quiver_bin
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, on_terminal, quiver_bin, quiver_env
 
 
 def wait_run(server: Server, token: str, table: str, run: int | None = None, timeout: float = 120):
@@ -243,12 +243,12 @@ def test_quiver_sync_command_offline_and_check_config(workdir):
     ]))
     data = str(workdir / "data")
     done = subprocess.run([quiver_bin(), "sync", "ops.kv", "--config", str(config_path), "--data-dir", data],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=quiver_env(data))
     assert done.returncode == 0, done.stderr
     assert "ops.kv: version 1 published, 2 rows" in done.stdout
 
     missing = subprocess.run([quiver_bin(), "sync", "ops.none", "--config", str(config_path), "--data-dir", data],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, env=quiver_env(data))
     assert missing.returncode != 0 and "has no definition" in missing.stderr
 
     bad = workdir / "bad.yaml"
@@ -270,7 +270,7 @@ def test_quiver_sync_command_offline_and_check_config(workdir):
         cfg.write_text(f"server:\n  http_listen: {server.http}\n" + config_path.read_text())
         through = subprocess.run([quiver_bin(), "sync", "ops.kv", "--config", str(cfg), "--data-dir", data],
                                  capture_output=True, text=True, timeout=300,
-                                 env=dict(os.environ, QUIVER_TOKEN=token))
+                                 env=quiver_env(data, QUIVER_TOKEN=token))
         assert through.returncode == 0, through.stderr
         assert "ops.kv: version 2 published" in through.stdout
     finally:
@@ -286,11 +286,12 @@ def test_kill_during_sync_keeps_the_previous_version(workdir):
     objects = pathlib.Path(data) / "objects" / "tables" / "big" / "t"
 
     done = subprocess.run([quiver_bin(), "sync", "big.t", "--data-dir", data, "--config", str(_write(workdir, config))],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=quiver_env(data))
     assert done.returncode == 0, done.stderr
     for delay in (0.3, 1.0, 2.5):
         proc = subprocess.Popen([quiver_bin(), "sync", "big.t", "--data-dir", data, "--config",
-                                 str(workdir / "quiver.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 str(workdir / "quiver.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=quiver_env(data))
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
