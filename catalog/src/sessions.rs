@@ -12,18 +12,18 @@ impl StateStore {
     /// Ends the session of token `jti` (which expires at `expires_at` anyway).
     pub fn end_session(&self, email: &str, jti: &str, expires_at: u64) -> Result<(), CatalogError> {
         let now = unix_now() as i64;
-        {
-            let conn = self.conn()?;
+        self.transaction(|tx| {
             // Ended sessions are kept only until they would have expired.
-            conn.execute(
+            tx.execute(
                 "DELETE FROM ended_sessions WHERE expires_at < $1",
                 params![now],
             )?;
-            conn.execute(
+            tx.execute(
                 "INSERT INTO ended_sessions (jti, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 params![jti, expires_at as i64],
             )?;
-        }
+            Self::mark_changed(tx)
+        })?;
         self.record_event(email, "logout", None, "ok")?;
         self.bump();
         Ok(())

@@ -99,6 +99,7 @@ impl StateStore {
                 )?;
                 versions.push(version);
             }
+            Self::mark_changed(tx)?;
             Ok(versions)
         })?;
         self.bump();

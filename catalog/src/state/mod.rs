@@ -12,6 +12,7 @@ mod pg;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 pub use db::{Backend, Timestamp};
 pub(crate) use db::{Conn, Db, Row, params};
@@ -182,7 +183,19 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE tokens ADD COLUMN origin VARCHAR;   -- 'pat:<id>' or 'client:<id>'; ends with it
     "#,
+    // 7: a counter every change of what principals may see bumps, so other processes (the
+    // replicas of a cluster, `quiver admin`) can tell their caches are stale.
+    r#"
+    CREATE TABLE state_generation (
+        id          INTEGER PRIMARY KEY,   -- always 1
+        generation  BIGINT NOT NULL
+    );
+    INSERT INTO state_generation VALUES (1, 1);
+    "#,
 ];
+
+/// How often a process sharing the state database looks for others' changes.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A new table version, ready to commit.
 #[derive(Debug, Clone, Default)]
@@ -224,9 +237,10 @@ pub struct TableEntry {
 
 /// The state store: the database Quiver keeps users, grants, tables and audit in.
 pub struct StateStore {
-    db: Db,
-    /// Bumped on every change that affects what a principal can see, so caches can tell.
-    generation: AtomicU64,
+    db: Arc<Db>,
+    /// Bumped on every change that affects what a principal can see, here or (seen by the
+    /// watcher) in another process sharing the database, so caches can tell.
+    generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -298,10 +312,48 @@ impl StateStore {
             }
             Ok(())
         })?;
-        Ok(Self {
-            db,
-            generation: AtomicU64::new(1),
-        })
+        let store = Self {
+            db: Arc::new(db),
+            generation: Arc::new(AtomicU64::new(1)),
+        };
+        if store.backend() == Backend::Postgres {
+            store.watch_others()?;
+        }
+        Ok(store)
+    }
+
+    /// Follows the shared generation counter on a thread of its own (until the store is
+    /// dropped), so changes made by other replicas reach this one's caches within
+    /// [`WATCH_INTERVAL`].
+    fn watch_others(&self) -> Result<(), CatalogError> {
+        let db: Weak<Db> = Arc::downgrade(&self.db);
+        let generation = self.generation.clone();
+        let read = |db: &Db| -> Result<i64, CatalogError> {
+            db.conn()?.query_row(
+                "SELECT generation FROM state_generation WHERE id = 1",
+                params![],
+                |r| r.get(0),
+            )
+        };
+        let mut seen = read(&self.db)?;
+        std::thread::Builder::new()
+            .name("quiver-state-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(WATCH_INTERVAL);
+                    let Some(db) = db.upgrade() else { return };
+                    match read(&db) {
+                        Ok(now) if now != seen => {
+                            seen = now;
+                            generation.fetch_add(1, Ordering::AcqRel);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot read the state generation"),
+                    }
+                }
+            })
+            .map_err(|e| CatalogError::Internal(format!("state watcher: {e}")))?;
+        Ok(())
     }
 
     /// Which database holds the state.
@@ -336,8 +388,20 @@ impl StateStore {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Tells this process's caches that a change committed (after [`Self::mark_changed`]
+    /// in its transaction told the other processes').
     pub(crate) fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records, inside the transaction making a change, that the change happened, for the
+    /// other processes sharing the database.
+    pub(crate) fn mark_changed(tx: &Conn<'_>) -> Result<(), CatalogError> {
+        tx.execute(
+            "UPDATE state_generation SET generation = generation + 1 WHERE id = 1",
+            params![],
+        )?;
+        Ok(())
     }
 
     /// Runs `change` in one transaction, records it in the audit log as `actor` doing
@@ -351,6 +415,7 @@ impl StateStore {
     ) -> Result<T, CatalogError> {
         let value = self.transaction(|tx| {
             let (value, detail) = change(tx)?;
+            Self::mark_changed(tx)?;
             let detail = (!detail.is_null()).then(|| detail.to_string());
             tx.execute(
                 "INSERT INTO audit (actor, action, target, detail, outcome) VALUES ($1, $2, $3, $4, 'ok')",
@@ -395,6 +460,7 @@ impl StateStore {
                 "INSERT INTO audit (actor, action, target, outcome) VALUES ('bootstrap', 'user.create', $1, 'ok')",
                 params![email],
             )?;
+            Self::mark_changed(tx)?;
             Ok(true)
         })?;
         if created {
@@ -498,6 +564,7 @@ impl StateStore {
                     params![new.rows, new.bytes, version, run],
                 )?;
             }
+            Self::mark_changed(tx)?;
             Ok(version)
         })?;
         self.bump();
