@@ -44,7 +44,7 @@ pub use identity::{Origin, Principal, TokenSigner, Verified};
 pub use limits::QueryLimits;
 pub use names::{CATALOG_NAME, TableName};
 pub use shards::{ShardChange, ShardFile};
-pub use state::{NewVersion, StateStore, TableEntry};
+pub use state::{Backend, CopyReport, NewVersion, StateStore, TableEntry};
 pub use storage::Storage;
 
 use datafusion::error::DataFusionError;

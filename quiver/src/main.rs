@@ -6,6 +6,7 @@
 
 mod admin;
 mod server;
+mod state;
 mod sync;
 
 use std::path::{Path, PathBuf};
@@ -35,8 +36,11 @@ enum Command {
         #[arg(long)]
         scale: Option<f64>,
     },
-    /// Manage users, groups, grants and tokens on the state file (while the server is stopped).
+    /// Manage users, groups, grants and tokens (on the embedded state file while the server
+    /// is stopped; on a PostgreSQL state at any time).
     Admin(admin::AdminArgs),
+    /// Move the state between databases (`quiver state migrate --from … --to postgres://…`).
+    State(state::StateArgs),
     /// Sync one table now (through the running server when it is up; needs QUIVER_TOKEN).
     Sync(sync::SyncArgs),
     /// Validate a configuration file and print every problem found.
@@ -99,6 +103,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(args) => {
             let config = load_config(config_path(args.config()).as_deref())?;
             admin::run(args, config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State(args) => {
+            state::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync(args) => {

@@ -137,3 +137,39 @@ def test_an_unreachable_state_database_is_named_without_its_password(cluster):
     assert done.returncode != 0
     assert "cannot reach the state database postgres://quiver@127.0.0.1:1/state" in done.stderr, done.stderr
     assert "hunter2-secret" not in done.stderr + done.stdout
+
+
+def test_state_migrate_moves_an_installation_onto_postgres(cluster):
+    import psycopg
+
+    _, _, env, tmp = cluster
+    pg = env["QUIVER_STATE"].rsplit("/", 1)[0]
+    with psycopg.connect(env["QUIVER_STATE"], autocommit=True) as conn:
+        conn.execute("CREATE DATABASE migrated")
+    data = os.path.join(tmp, "embedded")
+    one = Server(["demo", "--scale", "0.01"], data, env={"QUIVER_STATE": "", "QUIVER_JWT_SECRET": ""})
+    try:
+        admin = login(one, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert api(one, "POST", "/api/admin/users", admin, {"email": "moved@example.com", "password": PASSWORD})[0] == 201
+    finally:
+        one.stop()
+
+    migrate = [quiver_bin(), "state", "migrate", "--from", os.path.join(data, "state.duckdb"), "--to", f"{pg}/migrated"]
+    done = subprocess.run(migrate, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "users  2 rows" in done.stdout, done.stdout
+    again = subprocess.run(migrate, capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "not empty" in again.stderr, again.stderr
+
+    # The same data directory (its object store) served from the migrated state.
+    two = Server(["serve"], data, env={"QUIVER_STATE": f"{pg}/migrated", "QUIVER_JWT_SECRET": SECRET})
+    try:
+        assert rows(two, "SELECT 1 AS one", email="moved@example.com", password=PASSWORD) == [{"one": 1}]
+        assert rows(two, "SELECT count(*) AS n FROM tpch.nation", email=ADMIN_EMAIL, password=ADMIN_PASSWORD) == [{"n": 25}]
+        admin = login(two, ADMIN_EMAIL, ADMIN_PASSWORD)
+        status, audit = api(two, "GET", "/api/admin/audit?limit=1000", admin)
+        assert any(r["action"] == "user.create" and r["target"] == "moved@example.com" for r in audit)
+        # New rows number on past the copied ones.
+        assert api(two, "POST", "/api/admin/groups", admin, {"name": "after"})[0] == 201
+    finally:
+        two.stop()

@@ -6,6 +6,7 @@
 //! open and recorded in `schema_migrations`. Every statement takes its values as
 //! parameters.
 
+mod copy;
 pub mod db;
 mod duck;
 mod pg;
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+pub use copy::CopyReport;
 pub use db::{Backend, Timestamp};
 pub(crate) use db::{Conn, Db, Row, params};
 
