@@ -23,47 +23,75 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def postgres_server():
-    """Yields psycopg connection settings of a fresh cluster; removes it afterwards."""
-    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not bindirs:
-        raise RuntimeError("PostgreSQL is not installed: `make postgres` installs Debian's package")
-    bindir = bindirs[-1]
-    tmp = tempfile.mkdtemp()
-    as_user: list[str] = []
-    pwfile = os.path.join(tmp, "pw")
-    with open(pwfile, "w") as f:
-        f.write(PASSWORD)
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        pg = pwd.getpwnam("postgres")
-        os.chown(tmp, pg.pw_uid, pg.pw_gid)
-        os.chown(pwfile, pg.pw_uid, pg.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = os.path.join(tmp, "data")
-    subprocess.run([*as_user, f"{bindir}/initdb", "-D", data, "-U", "quiver", "--auth=scram-sha-256",
-                    f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"], check=True, capture_output=True)
-    port = free_port()
-    proc = subprocess.Popen([*as_user, f"{bindir}/postgres", "-D", data, "-p", str(port), "-k", tmp,
-                             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    settings = {"host": "127.0.0.1", "port": port, "user": "quiver", "password": PASSWORD,
-                "dbname": "postgres"}
-    try:
+class PostgresCluster:
+    """A throwaway cluster that can be stopped and started again on the same port."""
+
+    def __init__(self):
+        bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bindirs:
+            raise RuntimeError("PostgreSQL is not installed: `make postgres` installs Debian's package")
+        self.bindir = bindirs[-1]
+        self.tmp = tempfile.mkdtemp()
+        self.as_user: list[str] = []
+        pwfile = os.path.join(self.tmp, "pw")
+        with open(pwfile, "w") as f:
+            f.write(PASSWORD)
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            pg = pwd.getpwnam("postgres")
+            os.chown(self.tmp, pg.pw_uid, pg.pw_gid)
+            os.chown(pwfile, pg.pw_uid, pg.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.data = os.path.join(self.tmp, "data")
+        subprocess.run([*self.as_user, f"{self.bindir}/initdb", "-D", self.data, "-U", "quiver",
+                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"],
+                       check=True, capture_output=True)
+        self.port = free_port()
+        self.settings = {"host": "127.0.0.1", "port": self.port, "user": "quiver", "password": PASSWORD,
+                         "dbname": "postgres"}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self):
+        self.proc = subprocess.Popen([*self.as_user, f"{self.bindir}/postgres", "-D", self.data, "-p",
+                                      str(self.port), "-k", self.tmp, "-c", "listen_addresses=127.0.0.1",
+                                      "-c", "fsync=off"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while True:
             try:
-                psycopg.connect(**settings).close()
-                break
+                psycopg.connect(**self.settings).close()
+                return
             except psycopg.OperationalError:
-                if time.time() > deadline or proc.poll() is not None:
+                if time.time() > deadline or self.proc.poll() is not None:
                     raise
                 time.sleep(0.2)
-        yield settings
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def remove(self):
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_cluster():
+    """Yields a started PostgresCluster; removes it afterwards."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        cluster.remove()
+
+
+@contextlib.contextmanager
+def postgres_server():
+    """Yields psycopg connection settings of a fresh cluster; removes it afterwards."""
+    with postgres_cluster() as cluster:
+        yield cluster.settings

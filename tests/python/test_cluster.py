@@ -173,3 +173,36 @@ def test_state_migrate_moves_an_installation_onto_postgres(cluster):
         assert api(two, "POST", "/api/admin/groups", admin, {"name": "after"})[0] == 201
     finally:
         two.stop()
+
+
+def test_a_state_database_that_goes_away_gives_clear_errors_then_recovers():
+    from pgserver import postgres_cluster
+
+    with postgres_cluster() as pg, tempfile.TemporaryDirectory() as tmp:
+        s = pg.settings
+        env = {"QUIVER_STATE": f"postgres://{s['user']}:{s['password']}@{s['host']}:{s['port']}/{s['dbname']}",
+               "QUIVER_JWT_SECRET": SECRET}
+        server = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"), env=env)
+        try:
+            assert api(server, "POST", "/auth/login", body={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})[0] == 200
+            pg.stop()
+            time.sleep(1)
+            status, body = api(server, "POST", "/auth/login", body={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+            assert status == 503 and "state database is unavailable" in body["error"]["message"], (status, body)
+            with pytest.raises(adbc_driver_manager.Error) as down:
+                rows(server, "SELECT 1 AS one", email=ADMIN_EMAIL, password=ADMIN_PASSWORD)
+            assert "UNAVAILABLE" in str(down.value) or "state database" in str(down.value), down.value
+            assert "cannot reach the state database postgres://quiver@" in server.log()
+            assert s["password"] not in server.log()
+            time.sleep(9)
+            pg.start()
+            # Back without a restart.
+            deadline = time.time() + 10
+            while api(server, "POST", "/auth/login", body={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})[0] != 200:
+                assert time.time() < deadline, "did not recover:\n" + server.log()[-3000:]
+                time.sleep(0.2)
+            assert rows(server, "SELECT count(*) AS n FROM tpch.nation", email=ADMIN_EMAIL,
+                        password=ADMIN_PASSWORD) == [{"n": 25}]
+            assert server.proc.poll() is None
+        finally:
+            server.stop()
