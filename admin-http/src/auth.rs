@@ -8,6 +8,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use quiver_catalog::authenticator::{Credentials, Edge, SignInError, SignedIn};
 use quiver_catalog::tokens::TOKEN_PREFIX;
 use quiver_catalog::{Origin, Principal, Verified};
 use serde::{Deserialize, Serialize};
@@ -152,38 +153,23 @@ pub async fn login(
     Json(body): Json<Login>,
 ) -> Result<Response, ApiError> {
     let address = peer.ip().to_string();
-    if let Err(wait) = app.throttle.check(&body.email, Some(&address)) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "too many failed sign-in attempts; try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        ));
-    }
-    let email = body.email.clone();
-    let principal = blocking(&app, move |s| {
-        let principal = s.authenticate_password(&body.email, &body.password)?;
-        let outcome = if principal.is_some() { "ok" } else { "refused" };
-        s.record_event(
-            &body.email.trim().to_lowercase(),
-            "login",
-            Some("http"),
-            outcome,
-        )?;
-        Ok(principal)
-    })
-    .await?;
-    let Some(principal) = principal else {
-        metrics::counter!("quiver_logins_total", "via" => "http", "outcome" => "refused")
-            .increment(1);
-        app.throttle.failed(&email, Some(&address));
-        return Err(ApiError::unauthenticated("invalid e-mail or password"));
+    let credentials = Credentials::Password {
+        email: body.email,
+        password: body.password,
     };
-    metrics::counter!("quiver_logins_total", "via" => "http", "outcome" => "ok").increment(1);
-    app.throttle.succeeded(&email);
-    let (token, expires_at) = app.tokens.issue(principal.email(), None)?;
+    let SignedIn {
+        token, expires_at, ..
+    } = app
+        .auth
+        .sign_in(credentials, Edge::Http, Some(&address))
+        .await
+        .map_err(|e| match e {
+            SignInError::Throttled(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            }
+            SignInError::Refused => ApiError::unauthenticated("invalid e-mail or password"),
+            SignInError::Failed(e) => e.into(),
+        })?;
     let max_age = expires_at.saturating_sub(quiver_catalog::identity::unix_now());
     let cookies = start_cookies(&app.sessions, &token, max_age, is_https(&headers));
     let body = LoginResponse {

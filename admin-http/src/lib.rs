@@ -35,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use quiver_catalog::throttle::LoginThrottle;
+use quiver_catalog::authenticator::Authenticator;
 use quiver_catalog::{CatalogError, QueryEngine, StateStore, TokenSigner};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -58,8 +58,8 @@ pub struct AppState {
     pub orchestrator: Arc<quiver_orchestrator::Orchestrator>,
     /// Issues and checks bearer tokens.
     pub tokens: TokenSigner,
-    /// Failed sign-in limits, shared with the Flight SQL handshake.
-    pub throttle: Arc<LoginThrottle>,
+    /// Signs callers in (shared with the Flight SQL handshake).
+    pub auth: Arc<Authenticator>,
     /// Browser sessions: CSRF tokens and ended sessions.
     pub sessions: Arc<Sessions>,
     /// The Prometheus recorder's handle, when one is installed.

@@ -12,11 +12,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use base64::Engine;
-use quiver_catalog::Origin;
+use quiver_catalog::authenticator::{Credentials, Edge, SignInError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use crate::error::ApiError;
 use crate::{AppState, blocking};
 
 const CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -146,46 +147,35 @@ pub async fn token(
         );
     };
     let address = peer.ip().to_string();
-    if let Err(wait) = app.throttle.check(&client_id, Some(&address)) {
-        return oauth_error(
+    let credentials = Credentials::Client {
+        id: client_id,
+        secret,
+    };
+    match app
+        .auth
+        .sign_in(credentials, Edge::OAuth, Some(&address))
+        .await
+    {
+        Ok(signed_in) => token_response(
+            Ok((signed_in.token, signed_in.expires_at)),
+            app.auth.tokens().lifetime(),
+            None,
+        ),
+        Err(SignInError::Throttled(wait)) => oauth_error(
             StatusCode::TOO_MANY_REQUESTS,
             "slow_down",
             &format!(
                 "too many failed attempts; try again in {} s",
                 wait.as_secs().max(1)
             ),
-        );
-    }
-    let id = client_id.clone();
-    let principal = match blocking(&app, move |s| {
-        let principal = s.client_principal(&id, &secret)?;
-        let outcome = if principal.is_some() { "ok" } else { "refused" };
-        s.record_event(&id, "login", Some("oauth client_credentials"), outcome)?;
-        Ok(principal)
-    })
-    .await
-    {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let Some(principal) = principal else {
-        metrics::counter!("quiver_logins_total", "via" => "oauth", "outcome" => "refused")
-            .increment(1);
-        app.throttle.failed(&client_id, Some(&address));
-        return oauth_error(
+        ),
+        Err(SignInError::Refused) => oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "unknown client, wrong secret, or revoked",
-        );
-    };
-    metrics::counter!("quiver_logins_total", "via" => "oauth", "outcome" => "ok").increment(1);
-    app.throttle.succeeded(&client_id);
-    token_response(
-        app.tokens
-            .issue(principal.email(), Some(Origin::Client(client_id.clone()))),
-        app.tokens.lifetime(),
-        None,
-    )
+        ),
+        Err(SignInError::Failed(e)) => ApiError::from(e).into_response(),
+    }
 }
 
 /// Token exchange: an identity provider's ID token in, a Quiver access token out, for the

@@ -14,9 +14,11 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use quiver_catalog::Principal;
 use quiver_catalog::access::{MembershipSource, NewGrant, UserUpdate};
 use quiver_catalog::audit::AuditQuery;
+use quiver_catalog::authenticator::{Credentials, Edge, SignInError, SignedIn};
 use quiver_catalog::identity::unix_now;
 use serde::Deserialize;
 
+use crate::error::ApiError;
 use crate::session::{SESSION_COOKIE, cookie, is_https, start_cookies};
 use crate::{AppState, blocking};
 
@@ -323,37 +325,28 @@ pub async fn login_submit(
         );
     }
     let address = peer.ip().to_string();
-    if let Err(wait) = app.throttle.check(&form.email, Some(&address)) {
-        return retry(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!(
-                "Too many failed sign-in attempts; try again in {} s.",
-                wait.as_secs().max(1)
-            ),
-        );
-    }
-    let (email, password) = (form.email.clone(), form.password.clone());
-    let principal = match blocking(&app, move |s| {
-        let p = s.authenticate_password(&email, &password)?;
-        let outcome = if p.is_some() { "ok" } else { "refused" };
-        s.record_event(&email.trim().to_lowercase(), "login", Some("web"), outcome)?;
-        Ok(p)
-    })
-    .await
+    let credentials = Credentials::Password {
+        email: form.email.clone(),
+        password: form.password.clone(),
+    };
+    let (token, expires_at) = match app
+        .auth
+        .sign_in(credentials, Edge::Web, Some(&address))
+        .await
     {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let Some(principal) = principal else {
-        metrics::counter!("quiver_logins_total", "via" => "web", "outcome" => "refused")
-            .increment(1);
-        app.throttle.failed(&form.email, Some(&address));
-        return retry(StatusCode::UNAUTHORIZED, "Invalid e-mail or password.");
-    };
-    metrics::counter!("quiver_logins_total", "via" => "web", "outcome" => "ok").increment(1);
-    app.throttle.succeeded(&form.email);
-    let Ok((token, expires_at)) = app.tokens.issue(principal.email(), None) else {
-        return retry(StatusCode::INTERNAL_SERVER_ERROR, "Signing in failed.");
+        Ok(SignedIn {
+            token, expires_at, ..
+        }) => (token, expires_at),
+        Err(e @ SignInError::Throttled(_)) => {
+            return retry(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("{}.", capitalized(&e.to_string())),
+            );
+        }
+        Err(SignInError::Refused) => {
+            return retry(StatusCode::UNAUTHORIZED, "Invalid e-mail or password.");
+        }
+        Err(SignInError::Failed(e)) => return ApiError::from(e).into_response(),
     };
     let mut response = Redirect::to(&next).into_response();
     for c in start_cookies(
@@ -365,6 +358,15 @@ pub async fn login_submit(
         response.headers_mut().append(header::SET_COOKIE, c);
     }
     response
+}
+
+/// `text` with its first letter in upper case, for messages shown as sentences.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// A form carrying only the CSRF token.

@@ -20,6 +20,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod authenticator;
 pub mod clients;
 pub mod engine;
 pub mod executor;

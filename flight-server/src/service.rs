@@ -39,11 +39,11 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
+use quiver_catalog::authenticator::{Authenticator, Credentials, Edge, SignInError};
 use quiver_catalog::engine::parameter_types;
 use quiver_catalog::identity::unix_now;
-use quiver_catalog::throttle::LoginThrottle;
 use quiver_catalog::tokens::{TOKEN_PREFIX, token_hash};
-use quiver_catalog::{CATALOG_NAME, Origin, Planned, Principal, QueryEngine, TokenSigner};
+use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine, TokenSigner};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
@@ -121,7 +121,7 @@ pub struct QuiverFlightSql {
     /// state lookup.
     principals: Arc<std::sync::Mutex<std::collections::HashMap<String, Cached>>>,
     /// Failed sign-in limits, shared with the HTTP sign-in.
-    throttle: Arc<LoginThrottle>,
+    auth: Arc<Authenticator>,
 }
 
 impl std::fmt::Debug for QuiverFlightSql {
@@ -139,10 +139,10 @@ impl QuiverFlightSql {
         tokens: TokenSigner,
         secret: &[u8],
         options: FlightOptions,
-        throttle: Arc<LoginThrottle>,
+        auth: Arc<Authenticator>,
     ) -> Self {
         Self {
-            throttle,
+            auth,
             engine,
             tokens,
             sealer: Sealer::new(secret),
@@ -734,54 +734,24 @@ impl FlightSqlService for QuiverFlightSql {
             Status::unauthenticated("malformed Basic credentials in the authorization header")
         })?;
         let address = request.remote_addr().map(|a| a.ip().to_string());
-        if let Err(wait) = self.throttle.check(&user, address.as_deref()) {
-            return Err(Status::resource_exhausted(format!(
-                "too many failed sign-in attempts; try again in {} s",
-                wait.as_secs().max(1)
-            )));
-        }
-        let engine = self.engine.clone();
-        let login = user.clone();
-        let signed_in = tokio::task::spawn_blocking(move || {
-            let state = engine.state();
-            // Tools that only know user and password (DBeaver, JDBC) may pass a personal
-            // access token as the password; the session then ends with that token.
-            let signed_in = if password.starts_with(TOKEN_PREFIX) {
-                state
-                    .token_principal(&password)?
-                    .filter(|t| t.principal.email() == login.trim().to_lowercase())
-                    .map(|t| (t.principal, Some(Origin::Token(t.id))))
-            } else {
-                state
-                    .authenticate_password(&login, &password)?
-                    .map(|p| (p, None))
-            };
-            let outcome = if signed_in.is_some() { "ok" } else { "refused" };
-            state.record_event(
-                &login.trim().to_lowercase(),
-                "login",
-                Some("flight"),
-                outcome,
-            )?;
-            Ok::<_, quiver_catalog::CatalogError>(signed_in)
-        })
-        .await
-        .map_err(|e| internal(&e))?
-        .map_err(to_status)?;
-        let Some((principal, origin)) = signed_in else {
-            metrics::counter!("quiver_logins_total", "via" => "flight", "outcome" => "refused")
-                .increment(1);
-            self.throttle.failed(&user, address.as_deref());
-            tracing::warn!(user = %user, address = ?address, "handshake refused");
-            return Err(Status::unauthenticated("invalid e-mail or password"));
+        let credentials = Credentials::Password {
+            email: user,
+            password,
         };
-        self.throttle.succeeded(&user);
-        metrics::counter!("quiver_logins_total", "via" => "flight", "outcome" => "ok").increment(1);
-        let (token, _expires) = self
-            .tokens
-            .issue(principal.email(), origin)
-            .map_err(to_status)?;
-        tracing::info!(user = %principal.email(), "handshake");
+        let token = match self
+            .auth
+            .sign_in(credentials, Edge::Flight, address.as_deref())
+            .await
+        {
+            Ok(signed_in) => signed_in.token,
+            Err(e @ SignInError::Throttled(_)) => {
+                return Err(Status::resource_exhausted(e.to_string()));
+            }
+            Err(SignInError::Refused) => {
+                return Err(Status::unauthenticated("invalid e-mail or password"));
+            }
+            Err(SignInError::Failed(e)) => return Err(to_status(e)),
+        };
         let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| internal(&e))?;
         let payload = HandshakeResponse {
             protocol_version: 0,

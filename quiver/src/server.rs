@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use base64::Engine;
-use quiver_catalog::throttle::LoginThrottle;
+use quiver_catalog::authenticator::Authenticator;
 use quiver_catalog::{EngineOptions, QueryEngine, QueryLimits, StateStore, Storage, TokenSigner};
 use quiver_config::Config;
 use quiver_flight::{FlightOptions, QuiverFlightSql};
@@ -63,7 +63,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         .await
         .context("cannot prepare the table definitions")?;
     let tokens = TokenSigner::new(&secret, config.auth.token_lifetime);
-    let throttle = Arc::new(LoginThrottle::default());
+    let auth = Arc::new(Authenticator::new(state.clone(), tokens.clone()));
     let flight = QuiverFlightSql::new(
         engine.clone(),
         tokens.clone(),
@@ -79,7 +79,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
             max_prepared_per_user: config.query.max_prepared_per_user,
             prepared_idle: config.query.prepared_statement_idle,
         },
-        throttle.clone(),
+        auth.clone(),
     );
 
     let flight_listener = TcpListener::bind(config.server.flight_listen)
@@ -149,7 +149,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         engine: engine.clone(),
         orchestrator: orchestrator.clone(),
         tokens,
-        throttle,
+        auth,
         sessions: Arc::new(quiver_admin::session::Sessions::new(&secret)),
         metrics: install_metrics(),
         public_metrics: config.server.public_metrics,

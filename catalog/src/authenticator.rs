@@ -1,0 +1,248 @@
+//! Signing a caller in, written once for every edge that does it: the Flight SQL
+//! handshake, `POST /auth/login`, the web UI's sign-in form and `POST /oauth/token`.
+//!
+//! Each sign-in goes throttle → verify → record → issue: refused early when the account or
+//! address has failed too often, checked against the state store (in the same time for
+//! unknown accounts, inactive ones and wrong secrets), written to the audit log with the
+//! edge it came through, and answered with a bearer token that ends with the credential it
+//! was obtained with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::CatalogError;
+use crate::identity::{Origin, Principal, TokenSigner};
+use crate::state::StateStore;
+use crate::throttle::LoginThrottle;
+use crate::tokens::TOKEN_PREFIX;
+
+/// What a caller signs in with.
+#[derive(Clone)]
+pub enum Credentials {
+    /// An e-mail and a password; tools that only know user and password (DBeaver, JDBC)
+    /// may pass a personal access token of that user as the password.
+    Password { email: String, password: String },
+    /// An OAuth client's id and secret (client credentials grant).
+    Client { id: String, secret: String },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Password { email, .. } => write!(f, "Password({email})"),
+            Self::Client { id, .. } => write!(f, "Client({id})"),
+        }
+    }
+}
+
+impl Credentials {
+    /// The account the attempt counts against.
+    fn account(&self) -> String {
+        match self {
+            Self::Password { email, .. } => email.trim().to_lowercase(),
+            Self::Client { id, .. } => id.clone(),
+        }
+    }
+}
+
+/// The edge a sign-in came through, as the audit log and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    /// The Flight SQL handshake.
+    Flight,
+    /// `POST /auth/login`.
+    Http,
+    /// The web UI's sign-in form.
+    Web,
+    /// `POST /oauth/token` with client credentials.
+    OAuth,
+}
+
+impl Edge {
+    fn metric(self) -> &'static str {
+        match self {
+            Self::Flight => "flight",
+            Self::Http => "http",
+            Self::Web => "web",
+            Self::OAuth => "oauth",
+        }
+    }
+
+    fn audit(self) -> &'static str {
+        match self {
+            Self::Flight => "flight",
+            Self::Http => "http",
+            Self::Web => "web",
+            Self::OAuth => "oauth client_credentials",
+        }
+    }
+}
+
+/// A successful sign-in.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// Who signed in.
+    pub principal: Principal,
+    /// The bearer token issued.
+    pub token: String,
+    /// When it expires (seconds since the epoch).
+    pub expires_at: u64,
+}
+
+/// Why a sign-in did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    /// Too many recent failures for the account or the address; try again after this long.
+    #[error("too many failed sign-in attempts; try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    /// Wrong, unknown, inactive or revoked: deliberately not said which.
+    #[error("invalid credentials")]
+    Refused,
+    /// The state store failed.
+    #[error(transparent)]
+    Failed(#[from] CatalogError),
+}
+
+/// Signs callers in; one per server, shared by every edge.
+#[derive(Debug)]
+pub struct Authenticator {
+    state: Arc<StateStore>,
+    tokens: TokenSigner,
+    throttle: LoginThrottle,
+}
+
+impl Authenticator {
+    /// An authenticator issuing tokens with `tokens`.
+    pub fn new(state: Arc<StateStore>, tokens: TokenSigner) -> Self {
+        Self {
+            state,
+            tokens,
+            throttle: LoginThrottle::default(),
+        }
+    }
+
+    /// The signer of the tokens issued.
+    pub fn tokens(&self) -> &TokenSigner {
+        &self.tokens
+    }
+
+    /// Signs in with `credentials` from `address` through `edge`.
+    pub async fn sign_in(
+        &self,
+        credentials: Credentials,
+        edge: Edge,
+        address: Option<&str>,
+    ) -> Result<SignedIn, SignInError> {
+        let account = credentials.account();
+        self.throttle
+            .check(&account, address)
+            .map_err(SignInError::Throttled)?;
+        let state = self.state.clone();
+        let who = account.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            let verified = verify(&state, &credentials)?;
+            let outcome = if verified.is_some() { "ok" } else { "refused" };
+            state.record_event(&who, "login", Some(edge.audit()), outcome)?;
+            Ok::<_, CatalogError>(verified)
+        })
+        .await
+        .map_err(|e| CatalogError::Internal(format!("sign-in task: {e}")))??;
+        let outcome = if verified.is_some() { "ok" } else { "refused" };
+        metrics::counter!("quiver_logins_total", "via" => edge.metric(), "outcome" => outcome)
+            .increment(1);
+        let Some((principal, origin)) = verified else {
+            self.throttle.failed(&account, address);
+            tracing::warn!(account = %account, address = ?address, via = edge.metric(), "sign-in refused");
+            return Err(SignInError::Refused);
+        };
+        self.throttle.succeeded(&account);
+        let (token, expires_at) = self.tokens.issue(principal.email(), origin)?;
+        tracing::info!(user = %principal.email(), via = edge.metric(), "signed in");
+        Ok(SignedIn {
+            principal,
+            token,
+            expires_at,
+        })
+    }
+}
+
+/// The principal `credentials` stand for and the credential a token issued for them ends
+/// with; `None` when refused.
+fn verify(
+    state: &StateStore,
+    credentials: &Credentials,
+) -> Result<Option<(Principal, Option<Origin>)>, CatalogError> {
+    Ok(match credentials {
+        Credentials::Password { email, password } if password.starts_with(TOKEN_PREFIX) => state
+            .token_principal(password)?
+            .filter(|t| t.principal.email() == email.trim().to_lowercase())
+            .map(|t| (t.principal, Some(Origin::Token(t.id)))),
+        Credentials::Password { email, password } => state
+            .authenticate_password(email, password)?
+            .map(|p| (p, None)),
+        Credentials::Client { id, secret } => state
+            .client_principal(id, secret)?
+            .map(|p| (p, Some(Origin::Client(id.clone())))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn password(email: &str, password: &str) -> Credentials {
+        Credentials::Password {
+            email: email.into(),
+            password: password.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn signs_in_audits_and_throttles_in_one_place() {
+        let state = Arc::new(StateStore::in_memory().unwrap());
+        state
+            .ensure_bootstrap_admin("ada@example.com", "a-long-password")
+            .unwrap();
+        let auth = Authenticator::new(
+            state.clone(),
+            TokenSigner::new(&[7; 32], Duration::from_secs(60)),
+        );
+        let ok = auth
+            .sign_in(
+                password("Ada@Example.com", "a-long-password"),
+                Edge::Web,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(auth.tokens().verify(&ok.token).is_some());
+        for _ in 0..10 {
+            assert!(matches!(
+                auth.sign_in(
+                    password("ada@example.com", "wrong"),
+                    Edge::Http,
+                    Some("10.0.0.1")
+                )
+                .await,
+                Err(SignInError::Refused)
+            ));
+        }
+        assert!(matches!(
+            auth.sign_in(
+                password("ada@example.com", "a-long-password"),
+                Edge::Http,
+                None
+            )
+            .await,
+            Err(SignInError::Throttled(_))
+        ));
+        let logins = state
+            .audit_log(&crate::audit::AuditQuery {
+                action: Some("login".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(logins.len(), 11);
+        assert!(logins.iter().any(|r| r.target.as_deref() == Some("web")));
+    }
+}
