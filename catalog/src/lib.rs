@@ -26,6 +26,7 @@ pub mod engine;
 pub mod executor;
 pub mod functions;
 pub mod identity;
+pub mod leases;
 pub mod limits;
 pub mod memory;
 pub mod names;

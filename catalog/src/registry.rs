@@ -291,13 +291,15 @@ impl StateStore {
         Ok(())
     }
 
-    /// Marks runs left `running` by a stopped process as interrupted; returns how many.
-    pub fn interrupt_running_runs(&self) -> Result<usize, CatalogError> {
+    /// Marks runs left `running` by a stopped process as interrupted (with `scheduled_only`,
+    /// only those the scheduler started: the ones a replica taking over from a dead leader
+    /// knows are not running anywhere); returns how many.
+    pub fn interrupt_running_runs(&self, scheduled_only: bool) -> Result<usize, CatalogError> {
         self.conn()?.execute(
             "UPDATE sync_runs SET status = 'interrupted', ended_at = current_timestamp,
                     error = 'the server stopped during the sync; the previous version kept serving'
-             WHERE status = 'running'",
-            params![],
+             WHERE status = 'running' AND (NOT $1 OR trigger IN ('schedule', 'retry'))",
+            params![scheduled_only],
         )
     }
 
@@ -544,7 +546,7 @@ mod tests {
         );
 
         let running = store.start_run(&t, "schedule", None).unwrap();
-        assert_eq!(store.interrupt_running_runs().unwrap(), 1);
+        assert_eq!(store.interrupt_running_runs(false).unwrap(), 1);
         assert_eq!(store.sync_run(running).unwrap().status, "interrupted");
         assert_eq!(store.sync_runs(Some(&t), None, 10).unwrap().len(), 3);
         assert_eq!(store.sync_runs(None, Some(running), 10).unwrap().len(), 2);

@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quiver_catalog::registry::SyncRun;
-use quiver_catalog::{CatalogError, QueryEngine, StateStore, Storage, TableEntry, TableName};
+use quiver_catalog::{
+    Backend, CatalogError, QueryEngine, StateStore, Storage, TableEntry, TableName,
+};
 use quiver_config::{FieldProblem, SyncConfig, TableDef};
 use quiver_connectors::sink::Progress;
 use quiver_connectors::{ConnectorError, connector, connector_names, tpch};
@@ -133,7 +135,14 @@ pub struct Orchestrator {
     running: Mutex<HashMap<TableName, Running>>,
     permits: Semaphore,
     jira: Option<Arc<jira::JiraSync>>,
+    /// This process's id in the `background` lease.
+    replica: String,
 }
+
+/// The lease whose holder runs scheduled syncs, Jira processing and retention.
+const LEASE: &str = "background";
+/// How long a lease lasts unrenewed: a dead leader is replaced within this and a tick.
+const LEASE_TTL: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Orchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,6 +170,7 @@ impl Orchestrator {
             scratch,
             running: Mutex::default(),
             jira: None,
+            replica: uuid::Uuid::new_v4().to_string(),
         }
     }
 
@@ -190,8 +200,9 @@ impl Orchestrator {
         &self.state
     }
 
-    /// Startup: stores the configuration file's definitions, marks runs a stopped process
-    /// left behind as interrupted, and removes the folders they were writing.
+    /// Startup: stores the configuration file's definitions and, on the embedded state,
+    /// marks runs a stopped process left behind as interrupted and removes the folders they
+    /// were writing.
     pub async fn recover(&self, config_tables: &[TableDef]) -> Result<(), OrchestratorError> {
         let mut defs = Vec::new();
         for def in config_tables {
@@ -202,14 +213,28 @@ impl Orchestrator {
             defs.push((def.name.parse::<TableName>()?, def.clone()));
         }
         self.state.sync_config_definitions(&defs)?;
-        let interrupted = self.state.interrupt_running_runs()?;
+        // On a shared state the other replicas' syncs may be running: the replica that
+        // takes the lease cleans up after a dead leader instead (see `lead`).
+        if self.state.backend() == Backend::DuckDb {
+            self.clean_up(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks runs no process is running any more as interrupted (only the scheduler's with
+    /// `scheduled_only`) and removes the folders no version points at.
+    async fn clean_up(&self, scheduled_only: bool) -> Result<(), OrchestratorError> {
+        let interrupted = self.state.interrupt_running_runs(scheduled_only)?;
         if interrupted > 0 {
             tracing::warn!(
                 runs = interrupted,
                 "syncs interrupted by the last stop; previous versions kept serving"
             );
         }
-        let removed = retention::sweep_orphans(&self.state, &self.storage, &[], None).await?;
+        // Right after a start nothing is being written here; after a takeover, another
+        // replica's manual sync may be, so only what is older than a sync takes is swept.
+        let min_age = scheduled_only.then_some(Duration::from_secs(6 * 3600));
+        let removed = retention::sweep_orphans(&self.state, &self.storage, &[], min_age).await?;
         if removed > 0 {
             tracing::info!(folders = removed, "removed unpublished sync folders");
         }
@@ -395,24 +420,30 @@ impl Orchestrator {
     /// The scheduler: starts due syncs every few seconds and collects garbage every few
     /// minutes, until `shutdown`.
     pub async fn run_scheduler(self: Arc<Self>, shutdown: CancellationToken) {
-        if let Some(jira) = &self.jira {
-            tokio::spawn(jira.clone().run(shutdown.clone()));
-        }
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         let mut collect = tokio::time::interval(Duration::from_secs(300));
+        // Set while this replica holds the lease; cancelled when it loses it.
+        let mut leading: Option<CancellationToken> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(e) = self.start_due() {
+                    leading = self.lead(leading, &shutdown).await;
+                    if leading.is_some() && let Err(e) = self.start_due() {
                         tracing::warn!(error = %e, "scheduler");
                     }
                 }
-                _ = collect.tick() => {
+                _ = collect.tick(), if leading.is_some() => {
                     if let Err(e) = self.collect_garbage().await {
                         tracing::warn!(error = %e, "garbage collection");
                     }
                 }
+            }
+        }
+        if let Some(leading) = leading {
+            leading.cancel();
+            if let Err(e) = self.state.release_lease(LEASE, &self.replica) {
+                tracing::warn!(error = %e, "cannot give up the background lease");
             }
         }
         // Syncs still running are cut off by the shutdown: say so in their history now.
@@ -422,6 +453,46 @@ impl Orchestrator {
                 running.run,
                 "the server stopped during the sync; the previous version kept serving",
             );
+        }
+    }
+
+    /// Renews or takes the background lease; on taking it, cleans up after the previous
+    /// leader and starts Jira processing, which stops when the lease is lost.
+    async fn lead(
+        &self,
+        leading: Option<CancellationToken>,
+        shutdown: &CancellationToken,
+    ) -> Option<CancellationToken> {
+        // The embedded state file has one process: it always leads.
+        let holds = self.state.backend() == Backend::DuckDb
+            || self
+                .state
+                .hold_lease(LEASE, &self.replica, LEASE_TTL)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot renew the background lease");
+                    false
+                });
+        match (holds, leading) {
+            (true, Some(leading)) => Some(leading),
+            (true, None) => {
+                tracing::info!(replica = %self.replica, "this replica now runs schedules and background jobs");
+                if self.state.backend() == Backend::Postgres
+                    && let Err(e) = self.clean_up(true).await
+                {
+                    tracing::warn!(error = %e, "cleaning up after the previous leader");
+                }
+                let leading = shutdown.child_token();
+                if let Some(jira) = &self.jira {
+                    tokio::spawn(jira.clone().run(leading.clone()));
+                }
+                Some(leading)
+            }
+            (false, Some(leading)) => {
+                tracing::warn!(replica = %self.replica, "lost the background lease; another replica runs the jobs");
+                leading.cancel();
+                None
+            }
+            (false, None) => None,
         }
     }
 

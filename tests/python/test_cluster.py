@@ -206,3 +206,54 @@ def test_a_state_database_that_goes_away_gives_clear_errors_then_recovers():
             assert server.proc.poll() is None
         finally:
             server.stop()
+
+
+def test_one_replica_runs_the_schedules_and_another_takes_over_when_it_dies():
+    import signal
+
+    with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
+        url = f"postgres://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
+        env = {"QUIVER_STATE": url, "QUIVER_JWT_SECRET": SECRET}
+        src = os.path.join(tmp, "kv.csv")
+        with open(src, "w") as f:
+            f.write("k,v\n1,a\n2,b\n")
+        config = f"storage:\n  object_store: file://{tmp}/objects\n"
+        replicas = [Server(["serve"], os.path.join(tmp, name), config=config, env=env) for name in "ab"]
+        try:
+            token = login(replicas[0], ADMIN_EMAIL, ADMIN_PASSWORD)
+
+            def scheduled_runs(replica, table):
+                status, runs = api(replica, "GET", f"/api/admin/syncs?table={table}&limit=50", token)
+                assert status == 200, runs
+                return [r for r in runs if r["trigger"] == "schedule"]
+
+            def define(replica, table):
+                status, body = api(replica, "POST", "/api/admin/tables", token, {
+                    "name": table, "connector": "files", "options": {"path": src}, "schedule": "every 1h"})
+                assert status == 201, body
+
+            # Never synced, so due at once: exactly one replica runs it, once.
+            define(replicas[1], "ops.first")
+            eventually(lambda: any(r["status"] == "succeeded" for r in scheduled_runs(replicas[1], "ops.first")),
+                       within=30)
+            time.sleep(5)
+            assert len(scheduled_runs(replicas[0], "ops.first")) == 1
+            leaders = [r for r in replicas if "now runs schedules and background jobs" in r.log()]
+            assert len(leaders) == 1, [r.log()[-2000:] for r in replicas]
+            leader = leaders[0]
+            other = replicas[1 - replicas.index(leader)]
+
+            # The leader dies; the other takes over within 15 s and runs the next one.
+            leader.proc.send_signal(signal.SIGKILL)
+            leader.proc.wait()
+            killed = time.time()
+            define(other, "ops.second")
+            took = eventually(lambda: any(r["status"] == "succeeded" for r in scheduled_runs(other, "ops.second")),
+                              within=30)
+            assert time.time() - killed < 15 + 5, took
+            assert "now runs schedules and background jobs" in other.log()
+            assert rows(other, "SELECT count(*) AS n FROM ops.first", email=ADMIN_EMAIL,
+                        password=ADMIN_PASSWORD) == [{"n": 2}]
+        finally:
+            for r in replicas:
+                r.stop()

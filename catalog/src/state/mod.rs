@@ -194,6 +194,14 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO state_generation VALUES (1, 1);
     "#,
+    // 8: leases: which replica runs the cluster's background work.
+    r#"
+    CREATE TABLE leases (
+        name        VARCHAR PRIMARY KEY,   -- 'background'
+        holder      VARCHAR NOT NULL,      -- the replica's id
+        expires_at  BIGINT NOT NULL        -- milliseconds since the epoch
+    );
+    "#,
 ];
 
 /// How often a process sharing the state database looks for others' changes.
