@@ -213,11 +213,11 @@ fn check_password(password: &str) -> Result<(), CatalogError> {
 
 /// A user's active flag; `None` when there is no such user.
 pub(crate) fn user_active(tx: &Conn<'_>, email: &str) -> Result<Option<bool>, CatalogError> {
-    Ok(tx.query_opt(
+    tx.query_opt(
         "SELECT active FROM users WHERE email = $1",
         params![email],
         |r| r.get(0),
-    )?)
+    )
 }
 
 fn user_exists(tx: &Conn<'_>, email: &str) -> Result<bool, CatalogError> {

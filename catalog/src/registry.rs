@@ -263,12 +263,12 @@ impl StateStore {
         trigger: &str,
         actor: Option<&str>,
     ) -> Result<i64, CatalogError> {
-        Ok(self.conn()?.query_row(
+        self.conn()?.query_row(
             "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status)
              VALUES ($1, $2, $3, $4, 'running') RETURNING id",
             params![table.schema(), table.table(), trigger, actor],
             |r| r.get(0),
-        )?)
+        )
     }
 
     /// Records a failed run; the table keeps its previous version.

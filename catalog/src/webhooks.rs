@@ -150,7 +150,7 @@ impl StateStore {
 
     /// How many deliveries of `source` are pending and done.
     pub fn delivery_counts(&self, source: &str) -> Result<DeliveryCounts, CatalogError> {
-        Ok(self.conn()?.query_row(
+        self.conn()?.query_row(
             "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'done')
              FROM webhook_deliveries WHERE source = $1",
             params![source],
@@ -160,7 +160,7 @@ impl StateStore {
                     done: r.get(1)?,
                 })
             },
-        )?)
+        )
     }
 }
 

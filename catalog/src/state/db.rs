@@ -276,7 +276,7 @@ pub enum Conn<'a> {
     /// The embedded file's one connection.
     Duck(duck::Conn<'a>),
     /// A pooled PostgreSQL connection.
-    Pg(pg::Conn<'a>),
+    Pg(Box<pg::Conn<'a>>),
 }
 
 impl Conn<'_> {
@@ -341,7 +341,7 @@ pub enum Db {
     /// The embedded DuckDB file.
     Duck(duck::Db),
     /// A PostgreSQL database.
-    Pg(pg::Db),
+    Pg(Box<pg::Db>),
 }
 
 impl Db {
@@ -357,7 +357,7 @@ impl Db {
     pub fn conn(&self) -> Result<Conn<'_>, CatalogError> {
         Ok(match self {
             Db::Duck(db) => Conn::Duck(db.conn()),
-            Db::Pg(db) => Conn::Pg(db.conn()?),
+            Db::Pg(db) => Conn::Pg(Box::new(db.conn()?)),
         })
     }
 

@@ -271,7 +271,7 @@ impl StateStore {
     /// Connects to a PostgreSQL state database (`postgres://…`) and runs pending
     /// migrations; replicas starting together migrate one at a time.
     pub fn connect(url: &str) -> Result<Self, CatalogError> {
-        Self::migrated(Db::Pg(pg::Db::connect(url)?))
+        Self::migrated(Db::Pg(Box::new(pg::Db::connect(url)?)))
     }
 
     /// The state named by `storage.state` (a PostgreSQL URL), or else the embedded file
