@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, on_terminal, quiver_bin, quiver_env
+from conftest import (ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, on_postgres, on_terminal,
+                      quiver_bin, quiver_env)
 
 
 def wait_run(server: Server, token: str, table: str, run: int | None = None, timeout: float = 120):
@@ -277,6 +278,8 @@ def test_quiver_sync_command_offline_and_check_config(workdir):
         server.stop()
 
 
+@pytest.mark.skipif(on_postgres(), reason="on a shared state, runs of a killed process are not yet "
+                    "reclaimed (needs run heartbeats; issue 13)")
 def test_kill_during_sync_keeps_the_previous_version(workdir):
     src = workdir / "src"
     src.mkdir()

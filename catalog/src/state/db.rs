@@ -380,10 +380,11 @@ impl Db {
             match outcome {
                 Ok(value) => return Ok(value),
                 Err(e) => {
+                    let lost_race = matches!(&conn, Conn::Pg(c) if c.lost_race());
                     // A failed COMMIT has already ended the transaction; ROLLBACK is harmless.
                     let _ = conn.batch("ROLLBACK");
                     attempt += 1;
-                    if attempt < 8 && matches!(&conn, Conn::Pg(c) if c.lost_race()) {
+                    if attempt < 8 && lost_race {
                         drop(conn);
                         std::thread::sleep(Duration::from_millis(2 << attempt));
                         continue;
