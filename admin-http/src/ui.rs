@@ -337,10 +337,13 @@ pub async fn login_submit(
         Ok(SignedIn {
             token, expires_at, ..
         }) => (token, expires_at),
-        Err(e @ SignInError::Throttled(_)) => {
+        Err(SignInError::Throttled(wait)) => {
             return retry(
                 StatusCode::TOO_MANY_REQUESTS,
-                &format!("{}.", capitalized(&e.to_string())),
+                &format!(
+                    "Too many failed sign-in attempts; try again in {} s.",
+                    wait.as_secs().max(1)
+                ),
             );
         }
         Err(SignInError::Refused) => {
@@ -358,15 +361,6 @@ pub async fn login_submit(
         response.headers_mut().append(header::SET_COOKIE, c);
     }
     response
-}
-
-/// `text` with its first letter in upper case, for messages shown as sentences.
-fn capitalized(text: &str) -> String {
-    let mut chars = text.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
 }
 
 /// A form carrying only the CSRF token.

@@ -1,7 +1,7 @@
 //! Copying a whole state from one database to another (`quiver state migrate`), e.g. an
 //! installation's embedded file into the PostgreSQL database a cluster will share.
 
-use super::db::{Backend, Param, Value};
+use super::db::{Backend, Param};
 use super::{StateStore, params};
 use crate::CatalogError;
 
@@ -34,12 +34,6 @@ const SEQUENCES: &[(&str, &str, &str)] = &[
 
 /// Rows copied, per table.
 pub type CopyReport = Vec<(&'static str, usize)>;
-
-impl Param for Value {
-    fn value(&self) -> Value {
-        self.clone()
-    }
-}
 
 impl StateStore {
     /// Copies every row of this state into `target`, in one transaction there. Refuses a

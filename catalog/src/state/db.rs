@@ -112,6 +112,12 @@ impl<T: Param> Param for Option<T> {
     }
 }
 
+impl Param for Value {
+    fn value(&self) -> Value {
+        self.clone()
+    }
+}
+
 impl Param for str {
     fn value(&self) -> Value {
         Value::Text(self.to_string())

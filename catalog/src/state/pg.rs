@@ -285,9 +285,8 @@ impl Conn<'_> {
 
     pub fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize, CatalogError> {
         let statement = self.statement(sql)?;
-        let values: Vec<Value> = params.iter().map(|p| p.value()).collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
-        self.run(self.pooled().client.execute(&statement, &refs))
+        let values = values(params);
+        self.run(self.pooled().client.execute(&statement, &refs(&values)))
             .map(|n| n as usize)
     }
 
@@ -297,9 +296,8 @@ impl Conn<'_> {
 
     pub fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, CatalogError> {
         let statement = self.statement(sql)?;
-        let values: Vec<Value> = params.iter().map(|p| p.value()).collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
-        let rows = self.run(self.pooled().client.query(&statement, &refs))?;
+        let values = values(params);
+        let rows = self.run(self.pooled().client.query(&statement, &refs(&values)))?;
         rows.iter()
             .map(|row| {
                 (0..row.len())
@@ -309,6 +307,14 @@ impl Conn<'_> {
             })
             .collect()
     }
+}
+
+fn values(params: Params<'_>) -> Vec<Value> {
+    params.iter().map(|p| p.value()).collect()
+}
+
+fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v as _).collect()
 }
 
 fn read(row: &tokio_postgres::Row, i: usize) -> Result<Value, CatalogError> {
