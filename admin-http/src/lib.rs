@@ -208,32 +208,58 @@ pub async fn serve(
 struct Health {
     /// `ok`.
     status: &'static str,
-    /// `ok` when the state store answers.
+    /// `ok` when the state database answers.
     state_store: &'static str,
-    /// The state file's schema version.
+    /// `ok` when the object store holding the tables answers.
+    object_store: &'static str,
+    /// The state database's schema version.
     schema_version: i64,
+    /// This replica's id (several replicas may share one state).
+    replica: String,
+    /// Whether this replica runs the cluster's schedules and background jobs.
+    leader: bool,
 }
 
-/// Up, state store reachable, schema version. No authentication.
+/// Up, state database and object store reachable, schema version, replica. No
+/// authentication; 503 naming what cannot be reached.
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = error::ErrorBody)))]
 async fn health(State(app): State<AppState>) -> Response {
     let state = app.state.clone();
-    match tokio::task::spawn_blocking(move || state.schema_version()).await {
-        Ok(Ok(version)) => Json(Health {
-            status: "ok",
-            state_store: "ok",
-            schema_version: version,
-        })
-        .into_response(),
-        other => {
-            tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "health check failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "state store unreachable",
-            )
-            .into_response()
-        }
+    let schema = tokio::task::spawn_blocking(move || state.schema_version()).await;
+    let storage = app.orchestrator.storage();
+    let root = storage.tables_root();
+    let objects = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        storage.store().list_with_delimiter(Some(&root)),
+    )
+    .await;
+    let unavailable = |what: &str, why: String| {
+        tracing::error!(error = %why, "health check: the {what} cannot be reached");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the {what} cannot be reached"),
+        )
+        .into_response()
+    };
+    let schema_version = match schema {
+        Ok(Ok(version)) => version,
+        Ok(Err(e)) => return unavailable("state database", e.to_string()),
+        Err(e) => return unavailable("state database", e.to_string()),
+    };
+    match objects {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return unavailable("object store", e.to_string()),
+        Err(_) => return unavailable("object store", "no answer in 5 s".into()),
     }
+    Json(Health {
+        status: "ok",
+        state_store: "ok",
+        object_store: "ok",
+        schema_version,
+        replica: app.orchestrator.replica().to_string(),
+        leader: app.orchestrator.is_leading(),
+    })
+    .into_response()
 }

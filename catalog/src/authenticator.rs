@@ -108,7 +108,7 @@ pub enum SignInError {
 pub struct Authenticator {
     state: Arc<StateStore>,
     tokens: TokenSigner,
-    throttle: LoginThrottle,
+    throttle: Arc<LoginThrottle>,
 }
 
 impl Authenticator {
@@ -117,7 +117,7 @@ impl Authenticator {
         Self {
             state,
             tokens,
-            throttle: LoginThrottle::default(),
+            throttle: Arc::default(),
         }
     }
 
@@ -134,28 +134,33 @@ impl Authenticator {
         address: Option<&str>,
     ) -> Result<SignedIn, SignInError> {
         let account = credentials.account();
-        self.throttle
-            .check(&account, address)
-            .map_err(SignInError::Throttled)?;
         let state = self.state.clone();
         let who = account.clone();
+        let throttle = self.throttle.clone();
+        let from = address.map(str::to_string);
         let verified = tokio::task::spawn_blocking(move || {
+            let address = from.as_deref();
+            if let Err(wait) = throttle.check(&state, &who, address)? {
+                return Ok(Err(SignInError::Throttled(wait)));
+            }
             let verified = verify(&state, &credentials)?;
             let outcome = if verified.is_some() { "ok" } else { "refused" };
             state.record_event(&who, "login", Some(edge.audit()), outcome)?;
-            Ok::<_, CatalogError>(verified)
+            match &verified {
+                Some(_) => throttle.succeeded(&state, &who)?,
+                None => throttle.failed(&state, &who, address)?,
+            }
+            Ok::<_, CatalogError>(Ok(verified))
         })
         .await
-        .map_err(|e| CatalogError::Internal(format!("sign-in task: {e}")))??;
+        .map_err(|e| CatalogError::Internal(format!("sign-in task: {e}")))???;
         let outcome = if verified.is_some() { "ok" } else { "refused" };
         metrics::counter!("quiver_logins_total", "via" => edge.metric(), "outcome" => outcome)
             .increment(1);
         let Some((principal, origin)) = verified else {
-            self.throttle.failed(&account, address);
             tracing::warn!(account = %account, address = ?address, via = edge.metric(), "sign-in refused");
             return Err(SignInError::Refused);
         };
-        self.throttle.succeeded(&account);
         let (token, expires_at) = self.tokens.issue(principal.email(), origin)?;
         tracing::info!(user = %principal.email(), via = edge.metric(), "signed in");
         Ok(SignedIn {

@@ -17,11 +17,14 @@
 //!   size, depth and plan; [`functions`]: functions that build large values, bounded by the
 //!   user's memory; [`executor`]: the runtime user statements are planned and run on.
 //! - [`names`]: validated `schema.table` names.
+//! - [`cluster`]: the replicas sharing a state database and the work each runs;
+//!   [`leases`]: which replica runs the work that must happen once.
 
 pub mod access;
 pub mod audit;
 pub mod authenticator;
 pub mod clients;
+pub mod cluster;
 pub mod engine;
 pub mod executor;
 pub mod functions;

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::cluster::REPLICA_TIMEOUT;
 use crate::state::{Row, Timestamp, params};
 use quiver_config::TableDef;
 use serde::{Deserialize, Serialize};
@@ -256,19 +257,36 @@ impl StateStore {
 
     // ----- sync runs ------------------------------------------------------------------
 
-    /// Records the start of a run; returns its id.
+    /// Records the start of a run on `replica`; returns its id. A table whose sync is
+    /// running on a live replica (this one or another sharing the state) is a conflict.
     pub fn start_run(
         &self,
         table: &TableName,
         trigger: &str,
         actor: Option<&str>,
+        replica: &str,
     ) -> Result<i64, CatalogError> {
-        self.conn()?.query_row(
-            "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status)
-             VALUES ($1, $2, $3, $4, 'running') RETURNING id",
-            params![table.schema(), table.table(), trigger, actor],
-            |r| r.get(0),
-        )
+        let live = Timestamp::now().0 / 1000 - REPLICA_TIMEOUT.as_millis() as i64;
+        self.transaction(|tx| {
+            let running: Option<i64> = tx.query_opt(
+                "SELECT s.id FROM sync_runs s JOIN replicas r ON r.id = s.replica
+                 WHERE s.schema_name = $1 AND s.table_name = $2 AND s.status = 'running'
+                   AND r.seen_at > $3",
+                params![table.schema(), table.table(), live],
+                |r| r.get(0),
+            )?;
+            if let Some(run) = running {
+                return Err(CatalogError::Conflict(format!(
+                    "a sync of `{table}` is already running (run {run})"
+                )));
+            }
+            tx.query_row(
+                "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status, replica)
+                 VALUES ($1, $2, $3, $4, 'running', $5) RETURNING id",
+                params![table.schema(), table.table(), trigger, actor, replica],
+                |r| r.get(0),
+            )
+        })
     }
 
     /// Records a failed run; the table keeps its previous version.
@@ -291,15 +309,18 @@ impl StateStore {
         Ok(())
     }
 
-    /// Marks runs left `running` by a stopped process as interrupted (with `scheduled_only`,
-    /// only those the scheduler started: the ones a replica taking over from a dead leader
-    /// knows are not running anywhere); returns how many.
-    pub fn interrupt_running_runs(&self, scheduled_only: bool) -> Result<usize, CatalogError> {
+    /// Marks runs left `running` by a process that stopped as interrupted: every one
+    /// (`all`, at the start of the one process of an embedded state) or those of replicas
+    /// no longer alive (the leader of a cluster, on every tick); returns how many.
+    pub fn interrupt_runs(&self, all: bool) -> Result<usize, CatalogError> {
+        let live = Timestamp::now().0 / 1000 - REPLICA_TIMEOUT.as_millis() as i64;
         self.conn()?.execute(
             "UPDATE sync_runs SET status = 'interrupted', ended_at = current_timestamp,
-                    error = 'the server stopped during the sync; the previous version kept serving'
-             WHERE status = 'running' AND (NOT $1 OR trigger IN ('schedule', 'retry'))",
-            params![scheduled_only],
+                    error = 'the server running the sync stopped; the previous version kept serving'
+             WHERE status = 'running'
+               AND ($1 OR replica IS NULL
+                    OR replica NOT IN (SELECT id FROM replicas WHERE seen_at > $2))",
+            params![all, live],
         )
     }
 
@@ -495,12 +516,14 @@ mod tests {
             store.define_table("admin@x.io", &t, &def("sales.orders")),
             Err(CatalogError::Conflict(_))
         ));
-        let run = store.start_run(&t, "manual", Some("admin@x.io")).unwrap();
+        let run = store
+            .start_run(&t, "manual", Some("admin@x.io"), "r1")
+            .unwrap();
         store.fail_run(run, "boom").unwrap();
         let history = store.run_history(&t).unwrap();
         assert_eq!((history.last_success, history.failures), (None, 1));
 
-        let run = store.start_run(&t, "schedule", None).unwrap();
+        let run = store.start_run(&t, "schedule", None, "r1").unwrap();
         let new = NewVersion {
             location: "file:///v1/".into(),
             rows: 3,
@@ -545,11 +568,28 @@ mod tests {
             HashSet::from(["file:///v2/".to_string()])
         );
 
-        let running = store.start_run(&t, "schedule", None).unwrap();
-        assert_eq!(store.interrupt_running_runs(false).unwrap(), 1);
+        let running = store.start_run(&t, "schedule", None, "r1").unwrap();
+        assert_eq!(store.interrupt_runs(true).unwrap(), 1);
         assert_eq!(store.sync_run(running).unwrap().status, "interrupted");
         assert_eq!(store.sync_runs(Some(&t), None, 10).unwrap().len(), 3);
         assert_eq!(store.sync_runs(None, Some(running), 10).unwrap().len(), 2);
+
+        // A run on a live replica holds the table; once its replica is gone, the leader's
+        // sweep interrupts it.
+        let r1 = crate::cluster::Replica {
+            id: "r1".into(),
+            advertise: None,
+        };
+        store.beat(&r1).unwrap();
+        let live = store.start_run(&t, "manual", None, "r1").unwrap();
+        assert!(matches!(
+            store.start_run(&t, "manual", None, "r2"),
+            Err(CatalogError::Conflict(_))
+        ));
+        assert_eq!(store.interrupt_runs(false).unwrap(), 0, "its replica lives");
+        store.leave("r1").unwrap();
+        assert_eq!(store.interrupt_runs(false).unwrap(), 1);
+        assert_eq!(store.sync_run(live).unwrap().status, "interrupted");
 
         store.delete_table("admin@x.io", &t).unwrap();
         assert!(store.definitions().unwrap().is_empty());

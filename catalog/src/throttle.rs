@@ -1,11 +1,14 @@
 //! Sign-in rate limits: failed attempts are counted per account and per client address in
 //! a sliding window; once either is over its limit, further attempts are refused until the
 //! window moves on. Unknown accounts are counted like known ones, so the limiter reveals
-//! nothing, and a successful sign-in clears its account's count.
+//! nothing, and a successful sign-in clears its account's count. The failures are rows in
+//! the state database, so the limits hold across every replica sharing it.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use crate::CatalogError;
+use crate::state::{StateStore, Timestamp, params};
 
 /// Failed-attempt limits for sign-ins.
 #[derive(Debug)]
@@ -13,7 +16,8 @@ pub struct LoginThrottle {
     window: Duration,
     per_account: usize,
     per_address: usize,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// When this process last removed failures older than the window (ms).
+    pruned: AtomicI64,
 }
 
 impl Default for LoginThrottle {
@@ -23,6 +27,10 @@ impl Default for LoginThrottle {
     }
 }
 
+fn now_ms() -> i64 {
+    Timestamp::now().0 / 1000
+}
+
 impl LoginThrottle {
     /// A throttle allowing `per_account` and `per_address` failures per `window`.
     pub fn new(window: Duration, per_account: usize, per_address: usize) -> Self {
@@ -30,67 +38,91 @@ impl LoginThrottle {
             window,
             per_account,
             per_address,
-            failures: Mutex::default(),
+            pruned: AtomicI64::new(0),
         }
     }
 
-    fn keys(account: &str, address: Option<&str>) -> [(String, bool); 2] {
-        [
-            (format!("account:{}", account.trim().to_lowercase()), true),
-            (format!("address:{}", address.unwrap_or("unknown")), false),
-        ]
+    fn account_key(account: &str) -> String {
+        format!("account:{}", account.trim().to_lowercase())
     }
 
-    /// `Err(wait)` when `account` or `address` has failed too often recently.
-    pub fn check(&self, account: &str, address: Option<&str>) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, is_account) in Self::keys(account, address) {
-            let limit = if is_account {
+    fn address_key(address: Option<&str>) -> String {
+        format!("address:{}", address.unwrap_or("unknown"))
+    }
+
+    fn window_ms(&self) -> i64 {
+        self.window.as_millis() as i64
+    }
+
+    /// `Ok(Err(wait))` when `account` or `address` has failed too often recently.
+    pub fn check(
+        &self,
+        state: &StateStore,
+        account: &str,
+        address: Option<&str>,
+    ) -> Result<Result<(), Duration>, CatalogError> {
+        let now = now_ms();
+        let (account, address) = (Self::account_key(account), Self::address_key(address));
+        let counts: Vec<(String, i64, i64)> = state.conn()?.query_map(
+            "SELECT key, count(*), min(at) FROM sign_in_failures
+             WHERE key IN ($1, $2) AND at > $3 GROUP BY key",
+            params![account.as_str(), address.as_str(), now - self.window_ms()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        for (key, failures, oldest) in counts {
+            let limit = if key == account {
                 self.per_account
             } else {
                 self.per_address
             };
-            if let Some(times) = map.get_mut(&key) {
-                while times
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= self.window)
-                {
-                    times.pop_front();
-                }
-                if times.len() >= limit {
-                    let oldest = *times.front().expect("non-empty");
-                    return Err(self.window.saturating_sub(now.duration_since(oldest)));
-                }
+            if failures as usize >= limit {
+                let wait = (oldest + self.window_ms() - now).max(0);
+                return Ok(Err(Duration::from_millis(wait as u64)));
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Counts a failed attempt.
-    pub fn failed(&self, account: &str, address: Option<&str>) {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        // Keep memory bounded under a spray of made-up accounts.
-        if map.len() > 100_000 {
-            map.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < self.window)
-            });
+    pub fn failed(
+        &self,
+        state: &StateStore,
+        account: &str,
+        address: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        let now = now_ms();
+        let conn = state.conn()?;
+        // Keep the table to the window's worth under a spray of made-up accounts.
+        let pruned = self.pruned.load(Ordering::Relaxed);
+        if now - pruned > 10_000
+            && self
+                .pruned
+                .compare_exchange(pruned, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            conn.execute(
+                "DELETE FROM sign_in_failures WHERE at <= $1",
+                params![now - self.window_ms()],
+            )?;
         }
-        for (key, _) in Self::keys(account, address) {
-            map.entry(key).or_default().push_back(now);
-        }
+        conn.execute(
+            "INSERT INTO sign_in_failures (key, at) VALUES ($1, $3), ($2, $3)",
+            params![
+                Self::account_key(account).as_str(),
+                Self::address_key(address).as_str(),
+                now
+            ],
+        )?;
+        Ok(())
     }
 
     /// Clears an account's failures after a successful sign-in.
-    pub fn succeeded(&self, account: &str) {
-        let [(key, _), _] = Self::keys(account, None);
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+    pub fn succeeded(&self, state: &StateStore, account: &str) -> Result<(), CatalogError> {
+        state.conn()?.execute(
+            "DELETE FROM sign_in_failures WHERE key = $1",
+            params![Self::account_key(account).as_str()],
+        )?;
+        Ok(())
     }
 }
 
@@ -100,23 +132,19 @@ mod tests {
 
     #[test]
     fn failures_lock_the_account_and_the_address() {
+        let s = StateStore::in_memory().unwrap();
         let t = LoginThrottle::new(Duration::from_secs(60), 3, 5);
+        let ok = |account: &str, address: &str| t.check(&s, account, Some(address)).unwrap();
         for _ in 0..3 {
-            assert!(t.check("a@x.com", Some("1.1.1.1")).is_ok());
-            t.failed("a@x.com", Some("1.1.1.1"));
+            assert!(ok("a@x.com", "1.1.1.1").is_ok());
+            t.failed(&s, "a@x.com", Some("1.1.1.1")).unwrap();
         }
-        assert!(
-            t.check("A@x.com", Some("2.2.2.2")).is_err(),
-            "account limit"
-        );
-        assert!(t.check("b@x.com", Some("2.2.2.2")).is_ok());
-        t.failed("b@x.com", Some("1.1.1.1"));
-        t.failed("c@x.com", Some("1.1.1.1"));
-        assert!(
-            t.check("d@x.com", Some("1.1.1.1")).is_err(),
-            "address limit"
-        );
-        t.succeeded("a@x.com");
-        assert!(t.check("a@x.com", Some("3.3.3.3")).is_ok());
+        assert!(ok("A@x.com", "2.2.2.2").is_err(), "account limit");
+        assert!(ok("b@x.com", "2.2.2.2").is_ok());
+        t.failed(&s, "b@x.com", Some("1.1.1.1")).unwrap();
+        t.failed(&s, "c@x.com", Some("1.1.1.1")).unwrap();
+        assert!(ok("d@x.com", "1.1.1.1").is_err(), "address limit");
+        t.succeeded(&s, "a@x.com").unwrap();
+        assert!(ok("a@x.com", "3.3.3.3").is_ok());
     }
 }

@@ -195,6 +195,13 @@ impl Config {
                 format!("`{url}` must start with http:// or https://"),
             );
         }
+        if let Some(url) = &self.server.advertise {
+            check(
+                url.starts_with("grpc://") || url.starts_with("grpc+tls://"),
+                "server.advertise",
+                format!("`{url}` must be a Flight URL, grpc://host:port or grpc+tls://host:port"),
+            );
+        }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.auth.oidc.iter().enumerate() {
             let key = |field: &str| format!("auth.oidc[{i}].{field}");

@@ -109,6 +109,11 @@ pub struct ServerConfig {
     /// The URL people reach the HTTP listener at (behind a proxy, its public address);
     /// OIDC redirect URIs are built from it. Default `http://<http_listen>`.
     pub public_url: Option<String>,
+    /// The Flight SQL URL clients reach this replica at (`grpc://host:port` or
+    /// `grpc+tls://…`). In a cluster, results list every replica's, so a client can fetch
+    /// from another when one fails. Default: none (results are fetched on the connection
+    /// that asked).
+    pub advertise: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +124,7 @@ impl Default for ServerConfig {
             tls: None,
             public_metrics: false,
             public_url: None,
+            advertise: None,
         }
     }
 }

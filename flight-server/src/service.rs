@@ -30,7 +30,7 @@ use arrow_flight::sql::{
 use arrow_flight::{
     Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    Location, SchemaAsIpc, Ticket,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -40,6 +40,7 @@ use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use quiver_catalog::authenticator::{Authenticator, Credentials, Edge, SignInError};
+use quiver_catalog::cluster::{ClaimError, Replica};
 use quiver_catalog::engine::parameter_types;
 use quiver_catalog::identity::unix_now;
 use quiver_catalog::tokens::{TOKEN_PREFIX, token_hash};
@@ -58,6 +59,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 const TICKET: &str = "ticket";
 const PREPARED: &str = "prepared statement";
 const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+/// How often a replica looks for cancellations asked of other replicas.
+const CLUSTER_POLL: Duration = Duration::from_millis(250);
+/// The location that means "the connection this `FlightInfo` came on" (Flight spec).
+const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
 const PARAMETERS_TOO_BIG: &str = "bound parameters over the limit";
 /// Resolved credentials kept before the cache is pruned.
 const MAX_CACHED_PRINCIPALS: usize = 4096;
@@ -85,6 +90,8 @@ pub struct FlightOptions {
     pub max_prepared_per_user: usize,
     /// Bound parameters unused this long are forgotten.
     pub prepared_idle: Duration,
+    /// This replica (its id in the shared state, and the URL it is reached at).
+    pub replica: Replica,
 }
 
 /// Parameters bound to a prepared statement, kept for clients that re-use the original
@@ -122,6 +129,8 @@ pub struct QuiverFlightSql {
     principals: Arc<std::sync::Mutex<std::collections::HashMap<String, Cached>>>,
     /// Failed sign-in limits, shared with the HTTP sign-in.
     auth: Arc<Authenticator>,
+    /// The other live replicas' advertised URLs (see [`Self::watch_cluster`]).
+    locations: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for QuiverFlightSql {
@@ -150,6 +159,7 @@ impl QuiverFlightSql {
             running: RunningQueries::default(),
             bound: Arc::default(),
             principals: Arc::default(),
+            locations: Arc::default(),
         }
     }
 
@@ -291,18 +301,98 @@ impl QuiverFlightSql {
         cache
     }
 
-    /// Takes one of the user's places for concurrent work (planning or a stream); a
-    /// refusal names the setting and is audited.
-    fn slot(&self, principal: &Principal, sql: &str) -> Result<Slot, Status> {
-        self.running
-            .slot(principal.email(), self.options.max_concurrent_per_user)
-            .map_err(|busy| {
-                let message = format!(
-                    "you already have {busy} queries running (query.max_concurrent_per_user); wait for one to finish"
-                );
-                self.audit_refusal(principal, sql, &format!("refused: {message}"));
-                Status::resource_exhausted(message)
+    /// Takes one of the user's places for concurrent work (planning, or the stream of
+    /// `query_id`), counted across every replica when they share the state; a refusal
+    /// names the setting and is audited.
+    async fn slot(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        query_id: Option<&str>,
+    ) -> Result<Slot, Status> {
+        let max = self.options.max_concurrent_per_user;
+        let refuse = |busy: usize| {
+            let message = format!(
+                "you already have {busy} queries running (query.max_concurrent_per_user); wait for one to finish"
+            );
+            self.audit_refusal(principal, sql, &format!("refused: {message}"));
+            Status::resource_exhausted(message)
+        };
+        let mut slot = self.running.slot(principal.email(), max).map_err(refuse)?;
+        let state = self.engine.state().clone();
+        if state.is_shared() {
+            let (store, replica) = (state.clone(), self.options.replica.id.clone());
+            let (user, query) = (principal.email().to_string(), query_id.map(str::to_string));
+            let claimed = tokio::task::spawn_blocking(move || {
+                store.claim_work(&replica, &user, query.as_deref(), max)
             })
+            .await
+            .map_err(|e| internal(&e))?;
+            match claimed {
+                Ok(id) => slot.share(state, id),
+                Err(ClaimError::Busy(busy)) => return Err(refuse(busy)),
+                Err(ClaimError::State(e)) => return Err(to_status(e)),
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Every `CLUSTER_POLL` while `stop` is pending: cancels the queries streaming here that
+    /// someone asked another replica to cancel, and refreshes where the other replicas are
+    /// reached. Does nothing on an embedded state.
+    pub async fn watch_cluster(self, stop: impl Future<Output = ()>) {
+        let state = self.engine.state().clone();
+        if !state.is_shared() {
+            return stop.await;
+        }
+        let mut stop = std::pin::pin!(stop);
+        let mut tick = tokio::time::interval(CLUSTER_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            let (store, replica) = (state.clone(), self.options.replica.clone());
+            let seen = tokio::task::spawn_blocking(move || {
+                Ok::<_, quiver_catalog::CatalogError>((
+                    store.cancel_requests(&replica.id)?,
+                    store.live_replicas()?,
+                ))
+            })
+            .await;
+            let (cancels, replicas) = match seen {
+                Ok(Ok(seen)) => seen,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the cluster's state");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for query in cancels {
+                if self.running.cancel(&query, "", true) {
+                    tracing::info!(query_id = %query, "query cancelled through another replica");
+                }
+            }
+            *self.locations.lock().unwrap_or_else(|p| p.into_inner()) = replicas
+                .into_iter()
+                .filter(|r| r.id != self.options.replica.id)
+                .filter_map(|r| r.advertise)
+                .collect();
+        }
+    }
+
+    /// Where a ticket issued here may be redeemed: this connection first, then the other
+    /// replicas' advertised URLs (none unless `server.advertise` is set).
+    fn locations(&self) -> Vec<Location> {
+        if self.options.replica.advertise.is_none() {
+            return Vec::new();
+        }
+        let others = self.locations.lock().unwrap_or_else(|p| p.into_inner());
+        std::iter::once(REUSE_CONNECTION.to_string())
+            .chain(others.iter().cloned())
+            .map(|uri| Location { uri })
+            .collect()
     }
 
     /// Plans `sql` for `principal` (read-only check and limits included) before
@@ -331,7 +421,7 @@ impl QuiverFlightSql {
     /// Plans `sql` holding one of the user's slots, within a deadline from now (for calls
     /// that only plan: `GetFlightInfo`, prepare, bind).
     async fn plan_now(&self, principal: &Principal, sql: &str) -> Result<Planned, Status> {
-        let _slot = self.slot(principal, sql)?;
+        let _slot = self.slot(principal, sql, None).await?;
         self.plan(principal, sql, self.deadline()).await
     }
 
@@ -380,8 +470,11 @@ impl QuiverFlightSql {
             .as_any()
             .encode_to_vec(),
         );
-        // No location: the client fetches from this same server (and connection).
-        let endpoint = FlightEndpoint::new().with_ticket(ticket);
+        // Without `server.advertise`, no location: the client fetches on the same
+        // connection. With it, also any other live replica (the ticket is signed with the
+        // cluster's secret).
+        let mut endpoint = FlightEndpoint::new().with_ticket(ticket);
+        endpoint.location = self.locations();
         FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| internal(&e))
@@ -428,7 +521,9 @@ impl QuiverFlightSql {
         ticket: QueryTicket,
     ) -> Result<Response<BoxStream<FlightData>>, Status> {
         let deadline = self.deadline();
-        let slot = self.slot(principal, &ticket.sql)?;
+        let slot = self
+            .slot(principal, &ticket.sql, Some(&ticket.query_id))
+            .await?;
         let Planned { ctx, plan, tables } = self.plan(principal, &ticket.sql, deadline).await?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let log = QueryLog::new(
@@ -587,9 +682,14 @@ impl QuiverFlightSql {
     }
 
     /// Cancels the queries of `info` that `principal` may cancel (its own; an admin's:
-    /// anyone's).
-    fn cancel_info(&self, principal: &Principal, info: &FlightInfo) -> Result<bool, Status> {
-        let mut any_known = false;
+    /// anyone's): at once when they run here, else by asking the replica streaming them
+    /// (which notices within [`CLUSTER_POLL`]).
+    async fn cancel_info(
+        &self,
+        principal: &Principal,
+        info: &FlightInfo,
+    ) -> Result<CancelStatus, Status> {
+        let mut status = CancelStatus::NotCancellable;
         for endpoint in &info.endpoint {
             let Some(ticket) = &endpoint.ticket else {
                 continue;
@@ -603,11 +703,26 @@ impl QuiverFlightSql {
                 continue;
             };
             let ticket: QueryTicket = self.sealer.open(TICKET, &statement.statement_handle)?;
-            any_known |=
-                self.running
-                    .cancel(&ticket.query_id, principal.email(), principal.is_admin());
+            let (user, admin) = (principal.email().to_string(), principal.is_admin());
+            if self.running.cancel(&ticket.query_id, &user, admin) {
+                status = CancelStatus::Cancelled;
+                continue;
+            }
+            let state = self.engine.state().clone();
+            if !state.is_shared() {
+                continue;
+            }
+            let asked = tokio::task::spawn_blocking(move || {
+                state.request_cancel(&ticket.query_id, &user, admin)
+            })
+            .await
+            .map_err(|e| internal(&e))?
+            .map_err(to_status)?;
+            if asked && status == CancelStatus::NotCancellable {
+                status = CancelStatus::Cancelling;
+            }
         }
-        Ok(any_known)
+        Ok(status)
     }
 }
 
@@ -1186,10 +1301,10 @@ impl FlightSqlService for QuiverFlightSql {
         let principal = self.principal(&request).await?;
         let info = FlightInfo::decode(&*query.info)
             .map_err(|_| Status::invalid_argument("CancelQuery needs a FlightInfo"))?;
-        let known = self.cancel_info(&principal, &info)?;
-        // `CancelResult` is not exported by arrow-flight: 1 = CANCELLED, 3 = NOT_CANCELLABLE.
+        let status = self.cancel_info(&principal, &info).await?;
+        // `CancelResult` is not exported by arrow-flight; its numbers are `CancelStatus`'s.
         Ok(ActionCancelQueryResult {
-            result: if known { 1 } else { 3 },
+            result: status as i32,
         })
     }
 
@@ -1217,11 +1332,7 @@ impl FlightSqlService for QuiverFlightSql {
         let info = cancel
             .info
             .ok_or_else(|| Status::invalid_argument("CancelFlightInfo needs a FlightInfo"))?;
-        let status = if self.cancel_info(&principal, &info)? {
-            CancelStatus::Cancelled
-        } else {
-            CancelStatus::NotCancellable
-        };
+        let status = self.cancel_info(&principal, &info).await?;
         let body = CancelFlightInfoResult {
             status: status as i32,
         }

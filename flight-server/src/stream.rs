@@ -54,10 +54,30 @@ pub struct RunningQueries {
 pub struct Slot {
     registry: Arc<Mutex<Registry>>,
     user: String,
+    /// The same work recorded in a state shared by replicas (see [`Slot::share`]).
+    shared: Option<(Arc<StateStore>, String)>,
+}
+
+impl Slot {
+    /// Ties work `id` recorded in the shared `state` to this slot: it ends with it.
+    pub fn share(&mut self, state: Arc<StateStore>, id: String) {
+        self.shared = Some((state, id));
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some((state, id)) = self.shared.take() {
+            let finish = move || {
+                if let Err(e) = state.finish_work(&id) {
+                    tracing::warn!(error = %e, "cannot record the end of a query in the state");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(finish)),
+                Err(_) => finish(),
+            }
+        }
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = registry.busy.get_mut(&self.user) {
             *n -= 1;
@@ -85,6 +105,7 @@ impl RunningQueries {
         Ok(Slot {
             registry: self.inner.clone(),
             user: user.to_string(),
+            shared: None,
         })
     }
 

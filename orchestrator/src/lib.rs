@@ -135,8 +135,10 @@ pub struct Orchestrator {
     running: Mutex<HashMap<TableName, Running>>,
     permits: Semaphore,
     jira: Option<Arc<jira::JiraSync>>,
-    /// This process's id in the `background` lease.
+    /// This process's id among the replicas (its runs and its `background` lease).
     replica: String,
+    /// Whether this replica holds the lease now.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 /// The lease whose holder runs scheduled syncs, Jira processing and retention.
@@ -153,13 +155,15 @@ impl std::fmt::Debug for Orchestrator {
 }
 
 impl Orchestrator {
-    /// An orchestrator writing to `storage`; `scratch` holds downloads during a sync.
+    /// An orchestrator of replica `replica` writing to `storage`; `scratch` holds
+    /// downloads during a sync.
     pub fn new(
         state: Arc<StateStore>,
         storage: Storage,
         engine: Arc<QueryEngine>,
         options: SyncConfig,
         scratch: PathBuf,
+        replica: String,
     ) -> Self {
         Self {
             permits: Semaphore::new(options.concurrency.max(1)),
@@ -170,7 +174,8 @@ impl Orchestrator {
             scratch,
             running: Mutex::default(),
             jira: None,
-            replica: uuid::Uuid::new_v4().to_string(),
+            replica,
+            leading: Default::default(),
         }
     }
 
@@ -200,9 +205,24 @@ impl Orchestrator {
         &self.state
     }
 
+    /// The object store tables are written to.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// This process's id among the replicas.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Whether this replica runs the cluster's schedules and background jobs now.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Startup: stores the configuration file's definitions and, on the embedded state,
     /// marks runs a stopped process left behind as interrupted and removes the folders they
-    /// were writing.
+    /// were writing. (On a shared state the leader does so for replicas that died.)
     pub async fn recover(&self, config_tables: &[TableDef]) -> Result<(), OrchestratorError> {
         let mut defs = Vec::new();
         for def in config_tables {
@@ -213,30 +233,25 @@ impl Orchestrator {
             defs.push((def.name.parse::<TableName>()?, def.clone()));
         }
         self.state.sync_config_definitions(&defs)?;
-        // On a shared state the other replicas' syncs may be running: the replica that
-        // takes the lease cleans up after a dead leader instead (see `lead`).
         if self.state.backend() == Backend::DuckDb {
-            self.clean_up(false).await?;
+            self.interrupt_runs(true)?;
+            let removed = retention::sweep_orphans(&self.state, &self.storage, &[], None).await?;
+            if removed > 0 {
+                tracing::info!(folders = removed, "removed unpublished sync folders");
+            }
         }
         Ok(())
     }
 
-    /// Marks runs no process is running any more as interrupted (only the scheduler's with
-    /// `scheduled_only`) and removes the folders no version points at.
-    async fn clean_up(&self, scheduled_only: bool) -> Result<(), OrchestratorError> {
-        let interrupted = self.state.interrupt_running_runs(scheduled_only)?;
+    /// Marks the runs of stopped processes as interrupted (every run left `running` with
+    /// `all`); their folders go with the next garbage collection.
+    fn interrupt_runs(&self, all: bool) -> Result<(), OrchestratorError> {
+        let interrupted = self.state.interrupt_runs(all)?;
         if interrupted > 0 {
             tracing::warn!(
                 runs = interrupted,
-                "syncs interrupted by the last stop; previous versions kept serving"
+                "syncs cut off by a stopped server marked interrupted; previous versions kept serving"
             );
-        }
-        // Right after a start nothing is being written here; after a takeover, another
-        // replica's manual sync may be, so only what is older than a sync takes is swept.
-        let min_age = scheduled_only.then_some(Duration::from_secs(6 * 3600));
-        let removed = retention::sweep_orphans(&self.state, &self.storage, &[], min_age).await?;
-        if removed > 0 {
-            tracing::info!(folders = removed, "removed unpublished sync folders");
         }
         Ok(())
     }
@@ -317,7 +332,7 @@ impl Orchestrator {
         }
         let run = self
             .state
-            .start_run(table, trigger.name(), trigger.actor())?;
+            .start_run(table, trigger.name(), trigger.actor(), &self.replica)?;
         let entry = Running {
             run,
             progress: Arc::default(),
@@ -456,8 +471,8 @@ impl Orchestrator {
         }
     }
 
-    /// Renews or takes the background lease; on taking it, cleans up after the previous
-    /// leader and starts Jira processing, which stops when the lease is lost.
+    /// Renews or takes the background lease; while holding it, interrupts the syncs of
+    /// replicas that died, and runs Jira processing, which stops when the lease is lost.
     async fn lead(
         &self,
         leading: Option<CancellationToken>,
@@ -472,15 +487,24 @@ impl Orchestrator {
                     tracing::warn!(error = %e, "cannot renew the background lease");
                     false
                 });
+        self.leading
+            .store(holds, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("quiver_replica_info", "replica" => self.replica.clone()).set(1.0);
+        metrics::gauge!("quiver_leader").set(if holds { 1.0 } else { 0.0 });
+        // The leader notices replicas that died mid-sync (their heartbeats stopped), so the
+        // scheduler retries their tables.
+        if holds
+            && self.state.is_shared()
+            && let Err(e) = self
+                .interrupt_runs(false)
+                .and_then(|()| Ok(self.state.forget_dead_replicas().map(drop)?))
+        {
+            tracing::warn!(error = %e, "cleaning up after stopped replicas");
+        }
         match (holds, leading) {
             (true, Some(leading)) => Some(leading),
             (true, None) => {
                 tracing::info!(replica = %self.replica, "this replica now runs schedules and background jobs");
-                if self.state.backend() == Backend::Postgres
-                    && let Err(e) = self.clean_up(true).await
-                {
-                    tracing::warn!(error = %e, "cleaning up after the previous leader");
-                }
                 let leading = shutdown.child_token();
                 if let Some(jira) = &self.jira {
                     tokio::spawn(jira.clone().run(leading.clone()));

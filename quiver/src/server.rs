@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use base64::Engine;
 use quiver_catalog::authenticator::Authenticator;
+use quiver_catalog::cluster::{self, Replica};
 use quiver_catalog::{EngineOptions, QueryEngine, QueryLimits, StateStore, Storage, TokenSigner};
 use quiver_config::Config;
 use quiver_flight::{FlightOptions, QuiverFlightSql};
@@ -56,8 +57,24 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         );
     }
 
+    // This process among the replicas sharing the state: alive while it beats.
+    let replica = Replica::new(config.server.advertise.clone());
+    let alive = CancellationToken::new();
+    let heartbeat = cluster::keep_alive(
+        state.clone(),
+        replica.clone(),
+        alive.clone().cancelled_owned(),
+    )
+    .await?;
+
     let engine = open_engine(&config, &state, &storage)?;
-    let orchestrator = Arc::new(new_orchestrator(&config, &state, &storage, &engine)?);
+    let orchestrator = Arc::new(new_orchestrator(
+        &config,
+        &state,
+        &storage,
+        &engine,
+        &replica.id,
+    )?);
     orchestrator
         .recover(&config.tables)
         .await
@@ -78,6 +95,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
             max_parameter_bytes: config.query.max_parameter_bytes.as_u64() as usize,
             max_prepared_per_user: config.query.max_prepared_per_user,
             prepared_idle: config.query.prepared_statement_idle,
+            replica: replica.clone(),
         },
         auth.clone(),
     );
@@ -163,6 +181,11 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         )),
     });
     let scheduler = tokio::spawn(orchestrator.clone().run_scheduler(shutdown.clone()));
+    let watcher = tokio::spawn(
+        flight
+            .clone()
+            .watch_cluster(shutdown.clone().cancelled_owned()),
+    );
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(quiver_admin::serve(http_listener, http_app, async move {
         http_shutdown.cancelled().await
@@ -177,6 +200,10 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     shutdown.cancel();
     http.await.context("HTTP server task failed")??;
     scheduler.await.context("scheduler task failed")?;
+    watcher.await.context("cluster watcher task failed")?;
+    // Last: the runs the scheduler just marked interrupted were this replica's.
+    alive.cancel();
+    heartbeat.await.context("heartbeat task failed")?;
     flight_result?;
     tracing::info!("stopped");
     Ok(())
@@ -235,6 +262,7 @@ pub fn new_orchestrator(
     state: &Arc<StateStore>,
     storage: &Storage,
     engine: &Arc<QueryEngine>,
+    replica: &str,
 ) -> anyhow::Result<quiver_orchestrator::Orchestrator> {
     let orchestrator = quiver_orchestrator::Orchestrator::new(
         state.clone(),
@@ -242,6 +270,7 @@ pub fn new_orchestrator(
         engine.clone(),
         config.sync.clone(),
         config.storage.data_dir.join("scratch"),
+        replica.to_string(),
     );
     Ok(match &config.jira {
         Some(jira) => orchestrator.with_jira(jira.clone())?,

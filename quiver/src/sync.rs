@@ -89,35 +89,61 @@ pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
         }
         Err(e) => return Err(e.into()),
     };
-    runtime.block_on(async {
-        let storage = crate::server::open_storage(&config)?;
-        let engine = crate::server::open_engine(&config, &state, &storage)?;
-        let orchestrator = crate::server::new_orchestrator(&config, &state, &storage, &engine)?;
-        orchestrator.recover(&config.tables).await?;
-        if let Some(jql) = jql {
-            return Ok(report(&backfill(&orchestrator, jql).await?));
-        }
-        let bar = spinner(&table.to_string());
-        let progress = std::sync::Mutex::new(None);
-        let ticker = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(p) = progress.lock().unwrap().as_ref() {
-                    let p: &Arc<quiver_connectors::sink::Progress> = p;
-                    bar.set_message(progress_message(p.rows(), p.bytes()));
-                }
+    // A replica of its own while it syncs, so a cluster's leader sees the run is alive.
+    let replica = quiver_catalog::cluster::Replica::new(None);
+    let outcome = runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let heartbeat = quiver_catalog::cluster::keep_alive(
+            state.clone(),
+            replica.clone(),
+            stop.clone().cancelled_owned(),
+        )
+        .await?;
+        let outcome = sync_here(&config, &state, &replica, &table, jql).await;
+        stop.cancel();
+        heartbeat.await?;
+        outcome
+    });
+    drop(runtime);
+    outcome
+}
+
+/// Runs the sync in this process (as replica `replica` of the state).
+async fn sync_here(
+    config: &Config,
+    state: &Arc<StateStore>,
+    replica: &quiver_catalog::cluster::Replica,
+    table: &TableName,
+    jql: Option<String>,
+) -> anyhow::Result<bool> {
+    let storage = crate::server::open_storage(config)?;
+    let engine = crate::server::open_engine(config, state, &storage)?;
+    let orchestrator =
+        crate::server::new_orchestrator(config, state, &storage, &engine, &replica.id)?;
+    orchestrator.recover(&config.tables).await?;
+    if let Some(jql) = jql {
+        return Ok(report(&backfill(&orchestrator, jql).await?));
+    }
+    let bar = spinner(&table.to_string());
+    let progress = std::sync::Mutex::new(None);
+    let ticker = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(p) = progress.lock().unwrap().as_ref() {
+                let p: &Arc<quiver_connectors::sink::Progress> = p;
+                bar.set_message(progress_message(p.rows(), p.bytes()));
             }
-        };
-        let sync = orchestrator.run(&table, Trigger::Manual("cli".into()), |running| {
-            *progress.lock().unwrap() = Some(running.progress.clone());
-        });
-        let run = tokio::select! {
-            run = sync => run?,
-            _ = ticker => unreachable!("the ticker never ends"),
-        };
-        bar.finish_and_clear();
-        Ok(report(&run))
-    })
+        }
+    };
+    let sync = orchestrator.run(table, Trigger::Manual("cli".into()), |running| {
+        *progress.lock().unwrap() = Some(running.progress.clone());
+    });
+    let run = tokio::select! {
+        run = sync => run?,
+        _ = ticker => unreachable!("the ticker never ends"),
+    };
+    bar.finish_and_clear();
+    Ok(report(&run))
 }
 
 /// Runs a Jira backfill with a progress bar over Jira's (approximate) issue count.

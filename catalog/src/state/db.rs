@@ -402,6 +402,35 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Runs `work` in one transaction that holds a lock named `key` until it ends, so
+    /// callers with the same key take turns, in this process and in every other sharing
+    /// the database (a count-then-insert that must not overshoot).
+    pub fn locked<T>(
+        &self,
+        key: &str,
+        work: impl FnOnce(&Conn<'_>) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let conn = self.conn()?;
+        // DuckDB: one connection, already held for the whole transaction. PostgreSQL: read
+        // committed, so each statement after the lock sees what the previous holder
+        // committed.
+        conn.batch("BEGIN")?;
+        let outcome = match self.backend() {
+            Backend::DuckDb => Ok(()),
+            Backend::Postgres => conn
+                .execute("SELECT pg_advisory_xact_lock(hashtext($1))", params![key])
+                .map(drop),
+        }
+        .and_then(|()| work(&conn))
+        .and_then(|value| conn.batch("COMMIT").map(|()| value));
+        if outcome.is_err() {
+            let _ = conn.batch("ROLLBACK");
+        }
+        outcome
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,6 +202,30 @@ const MIGRATIONS: &[&str] = &[
         expires_at  BIGINT NOT NULL        -- milliseconds since the epoch
     );
     "#,
+    // 9: the cluster: replicas alive by their heartbeats, the work each one runs (so
+    // per-user limits and cancellation hold across replicas), sign-in failures.
+    r#"
+    CREATE TABLE replicas (
+        id          VARCHAR PRIMARY KEY,   -- random, per process
+        advertise   VARCHAR,               -- grpc://host:port clients reach it at
+        started_at  BIGINT NOT NULL,       -- milliseconds since the epoch
+        seen_at     BIGINT NOT NULL        -- its last heartbeat, milliseconds
+    );
+    ALTER TABLE sync_runs ADD COLUMN replica VARCHAR;   -- the replica running it
+    CREATE TABLE running_work (
+        id          VARCHAR PRIMARY KEY,   -- random, per statement planned or stream sent
+        replica     VARCHAR NOT NULL,
+        principal   VARCHAR NOT NULL,      -- the user's e-mail
+        query_id    VARCHAR,               -- a stream's query (for cancellation)
+        cancel      BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE INDEX running_work_principal ON running_work (principal);
+    CREATE TABLE sign_in_failures (
+        key         VARCHAR NOT NULL,      -- 'account:<email>' or 'address:<ip>'
+        at          BIGINT NOT NULL        -- milliseconds since the epoch
+    );
+    CREATE INDEX sign_in_failures_key ON sign_in_failures (key);
+    "#,
 ];
 
 /// How often a process sharing the state database looks for others' changes.
@@ -382,6 +406,15 @@ impl StateStore {
         work: impl FnMut(&Conn<'_>) -> Result<T, CatalogError>,
     ) -> Result<T, CatalogError> {
         self.db.transaction(work)
+    }
+
+    /// Runs `work` in one transaction holding the lock `key` (see [`Db::locked`]).
+    pub(crate) fn locked<T>(
+        &self,
+        key: &str,
+        work: impl FnOnce(&Conn<'_>) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        self.db.locked(key, work)
     }
 
     /// Current schema version of the state database.

@@ -1,0 +1,268 @@
+//! The replicas sharing one state database, and the work each runs.
+//!
+//! A replica joins with a random id and renews its row with a heartbeat every
+//! [`HEARTBEAT`]; one not seen for [`REPLICA_TIMEOUT`] is dead, and what it was doing no
+//! longer counts: its statements stop taking the user's places, and the leader marks its
+//! syncs interrupted. Work (a statement being planned, a result being streamed) is a row
+//! while it runs, so `query.max_concurrent_per_user` holds across the cluster and a cancel
+//! sent to any replica reaches the one streaming the query. On the embedded state there is
+//! one process, and these rows are not written (the in-process registry is the truth).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::CatalogError;
+use crate::state::{Backend, StateStore, Timestamp, params};
+
+/// How often a replica renews its row.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A replica not seen for this long is dead.
+pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
+/// A dead replica's row (and its work) is removed after this long.
+const FORGET_AFTER: Duration = Duration::from_secs(300);
+
+/// A live replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// Its id.
+    pub id: String,
+    /// Where clients reach its Flight SQL listener (`server.advertise`), if it said.
+    pub advertise: Option<String>,
+}
+
+/// Why a user's work was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// The user already has this many statements or streams running in the cluster.
+    #[error("{0} queries running")]
+    Busy(usize),
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] CatalogError),
+}
+
+fn now_ms() -> i64 {
+    Timestamp::now().0 / 1000
+}
+
+fn ago_ms(d: Duration) -> i64 {
+    now_ms() - d.as_millis() as i64
+}
+
+/// Records `replica` in a shared state and keeps it alive, a heartbeat every
+/// [`HEARTBEAT`], until `stop` completes; then removes it (its work no longer counts
+/// anywhere). Returns once the first heartbeat is recorded. Nothing to do on an embedded
+/// state.
+pub async fn keep_alive(
+    state: Arc<StateStore>,
+    replica: Replica,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, CatalogError> {
+    if !state.is_shared() {
+        return Ok(tokio::spawn(stop));
+    }
+    let (s, r) = (state.clone(), replica.clone());
+    tokio::task::spawn_blocking(move || s.beat(&r))
+        .await
+        .map_err(|e| CatalogError::Internal(format!("heartbeat task: {e}")))??;
+    Ok(tokio::spawn(heartbeat(state, replica, stop)))
+}
+
+async fn heartbeat(state: Arc<StateStore>, replica: Replica, stop: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tick.tick() => {
+                let (s, r) = (state.clone(), replica.clone());
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.beat(&r)).await {
+                    tracing::warn!(replica = %replica.id, error = %e, "cannot renew this replica's heartbeat");
+                }
+            }
+        }
+    }
+    let id = replica.id.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || state.leave(&id)).await {
+        tracing::warn!(replica = %replica.id, error = %e, "cannot remove this replica from the state");
+    }
+}
+
+impl Replica {
+    /// A new replica id, reached at `advertise`.
+    pub fn new(advertise: Option<String>) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            advertise,
+        }
+    }
+}
+
+impl StateStore {
+    /// Whether replicas share this state (and so record their work in it).
+    pub fn is_shared(&self) -> bool {
+        self.backend() == Backend::Postgres
+    }
+
+    /// Records `replica` as alive (joining, or its heartbeat).
+    pub fn beat(&self, replica: &Replica) -> Result<(), CatalogError> {
+        let now = now_ms();
+        let updated = self.conn()?.execute(
+            "UPDATE replicas SET seen_at = $1, advertise = $2 WHERE id = $3",
+            params![now, replica.advertise.as_deref(), replica.id.as_str()],
+        )?;
+        if updated == 0 {
+            self.conn()?.execute(
+                "INSERT INTO replicas (id, advertise, started_at, seen_at) VALUES ($1, $2, $3, $3)",
+                params![replica.id.as_str(), replica.advertise.as_deref(), now],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes `replica` and its work (a clean shutdown).
+    pub fn leave(&self, replica: &str) -> Result<(), CatalogError> {
+        self.transaction(|tx| {
+            tx.execute(
+                "DELETE FROM running_work WHERE replica = $1",
+                params![replica],
+            )?;
+            tx.execute("DELETE FROM replicas WHERE id = $1", params![replica])?;
+            Ok(())
+        })
+    }
+
+    /// The replicas seen alive recently, oldest first.
+    pub fn live_replicas(&self) -> Result<Vec<Replica>, CatalogError> {
+        self.conn()?.query_map(
+            "SELECT id, advertise FROM replicas WHERE seen_at > $1 ORDER BY started_at, id",
+            params![ago_ms(REPLICA_TIMEOUT)],
+            |r| {
+                Ok(Replica {
+                    id: r.get(0)?,
+                    advertise: r.get(1)?,
+                })
+            },
+        )
+    }
+
+    /// Forgets replicas dead for a while, and their work; returns how many.
+    pub fn forget_dead_replicas(&self) -> Result<usize, CatalogError> {
+        let cutoff = ago_ms(FORGET_AFTER);
+        self.transaction(|tx| {
+            tx.execute(
+                "DELETE FROM running_work WHERE replica IN (SELECT id FROM replicas WHERE seen_at < $1)",
+                params![cutoff],
+            )?;
+            tx.execute("DELETE FROM replicas WHERE seen_at < $1", params![cutoff])
+        })
+    }
+
+    /// Admits one unit of `user`'s work on `replica` (a statement being planned, or the
+    /// stream of `query_id`) unless the user already has `max` running on live replicas.
+    /// Returns the work's id, for [`Self::finish_work`].
+    pub fn claim_work(
+        &self,
+        replica: &str,
+        user: &str,
+        query_id: Option<&str>,
+        max: usize,
+    ) -> Result<String, ClaimError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let lock = format!("work:{user}");
+        self.locked(&lock, |tx| {
+            let busy: i64 = tx.query_row(
+                "SELECT count(*) FROM running_work w JOIN replicas r ON r.id = w.replica
+                 WHERE w.principal = $1 AND r.seen_at > $2",
+                params![user, ago_ms(REPLICA_TIMEOUT)],
+                |r| r.get(0),
+            )?;
+            if busy as usize >= max {
+                return Ok(Err(ClaimError::Busy(busy as usize)));
+            }
+            tx.execute(
+                "INSERT INTO running_work (id, replica, principal, query_id) VALUES ($1, $2, $3, $4)",
+                params![id.as_str(), replica, user, query_id],
+            )?;
+            Ok(Ok(id.clone()))
+        })?
+    }
+
+    /// Ends a unit of work.
+    pub fn finish_work(&self, work: &str) -> Result<(), CatalogError> {
+        self.conn()?
+            .execute("DELETE FROM running_work WHERE id = $1", params![work])?;
+        Ok(())
+    }
+
+    /// Asks whichever replica streams `query_id` to cancel it, on behalf of `user` (an
+    /// admin may cancel anyone's); whether such a stream is running.
+    pub fn request_cancel(
+        &self,
+        query_id: &str,
+        user: &str,
+        admin: bool,
+    ) -> Result<bool, CatalogError> {
+        let marked = self.conn()?.execute(
+            "UPDATE running_work SET cancel = true
+             WHERE query_id = $1 AND ($2 OR principal = $3)",
+            params![query_id, admin, user],
+        )?;
+        Ok(marked > 0)
+    }
+
+    /// The queries streaming on `replica` that someone asked (on any replica) to cancel.
+    pub fn cancel_requests(&self, replica: &str) -> Result<Vec<String>, CatalogError> {
+        self.conn()?.query_map(
+            "SELECT DISTINCT query_id FROM running_work
+             WHERE replica = $1 AND cancel AND query_id IS NOT NULL",
+            params![replica],
+            |r| r.get(0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(id: &str) -> Replica {
+        Replica {
+            id: id.into(),
+            advertise: Some(format!("grpc://{id}:50051")),
+        }
+    }
+
+    #[test]
+    fn work_is_counted_across_replicas_and_cancelled_from_any() {
+        let state = StateStore::in_memory().unwrap();
+        state.beat(&replica("a")).unwrap();
+        state.beat(&replica("b")).unwrap();
+        assert_eq!(state.live_replicas().unwrap().len(), 2);
+
+        let first = state.claim_work("a", "u@x.com", Some("q1"), 2).unwrap();
+        let _second = state.claim_work("b", "u@x.com", None, 2).unwrap();
+        assert!(matches!(
+            state.claim_work("a", "u@x.com", None, 2),
+            Err(ClaimError::Busy(2))
+        ));
+        assert!(
+            state.claim_work("a", "v@x.com", None, 2).is_ok(),
+            "per user"
+        );
+
+        assert!(!state.request_cancel("q1", "v@x.com", false).unwrap());
+        assert!(state.cancel_requests("a").unwrap().is_empty());
+        assert!(state.request_cancel("q1", "u@x.com", false).unwrap());
+        assert_eq!(state.cancel_requests("a").unwrap(), vec!["q1".to_string()]);
+        assert!(state.cancel_requests("b").unwrap().is_empty());
+
+        state.finish_work(&first).unwrap();
+        assert!(state.claim_work("a", "u@x.com", None, 2).is_ok());
+
+        // A replica that left no longer counts.
+        state.leave("b").unwrap();
+        assert_eq!(state.live_replicas().unwrap(), vec![replica("a")]);
+    }
+}
