@@ -311,17 +311,26 @@ impl StateStore {
 
     /// Marks runs left `running` by a process that stopped as interrupted: every one
     /// (`all`, at the start of the one process of an embedded state) or those of replicas
-    /// no longer alive (the leader of a cluster, on every tick); returns how many.
-    pub fn interrupt_runs(&self, all: bool) -> Result<usize, CatalogError> {
+    /// no longer alive (the leader of a cluster, on every tick); returns their tables.
+    pub fn interrupt_runs(&self, all: bool) -> Result<Vec<TableName>, CatalogError> {
         let live = Timestamp::now().0 / 1000 - REPLICA_TIMEOUT.as_millis() as i64;
-        self.conn()?.execute(
+        let tables: Vec<(String, String)> = self.conn()?.query_map(
             "UPDATE sync_runs SET status = 'interrupted', ended_at = current_timestamp,
                     error = 'the server running the sync stopped; the previous version kept serving'
              WHERE status = 'running'
                AND ($1 OR replica IS NULL
-                    OR replica NOT IN (SELECT id FROM replicas WHERE seen_at > $2))",
+                    OR replica NOT IN (SELECT id FROM replicas WHERE seen_at > $2))
+             RETURNING schema_name, table_name",
             params![all, live],
-        )
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut names: Vec<TableName> = tables
+            .into_iter()
+            .filter_map(|(schema, table)| TableName::new(&schema, &table).ok())
+            .collect();
+        names.sort_by_key(|t| t.to_string());
+        names.dedup();
+        Ok(names)
     }
 
     /// Sync runs, newest first: of one table or all, before run id `before`, at most `limit`.
@@ -549,6 +558,7 @@ mod tests {
                 &t,
                 &NewVersion {
                     location: "file:///v2/".into(),
+                    run: None,
                     ..new.clone()
                 },
             )
@@ -569,7 +579,7 @@ mod tests {
         );
 
         let running = store.start_run(&t, "schedule", None, "r1").unwrap();
-        assert_eq!(store.interrupt_runs(true).unwrap(), 1);
+        assert_eq!(store.interrupt_runs(true).unwrap(), vec![t.clone()]);
         assert_eq!(store.sync_run(running).unwrap().status, "interrupted");
         assert_eq!(store.sync_runs(Some(&t), None, 10).unwrap().len(), 3);
         assert_eq!(store.sync_runs(None, Some(running), 10).unwrap().len(), 2);
@@ -586,9 +596,12 @@ mod tests {
             store.start_run(&t, "manual", None, "r2"),
             Err(CatalogError::Conflict(_))
         ));
-        assert_eq!(store.interrupt_runs(false).unwrap(), 0, "its replica lives");
+        assert!(
+            store.interrupt_runs(false).unwrap().is_empty(),
+            "its replica lives"
+        );
         store.leave("r1").unwrap();
-        assert_eq!(store.interrupt_runs(false).unwrap(), 1);
+        assert_eq!(store.interrupt_runs(false).unwrap(), vec![t.clone()]);
         assert_eq!(store.sync_run(live).unwrap().status, "interrupted");
 
         store.delete_table("admin@x.io", &t).unwrap();

@@ -64,8 +64,8 @@ impl LoginThrottle {
         let now = now_ms();
         let (account, address) = (Self::account_key(account), Self::address_key(address));
         let counts: Vec<(String, i64, i64)> = state.conn()?.query_map(
-            "SELECT key, count(*), min(at) FROM sign_in_failures
-             WHERE key IN ($1, $2) AND at > $3 GROUP BY key",
+            "SELECT key, count(*), min(failed_at) FROM sign_in_failures
+             WHERE key IN ($1, $2) AND failed_at > $3 GROUP BY key",
             params![account.as_str(), address.as_str(), now - self.window_ms()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
@@ -101,12 +101,12 @@ impl LoginThrottle {
                 .is_ok()
         {
             conn.execute(
-                "DELETE FROM sign_in_failures WHERE at <= $1",
+                "DELETE FROM sign_in_failures WHERE failed_at <= $1",
                 params![now - self.window_ms()],
             )?;
         }
         conn.execute(
-            "INSERT INTO sign_in_failures (key, at) VALUES ($1, $3), ($2, $3)",
+            "INSERT INTO sign_in_failures (key, failed_at) VALUES ($1, $3), ($2, $3)",
             params![
                 Self::account_key(account).as_str(),
                 Self::address_key(address).as_str(),

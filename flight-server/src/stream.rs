@@ -349,6 +349,7 @@ impl Stream for GuardedStream {
             return Poll::Ready(None);
         }
         if self.cancelled.poll_unpin(cx).is_ready() {
+            self.log.set_outcome("cancelled: by request");
             return self.fail(Status::cancelled("the query was cancelled"));
         }
         if self.deadline.poll_unpin(cx).is_ready() {

@@ -234,24 +234,37 @@ impl Orchestrator {
         }
         self.state.sync_config_definitions(&defs)?;
         if self.state.backend() == Backend::DuckDb {
-            self.interrupt_runs(true)?;
-            let removed = retention::sweep_orphans(&self.state, &self.storage, &[], None).await?;
-            if removed > 0 {
-                tracing::info!(folders = removed, "removed unpublished sync folders");
-            }
+            self.clean_up_after_stopped(true).await?;
         }
         Ok(())
     }
 
     /// Marks the runs of stopped processes as interrupted (every run left `running` with
-    /// `all`); their folders go with the next garbage collection.
-    fn interrupt_runs(&self, all: bool) -> Result<(), OrchestratorError> {
-        let interrupted = self.state.interrupt_runs(all)?;
-        if interrupted > 0 {
-            tracing::warn!(
-                runs = interrupted,
-                "syncs cut off by a stopped server marked interrupted; previous versions kept serving"
-            );
+    /// `all`: the embedded state's one process is starting) and removes the files they
+    /// were writing. Without `all`, the runs of replicas whose heartbeats stopped: their
+    /// files are all older than that, and only such files are removed.
+    async fn clean_up_after_stopped(&self, all: bool) -> Result<(), OrchestratorError> {
+        let tables = self.state.interrupt_runs(all)?;
+        if tables.is_empty() && !all {
+            return Ok(());
+        }
+        if !tables.is_empty() {
+            let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+            tracing::warn!(tables = %names.join(","), "syncs cut off by a stopped server marked interrupted; previous versions kept serving");
+        }
+        let (scope, min_age) = if all {
+            (None, None)
+        } else {
+            (
+                Some(tables.as_slice()),
+                Some(quiver_catalog::cluster::REPLICA_TIMEOUT),
+            )
+        };
+        let busy: Vec<TableName> = lock(&self.running).keys().cloned().collect();
+        let removed =
+            retention::sweep_orphans(&self.state, &self.storage, scope, &busy, min_age).await?;
+        if removed > 0 {
+            tracing::info!(folders = removed, "removed unpublished sync folders");
         }
         Ok(())
     }
@@ -493,13 +506,11 @@ impl Orchestrator {
         metrics::gauge!("quiver_leader").set(if holds { 1.0 } else { 0.0 });
         // The leader notices replicas that died mid-sync (their heartbeats stopped), so the
         // scheduler retries their tables.
-        if holds
-            && self.state.is_shared()
-            && let Err(e) = self
-                .interrupt_runs(false)
-                .and_then(|()| Ok(self.state.forget_dead_replicas().map(drop)?))
-        {
-            tracing::warn!(error = %e, "cleaning up after stopped replicas");
+        if holds && self.state.is_shared() {
+            let cleaned = self.clean_up_after_stopped(false).await;
+            if let Err(e) = cleaned.and_then(|()| Ok(self.state.forget_dead_replicas()?)) {
+                tracing::warn!(error = %e, "cleaning up after stopped replicas");
+            }
         }
         match (holds, leading) {
             (true, Some(leading)) => Some(leading),

@@ -36,7 +36,7 @@ pub async fn collect(
     busy: &[TableName],
 ) -> Result<usize, OrchestratorError> {
     let removed = expire(state, storage, retention).await?;
-    Ok(removed + sweep_orphans(state, storage, busy, Some(retention)).await?)
+    Ok(removed + sweep_orphans(state, storage, None, busy, Some(retention)).await?)
 }
 
 /// Removes the versions replaced more than `retention` ago (a query in the state store, so
@@ -72,23 +72,31 @@ async fn delete_object(storage: &Storage, key: &ObjectPath) -> Result<(), Catalo
 }
 
 /// Removes files no version points at (run folders of failed syncs, shard files never
-/// committed), except those of tables being synced (`busy`); returns how many folders they
-/// were in. With `min_age`, only files older than that (a deleted table's last version may
-/// still be read for a while); without, every orphan (at startup).
+/// committed) of the tables in `scope` (all without), except those of tables being synced
+/// (`busy`); returns how many folders they were in. With `min_age`, only files older than
+/// that (a deleted table's last version may still be read for a while; another replica may
+/// be writing); without, every orphan (at startup).
 pub async fn sweep_orphans(
     state: &StateStore,
     storage: &Storage,
+    scope: Option<&[TableName]>,
     busy: &[TableName],
     min_age: Option<Duration>,
 ) -> Result<usize, OrchestratorError> {
     let known = state.version_locations()?;
-    let root = storage.tables_root();
+    let roots = match scope {
+        None => vec![storage.tables_root()],
+        Some(tables) => tables.iter().map(|t| storage.table_prefix(t)).collect(),
+    };
     let busy: Vec<ObjectPath> = busy.iter().map(|t| storage.table_prefix(t)).collect();
     let now = chrono::Utc::now();
     let mut orphans: HashMap<ObjectPath, Vec<ObjectPath>> = HashMap::new();
-    let mut listing = storage.store().list(Some(&root));
+    let store = storage.store();
+    let mut listing = futures::stream::iter(roots)
+        .flat_map(|root| store.list(Some(&root)))
+        .boxed();
     while let Some(meta) = listing.next().await {
-        let meta = meta.map_err(|e| CatalogError::Storage(format!("listing {root}: {e}")))?;
+        let meta = meta.map_err(|e| CatalogError::Storage(format!("listing tables: {e}")))?;
         // tables/<schema>/<table>/<run or shard>/<file>
         let parts: Vec<_> = meta.location.parts().collect();
         if parts.len() < 2 {

@@ -95,9 +95,10 @@ class Server:
     """A running quiver process; its log is collected line by line."""
 
     def __init__(self, args: list[str], data_dir: str, config: str | None = None,
-                 http_listen: str = "127.0.0.1:0", env: dict[str, str] | None = None):
+                 http_listen: str = "127.0.0.1:0", env: dict[str, str] | None = None,
+                 flight_listen: str = "127.0.0.1:0"):
         self.data_dir = data_dir
-        cmd = [quiver_bin(), *args, "--flight-listen", "127.0.0.1:0",
+        cmd = [quiver_bin(), *args, "--flight-listen", flight_listen,
                "--http-listen", http_listen, "--data-dir", data_dir]
         if config is not None:
             path = os.path.join(data_dir, "test-config.yaml")
@@ -234,3 +235,14 @@ def conn(server):
     c = flight_sql.connect(server.uri, db_kwargs={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
     yield c
     c.close()
+
+
+@pytest.fixture
+def no_pyarrow_signal_handling():
+    """pyarrow turns a CANCELLED status into a simulated Ctrl-C of the main thread (it takes
+    it for its own SIGINT handling); a test that cancels on purpose ignores SIGINT meanwhile."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -9,11 +9,13 @@ import tempfile
 import time
 
 import adbc_driver_manager
+import pyarrow
+import pyarrow.compute
 import pyarrow.flight as flight
 import pytest
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, on_postgres, quiver_bin
-from pgserver import postgres_server
+from pgserver import free_port, postgres_server
 from test_clients import statement_command
 
 # The PostgreSQL pass of the suite runs every server on PostgreSQL already; this file starts
@@ -22,25 +24,37 @@ pytestmark = pytest.mark.skipif(on_postgres(), reason="runs in the embedded-stat
 
 SECRET = "cluster-secret-shared-by-every-replica-0123456789"
 PASSWORD = "replica-user-password"
+# query.max_concurrent_per_user of the cluster fixture.
+CAP = 3
+CANCELLING = 2  # arrow.flight.protocol.CancelStatus: asked of the replica running it
+
+
+def replica(args, data_dir, config, env, port):
+    """A replica listening on `port`, advertised there."""
+    return Server(args, data_dir, config=config + f"server:\n  advertise: grpc://127.0.0.1:{port}\n",
+                  env=env, flight_listen=f"127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Replica A (which generated the demo data) and replica B, sharing state and objects."""
+    """Replica A (which generated the demo data), B and C, sharing state and objects, each
+    advertising its address."""
     with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
         url = f"postgres://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
         env = {"QUIVER_STATE": url, "QUIVER_JWT_SECRET": SECRET}
-        config = f"storage:\n  object_store: file://{tmp}/objects\n"
-        a = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "a"), config=config, env=env)
-        b = Server(["serve"], os.path.join(tmp, "b"), config=config, env=env)
+        config = f"storage:\n  object_store: file://{tmp}/objects\nquery:\n  max_concurrent_per_user: {CAP}\n"
+        started = []
         try:
-            yield a, b, env, tmp
+            for name, args in (("a", ["demo", "--scale", "0.01"]), ("b", ["serve"]), ("c", ["serve"])):
+                started.append(replica(args, os.path.join(tmp, name), config, env, free_port()))
+            yield (*started[:2], env, tmp, started[2])
         finally:
-            a.stop()
-            b.stop()
+            for server in started:
+                server.stop()
 
 
 def rows(server, sql, **who):
+    who = who or {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
     with connect(server, **who) as conn, conn.cursor() as cur:
         cur.execute(sql)
         return cur.fetch_arrow_table().to_pylist()
@@ -58,7 +72,7 @@ def eventually(check, within=1.0):
 
 
 def test_a_ticket_from_one_replica_is_served_by_another(cluster):
-    a, b, _, _ = cluster
+    a, b, *_ = cluster
     sql = "SELECT n_nationkey, n_name FROM tpch.nation ORDER BY n_nationkey"
     on_a = flight.FlightClient(a.uri)
     info = on_a.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)),
@@ -72,7 +86,7 @@ def test_a_ticket_from_one_replica_is_served_by_another(cluster):
 
 
 def test_grants_and_sign_outs_reach_every_replica_within_a_second(cluster):
-    a, b, _, _ = cluster
+    a, b, *_ = cluster
     admin = login(a, ADMIN_EMAIL, ADMIN_PASSWORD)
     email = "rhea@example.com"
     assert api(a, "POST", "/api/admin/users", admin, {"email": email, "password": PASSWORD})[0] == 201
@@ -112,7 +126,7 @@ def test_grants_and_sign_outs_reach_every_replica_within_a_second(cluster):
 
 
 def test_quiver_admin_works_beside_running_replicas(cluster):
-    a, b, env, tmp = cluster
+    a, b, env, tmp, _ = cluster
     done = subprocess.run([quiver_bin(), "admin", "--data-dir", os.path.join(tmp, "cli"),
                            "user", "add", "cli@example.com", "--password-stdin"],
                           input=PASSWORD + "\n", capture_output=True, text=True, timeout=120,
@@ -127,8 +141,170 @@ def test_quiver_admin_works_beside_running_replicas(cluster):
     assert any(r["action"] == "user.create" and r["target"] == "cli@example.com" for r in audit)
 
 
+def signed_in(server, email, password):
+    return api(server, "POST", "/auth/login", body={"email": email, "password": password})[0]
+
+
+def test_the_sign_in_throttle_holds_across_replicas(cluster):
+    a, b, *_, c = cluster
+    account = "guesser@example.com"
+    # Ten failures (the per-account limit) spread over three replicas lock the account on all.
+    assert [signed_in((a, b, c)[i % 3], account, f"guess-{i}") for i in range(10)] == [401] * 10
+    assert [signed_in(r, account, "guess-again") for r in (a, b, c)] == [429] * 3
+
+
+def flight_client(server, email=ADMIN_EMAIL, password=ADMIN_PASSWORD):
+    client = flight.FlightClient(server.uri)
+    return client, flight.FlightCallOptions(headers=[client.authenticate_basic_token(email, password)])
+
+
+def open_stream(server, sql, email=ADMIN_EMAIL, password=ADMIN_PASSWORD):
+    """A result stream read one batch in, held open (the server waits for the client)."""
+    client, options = flight_client(server, email, password)
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)), options)
+    reader = client.do_get(info.endpoints[0].ticket, options)
+    reader.read_chunk()
+    return client, reader, info
+
+
+ENDLESS = "SELECT value FROM generate_series(1, 1000000000000)"
+
+
+def new_user(server, token, name):
+    email = f"{name}@example.com"
+    assert api(server, "POST", "/api/admin/users", token, {"email": email, "password": PASSWORD})[0] == 201
+    return email
+
+
+def test_the_per_user_query_cap_holds_across_replicas(cluster):
+    a, b, *_, c = cluster
+    user = new_user(a, login(a, ADMIN_EMAIL, ADMIN_PASSWORD), "busy")
+    held = [open_stream(r, ENDLESS, user, PASSWORD) for r in (a, b, c)]  # CAP = 3, one on each
+    for replica in (a, b, c):
+        with pytest.raises(pyarrow.ArrowException) as refused:  # RESOURCE_EXHAUSTED
+            open_stream(replica, "SELECT 1", user, PASSWORD)
+        assert "max_concurrent_per_user" in str(refused.value), refused.value
+    # Another user is not affected; and once one stream ends, a place is free on every replica.
+    assert rows(b, "SELECT 1 AS one") == [{"one": 1}]
+    client, _, _ = held.pop()
+    client.close()
+    eventually(lambda: rows(b, "SELECT 1 AS one", email=user, password=PASSWORD) == [{"one": 1}], within=2)
+    for client, _, _ in held:
+        client.close()
+
+
+def test_a_cancel_sent_to_any_replica_stops_the_query_where_it_runs(cluster, no_pyarrow_signal_handling):
+    from test_hardening import CANCELLED, NOT_CANCELLABLE, cancel_flight_info
+
+    a, b, *_ = cluster
+    owner = new_user(a, login(a, ADMIN_EMAIL, ADMIN_PASSWORD), "canceller")
+    client, reader, info = open_stream(a, ENDLESS, owner, PASSWORD)
+    # Someone else cannot, through any replica; the owner can, through B.
+    other, other_options = flight_client(b, ADMIN_EMAIL, ADMIN_PASSWORD)
+    stranger = new_user(a, login(a, ADMIN_EMAIL, ADMIN_PASSWORD), "stranger")
+    on_b, stranger_options = flight_client(b, stranger, PASSWORD)
+    assert cancel_flight_info(on_b, info, stranger_options) == NOT_CANCELLABLE
+    on_b_owner, owner_options = flight_client(b, owner, PASSWORD)
+    asked = time.time()
+    assert cancel_flight_info(on_b_owner, info, owner_options) == CANCELLING
+    with pytest.raises(flight.FlightError) as ended:
+        while True:
+            reader.read_chunk()
+    assert "cancel" in str(ended.value).lower(), ended.value
+    assert time.time() - asked < 2
+    # The query ran on A: its audit row says it was cancelled.
+    token = login(b, ADMIN_EMAIL, ADMIN_PASSWORD)
+    status, audit = api(b, "GET", f"/api/admin/audit?actor={owner}&action=query", token)
+    assert status == 200 and audit and audit[0]["outcome"].startswith("cancelled"), audit
+    for c in (client, other, on_b, on_b_owner):
+        c.close()
+
+
+def test_fifty_clients_over_three_replicas_without_errors_or_lost_audit_rows(cluster):
+    """A load test on loopback: 50 clients, each its own user, spread over the replicas, for
+    QUIVER_LOAD_SECONDS (60 by default)."""
+    import threading
+
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    a, b, *_, c = cluster
+    seconds = float(os.environ.get("QUIVER_LOAD_SECONDS", "60"))
+    admin = login(a, ADMIN_EMAIL, ADMIN_PASSWORD)
+    users = [new_user(a, admin, f"load{i}") for i in range(50)]
+    assert api(a, "POST", "/api/admin/groups", admin, {"name": "load"})[0] == 201
+    for u in users:
+        assert api(a, "POST", "/api/admin/groups/load/members", admin, {"email": u})[0] == 204
+    assert api(a, "POST", "/api/admin/grants", admin, {"group": "load", "table": "tpch.*"})[0] == 201
+    tokens = [login((a, b, c)[i % 3], u, PASSWORD) for i, u in enumerate(users)]
+    statements = [
+        "SELECT count(*) AS n FROM tpch.nation",
+        "SELECT o_orderkey, o_totalprice FROM tpch.orders WHERE o_orderkey = 36",
+        "SELECT l_returnflag, count(*) AS n FROM tpch.lineitem GROUP BY l_returnflag ORDER BY 1",
+    ]
+    done = [0] * len(users)
+    errors = []
+    stop = time.time() + seconds
+
+    def client(i):
+        server = (a, b, c)[i % 3]
+        try:
+            with flight_sql.connect(server.uri, db_kwargs={
+                    "adbc.flight.sql.authorization_header": f"Bearer {tokens[i]}"}, autocommit=True) as conn:
+                while time.time() < stop:
+                    with conn.cursor() as cur:
+                        cur.execute(statements[done[i] % len(statements)])
+                        cur.fetch_arrow_table()
+                    done[i] += 1
+        except Exception as e:  # noqa: BLE001 - every failure is reported
+            errors.append(f"{users[i]} on {server.uri}: {e}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(users))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    assert not errors, errors[:5]
+    assert all(n > 0 for n in done), done
+    # Every statement has its audit row, whichever replica ran it.
+    token = login(b, ADMIN_EMAIL, ADMIN_PASSWORD)
+    for i, u in enumerate(users):
+        status, audit = api(b, "GET", f"/api/admin/audit?actor={u}&action=query&limit=1000", token)
+        assert status == 200
+        assert len(audit) == done[i] and all(r["outcome"] == "ok" for r in audit), (u, done[i], len(audit))
+
+
+def test_a_client_fetches_from_another_replica_when_one_dies_mid_stream(cluster):
+    """Runs last on the cluster: it kills replica C."""
+    import signal
+
+    a, b, *_, c = cluster
+    # The ADBC driver follows advertised endpoints.
+    assert rows(c, "SELECT count(*) AS n FROM tpch.nation") == [{"n": 25}]
+    n = 20_000_000
+    client, options = flight_client(c)
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(
+        statement_command(f"SELECT value FROM generate_series(1, {n})")), options)
+    locations = [loc.uri.decode() for loc in info.endpoints[0].locations]
+    assert locations[0] == "arrow-flight-reuse-connection://?"
+    assert sorted(locations[1:]) == sorted([a.uri, b.uri]), locations
+    reader = client.do_get(info.endpoints[0].ticket, options)
+    reader.read_chunk()
+    c.proc.send_signal(signal.SIGKILL)
+    c.proc.wait()
+    with pytest.raises(flight.FlightError):
+        reader.read_all()
+    # The same ticket, redeemed at the next location.
+    retry = flight.FlightClient(locations[1])
+    retry_options = flight.FlightCallOptions(headers=[retry.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)])
+    table = retry.do_get(info.endpoints[0].ticket, retry_options).read_all()
+    assert table.num_rows == n
+    assert pyarrow.compute.sum(table.column("value")).as_py() == n * (n + 1) // 2
+    client.close()
+    retry.close()
+
+
 def test_an_unreachable_state_database_is_named_without_its_password(cluster):
-    _, _, _, tmp = cluster
+    _, _, _, tmp, _ = cluster
     env = dict(os.environ, QUIVER_STATE="postgres://quiver:hunter2-secret@127.0.0.1:1/state",
                QUIVER_JWT_SECRET=SECRET)
     done = subprocess.run([quiver_bin(), "serve", "--data-dir", os.path.join(tmp, "down"),
@@ -142,7 +318,7 @@ def test_an_unreachable_state_database_is_named_without_its_password(cluster):
 def test_state_migrate_moves_an_installation_onto_postgres(cluster):
     import psycopg
 
-    _, _, env, tmp = cluster
+    _, _, env, tmp, _ = cluster
     pg = env["QUIVER_STATE"].rsplit("/", 1)[0]
     with psycopg.connect(env["QUIVER_STATE"], autocommit=True) as conn:
         conn.execute("CREATE DATABASE migrated")

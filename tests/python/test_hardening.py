@@ -362,17 +362,6 @@ def cancel_flight_info(client, info, options) -> int:
     return answer[1] if answer[:1] == b"\x08" else 0
 
 
-@pytest.fixture
-def no_pyarrow_signal_handling():
-    """pyarrow turns a CANCELLED status into a simulated Ctrl-C of the main thread (it takes
-    it for its own SIGINT handling); a test that cancels on purpose ignores SIGINT meanwhile."""
-    import signal
-
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def test_only_the_owner_or_an_admin_cancels_a_query(hard, admin_token, mallory, no_pyarrow_signal_handling):
     owner = new_user(hard, admin_token, "owner")
     client = flight.FlightClient(hard.uri)

@@ -222,7 +222,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX running_work_principal ON running_work (principal);
     CREATE TABLE sign_in_failures (
         key         VARCHAR NOT NULL,      -- 'account:<email>' or 'address:<ip>'
-        at          BIGINT NOT NULL        -- milliseconds since the epoch
+        failed_at   BIGINT NOT NULL        -- milliseconds since the epoch
     );
     CREATE INDEX sign_in_failures_key ON sign_in_failures (key);
     "#,
@@ -599,13 +599,19 @@ impl StateStore {
                  WHERE schema_name = $3 AND table_name = $4",
                 params![version, description, schema, name],
             )?;
-            if let Some(run) = new.run {
-                tx.execute(
+            // A run the cluster took for dead (its replica's heartbeats stopped) may have
+            // lost its files to the sweep since: it publishes nothing.
+            if let Some(run) = new.run
+                && tx.execute(
                     "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp,
                             row_count = $1, byte_count = $2, version = $3
-                     WHERE id = $4",
+                     WHERE id = $4 AND status = 'running'",
                     params![new.rows, new.bytes, version, run],
-                )?;
+                )? == 0
+            {
+                return Err(CatalogError::Conflict(format!(
+                    "run {run} was marked interrupted (this server was out of touch with the state database); its version is not published"
+                )));
             }
             Self::mark_changed(tx)?;
             Ok(version)
