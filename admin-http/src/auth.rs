@@ -8,8 +8,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use quiver_catalog::authenticator::{Credentials, Edge, SignInError, SignedIn};
-use quiver_catalog::tokens::TOKEN_PREFIX;
+use quiver_catalog::authenticator::{BearerError, Credentials, Edge, SignInError, SignedIn};
 use quiver_catalog::{Origin, Principal, Verified};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -36,20 +35,11 @@ pub(crate) async fn resolve_bearer(
     app: &AppState,
     token: &str,
 ) -> Result<Option<(Principal, Option<Verified>, Option<Origin>)>, ApiError> {
-    if token.starts_with(TOKEN_PREFIX) {
-        let secret = token.to_string();
-        let used = blocking(app, move |s| s.token_principal(&secret)).await?;
-        return Ok(used.map(|t| (t.principal, None, Some(Origin::Token(t.id)))));
+    match app.auth.bearer(token).await {
+        Ok(bearer) => Ok(Some((bearer.principal, bearer.session, bearer.origin))),
+        Err(BearerError::Failed(e)) => Err(e.into()),
+        Err(_) => Ok(None),
     }
-    let Some(verified) = app.tokens.verify(token) else {
-        return Ok(None);
-    };
-    let checked = verified.clone();
-    let principal = blocking(app, move |s| s.bearer_principal(&checked)).await?;
-    Ok(principal.map(|p| {
-        let origin = verified.origin.clone();
-        (p, Some(verified), origin)
-    }))
 }
 
 /// The signed-in caller, a member of `Admin`.

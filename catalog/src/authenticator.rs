@@ -1,5 +1,6 @@
 //! Signing a caller in, written once for every edge that does it: the Flight SQL
-//! handshake, `POST /auth/login`, the web UI's sign-in form and `POST /oauth/token`.
+//! handshake, `POST /auth/login`, the web UI's sign-in form and `POST /oauth/token`; and
+//! resolving the bearer credential of every later call (Flight SQL and HTTP alike).
 //!
 //! Each sign-in goes throttle → verify → record → issue: refused early when the account or
 //! address has failed too often, checked against the state store (in the same time for
@@ -7,14 +8,20 @@
 //! edge it came through, and answered with a bearer token that ends with the credential it
 //! was obtained with.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::CatalogError;
-use crate::identity::{Origin, Principal, TokenSigner};
+use crate::identity::{Origin, Principal, TokenSigner, Verified, unix_now};
 use crate::state::StateStore;
 use crate::throttle::LoginThrottle;
-use crate::tokens::TOKEN_PREFIX;
+use crate::tokens::{TOKEN_PREFIX, token_hash};
+
+/// Resolved credentials kept before the cache is pruned.
+const MAX_CACHED: usize = 4096;
+/// A personal access token's use is recorded at most this often.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// What a caller signs in with.
 #[derive(Clone)]
@@ -103,12 +110,56 @@ pub enum SignInError {
     Failed(#[from] CatalogError),
 }
 
-/// Signs callers in; one per server, shared by every edge.
+/// A bearer credential resolved to the principal it stands for.
+#[derive(Debug, Clone)]
+pub struct Bearer {
+    /// Who calls.
+    pub principal: Principal,
+    /// A session token's claims; `None` for a personal access token.
+    pub session: Option<Verified>,
+    /// The credential a token made with this one ends with.
+    pub origin: Option<Origin>,
+}
+
+/// Why a bearer credential was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BearerError {
+    /// A personal access token that is unknown, revoked or expired, or whose owner is not
+    /// active.
+    #[error("invalid, expired or revoked access token")]
+    Token,
+    /// A session token that is malformed, badly signed or expired.
+    #[error("invalid or expired token; sign in again")]
+    Invalid,
+    /// A session token that was signed out, or whose origin or account is gone.
+    #[error(
+        "the session has ended, its credential was revoked, or the account is no longer active; sign in again"
+    )]
+    Ended,
+    /// The state store failed.
+    #[error(transparent)]
+    Failed(#[from] CatalogError),
+}
+
+/// A resolved credential, valid while the state's generation is unchanged (any change to
+/// users, memberships, tokens or sessions, in this process or another, moves it).
+#[derive(Debug, Clone)]
+struct Cached {
+    generation: u64,
+    bearer: Bearer,
+    /// A PAT's id, expiry and when its use was last recorded.
+    token: Option<(String, Option<u64>, Instant)>,
+}
+
+/// Signs callers in and resolves their bearer credentials; one per server, shared by
+/// every edge.
 #[derive(Debug)]
 pub struct Authenticator {
     state: Arc<StateStore>,
     tokens: TokenSigner,
     throttle: Arc<LoginThrottle>,
+    /// Resolved credentials by token hash, so most calls skip the state lookup.
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl Authenticator {
@@ -118,7 +169,101 @@ impl Authenticator {
             state,
             tokens,
             throttle: Arc::default(),
+            cache: Mutex::default(),
         }
+    }
+
+    /// The principal behind a bearer credential: a personal access token, or a session
+    /// token that was neither signed out nor outlived its origin or its account.
+    pub async fn bearer(&self, token: &str) -> Result<Bearer, BearerError> {
+        let token = token.trim();
+        let pat = token.starts_with(TOKEN_PREFIX);
+        let verified = match pat {
+            true => None,
+            false => Some(self.tokens.verify(token).ok_or(BearerError::Invalid)?),
+        };
+        let key = token_hash(token);
+        let generation = self.state.generation();
+        if let Some(bearer) = self.cached(&key, generation)? {
+            return Ok(bearer);
+        }
+        let state = self.state.clone();
+        let secret = token.to_string();
+        let resolved = tokio::task::spawn_blocking(move || match verified {
+            None => Ok(state.token_principal(&secret)?.map(|used| {
+                state.touch_token(&used.id).map(|()| {
+                    let token = (used.id.clone(), used.expires_at, Instant::now());
+                    let bearer = Bearer {
+                        principal: used.principal,
+                        session: None,
+                        origin: Some(Origin::Token(used.id)),
+                    };
+                    (bearer, Some(token))
+                })
+            })),
+            Some(verified) => {
+                Ok::<_, CatalogError>(state.bearer_principal(&verified)?.map(|principal| {
+                    let origin = verified.origin.clone();
+                    let bearer = Bearer {
+                        principal,
+                        session: Some(verified),
+                        origin,
+                    };
+                    Ok((bearer, None))
+                }))
+            }
+        })
+        .await
+        .map_err(|e| CatalogError::Internal(format!("credential lookup: {e}")))??;
+        let Some(resolved) = resolved else {
+            return Err(if pat {
+                BearerError::Token
+            } else {
+                BearerError::Ended
+            });
+        };
+        let (bearer, token) = resolved?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // One entry per token: forget stale ones before the map grows large.
+        if cache.len() > MAX_CACHED {
+            cache.retain(|_, c| c.generation == generation);
+            if cache.len() > MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            key,
+            Cached {
+                generation,
+                bearer: bearer.clone(),
+                token,
+            },
+        );
+        Ok(bearer)
+    }
+
+    /// A credential resolved since the state last changed; a PAT past its expiry is
+    /// refused, and its use recorded once a minute.
+    fn cached(&self, key: &str, generation: u64) -> Result<Option<Bearer>, BearerError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cached) = cache.get_mut(key).filter(|c| c.generation == generation) else {
+            return Ok(None);
+        };
+        if let Some((id, expires, touched)) = &mut cached.token {
+            if expires.is_some_and(|e| e <= unix_now()) {
+                return Err(BearerError::Token);
+            }
+            if touched.elapsed() >= TOUCH_EVERY {
+                *touched = Instant::now();
+                let (state, id) = (self.state.clone(), id.clone());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = state.touch_token(&id) {
+                        tracing::warn!(error = %e, "cannot record token use");
+                    }
+                });
+            }
+        }
+        Ok(Some(cached.bearer.clone()))
     }
 
     /// The signer of the tokens issued.

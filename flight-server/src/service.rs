@@ -39,12 +39,11 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
-use quiver_catalog::authenticator::{Authenticator, Credentials, Edge, SignInError};
+use quiver_catalog::authenticator::{Authenticator, BearerError, Credentials, Edge, SignInError};
 use quiver_catalog::cluster::{ClaimError, Replica};
 use quiver_catalog::engine::parameter_types;
 use quiver_catalog::identity::unix_now;
-use quiver_catalog::tokens::{TOKEN_PREFIX, token_hash};
-use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine, TokenSigner};
+use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
@@ -64,8 +63,6 @@ const CLUSTER_POLL: Duration = Duration::from_millis(250);
 /// The location that means "the connection this `FlightInfo` came on" (Flight spec).
 const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
 const PARAMETERS_TOO_BIG: &str = "bound parameters over the limit";
-/// Resolved credentials kept before the cache is pruned.
-const MAX_CACHED_PRINCIPALS: usize = 4096;
 const READ_ONLY_MESSAGE: &str =
     "Quiver is read-only: INSERT, UPDATE, DELETE, DDL and bulk ingestion are not accepted";
 
@@ -103,31 +100,17 @@ struct BoundParams {
     _memory: MemoryReservation,
 }
 
-/// A resolved bearer credential, valid while the state store's generation is unchanged
-/// (any change to users, memberships or tokens bumps it) and, for a PAT, until it expires.
-#[derive(Debug, Clone)]
-struct Cached {
-    generation: u64,
-    principal: Principal,
-    /// A PAT's id, expiry and when its use was last recorded.
-    token: Option<(String, Option<u64>, std::time::Instant)>,
-}
-
 /// Quiver's `FlightSqlService`.
 #[derive(Clone)]
 pub struct QuiverFlightSql {
     engine: Arc<QueryEngine>,
-    tokens: TokenSigner,
     sealer: Sealer,
     options: FlightOptions,
     running: RunningQueries,
     /// Parameters bound to prepared statements, for clients that keep using the original
     /// handle instead of the updated one returned by `DoPut`.
     bound: Arc<std::sync::Mutex<std::collections::HashMap<String, BoundParams>>>,
-    /// Resolved credentials by token hash (`jwt:hash`, `pat:hash`), so most calls skip the
-    /// state lookup.
-    principals: Arc<std::sync::Mutex<std::collections::HashMap<String, Cached>>>,
-    /// Failed sign-in limits, shared with the HTTP sign-in.
+    /// Signs callers in and resolves their bearer credentials (shared with HTTP).
     auth: Arc<Authenticator>,
     /// The other live replicas' advertised URLs (see [`Self::watch_cluster`]).
     locations: Arc<std::sync::Mutex<Vec<String>>>,
@@ -145,7 +128,6 @@ impl QuiverFlightSql {
     /// A service over `engine`; `secret` signs tickets and prepared-statement handles.
     pub fn new(
         engine: Arc<QueryEngine>,
-        tokens: TokenSigner,
         secret: &[u8],
         options: FlightOptions,
         auth: Arc<Authenticator>,
@@ -153,12 +135,10 @@ impl QuiverFlightSql {
         Self {
             auth,
             engine,
-            tokens,
             sealer: Sealer::new(secret),
             options,
             running: RunningQueries::default(),
             bound: Arc::default(),
-            principals: Arc::default(),
             locations: Arc::default(),
         }
     }
@@ -193,112 +173,11 @@ impl QuiverFlightSql {
                     "expected `authorization: Bearer <token>`; obtain a token with the Basic-auth handshake",
                 )
             })?;
-        let token = token.trim();
-        if token.starts_with(TOKEN_PREFIX) {
-            return self.token_principal(token).await;
+        match self.auth.bearer(token).await {
+            Ok(bearer) => Ok(bearer.principal),
+            Err(BearerError::Failed(e)) => Err(to_status(e)),
+            Err(refused) => Err(Status::unauthenticated(refused.to_string())),
         }
-        let verified = self
-            .tokens
-            .verify(token)
-            .ok_or_else(|| Status::unauthenticated("invalid or expired token; sign in again"))?;
-        // By token id: a signed-out session, or one whose origin was revoked, is refused
-        // once the state's generation moves (ending or revoking bumps it).
-        let key = format!("jwt:{}", token_hash(token));
-        let generation = self.engine.state().generation();
-        if let Some(cached) = self.cached_principals().get(&key)
-            && cached.generation == generation
-        {
-            return Ok(cached.principal.clone());
-        }
-        let engine = self.engine.clone();
-        let principal =
-            tokio::task::spawn_blocking(move || engine.state().bearer_principal(&verified))
-                .await
-                .map_err(|e| internal(&e))?
-                .map_err(to_status)?
-                .ok_or_else(|| {
-                    Status::unauthenticated(
-                        "the session has ended, its credential was revoked, or the account is no longer active; sign in again",
-                    )
-                })?;
-        self.cached_principals().insert(
-            key,
-            Cached {
-                generation,
-                principal: principal.clone(),
-                token: None,
-            },
-        );
-        Ok(principal)
-    }
-
-    /// The owner of a personal access token; revoked, expired or unknown tokens and
-    /// inactive owners are refused at once.
-    async fn token_principal(&self, token: &str) -> Result<Principal, Status> {
-        let refused = || Status::unauthenticated("invalid, expired or revoked access token");
-        let key = format!("pat:{}", token_hash(token));
-        let generation = self.engine.state().generation();
-        let now = unix_now();
-        let mut touch = None;
-        if let Some(cached) = self.cached_principals().get_mut(&key)
-            && cached.generation == generation
-            && let Some((id, expires, touched)) = &mut cached.token
-        {
-            if expires.is_some_and(|e| e <= now) {
-                return Err(refused());
-            }
-            // Record use at most once a minute.
-            if touched.elapsed() >= Duration::from_secs(60) {
-                *touched = std::time::Instant::now();
-                touch = Some(id.clone());
-            }
-            let principal = cached.principal.clone();
-            if let Some(id) = touch {
-                self.touch_token(id);
-            }
-            return Ok(principal);
-        }
-        let engine = self.engine.clone();
-        let secret = token.to_string();
-        let used = tokio::task::spawn_blocking(move || engine.state().token_principal(&secret))
-            .await
-            .map_err(|e| internal(&e))?
-            .map_err(to_status)?
-            .ok_or_else(refused)?;
-        self.touch_token(used.id.clone());
-        self.cached_principals().insert(
-            key,
-            Cached {
-                generation,
-                principal: used.principal.clone(),
-                token: Some((used.id, used.expires_at, std::time::Instant::now())),
-            },
-        );
-        Ok(used.principal)
-    }
-
-    fn touch_token(&self, id: String) {
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = engine.state().touch_token(&id) {
-                tracing::warn!(error = %e, "cannot record token use");
-            }
-        });
-    }
-
-    fn cached_principals(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Cached>> {
-        let mut cache = self.principals.lock().unwrap_or_else(|p| p.into_inner());
-        // One entry per token: forget stale ones before the map grows large.
-        if cache.len() > MAX_CACHED_PRINCIPALS {
-            let generation = self.engine.state().generation();
-            cache.retain(|_, c| c.generation == generation);
-            if cache.len() > MAX_CACHED_PRINCIPALS {
-                cache.clear();
-            }
-        }
-        cache
     }
 
     /// Takes one of the user's places for concurrent work (planning, or the stream of

@@ -83,7 +83,6 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     let auth = Arc::new(Authenticator::new(state.clone(), tokens.clone()));
     let flight = QuiverFlightSql::new(
         engine.clone(),
-        tokens.clone(),
         &secret,
         FlightOptions {
             query_timeout: config.query.timeout,

@@ -4,6 +4,7 @@ changes holds on the others, and `quiver admin` works beside them."""
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import tempfile
 import time
@@ -385,7 +386,11 @@ def test_a_state_database_that_goes_away_gives_clear_errors_then_recovers():
 
 
 def test_one_replica_runs_the_schedules_and_another_takes_over_when_it_dies():
+    """The leader is killed in the middle of a scheduled sync: another replica takes over,
+    the old version keeps serving, and the cut-off sync is retried and completes once."""
     import signal
+
+    from test_sync import big_csv
 
     with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
         url = f"postgres://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
@@ -393,43 +398,48 @@ def test_one_replica_runs_the_schedules_and_another_takes_over_when_it_dies():
         src = os.path.join(tmp, "kv.csv")
         with open(src, "w") as f:
             f.write("k,v\n1,a\n2,b\n")
-        config = f"storage:\n  object_store: file://{tmp}/objects\n"
+        config = f"storage:\n  object_store: file://{tmp}/objects\nsync:\n  backoff: 1s\n"
         replicas = [Server(["serve"], os.path.join(tmp, name), config=config, env=env) for name in "ab"]
         try:
             token = login(replicas[0], ADMIN_EMAIL, ADMIN_PASSWORD)
 
-            def scheduled_runs(replica, table):
-                status, runs = api(replica, "GET", f"/api/admin/syncs?table={table}&limit=50", token)
+            def runs(replica):
+                status, runs = api(replica, "GET", "/api/admin/syncs?table=ops.kv&limit=50", token)
                 assert status == 200, runs
-                return [r for r in runs if r["trigger"] == "schedule"]
+                return runs
 
-            def define(replica, table):
-                status, body = api(replica, "POST", "/api/admin/tables", token, {
-                    "name": table, "connector": "files", "options": {"path": src}, "schedule": "every 1h"})
-                assert status == 201, body
+            def count(replica):
+                return rows(replica, "SELECT count(*) AS n FROM ops.kv")[0]["n"]
 
-            # Never synced, so due at once: exactly one replica runs it, once.
-            define(replicas[1], "ops.first")
-            eventually(lambda: any(r["status"] == "succeeded" for r in scheduled_runs(replicas[1], "ops.first")),
-                       within=30)
-            time.sleep(5)
-            assert len(scheduled_runs(replicas[0], "ops.first")) == 1
-            leaders = [r for r in replicas if "now runs schedules and background jobs" in r.log()]
-            assert len(leaders) == 1, [r.log()[-2000:] for r in replicas]
+            # Never synced, so due at once: exactly one replica, the leader, runs it, once.
+            status, body = api(replicas[1], "POST", "/api/admin/tables", token, {
+                "name": "ops.kv", "connector": "files", "options": {"path": src}, "schedule": "every 1m"})
+            assert status == 201, body
+            eventually(lambda: [r["status"] for r in runs(replicas[1])] == ["succeeded"], within=30)
+            leaders = [r for r in replicas if api(r, "GET", "/health")[1]["leader"]]
+            assert len(leaders) == 1, [api(r, "GET", "/health")[1] for r in replicas]
             leader = leaders[0]
             other = replicas[1 - replicas.index(leader)]
+            assert api(other, "GET", "/health")[1]["replica"] != api(leader, "GET", "/health")[1]["replica"]
 
-            # The leader dies; the other takes over within 15 s and runs the next one.
+            # The source grows; the leader is killed while its next scheduled run is writing.
+            big_csv(pathlib.Path(src + ".new"), rows=3_000_000)
+            os.replace(src + ".new", src)
+            eventually(lambda: runs(other)[0]["status"] == "running", within=90)
             leader.proc.send_signal(signal.SIGKILL)
             leader.proc.wait()
             killed = time.time()
-            define(other, "ops.second")
-            took = eventually(lambda: any(r["status"] == "succeeded" for r in scheduled_runs(other, "ops.second")),
-                              within=30)
-            assert time.time() - killed < 15 + 5, took
-            assert "now runs schedules and background jobs" in other.log()
-            assert rows(other, "SELECT count(*) AS n FROM ops.first", email=ADMIN_EMAIL,
-                        password=ADMIN_PASSWORD) == [{"n": 2}]
+            assert count(other) == 2, "the previous version keeps serving"
+
+            # Another replica takes the lease, marks the run interrupted and retries it once.
+            eventually(lambda: api(other, "GET", "/health")[1]["leader"], within=15)
+            assert time.time() - killed < 15
+            eventually(lambda: runs(other)[0]["status"] == "succeeded", within=60)
+            statuses = [r["status"] for r in runs(other)]
+            assert statuses == ["succeeded", "interrupted", "succeeded"], statuses
+            assert count(other) == 3_000_000
+            time.sleep(3)
+            assert len(runs(other)) == 3, "the retry ran once"
         finally:
             for r in replicas:
                 r.stop()

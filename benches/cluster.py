@@ -1,0 +1,146 @@
+"""Cluster benchmark: the same server on the embedded DuckDB state and on PostgreSQL state,
+and one, then three replicas serving concurrent scans; in one run.
+
+    make bench-cluster              # scale 0.1
+    python benches/cluster.py --scale 1 --runs 50
+
+Measured:
+- point lookup on tpch.orders through ADBC on a warm connection (median of --runs), and
+  the same with a new connection (Basic handshake) each time: embedded vs PostgreSQL state;
+- sign-ins per second through `POST /auth/login` (argon2id verification included), one
+  client after another: embedded vs PostgreSQL state;
+- three clients scanning tpch.lineitem at once, all on one replica vs one per replica
+  (rows/s over the three). All replicas share this machine's cores, so this measures the
+  coordination cost, not the scaling a cluster of machines gets.
+Prints ratios; copy the table into benches/RESULTS.md with the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import adbc_driver_flightsql.dbapi as flight_sql
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api  # noqa: E402
+from pgserver import postgres_server  # noqa: E402
+
+SECRET = "bench-cluster-secret-0123456789abcdef"
+POINT = "SELECT o_orderkey, o_totalprice FROM tpch.orders WHERE o_orderkey = 36"
+
+
+def connect(server):
+    return flight_sql.connect(server.uri, db_kwargs={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
+                              autocommit=True)
+
+
+def point_lookups(server, runs: int) -> tuple[float, float]:
+    """Median seconds of a point lookup on a warm connection, and with a new connection."""
+    warm, cold = [], []
+    with connect(server) as conn:
+        for _ in range(runs):
+            started = time.perf_counter()
+            with conn.cursor() as cur:
+                cur.execute(POINT)
+                cur.fetch_arrow_table()
+            warm.append(time.perf_counter() - started)
+    for _ in range(max(runs // 5, 5)):
+        started = time.perf_counter()
+        with connect(server) as conn, conn.cursor() as cur:
+            cur.execute(POINT)
+            cur.fetch_arrow_table()
+        cold.append(time.perf_counter() - started)
+    return statistics.median(warm), statistics.median(cold)
+
+
+def sign_in_rate(server, runs: int) -> float:
+    started = time.perf_counter()
+    for _ in range(runs):
+        status, _ = api(server, "POST", "/auth/login", body={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+        assert status == 200
+    return runs / (time.perf_counter() - started)
+
+
+def concurrent_scans(servers: list) -> float:
+    """Rows per second of three clients each scanning lineitem at once, client i on
+    servers[i % len(servers)]."""
+    counts = [0, 0, 0]
+
+    def scan(i):
+        with connect(servers[i % len(servers)]) as conn, conn.cursor() as cur:
+            cur.execute("SELECT * FROM tpch.lineitem")
+            counts[i] = cur.fetch_arrow_table().num_rows
+
+    threads = [threading.Thread(target=scan, args=(i,)) for i in range(3)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", default="0.1")
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    results: dict[str, float] = {}
+    with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
+        url = f"postgres://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
+        shared = {"QUIVER_STATE": url, "QUIVER_JWT_SECRET": SECRET}
+        embedded = {"QUIVER_STATE": "", "QUIVER_JWT_SECRET": ""}
+        objects = f"storage:\n  object_store: file://{tmp}/objects\n"
+        for name, env in (("embedded", embedded), ("postgres", shared)):
+            server = Server(["demo", "--scale", args.scale], os.path.join(tmp, name),
+                            config=f"storage:\n  object_store: file://{tmp}/objects-{name}\n", env=env)
+            try:
+                point_lookups(server, 5)  # warm up caches and files
+                warm, cold = point_lookups(server, args.runs)
+                results[f"{name}/point_lookup_warm_ms"] = warm * 1000
+                results[f"{name}/point_lookup_new_connection_ms"] = cold * 1000
+                results[f"{name}/sign_ins_per_s"] = sign_in_rate(server, max(args.runs // 2, 10))
+            finally:
+                server.stop()
+
+        # A fresh database for the cluster: the first replica generates the demo data.
+        cluster = dict(shared, QUIVER_STATE=url.rsplit("/", 1)[0] + "/cluster")
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE cluster")
+        replicas = [Server(["demo", "--scale", args.scale] if i == 0 else ["serve"],
+                           os.path.join(tmp, f"r{i}"), config=objects, env=cluster) for i in range(3)]
+        try:
+            concurrent_scans(replicas[:1])  # warm up
+            results["scan_3_clients/one_replica_rows_per_s"] = statistics.median(
+                concurrent_scans(replicas[:1]) for _ in range(3))
+            results["scan_3_clients/three_replicas_rows_per_s"] = statistics.median(
+                concurrent_scans(replicas) for _ in range(3))
+        finally:
+            for r in replicas:
+                r.stop()
+
+    print("| measurement | value |\n| --- | ---: |")
+    for key, value in results.items():
+        print(f"| {key} | {value:,.1f} |")
+    print()
+    print("| ratio | value |\n| --- | ---: |")
+    for what in ("point_lookup_warm_ms", "point_lookup_new_connection_ms"):
+        print(f"| {what}: postgres / embedded | {results['postgres/' + what] / results['embedded/' + what]:.2f}× |")
+    print(f"| sign-in rate: postgres / embedded | "
+          f"{results['postgres/sign_ins_per_s'] / results['embedded/sign_ins_per_s']:.2f}× |")
+    print(f"| 3 concurrent scans: three replicas / one | "
+          f"{results['scan_3_clients/three_replicas_rows_per_s'] / results['scan_3_clients/one_replica_rows_per_s']:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
