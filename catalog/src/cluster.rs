@@ -147,13 +147,19 @@ impl StateStore {
         )
     }
 
-    /// Forgets replicas dead for a while, and their work; returns how many.
+    /// Forgets replicas dead for a while and their work, and which replica ran the runs
+    /// that have ended; returns how many replicas went.
     pub fn forget_dead_replicas(&self) -> Result<usize, CatalogError> {
         let cutoff = ago_ms(FORGET_AFTER);
         self.transaction(|tx| {
             tx.execute(
                 "DELETE FROM running_work WHERE replica IN (SELECT id FROM replicas WHERE seen_at < $1)",
                 params![cutoff],
+            )?;
+            tx.execute(
+                "DELETE FROM sync_run_replicas
+                 WHERE run IN (SELECT id FROM sync_runs WHERE status <> 'running')",
+                params![],
             )?;
             tx.execute("DELETE FROM replicas WHERE seen_at < $1", params![cutoff])
         })

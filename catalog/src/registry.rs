@@ -269,7 +269,9 @@ impl StateStore {
         let live = Timestamp::now().0 / 1000 - REPLICA_TIMEOUT.as_millis() as i64;
         self.transaction(|tx| {
             let running: Option<i64> = tx.query_opt(
-                "SELECT s.id FROM sync_runs s JOIN replicas r ON r.id = s.replica
+                "SELECT s.id FROM sync_runs s
+                   JOIN sync_run_replicas o ON o.run = s.id
+                   JOIN replicas r ON r.id = o.replica
                  WHERE s.schema_name = $1 AND s.table_name = $2 AND s.status = 'running'
                    AND r.seen_at > $3",
                 params![table.schema(), table.table(), live],
@@ -280,12 +282,17 @@ impl StateStore {
                     "a sync of `{table}` is already running (run {run})"
                 )));
             }
-            tx.query_row(
-                "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status, replica)
-                 VALUES ($1, $2, $3, $4, 'running', $5) RETURNING id",
-                params![table.schema(), table.table(), trigger, actor, replica],
+            let run: i64 = tx.query_row(
+                "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status)
+                 VALUES ($1, $2, $3, $4, 'running') RETURNING id",
+                params![table.schema(), table.table(), trigger, actor],
                 |r| r.get(0),
-            )
+            )?;
+            tx.execute(
+                "INSERT INTO sync_run_replicas (run, replica) VALUES ($1, $2)",
+                params![run, replica],
+            )?;
+            Ok(run)
         })
     }
 
@@ -318,8 +325,9 @@ impl StateStore {
             "UPDATE sync_runs SET status = 'interrupted', ended_at = current_timestamp,
                     error = 'the server running the sync stopped; the previous version kept serving'
              WHERE status = 'running'
-               AND ($1 OR replica IS NULL
-                    OR replica NOT IN (SELECT id FROM replicas WHERE seen_at > $2))
+               AND ($1 OR id NOT IN (SELECT o.run FROM sync_run_replicas o
+                                     JOIN replicas r ON r.id = o.replica
+                                     WHERE r.seen_at > $2))
              RETURNING schema_name, table_name",
             params![all, live],
             |r| Ok((r.get(0)?, r.get(1)?)),

@@ -235,6 +235,7 @@ impl Orchestrator {
         self.state.sync_config_definitions(&defs)?;
         if self.state.backend() == Backend::DuckDb {
             self.clean_up_after_stopped(true).await?;
+            self.state.forget_dead_replicas()?;
         }
         Ok(())
     }

@@ -203,7 +203,10 @@ const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 9: the cluster: replicas alive by their heartbeats, the work each one runs (so
-    // per-user limits and cancellation hold across replicas), sign-in failures.
+    // per-user limits and cancellation hold across replicas), sign-in failures. (A run's
+    // replica has a table of its own, and there are no indexes: DuckDB could not replay a
+    // WAL holding this migration's first form, with `ALTER TABLE sync_runs` and two
+    // indexes, after a crash.)
     r#"
     CREATE TABLE replicas (
         id          VARCHAR PRIMARY KEY,   -- random, per process
@@ -211,7 +214,10 @@ const MIGRATIONS: &[&str] = &[
         started_at  BIGINT NOT NULL,       -- milliseconds since the epoch
         seen_at     BIGINT NOT NULL        -- its last heartbeat, milliseconds
     );
-    ALTER TABLE sync_runs ADD COLUMN replica VARCHAR;   -- the replica running it
+    CREATE TABLE sync_run_replicas (
+        run         BIGINT PRIMARY KEY,    -- sync_runs.id
+        replica     VARCHAR NOT NULL       -- the replica running it
+    );
     CREATE TABLE running_work (
         id          VARCHAR PRIMARY KEY,   -- random, per statement planned or stream sent
         replica     VARCHAR NOT NULL,
@@ -219,12 +225,10 @@ const MIGRATIONS: &[&str] = &[
         query_id    VARCHAR,               -- a stream's query (for cancellation)
         cancel      BOOLEAN NOT NULL DEFAULT false
     );
-    CREATE INDEX running_work_principal ON running_work (principal);
     CREATE TABLE sign_in_failures (
         key         VARCHAR NOT NULL,      -- 'account:<email>' or 'address:<ip>'
         failed_at   BIGINT NOT NULL        -- milliseconds since the epoch
     );
-    CREATE INDEX sign_in_failures_key ON sign_in_failures (key);
     "#,
 ];
 
@@ -343,6 +347,14 @@ impl StateStore {
                     params![version],
                 )?;
                 tracing::info!(version, "state store migrated");
+            }
+            Ok(applied as usize)
+        })
+        .and_then(|applied| {
+            // Schema changes go into the database file at once: DuckDB replays some DDL
+            // from its WAL badly after a crash.
+            if applied < MIGRATIONS.len() && db.backend() == Backend::DuckDb {
+                db.conn()?.batch("CHECKPOINT")?;
             }
             Ok(())
         })?;
