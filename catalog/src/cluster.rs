@@ -2,10 +2,10 @@
 //!
 //! A replica joins with a random id and renews its row with a heartbeat every
 //! [`HEARTBEAT`]; one not seen for [`REPLICA_TIMEOUT`] is dead, and what it was doing no
-//! longer counts: its statements stop taking the user's places, and the leader marks its
-//! syncs interrupted. Work (a statement being planned, a result being streamed) is a row
-//! while it runs, so `query.max_concurrent_per_user` holds across the cluster and a cancel
-//! sent to any replica reaches the one streaming the query. On the embedded state there is
+//! longer counts: its streams stop taking the user's places, and the leader marks its
+//! syncs interrupted. Each result being streamed is a row while it runs, so
+//! `query.max_concurrent_per_user` holds across the cluster and a cancel sent to any
+//! replica reaches the one streaming the query. On the embedded state there is
 //! one process, and these rows are not written (the in-process registry is the truth).
 
 use std::sync::Arc;
@@ -165,33 +165,36 @@ impl StateStore {
         })
     }
 
-    /// Admits one unit of `user`'s work on `replica` (a statement being planned, or the
-    /// stream of `query_id`) unless the user already has `max` running on live replicas.
-    /// Returns the work's id, for [`Self::finish_work`].
+    /// Admits `user`'s stream of `query_id` on `replica` unless the user already has `max`
+    /// streaming on live replicas. Returns the work's id, for [`Self::finish_work`].
     pub fn claim_work(
         &self,
         replica: &str,
         user: &str,
-        query_id: Option<&str>,
+        query_id: &str,
         max: usize,
     ) -> Result<String, ClaimError> {
         let id = uuid::Uuid::new_v4().to_string();
         let lock = format!("work:{user}");
         self.locked(&lock, |tx| {
+            let live = ago_ms(REPLICA_TIMEOUT);
+            let admitted = tx.execute(
+                "INSERT INTO running_work (id, replica, principal, query_id)
+                 SELECT $1::VARCHAR, $2::VARCHAR, $3::VARCHAR, $4::VARCHAR
+                 WHERE (SELECT count(*) FROM running_work w JOIN replicas r ON r.id = w.replica
+                        WHERE w.principal = $3::VARCHAR AND r.seen_at > $5::BIGINT) < $6::BIGINT",
+                params![id.as_str(), replica, user, query_id, live, max as i64],
+            )?;
+            if admitted == 1 {
+                return Ok(Ok(id.clone()));
+            }
             let busy: i64 = tx.query_row(
                 "SELECT count(*) FROM running_work w JOIN replicas r ON r.id = w.replica
                  WHERE w.principal = $1 AND r.seen_at > $2",
-                params![user, ago_ms(REPLICA_TIMEOUT)],
+                params![user, live],
                 |r| r.get(0),
             )?;
-            if busy as usize >= max {
-                return Ok(Err(ClaimError::Busy(busy as usize)));
-            }
-            tx.execute(
-                "INSERT INTO running_work (id, replica, principal, query_id) VALUES ($1, $2, $3, $4)",
-                params![id.as_str(), replica, user, query_id],
-            )?;
-            Ok(Ok(id.clone()))
+            Ok(Err(ClaimError::Busy(busy as usize)))
         })?
     }
 
@@ -222,7 +225,7 @@ impl StateStore {
     pub fn cancel_requests(&self, replica: &str) -> Result<Vec<String>, CatalogError> {
         self.conn()?.query_map(
             "SELECT DISTINCT query_id FROM running_work
-             WHERE replica = $1 AND cancel AND query_id IS NOT NULL",
+             WHERE replica = $1 AND cancel",
             params![replica],
             |r| r.get(0),
         )
@@ -247,14 +250,14 @@ mod tests {
         state.beat(&replica("b")).unwrap();
         assert_eq!(state.live_replicas().unwrap().len(), 2);
 
-        let first = state.claim_work("a", "u@x.com", Some("q1"), 2).unwrap();
-        let _second = state.claim_work("b", "u@x.com", None, 2).unwrap();
+        let first = state.claim_work("a", "u@x.com", "q1", 2).unwrap();
+        let _second = state.claim_work("b", "u@x.com", "q2", 2).unwrap();
         assert!(matches!(
-            state.claim_work("a", "u@x.com", None, 2),
+            state.claim_work("a", "u@x.com", "q3", 2),
             Err(ClaimError::Busy(2))
         ));
         assert!(
-            state.claim_work("a", "v@x.com", None, 2).is_ok(),
+            state.claim_work("a", "v@x.com", "q4", 2).is_ok(),
             "per user"
         );
 
@@ -265,7 +268,7 @@ mod tests {
         assert!(state.cancel_requests("b").unwrap().is_empty());
 
         state.finish_work(&first).unwrap();
-        assert!(state.claim_work("a", "u@x.com", None, 2).is_ok());
+        assert!(state.claim_work("a", "u@x.com", "q3", 2).is_ok());
 
         // A replica that left no longer counts.
         state.leave("b").unwrap();

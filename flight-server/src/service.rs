@@ -181,8 +181,9 @@ impl QuiverFlightSql {
     }
 
     /// Takes one of the user's places for concurrent work (planning, or the stream of
-    /// `query_id`), counted across every replica when they share the state; a refusal
-    /// names the setting and is audited.
+    /// `query_id`); a refusal names the setting and is audited. When replicas share the
+    /// state, streams count across all of them (statements being planned, short and
+    /// bounded, count here only: a round trip less for every query).
     async fn slot(
         &self,
         principal: &Principal,
@@ -199,14 +200,15 @@ impl QuiverFlightSql {
         };
         let mut slot = self.running.slot(principal.email(), max).map_err(refuse)?;
         let state = self.engine.state().clone();
-        if state.is_shared() {
+        if let Some(query) = query_id
+            && state.is_shared()
+        {
             let (store, replica) = (state.clone(), self.options.replica.id.clone());
-            let (user, query) = (principal.email().to_string(), query_id.map(str::to_string));
-            let claimed = tokio::task::spawn_blocking(move || {
-                store.claim_work(&replica, &user, query.as_deref(), max)
-            })
-            .await
-            .map_err(|e| internal(&e))?;
+            let (user, query) = (principal.email().to_string(), query.to_string());
+            let claimed =
+                tokio::task::spawn_blocking(move || store.claim_work(&replica, &user, &query, max))
+                    .await
+                    .map_err(|e| internal(&e))?;
             match claimed {
                 Ok(id) => slot.share(state, id),
                 Err(ClaimError::Busy(busy)) => return Err(refuse(busy)),

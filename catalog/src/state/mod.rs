@@ -219,10 +219,10 @@ const MIGRATIONS: &[&str] = &[
         replica     VARCHAR NOT NULL       -- the replica running it
     );
     CREATE TABLE running_work (
-        id          VARCHAR PRIMARY KEY,   -- random, per statement planned or stream sent
-        replica     VARCHAR NOT NULL,
+        id          VARCHAR PRIMARY KEY,   -- random, per result stream
+        replica     VARCHAR NOT NULL,      -- the replica streaming it
         principal   VARCHAR NOT NULL,      -- the user's e-mail
-        query_id    VARCHAR,               -- a stream's query (for cancellation)
+        query_id    VARCHAR NOT NULL,      -- the query streamed (for cancellation)
         cancel      BOOLEAN NOT NULL DEFAULT false
     );
     CREATE TABLE sign_in_failures (
