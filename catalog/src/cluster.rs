@@ -165,16 +165,16 @@ impl StateStore {
         })
     }
 
-    /// Admits `user`'s stream of `query_id` on `replica` unless the user already has `max`
-    /// streaming on live replicas. Returns the work's id, for [`Self::finish_work`].
+    /// Admits `user`'s stream of `query_id` on `replica` as work `id` unless the user
+    /// already has `max` streaming on live replicas. It ends with [`Self::finish_work`].
     pub fn claim_work(
         &self,
+        id: &str,
         replica: &str,
         user: &str,
         query_id: &str,
         max: usize,
-    ) -> Result<String, ClaimError> {
-        let id = uuid::Uuid::new_v4().to_string();
+    ) -> Result<(), ClaimError> {
         let lock = format!("work:{user}");
         self.locked(&lock, |tx| {
             let live = ago_ms(REPLICA_TIMEOUT);
@@ -183,10 +183,10 @@ impl StateStore {
                  SELECT $1::VARCHAR, $2::VARCHAR, $3::VARCHAR, $4::VARCHAR
                  WHERE (SELECT count(*) FROM running_work w JOIN replicas r ON r.id = w.replica
                         WHERE w.principal = $3::VARCHAR AND r.seen_at > $5::BIGINT) < $6::BIGINT",
-                params![id.as_str(), replica, user, query_id, live, max as i64],
+                params![id, replica, user, query_id, live, max as i64],
             )?;
             if admitted == 1 {
-                return Ok(Ok(id.clone()));
+                return Ok(Ok(()));
             }
             let busy: i64 = tx.query_row(
                 "SELECT count(*) FROM running_work w JOIN replicas r ON r.id = w.replica
@@ -196,6 +196,15 @@ impl StateStore {
             )?;
             Ok(Err(ClaimError::Busy(busy as usize)))
         })?
+    }
+
+    /// The work `replica` has recorded (to find rows whose end could not be recorded).
+    pub fn work_on(&self, replica: &str) -> Result<Vec<String>, CatalogError> {
+        self.conn()?.query_map(
+            "SELECT id FROM running_work WHERE replica = $1",
+            params![replica],
+            |r| r.get(0),
+        )
     }
 
     /// Ends a unit of work.
@@ -250,14 +259,14 @@ mod tests {
         state.beat(&replica("b")).unwrap();
         assert_eq!(state.live_replicas().unwrap().len(), 2);
 
-        let first = state.claim_work("a", "u@x.com", "q1", 2).unwrap();
-        let _second = state.claim_work("b", "u@x.com", "q2", 2).unwrap();
+        state.claim_work("w1", "a", "u@x.com", "q1", 2).unwrap();
+        state.claim_work("w2", "b", "u@x.com", "q2", 2).unwrap();
         assert!(matches!(
-            state.claim_work("a", "u@x.com", "q3", 2),
+            state.claim_work("w3", "a", "u@x.com", "q3", 2),
             Err(ClaimError::Busy(2))
         ));
         assert!(
-            state.claim_work("a", "v@x.com", "q4", 2).is_ok(),
+            state.claim_work("w4", "a", "v@x.com", "q4", 2).is_ok(),
             "per user"
         );
 
@@ -267,8 +276,9 @@ mod tests {
         assert_eq!(state.cancel_requests("a").unwrap(), vec!["q1".to_string()]);
         assert!(state.cancel_requests("b").unwrap().is_empty());
 
-        state.finish_work(&first).unwrap();
-        assert!(state.claim_work("a", "u@x.com", "q3", 2).is_ok());
+        assert_eq!(state.work_on("a").unwrap().len(), 2);
+        state.finish_work("w1").unwrap();
+        assert!(state.claim_work("w3", "a", "u@x.com", "q3", 2).is_ok());
 
         // A replica that left no longer counts.
         state.leave("b").unwrap();

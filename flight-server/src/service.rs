@@ -203,15 +203,24 @@ impl QuiverFlightSql {
         if let Some(query) = query_id
             && state.is_shared()
         {
-            let (store, replica) = (state.clone(), self.options.replica.id.clone());
-            let (user, query) = (principal.email().to_string(), query.to_string());
-            let claimed =
-                tokio::task::spawn_blocking(move || store.claim_work(&replica, &user, &query, max))
-                    .await
-                    .map_err(|e| internal(&e))?;
+            let id = uuid::Uuid::new_v4().to_string();
+            slot.share(state.clone(), id.clone());
+            let (replica, user) = (
+                self.options.replica.id.clone(),
+                principal.email().to_string(),
+            );
+            let query = query.to_string();
+            let claimed = tokio::task::spawn_blocking(move || {
+                state.claim_work(&id, &replica, &user, &query, max)
+            })
+            .await
+            .map_err(|e| internal(&e))?;
             match claimed {
-                Ok(id) => slot.share(state, id),
-                Err(ClaimError::Busy(busy)) => return Err(refuse(busy)),
+                Ok(()) => {}
+                Err(ClaimError::Busy(busy)) => {
+                    slot.unshare();
+                    return Err(refuse(busy));
+                }
                 Err(ClaimError::State(e)) => return Err(to_status(e)),
             }
         }
@@ -220,7 +229,9 @@ impl QuiverFlightSql {
 
     /// Every `CLUSTER_POLL` while `stop` is pending: cancels the queries streaming here that
     /// someone asked another replica to cancel, and refreshes where the other replicas are
-    /// reached. Does nothing on an embedded state.
+    /// reached; now and then, removes this replica's work rows whose end could not be
+    /// recorded (the database was away), so they do not hold the users' places. Does
+    /// nothing on an embedded state.
     pub async fn watch_cluster(self, stop: impl Future<Output = ()>) {
         let state = self.engine.state().clone();
         if !state.is_shared() {
@@ -229,10 +240,13 @@ impl QuiverFlightSql {
         let mut stop = std::pin::pin!(stop);
         let mut tick = tokio::time::interval(CLUSTER_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
+        for round in 1u64.. {
             tokio::select! {
                 () = &mut stop => return,
                 _ = tick.tick() => {}
+            }
+            if round % 40 == 0 {
+                self.forget_ended_work().await;
             }
             let (store, replica) = (state.clone(), self.options.replica.clone());
             let seen = tokio::task::spawn_blocking(move || {
@@ -260,6 +274,29 @@ impl QuiverFlightSql {
                 .filter(|r| r.id != self.options.replica.id)
                 .filter_map(|r| r.advertise)
                 .collect();
+        }
+    }
+
+    /// Removes this replica's work rows that no stream here holds any more.
+    async fn forget_ended_work(&self) {
+        let (state, running) = (self.engine.state().clone(), self.running.clone());
+        let replica = self.options.replica.id.clone();
+        let forgotten = tokio::task::spawn_blocking(move || {
+            // Recorded rows first: a stream holds its id locally before its row exists.
+            let recorded = state.work_on(&replica)?;
+            let held = running.shared_work();
+            let mut forgotten = 0;
+            for id in recorded.iter().filter(|id| !held.contains(*id)) {
+                state.finish_work(id)?;
+                forgotten += 1;
+            }
+            Ok::<_, quiver_catalog::CatalogError>(forgotten)
+        })
+        .await;
+        match forgotten {
+            Ok(Ok(0)) | Err(_) => {}
+            Ok(Ok(n)) => tracing::info!(rows = n, "removed work rows of streams that had ended"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot tidy this replica's work rows"),
         }
     }
 

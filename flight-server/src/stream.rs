@@ -38,6 +38,8 @@ struct Registry {
     queries: HashMap<String, Entry>,
     /// Work in progress per user: statements being planned and streams being sent.
     busy: HashMap<String, usize>,
+    /// Ids of the streams here recorded in a state shared by replicas.
+    shared: std::collections::HashSet<String>,
 }
 
 /// Queries that can be cancelled, by query id, and each user's work in progress. An entry
@@ -59,15 +61,29 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Ties work `id` recorded in the shared `state` to this slot: it ends with it.
+    /// Ties work `id` in the shared `state` to this slot (before it is recorded there, so
+    /// [`RunningQueries::shared_work`] never misses it): it ends with the slot.
     pub fn share(&mut self, state: Arc<StateStore>, id: String) {
+        self.lock().shared.insert(id.clone());
         self.shared = Some((state, id));
+    }
+
+    /// Undoes [`Self::share`] for work the shared state did not record.
+    pub fn unshare(&mut self) {
+        if let Some((_, id)) = self.shared.take() {
+            self.lock().shared.remove(&id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some((state, id)) = self.shared.take() {
+            self.lock().shared.remove(&id);
             let finish = move || {
                 if let Err(e) = state.finish_work(&id) {
                     tracing::warn!(error = %e, "cannot record the end of a query in the state");
@@ -107,6 +123,11 @@ impl RunningQueries {
             user: user.to_string(),
             shared: None,
         })
+    }
+
+    /// The ids of the streams running here that are recorded in the shared state.
+    pub fn shared_work(&self) -> std::collections::HashSet<String> {
+        self.lock().shared.clone()
     }
 
     /// Registers an issued ticket, forgetting tickets issued more than `max_age` ago and
