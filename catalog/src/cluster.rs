@@ -33,7 +33,7 @@ pub struct Replica {
 /// Why a user's work was not admitted.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
-    /// The user already has this many statements or streams running in the cluster.
+    /// The user already has this many results streaming in the cluster.
     #[error("{0} queries running")]
     Busy(usize),
     /// The state database failed.
