@@ -41,12 +41,8 @@ pub enum ClaimError {
     State(#[from] CatalogError),
 }
 
-fn now_ms() -> i64 {
-    Timestamp::now().0 / 1000
-}
-
 fn ago_ms(d: Duration) -> i64 {
-    now_ms() - d.as_millis() as i64
+    Timestamp::now().minus(d).millis()
 }
 
 /// Records `replica` in a shared state and keeps it alive, a heartbeat every
@@ -107,7 +103,7 @@ impl StateStore {
 
     /// Records `replica` as alive (joining, or its heartbeat).
     pub fn beat(&self, replica: &Replica) -> Result<(), CatalogError> {
-        let now = now_ms();
+        let now = Timestamp::now().millis();
         let updated = self.conn()?.execute(
             "UPDATE replicas SET seen_at = $1, advertise = $2 WHERE id = $3",
             params![now, replica.advertise.as_deref(), replica.id.as_str()],

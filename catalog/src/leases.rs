@@ -16,7 +16,7 @@ impl StateStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, CatalogError> {
-        let now = Timestamp::now().0 / 1000;
+        let now = Timestamp::now().millis();
         let until = now + ttl.as_millis() as i64;
         self.transaction(|tx| {
             let current: Option<(String, i64)> = tx.query_opt(

@@ -266,7 +266,7 @@ impl StateStore {
         actor: Option<&str>,
         replica: &str,
     ) -> Result<i64, CatalogError> {
-        let live = Timestamp::now().0 / 1000 - REPLICA_TIMEOUT.as_millis() as i64;
+        let live = Timestamp::now().minus(REPLICA_TIMEOUT).millis();
         self.transaction(|tx| {
             let running: Option<i64> = tx.query_opt(
                 "SELECT s.id FROM sync_runs s
@@ -320,7 +320,7 @@ impl StateStore {
     /// (`all`, at the start of the one process of an embedded state) or those of replicas
     /// no longer alive (the leader of a cluster, on every tick); returns their tables.
     pub fn interrupt_runs(&self, all: bool) -> Result<Vec<TableName>, CatalogError> {
-        let live = Timestamp::now().0 / 1000 - REPLICA_TIMEOUT.as_millis() as i64;
+        let live = Timestamp::now().minus(REPLICA_TIMEOUT).millis();
         let tables: Vec<(String, String)> = self.conn()?.query_map(
             "UPDATE sync_runs SET status = 'interrupted', ended_at = current_timestamp,
                     error = 'the server running the sync stopped; the previous version kept serving'

@@ -27,10 +27,6 @@ impl Default for LoginThrottle {
     }
 }
 
-fn now_ms() -> i64 {
-    Timestamp::now().0 / 1000
-}
-
 impl LoginThrottle {
     /// A throttle allowing `per_account` and `per_address` failures per `window`.
     pub fn new(window: Duration, per_account: usize, per_address: usize) -> Self {
@@ -61,7 +57,7 @@ impl LoginThrottle {
         account: &str,
         address: Option<&str>,
     ) -> Result<Result<(), Duration>, CatalogError> {
-        let now = now_ms();
+        let now = Timestamp::now().millis();
         let (account, address) = (Self::account_key(account), Self::address_key(address));
         let counts: Vec<(String, i64, i64)> = state.conn()?.query_map(
             "SELECT key, count(*), min(failed_at) FROM sign_in_failures
@@ -90,7 +86,7 @@ impl LoginThrottle {
         account: &str,
         address: Option<&str>,
     ) -> Result<(), CatalogError> {
-        let now = now_ms();
+        let now = Timestamp::now().millis();
         let conn = state.conn()?;
         // Keep the table to the window's worth under a spray of made-up accounts.
         let pruned = self.pruned.load(Ordering::Relaxed);

@@ -39,6 +39,12 @@ impl Timestamp {
         Self::from(SystemTime::now())
     }
 
+    /// Milliseconds since the epoch (how leases, heartbeats and sign-in failures are
+    /// stamped).
+    pub fn millis(self) -> i64 {
+        self.0 / 1000
+    }
+
     /// `age` earlier.
     pub fn minus(self, age: Duration) -> Self {
         Self(
