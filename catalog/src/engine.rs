@@ -36,6 +36,7 @@ use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::access::{Grant, GrantTarget, NewGrant};
+use crate::distributed::Distribution;
 use crate::executor::QueryExecutor;
 use crate::functions::BoundedConcatPlanner;
 use crate::identity::Principal;
@@ -65,6 +66,9 @@ pub struct EngineOptions {
     pub limits: QueryLimits,
     /// Threads of the query runtime (planning and execution).
     pub query_threads: usize,
+    /// Where large statements' stages may run besides here (a cluster with
+    /// `query.distributed: auto`); `None` runs every statement here.
+    pub distribution: Option<Arc<Distribution>>,
 }
 
 /// What the SQL surface allows: queries only.
@@ -84,6 +88,7 @@ pub struct QueryEngine {
     limits: QueryLimits,
     batch_size: usize,
     memory_limit_per_user: usize,
+    distribution: Option<Arc<Distribution>>,
     /// Each user's memory pool, kept across sessions so a grant change does not hand a
     /// user a second pool while their queries still hold the first.
     pools: Mutex<HashMap<String, Arc<dyn MemoryPool>>>,
@@ -150,6 +155,7 @@ impl QueryEngine {
             limits: options.limits,
             batch_size: options.batch_size,
             memory_limit_per_user: options.memory_limit_per_user,
+            distribution: options.distribution,
             pools: Mutex::default(),
             providers: Mutex::default(),
             sessions: Mutex::default(),
@@ -159,6 +165,11 @@ impl QueryEngine {
     /// The state store this engine reads the table registry from.
     pub fn state(&self) -> &Arc<StateStore> {
         &self.state
+    }
+
+    /// Where large statements' stages run, on a cluster.
+    pub fn distribution(&self) -> Option<&Arc<Distribution>> {
+        self.distribution.as_ref()
     }
 
     /// Tables `principal` may read, by name.
@@ -192,7 +203,7 @@ impl QueryEngine {
     }
 
     /// A fresh context for `email`, with no tables yet.
-    fn new_context(&self, email: &str) -> SessionContext {
+    fn new_context(&self, email: &str) -> Result<SessionContext, CatalogError> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, "public")
             .with_create_default_catalog_and_schema(false)
@@ -206,29 +217,36 @@ impl QueryEngine {
             .schema_force_view_types = false;
         // The parser refuses nesting past the depth the rest of planning is checked for.
         config.options_mut().sql_parser.recursion_limit = self.limits.max_expression_depth;
-        let pool = self.user_pool(email);
-        let runtime = RuntimeEnv {
-            memory_pool: pool.clone(),
-            ..self.runtime.as_ref().clone()
-        };
+        let (runtime, pool) = self.user_runtime(email);
         let mut state = SessionStateBuilder::new()
             .with_config(config)
-            .with_runtime_env(Arc::new(runtime))
+            .with_runtime_env(runtime)
             .with_default_features();
+        if let Some(distribution) = &self.distribution {
+            state = distribution.coordinate(state, email)?;
+        }
         // After the defaults, so list `||` is already planned as an array function.
         state
             .expr_planners()
             .get_or_insert_default()
             .push(Arc::new(BoundedConcatPlanner::new(&pool)));
-        let state = state.build();
-        let ctx = SessionContext::new_with_state(state);
-        ctx.register_udf(CurrentUser::udf(email));
-        crate::functions::bound_functions(&ctx, &ctx.runtime_env().memory_pool);
-        ctx
+        let ctx = SessionContext::new_with_state(state.build());
+        register_functions(&ctx, email, &pool);
+        Ok(ctx)
+    }
+
+    /// The engine's runtime with `email`'s memory pool, and the pool.
+    pub(crate) fn user_runtime(&self, email: &str) -> (Arc<RuntimeEnv>, Arc<dyn MemoryPool>) {
+        let pool = self.user_pool(email);
+        let runtime = RuntimeEnv {
+            memory_pool: pool.clone(),
+            ..self.runtime.as_ref().clone()
+        };
+        (Arc::new(runtime), pool)
     }
 
     async fn build_session(&self, principal: &Principal) -> Result<PrincipalSession, CatalogError> {
-        let ctx = self.new_context(principal.email());
+        let ctx = self.new_context(principal.email())?;
         let grants = if principal.is_admin() {
             Vec::new()
         } else {
@@ -328,7 +346,7 @@ impl QueryEngine {
         if covered.is_empty() && matches!(target, GrantTarget::Table(_)) {
             return Err(CatalogError::NotFound(format!("no table `{target}`")));
         }
-        let ctx = self.new_context(actor);
+        let ctx = self.new_context(actor)?;
         let mut masked_somewhere: std::collections::BTreeSet<&str> = Default::default();
         for entry in &covered {
             let base = self.provider(&ctx, entry).await?;
@@ -536,6 +554,13 @@ impl QueryEngine {
         };
         Ok(schema.table(name.table()).await?.map(|t| t.schema()))
     }
+}
+
+/// The functions of `email`'s sessions: `current_user()` and the amplifying functions
+/// bounded by `pool`.
+pub(crate) fn register_functions(ctx: &SessionContext, email: &str, pool: &Arc<dyn MemoryPool>) {
+    ctx.register_udf(CurrentUser::udf(email));
+    crate::functions::bound_functions(ctx, pool);
 }
 
 /// A statement planned for a principal.

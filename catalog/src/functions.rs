@@ -96,12 +96,8 @@ pub struct BoundedConcatPlanner {
 impl BoundedConcatPlanner {
     /// A planner whose `||` outputs are reserved from `pool`.
     pub fn new(pool: &Arc<dyn MemoryPool>) -> Self {
-        let check = ScalarUDF::new_from_impl(CheckedSize {
-            signature: Signature::any(1, Volatility::Immutable),
-            pool: pool.clone(),
-        });
         Self {
-            check: Arc::new(check),
+            check: Arc::new(checked_size(pool)),
         }
     }
 }
@@ -135,6 +131,15 @@ impl ExprPlanner for BoundedConcatPlanner {
             ScalarFunction::new_udf(self.check.clone(), vec![concat]),
         )))
     }
+}
+
+/// The check [`BoundedConcatPlanner`] wraps `||` in, named `||`; a worker running another
+/// replica's stage registers it to find it by that name.
+pub fn checked_size(pool: &Arc<dyn MemoryPool>) -> ScalarUDF {
+    ScalarUDF::new_from_impl(CheckedSize {
+        signature: Signature::any(1, Volatility::Immutable),
+        pool: pool.clone(),
+    })
 }
 
 /// Returns its argument unchanged after reserving the argument's size from the pool. It

@@ -18,13 +18,16 @@
 //!   user's memory; [`executor`]: the runtime user statements are planned and run on.
 //! - [`names`]: validated `schema.table` names.
 //! - [`cluster`]: the replicas sharing a state database and the work each runs;
-//!   [`leases`]: which replica runs the work that must happen once.
+//!   [`leases`]: which replica runs the work that must happen once; [`distributed`]: large
+//!   statements' stages run on the replicas (datafusion-distributed), each stage proved to
+//!   come from one.
 
 pub mod access;
 pub mod audit;
 pub mod authenticator;
 pub mod clients;
 pub mod cluster;
+pub mod distributed;
 pub mod engine;
 pub mod executor;
 pub mod functions;

@@ -484,7 +484,7 @@ pub struct PolicyExec {
 }
 
 impl PolicyExec {
-    fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>) -> Self {
         Self { input }
     }
 }

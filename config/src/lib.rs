@@ -331,6 +331,14 @@ impl Config {
             ),
         );
         check(
+            self.query.distributed_threshold >= ByteSize::kib(64),
+            "query.distributed_threshold",
+            format!(
+                "{} is too small; use at least 64 KiB",
+                self.query.distributed_threshold
+            ),
+        );
+        check(
             self.query.max_prepared_per_user >= 1,
             "query.max_prepared_per_user",
             "must be at least 1".into(),

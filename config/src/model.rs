@@ -310,6 +310,24 @@ pub struct QueryConfig {
     /// bound parameters. Default `1h`.
     #[serde(with = "humantime_serde_compat")]
     pub prepared_statement_idle: Duration,
+    /// `auto` (default): on a cluster (state in PostgreSQL, `server.advertise` set), a
+    /// statement scanning more than `distributed_threshold` runs its stages on the live
+    /// replicas; `off`: statements received here run here (the replica still runs stages
+    /// that others send).
+    pub distributed: Distributed,
+    /// Bytes of table data one replica scans for a distributed statement; a statement
+    /// reading less stays on one replica. Default `256 MiB`.
+    pub distributed_threshold: ByteSize,
+}
+
+/// Whether statements may run on several replicas (`query.distributed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distributed {
+    /// Large statements are spread over the live replicas.
+    Auto,
+    /// Every statement runs on the replica that received it.
+    Off,
 }
 
 impl Default for QueryConfig {
@@ -329,6 +347,8 @@ impl Default for QueryConfig {
             max_parameter_bytes: ByteSize::mib(1),
             max_prepared_per_user: 64,
             prepared_statement_idle: Duration::from_secs(3600),
+            distributed: Distributed::Auto,
+            distributed_threshold: ByteSize::mib(256),
         }
     }
 }

@@ -21,7 +21,10 @@ use futures::TryStreamExt;
 pub use service::{FlightOptions, QuiverFlightSql};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use quiver_catalog::distributed::{PRINCIPAL_HEADER, PROOF_HEADER};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Status};
 
 /// Largest message accepted from clients (bound parameters, handshakes).
 const MAX_DECODING_MESSAGE: usize = 64 * 1024 * 1024;
@@ -43,7 +46,9 @@ pub enum ServeError {
 }
 
 /// Serves Flight SQL on `listener` until `shutdown` resolves, then drains in-flight calls.
-/// `tls` is a (certificate, key) pair of PEM files.
+/// `tls` is a (certificate, key) pair of PEM files. On a cluster, the same listener also
+/// runs other replicas' distributed stages (see `quiver_catalog::distributed`), for callers
+/// that prove they are one.
 pub async fn serve(
     listener: TcpListener,
     service: QuiverFlightSql,
@@ -51,6 +56,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let max_encoding = service_max_message(&service);
+    let worker = service.engine().distribution().cloned().map(|distribution| {
+        let worker = quiver_catalog::distributed::worker(service.engine().clone());
+        InterceptedService::new(worker.into_worker_server(), move |request: Request<()>| {
+            let header = |name| request.metadata().get(name).and_then(|v| v.to_str().ok());
+            match (header(PRINCIPAL_HEADER), header(PROOF_HEADER)) {
+                (Some(principal), Some(proof)) if distribution.admits(principal, proof) => {
+                    Ok(request)
+                }
+                _ => Err(Status::unauthenticated(
+                    "distributed stages are accepted only from this cluster's replicas",
+                )),
+            }
+        })
+    });
     let svc = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(max_encoding);
@@ -75,6 +94,7 @@ pub async fn serve(
     });
     builder
         .add_service(svc)
+        .add_optional_service(worker)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -143,6 +143,11 @@ impl QuiverFlightSql {
         }
     }
 
+    /// The engine statements are planned and run on.
+    pub fn engine(&self) -> &Arc<QueryEngine> {
+        &self.engine
+    }
+
     /// Largest `FlightData` message this service sends.
     pub fn max_message_size(&self) -> usize {
         self.options.max_message_size
@@ -264,6 +269,9 @@ impl QuiverFlightSql {
                 }
                 Err(_) => continue,
             };
+            if let Some(distribution) = self.engine.distribution() {
+                distribution.set_workers(replicas.iter().filter_map(|r| r.advertise.clone()));
+            }
             for query in cancels {
                 if self.running.cancel(&query, "", true) {
                     tracing::info!(query_id = %query, "query cancelled through another replica");

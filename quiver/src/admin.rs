@@ -201,6 +201,7 @@ pub fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
                     batch_size: 8192,
                     limits: Default::default(),
                     query_threads: 1,
+                    distribution: None,
                 },
             )?;
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -10,8 +10,9 @@ use anyhow::Context;
 use base64::Engine;
 use quiver_catalog::authenticator::Authenticator;
 use quiver_catalog::cluster::{self, Replica};
+use quiver_catalog::distributed::Distribution;
 use quiver_catalog::{EngineOptions, QueryEngine, QueryLimits, StateStore, Storage, TokenSigner};
-use quiver_config::Config;
+use quiver_config::{Config, Distributed};
 use quiver_flight::{FlightOptions, QuiverFlightSql};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +68,16 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     )
     .await?;
 
-    let engine = open_engine(&config, &state, &storage)?;
+    // On a cluster, every advertised replica runs distributed stages; with
+    // `query.distributed: auto` it also spreads the large statements it receives.
+    let distribution = (state.is_shared() && replica.advertise.is_some()).then(|| {
+        let threshold = config.query.distributed_threshold.as_u64() as usize;
+        Arc::new(Distribution::new(
+            &secret,
+            (config.query.distributed == Distributed::Auto).then_some(threshold),
+        ))
+    });
+    let engine = open_engine(&config, &state, &storage, distribution)?;
     let orchestrator = Arc::new(new_orchestrator(
         &config,
         &state,
@@ -234,6 +244,7 @@ pub fn open_engine(
     config: &Config,
     state: &Arc<StateStore>,
     storage: &Storage,
+    distribution: Option<Arc<Distribution>>,
 ) -> anyhow::Result<Arc<QueryEngine>> {
     Ok(Arc::new(QueryEngine::new(
         state.clone(),
@@ -250,6 +261,7 @@ pub fn open_engine(
                 max_plan_nodes: config.query.max_plan_nodes,
             },
             query_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            distribution,
         },
     )?))
 }

@@ -117,7 +117,7 @@ async fn sync_here(
     jql: Option<String>,
 ) -> anyhow::Result<bool> {
     let storage = crate::server::open_storage(config)?;
-    let engine = crate::server::open_engine(config, state, &storage)?;
+    let engine = crate::server::open_engine(config, state, &storage, None)?;
     let orchestrator =
         crate::server::new_orchestrator(config, state, &storage, &engine, &replica.id)?;
     orchestrator.recover(&config.tables).await?;

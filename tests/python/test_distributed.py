@@ -1,0 +1,210 @@
+"""Distributed plans: a large statement received by one replica runs its stages on the others
+and answers exactly what a single replica answers, policies included; the replicas' workers
+take stages only from replicas of the cluster."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import re
+import tempfile
+import urllib.request
+
+import grpc
+import pyarrow.flight as flight
+import pytest
+
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, on_postgres
+from pgserver import free_port, postgres_server
+from test_clients import statement_command
+
+pytestmark = pytest.mark.skipif(on_postgres(), reason="runs in the embedded-state pass")
+
+SECRET = "distributed-cluster-secret-0123456789abcdef"
+PASSWORD = "distributed-user-password"
+QUERIES = json.loads((pathlib.Path(__file__).resolve().parents[2] / "benches" / "queries.json").read_text())
+Q3 = """SELECT l_orderkey, sum(l_extendedprice * (1 - l_discount)) AS revenue, o_orderdate, o_shippriority
+FROM tpch.customer, tpch.orders, tpch.lineitem
+WHERE c_mktsegment = 'BUILDING' AND c_custkey = o_custkey AND l_orderkey = o_orderkey
+  AND o_orderdate < DATE '1995-03-15' AND l_shipdate > DATE '1995-03-15'
+GROUP BY l_orderkey, o_orderdate, o_shippriority
+ORDER BY revenue DESC, o_orderdate, l_orderkey
+LIMIT 10"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Replicas A (which generated the demo data), B and C spreading statements that scan
+    more than 64 KiB, and D (`query.distributed: off`) answering on its own: the reference.
+    D still runs stages the others send."""
+    with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
+        url = f"postgres://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
+        env = {"QUIVER_STATE": url, "QUIVER_JWT_SECRET": SECRET}
+        started = []
+        try:
+            for name, args, mode in (("a", ["demo", "--scale", "0.01"], "auto"), ("b", ["serve"], "auto"),
+                                     ("c", ["serve"], "auto"), ("d", ["serve"], "off")):
+                port = free_port()
+                config = (f"storage:\n  object_store: file://{tmp}/objects\n"
+                          f"server:\n  advertise: grpc://127.0.0.1:{port}\n"
+                          f"query:\n  distributed: {mode}\n  distributed_threshold: 64 KiB\n")
+                started.append(Server(args, os.path.join(tmp, name), config=config, env=env,
+                                      flight_listen=f"127.0.0.1:{port}"))
+            wait_for_workers(started)
+            yield started
+        finally:
+            for server in started:
+                server.stop()
+
+
+def tasks(text):
+    """The most tasks any stage of an `EXPLAIN ANALYZE` ran in."""
+    return max((int(n) for n in re.findall(r"Stage \d+ ── tasks=(\d+)", text)), default=0)
+
+
+def wait_for_workers(replicas):
+    """Until the first replica spreads Q1's scan over every replica (each reads the live
+    replicas every 250 ms)."""
+    import time
+
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if tasks(plan(replicas[0], QUERIES["q1"])) == len(replicas):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the replicas did not become each other's workers:\n" + plan(replicas[0], QUERIES["q1"]))
+
+
+def rows(server, sql, email=ADMIN_EMAIL, password=ADMIN_PASSWORD):
+    """`sql`'s rows, planned and fetched on `server` itself (ADBC may redeem a ticket at any
+    location an endpoint lists, which on a cluster names the other replicas too)."""
+    client = flight.FlightClient(server.uri)
+    try:
+        options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(email, password)])
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)), options)
+        return client.do_get(info.endpoints[0].ticket, options).read_all().to_pylist()
+    finally:
+        client.close()
+
+
+def plan(server, sql):
+    """`EXPLAIN ANALYZE` of `sql` (it runs the statement: plain EXPLAIN shows the plan
+    before it is cut into stages)."""
+    return "\n".join(str(r["plan"]) for r in rows(server, "EXPLAIN ANALYZE " + sql))
+
+
+def stages_run(server) -> float:
+    """`quiver_distributed_stages_total` of a replica: stages it ran for others."""
+    request = urllib.request.Request(f"http://{server.http}/metrics")
+    request.add_header("authorization", f"Bearer {login(server, ADMIN_EMAIL, ADMIN_PASSWORD)}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    found = re.search(r"^quiver_distributed_stages_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def same(left, right):
+    """Equal rows; floats (averages) to 12 significant digits, the order as given."""
+    assert len(left) == len(right), (len(left), len(right))
+    for a, b in zip(left, right):
+        assert a.keys() == b.keys()
+        for key in a:
+            x, y = a[key], b[key]
+            if isinstance(x, float):
+                assert x == pytest.approx(y, rel=1e-12), (key, x, y)
+            else:
+                assert x == y, (key, x, y)
+
+
+@pytest.mark.parametrize("name", ["q1", "q3"])
+def test_a_large_statement_runs_on_every_replica_and_answers_as_one_replica_does(cluster, name):
+    a, b, c, d = cluster
+    sql = QUERIES["q1"] if name == "q1" else Q3
+    spread = plan(a, sql)
+    assert "DistributedExec" in spread, spread
+    assert "DistributedExec" not in plan(d, sql)
+
+    before = [stages_run(r) for r in (b, c)]
+    distributed, single = rows(a, sql), rows(d, sql)
+    assert single, "the reference answered nothing"
+    same(distributed, single)
+    after = [stages_run(r) for r in (b, c)]
+    assert all(x > y for x, y in zip(after, before)), (before, after)
+
+
+def test_a_row_filtered_and_masked_user_gets_the_same_rows_distributed(cluster):
+    a, b, c, d = cluster
+    admin = login(a, ADMIN_EMAIL, ADMIN_PASSWORD)
+    email = "dana@example.com"
+    assert api(a, "POST", "/api/admin/users", admin, {"email": email, "password": PASSWORD})[0] == 201
+    assert api(a, "POST", "/api/admin/groups", admin, {"name": "shipping"})[0] == 201
+    assert api(a, "POST", "/api/admin/groups/shipping/members", admin, {"email": email})[0] == 204
+    for grant in (
+        # current_user runs wherever the stage runs: it must be the caller there too.
+        {"table": "tpch.lineitem", "row_filter": f"l_shipmode <> 'AIR' AND current_user = '{email}'",
+         "column_masks": {"l_tax": "l_tax * 0", "l_comment": None}},
+        {"table": "tpch.orders", "row_filter": "o_orderpriority <> '1-URGENT'"},
+        {"table": "tpch.customer", "row_filter": "c_nationkey < 15"},
+    ):
+        status, body = api(a, "POST", "/api/admin/grants", admin, {"group": "shipping", **grant})
+        assert status == 201, body
+
+    who = {"email": email, "password": PASSWORD}
+    for sql in (QUERIES["q1"], Q3):
+        distributed, single = rows(a, sql, **who), rows(d, sql, **who)
+        same(distributed, single)
+        assert distributed != rows(a, sql), "the policy changed nothing"
+    # The mask holds on every replica's part: every charge equals its base price net of discount.
+    for row in rows(a, QUERIES["q1"], **who):
+        assert row["sum_charge"] == row["sum_disc_price"], row
+    # What the user cannot see is not read around the policy on any replica.
+    assert rows(a, "SELECT count(*) AS n FROM tpch.lineitem WHERE l_shipmode = 'AIR'", **who) == [{"n": 0}]
+
+
+def test_workers_take_stages_only_from_the_clusters_replicas(cluster):
+    a, *_ = cluster
+    channel = grpc.insecure_channel(a.flight)
+    info = channel.unary_unary("/worker.WorkerService/GetWorkerInfo",
+                               request_serializer=lambda _: b"", response_deserializer=lambda raw: raw)
+
+    def principal(email):
+        return base64.urlsafe_b64encode(email.encode()).rstrip(b"=").decode()
+
+    def proof(secret, value):
+        key = hmac.new(secret.encode(), b"quiver: distributed stages between replicas, v1", hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(hmac.new(key, value.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+
+    who = principal(ADMIN_EMAIL)
+    for metadata in ([],
+                     [("x-quiver-principal", who)],
+                     [("x-quiver-principal", who), ("x-quiver-proof", proof("not the cluster's secret", who))],
+                     [("x-quiver-principal", principal("someone@example.com")), ("x-quiver-proof", proof(SECRET, who))]):
+        with pytest.raises(grpc.RpcError) as refused:
+            info(None, metadata=metadata, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+        assert "only from this cluster's replicas" in refused.value.details()
+
+    # With the cluster's proof (what a replica sends), the worker answers.
+    info(None, metadata=[("x-quiver-principal", who), ("x-quiver-proof", proof(SECRET, who))], timeout=10)
+
+    # A plan sent straight to the stage stream is refused before it is read.
+    stages = channel.stream_stream("/worker.WorkerService/CoordinatorChannel",
+                                   request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stages(iter([b"\x0a\x00"]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    channel.close()
+
+
+def test_small_statements_and_plain_scans_stay_on_one_replica(cluster):
+    a, *_ = cluster
+    # A scan's rows all come back through A anyway: no stages elsewhere.
+    assert "DistributedExec" not in plan(a, "SELECT * FROM tpch.lineitem WHERE l_quantity > 10")
+    # An aggregate over a table under the threshold.
+    small = "SELECT n_regionkey, count(*) AS n FROM tpch.nation GROUP BY n_regionkey ORDER BY n_regionkey"
+    assert "DistributedExec" not in plan(a, small)
+    assert rows(a, small) == [{"n_regionkey": r, "n": 5} for r in range(5)]
