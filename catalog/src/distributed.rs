@@ -26,11 +26,11 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use datafusion::common::{DataFusionError, Result, exec_datafusion_err, internal_err};
-use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::common::tree_node::TreeNode;
+use datafusion::common::{DataFusionError, Result, exec_datafusion_err, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
@@ -165,9 +165,7 @@ impl Distribution {
         let mut builder = self
             .stages(builder, email)?
             .with_distributed_worker_resolver(self.workers.clone())
-            .with_distributed_file_scan_config_bytes_per_partition(
-                threshold.div_ceil(partitions),
-            )?
+            .with_distributed_file_scan_config_bytes_per_partition(threshold.div_ceil(partitions))?
             .with_distributed_planner();
         let distributed = builder
             .query_planner()
@@ -254,7 +252,9 @@ impl WorkerSessionBuilder for WorkerSessions {
             ));
         };
         let email = distribution.principal(&query.headers).ok_or_else(|| {
-            exec_datafusion_err!("a stage came without proof that a replica of this cluster sent it")
+            exec_datafusion_err!(
+                "a stage came without proof that a replica of this cluster sent it"
+            )
         })?;
         metrics::counter!("quiver_distributed_stages_total").increment(1);
         let (runtime, pool) = self.engine.user_runtime(&email);

@@ -18,10 +18,10 @@ use std::path::Path;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use futures::TryStreamExt;
+use quiver_catalog::distributed::{PRINCIPAL_HEADER, PROOF_HEADER};
 pub use service::{FlightOptions, QuiverFlightSql};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use quiver_catalog::distributed::{PRINCIPAL_HEADER, PROOF_HEADER};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
@@ -56,20 +56,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let max_encoding = service_max_message(&service);
-    let worker = service.engine().distribution().cloned().map(|distribution| {
-        let worker = quiver_catalog::distributed::worker(service.engine().clone());
-        InterceptedService::new(worker.into_worker_server(), move |request: Request<()>| {
-            let header = |name| request.metadata().get(name).and_then(|v| v.to_str().ok());
-            match (header(PRINCIPAL_HEADER), header(PROOF_HEADER)) {
-                (Some(principal), Some(proof)) if distribution.admits(principal, proof) => {
-                    Ok(request)
+    let worker = service
+        .engine()
+        .distribution()
+        .cloned()
+        .map(|distribution| {
+            let worker = quiver_catalog::distributed::worker(service.engine().clone());
+            InterceptedService::new(worker.into_worker_server(), move |request: Request<()>| {
+                let header = |name| request.metadata().get(name).and_then(|v| v.to_str().ok());
+                match (header(PRINCIPAL_HEADER), header(PROOF_HEADER)) {
+                    (Some(principal), Some(proof)) if distribution.admits(principal, proof) => {
+                        Ok(request)
+                    }
+                    _ => Err(Status::unauthenticated(
+                        "distributed stages are accepted only from this cluster's replicas",
+                    )),
                 }
-                _ => Err(Status::unauthenticated(
-                    "distributed stages are accepted only from this cluster's replicas",
-                )),
-            }
-        })
-    });
+            })
+        });
     let svc = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(max_encoding);
