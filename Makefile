@@ -8,7 +8,7 @@ VENV ?= $(HOME)/.cache/quiver/venv
 PYTHON ?= python3
 QUIVER_BIN := $(CARGO_TARGET_DIR)/release/quiver
 
-.PHONY: demo build test test-rust test-python venv node browser postgres lint fmt bench bench-ingest bench-cluster
+.PHONY: demo build test test-rust test-python venv node browser postgres lint fmt bench bench-ingest bench-cluster bench-distributed
 
 ## Run the server with the TPC-H demo data (scale 0.1), from the same build as the tests.
 demo: build
@@ -78,6 +78,10 @@ bench-ingest: build venv postgres
 ## Cluster benchmark: PostgreSQL vs embedded state, one vs three replicas (benches/RESULTS.md).
 bench-cluster: build venv postgres
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/cluster.py --scale 0.1
+
+## Distributed vs single-node TPC-H Q1 and Q3 on four replicas (see benches/RESULTS.md).
+bench-distributed: build venv postgres
+	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/distributed.py --scales 1
 
 ## End-to-end benchmark at scale 1 (see benches/RESULTS.md).
 bench: build venv
