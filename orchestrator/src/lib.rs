@@ -139,6 +139,8 @@ pub struct Orchestrator {
     replica: String,
     /// Whether this replica holds the lease now.
     leading: std::sync::atomic::AtomicBool,
+    /// When the leader last forgot long-dead replicas (once a minute is plenty).
+    forgot_replicas: Mutex<Option<std::time::Instant>>,
 }
 
 /// The lease whose holder runs scheduled syncs, Jira processing and retention.
@@ -176,6 +178,7 @@ impl Orchestrator {
             jira: None,
             replica,
             leading: Default::default(),
+            forgot_replicas: Mutex::default(),
         }
     }
 
@@ -508,9 +511,16 @@ impl Orchestrator {
         // The leader notices replicas that died mid-sync (their heartbeats stopped), so the
         // scheduler retries their tables.
         if holds && self.state.is_shared() {
-            let cleaned = self.clean_up_after_stopped(false).await;
-            if let Err(e) = cleaned.and_then(|()| Ok(self.state.forget_dead_replicas()?)) {
+            if let Err(e) = self.clean_up_after_stopped(false).await {
                 tracing::warn!(error = %e, "cleaning up after stopped replicas");
+            }
+            let due = lock(&self.forgot_replicas)
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+            if due {
+                match self.state.forget_dead_replicas() {
+                    Ok(_) => *lock(&self.forgot_replicas) = Some(std::time::Instant::now()),
+                    Err(e) => tracing::warn!(error = %e, "forgetting long-dead replicas"),
+                }
             }
         }
         match (holds, leading) {
