@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests" / "python"))
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server  # noqa: E402
 from pgserver import free_port, postgres_server  # noqa: E402
 from test_clients import statement_command  # noqa: E402
-from test_distributed import Q3, QUERIES, tasks  # noqa: E402
+from test_distributed import Q3, QUERIES, plan, tasks  # noqa: E402
 
 SECRET = "bench-distributed-secret-0123456789abcdef"
 
@@ -46,15 +46,6 @@ def timed(server, sql: str) -> float:
     elapsed = time.perf_counter() - started
     client.close()
     return elapsed
-
-
-def explain(server, sql: str) -> str:
-    client = flight.FlightClient(server.uri)
-    options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)])
-    info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_command("EXPLAIN ANALYZE " + sql)), options)
-    table = client.do_get(info.endpoints[0].ticket, options).read_all()
-    client.close()
-    return "\n".join(str(p) for p in table.column("plan").to_pylist())
 
 
 def one_scale(scale: str, runs: int, threshold: str) -> dict[str, float]:
@@ -74,11 +65,11 @@ def one_scale(scale: str, runs: int, threshold: str) -> dict[str, float]:
                                        flight_listen=f"127.0.0.1:{port}"))
             a, d = replicas[0], replicas[3]
             deadline = time.time() + 30
-            while tasks(explain(a, QUERIES["q1"])) < len(replicas) and time.time() < deadline:
+            while tasks(plan(a, QUERIES["q1"])) < len(replicas) and time.time() < deadline:
                 time.sleep(0.5)
             results = {}
             for name, sql in (("q1", QUERIES["q1"]), ("q3", Q3)):
-                results[f"{name}/tasks_per_stage"] = tasks(explain(a, sql))
+                results[f"{name}/tasks_per_stage"] = tasks(plan(a, sql))
                 timed(a, sql), timed(d, sql)  # warm up
                 spread, single = [], []
                 for _ in range(runs):
