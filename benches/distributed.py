@@ -17,7 +17,6 @@ command.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import statistics
 import sys
@@ -28,12 +27,10 @@ import pyarrow.flight as flight
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server  # noqa: E402
-from pgserver import free_port, postgres_server  # noqa: E402
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD  # noqa: E402
+from pgserver import postgres_server  # noqa: E402
 from test_clients import statement_command  # noqa: E402
-from test_distributed import Q3, QUERIES, plan, tasks  # noqa: E402
-
-SECRET = "bench-distributed-secret-0123456789abcdef"
+from test_distributed import Q3, QUERIES, plan, start, state, stop, tasks  # noqa: E402
 
 
 def timed(server, sql: str) -> float:
@@ -50,23 +47,10 @@ def timed(server, sql: str) -> float:
 
 def one_scale(scale: str, runs: int, threshold: str) -> dict[str, float]:
     with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
-        url = f"postgres://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
-        env = {"QUIVER_STATE": url, "QUIVER_JWT_SECRET": SECRET}
-        replicas = []
+        replicas = start(tmp, state(pg), scale=scale, threshold=threshold,
+                         query="  memory_limit: 4 GiB\n  memory_limit_per_user: 3 GiB\n")
         try:
-            for name, args, mode in (("a", ["demo", "--scale", scale], "auto"), ("b", ["serve"], "auto"),
-                                     ("c", ["serve"], "auto"), ("d", ["serve"], "off")):
-                port = free_port()
-                config = (f"storage:\n  object_store: file://{tmp}/objects\n"
-                          f"server:\n  advertise: grpc://127.0.0.1:{port}\n"
-                          f"query:\n  distributed: {mode}\n  distributed_threshold: {threshold}\n"
-                          "  memory_limit: 4 GiB\n  memory_limit_per_user: 3 GiB\n")
-                replicas.append(Server(args, os.path.join(tmp, name), config=config, env=env,
-                                       flight_listen=f"127.0.0.1:{port}"))
             a, d = replicas[0], replicas[3]
-            deadline = time.time() + 30
-            while tasks(plan(a, QUERIES["q1"])) < len(replicas) and time.time() < deadline:
-                time.sleep(0.5)
             results = {}
             for name, sql in (("q1", QUERIES["q1"]), ("q3", Q3)):
                 results[f"{name}/tasks_per_stage"] = tasks(plan(a, sql))
@@ -79,8 +63,7 @@ def one_scale(scale: str, runs: int, threshold: str) -> dict[str, float]:
                 results[f"{name}/single_node_ms"] = statistics.median(single) * 1000
             return results
         finally:
-            for r in replicas:
-                r.stop()
+            stop(replicas)
 
 
 def main() -> None:

@@ -18,10 +18,12 @@
 //! statements keep their single-replica plan. A worker accepts a stage only with
 //! [`PRINCIPAL_HEADER`] and [`PROOF_HEADER`]: an HMAC of the principal under a key derived
 //! from the cluster's JWT secret. Clients never hold it, so none can hand a worker a plan of
-//! its own (which could read table files around the policies). On the worker, the stage runs
+//! its own (which could read table files around the policies). Replicas advertising
+//! `grpc+tls://` send stages over TLS, trusting `server.tls.ca`. On the worker, the stage runs
 //! in the principal's memory pool, with its `current_user` and the bounded functions.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -35,15 +37,18 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionContext;
-use datafusion_distributed::grpc::DefaultChannelResolver;
+use datafusion_distributed::grpc::{
+    BoxCloneSyncChannel, DefaultChannelResolver, create_worker_client,
+};
 use datafusion_distributed::{
-    DistributedExt, SessionStateBuilderExt, Worker, WorkerQueryContext, WorkerResolver,
-    WorkerSessionBuilder,
+    ChannelResolver, DistributedExt, SessionStateBuilderExt, Worker, WorkerChannel,
+    WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use url::Url;
 
 use crate::engine::QueryEngine;
@@ -60,7 +65,7 @@ pub struct Distribution {
     workers: Workers,
     /// One set of connections to the workers for every session (the default resolver keeps
     /// one per runtime, and each principal's session has its own).
-    channels: DefaultChannelResolver,
+    channels: Channels,
     /// Bytes scanned past which a statement received here is spread; `None` when this
     /// replica only runs other replicas' stages (`query.distributed: off`).
     threshold: Option<usize>,
@@ -78,24 +83,26 @@ impl std::fmt::Debug for Distribution {
 impl Distribution {
     /// Distribution for a cluster whose replicas share `secret`: a statement received here
     /// scanning more than `threshold` bytes is spread (`None`: none is, but this replica
-    /// still runs the stages others send).
-    pub fn new(secret: &[u8], threshold: Option<usize>) -> Self {
+    /// still runs the stages others send). With `ca` (PEM, `server.tls.ca`), replicas
+    /// advertising `grpc+tls://` are workers too, reached over TLS trusting that CA.
+    pub fn new(secret: &[u8], threshold: Option<usize>, ca: Option<Vec<u8>>) -> Self {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
         mac.update(b"quiver: distributed stages between replicas, v1");
         Self {
             key: mac.finalize().into_bytes().into(),
             workers: Workers::default(),
-            channels: DefaultChannelResolver::default(),
+            channels: Channels::new(ca),
             threshold: threshold.map(|t| t.max(1)),
         }
     }
 
     /// Replaces the workers by these advertised Flight SQL URLs (the live replicas, this one
-    /// included); URLs that are not `grpc://` are left out.
+    /// included); `grpc+tls://` ones only with a CA to trust them by.
     pub fn set_workers(&self, advertised: impl IntoIterator<Item = String>) {
+        let tls = self.channels.tls.is_some();
         let mut urls: Vec<Url> = advertised
             .into_iter()
-            .filter_map(|a| worker_url(&a))
+            .filter_map(|a| worker_url(&a, tls))
             .collect();
         urls.sort();
         urls.dedup();
@@ -214,13 +221,57 @@ impl QueryPlanner for SpreadReductions {
     }
 }
 
-/// `grpc://h:p` → `http://h:p` (what tonic dials). Replicas advertising `grpc+tls://` are
-/// not workers yet: the stage channels would need the cluster's CA, which has no setting.
-fn worker_url(advertised: &str) -> Option<Url> {
-    let rest = advertised
-        .strip_prefix("grpc://")
-        .or_else(|| advertised.strip_prefix("grpc+tcp://"))?;
-    Url::parse(&format!("http://{rest}")).ok()
+/// `grpc://h:p` → `http://h:p`, and with `tls`, `grpc+tls://h:p` → `https://h:p` (what
+/// tonic dials).
+fn worker_url(advertised: &str, tls: bool) -> Option<Url> {
+    let (scheme, rest) = advertised.split_once("://")?;
+    let scheme = match scheme {
+        "grpc" | "grpc+tcp" => "http",
+        "grpc+tls" if tls => "https",
+        _ => return None,
+    };
+    Url::parse(&format!("{scheme}://{rest}")).ok()
+}
+
+/// Connections to the workers: plain ones through the library's resolver (which caches
+/// them), TLS ones trusting the cluster's CA, one lazily connecting channel per worker.
+#[derive(Clone)]
+struct Channels {
+    plain: DefaultChannelResolver,
+    tls: Option<ClientTlsConfig>,
+    secure: Arc<Mutex<HashMap<Url, BoxCloneSyncChannel>>>,
+}
+
+impl Channels {
+    fn new(ca: Option<Vec<u8>>) -> Self {
+        Self {
+            plain: DefaultChannelResolver::default(),
+            tls: ca.map(|pem| ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))),
+            secure: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl ChannelResolver for Channels {
+    async fn get_worker_client_for_url(&self, url: &Url) -> Result<Box<dyn WorkerChannel>> {
+        let Some(tls) = self.tls.clone().filter(|_| url.scheme() == "https") else {
+            return self.plain.get_worker_client_for_url(url).await;
+        };
+        let mut secure = self.secure.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match secure.get(url) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(url.to_string())
+                    .and_then(|e| e.tls_config(tls))
+                    .map_err(|e| exec_datafusion_err!("worker {url}: {e}"))?;
+                let channel = BoxCloneSyncChannel::new(endpoint.connect_lazy());
+                secure.insert(url.clone(), channel.clone());
+                channel
+            }
+        };
+        Ok(create_worker_client(channel))
+    }
 }
 
 /// The live replicas' workers, refreshed by the cluster watcher and read at planning.
@@ -303,12 +354,12 @@ mod tests {
 
     #[test]
     fn only_the_clusters_key_proves_a_principal() {
-        let ours = Distribution::new(b"cluster secret", Some(1 << 20));
+        let ours = Distribution::new(b"cluster secret", Some(1 << 20), None);
         let headers = ours.headers("ana@example.com").unwrap();
         assert_eq!(ours.principal(&headers).as_deref(), Some("ana@example.com"));
 
         // Another secret, another principal under the same proof, or no proof: refused.
-        let theirs = Distribution::new(b"another secret", None);
+        let theirs = Distribution::new(b"another secret", None, None);
         assert_eq!(theirs.principal(&headers), None);
         let mut forged = headers.clone();
         forged.insert(
@@ -323,14 +374,22 @@ mod tests {
 
     #[test]
     fn advertised_urls_become_worker_urls() {
-        let d = Distribution::new(b"s", None);
-        d.set_workers([
-            "grpc://10.0.0.2:50051".to_string(),
-            "grpc+tls://q1.example.com:443".to_string(),
-            "grpc://10.0.0.2:50051".to_string(),
-            "http://elsewhere:80".to_string(),
-        ]);
-        let urls: Vec<String> = d.workers().iter().map(Url::to_string).collect();
-        assert_eq!(urls, ["http://10.0.0.2:50051/"]);
+        let advertised = [
+            "grpc://10.0.0.2:50051",
+            "grpc+tls://q1.example.com:443",
+            "grpc://10.0.0.2:50051",
+            "http://elsewhere:80",
+        ];
+        let urls = |ca: Option<Vec<u8>>| {
+            let d = Distribution::new(b"s", None, ca);
+            d.set_workers(advertised.map(String::from));
+            d.workers().iter().map(Url::to_string).collect::<Vec<_>>()
+        };
+        // TLS replicas are workers only with a CA to trust them by.
+        assert_eq!(urls(None), ["http://10.0.0.2:50051/"]);
+        assert_eq!(
+            urls(Some(b"-----BEGIN CERTIFICATE-----".to_vec())),
+            ["http://10.0.0.2:50051/", "https://q1.example.com/"]
+        );
     }
 }

@@ -136,6 +136,11 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// Private key (PEM).
     pub key: PathBuf,
+    /// On a cluster: the CA (PEM) that issued the replicas' certificates, trusted when one
+    /// replica sends another a distributed statement's stage. Without it, replicas
+    /// advertising `grpc+tls://` run statements on their own.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 /// Where table data and the state file live.

@@ -70,11 +70,21 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
 
     // On a cluster, every advertised replica runs distributed stages; with
     // `query.distributed: auto` it also spreads the large statements it receives.
+    let ca = match config.server.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        Some(path) => Some(std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read the cluster's CA {} (server.tls.ca)",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
     let distribution = (state.is_shared() && replica.advertise.is_some()).then(|| {
         let threshold = config.query.distributed_threshold.as_u64() as usize;
         Arc::new(Distribution::new(
             &secret,
             (config.query.distributed == Distributed::Auto).then_some(threshold),
+            ca,
         ))
     });
     let engine = open_engine(&config, &state, &storage, distribution)?;

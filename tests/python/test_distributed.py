@@ -36,29 +36,68 @@ ORDER BY revenue DESC, o_orderdate, l_orderkey
 LIMIT 10"""
 
 
+def start(tmp, env, tls=None, scale="0.01", threshold="64 KiB", query=""):
+    """Replicas A (which generates the demo data), B and C spreading statements that scan
+    more than `threshold`, and D (`query.distributed: off`) answering on its own: the
+    reference. D still runs stages the others send. With `tls` (certificate, key, CA files),
+    every replica serves and advertises grpc+tls and trusts the CA for stages. `query`: more
+    lines of the `query` section. Returns once A spreads Q1 over all four."""
+    started = []
+    try:
+        for name, args, mode in (("a", ["demo", "--scale", scale], "auto"), ("b", ["serve"], "auto"),
+                                 ("c", ["serve"], "auto"), ("d", ["serve"], "off")):
+            port = free_port()
+            server = f"server:\n  advertise: {'grpc+tls' if tls else 'grpc'}://127.0.0.1:{port}\n"
+            if tls:
+                server += "  tls:\n    cert: {}\n    key: {}\n    ca: {}\n".format(*tls)
+            config = (f"storage:\n  object_store: file://{tmp}/objects\n{server}"
+                      f"query:\n  distributed: {mode}\n  distributed_threshold: {threshold}\n{query}")
+            replica = Server(args, os.path.join(tmp, name), config=config, env=env,
+                             flight_listen=f"127.0.0.1:{port}")
+            replica.root_certs = open(tls[2]).read() if tls else None
+            started.append(replica)
+        wait_for_workers(started)
+        return started
+    except BaseException:
+        stop(started)
+        raise
+
+
+def stop(replicas):
+    for replica in replicas:
+        replica.stop()
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """Replicas A (which generated the demo data), B and C spreading statements that scan
-    more than 64 KiB, and D (`query.distributed: off`) answering on its own: the reference.
-    D still runs stages the others send."""
     with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
-        url = f"postgres://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
-        env = {"QUIVER_STATE": url, "QUIVER_JWT_SECRET": SECRET}
-        started = []
-        try:
-            for name, args, mode in (("a", ["demo", "--scale", "0.01"], "auto"), ("b", ["serve"], "auto"),
-                                     ("c", ["serve"], "auto"), ("d", ["serve"], "off")):
-                port = free_port()
-                config = (f"storage:\n  object_store: file://{tmp}/objects\n"
-                          f"server:\n  advertise: grpc://127.0.0.1:{port}\n"
-                          f"query:\n  distributed: {mode}\n  distributed_threshold: 64 KiB\n")
-                started.append(Server(args, os.path.join(tmp, name), config=config, env=env,
-                                      flight_listen=f"127.0.0.1:{port}"))
-            wait_for_workers(started)
-            yield started
-        finally:
-            for server in started:
-                server.stop()
+        replicas = start(tmp, state(pg))
+        yield replicas
+        stop(replicas)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster():
+    """The same cluster on TLS, certificates from one throwaway CA."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
+        files = [os.path.join(tmp, f) for f in ("cert.pem", "key.pem", "ca.pem")]
+        cert.cert_chain_pems[0].write_to_path(files[0])
+        for extra in cert.cert_chain_pems[1:]:
+            extra.write_to_path(files[0], append=True)
+        cert.private_key_pem.write_to_path(files[1])
+        ca.cert_pem.write_to_path(files[2])
+        replicas = start(tmp, state(pg), tls=files)
+        yield replicas
+        stop(replicas)
+
+
+def state(pg):
+    url = f"postgres://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
+    return {"QUIVER_STATE": url, "QUIVER_JWT_SECRET": SECRET}
 
 
 def tasks(text):
@@ -82,7 +121,10 @@ def wait_for_workers(replicas):
 def rows(server, sql, email=ADMIN_EMAIL, password=ADMIN_PASSWORD):
     """`sql`'s rows, planned and fetched on `server` itself (ADBC may redeem a ticket at any
     location an endpoint lists, which on a cluster names the other replicas too)."""
-    client = flight.FlightClient(server.uri)
+    if getattr(server, "root_certs", None):
+        client = flight.FlightClient(f"grpc+tls://{server.flight}", tls_root_certs=server.root_certs)
+    else:
+        client = flight.FlightClient(server.uri)
     try:
         options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(email, password)])
         info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)), options)
@@ -208,3 +250,11 @@ def test_small_statements_and_plain_scans_stay_on_one_replica(cluster):
     small = "SELECT n_regionkey, count(*) AS n FROM tpch.nation GROUP BY n_regionkey ORDER BY n_regionkey"
     assert "DistributedExec" not in plan(a, small)
     assert rows(a, small) == [{"n_regionkey": r, "n": 5} for r in range(5)]
+
+
+def test_replicas_on_tls_send_each_other_stages_over_tls(tls_cluster):
+    # The fixture waited until A's stages ran on all four replicas, over TLS.
+    a, b, c, d = tls_cluster
+    before = stages_run(b)
+    same(rows(a, Q3), rows(d, Q3))
+    assert stages_run(b) > before
