@@ -66,8 +66,9 @@ pub struct EngineOptions {
     pub limits: QueryLimits,
     /// Threads of the query runtime (planning and execution).
     pub query_threads: usize,
-    /// Where large statements' stages may run besides here (a cluster with
-    /// `query.distributed: auto`); `None` runs every statement here.
+    /// On a cluster (shared state, `server.advertise` set): the replicas stages run on,
+    /// and whether large statements received here are spread (`query.distributed`).
+    /// `None`: no stages run here and every statement runs here.
     pub distribution: Option<Arc<Distribution>>,
 }
 
