@@ -5,11 +5,12 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use quiver_catalog::access::{Grant, Member, MembershipSource, NewGrant, User, UserUpdate};
-use quiver_catalog::audit::{AuditQuery, AuditRecord};
-use quiver_catalog::clients::ClientInfo;
-use quiver_catalog::registry::{Origin, SyncRun};
-use quiver_catalog::tokens::TokenInfo;
+use quiver_catalog::state::access::{Grant, NewGrant};
+use quiver_catalog::state::audit::{AuditQuery, AuditRecord};
+use quiver_catalog::state::identity::ClientInfo;
+use quiver_catalog::state::identity::TokenInfo;
+use quiver_catalog::state::identity::{Member, MembershipSource, User, UserUpdate};
+use quiver_catalog::state::tables::{Origin, SyncRun};
 use quiver_catalog::{CatalogError, StateStore, TableName};
 use quiver_config::TableDef;
 use quiver_orchestrator::Trigger;
@@ -103,7 +104,7 @@ pub async fn catalog(
             None
         } else {
             let (name, version) = (t.name.clone(), t.version);
-            let stored = blocking(&app, move |s| s.version_details(&name, version))
+            let stored = blocking(&app, move |s| s.tables().version_details(&name, version))
                 .await?
                 .1;
             stored.map(|mut profile| {
@@ -156,7 +157,9 @@ pub async fn my_tokens(
     Caller { principal: p, .. }: Caller,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let email = p.email().to_string();
-    Ok(Json(blocking(&app, move |s| s.tokens(&email)).await?))
+    Ok(Json(
+        blocking(&app, move |s| s.identity().tokens(&email)).await?,
+    ))
 }
 
 /// Create a personal access token; the answer is the only time it is shown.
@@ -174,7 +177,7 @@ pub async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let email = p.email().to_string();
     let (info, token) = blocking(&app, move |s| {
-        s.create_token(
+        s.identity().create_token(
             &email,
             &email,
             &body.name,
@@ -196,7 +199,10 @@ pub async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let email = p.email().to_string();
-    blocking(&app, move |s| s.revoke_token(&email, Some(&email), &id)).await?;
+    blocking(&app, move |s| {
+        s.identity().revoke_token(&email, Some(&email), &id)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -219,7 +225,7 @@ pub async fn users(
     State(app): State<AppState>,
     _: AdminCaller,
 ) -> Result<Json<Vec<User>>, ApiError> {
-    Ok(Json(blocking(&app, |s| s.users()).await?))
+    Ok(Json(blocking(&app, |s| s.identity().users()).await?))
 }
 
 /// Create a user (without a password, the user signs in through OIDC or tokens).
@@ -233,7 +239,7 @@ pub async fn create_user(
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let actor = p.email().to_string();
     let user = blocking(&app, move |s| {
-        s.create_user(
+        s.identity().create_user(
             &actor,
             &body.email,
             body.name.as_deref(),
@@ -256,7 +262,10 @@ pub async fn update_user(
 ) -> Result<Json<User>, ApiError> {
     let actor = p.email().to_string();
     Ok(Json(
-        blocking(&app, move |s| s.update_user(&actor, &email, &body)).await?,
+        blocking(&app, move |s| {
+            s.identity().update_user(&actor, &email, &body)
+        })
+        .await?,
     ))
 }
 
@@ -270,7 +279,7 @@ pub async fn delete_user(
     Path(email): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let actor = p.email().to_string();
-    blocking(&app, move |s| s.delete_user(&actor, &email)).await?;
+    blocking(&app, move |s| s.identity().delete_user(&actor, &email)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -297,7 +306,7 @@ pub async fn groups(
     State(app): State<AppState>,
     _: AdminCaller,
 ) -> Result<Json<Vec<GroupInfo>>, ApiError> {
-    let names = blocking(&app, |s| s.groups()).await?;
+    let names = blocking(&app, |s| s.identity().groups()).await?;
     Ok(Json(
         names.into_iter().map(|name| GroupInfo { name }).collect(),
     ))
@@ -314,7 +323,7 @@ pub async fn create_group(
 ) -> Result<(StatusCode, Json<GroupInfo>), ApiError> {
     let actor = p.email().to_string();
     let name = body.name.clone();
-    blocking(&app, move |s| s.create_group(&actor, &body.name)).await?;
+    blocking(&app, move |s| s.identity().create_group(&actor, &body.name)).await?;
     Ok((StatusCode::CREATED, Json(GroupInfo { name })))
 }
 
@@ -328,7 +337,7 @@ pub async fn delete_group(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let actor = p.email().to_string();
-    blocking(&app, move |s| s.delete_group(&actor, &name)).await?;
+    blocking(&app, move |s| s.identity().delete_group(&actor, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -348,7 +357,9 @@ pub async fn members(
     _: AdminCaller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<Member>>, ApiError> {
-    Ok(Json(blocking(&app, move |s| s.members(&name)).await?))
+    Ok(Json(
+        blocking(&app, move |s| s.identity().members(&name)).await?,
+    ))
 }
 
 /// Add a user to a group.
@@ -363,7 +374,8 @@ pub async fn add_member(
 ) -> Result<StatusCode, ApiError> {
     let actor = p.email().to_string();
     blocking(&app, move |s| {
-        s.add_member(&actor, &name, &body.email, MembershipSource::Admin)
+        s.identity()
+            .add_member(&actor, &name, &body.email, MembershipSource::Admin)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -379,7 +391,10 @@ pub async fn remove_member(
     Path((name, email)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let actor = p.email().to_string();
-    blocking(&app, move |s| s.remove_member(&actor, &name, &email)).await?;
+    blocking(&app, move |s| {
+        s.identity().remove_member(&actor, &name, &email)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -393,7 +408,7 @@ pub async fn grants(
     State(app): State<AppState>,
     _: AdminCaller,
 ) -> Result<Json<Vec<Grant>>, ApiError> {
-    Ok(Json(blocking(&app, |s| s.grants()).await?))
+    Ok(Json(blocking(&app, |s| s.access().grants()).await?))
 }
 
 /// Grant a table or schema to a group, with an optional row filter and column masks,
@@ -420,7 +435,7 @@ pub async fn revoke_grant(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     let actor = p.email().to_string();
-    blocking(&app, move |s| s.revoke_grant(&actor, id)).await?;
+    blocking(&app, move |s| s.access().revoke_grant(&actor, id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -435,7 +450,7 @@ pub async fn audit(
     _: AdminCaller,
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
-    Ok(Json(blocking(&app, move |s| s.audit_log(&query)).await?))
+    Ok(Json(blocking(&app, move |s| s.audit().log(&query)).await?))
 }
 
 // ----- service accounts -------------------------------------------------------------------
@@ -469,7 +484,7 @@ pub async fn service_accounts(
     State(app): State<AppState>,
     _: AdminCaller,
 ) -> Result<Json<Vec<ClientInfo>>, ApiError> {
-    Ok(Json(blocking(&app, |s| s.clients()).await?))
+    Ok(Json(blocking(&app, |s| s.identity().clients()).await?))
 }
 
 /// Create OAuth client credentials for a service account; grant it access through its
@@ -486,7 +501,7 @@ pub async fn create_service_account(
 ) -> Result<(StatusCode, Json<CreatedClient>), ApiError> {
     let actor = p.email().to_string();
     let (info, client_secret) = blocking(&app, move |s| {
-        s.create_client(&actor, &body.email, &body.name)
+        s.identity().create_client(&actor, &body.email, &body.name)
     })
     .await?;
     Ok((
@@ -511,7 +526,10 @@ pub async fn revoke_service_account(
     Path(client_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let actor = p.email().to_string();
-    blocking(&app, move |s| s.revoke_client(&actor, &client_id)).await?;
+    blocking(&app, move |s| {
+        s.identity().revoke_client(&actor, &client_id)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -556,9 +574,9 @@ pub(crate) fn table_infos(
 ) -> Result<Vec<TableInfo>, CatalogError> {
     // Runs first: a run read as succeeded has its version committed (same transaction), so
     // the tables read next include it.
-    let runs = state.sync_runs(only, None, 1000)?;
-    let published = state.tables()?;
-    let definitions = state.definitions()?;
+    let runs = state.tables().sync_runs(only, None, 1000)?;
+    let published = state.tables().list()?;
+    let definitions = state.tables().definitions()?;
     let mut names: Vec<TableName> = published
         .iter()
         .map(|t| t.name.clone())
@@ -572,7 +590,7 @@ pub(crate) fn table_infos(
         let entry = published.iter().find(|t| t.name == name);
         let definition = definitions.iter().find(|d| d.name == name);
         let profile = match (entry, with_profile) {
-            (Some(e), true) => state.version_details(&name, e.version)?.1,
+            (Some(e), true) => state.tables().version_details(&name, e.version)?.1,
             _ => None,
         };
         out.push(TableInfo {
@@ -589,7 +607,7 @@ pub(crate) fn table_infos(
             last_sync: match runs.iter().find(|r| r.table == name.to_string()) {
                 Some(run) => Some(run.clone()),
                 // More tables than recent runs: ask for this one's.
-                None if runs.len() == 1000 => state.sync_runs(Some(&name), None, 1)?.pop(),
+                None if runs.len() == 1000 => state.tables().sync_runs(Some(&name), None, 1)?.pop(),
                 None => None,
             }
             .map(|run| with_progress(app, run)),
@@ -660,7 +678,7 @@ pub async fn create_table(
     let name = table_name(&def.name)?;
     let actor = p.email().to_string();
     let n = name.clone();
-    blocking(&app, move |s| s.define_table(&actor, &n, &def)).await?;
+    blocking(&app, move |s| s.tables().define_table(&actor, &n, &def)).await?;
     Ok((StatusCode::CREATED, Json(table_info(&app, name).await?)))
 }
 
@@ -743,7 +761,7 @@ pub async fn update_table(
     let name = table_name(&table)?;
     let actor = p.email().to_string();
     let n = name.clone();
-    let definition = blocking(&app, move |s| s.definition(&n)).await?;
+    let definition = blocking(&app, move |s| s.tables().definition(&n)).await?;
     match definition {
         Some(d) => {
             let mut def = d.def;
@@ -759,7 +777,7 @@ pub async fn update_table(
             let def =
                 parse_definition(serde_json::to_value(&def).map_err(|e| ApiError::internal(&e))?)?;
             let n = name.clone();
-            blocking(&app, move |s| s.redefine_table(&actor, &n, &def)).await?;
+            blocking(&app, move |s| s.tables().redefine_table(&actor, &n, &def)).await?;
         }
         None => {
             if body.schedule.is_some() || body.options.is_some() {
@@ -774,7 +792,8 @@ pub async fn update_table(
             let description = body.description.flatten();
             let n = name.clone();
             blocking(&app, move |s| {
-                s.set_table_description(&actor, &n, description.as_deref())
+                s.tables()
+                    .set_table_description(&actor, &n, description.as_deref())
             })
             .await?;
         }
@@ -805,14 +824,15 @@ pub async fn delete_table(
         ));
     }
     blocking(&app, move |s| {
-        if s.definition(&name)?
+        if s.tables()
+            .definition(&name)?
             .is_some_and(|d| d.origin == Origin::Config)
         {
             return Err(CatalogError::Conflict(format!(
                 "`{name}` is defined in the configuration file; remove it there (and restart) first"
             )));
         }
-        s.delete_table(&actor, &name)
+        s.tables().delete_table(&actor, &name)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -872,7 +892,8 @@ pub async fn sync_table(
     };
     let actor = p.email().to_string();
     blocking(&app, move |s| {
-        s.record_event(&actor, "table.sync", Some(&name.to_string()), "ok")
+        s.audit()
+            .record_event(&actor, "table.sync", Some(&name.to_string()), "ok")
     })
     .await?;
     Ok((
@@ -908,7 +929,8 @@ pub async fn syncs(
 ) -> Result<Json<Vec<SyncRun>>, ApiError> {
     let table = query.table.as_deref().map(table_name).transpose()?;
     let runs = blocking(&app, move |s| {
-        s.sync_runs(table.as_ref(), query.before, query.limit.unwrap_or(50))
+        s.tables()
+            .sync_runs(table.as_ref(), query.before, query.limit.unwrap_or(50))
     })
     .await?;
     Ok(Json(

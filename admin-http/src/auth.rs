@@ -182,7 +182,7 @@ pub async fn logout(State(app): State<AppState>, caller: Caller) -> Result<Respo
     if let Some(session) = caller.session {
         let email = caller.principal.email().to_string();
         blocking(&app, move |s| {
-            s.end_session(&email, &session.jti, session.exp)
+            s.identity().end_session(&email, &session.jti, session.exp)
         })
         .await?;
     }

@@ -212,7 +212,7 @@ async fn exchange(app: &AppState, request: &TokenRequest) -> Response {
         }
     };
     let principal = match blocking(app, move |s| {
-        s.sign_in_from_idp(
+        s.identity().sign_in_from_idp(
             &identity.provider,
             &identity.email,
             identity.name.as_deref(),

@@ -527,7 +527,8 @@ pub async fn callback(
     } = identity_of(p, claims)?;
     let provider_name = provider.clone();
     let principal = blocking(&app, move |s| {
-        s.sign_in_from_idp(&provider_name, &email, name.as_deref(), groups.as_deref())
+        s.identity()
+            .sign_in_from_idp(&provider_name, &email, name.as_deref(), groups.as_deref())
     })
     .await?
     .ok_or_else(|| ApiError::forbidden("your account is deactivated; ask an administrator"))?;

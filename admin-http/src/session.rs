@@ -1,6 +1,6 @@
 //! Browser sessions: the bearer token in an HttpOnly, SameSite=Lax cookie (Secure behind
 //! HTTPS), and a CSRF token derived from it for every cookie-authenticated change. Ended
-//! sessions are kept in the state store (`quiver_catalog::sessions`), for every edge.
+//! sessions are kept in the state store (`quiver_catalog::state::identity`), for every edge.
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use hmac::{Hmac, Mac};

@@ -12,10 +12,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use quiver_catalog::Principal;
-use quiver_catalog::access::{MembershipSource, NewGrant, UserUpdate};
-use quiver_catalog::audit::AuditQuery;
 use quiver_catalog::authenticator::{Credentials, Edge, SignInError, SignedIn};
 use quiver_catalog::identity::unix_now;
+use quiver_catalog::state::access::NewGrant;
+use quiver_catalog::state::audit::AuditQuery;
+use quiver_catalog::state::identity::{MembershipSource, UserUpdate};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -384,7 +385,7 @@ pub async fn logout(
     if let Some(session) = user.verified.clone() {
         let email = user.principal.email().to_string();
         if let Err(e) = blocking(&app, move |s| {
-            s.end_session(&email, &session.jti, session.exp)
+            s.identity().end_session(&email, &session.jti, session.exp)
         })
         .await
         {
@@ -407,7 +408,7 @@ async fn connect_page(
     error: Option<String>,
 ) -> Response {
     let email = user.principal.email().to_string();
-    let tokens = match blocking(app, move |s| s.tokens(&email)).await {
+    let tokens = match blocking(app, move |s| s.identity().tokens(&email)).await {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -537,7 +538,8 @@ pub async fn create_token(
     let name = form.name.clone();
     let origin = user.origin.clone();
     match blocking(&app, move |s| {
-        s.create_token(&email, &email, &name, days, origin.as_ref())
+        s.identity()
+            .create_token(&email, &email, &name, days, origin.as_ref())
     })
     .await
     {
@@ -561,7 +563,11 @@ pub async fn revoke_token(
         return r;
     }
     let email = user.principal.email().to_string();
-    match blocking(&app, move |s| s.revoke_token(&email, Some(&email), &id)).await {
+    match blocking(&app, move |s| {
+        s.identity().revoke_token(&email, Some(&email), &id)
+    })
+    .await
+    {
         Ok(()) => Redirect::to("/connect").into_response(),
         Err(e) => connect_page(&app, &user, None, Some(e.message().to_string())).await,
     }
@@ -624,7 +630,7 @@ pub async fn catalog(State(app): State<AppState>, user: PageUser) -> Response {
 // ----- admin: users ---------------------------------------------------------------------------
 
 async fn users_page(app: &AppState, user: &PageUser, error: Option<String>) -> Response {
-    let users = match blocking(app, |s| s.users()).await {
+    let users = match blocking(app, |s| s.identity().users()).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
@@ -699,7 +705,7 @@ pub async fn create_user(
     }
     let actor = user.principal.email().to_string();
     let result = blocking(&app, move |s| {
-        s.create_user(
+        s.identity().create_user(
             &actor,
             &form.email,
             form.name.as_deref().filter(|n| !n.is_empty()),
@@ -738,7 +744,11 @@ pub async fn set_active(
         active: Some(form.active),
         ..Default::default()
     };
-    match blocking(&app, move |s| s.update_user(&actor, &email, &update)).await {
+    match blocking(&app, move |s| {
+        s.identity().update_user(&actor, &email, &update)
+    })
+    .await
+    {
         Ok(_) => Redirect::to("/admin/users").into_response(),
         Err(e) => users_page(&app, &user, Some(e.message().to_string())).await,
     }
@@ -748,10 +758,11 @@ pub async fn set_active(
 
 async fn groups_page(app: &AppState, user: &PageUser, error: Option<String>) -> Response {
     let groups = match blocking(app, |s| {
-        s.groups()?
+        s.identity()
+            .groups()?
             .into_iter()
             .map(|g| {
-                let members = s.members(&g)?;
+                let members = s.identity().members(&g)?;
                 Ok((g, members))
             })
             .collect::<Result<Vec<_>, _>>()
@@ -842,7 +853,7 @@ pub async fn create_group(
     }
     let actor = user.principal.email().to_string();
     let name = form.name.unwrap_or_default();
-    match blocking(&app, move |s| s.create_group(&actor, &name)).await {
+    match blocking(&app, move |s| s.identity().create_group(&actor, &name)).await {
         Ok(()) => Redirect::to("/admin/groups").into_response(),
         Err(e) => groups_page(&app, &user, Some(e.message().to_string())).await,
     }
@@ -862,7 +873,7 @@ pub async fn delete_group(
         return r;
     }
     let actor = user.principal.email().to_string();
-    match blocking(&app, move |s| s.delete_group(&actor, &name)).await {
+    match blocking(&app, move |s| s.identity().delete_group(&actor, &name)).await {
         Ok(()) => Redirect::to("/admin/groups").into_response(),
         Err(e) => groups_page(&app, &user, Some(e.message().to_string())).await,
     }
@@ -884,7 +895,8 @@ pub async fn add_member(
     let actor = user.principal.email().to_string();
     let email = form.email.unwrap_or_default();
     match blocking(&app, move |s| {
-        s.add_member(&actor, &name, &email, MembershipSource::Admin)
+        s.identity()
+            .add_member(&actor, &name, &email, MembershipSource::Admin)
     })
     .await
     {
@@ -908,7 +920,11 @@ pub async fn remove_member(
         return r;
     }
     let actor = user.principal.email().to_string();
-    match blocking(&app, move |s| s.remove_member(&actor, &name, &email)).await {
+    match blocking(&app, move |s| {
+        s.identity().remove_member(&actor, &name, &email)
+    })
+    .await
+    {
         Ok(()) => Redirect::to("/admin/groups").into_response(),
         Err(e) => groups_page(&app, &user, Some(e.message().to_string())).await,
     }
@@ -917,11 +933,18 @@ pub async fn remove_member(
 // ----- admin: grants --------------------------------------------------------------------------
 
 async fn grants_page(app: &AppState, user: &PageUser, error: Option<String>) -> Response {
-    let (grants, groups, tables) =
-        match blocking(app, |s| Ok((s.grants()?, s.groups()?, s.tables()?))).await {
-            Ok(v) => v,
-            Err(e) => return e.into_response(),
-        };
+    let (grants, groups, tables) = match blocking(app, |s| {
+        Ok((
+            s.access().grants()?,
+            s.identity().groups()?,
+            s.tables().list()?,
+        ))
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
     let csrf = user.csrf(app);
     form_page(
         app,
@@ -1059,7 +1082,7 @@ pub async fn revoke_grant(
         return r;
     }
     let actor = user.principal.email().to_string();
-    match blocking(&app, move |s| s.revoke_grant(&actor, id)).await {
+    match blocking(&app, move |s| s.access().revoke_grant(&actor, id)).await {
         Ok(()) => Redirect::to("/admin/grants").into_response(),
         Err(e) => grants_page(&app, &user, Some(e.message().to_string())).await,
     }
@@ -1172,7 +1195,7 @@ pub async fn audit(
         limit: Some(query.limit.unwrap_or(200)),
         ..query
     };
-    let entries = match blocking(&app, move |s| s.audit_log(&query)).await {
+    let entries = match blocking(&app, move |s| s.audit().log(&query)).await {
         Ok(e) => e,
         Err(e) => return e.into_response(),
     };

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crate::CatalogError;
 use crate::identity::{Origin, Principal, TokenSigner, Verified, unix_now};
 use crate::state::StateStore;
+use crate::state::identity::{TOKEN_PREFIX, token_hash};
 use crate::throttle::LoginThrottle;
-use crate::tokens::{TOKEN_PREFIX, token_hash};
 
 /// Resolved credentials kept before the cache is pruned.
 const MAX_CACHED: usize = 4096;
@@ -190,8 +190,8 @@ impl Authenticator {
         let state = self.state.clone();
         let secret = token.to_string();
         let resolved = tokio::task::spawn_blocking(move || match verified {
-            None => Ok(state.token_principal(&secret)?.map(|used| {
-                state.touch_token(&used.id).map(|()| {
+            None => Ok(state.identity().token_principal(&secret)?.map(|used| {
+                state.identity().touch_token(&used.id).map(|()| {
                     let token = (used.id.clone(), used.expires_at, Instant::now());
                     let bearer = Bearer {
                         principal: used.principal,
@@ -202,15 +202,17 @@ impl Authenticator {
                 })
             })),
             Some(verified) => {
-                Ok::<_, CatalogError>(state.bearer_principal(&verified)?.map(|principal| {
-                    let origin = verified.origin.clone();
-                    let bearer = Bearer {
-                        principal,
-                        session: Some(verified),
-                        origin,
-                    };
-                    Ok((bearer, None))
-                }))
+                Ok::<_, CatalogError>(state.identity().bearer_principal(&verified)?.map(
+                    |principal| {
+                        let origin = verified.origin.clone();
+                        let bearer = Bearer {
+                            principal,
+                            session: Some(verified),
+                            origin,
+                        };
+                        Ok((bearer, None))
+                    },
+                ))
             }
         })
         .await
@@ -257,7 +259,7 @@ impl Authenticator {
                 *touched = Instant::now();
                 let (state, id) = (self.state.clone(), id.clone());
                 tokio::task::spawn_blocking(move || {
-                    if let Err(e) = state.touch_token(&id) {
+                    if let Err(e) = state.identity().touch_token(&id) {
                         tracing::warn!(error = %e, "cannot record token use");
                     }
                 });
@@ -290,7 +292,9 @@ impl Authenticator {
             }
             let verified = verify(&state, &credentials)?;
             let outcome = if verified.is_some() { "ok" } else { "refused" };
-            state.record_event(&who, "login", Some(edge.audit()), outcome)?;
+            state
+                .audit()
+                .record_event(&who, "login", Some(edge.audit()), outcome)?;
             match &verified {
                 Some(_) => throttle.succeeded(&state, &who)?,
                 None => throttle.failed(&state, &who, address)?,
@@ -324,13 +328,16 @@ fn verify(
 ) -> Result<Option<(Principal, Option<Origin>)>, CatalogError> {
     Ok(match credentials {
         Credentials::Password { email, password } if password.starts_with(TOKEN_PREFIX) => state
+            .identity()
             .token_principal(password)?
             .filter(|t| t.principal.email() == email.trim().to_lowercase())
             .map(|t| (t.principal, Some(Origin::Token(t.id)))),
         Credentials::Password { email, password } => state
+            .identity()
             .authenticate_password(email, password)?
             .map(|p| (p, None)),
         Credentials::Client { id, secret } => state
+            .identity()
             .client_principal(id, secret)?
             .map(|p| (p, Some(Origin::Client(id.clone())))),
     })
@@ -351,6 +358,7 @@ mod tests {
     async fn signs_in_audits_and_throttles_in_one_place() {
         let state = Arc::new(StateStore::in_memory().unwrap());
         state
+            .identity()
             .ensure_bootstrap_admin("ada@example.com", "a-long-password")
             .unwrap();
         let auth = Authenticator::new(
@@ -387,7 +395,8 @@ mod tests {
             Err(SignInError::Throttled(_))
         ));
         let logins = state
-            .audit_log(&crate::audit::AuditQuery {
+            .audit()
+            .log(&crate::state::audit::AuditQuery {
                 action: Some("login".into()),
                 ..Default::default()
             })

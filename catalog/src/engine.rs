@@ -35,7 +35,6 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
-use crate::access::{Grant, GrantTarget, NewGrant};
 use crate::distributed::Distribution;
 use crate::executor::QueryExecutor;
 use crate::functions::BoundedConcatPlanner;
@@ -44,6 +43,7 @@ use crate::limits::QueryLimits;
 use crate::memory::UserPool;
 use crate::names::CATALOG_NAME;
 use crate::policy::{CurrentUser, PolicyTable, TablePolicy};
+use crate::state::access::{Grant, GrantTarget, NewGrant};
 use crate::state::{StateStore, TableEntry};
 use crate::storage::Storage;
 use crate::system::{AuditTable, SYSTEM_SCHEMA};
@@ -251,12 +251,12 @@ impl QueryEngine {
         let grants = if principal.is_admin() {
             Vec::new()
         } else {
-            self.state.grants()?
+            self.state.access().grants()?
         };
         let catalog = MemoryCatalogProvider::new();
         let mut schemas: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
         let mut visible = Vec::new();
-        for entry in self.state.tables()? {
+        for entry in self.state.tables().list()? {
             let base = self.provider(&ctx, &entry).await?;
             let mut row_filtered = false;
             let mut clear_columns: Vec<String> = base
@@ -340,7 +340,8 @@ impl QueryEngine {
         };
         let covered: Vec<TableEntry> = self
             .state
-            .tables()?
+            .tables()
+            .list()?
             .into_iter()
             .filter(|t| target.covers(&t.name))
             .collect();
@@ -378,7 +379,7 @@ impl QueryEngine {
                 "column_masks names `{unknown}`, which no table in `{schema}` has"
             )));
         }
-        self.state.insert_grant(
+        self.state.access().insert_grant(
             actor,
             &grant.group,
             &target,
@@ -397,7 +398,10 @@ impl QueryEngine {
             return Ok(p.clone());
         }
         // A folder, or for a sharded table the files its version lists.
-        let files = self.state.shard_files(&entry.name, entry.version)?;
+        let files = self
+            .state
+            .tables()
+            .shard_files(&entry.name, entry.version)?;
         let urls = if files.is_empty() {
             vec![ListingTableUrl::parse(&entry.location)?]
         } else {

@@ -213,7 +213,7 @@ impl TokenSigner {
 
     /// What a valid token says; `None` for anything forged, expired or malformed. Whether
     /// it was ended or its origin revoked is the state store's to say
-    /// ([`StateStore::bearer_principal`](crate::StateStore::bearer_principal)).
+    /// ([`Identity::bearer_principal`](crate::state::Identity::bearer_principal)).
     pub fn verify(&self, token: &str) -> Option<Verified> {
         let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = 30;

@@ -1,57 +1,44 @@
 //! Quiver's system state and the per-principal view of the data.
 //!
-//! - [`state`]: the embedded DuckDB state file and its versioned migrations; the table
-//!   registry and its versions. [`registry`]: table definitions, sync runs, retention.
-//! - [`access`]: users, groups, memberships and grants; [`tokens`]: personal access tokens;
-//!   [`audit`]: the audit log. Each change is validated and audited in one transaction.
+//! - [`state`]: the state database (embedded DuckDB, or PostgreSQL shared by the
+//!   replicas) and its migrations, one repository per kind of thing: `state.identity()`
+//!   (users, groups, memberships, tokens, service accounts, ended sessions),
+//!   `state.access()` (grants), `state.tables()` (versions, definitions, sync runs,
+//!   shards), `state.audit()`, `state.webhooks()` and `state.cluster()` (replicas, the work
+//!   each runs, leases). Each change is validated and audited in one transaction.
 //! - [`identity`]: principals, argon2id password hashes and signed bearer tokens;
-//!   [`sessions`]: ended sessions and credentials that end with the one they came from;
-//!   [`throttle`]: sign-in rate limits.
+//!   [`authenticator`]: sign-in, written once for every edge; [`throttle`]: sign-in rate
+//!   limits.
 //! - [`policy`]: row filters and column masks, enforced inside a per-principal table
 //!   provider; [`system`]: the admins' `system` schema.
-//! - [`shards`]: sharded tables, whose versions list one file per shard;
-//!   [`webhooks`]: received webhook deliveries, de-duplicated, until processed.
 //! - [`storage`]: the object store holding table data, and its key layout.
 //! - [`engine`]: one DataFusion session per principal whose catalog holds only what that
 //!   principal may read, with a read-only SQL surface; [`limits`]: bounds on a statement's
 //!   size, depth and plan; [`functions`]: functions that build large values, bounded by the
 //!   user's memory; [`executor`]: the runtime user statements are planned and run on.
 //! - [`names`]: validated `schema.table` names.
-//! - [`cluster`]: the replicas sharing a state database and the work each runs;
-//!   [`leases`]: which replica runs the work that must happen once; [`distributed`]: large
-//!   statements' stages run on the replicas (datafusion-distributed), each stage proved to
-//!   come from one.
+//! - [`distributed`]: large statements' stages run on the replicas (datafusion-distributed),
+//!   each stage proved to come from one.
 
-pub mod access;
-pub mod audit;
 pub mod authenticator;
-pub mod clients;
-pub mod cluster;
 pub mod distributed;
 pub mod engine;
 pub mod executor;
 pub mod functions;
 pub mod identity;
-pub mod leases;
 pub mod limits;
 pub mod memory;
 pub mod names;
 pub mod policy;
-pub mod registry;
-pub mod sessions;
-pub mod shards;
 pub mod state;
 pub mod storage;
 pub mod system;
 pub mod throttle;
-pub mod tokens;
-pub mod webhooks;
 
 pub use engine::{EngineOptions, Planned, QueryEngine, VisibleTable};
 pub use identity::{Origin, Principal, TokenSigner, Verified};
 pub use limits::QueryLimits;
 pub use names::{CATALOG_NAME, TableName};
-pub use shards::{ShardChange, ShardFile};
 pub use state::{Backend, CopyReport, NewVersion, StateStore, TableEntry};
 pub use storage::Storage;
 

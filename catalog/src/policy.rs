@@ -36,7 +36,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
 };
 
-use crate::access::Grant;
+use crate::state::access::Grant;
 
 /// How one visible column of a policy-governed table is produced.
 #[derive(Debug, Clone)]

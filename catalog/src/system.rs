@@ -28,7 +28,7 @@ pub struct AuditTable {
 impl AuditTable {
     /// The table over `state`'s audit log.
     pub fn new(state: Arc<StateStore>) -> Result<Self, crate::CatalogError> {
-        let (schema, _) = state.audit_arrow(Some(0))?;
+        let (schema, _) = state.audit().arrow(Some(0))?;
         Ok(Self { state, schema })
     }
 }
@@ -51,7 +51,7 @@ impl TableProvider for AuditTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let state = self.state.clone();
-        let (_, batches) = tokio::task::spawn_blocking(move || state.audit_arrow(None))
+        let (_, batches) = tokio::task::spawn_blocking(move || state.audit().arrow(None))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e)))?;

@@ -40,9 +40,9 @@ use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use quiver_catalog::authenticator::{Authenticator, BearerError, Credentials, Edge, SignInError};
-use quiver_catalog::cluster::{ClaimError, Replica};
 use quiver_catalog::engine::parameter_types;
 use quiver_catalog::identity::unix_now;
+use quiver_catalog::state::cluster::{ClaimError, Replica};
 use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -206,7 +206,7 @@ impl QuiverFlightSql {
         let mut slot = self.running.slot(principal.email(), max).map_err(refuse)?;
         let state = self.engine.state().clone();
         if let Some(query) = query_id
-            && state.is_shared()
+            && state.cluster().is_shared()
         {
             let id = uuid::Uuid::new_v4().to_string();
             slot.share(state.clone(), id.clone());
@@ -216,7 +216,9 @@ impl QuiverFlightSql {
             );
             let query = query.to_string();
             let claimed = tokio::task::spawn_blocking(move || {
-                state.claim_work(&id, &replica, &user, &query, max)
+                state
+                    .cluster()
+                    .claim_work(&id, &replica, &user, &query, max)
             })
             .await
             .map_err(|e| internal(&e))?;
@@ -239,7 +241,7 @@ impl QuiverFlightSql {
     /// nothing on an embedded state.
     pub async fn watch_cluster(self, stop: impl Future<Output = ()>) {
         let state = self.engine.state().clone();
-        if !state.is_shared() {
+        if !state.cluster().is_shared() {
             return stop.await;
         }
         let mut stop = std::pin::pin!(stop);
@@ -256,8 +258,8 @@ impl QuiverFlightSql {
             let (store, replica) = (state.clone(), self.options.replica.clone());
             let seen = tokio::task::spawn_blocking(move || {
                 Ok::<_, quiver_catalog::CatalogError>((
-                    store.cancel_requests(&replica.id)?,
-                    store.live_replicas()?,
+                    store.cluster().cancel_requests(&replica.id)?,
+                    store.cluster().live_replicas()?,
                 ))
             })
             .await;
@@ -291,11 +293,11 @@ impl QuiverFlightSql {
         let replica = self.options.replica.id.clone();
         let forgotten = tokio::task::spawn_blocking(move || {
             // Recorded rows first: a stream holds its id locally before its row exists.
-            let recorded = state.work_on(&replica)?;
+            let recorded = state.cluster().work_on(&replica)?;
             let held = running.shared_work();
             let mut forgotten = 0;
             for id in recorded.iter().filter(|id| !held.contains(*id)) {
-                state.finish_work(id)?;
+                state.cluster().finish_work(id)?;
                 forgotten += 1;
             }
             Ok::<_, quiver_catalog::CatalogError>(forgotten)
@@ -635,11 +637,13 @@ impl QuiverFlightSql {
                 continue;
             }
             let state = self.engine.state().clone();
-            if !state.is_shared() {
+            if !state.cluster().is_shared() {
                 continue;
             }
             let asked = tokio::task::spawn_blocking(move || {
-                state.request_cancel(&ticket.query_id, &user, admin)
+                state
+                    .cluster()
+                    .request_cancel(&ticket.query_id, &user, admin)
             })
             .await
             .map_err(|e| internal(&e))?

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use futures::{FutureExt, Stream};
 use quiver_catalog::StateStore;
-use quiver_catalog::audit::QueryRecord;
+use quiver_catalog::state::audit::QueryRecord;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
@@ -85,7 +85,7 @@ impl Drop for Slot {
         if let Some((state, id)) = self.shared.take() {
             self.lock().shared.remove(&id);
             let finish = move || {
-                if let Err(e) = state.finish_work(&id) {
+                if let Err(e) = state.cluster().finish_work(&id) {
                     tracing::warn!(error = %e, "cannot record the end of a query in the state");
                 }
             };
@@ -307,7 +307,7 @@ impl Drop for QueryLog {
             (self.audit.take(), tokio::runtime::Handle::try_current())
         {
             runtime.spawn_blocking(move || {
-                if let Err(e) = state.record_query(&record) {
+                if let Err(e) = state.audit().record_query(&record) {
                     tracing::error!(error = %e, "cannot write the query to the audit log");
                 }
             });

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quiver_catalog::registry::SyncRun;
+use quiver_catalog::state::tables::SyncRun;
 use quiver_catalog::{
     Backend, CatalogError, QueryEngine, StateStore, Storage, TableEntry, TableName,
 };
@@ -235,10 +235,10 @@ impl Orchestrator {
             }
             defs.push((def.name.parse::<TableName>()?, def.clone()));
         }
-        self.state.sync_config_definitions(&defs)?;
+        self.state.tables().sync_config_definitions(&defs)?;
         if self.state.backend() == Backend::DuckDb {
             self.clean_up_after_stopped(true).await?;
-            self.state.forget_dead_replicas()?;
+            self.state.cluster().forget_dead_replicas()?;
         }
         Ok(())
     }
@@ -248,7 +248,7 @@ impl Orchestrator {
     /// were writing. Without `all`, the runs of replicas whose heartbeats stopped: their
     /// files are all older than that, and only such files are removed.
     async fn clean_up_after_stopped(&self, all: bool) -> Result<(), OrchestratorError> {
-        let tables = self.state.interrupt_runs(all)?;
+        let tables = self.state.tables().interrupt_runs(all)?;
         if tables.is_empty() && !all {
             return Ok(());
         }
@@ -261,7 +261,7 @@ impl Orchestrator {
         } else {
             (
                 Some(tables.as_slice()),
-                Some(quiver_catalog::cluster::REPLICA_TIMEOUT),
+                Some(quiver_catalog::state::cluster::REPLICA_TIMEOUT),
             )
         };
         let busy: Vec<TableName> = lock(&self.running).keys().cloned().collect();
@@ -312,7 +312,7 @@ impl Orchestrator {
         on_start(&running);
         let run = running.run;
         let _ = self.execute(table, &def, running).await;
-        Ok(self.state.sync_run(run)?)
+        Ok(self.state.tables().sync_run(run)?)
     }
 
     /// Looks up `table`'s definition and claims it ([`Self::claim_slot`]).
@@ -323,7 +323,7 @@ impl Orchestrator {
     ) -> Result<(TableDef, Running), OrchestratorError> {
         let def = self
             .state
-            .definition(table)?
+            .tables().definition(table)?
             .ok_or_else(|| {
                 CatalogError::NotFound(format!(
                     "table `{table}` has no definition to sync (it is not in the `tables:` list or registered through the API)"
@@ -347,9 +347,10 @@ impl Orchestrator {
             ))
             .into());
         }
-        let run = self
-            .state
-            .start_run(table, trigger.name(), trigger.actor(), &self.replica)?;
+        let run =
+            self.state
+                .tables()
+                .start_run(table, trigger.name(), trigger.actor(), &self.replica)?;
         let entry = Running {
             run,
             progress: Arc::default(),
@@ -388,7 +389,7 @@ impl Orchestrator {
                 metrics::counter!("quiver_syncs_total", "outcome" => "failed").increment(1);
                 let message = e.to_string();
                 tracing::warn!(table = %table, run = running.run, error = %message, seconds, "sync failed; the previous version keeps serving");
-                if let Err(store) = self.state.fail_run(running.run, &message) {
+                if let Err(store) = self.state.tables().fail_run(running.run, &message) {
                     tracing::error!(error = %store, "cannot record the failed sync");
                 }
                 Err(e)
@@ -400,7 +401,7 @@ impl Orchestrator {
     /// successful sync (or it never succeeded), and a failure's backoff has passed.
     pub fn start_due(self: &Arc<Self>) -> Result<(), OrchestratorError> {
         let now = chrono::Utc::now();
-        for definition in self.state.definitions()? {
+        for definition in self.state.tables().definitions()? {
             let Some(text) = &definition.def.schedule else {
                 continue;
             };
@@ -410,7 +411,7 @@ impl Orchestrator {
             if self.running(&definition.name).is_some() {
                 continue;
             }
-            let history = self.state.run_history(&definition.name)?;
+            let history = self.state.tables().run_history(&definition.name)?;
             let due = match history
                 .last_success
                 .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
@@ -474,14 +475,14 @@ impl Orchestrator {
         }
         if let Some(leading) = leading {
             leading.cancel();
-            if let Err(e) = self.state.release_lease(LEASE, &self.replica) {
+            if let Err(e) = self.state.cluster().release_lease(LEASE, &self.replica) {
                 tracing::warn!(error = %e, "cannot give up the background lease");
             }
         }
         // Syncs still running are cut off by the shutdown: say so in their history now.
         for (table, running) in lock(&self.running).drain() {
             tracing::warn!(table = %table, run = running.run, "sync interrupted by shutdown");
-            let _ = self.state.fail_run(
+            let _ = self.state.tables().fail_run(
                 running.run,
                 "the server stopped during the sync; the previous version kept serving",
             );
@@ -499,6 +500,7 @@ impl Orchestrator {
         let holds = self.state.backend() == Backend::DuckDb
             || self
                 .state
+                .cluster()
                 .hold_lease(LEASE, &self.replica, LEASE_TTL)
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "cannot renew the background lease");
@@ -510,14 +512,14 @@ impl Orchestrator {
         metrics::gauge!("quiver_leader").set(if holds { 1.0 } else { 0.0 });
         // The leader notices replicas that died mid-sync (their heartbeats stopped), so the
         // scheduler retries their tables.
-        if holds && self.state.is_shared() {
+        if holds && self.state.cluster().is_shared() {
             if let Err(e) = self.clean_up_after_stopped(false).await {
                 tracing::warn!(error = %e, "cleaning up after stopped replicas");
             }
             let due = lock(&self.forgot_replicas)
                 .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
             if due {
-                match self.state.forget_dead_replicas() {
+                match self.state.cluster().forget_dead_replicas() {
                     Ok(_) => *lock(&self.forgot_replicas) = Some(std::time::Instant::now()),
                     Err(e) => tracing::warn!(error = %e, "forgetting long-dead replicas"),
                 }
@@ -565,7 +567,7 @@ pub fn publish(
     landed: &quiver_connectors::Landed,
     description: Option<&str>,
 ) -> Result<i64, OrchestratorError> {
-    Ok(state.commit_version(
+    Ok(state.tables().commit_version(
         table,
         &quiver_catalog::NewVersion {
             location: landed.location.clone(),
@@ -589,7 +591,7 @@ pub async fn ensure_demo_data(
     storage: &Storage,
     scale: f64,
 ) -> Result<Vec<TableEntry>, OrchestratorError> {
-    let existing = state.tables()?;
+    let existing = state.tables().list()?;
     for table in tpch::TABLES {
         let name = TableName::new(tpch::SCHEMA, table)?;
         let description = demo_description(table, scale);
@@ -602,7 +604,8 @@ pub async fn ensure_demo_data(
         publish(state, &name, &landed, Some(&description))?;
     }
     Ok(state
-        .tables()?
+        .tables()
+        .list()?
         .into_iter()
         .filter(|t| t.name.schema() == tpch::SCHEMA)
         .collect())

@@ -47,8 +47,11 @@ pub async fn expire(
     retention: Duration,
 ) -> Result<usize, OrchestratorError> {
     let mut removed = 0;
-    for expired in state.expired_versions(retention)? {
-        for url in state.forget_version(&expired.table, expired.version)? {
+    for expired in state.tables().expired_versions(retention)? {
+        for url in state
+            .tables()
+            .forget_version(&expired.table, expired.version)?
+        {
             let Some(key) = storage.prefix_of(&url) else {
                 continue;
             };
@@ -83,7 +86,7 @@ pub async fn sweep_orphans(
     busy: &[TableName],
     min_age: Option<Duration>,
 ) -> Result<usize, OrchestratorError> {
-    let known = state.version_locations()?;
+    let known = state.tables().version_locations()?;
     let roots = match scope {
         None => vec![storage.tables_root()],
         Some(tables) => tables.iter().map(|t| storage.table_prefix(t)).collect(),

@@ -36,12 +36,16 @@ pub(crate) async fn run(
         .ok_or_else(|| OrchestratorError::Invalid(crate::validate(def)))?;
     let options = resolve_options(&def.options)?;
     let session = orchestrator.engine.session(&sync_principal()).await?;
-    let previous = orchestrator.state.table(table).ok();
+    let previous = orchestrator.state.tables().get(table).ok();
     let incremental = def.mode == quiver_config::SyncMode::Incremental;
     let (since, changed_since) = match (&previous, incremental) {
         (Some(prev), true) => (
-            orchestrator.state.version_details(table, prev.version)?.0,
-            orchestrator.state.run_history(table)?.last_success,
+            orchestrator
+                .state
+                .tables()
+                .version_details(table, prev.version)?
+                .0,
+            orchestrator.state.tables().run_history(table)?.last_success,
         ),
         _ => (None, None),
     };
@@ -108,7 +112,7 @@ pub(crate) async fn run(
             Some(column) => profile::max_of(&profile, column).or(since),
             None => None,
         };
-        Ok::<_, OrchestratorError>(orchestrator.state.commit_version(
+        Ok::<_, OrchestratorError>(orchestrator.state.tables().commit_version(
             table,
             &NewVersion {
                 location: landed.location.clone(),

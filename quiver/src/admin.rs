@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use quiver_catalog::access::{MembershipSource, NewGrant, UserUpdate};
-use quiver_catalog::audit::AuditQuery;
+use quiver_catalog::state::access::NewGrant;
+use quiver_catalog::state::audit::AuditQuery;
+use quiver_catalog::state::identity::{MembershipSource, UserUpdate};
 use quiver_catalog::{EngineOptions, QueryEngine, StateStore};
 use quiver_config::Config;
 
@@ -215,12 +216,12 @@ pub fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Revoke { id } => {
-            state.revoke_grant(ACTOR, id)?;
+            state.access().revoke_grant(ACTOR, id)?;
             println!("grant {id} revoked");
             Ok(())
         }
         AdminCommand::Grants => {
-            for g in state.grants()? {
+            for g in state.access().grants()? {
                 let masks: Vec<String> = g
                     .column_masks
                     .iter()
@@ -246,7 +247,7 @@ pub fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
         }
         AdminCommand::Token(cmd) => token(&state, cmd),
         AdminCommand::Audit { limit, action } => {
-            let entries = state.audit_log(&AuditQuery {
+            let entries = state.audit().log(&AuditQuery {
                 limit: Some(limit),
                 action,
                 ..Default::default()
@@ -281,7 +282,7 @@ fn read_password() -> anyhow::Result<String> {
 
 fn user(state: &StateStore, cmd: UserCommand) -> anyhow::Result<()> {
     let set = |email: &str, update: UserUpdate, done: &str| -> anyhow::Result<()> {
-        let user = state.update_user(ACTOR, email, &update)?;
+        let user = state.identity().update_user(ACTOR, email, &update)?;
         println!("{}: {done}", user.email);
         Ok(())
     };
@@ -292,7 +293,12 @@ fn user(state: &StateStore, cmd: UserCommand) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let password = password_stdin.then(read_password).transpose()?;
-            let user = state.create_user(ACTOR, &email, name.as_deref(), password.as_deref())?;
+            let user = state.identity().create_user(
+                ACTOR,
+                &email,
+                name.as_deref(),
+                password.as_deref(),
+            )?;
             println!("user {} added", user.email);
         }
         UserCommand::Password { email } => {
@@ -323,11 +329,11 @@ fn user(state: &StateStore, cmd: UserCommand) -> anyhow::Result<()> {
             "activated",
         )?,
         UserCommand::Delete { email } => {
-            state.delete_user(ACTOR, &email)?;
+            state.identity().delete_user(ACTOR, &email)?;
             println!("user {email} deleted");
         }
         UserCommand::List => {
-            for u in state.users()? {
+            for u in state.identity().users()? {
                 println!(
                     "{:<32} {:<8} {}",
                     u.email,
@@ -343,15 +349,15 @@ fn user(state: &StateStore, cmd: UserCommand) -> anyhow::Result<()> {
 fn group(state: &StateStore, cmd: GroupCommand) -> anyhow::Result<()> {
     match cmd {
         GroupCommand::Add { name } => {
-            state.create_group(ACTOR, &name)?;
+            state.identity().create_group(ACTOR, &name)?;
             println!("group {name} added");
         }
         GroupCommand::Remove { name } => {
-            state.delete_group(ACTOR, &name)?;
+            state.identity().delete_group(ACTOR, &name)?;
             println!("group {name} removed");
         }
         GroupCommand::List => {
-            for name in state.groups()? {
+            for name in state.identity().groups()? {
                 println!("{name}");
             }
         }
@@ -362,15 +368,17 @@ fn group(state: &StateStore, cmd: GroupCommand) -> anyhow::Result<()> {
 fn member(state: &StateStore, cmd: MemberCommand) -> anyhow::Result<()> {
     match cmd {
         MemberCommand::Add { group, email } => {
-            state.add_member(ACTOR, &group, &email, MembershipSource::Admin)?;
+            state
+                .identity()
+                .add_member(ACTOR, &group, &email, MembershipSource::Admin)?;
             println!("{email} added to {group}");
         }
         MemberCommand::Remove { group, email } => {
-            state.remove_member(ACTOR, &group, &email)?;
+            state.identity().remove_member(ACTOR, &group, &email)?;
             println!("{email} removed from {group}");
         }
         MemberCommand::List { group } => {
-            for m in state.members(&group)? {
+            for m in state.identity().members(&group)? {
                 println!("{:<32} {}", m.email, m.source);
             }
         }
@@ -385,7 +393,10 @@ fn token(state: &StateStore, cmd: TokenCommand) -> anyhow::Result<()> {
             name,
             expires_in_days,
         } => {
-            let (info, secret) = state.create_token(ACTOR, &email, &name, expires_in_days, None)?;
+            let (info, secret) =
+                state
+                    .identity()
+                    .create_token(ACTOR, &email, &name, expires_in_days, None)?;
             eprintln!(
                 "token {} ({}) created for {}; it is shown once:",
                 info.id, info.name, info.email
@@ -393,11 +404,11 @@ fn token(state: &StateStore, cmd: TokenCommand) -> anyhow::Result<()> {
             println!("{secret}");
         }
         TokenCommand::Revoke { id } => {
-            state.revoke_token(ACTOR, None, &id)?;
+            state.identity().revoke_token(ACTOR, None, &id)?;
             println!("token {id} revoked");
         }
         TokenCommand::List { email } => {
-            for t in state.tokens(&email)? {
+            for t in state.identity().tokens(&email)? {
                 println!(
                     "{}  {:<14} {:<20} {}",
                     t.id,

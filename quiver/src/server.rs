@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use base64::Engine;
 use quiver_catalog::authenticator::Authenticator;
-use quiver_catalog::cluster::{self, Replica};
 use quiver_catalog::distributed::Distribution;
+use quiver_catalog::state::cluster::{self, Replica};
 use quiver_catalog::{EngineOptions, QueryEngine, QueryLimits, StateStore, Storage, TokenSigner};
 use quiver_config::{Config, Distributed};
 use quiver_flight::{FlightOptions, QuiverFlightSql};
@@ -43,7 +43,9 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     let storage = open_storage(&config)?;
 
     if let Some(admin) = &config.auth.bootstrap_admin
-        && state.ensure_bootstrap_admin(&admin.email, &admin.password)?
+        && state
+            .identity()
+            .ensure_bootstrap_admin(&admin.email, &admin.password)?
     {
         tracing::info!(user = %admin.email, "bootstrap admin created");
     }
@@ -79,7 +81,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         })?),
         None => None,
     };
-    let distribution = (state.is_shared() && replica.advertise.is_some()).then(|| {
+    let distribution = (state.cluster().is_shared() && replica.advertise.is_some()).then(|| {
         let threshold = config.query.distributed_threshold.as_u64() as usize;
         Arc::new(Distribution::new(
             &secret,

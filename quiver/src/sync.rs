@@ -90,10 +90,10 @@ pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
         Err(e) => return Err(e.into()),
     };
     // A replica of its own while it syncs, so a cluster's leader sees the run is alive.
-    let replica = quiver_catalog::cluster::Replica::new(None);
+    let replica = quiver_catalog::state::cluster::Replica::new(None);
     let outcome = runtime.block_on(async {
         let stop = tokio_util::sync::CancellationToken::new();
-        let heartbeat = quiver_catalog::cluster::keep_alive(
+        let heartbeat = quiver_catalog::state::cluster::keep_alive(
             state.clone(),
             replica.clone(),
             stop.clone().cancelled_owned(),
@@ -112,7 +112,7 @@ pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
 async fn sync_here(
     config: &Config,
     state: &Arc<StateStore>,
-    replica: &quiver_catalog::cluster::Replica,
+    replica: &quiver_catalog::state::cluster::Replica,
     table: &TableName,
     jql: Option<String>,
 ) -> anyhow::Result<bool> {
@@ -150,7 +150,7 @@ async fn sync_here(
 async fn backfill(
     orchestrator: &quiver_orchestrator::Orchestrator,
     jql: String,
-) -> anyhow::Result<quiver_catalog::registry::SyncRun> {
+) -> anyhow::Result<quiver_catalog::state::tables::SyncRun> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -176,7 +176,7 @@ async fn backfill(
 }
 
 /// Prints the outcome of a run; returns whether it succeeded.
-fn report(run: &quiver_catalog::registry::SyncRun) -> bool {
+fn report(run: &quiver_catalog::state::tables::SyncRun) -> bool {
     if run.status == "succeeded" && run.version.is_none() {
         // A Jira job: it commits versions as it goes and counts issues.
         println!(
@@ -249,7 +249,7 @@ async fn through_server(
     let deadline = Instant::now() + Duration::from_secs(24 * 3600);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let runs: Vec<quiver_catalog::registry::SyncRun> = serde_json::from_slice(
+        let runs: Vec<quiver_catalog::state::tables::SyncRun> = serde_json::from_slice(
             &client
                 .get(format!(
                     "{base}/api/admin/syncs?before={}&limit=1",

@@ -211,6 +211,20 @@ def login(server: Server, email: str, password: str) -> str:
     return body["token"]
 
 
+def metric(server: Server, name: str) -> float:
+    """The value of Prometheus counter or gauge `name` (without labels) on `/metrics`; 0 when
+    it has not been recorded yet."""
+    import re
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{server.http}/metrics")
+    request.add_header("authorization", f"Bearer {login(server, ADMIN_EMAIL, ADMIN_PASSWORD)}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def connect(server: Server, email: str | None = None, password: str | None = None, token: str | None = None):
     """An ADBC connection with a password (Basic handshake) or a bearer token (JWT or PAT)."""
     import adbc_driver_flightsql.dbapi as flight_sql

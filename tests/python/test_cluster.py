@@ -15,7 +15,7 @@ import pyarrow.compute
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, on_postgres, quiver_bin
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, metric, on_postgres, quiver_bin
 from pgserver import free_port, postgres_server
 from test_clients import statement_command
 
@@ -102,6 +102,7 @@ def test_grants_and_sign_outs_reach_every_replica_within_a_second(cluster):
     for replica in (a, b):
         assert rows(replica, query, token=token) == [{"n": 5}]
 
+    heard = metric(b, "quiver_state_notifications_total")
     assert api(a, "DELETE", f"/api/admin/grants/{grant['id']}", admin)[0] == 204
 
     def refused_on_b():
@@ -112,6 +113,8 @@ def test_grants_and_sign_outs_reach_every_replica_within_a_second(cluster):
             return "not found" in str(e)
 
     eventually(refused_on_b, within=1.0)
+    # B heard of it as it committed (PostgreSQL LISTEN/NOTIFY), not by polling.
+    assert metric(b, "quiver_state_notifications_total") > heard
 
     # Signing out on A ends the bearer on B.
     assert api(a, "POST", "/auth/logout", token)[0] in (200, 204)
@@ -375,6 +378,7 @@ def test_a_state_database_that_goes_away_gives_clear_errors_then_recovers():
             assert "UNAVAILABLE" in str(down.value) or "state database" in str(down.value), down.value
             assert "cannot reach the state database postgres://quiver@" in server.log()
             assert s["password"] not in server.log()
+            assert "stopped listening for state changes; polling until reconnected" in server.log()
             time.sleep(9)
             pg.start()
             # Back without a restart.
@@ -391,6 +395,17 @@ def test_a_state_database_that_goes_away_gives_clear_errors_then_recovers():
                     return False
 
             eventually(runs, within=20)
+            # It listens for changes again: one made now is heard as it commits.
+            admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+            def heard_a_change():
+                before = metric(server, "quiver_state_notifications_total")
+                group = {"name": f"after-outage-{time.time_ns()}"}
+                assert api(server, "POST", "/api/admin/groups", admin, group)[0] == 201
+                time.sleep(0.3)
+                return metric(server, "quiver_state_notifications_total") > before
+
+            eventually(heard_a_change, within=10)
             assert server.proc.poll() is None
         finally:
             server.stop()

@@ -12,13 +12,12 @@ import os
 import pathlib
 import re
 import tempfile
-import urllib.request
 
 import grpc
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, on_postgres
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, metric, on_postgres
 from pgserver import free_port, postgres_server
 from test_clients import statement_command
 
@@ -141,12 +140,7 @@ def plan(server, sql):
 
 def stages_run(server) -> float:
     """`quiver_distributed_stages_total` of a replica: stages it ran for others."""
-    request = urllib.request.Request(f"http://{server.http}/metrics")
-    request.add_header("authorization", f"Bearer {login(server, ADMIN_EMAIL, ADMIN_PASSWORD)}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        text = response.read().decode()
-    found = re.search(r"^quiver_distributed_stages_total (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
+    return metric(server, "quiver_distributed_stages_total")
 
 
 def same(left, right):

@@ -121,11 +121,16 @@ mod tests {
     fn a_state_copies_whole_and_only_into_an_empty_one() {
         let source = StateStore::in_memory().unwrap();
         source
+            .identity()
             .ensure_bootstrap_admin("ada@example.com", "a-long-password")
             .unwrap();
-        source.create_group("ada@example.com", "analysts").unwrap();
+        source
+            .identity()
+            .create_group("ada@example.com", "analysts")
+            .unwrap();
         let t: TableName = "s.t".parse().unwrap();
         source
+            .tables()
             .commit_version(
                 &t,
                 &NewVersion {
@@ -141,15 +146,20 @@ mod tests {
         assert!(report.contains(&("users", 1)) && report.contains(&("groups", 3)));
         assert!(
             target
+                .identity()
                 .authenticate_password("ada@example.com", "a-long-password")
                 .unwrap()
                 .is_some_and(|p| p.is_admin())
         );
-        assert_eq!(target.tables().unwrap()[0].rows, 3);
+        assert_eq!(target.tables().list().unwrap()[0].rows, 3);
         // New rows number on past the copied ones.
-        target.create_group("ada@example.com", "ops").unwrap();
+        target
+            .identity()
+            .create_group("ada@example.com", "ops")
+            .unwrap();
         let ids: Vec<i64> = target
-            .audit_log(&Default::default())
+            .audit()
+            .log(&Default::default())
             .unwrap()
             .iter()
             .map(|r| r.id)

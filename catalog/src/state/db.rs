@@ -285,13 +285,21 @@ pub enum Backend {
 
 /// A connection to the state database, for one statement or one transaction.
 pub enum Conn<'a> {
-    /// The embedded file's one connection.
+    /// A connection to the embedded file.
     Duck(duck::Conn<'a>),
     /// A pooled PostgreSQL connection.
     Pg(Box<pg::Conn<'a>>),
 }
 
 impl Conn<'_> {
+    /// Which database the connection is to.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Duck(_) => Backend::DuckDb,
+            Conn::Pg(_) => Backend::Postgres,
+        }
+    }
+
     /// Runs a statement; returns the rows it changed.
     pub fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize, CatalogError> {
         match self {
@@ -368,21 +376,32 @@ impl Db {
     /// A connection for statements that need no transaction.
     pub fn conn(&self) -> Result<Conn<'_>, CatalogError> {
         Ok(match self {
-            Db::Duck(db) => Conn::Duck(db.conn()),
+            Db::Duck(db) => Conn::Duck(db.conn()?),
             Db::Pg(db) => Conn::Pg(Box::new(db.conn()?)),
         })
     }
 
+    /// A connection for one transaction: on DuckDB, transactions take turns (see
+    /// [`duck`]); on PostgreSQL, any pooled connection.
+    fn transaction_conn(&self) -> Result<Conn<'_>, CatalogError> {
+        match self {
+            Db::Duck(db) => Ok(Conn::Duck(db.writer()?)),
+            Db::Pg(_) => self.conn(),
+        }
+    }
+
     /// Runs `work` in one transaction: committed when it returns `Ok`, rolled back
     /// otherwise. On PostgreSQL the transaction is serializable and `work` runs again
-    /// (a few times) when it lost a race with another replica's transaction.
+    /// (a few times) when it lost a race with another replica's transaction; on DuckDB
+    /// transactions take turns, and `work` runs again when a single-statement write
+    /// touched the same rows first.
     pub fn transaction<T>(
         &self,
         mut work: impl FnMut(&Conn<'_>) -> Result<T, CatalogError>,
     ) -> Result<T, CatalogError> {
         let mut attempt = 0;
         loop {
-            let conn = self.conn()?;
+            let conn = self.transaction_conn()?;
             let begin = match self.backend() {
                 Backend::DuckDb => "BEGIN TRANSACTION",
                 Backend::Postgres => "BEGIN ISOLATION LEVEL SERIALIZABLE",
@@ -392,7 +411,10 @@ impl Db {
             match outcome {
                 Ok(value) => return Ok(value),
                 Err(e) => {
-                    let lost_race = matches!(&conn, Conn::Pg(c) if c.lost_race());
+                    let lost_race = match &conn {
+                        Conn::Duck(c) => c.lost_race(),
+                        Conn::Pg(c) => c.lost_race(),
+                    };
                     // A failed COMMIT has already ended the transaction; ROLLBACK is harmless.
                     let _ = conn.batch("ROLLBACK");
                     attempt += 1;
@@ -417,10 +439,9 @@ impl Db {
         key: &str,
         work: impl FnOnce(&Conn<'_>) -> Result<T, CatalogError>,
     ) -> Result<T, CatalogError> {
-        let conn = self.conn()?;
-        // DuckDB: one connection, already held for the whole transaction. PostgreSQL: read
-        // committed, so each statement after the lock sees what the previous holder
-        // committed.
+        let conn = self.transaction_conn()?;
+        // DuckDB: transactions already take turns. PostgreSQL: read committed, so each
+        // statement after the lock sees what the previous holder committed.
         conn.batch("BEGIN")?;
         let outcome = match self.backend() {
             Backend::DuckDb => Ok(()),

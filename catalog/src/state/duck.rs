@@ -1,20 +1,41 @@
-//! The embedded backend: one DuckDB file, one connection, owned by one process.
+//! The embedded backend: one DuckDB file owned by one process, through a few connections.
+//!
+//! Readers run side by side, each on a connection of its own. Transactions take turns
+//! (DuckDB would fail one of two concurrent writers at commit, and the statements are
+//! written for serializable transactions); a single-statement write that meets a
+//! transaction's write conflict is tried again.
 
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use duckdb::types::{TimeUnit, ToSqlOutput, ValueRef};
 
 use super::db::{Params, Row, Value};
 use crate::CatalogError;
 
-/// The state file, behind its one connection.
+/// Idle connections kept at most.
+const POOL_SIZE: usize = 8;
+
+/// The state file and its connections.
 pub struct Db {
-    conn: Mutex<duckdb::Connection>,
+    /// The connection every other is cloned from (to the same database instance).
+    origin: Mutex<duckdb::Connection>,
+    idle: Mutex<Vec<duckdb::Connection>>,
+    /// Held by a transaction from `BEGIN` to its end.
+    writer: Mutex<()>,
 }
 
-/// The connection, held for one statement or transaction.
-pub struct Conn<'a>(MutexGuard<'a, duckdb::Connection>);
+/// A connection, held for one statement or transaction; back to the pool on drop.
+pub struct Conn<'a> {
+    db: &'a Db,
+    conn: Option<duckdb::Connection>,
+    /// Present for a transaction.
+    writer: Option<MutexGuard<'a, ()>>,
+    /// The last error was a write conflict: the transaction may be retried.
+    lost_race: Cell<bool>,
+}
 
 impl Db {
     /// Opens (creating when missing) the file at `path`.
@@ -27,23 +48,60 @@ impl Db {
                 CatalogError::State(format!("cannot open {}: {text}", path.display()))
             }
         })?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        Ok(Self::with(conn))
     }
 
     /// A database in memory, for tests.
     pub fn in_memory() -> Result<Self, CatalogError> {
-        Ok(Self {
-            conn: Mutex::new(duckdb::Connection::open_in_memory()?),
+        Ok(Self::with(duckdb::Connection::open_in_memory()?))
+    }
+
+    fn with(origin: duckdb::Connection) -> Self {
+        Self {
+            origin: Mutex::new(origin),
+            idle: Mutex::default(),
+            writer: Mutex::default(),
+        }
+    }
+
+    /// A connection for statements that need no transaction. (A panic while a lock was
+    /// held cannot leave DuckDB half-written: statements are atomic and an unfinished
+    /// transaction is rolled back with its connection, so poisoned locks are reused.)
+    pub fn conn(&self) -> Result<Conn<'_>, CatalogError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self
+                .origin
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_clone()?,
+        };
+        Ok(Conn {
+            db: self,
+            conn: Some(conn),
+            writer: None,
+            lost_race: Cell::new(false),
         })
     }
 
-    /// The connection. A panic while holding it cannot leave DuckDB half-written
-    /// (statements are atomic, an open transaction is rolled back by the next BEGIN's
-    /// failure path), so a poisoned lock is safe to reuse.
-    pub fn conn(&self) -> Conn<'_> {
-        Conn(self.conn.lock().unwrap_or_else(|p| p.into_inner()))
+    /// A connection for one transaction, once the transaction before it has ended.
+    pub fn writer(&self) -> Result<Conn<'_>, CatalogError> {
+        let turn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.conn()?;
+        conn.writer = Some(turn);
+        Ok(conn)
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.db.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < POOL_SIZE {
+                idle.push(conn);
+            }
+        }
     }
 }
 
@@ -91,32 +149,78 @@ fn read(value: ValueRef<'_>) -> Result<Value, CatalogError> {
     })
 }
 
+/// Whether `e` is DuckDB's optimistic concurrency control refusing a write that another
+/// connection's uncommitted or newer write touched.
+fn is_conflict(e: &duckdb::Error) -> bool {
+    e.to_string().contains("Conflict")
+}
+
 // Statements are prepared afresh each time: DuckDB plans with the table statistics of
 // the moment, and a cached plan reused after they changed can trip its assertions.
 impl Conn<'_> {
+    fn conn(&self) -> &duckdb::Connection {
+        self.conn.as_ref().expect("checked out until drop")
+    }
+
+    /// Whether the last error was a write conflict.
+    pub fn lost_race(&self) -> bool {
+        self.lost_race.get()
+    }
+
+    /// `work`, tried again a few times when it meets a write conflict outside a
+    /// transaction (a single statement, which has changed nothing when it fails).
+    fn run<T>(&self, work: impl Fn() -> duckdb::Result<T>) -> Result<T, CatalogError> {
+        let mut attempt = 0;
+        loop {
+            match work() {
+                Ok(value) => return Ok(value),
+                Err(e) if is_conflict(&e) => {
+                    if self.writer.is_some() {
+                        self.lost_race.set(true);
+                        return Err(e.into());
+                    }
+                    attempt += 1;
+                    if attempt == 8 {
+                        return Err(e.into());
+                    }
+                    std::thread::sleep(Duration::from_millis(1 << attempt));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     pub fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize, CatalogError> {
-        let changed = self
-            .0
-            .prepare(sql)?
-            .execute(duckdb::params_from_iter(bind(params)))?;
-        Ok(changed)
+        let values = bind(params);
+        self.run(|| {
+            self.conn()
+                .prepare(sql)?
+                .execute(duckdb::params_from_iter(&values))
+        })
     }
 
     pub fn batch(&self, sql: &str) -> Result<(), CatalogError> {
-        Ok(self.0.execute_batch(sql)?)
+        self.lost_race.set(false);
+        self.run(|| self.conn().execute_batch(sql))
     }
 
     pub fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, CatalogError> {
-        let mut stmt = self.0.prepare(sql)?;
-        let mut rows = stmt.query(duckdb::params_from_iter(bind(params)))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let columns = row.as_ref().column_count();
-            let values = (0..columns)
-                .map(|i| read(row.get_ref(i)?))
-                .collect::<Result<_, CatalogError>>()?;
-            out.push(Row(values));
-        }
-        Ok(out)
+        let values = bind(params);
+        let rows = self.run(|| {
+            let mut stmt = self.conn().prepare(sql)?;
+            let mut rows = stmt.query(duckdb::params_from_iter(&values))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let columns = row.as_ref().column_count();
+                let values = (0..columns)
+                    .map(|i| row.get_ref(i).map(|v| read(v)))
+                    .collect::<duckdb::Result<Vec<_>>>()?;
+                out.push(values);
+            }
+            Ok(out)
+        })?;
+        rows.into_iter()
+            .map(|values| values.into_iter().collect::<Result<_, _>>().map(Row))
+            .collect()
     }
 }

@@ -1,277 +1,50 @@
-//! The state store: users, grants, tokens, the table registry, sync runs and audit, in the
-//! embedded DuckDB file `state.duckdb` (one process) or in PostgreSQL (`storage.state`,
-//! shared by every replica).
+//! The state store: what Quiver keeps about identities, access, tables, the audit log,
+//! webhook deliveries and the cluster, in the embedded DuckDB file `state.duckdb` (one
+//! process) or in PostgreSQL (`storage.state`, shared by every replica).
 //!
-//! Schema changes are numbered migrations, the same for both backends, applied in order on
-//! open and recorded in `schema_migrations`. Every statement takes its values as
-//! parameters.
+//! Each kind of thing is one repository, one file: [`identity`] (users, groups,
+//! memberships, tokens, service accounts, sessions), [`access`] (grants), [`tables`]
+//! (versions, definitions, sync runs, shards), [`audit`], [`webhooks`] and [`cluster`]
+//! (replicas, running work, leases), reached as `state.identity()`, `state.access()`, ….
+//! They write their statements once, for both backends ([`db`]); schema changes are the
+//! numbered [`migrations`]. Every statement takes its values as parameters.
 
+pub mod access;
+pub mod audit;
+pub mod cluster;
 mod copy;
 pub mod db;
 mod duck;
+pub mod identity;
+mod migrations;
 mod pg;
+pub mod tables;
+pub mod webhooks;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 pub use copy::CopyReport;
 pub use db::{Backend, Timestamp};
 pub(crate) use db::{Conn, Db, Row, params};
 
-use crate::identity::{self, Principal};
-use crate::{CatalogError, TableName};
+pub use access::Access;
+pub use audit::Audit;
+pub use cluster::Cluster;
+pub use identity::Identity;
+pub use tables::{NewVersion, TableEntry, Tables};
+pub use webhooks::Webhooks;
 
-/// Migrations, applied in order; index + 1 is the schema version. Never edit a released one.
-const MIGRATIONS: &[&str] = &[
-    // 1: identity and the table registry.
-    r#"
-    CREATE TABLE users (
-        email          VARCHAR PRIMARY KEY,
-        name           VARCHAR,
-        password_hash  VARCHAR,
-        active         BOOLEAN NOT NULL DEFAULT TRUE,
-        created_at     TIMESTAMP NOT NULL DEFAULT current_timestamp
-    );
-    CREATE TABLE groups (
-        name        VARCHAR PRIMARY KEY,
-        created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
-    );
-    INSERT INTO groups (name) VALUES ('Admin'), ('Everyone');
-    CREATE TABLE memberships (
-        group_name  VARCHAR NOT NULL,
-        email       VARCHAR NOT NULL,
-        source      VARCHAR NOT NULL,
-        created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
-        PRIMARY KEY (group_name, email)
-    );
-    CREATE TABLE tables (
-        schema_name      VARCHAR NOT NULL,
-        table_name       VARCHAR NOT NULL,
-        description      VARCHAR,
-        current_version  BIGINT,
-        created_at       TIMESTAMP NOT NULL DEFAULT current_timestamp,
-        PRIMARY KEY (schema_name, table_name)
-    );
-    CREATE TABLE table_versions (
-        schema_name   VARCHAR NOT NULL,
-        table_name    VARCHAR NOT NULL,
-        version       BIGINT NOT NULL,
-        location      VARCHAR NOT NULL,
-        row_count     BIGINT NOT NULL,
-        byte_count    BIGINT NOT NULL,
-        committed_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
-        PRIMARY KEY (schema_name, table_name, version)
-    );
-    "#,
-    // 2: access: grants, personal access tokens, the audit log.
-    r#"
-    CREATE SEQUENCE grant_ids START 1;
-    CREATE TABLE grants (
-        id            BIGINT PRIMARY KEY DEFAULT nextval('grant_ids'),
-        group_name    VARCHAR NOT NULL,
-        schema_name   VARCHAR NOT NULL,
-        table_name    VARCHAR NOT NULL,   -- '*' for every table of the schema
-        row_filter    VARCHAR,
-        column_masks  VARCHAR NOT NULL,   -- JSON object: column -> SQL expression, or null to hide
-        created_by    VARCHAR NOT NULL,
-        created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
-    );
-    CREATE TABLE tokens (
-        id            VARCHAR PRIMARY KEY,
-        email         VARCHAR NOT NULL,
-        name          VARCHAR NOT NULL,
-        prefix        VARCHAR NOT NULL,
-        hash          VARCHAR NOT NULL UNIQUE,
-        created_at    BIGINT NOT NULL,     -- seconds since the epoch, like the other token times
-        expires_at    BIGINT,
-        last_used_at  BIGINT,
-        revoked_at    BIGINT
-    );
-    CREATE SEQUENCE audit_ids START 1;
-    CREATE TABLE audit (
-        id           BIGINT PRIMARY KEY DEFAULT nextval('audit_ids'),
-        occurred_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
-        actor        VARCHAR NOT NULL,
-        action       VARCHAR NOT NULL,
-        target       VARCHAR,
-        detail       VARCHAR,
-        outcome      VARCHAR NOT NULL,
-        statement    VARCHAR,
-        tables       VARCHAR,
-        row_count    BIGINT,
-        byte_count   BIGINT,
-        duration_ms  BIGINT
-    );
-    "#,
-    // 3: OAuth client credentials for service accounts.
-    r#"
-    CREATE TABLE client_credentials (
-        client_id    VARCHAR PRIMARY KEY,
-        email        VARCHAR NOT NULL,     -- the user the client acts as
-        name         VARCHAR NOT NULL,
-        secret_hash  VARCHAR NOT NULL,
-        created_at   BIGINT NOT NULL,
-        revoked_at   BIGINT
-    );
-    "#,
-    // 4: table definitions (connector, options, schedule), sync runs, version profiles.
-    r#"
-    CREATE TABLE table_definitions (
-        schema_name  VARCHAR NOT NULL,
-        table_name   VARCHAR NOT NULL,
-        definition   VARCHAR NOT NULL,   -- JSON; secrets only as ${ENV} references
-        origin       VARCHAR NOT NULL,   -- 'config' (quiver.yaml) or 'api'
-        created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
-        PRIMARY KEY (schema_name, table_name)
-    );
-    CREATE SEQUENCE sync_run_ids START 1;
-    CREATE TABLE sync_runs (
-        id           BIGINT PRIMARY KEY DEFAULT nextval('sync_run_ids'),
-        schema_name  VARCHAR NOT NULL,
-        table_name   VARCHAR NOT NULL,
-        trigger      VARCHAR NOT NULL,   -- 'schedule', 'manual' or 'retry'
-        actor        VARCHAR,
-        started_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
-        ended_at     TIMESTAMP,
-        status       VARCHAR NOT NULL,   -- 'running', 'succeeded', 'failed', 'interrupted'
-        row_count    BIGINT,
-        byte_count   BIGINT,
-        version      BIGINT,
-        error        VARCHAR
-    );
-    CREATE TABLE version_details (
-        schema_name  VARCHAR NOT NULL,
-        table_name   VARCHAR NOT NULL,
-        version      BIGINT NOT NULL,
-        watermark    VARCHAR,            -- incremental tables: largest watermark loaded
-        profile      VARCHAR,            -- JSON: per-column statistics
-        PRIMARY KEY (schema_name, table_name, version)
-    );
-    "#,
-    // 5: sharded versions (a version listing its files, one per shard), webhook deliveries.
-    r#"
-    CREATE TABLE version_files (
-        schema_name  VARCHAR NOT NULL,
-        table_name   VARCHAR NOT NULL,
-        version      BIGINT NOT NULL,
-        shard        VARCHAR NOT NULL,   -- e.g. '2026-03', a month of Jira issues
-        url          VARCHAR NOT NULL,   -- one parquet file; shared by versions until replaced
-        row_count    BIGINT NOT NULL,
-        byte_count   BIGINT NOT NULL,
-        PRIMARY KEY (schema_name, table_name, version, shard)
-    );
-    CREATE TABLE webhook_deliveries (
-        source           VARCHAR NOT NULL,   -- 'jira'
-        delivery_id      VARCHAR NOT NULL,
-        received_at      TIMESTAMP NOT NULL DEFAULT current_timestamp,
-        event            VARCHAR NOT NULL,
-        subject          VARCHAR NOT NULL,   -- what the event is about, e.g. an issue key
-        detail           VARCHAR NOT NULL,   -- JSON the processor needs from the payload
-        payload          VARCHAR NOT NULL,   -- object-store key of the raw body
-        status           VARCHAR NOT NULL,   -- 'pending' or 'done'
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
-        error            VARCHAR,
-        processed_at     TIMESTAMP,
-        PRIMARY KEY (source, delivery_id)
-    );
-    "#,
-    // 6: ended sessions (signed out before they expire), and what each PAT was made with.
-    r#"
-    CREATE TABLE ended_sessions (
-        jti         VARCHAR PRIMARY KEY,   -- the bearer token's unique id
-        expires_at  BIGINT NOT NULL        -- when the token would have expired anyway
-    );
-    ALTER TABLE tokens ADD COLUMN origin VARCHAR;   -- 'pat:<id>' or 'client:<id>'; ends with it
-    "#,
-    // 7: a counter every change of what principals may see bumps, so other processes (the
-    // replicas of a cluster, `quiver admin`) can tell their caches are stale.
-    r#"
-    CREATE TABLE state_generation (
-        id          INTEGER PRIMARY KEY,   -- always 1
-        generation  BIGINT NOT NULL
-    );
-    INSERT INTO state_generation VALUES (1, 1);
-    "#,
-    // 8: leases: which replica runs the cluster's background work.
-    r#"
-    CREATE TABLE leases (
-        name        VARCHAR PRIMARY KEY,   -- 'background'
-        holder      VARCHAR NOT NULL,      -- the replica's id
-        expires_at  BIGINT NOT NULL        -- milliseconds since the epoch
-    );
-    "#,
-    // 9: the cluster: replicas alive by their heartbeats, the work each one runs (so
-    // per-user limits and cancellation hold across replicas), sign-in failures. (A run's
-    // replica has a table of its own, and there are no indexes: DuckDB could not replay a
-    // WAL holding this migration's first form, with `ALTER TABLE sync_runs` and two
-    // indexes, after a crash.)
-    r#"
-    CREATE TABLE replicas (
-        id          VARCHAR PRIMARY KEY,   -- random, per process
-        advertise   VARCHAR,               -- grpc://host:port clients reach it at
-        started_at  BIGINT NOT NULL,       -- milliseconds since the epoch
-        seen_at     BIGINT NOT NULL        -- its last heartbeat, milliseconds
-    );
-    CREATE TABLE sync_run_replicas (
-        run         BIGINT PRIMARY KEY,    -- sync_runs.id
-        replica     VARCHAR NOT NULL       -- the replica running it
-    );
-    CREATE TABLE running_work (
-        id          VARCHAR PRIMARY KEY,   -- random, per result stream
-        replica     VARCHAR NOT NULL,      -- the replica streaming it
-        principal   VARCHAR NOT NULL,      -- the user's e-mail
-        query_id    VARCHAR NOT NULL,      -- the query streamed (for cancellation)
-        cancel      BOOLEAN NOT NULL DEFAULT false
-    );
-    CREATE TABLE sign_in_failures (
-        key         VARCHAR NOT NULL,      -- 'account:<email>' or 'address:<ip>'
-        failed_at   BIGINT NOT NULL        -- milliseconds since the epoch
-    );
-    "#,
-];
+use crate::CatalogError;
+use migrations::MIGRATIONS;
 
-/// How often a process sharing the state database looks for others' changes.
+/// The PostgreSQL channel every committed change is announced on.
+const CHANGES_CHANNEL: &str = "quiver_state_changed";
+
+/// How often a process sharing the state database looks for others' changes while it
+/// cannot listen for them.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// A new table version, ready to commit.
-#[derive(Debug, Clone, Default)]
-pub struct NewVersion {
-    /// Object-store folder (URL with a trailing slash) holding the parquet files.
-    pub location: String,
-    /// Rows in the version.
-    pub rows: i64,
-    /// Bytes of parquet.
-    pub bytes: i64,
-    /// Description to set (kept when `None`).
-    pub description: Option<String>,
-    /// Incremental tables: the largest watermark value now loaded.
-    pub watermark: Option<String>,
-    /// Per-column statistics.
-    pub profile: Option<serde_json::Value>,
-    /// The sync run that produced it; marked succeeded in the same transaction.
-    pub run: Option<i64>,
-}
-
-/// A committed, queryable table version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableEntry {
-    /// `schema.table`.
-    pub name: TableName,
-    /// Free-text description shown in catalogs.
-    pub description: Option<String>,
-    /// Version number, 1 for the first publish.
-    pub version: i64,
-    /// Object-store folder (URL with a trailing slash) holding the version's parquet files.
-    pub location: String,
-    /// Rows in the version.
-    pub rows: i64,
-    /// Bytes of parquet in the version.
-    pub bytes: i64,
-    /// When the version was published (UTC, ISO 8601).
-    pub committed_at: String,
-}
 
 /// The state store: the database Quiver keeps users, grants, tables and audit in.
 pub struct StateStore {
@@ -368,10 +141,26 @@ impl StateStore {
         Ok(store)
     }
 
-    /// Follows the shared generation counter on a thread of its own (until the store is
-    /// dropped), so changes made by other replicas reach this one's caches within
-    /// [`WATCH_INTERVAL`].
+    /// Tells this process's caches about changes other processes sharing the database
+    /// make, until the store is dropped: a notification on [`CHANGES_CHANNEL`] arrives as
+    /// the change commits; while the listening connection is down, the shared generation
+    /// counter is polled every [`WATCH_INTERVAL`] instead.
     fn watch_others(&self) -> Result<(), CatalogError> {
+        let Db::Pg(pg) = self.db.as_ref() else {
+            return Ok(());
+        };
+        let listening = Arc::new(AtomicBool::new(false));
+        let generation = self.generation.clone();
+        pg.listen(
+            CHANGES_CHANNEL,
+            move |notified| {
+                generation.fetch_add(1, Ordering::AcqRel);
+                if notified {
+                    metrics::counter!("quiver_state_notifications_total").increment(1);
+                }
+            },
+            listening.clone(),
+        );
         let db: Weak<Db> = Arc::downgrade(&self.db);
         let generation = self.generation.clone();
         let read = |db: &Db| -> Result<i64, CatalogError> {
@@ -388,6 +177,9 @@ impl StateStore {
                 loop {
                     std::thread::sleep(WATCH_INTERVAL);
                     let Some(db) = db.upgrade() else { return };
+                    if listening.load(Ordering::Acquire) {
+                        continue;
+                    }
                     match read(&db) {
                         Ok(now) if now != seen => {
                             seen = now;
@@ -400,6 +192,36 @@ impl StateStore {
             })
             .map_err(|e| CatalogError::Internal(format!("state watcher: {e}")))?;
         Ok(())
+    }
+
+    /// Users, groups, memberships, tokens, service accounts and sessions.
+    pub fn identity(&self) -> Identity<'_> {
+        Identity(self)
+    }
+
+    /// Grants.
+    pub fn access(&self) -> Access<'_> {
+        Access(self)
+    }
+
+    /// Table versions, definitions, sync runs and shards.
+    pub fn tables(&self) -> Tables<'_> {
+        Tables(self)
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> Audit<'_> {
+        Audit(self)
+    }
+
+    /// Received webhook deliveries.
+    pub fn webhooks(&self) -> Webhooks<'_> {
+        Webhooks(self)
+    }
+
+    /// Replicas, the work they run, and leases.
+    pub fn cluster(&self) -> Cluster<'_> {
+        Cluster(self)
     }
 
     /// Which database holds the state.
@@ -456,6 +278,10 @@ impl StateStore {
             "UPDATE state_generation SET generation = generation + 1 WHERE id = 1",
             params![],
         )?;
+        if tx.backend() == Backend::Postgres {
+            // Delivered to the listeners when the transaction commits, not before.
+            tx.execute("SELECT pg_notify($1, '')", params![CHANGES_CHANNEL])?;
+        }
         Ok(())
     }
 
@@ -482,232 +308,6 @@ impl StateStore {
         tracing::info!(actor, action, target, "administrative change");
         Ok(value)
     }
-
-    // ----- identity -------------------------------------------------------------------
-
-    /// Creates `email` as an active administrator with `password`, unless the user exists.
-    /// Returns whether it was created. An existing user is never overwritten.
-    pub fn ensure_bootstrap_admin(
-        &self,
-        email: &str,
-        password: &str,
-    ) -> Result<bool, CatalogError> {
-        let email = email.trim().to_lowercase();
-        let hash = identity::hash_password(password)?;
-        let created = self.transaction(|tx| {
-            let exists = tx.query_opt(
-                "SELECT email FROM users WHERE email = $1",
-                params![email],
-                |r| r.get::<String>(0),
-            )?;
-            if exists.is_some() {
-                return Ok(false);
-            }
-            tx.execute(
-                "INSERT INTO users (email, password_hash) VALUES ($1, $2)",
-                params![email, hash],
-            )?;
-            tx.execute(
-                "INSERT INTO memberships (group_name, email, source) VALUES ('Admin', $1, 'bootstrap')",
-                params![email],
-            )?;
-            tx.execute(
-                "INSERT INTO audit (actor, action, target, outcome) VALUES ('bootstrap', 'user.create', $1, 'ok')",
-                params![email],
-            )?;
-            Self::mark_changed(tx)?;
-            Ok(true)
-        })?;
-        if created {
-            self.bump();
-        }
-        Ok(created)
-    }
-
-    /// Checks an e-mail and password. Unknown users, inactive users and wrong passwords all
-    /// give `None` after the same amount of work, so the answer does not tell which it was.
-    pub fn authenticate_password(
-        &self,
-        email: &str,
-        password: &str,
-    ) -> Result<Option<Principal>, CatalogError> {
-        let email = email.trim().to_lowercase();
-        let row: Option<(Option<String>, bool)> = self.conn()?.query_opt(
-            "SELECT password_hash, active FROM users WHERE email = $1",
-            params![email],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let (hash, active) = match row {
-            Some((Some(hash), active)) => (hash, active),
-            _ => (identity::dummy_hash().to_string(), false),
-        };
-        let ok = identity::verify_password(&hash, password);
-        if ok && active {
-            self.principal(&email)
-        } else {
-            Ok(None)
-        }
-    }
-
-    /// The active principal named `email`, with its groups; `None` when unknown or inactive.
-    pub fn principal(&self, email: &str) -> Result<Option<Principal>, CatalogError> {
-        let conn = self.conn()?;
-        let active: Option<bool> = conn.query_opt(
-            "SELECT active FROM users WHERE email = $1",
-            params![email],
-            |r| r.get(0),
-        )?;
-        if active != Some(true) {
-            return Ok(None);
-        }
-        let mut groups: Vec<String> = conn.query_map(
-            "SELECT group_name FROM memberships WHERE email = $1 ORDER BY 1",
-            params![email],
-            |r| r.get(0),
-        )?;
-        if !groups.iter().any(|g| g == "Everyone") {
-            groups.push("Everyone".into());
-        }
-        Ok(Some(Principal::new(email.to_string(), groups)))
-    }
-
-    // ----- table registry -------------------------------------------------------------
-
-    /// Commits a new version of `table`, in one transaction, and returns its number.
-    /// Readers see either the previous version or this one, never a mix.
-    pub fn commit_version(&self, table: &TableName, new: &NewVersion) -> Result<i64, CatalogError> {
-        let (schema, name) = (table.schema(), table.table());
-        let description = new.description.as_deref();
-        let version = self.transaction(|tx| {
-            tx.execute(
-                "INSERT INTO tables (schema_name, table_name, description) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-                params![schema, name, description],
-            )?;
-            let version: i64 = tx.query_row(
-                "SELECT coalesce(max(version), 0) + 1 FROM table_versions
-                 WHERE schema_name = $1 AND table_name = $2",
-                params![schema, name],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                params![schema, name, version, new.location, new.rows, new.bytes],
-            )?;
-            tx.execute(
-                "INSERT INTO version_details (schema_name, table_name, version, watermark, profile)
-                 VALUES ($1, $2, $3, $4, $5)",
-                params![
-                    schema,
-                    name,
-                    version,
-                    new.watermark,
-                    new.profile.as_ref().map(|p| p.to_string())
-                ],
-            )?;
-            tx.execute(
-                "UPDATE tables SET current_version = $1, description = coalesce($2, description)
-                 WHERE schema_name = $3 AND table_name = $4",
-                params![version, description, schema, name],
-            )?;
-            // A run the cluster took for dead (its replica's heartbeats stopped) may have
-            // lost its files to the sweep since: it publishes nothing.
-            if let Some(run) = new.run
-                && tx.execute(
-                    "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp,
-                            row_count = $1, byte_count = $2, version = $3
-                     WHERE id = $4 AND status = 'running'",
-                    params![new.rows, new.bytes, version, run],
-                )? == 0
-            {
-                return Err(CatalogError::Conflict(format!(
-                    "run {run} was marked interrupted (this server was out of touch with the state database); its version is not published"
-                )));
-            }
-            Self::mark_changed(tx)?;
-            Ok(version)
-        })?;
-        self.bump();
-        tracing::info!(table = %table, version, rows = new.rows, bytes = new.bytes, "table version committed");
-        Ok(version)
-    }
-
-    /// One table with a committed version.
-    pub fn table(&self, name: &TableName) -> Result<TableEntry, CatalogError> {
-        self.tables()?
-            .into_iter()
-            .find(|t| &t.name == name)
-            .ok_or_else(|| CatalogError::NotFound(format!("no table `{name}`")))
-    }
-
-    /// Sets a table's description.
-    pub fn set_table_description(
-        &self,
-        actor: &str,
-        name: &TableName,
-        description: Option<&str>,
-    ) -> Result<TableEntry, CatalogError> {
-        self.table(name)?;
-        self.change(actor, "table.update", &name.to_string(), |tx| {
-            tx.execute(
-                "UPDATE tables SET description = $1 WHERE schema_name = $2 AND table_name = $3",
-                params![description, name.schema(), name.table()],
-            )?;
-            Ok(((), serde_json::json!({ "description": description })))
-        })?;
-        self.table(name)
-    }
-
-    /// Removes a table from the registry: it stops being queryable at once. Its files stay
-    /// in the object store (their locations are in the audit entry) until collected.
-    pub fn delete_table(&self, actor: &str, name: &TableName) -> Result<(), CatalogError> {
-        if self.table(name).is_err() && self.definition(name)?.is_none() {
-            return Err(CatalogError::NotFound(format!("no table `{name}`")));
-        }
-        self.change(actor, "table.delete", &name.to_string(), |tx| {
-            let locations: Vec<String> = tx.query_map(
-                "SELECT location FROM table_versions WHERE schema_name = $1 AND table_name = $2
-                 ORDER BY version",
-                params![name.schema(), name.table()],
-                |r| r.get(0),
-            )?;
-            for statement in [
-                "DELETE FROM table_versions WHERE schema_name = $1 AND table_name = $2",
-                "DELETE FROM version_files WHERE schema_name = $1 AND table_name = $2",
-                "DELETE FROM tables WHERE schema_name = $1 AND table_name = $2",
-                "DELETE FROM version_details WHERE schema_name = $1 AND table_name = $2",
-                "DELETE FROM table_definitions WHERE schema_name = $1 AND table_name = $2",
-            ] {
-                tx.execute(statement, params![name.schema(), name.table()])?;
-            }
-            Ok(((), serde_json::json!({ "locations": locations })))
-        })
-    }
-
-    /// Every table with a committed version, ordered by name.
-    pub fn tables(&self) -> Result<Vec<TableEntry>, CatalogError> {
-        self.conn()?.query_map(
-            "SELECT t.schema_name, t.table_name, t.description, v.version, v.location,
-                    v.row_count, v.byte_count, v.committed_at
-             FROM tables t JOIN table_versions v
-               ON v.schema_name = t.schema_name AND v.table_name = t.table_name
-              AND v.version = t.current_version
-             ORDER BY 1, 2",
-            params![],
-            |r| {
-                Ok(TableEntry {
-                    name: TableName::new(&r.get::<String>(0)?, &r.get::<String>(1)?)?,
-                    description: r.get(2)?,
-                    version: r.get(3)?,
-                    location: r.get(4)?,
-                    rows: r.get(5)?,
-                    bytes: r.get(6)?,
-                    committed_at: r.get::<Timestamp>(7)?.iso(),
-                })
-            },
-        )
-    }
 }
 
 #[cfg(test)]
@@ -730,27 +330,32 @@ mod tests {
         let store = StateStore::in_memory().unwrap();
         assert!(
             store
+                .identity()
                 .ensure_bootstrap_admin("Ada@Example.com", "first-password")
                 .unwrap()
         );
         assert!(
             !store
+                .identity()
                 .ensure_bootstrap_admin("ada@example.com", "second-password")
                 .unwrap()
         );
         let p = store
+            .identity()
             .authenticate_password("ada@example.com", "first-password")
             .unwrap()
             .expect("original password still works");
         assert!(p.is_admin());
         assert!(
             store
+                .identity()
                 .authenticate_password("ada@example.com", "second-password")
                 .unwrap()
                 .is_none()
         );
         assert!(
             store
+                .identity()
                 .authenticate_password("bob@example.com", "x")
                 .unwrap()
                 .is_none()
@@ -758,34 +363,96 @@ mod tests {
     }
 
     #[test]
-    fn versions_commit_in_order_and_only_the_current_one_is_listed() {
-        let store = StateStore::in_memory().unwrap();
-        let t: TableName = "tpch.nation".parse().unwrap();
-        let g0 = store.generation();
-        let v = |location: &str, rows, description: Option<&str>| NewVersion {
-            location: location.into(),
-            rows,
-            bytes: 100,
-            description: description.map(String::from),
-            ..NewVersion::default()
+    fn embedded_reads_and_single_writes_do_not_wait_for_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(&dir.path().join("state.duckdb")).unwrap());
+        store
+            .identity()
+            .ensure_bootstrap_admin("root@example.com", "root-password")
+            .unwrap();
+        let (entered, in_transaction) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.transaction(|tx| {
+                    tx.execute(
+                        "UPDATE users SET name = 'Root' WHERE email = $1",
+                        params!["root@example.com"],
+                    )?;
+                    entered.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok(())
+                })
+            })
         };
+        in_transaction.recv().unwrap();
+        let (answered, answer) = std::sync::mpsc::channel();
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let name = store.identity().users().unwrap()[0].name.clone();
+                store
+                    .audit()
+                    .record_event("t", "probe", None, "ok")
+                    .unwrap();
+                answered.send(name).unwrap();
+            })
+        };
+        let seen = answer
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a read and an audit insert answer while a transaction is open");
         assert_eq!(
-            store
-                .commit_version(&t, &v("file:///a/", 25, None))
-                .unwrap(),
-            1
+            seen, None,
+            "the open transaction's change is not visible yet"
         );
+        release.send(()).unwrap();
+        writer.join().unwrap().unwrap();
+        reader.join().unwrap();
         assert_eq!(
-            store
-                .commit_version(&t, &v("file:///b/", 26, Some("n")))
-                .unwrap(),
-            2
+            store.identity().users().unwrap()[0].name.as_deref(),
+            Some("Root")
         );
-        assert!(store.generation() > g0);
-        let tables = store.tables().unwrap();
-        assert_eq!(tables.len(), 1);
-        assert_eq!(tables[0].version, 2);
-        assert_eq!(tables[0].location, "file:///b/");
-        assert_eq!(tables[0].description.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn embedded_concurrent_changes_all_land() {
+        let store = Arc::new(StateStore::in_memory().unwrap());
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..15 {
+                        let email = format!("u{t}-{i}@example.com");
+                        store
+                            .identity()
+                            .create_user("t", &email, None, None)
+                            .unwrap();
+                        store
+                            .audit()
+                            .record_event(&email, "probe", None, "ok")
+                            .unwrap();
+                        assert!(store.identity().principal(&email).unwrap().is_some());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.identity().users().unwrap().len(), 90);
+        let count = |action: &str| {
+            store
+                .audit()
+                .log(&audit::AuditQuery {
+                    action: Some(action.into()),
+                    limit: Some(1000),
+                    ..Default::default()
+                })
+                .unwrap()
+                .len()
+        };
+        assert_eq!(count("user.create"), 90);
+        assert_eq!(count("probe"), 90);
     }
 }

@@ -8,13 +8,15 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
+use futures::StreamExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::db::{Params, Row, Timestamp, Value};
 use crate::CatalogError;
@@ -110,6 +112,59 @@ impl Db {
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.runtime.as_ref().expect("runtime lives until drop")
+    }
+
+    /// Calls `heard(true)` for every notification on `channel`, and `heard(false)` each
+    /// time it starts listening (for what it may have missed before), from a connection of
+    /// its own on this pool's runtime, reconnecting after a loss until the pool is dropped.
+    /// `listening` says whether it is connected right now.
+    pub fn listen(
+        &self,
+        channel: &'static str,
+        heard: impl Fn(bool) + Send + Sync + 'static,
+        listening: Arc<AtomicBool>,
+    ) {
+        let config = self.config.clone();
+        let label = self.label.clone();
+        let heard = Arc::new(heard);
+        self.runtime().spawn(async move {
+            loop {
+                match config.connect(NoTls).await {
+                    Ok((client, mut connection)) => {
+                        let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                        let on_message = heard.clone();
+                        let driver = tokio::spawn(async move {
+                            futures::pin_mut!(messages);
+                            while let Some(message) = messages.next().await {
+                                match message {
+                                    Ok(AsyncMessage::Notification(_)) => on_message(true),
+                                    Ok(_) => {}
+                                    Err(e) => return e.to_string(),
+                                }
+                            }
+                            "the server closed the connection".to_string()
+                        });
+                        match client.batch_execute(&format!("LISTEN {channel}")).await {
+                            Ok(()) => {
+                                listening.store(true, Ordering::Release);
+                                heard(false);
+                                let why = driver.await.unwrap_or_else(|e| e.to_string());
+                                tracing::warn!(database = %label, error = %why, "stopped listening for state changes; polling until reconnected");
+                            }
+                            Err(e) => {
+                                driver.abort();
+                                tracing::warn!(database = %label, error = %e, "cannot listen for state changes; polling");
+                            }
+                        }
+                        listening.store(false, Ordering::Release);
+                    }
+                    Err(e) => {
+                        tracing::debug!(database = %label, error = %e, "cannot connect to listen for state changes");
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Waits for `work` on this thread, at most `limit`.

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use quiver_catalog::registry::SyncRun;
+use quiver_catalog::state::tables::SyncRun;
 use quiver_catalog::{CatalogError, TableName};
 use quiver_connectors::jira::tables::issue_row;
 use quiver_connectors::jira::{is_issue_key, issue_id, parse_time};
@@ -195,7 +195,7 @@ impl Orchestrator {
     pub(crate) fn is_jira(&self, table: &TableName) -> Result<bool, OrchestratorError> {
         Ok(self.jira.is_some()
             && table.schema() == SCHEMA
-            && self.state.definition(table)?.is_none())
+            && self.state.tables().definition(table)?.is_none())
     }
 
     /// Starts a Jira job in the background (recorded as a run of `jira.issues`).
@@ -222,7 +222,7 @@ impl Orchestrator {
     ) -> Result<SyncRun, OrchestratorError> {
         let (jira, running) = self.claim_jira(&trigger)?;
         let _ = self.execute_jira(&jira, &job, &running, progress).await;
-        Ok(self.state.sync_run(running.run)?)
+        Ok(self.state.tables().sync_run(running.run)?)
     }
 
     fn claim_jira(&self, trigger: &Trigger) -> Result<(Arc<JiraSync>, Running), OrchestratorError> {
@@ -259,7 +259,9 @@ impl Orchestrator {
         lock(&self.running).remove(&table);
         match outcome {
             Ok(issues) => {
-                self.state.succeed_run(running.run, issues as i64)?;
+                self.state
+                    .tables()
+                    .succeed_run(running.run, issues as i64)?;
                 tracing::info!(run = running.run, issues, "jira job succeeded");
                 if let Err(e) =
                     retention::expire(&self.state, &self.storage, self.options.retention).await
@@ -271,7 +273,7 @@ impl Orchestrator {
             Err(e) => {
                 let message = e.to_string();
                 tracing::warn!(run = running.run, error = %message, "jira job failed");
-                self.state.fail_run(running.run, &message)?;
+                self.state.tables().fail_run(running.run, &message)?;
                 Err(e)
             }
         }

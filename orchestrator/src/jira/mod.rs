@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
-use quiver_catalog::webhooks::{Delivery, NewDelivery};
+use quiver_catalog::state::webhooks::{Delivery, NewDelivery};
 use quiver_catalog::{CatalogError, StateStore, Storage, TableName};
 use quiver_config::JiraConfig;
 use quiver_connectors::jira::{JiraClient, TABLES, is_issue_key, issue_id, parse_time};
@@ -164,7 +164,7 @@ impl JiraSync {
             .map(|t| t.reference.as_str())
             .collect::<Vec<_>>()
             .join(",");
-        let new = self.state.record_delivery(&NewDelivery {
+        let new = self.state.webhooks().record_delivery(&NewDelivery {
             source: SCHEMA.into(),
             id: id.clone(),
             event: event.clone(),
@@ -202,7 +202,7 @@ impl JiraSync {
                     }
                 }
             }
-            if let Ok(counts) = self.state.delivery_counts(SCHEMA) {
+            if let Ok(counts) = self.state.webhooks().delivery_counts(SCHEMA) {
                 metrics::gauge!("quiver_webhook_deliveries_pending", "source" => "jira")
                     .set(counts.pending as f64);
             }
@@ -243,7 +243,10 @@ impl JiraSync {
 
     /// Forgets deliveries processed more than a week ago and removes their raw bodies.
     async fn prune_deliveries(&self) -> Result<(), OrchestratorError> {
-        let payloads = self.state.forget_deliveries(SCHEMA, KEEP_DELIVERIES)?;
+        let payloads = self
+            .state
+            .webhooks()
+            .forget_deliveries(SCHEMA, KEEP_DELIVERIES)?;
         let keys = futures::stream::iter(
             payloads
                 .into_iter()
@@ -269,7 +272,7 @@ impl JiraSync {
 
     /// Processes one batch of due deliveries; returns how many were taken.
     pub async fn process_due(&self) -> Result<usize, OrchestratorError> {
-        let due = self.state.due_deliveries(SCHEMA, BATCH)?;
+        let due = self.state.webhooks().due_deliveries(SCHEMA, BATCH)?;
         if due.is_empty() {
             return Ok(0);
         }
@@ -304,7 +307,7 @@ impl JiraSync {
                 Err(e) => (Vec::new(), due.iter().map(|d| (d, e.to_string())).collect()),
             };
         let ids: Vec<String> = done.iter().map(|d| d.id.clone()).collect();
-        self.state.finish_deliveries(SCHEMA, &ids)?;
+        self.state.webhooks().finish_deliveries(SCHEMA, &ids)?;
         metrics::counter!("quiver_webhook_deliveries_processed_total", "source" => "jira")
             .increment(ids.len() as u64);
         for (delivery, error) in &postponed {
@@ -312,6 +315,7 @@ impl JiraSync {
                 .saturating_mul(2u32.saturating_pow(delivery.attempts.clamp(0, 7) as u32));
             tracing::warn!(delivery = %delivery.id, issues = %delivery.subject, error = %error, retry_in = ?pause, "jira delivery postponed");
             self.state
+                .webhooks()
                 .postpone_delivery(SCHEMA, &delivery.id, error, pause)?;
         }
         if !ids.is_empty() {

@@ -14,7 +14,8 @@ use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use quiver_catalog::{CatalogError, ShardChange, ShardFile, TableName};
+use quiver_catalog::state::tables::{ShardChange, ShardFile};
+use quiver_catalog::{CatalogError, TableName};
 use quiver_connectors::jira::tables::{ISSUES, to_batch};
 use quiver_connectors::jira::{IssueRows, TABLES, issue_rows};
 use serde_json::Value;
@@ -195,7 +196,7 @@ impl JiraSync {
                     _ => Vec::new(),
                 })
                 .collect();
-            let current = self.state.current_shards(&table)?;
+            let current = self.state.tables().current_shards(&table)?;
             let file = current.iter().find(|f| f.shard == month);
             let mut batches = Vec::new();
             let mut dropped = 0;
@@ -228,7 +229,7 @@ impl JiraSync {
                 table,
             });
         }
-        self.state.commit_shards(&commit)?;
+        self.state.tables().commit_shards(&commit)?;
         Ok(())
     }
 
@@ -296,7 +297,7 @@ impl JiraSync {
     pub(super) async fn held(&self) -> Result<HashMap<String, Held>, OrchestratorError> {
         let table = TableName::new(SCHEMA, TABLES[ISSUES])?;
         let mut out = HashMap::new();
-        for file in self.state.current_shards(&table)? {
+        for file in self.state.tables().current_shards(&table)? {
             let columns = ["issue_id", "issue_key", "issue_month", "updated", "sla"];
             for batch in self.read(&file.url, Some(&columns)).await? {
                 let text = |name: &str| {

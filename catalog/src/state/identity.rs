@@ -1,21 +1,28 @@
-//! Users, groups, memberships and grants in the state store: every change validated,
-//! audited in the same transaction, and announced to the caches (generation bump).
+//! What Quiver stores about who someone is: users, groups, memberships, and (in the
+//! submodules) personal access tokens, service accounts' client credentials and ended
+//! sessions. Every change is validated, audited in the same transaction, and announced to
+//! the caches (generation bump).
 //!
 //! The invariants live here so the HTTP API and `quiver admin` cannot differ: `Admin` and
 //! `Everyone` always exist, every active user is in `Everyone`, and the last active
 //! administrator can be neither deactivated nor removed from `Admin`.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
+mod clients;
+mod sessions;
+mod tokens;
 
-use crate::state::{Conn, params};
+pub use clients::CLIENT_SECRET_PREFIX;
+pub use clients::ClientInfo;
+pub use tokens::{MAX_TOKEN_DAYS, TOKEN_PREFIX, TokenInfo, TokenUse, token_hash};
+
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::identity::{ADMIN_GROUP, EVERYONE_GROUP, hash_password};
-use crate::state::StateStore;
-use crate::{CatalogError, TableName};
+use super::{Conn, StateStore, params};
+use crate::CatalogError;
+use crate::identity::{self, ADMIN_GROUP, EVERYONE_GROUP, Principal, hash_password};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -79,100 +86,6 @@ pub struct Member {
     pub source: String,
 }
 
-/// What a grant covers: one table, or every table of a schema (`schema.*`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum GrantTarget {
-    /// One table.
-    Table(TableName),
-    /// Every table of the schema, present and future.
-    Schema(String),
-}
-
-impl GrantTarget {
-    /// The schema the grant is in.
-    pub fn schema(&self) -> &str {
-        match self {
-            Self::Table(t) => t.schema(),
-            Self::Schema(s) => s,
-        }
-    }
-
-    /// Whether the grant covers `table`.
-    pub fn covers(&self, table: &TableName) -> bool {
-        match self {
-            Self::Table(t) => t == table,
-            Self::Schema(s) => s == table.schema(),
-        }
-    }
-
-    fn table_part(&self) -> &str {
-        match self {
-            Self::Table(t) => t.table(),
-            Self::Schema(_) => "*",
-        }
-    }
-}
-
-impl FromStr for GrantTarget {
-    type Err = CatalogError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.strip_suffix(".*") {
-            Some(schema) => {
-                // Validate the schema part with the table-name rules.
-                TableName::new(schema, "x")?;
-                Ok(Self::Schema(schema.to_string()))
-            }
-            None => Ok(Self::Table(s.parse()?)),
-        }
-    }
-}
-
-impl fmt::Display for GrantTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema(), self.table_part())
-    }
-}
-
-impl Serialize for GrantTarget {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// A grant: members of `group` may read `target`, only the rows `row_filter` keeps, with
-/// `column_masks` applied (a column mapped to `None` is hidden).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Grant {
-    /// Grant id, for revoking.
-    pub id: i64,
-    /// The group it is granted to.
-    pub group: String,
-    /// `schema.table` or `schema.*`.
-    #[schema(value_type = String, example = "tpch.customer")]
-    pub table: GrantTarget,
-    /// SQL predicate over the table's columns; may use `current_user()`.
-    pub row_filter: Option<String>,
-    /// Column → SQL expression replacing its value, or `None` to hide the column.
-    pub column_masks: BTreeMap<String, Option<String>>,
-}
-
-/// A grant to be made; the engine validates it against the table before it is stored.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewGrant {
-    /// The group to grant to.
-    pub group: String,
-    /// `schema.table` or `schema.*`.
-    pub table: String,
-    /// SQL predicate over the table's columns.
-    #[serde(default)]
-    pub row_filter: Option<String>,
-    /// Column → SQL expression, or `null` to hide the column.
-    #[serde(default)]
-    pub column_masks: BTreeMap<String, Option<String>>,
-}
-
 /// A group name: letters, digits, `_`, `-`, `.` and spaces, 1–64 characters.
 fn check_group_name(name: &str) -> Result<(), CatalogError> {
     let ok = !name.is_empty()
@@ -230,7 +143,7 @@ fn user_exists(tx: &Conn<'_>, email: &str) -> Result<bool, CatalogError> {
         .is_some())
 }
 
-fn group_exists(tx: &Conn<'_>, name: &str) -> Result<bool, CatalogError> {
+pub(super) fn group_exists(tx: &Conn<'_>, name: &str) -> Result<bool, CatalogError> {
     Ok(tx
         .query_opt(
             "SELECT 1 FROM groups WHERE name = $1",
@@ -244,7 +157,7 @@ fn no_user(email: &str) -> CatalogError {
     CatalogError::NotFound(format!("no user `{email}`"))
 }
 
-fn no_group(name: &str) -> CatalogError {
+pub(super) fn no_group(name: &str) -> CatalogError {
     CatalogError::NotFound(format!("no group `{name}`"))
 }
 
@@ -270,7 +183,10 @@ fn keep_an_admin(tx: &Conn<'_>, losing: &str) -> Result<(), CatalogError> {
     Ok(())
 }
 
-impl StateStore {
+/// The identities (see [`StateStore::identity`]).
+pub struct Identity<'a>(pub(super) &'a StateStore);
+
+impl Identity<'_> {
     // ----- users ------------------------------------------------------------------------
 
     /// Creates an active user. Without a password the user signs in through OIDC or tokens.
@@ -289,7 +205,7 @@ impl StateStore {
             }
             None => None,
         };
-        self.change(actor, "user.create", &email, |tx| {
+        self.0.change(actor, "user.create", &email, |tx| {
             if user_exists(tx, &email)? {
                 return Err(CatalogError::Conflict(format!(
                     "a user `{email}` already exists"
@@ -319,7 +235,7 @@ impl StateStore {
             }
             None => None,
         };
-        self.change(actor, "user.update", &email, |tx| {
+        self.0.change(actor, "user.update", &email, |tx| {
             if !user_exists(tx, &email)? {
                 return Err(no_user(&email));
             }
@@ -359,7 +275,7 @@ impl StateStore {
     /// Deletes a user with its memberships and tokens.
     pub fn delete_user(&self, actor: &str, email: &str) -> Result<(), CatalogError> {
         let email = email.trim().to_lowercase();
-        self.change(actor, "user.delete", &email, |tx| {
+        self.0.change(actor, "user.delete", &email, |tx| {
             if !user_exists(tx, &email)? {
                 return Err(no_user(&email));
             }
@@ -382,7 +298,7 @@ impl StateStore {
 
     /// Every user, by e-mail.
     pub fn users(&self) -> Result<Vec<User>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let mut memberships: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for row in conn.query_map(
             "SELECT email, group_name FROM memberships ORDER BY 2",
@@ -432,7 +348,7 @@ impl StateStore {
     ) -> Result<Option<crate::Principal>, CatalogError> {
         let email = normalize_email(email)?;
         let actor = format!("oidc:{provider}");
-        self.change(&actor, "login", &email, |tx| {
+        self.0.change(&actor, "login", &email, |tx| {
             let active = user_active(tx, &email)?;
             let created = match active {
                 Some(false) => return Ok((false, json!({ "outcome": "deactivated" }))),
@@ -485,7 +401,7 @@ impl StateStore {
     /// Creates a group.
     pub fn create_group(&self, actor: &str, name: &str) -> Result<(), CatalogError> {
         check_group_name(name)?;
-        self.change(actor, "group.create", name, |tx| {
+        self.0.change(actor, "group.create", name, |tx| {
             let clash: Option<String> = tx.query_opt(
                 "SELECT name FROM groups WHERE lower(name) = lower($1)",
                 params![name],
@@ -508,7 +424,7 @@ impl StateStore {
                 "`{name}` is a built-in group and cannot be deleted"
             )));
         }
-        self.change(actor, "group.delete", name, |tx| {
+        self.0.change(actor, "group.delete", name, |tx| {
             if !group_exists(tx, name)? {
                 return Err(no_group(name));
             }
@@ -527,7 +443,7 @@ impl StateStore {
 
     /// Every group name, sorted.
     pub fn groups(&self) -> Result<Vec<String>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let names = conn.query_map("SELECT name FROM groups ORDER BY name", params![], |r| {
             r.get(0)
         })?;
@@ -536,7 +452,7 @@ impl StateStore {
 
     /// Members of a group; `Everyone` lists every active user.
     pub fn members(&self, group: &str) -> Result<Vec<Member>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let exists: Option<i32> = conn.query_opt(
             "SELECT 1 FROM groups WHERE name = $1",
             params![group],
@@ -573,20 +489,21 @@ impl StateStore {
                 "every active user is in `Everyone` already".into(),
             ));
         }
-        self.change(actor, "member.add", &format!("{group}/{email}"), |tx| {
-            if !group_exists(tx, group)? {
-                return Err(no_group(group));
-            }
-            if !user_exists(tx, &email)? {
-                return Err(no_user(&email));
-            }
-            tx.execute(
-                "INSERT INTO memberships (group_name, email, source) VALUES ($1, $2, $3)
+        self.0
+            .change(actor, "member.add", &format!("{group}/{email}"), |tx| {
+                if !group_exists(tx, group)? {
+                    return Err(no_group(group));
+                }
+                if !user_exists(tx, &email)? {
+                    return Err(no_user(&email));
+                }
+                tx.execute(
+                    "INSERT INTO memberships (group_name, email, source) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
-                params![group, email, source.as_str()],
-            )?;
-            Ok(((), json!({ "source": source })))
-        })
+                    params![group, email, source.as_str()],
+                )?;
+                Ok(((), json!({ "source": source })))
+            })
     }
 
     /// Removes `email` from `group`. The last active admin stays in `Admin`.
@@ -597,112 +514,111 @@ impl StateStore {
                 "every active user is in `Everyone`; deactivate the user instead".into(),
             ));
         }
-        self.change(actor, "member.remove", &format!("{group}/{email}"), |tx| {
-            if !group_exists(tx, group)? {
-                return Err(no_group(group));
-            }
-            if group == ADMIN_GROUP {
-                keep_an_admin(tx, &email)?;
-            }
-            let removed = tx.execute(
-                "DELETE FROM memberships WHERE group_name = $1 AND email = $2",
-                params![group, email],
-            )?;
-            if removed == 0 {
-                return Err(CatalogError::NotFound(format!(
-                    "`{email}` is not a member of `{group}`"
-                )));
-            }
-            Ok(((), serde_json::Value::Null))
-        })
+        self.0
+            .change(actor, "member.remove", &format!("{group}/{email}"), |tx| {
+                if !group_exists(tx, group)? {
+                    return Err(no_group(group));
+                }
+                if group == ADMIN_GROUP {
+                    keep_an_admin(tx, &email)?;
+                }
+                let removed = tx.execute(
+                    "DELETE FROM memberships WHERE group_name = $1 AND email = $2",
+                    params![group, email],
+                )?;
+                if removed == 0 {
+                    return Err(CatalogError::NotFound(format!(
+                        "`{email}` is not a member of `{group}`"
+                    )));
+                }
+                Ok(((), serde_json::Value::Null))
+            })
     }
 
-    // ----- grants -----------------------------------------------------------------------
-
-    /// Stores a grant. Callers validate its filter and masks first (see
-    /// `QueryEngine::create_grant`).
-    pub(crate) fn insert_grant(
+    /// Creates `email` as an active administrator with `password`, unless the user exists.
+    /// Returns whether it was created. An existing user is never overwritten.
+    pub fn ensure_bootstrap_admin(
         &self,
-        actor: &str,
-        group: &str,
-        target: &GrantTarget,
-        row_filter: Option<&str>,
-        column_masks: &BTreeMap<String, Option<String>>,
-    ) -> Result<Grant, CatalogError> {
-        let masks = serde_json::to_string(column_masks)
-            .map_err(|e| CatalogError::Internal(e.to_string()))?;
-        let id = self.change(actor, "grant.create", &target.to_string(), |tx| {
-            if !group_exists(tx, group)? {
-                return Err(no_group(group));
-            }
-            let id: i64 = tx.query_row(
-                "INSERT INTO grants (group_name, schema_name, table_name, row_filter, column_masks, created_by)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                params![group, target.schema(), target.table_part(), row_filter, masks, actor],
-                |r| r.get(0),
+        email: &str,
+        password: &str,
+    ) -> Result<bool, CatalogError> {
+        let email = email.trim().to_lowercase();
+        let hash = identity::hash_password(password)?;
+        let created = self.0.transaction(|tx| {
+            let exists = tx.query_opt(
+                "SELECT email FROM users WHERE email = $1",
+                params![email],
+                |r| r.get::<String>(0),
             )?;
-            Ok((
-                id,
-                json!({ "id": id, "group": group, "row_filter": row_filter, "column_masks": column_masks }),
-            ))
+            if exists.is_some() {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO users (email, password_hash) VALUES ($1, $2)",
+                params![email, hash],
+            )?;
+            tx.execute(
+                "INSERT INTO memberships (group_name, email, source) VALUES ('Admin', $1, 'bootstrap')",
+                params![email],
+            )?;
+            tx.execute(
+                "INSERT INTO audit (actor, action, target, outcome) VALUES ('bootstrap', 'user.create', $1, 'ok')",
+                params![email],
+            )?;
+            StateStore::mark_changed(tx)?;
+            Ok(true)
         })?;
-        self.grant(id)
-    }
-
-    /// Removes a grant.
-    pub fn revoke_grant(&self, actor: &str, id: i64) -> Result<(), CatalogError> {
-        let grant = self.grant(id)?;
-        self.change(actor, "grant.revoke", &grant.table.to_string(), |tx| {
-            tx.execute("DELETE FROM grants WHERE id = $1", params![id])?;
-            Ok(((), json!({ "id": id, "group": grant.group })))
-        })
-    }
-
-    /// One grant.
-    pub fn grant(&self, id: i64) -> Result<Grant, CatalogError> {
-        self.grants()?
-            .into_iter()
-            .find(|g| g.id == id)
-            .ok_or_else(|| CatalogError::NotFound(format!("no grant {id}")))
-    }
-
-    /// Every grant, by id.
-    pub fn grants(&self) -> Result<Vec<Grant>, CatalogError> {
-        let conn = self.conn()?;
-        let rows = conn.query_map(
-            "SELECT id, group_name, schema_name, table_name, row_filter, column_masks
-             FROM grants ORDER BY id",
-            params![],
-            |r| {
-                Ok((
-                    r.get::<i64>(0)?,
-                    r.get::<String>(1)?,
-                    r.get::<String>(2)?,
-                    r.get::<String>(3)?,
-                    r.get::<Option<String>>(4)?,
-                    r.get::<String>(5)?,
-                ))
-            },
-        )?;
-        let mut grants = Vec::new();
-        for row in rows {
-            let (id, group, schema, table, row_filter, masks) = row;
-            let table = if table == "*" {
-                GrantTarget::Schema(schema)
-            } else {
-                GrantTarget::Table(TableName::new(&schema, &table)?)
-            };
-            let column_masks = serde_json::from_str(&masks)
-                .map_err(|e| CatalogError::State(format!("grant {id} has corrupt masks: {e}")))?;
-            grants.push(Grant {
-                id,
-                group,
-                table,
-                row_filter,
-                column_masks,
-            });
+        if created {
+            self.0.bump();
         }
-        Ok(grants)
+        Ok(created)
+    }
+
+    /// Checks an e-mail and password. Unknown users, inactive users and wrong passwords all
+    /// give `None` after the same amount of work, so the answer does not tell which it was.
+    pub fn authenticate_password(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<Principal>, CatalogError> {
+        let email = email.trim().to_lowercase();
+        let row: Option<(Option<String>, bool)> = self.0.conn()?.query_opt(
+            "SELECT password_hash, active FROM users WHERE email = $1",
+            params![email],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (hash, active) = match row {
+            Some((Some(hash), active)) => (hash, active),
+            _ => (identity::dummy_hash().to_string(), false),
+        };
+        let ok = identity::verify_password(&hash, password);
+        if ok && active {
+            self.principal(&email)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The active principal named `email`, with its groups; `None` when unknown or inactive.
+    pub fn principal(&self, email: &str) -> Result<Option<Principal>, CatalogError> {
+        let conn = self.0.conn()?;
+        let active: Option<bool> = conn.query_opt(
+            "SELECT active FROM users WHERE email = $1",
+            params![email],
+            |r| r.get(0),
+        )?;
+        if active != Some(true) {
+            return Ok(None);
+        }
+        let mut groups: Vec<String> = conn.query_map(
+            "SELECT group_name FROM memberships WHERE email = $1 ORDER BY 1",
+            params![email],
+            |r| r.get(0),
+        )?;
+        if !groups.iter().any(|g| g == "Everyone") {
+            groups.push("Everyone".into());
+        }
+        Ok(Some(Principal::new(email.to_string(), groups)))
     }
 }
 
@@ -713,6 +629,7 @@ mod tests {
     fn store() -> StateStore {
         let store = StateStore::in_memory().unwrap();
         store
+            .identity()
             .ensure_bootstrap_admin("root@example.com", "root-password")
             .unwrap();
         store
@@ -726,25 +643,36 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            s.update_user("t", "root@example.com", &deactivate),
+            s.identity()
+                .update_user("t", "root@example.com", &deactivate),
             Err(CatalogError::Conflict(_))
         ));
         assert!(matches!(
-            s.remove_member("t", "Admin", "root@example.com"),
+            s.identity().remove_member("t", "Admin", "root@example.com"),
             Err(CatalogError::Conflict(_))
         ));
         assert!(matches!(
-            s.delete_user("t", "root@example.com"),
+            s.identity().delete_user("t", "root@example.com"),
             Err(CatalogError::Conflict(_))
         ));
-        s.create_user("t", "second@example.com", None, Some("password-2"))
+        s.identity()
+            .create_user("t", "second@example.com", None, Some("password-2"))
             .unwrap();
-        s.add_member("t", "Admin", "second@example.com", MembershipSource::Admin)
+        s.identity()
+            .add_member("t", "Admin", "second@example.com", MembershipSource::Admin)
             .unwrap();
-        s.update_user("t", "root@example.com", &deactivate).unwrap();
-        assert!(s.principal("root@example.com").unwrap().is_none());
+        s.identity()
+            .update_user("t", "root@example.com", &deactivate)
+            .unwrap();
+        assert!(
+            s.identity()
+                .principal("root@example.com")
+                .unwrap()
+                .is_none()
+        );
         assert!(matches!(
-            s.remove_member("t", "Admin", "second@example.com"),
+            s.identity()
+                .remove_member("t", "Admin", "second@example.com"),
             Err(CatalogError::Conflict(_))
         ));
     }
@@ -754,22 +682,27 @@ mod tests {
         let s = store();
         for name in ["Admin", "Everyone"] {
             assert!(matches!(
-                s.delete_group("t", name),
+                s.identity().delete_group("t", name),
                 Err(CatalogError::Conflict(_))
             ));
         }
         assert!(matches!(
-            s.create_group("t", "admin"),
+            s.identity().create_group("t", "admin"),
             Err(CatalogError::Conflict(_))
         ));
         assert!(matches!(
-            s.create_group("t", "bad;name"),
+            s.identity().create_group("t", "bad;name"),
             Err(CatalogError::InvalidInput(_))
         ));
-        s.create_group("t", "Sales EU").unwrap();
-        assert!(s.groups().unwrap().contains(&"Sales EU".to_string()));
+        s.identity().create_group("t", "Sales EU").unwrap();
+        assert!(
+            s.identity()
+                .groups()
+                .unwrap()
+                .contains(&"Sales EU".to_string())
+        );
         assert!(matches!(
-            s.add_member(
+            s.identity().add_member(
                 "t",
                 "Sales EU",
                 "nobody@example.com",
@@ -783,31 +716,34 @@ mod tests {
     fn changes_are_audited_and_bump_the_generation() {
         let s = store();
         let g = s.generation();
-        s.create_user("ops@example.com", "ana@example.com", Some("Ana"), None)
+        s.identity()
+            .create_user("ops@example.com", "ana@example.com", Some("Ana"), None)
             .unwrap();
         assert!(s.generation() > g);
-        let entries = s.audit_log(&Default::default()).unwrap();
+        let entries = s.audit().log(&Default::default()).unwrap();
         let last = entries.first().unwrap();
         assert_eq!(last.actor, "ops@example.com");
         assert_eq!(last.action, "user.create");
         assert_eq!(last.target.as_deref(), Some("ana@example.com"));
         // Failed changes leave nothing behind, audit included.
-        let before = s.audit_log(&Default::default()).unwrap().len();
+        let before = s.audit().log(&Default::default()).unwrap().len();
         assert!(
-            s.create_user("t", "ana@example.com", None, Some("short"))
+            s.identity()
+                .create_user("t", "ana@example.com", None, Some("short"))
                 .is_err()
         );
-        assert_eq!(s.audit_log(&Default::default()).unwrap().len(), before);
+        assert_eq!(s.audit().log(&Default::default()).unwrap().len(), before);
     }
 
     #[test]
     fn identity_provider_groups_sync_without_touching_admin_memberships() {
         let s = store();
         for g in ["sales", "support"] {
-            s.create_group("t", g).unwrap();
+            s.identity().create_group("t", g).unwrap();
         }
         let groups = |list: &[&str]| list.iter().map(|g| g.to_string()).collect::<Vec<_>>();
         let p = s
+            .identity()
             .sign_in_from_idp(
                 "okta",
                 "Ivy@Example.com",
@@ -817,9 +753,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(p.groups(), ["Everyone", "sales"]);
-        s.add_member("t", "support", "ivy@example.com", MembershipSource::Admin)
+        s.identity()
+            .add_member("t", "support", "ivy@example.com", MembershipSource::Admin)
             .unwrap();
         let p = s
+            .identity()
             .sign_in_from_idp("okta", "ivy@example.com", None, Some(&groups(&[])))
             .unwrap()
             .unwrap();
@@ -828,33 +766,21 @@ mod tests {
             ["Everyone", "support"],
             "idp membership gone, admin one kept"
         );
-        s.update_user(
-            "t",
-            "ivy@example.com",
-            &UserUpdate {
-                active: Some(false),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        s.identity()
+            .update_user(
+                "t",
+                "ivy@example.com",
+                &UserUpdate {
+                    active: Some(false),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert!(
-            s.sign_in_from_idp("okta", "ivy@example.com", None, None)
+            s.identity()
+                .sign_in_from_idp("okta", "ivy@example.com", None, None)
                 .unwrap()
                 .is_none()
         );
-    }
-
-    #[test]
-    fn grant_targets_parse() {
-        assert_eq!(
-            "tpch.*".parse::<GrantTarget>().unwrap(),
-            GrantTarget::Schema("tpch".into())
-        );
-        assert_eq!(
-            "tpch.nation".parse::<GrantTarget>().unwrap().to_string(),
-            "tpch.nation"
-        );
-        assert!("TPCH.*".parse::<GrantTarget>().is_err());
-        assert!("nation".parse::<GrantTarget>().is_err());
     }
 }

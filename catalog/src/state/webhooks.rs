@@ -52,10 +52,13 @@ pub struct DeliveryCounts {
     pub done: i64,
 }
 
-impl StateStore {
+/// Received webhook deliveries (see [`StateStore::webhooks`]).
+pub struct Webhooks<'a>(pub(super) &'a StateStore);
+
+impl Webhooks<'_> {
     /// Records a delivery; returns `false` when one with its id was recorded before.
     pub fn record_delivery(&self, new: &NewDelivery) -> Result<bool, CatalogError> {
-        let inserted = self.conn()?.execute(
+        let inserted = self.0.conn()?.execute(
             "INSERT INTO webhook_deliveries (source, delivery_id, event, subject, detail, payload, status)
              VALUES ($1, $2, $3, $4, $5, $6, 'pending') ON CONFLICT DO NOTHING",
             params![
@@ -76,7 +79,7 @@ impl StateStore {
         source: &str,
         limit: usize,
     ) -> Result<Vec<Delivery>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let rows = conn.query_map("SELECT delivery_id, event, subject, detail, attempts FROM webhook_deliveries
              WHERE source = $1 AND status = 'pending' AND next_attempt_at <= current_timestamp::TIMESTAMP
              ORDER BY received_at, delivery_id LIMIT $2", params![source, limit as i64], |r| {
@@ -94,7 +97,7 @@ impl StateStore {
 
     /// Marks deliveries processed.
     pub fn finish_deliveries(&self, source: &str, ids: &[String]) -> Result<(), CatalogError> {
-        self.transaction(|tx| {
+        self.0.transaction(|tx| {
             for id in ids {
                 tx.execute(
                     "UPDATE webhook_deliveries SET status = 'done', processed_at = current_timestamp,
@@ -115,7 +118,7 @@ impl StateStore {
         error: &str,
         delay: std::time::Duration,
     ) -> Result<(), CatalogError> {
-        self.conn()?.execute(
+        self.0.conn()?.execute(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, error = $1,
                     next_attempt_at = $2
              WHERE source = $3 AND delivery_id = $4",
@@ -132,7 +135,7 @@ impl StateStore {
         age: std::time::Duration,
     ) -> Result<Vec<String>, CatalogError> {
         let cutoff = Timestamp::now().minus(age);
-        self.transaction(|tx| {
+        self.0.transaction(|tx| {
             let payloads: Vec<String> = tx.query_map(
                 "SELECT payload FROM webhook_deliveries
                  WHERE status = 'done' AND source = $1 AND processed_at < $2",
@@ -150,7 +153,7 @@ impl StateStore {
 
     /// How many deliveries of `source` are pending and done.
     pub fn delivery_counts(&self, source: &str) -> Result<DeliveryCounts, CatalogError> {
-        self.conn()?.query_row(
+        self.0.conn()?.query_row(
             "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'done')
              FROM webhook_deliveries WHERE source = $1",
             params![source],
@@ -179,13 +182,14 @@ mod tests {
             detail: serde_json::json!({"issue_id": "10001"}),
             payload: "webhooks/jira/d-1.json".into(),
         };
-        assert!(store.record_delivery(&new).unwrap());
-        assert!(!store.record_delivery(&new).unwrap());
-        let due = store.due_deliveries("jira", 10).unwrap();
+        assert!(store.webhooks().record_delivery(&new).unwrap());
+        assert!(!store.webhooks().record_delivery(&new).unwrap());
+        let due = store.webhooks().due_deliveries("jira", 10).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].detail["issue_id"], "10001");
 
         store
+            .webhooks()
             .postpone_delivery(
                 "jira",
                 "d-1",
@@ -193,14 +197,27 @@ mod tests {
                 std::time::Duration::from_secs(60),
             )
             .unwrap();
-        assert!(store.due_deliveries("jira", 10).unwrap().is_empty());
+        assert!(
+            store
+                .webhooks()
+                .due_deliveries("jira", 10)
+                .unwrap()
+                .is_empty()
+        );
         store
+            .webhooks()
             .postpone_delivery("jira", "d-1", "again", std::time::Duration::ZERO)
             .unwrap();
-        assert_eq!(store.due_deliveries("jira", 10).unwrap()[0].attempts, 2);
-        store.finish_deliveries("jira", &["d-1".into()]).unwrap();
         assert_eq!(
-            store.delivery_counts("jira").unwrap(),
+            store.webhooks().due_deliveries("jira", 10).unwrap()[0].attempts,
+            2
+        );
+        store
+            .webhooks()
+            .finish_deliveries("jira", &["d-1".into()])
+            .unwrap();
+        assert_eq!(
+            store.webhooks().delivery_counts("jira").unwrap(),
             DeliveryCounts {
                 pending: 0,
                 done: 1

@@ -9,12 +9,10 @@ use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use super::tokens::token_hash;
+use super::{Identity, normalize_email, user_active};
 use crate::CatalogError;
-use crate::access::normalize_email;
-use crate::access::user_active;
 use crate::identity::{Origin, Principal, unix_now};
-use crate::state::StateStore;
-use crate::tokens::token_hash;
 
 /// Client secrets start with this.
 pub const CLIENT_SECRET_PREFIX: &str = "qvs_";
@@ -42,7 +40,7 @@ fn random(prefix: &str, bytes: usize) -> String {
     )
 }
 
-impl StateStore {
+impl Identity<'_> {
     /// Creates client credentials acting as `email`; the user is created (without a
     /// password) when missing. Returns the client and its secret, shown this once.
     pub fn create_client(
@@ -66,7 +64,7 @@ impl StateStore {
             created_at: unix_now(),
             revoked: false,
         };
-        self.change(actor, "client.create", &email, |tx| {
+        self.0.change(actor, "client.create", &email, |tx| {
             let active = user_active(tx, &email)?;
             match active {
                 Some(false) => {
@@ -103,7 +101,7 @@ impl StateStore {
 
     /// Every client, newest first.
     pub fn clients(&self) -> Result<Vec<ClientInfo>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let clients = conn.query_map(
             "SELECT client_id, email, name, created_at, revoked_at IS NOT NULL
              FROM client_credentials ORDER BY created_at DESC, client_id",
@@ -123,7 +121,7 @@ impl StateStore {
 
     /// Revokes a client: its access tokens, and the tokens made with them, stop working.
     pub fn revoke_client(&self, actor: &str, client_id: &str) -> Result<(), CatalogError> {
-        self.change(actor, "client.revoke", client_id, |tx| {
+        self.0.change(actor, "client.revoke", client_id, |tx| {
             let updated = tx.execute(
                 "UPDATE client_credentials SET revoked_at = coalesce(revoked_at, $1) WHERE client_id = $2",
                 params![unix_now() as i64, client_id],
@@ -132,14 +130,14 @@ impl StateStore {
                 return Err(CatalogError::NotFound(format!("no client `{client_id}`")));
             }
             let derived =
-                crate::tokens::revoke_derived(tx, &Origin::Client(client_id.to_string()))?;
+                super::tokens::revoke_derived(tx, &Origin::Client(client_id.to_string()))?;
             Ok(((), json!({ "derived_revoked": derived })))
         })
     }
 
     /// Whether client `client_id`, acting as `email`, is not revoked.
     pub fn client_active(&self, client_id: &str, email: &str) -> Result<bool, CatalogError> {
-        let found: Option<i64> = self.conn()?.query_opt(
+        let found: Option<i64> = self.0.conn()?.query_opt(
             "SELECT 1 FROM client_credentials
                  WHERE client_id = $1 AND email = $2 AND revoked_at IS NULL",
             params![client_id, email],
@@ -155,7 +153,7 @@ impl StateStore {
         client_id: &str,
         secret: &str,
     ) -> Result<Option<Principal>, CatalogError> {
-        let row: Option<(String, String)> = self.conn()?.query_opt(
+        let row: Option<(String, String)> = self.0.conn()?.query_opt(
             "SELECT email, secret_hash FROM client_credentials
                  WHERE client_id = $1 AND revoked_at IS NULL",
             params![client_id],
@@ -174,37 +172,44 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateStore;
 
     #[test]
     fn clients_authenticate_until_revoked() {
         let s = StateStore::in_memory().unwrap();
         let (info, secret) = s
+            .identity()
             .create_client("root@example.com", "etl@example.com", "nightly export")
             .unwrap();
         assert!(secret.starts_with(CLIENT_SECRET_PREFIX));
         let p = s
+            .identity()
             .client_principal(&info.client_id, &secret)
             .unwrap()
             .unwrap();
         assert_eq!(p.email(), "etl@example.com");
         assert!(!p.is_admin());
         assert!(
-            s.client_principal(&info.client_id, "qvs_wrong")
+            s.identity()
+                .client_principal(&info.client_id, "qvs_wrong")
                 .unwrap()
                 .is_none()
         );
         assert!(
-            s.client_principal("svc_unknown", &secret)
+            s.identity()
+                .client_principal("svc_unknown", &secret)
                 .unwrap()
                 .is_none()
         );
-        s.revoke_client("root@example.com", &info.client_id)
+        s.identity()
+            .revoke_client("root@example.com", &info.client_id)
             .unwrap();
         assert!(
-            s.client_principal(&info.client_id, &secret)
+            s.identity()
+                .client_principal(&info.client_id, &secret)
                 .unwrap()
                 .is_none()
         );
-        assert!(s.clients().unwrap()[0].revoked);
+        assert!(s.identity().clients().unwrap()[0].revoked);
     }
 }

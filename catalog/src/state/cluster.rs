@@ -14,6 +14,8 @@ use std::time::Duration;
 use crate::CatalogError;
 use crate::state::{Backend, StateStore, Timestamp, params};
 
+mod leases;
+
 /// How often a replica renews its row.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A replica not seen for this long is dead.
@@ -54,11 +56,11 @@ pub async fn keep_alive(
     replica: Replica,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>, CatalogError> {
-    if !state.is_shared() {
+    if !state.cluster().is_shared() {
         return Ok(tokio::spawn(stop));
     }
     let (s, r) = (state.clone(), replica.clone());
-    tokio::task::spawn_blocking(move || s.beat(&r))
+    tokio::task::spawn_blocking(move || s.cluster().beat(&r))
         .await
         .map_err(|e| CatalogError::Internal(format!("heartbeat task: {e}")))??;
     Ok(tokio::spawn(heartbeat(state, replica, stop)))
@@ -73,14 +75,14 @@ async fn heartbeat(state: Arc<StateStore>, replica: Replica, stop: impl Future<O
             () = &mut stop => break,
             _ = tick.tick() => {
                 let (s, r) = (state.clone(), replica.clone());
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.beat(&r)).await {
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.cluster().beat(&r)).await {
                     tracing::warn!(replica = %replica.id, error = %e, "cannot renew this replica's heartbeat");
                 }
             }
         }
     }
     let id = replica.id.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || state.leave(&id)).await {
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || state.cluster().leave(&id)).await {
         tracing::warn!(replica = %replica.id, error = %e, "cannot remove this replica from the state");
     }
 }
@@ -95,21 +97,24 @@ impl Replica {
     }
 }
 
-impl StateStore {
+/// The replicas, the work they run and the leases they hold (see [`StateStore::cluster`]).
+pub struct Cluster<'a>(pub(super) &'a StateStore);
+
+impl Cluster<'_> {
     /// Whether replicas share this state (and so record their work in it).
     pub fn is_shared(&self) -> bool {
-        self.backend() == Backend::Postgres
+        self.0.backend() == Backend::Postgres
     }
 
     /// Records `replica` as alive (joining, or its heartbeat).
     pub fn beat(&self, replica: &Replica) -> Result<(), CatalogError> {
         let now = Timestamp::now().millis();
-        let updated = self.conn()?.execute(
+        let updated = self.0.conn()?.execute(
             "UPDATE replicas SET seen_at = $1, advertise = $2 WHERE id = $3",
             params![now, replica.advertise.as_deref(), replica.id.as_str()],
         )?;
         if updated == 0 {
-            self.conn()?.execute(
+            self.0.conn()?.execute(
                 "INSERT INTO replicas (id, advertise, started_at, seen_at) VALUES ($1, $2, $3, $3)",
                 params![replica.id.as_str(), replica.advertise.as_deref(), now],
             )?;
@@ -119,7 +124,7 @@ impl StateStore {
 
     /// Removes `replica` and its work (a clean shutdown).
     pub fn leave(&self, replica: &str) -> Result<(), CatalogError> {
-        self.transaction(|tx| {
+        self.0.transaction(|tx| {
             tx.execute(
                 "DELETE FROM running_work WHERE replica = $1",
                 params![replica],
@@ -131,7 +136,7 @@ impl StateStore {
 
     /// The replicas seen alive recently, oldest first.
     pub fn live_replicas(&self) -> Result<Vec<Replica>, CatalogError> {
-        self.conn()?.query_map(
+        self.0.conn()?.query_map(
             "SELECT id, advertise FROM replicas WHERE seen_at > $1 ORDER BY started_at, id",
             params![ago_ms(REPLICA_TIMEOUT)],
             |r| {
@@ -147,7 +152,7 @@ impl StateStore {
     /// that have ended; returns how many replicas went.
     pub fn forget_dead_replicas(&self) -> Result<usize, CatalogError> {
         let cutoff = ago_ms(FORGET_AFTER);
-        self.transaction(|tx| {
+        self.0.transaction(|tx| {
             tx.execute(
                 "DELETE FROM running_work WHERE replica IN (SELECT id FROM replicas WHERE seen_at < $1)",
                 params![cutoff],
@@ -172,7 +177,7 @@ impl StateStore {
         max: usize,
     ) -> Result<(), ClaimError> {
         let lock = format!("work:{user}");
-        self.locked(&lock, |tx| {
+        self.0.locked(&lock, |tx| {
             let live = ago_ms(REPLICA_TIMEOUT);
             let admitted = tx.execute(
                 "INSERT INTO running_work (id, replica, principal, query_id)
@@ -196,7 +201,7 @@ impl StateStore {
 
     /// The work `replica` has recorded (to find rows whose end could not be recorded).
     pub fn work_on(&self, replica: &str) -> Result<Vec<String>, CatalogError> {
-        self.conn()?.query_map(
+        self.0.conn()?.query_map(
             "SELECT id FROM running_work WHERE replica = $1",
             params![replica],
             |r| r.get(0),
@@ -205,7 +210,8 @@ impl StateStore {
 
     /// Ends a unit of work.
     pub fn finish_work(&self, work: &str) -> Result<(), CatalogError> {
-        self.conn()?
+        self.0
+            .conn()?
             .execute("DELETE FROM running_work WHERE id = $1", params![work])?;
         Ok(())
     }
@@ -218,7 +224,7 @@ impl StateStore {
         user: &str,
         admin: bool,
     ) -> Result<bool, CatalogError> {
-        let marked = self.conn()?.execute(
+        let marked = self.0.conn()?.execute(
             "UPDATE running_work SET cancel = true
              WHERE query_id = $1 AND ($2 OR principal = $3)",
             params![query_id, admin, user],
@@ -228,7 +234,7 @@ impl StateStore {
 
     /// The queries streaming on `replica` that someone asked (on any replica) to cancel.
     pub fn cancel_requests(&self, replica: &str) -> Result<Vec<String>, CatalogError> {
-        self.conn()?.query_map(
+        self.0.conn()?.query_map(
             "SELECT DISTINCT query_id FROM running_work
              WHERE replica = $1 AND cancel",
             params![replica],
@@ -251,33 +257,60 @@ mod tests {
     #[test]
     fn work_is_counted_across_replicas_and_cancelled_from_any() {
         let state = StateStore::in_memory().unwrap();
-        state.beat(&replica("a")).unwrap();
-        state.beat(&replica("b")).unwrap();
-        assert_eq!(state.live_replicas().unwrap().len(), 2);
+        state.cluster().beat(&replica("a")).unwrap();
+        state.cluster().beat(&replica("b")).unwrap();
+        assert_eq!(state.cluster().live_replicas().unwrap().len(), 2);
 
-        state.claim_work("w1", "a", "u@x.com", "q1", 2).unwrap();
-        state.claim_work("w2", "b", "u@x.com", "q2", 2).unwrap();
+        state
+            .cluster()
+            .claim_work("w1", "a", "u@x.com", "q1", 2)
+            .unwrap();
+        state
+            .cluster()
+            .claim_work("w2", "b", "u@x.com", "q2", 2)
+            .unwrap();
         assert!(matches!(
-            state.claim_work("w3", "a", "u@x.com", "q3", 2),
+            state.cluster().claim_work("w3", "a", "u@x.com", "q3", 2),
             Err(ClaimError::Busy(2))
         ));
         assert!(
-            state.claim_work("w4", "a", "v@x.com", "q4", 2).is_ok(),
+            state
+                .cluster()
+                .claim_work("w4", "a", "v@x.com", "q4", 2)
+                .is_ok(),
             "per user"
         );
 
-        assert!(!state.request_cancel("q1", "v@x.com", false).unwrap());
-        assert!(state.cancel_requests("a").unwrap().is_empty());
-        assert!(state.request_cancel("q1", "u@x.com", false).unwrap());
-        assert_eq!(state.cancel_requests("a").unwrap(), vec!["q1".to_string()]);
-        assert!(state.cancel_requests("b").unwrap().is_empty());
+        assert!(
+            !state
+                .cluster()
+                .request_cancel("q1", "v@x.com", false)
+                .unwrap()
+        );
+        assert!(state.cluster().cancel_requests("a").unwrap().is_empty());
+        assert!(
+            state
+                .cluster()
+                .request_cancel("q1", "u@x.com", false)
+                .unwrap()
+        );
+        assert_eq!(
+            state.cluster().cancel_requests("a").unwrap(),
+            vec!["q1".to_string()]
+        );
+        assert!(state.cluster().cancel_requests("b").unwrap().is_empty());
 
-        assert_eq!(state.work_on("a").unwrap().len(), 2);
-        state.finish_work("w1").unwrap();
-        assert!(state.claim_work("w3", "a", "u@x.com", "q3", 2).is_ok());
+        assert_eq!(state.cluster().work_on("a").unwrap().len(), 2);
+        state.cluster().finish_work("w1").unwrap();
+        assert!(
+            state
+                .cluster()
+                .claim_work("w3", "a", "u@x.com", "q3", 2)
+                .is_ok()
+        );
 
         // A replica that left no longer counts.
-        state.leave("b").unwrap();
-        assert_eq!(state.live_replicas().unwrap(), vec![replica("a")]);
+        state.cluster().leave("b").unwrap();
+        assert_eq!(state.cluster().live_replicas().unwrap(), vec![replica("a")]);
     }
 }

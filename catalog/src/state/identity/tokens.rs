@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::{Identity, user_active};
 use crate::CatalogError;
-use crate::access::user_active;
 use crate::identity::{Origin, Principal, unix_now};
 
 /// Revokes every token made with `origin`, and the tokens made with those, and so on;
@@ -25,7 +25,6 @@ pub(crate) fn revoke_derived(tx: &Conn<'_>, origin: &Origin) -> Result<usize, Ca
         params![unix_now() as i64, origin.to_string()],
     )
 }
-use crate::state::StateStore;
 
 /// Every personal access token starts with this, so it is recognisable (and scannable by
 /// secret detectors) wherever it leaks.
@@ -77,7 +76,7 @@ pub fn token_hash(secret: &str) -> String {
         .collect()
 }
 
-impl StateStore {
+impl Identity<'_> {
     /// Creates a token for `email`, valid for `days` (or until revoked), and returns it with
     /// its secret — the only time the secret exists outside the caller. A token made while
     /// signed in with another credential (`origin`: a PAT, a service account's client) is
@@ -119,7 +118,7 @@ impl StateStore {
             last_used_at: None,
             revoked: false,
         };
-        self.change(actor, "token.create", &email, |tx| {
+        self.0.change(actor, "token.create", &email, |tx| {
             let active = user_active(tx, &email)?;
             match active {
                 None => return Err(CatalogError::NotFound(format!("no user `{email}`"))),
@@ -154,7 +153,7 @@ impl StateStore {
 
     /// The tokens of `email`, newest first.
     pub fn tokens(&self, email: &str) -> Result<Vec<TokenInfo>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let tokens = conn.query_map(
             "SELECT id, email, name, prefix, created_at, expires_at, last_used_at,
                     revoked_at IS NOT NULL
@@ -185,7 +184,7 @@ impl StateStore {
         id: &str,
     ) -> Result<(), CatalogError> {
         let owner = owner.map(|o| o.trim().to_lowercase());
-        self.change(actor, "token.revoke", id, |tx| {
+        self.0.change(actor, "token.revoke", id, |tx| {
             let email: Option<String> =
                 tx.query_opt("SELECT email FROM tokens WHERE id = $1", params![id], |r| {
                     r.get(0)
@@ -208,7 +207,7 @@ impl StateStore {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        let row: Option<(String, String, Option<i64>)> = self.conn()?.query_opt(
+        let row: Option<(String, String, Option<i64>)> = self.0.conn()?.query_opt(
             "SELECT id, email, expires_at FROM tokens
                  WHERE hash = $1 AND revoked_at IS NULL",
             params![token_hash(secret)],
@@ -230,7 +229,7 @@ impl StateStore {
 
     /// Whether token `id` of `email` may still be used (not revoked, not expired).
     pub fn token_active(&self, id: &str, email: &str) -> Result<bool, CatalogError> {
-        let expires: Option<Option<i64>> = self.conn()?.query_opt(
+        let expires: Option<Option<i64>> = self.0.conn()?.query_opt(
             "SELECT expires_at FROM tokens WHERE id = $1 AND email = $2 AND revoked_at IS NULL",
             params![id, email],
             |r| r.get(0),
@@ -240,7 +239,7 @@ impl StateStore {
 
     /// Records that a token was used just now (callers throttle this to once a minute).
     pub fn touch_token(&self, id: &str) -> Result<(), CatalogError> {
-        self.conn()?.execute(
+        self.0.conn()?.execute(
             "UPDATE tokens SET last_used_at = $1 WHERE id = $2",
             params![unix_now() as i64, id],
         )?;
@@ -251,13 +250,16 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateStore;
 
     #[test]
     fn tokens_work_until_revoked_and_are_stored_hashed() {
         let s = StateStore::in_memory().unwrap();
-        s.ensure_bootstrap_admin("root@example.com", "root-password")
+        s.identity()
+            .ensure_bootstrap_admin("root@example.com", "root-password")
             .unwrap();
         let (info, secret) = s
+            .identity()
             .create_token(
                 "root@example.com",
                 "root@example.com",
@@ -268,7 +270,7 @@ mod tests {
             .unwrap();
         assert!(secret.starts_with("qvr_") && secret.len() > 40);
         assert!(secret.starts_with(&info.prefix));
-        let used = s.token_principal(&secret).unwrap().unwrap();
+        let used = s.identity().token_principal(&secret).unwrap().unwrap();
         assert_eq!(used.principal.email(), "root@example.com");
         let stored: String = s
             .conn()
@@ -276,17 +278,24 @@ mod tests {
             .query_row("SELECT hash FROM tokens", params![], |r| r.get(0))
             .unwrap();
         assert_ne!(stored, secret);
-        assert!(s.token_principal("qvr_not-a-token").unwrap().is_none());
+        assert!(
+            s.identity()
+                .token_principal("qvr_not-a-token")
+                .unwrap()
+                .is_none()
+        );
         // Another user's revocation attempt looks like an unknown id.
         assert!(matches!(
-            s.revoke_token("x", Some("other@example.com"), &info.id),
+            s.identity()
+                .revoke_token("x", Some("other@example.com"), &info.id),
             Err(CatalogError::NotFound(_))
         ));
-        s.revoke_token("root@example.com", Some("root@example.com"), &info.id)
+        s.identity()
+            .revoke_token("root@example.com", Some("root@example.com"), &info.id)
             .unwrap();
-        assert!(s.token_principal(&secret).unwrap().is_none());
-        assert!(s.tokens("root@example.com").unwrap()[0].revoked);
-        let audit = s.audit_log(&Default::default()).unwrap();
+        assert!(s.identity().token_principal(&secret).unwrap().is_none());
+        assert!(s.identity().tokens("root@example.com").unwrap()[0].revoked);
+        let audit = s.audit().log(&Default::default()).unwrap();
         assert!(audit.iter().all(|a| {
             !a.detail
                 .as_deref()
@@ -298,22 +307,31 @@ mod tests {
     #[test]
     fn tokens_made_with_a_token_end_with_it() {
         let s = StateStore::in_memory().unwrap();
-        s.ensure_bootstrap_admin("root@example.com", "root-password")
+        s.identity()
+            .ensure_bootstrap_admin("root@example.com", "root-password")
             .unwrap();
         let root = "root@example.com";
-        let (a, _) = s.create_token(root, root, "a", None, None).unwrap();
+        let (a, _) = s
+            .identity()
+            .create_token(root, root, "a", None, None)
+            .unwrap();
         let (b, b_secret) = s
+            .identity()
             .create_token(root, root, "b", None, Some(&Origin::Token(a.id.clone())))
             .unwrap();
         let (_, c_secret) = s
+            .identity()
             .create_token(root, root, "c", None, Some(&Origin::Token(b.id.clone())))
             .unwrap();
-        let (_, other) = s.create_token(root, root, "other", None, None).unwrap();
-        assert!(s.token_active(&b.id, root).unwrap());
-        s.revoke_token(root, None, &a.id).unwrap();
-        assert!(!s.token_active(&b.id, root).unwrap());
-        assert!(s.token_principal(&b_secret).unwrap().is_none());
-        assert!(s.token_principal(&c_secret).unwrap().is_none());
-        assert!(s.token_principal(&other).unwrap().is_some());
+        let (_, other) = s
+            .identity()
+            .create_token(root, root, "other", None, None)
+            .unwrap();
+        assert!(s.identity().token_active(&b.id, root).unwrap());
+        s.identity().revoke_token(root, None, &a.id).unwrap();
+        assert!(!s.identity().token_active(&b.id, root).unwrap());
+        assert!(s.identity().token_principal(&b_secret).unwrap().is_none());
+        assert!(s.identity().token_principal(&c_secret).unwrap().is_none());
+        assert!(s.identity().token_principal(&other).unwrap().is_some());
     }
 }

@@ -75,10 +75,13 @@ pub struct QueryRecord {
     pub outcome: String,
 }
 
-impl StateStore {
+/// The audit log (see [`StateStore::audit`]).
+pub struct Audit<'a>(pub(super) &'a StateStore);
+
+impl Audit<'_> {
     /// Records a finished query.
     pub fn record_query(&self, q: &QueryRecord) -> Result<(), CatalogError> {
-        self.conn()?.execute(
+        self.0.conn()?.execute(
             "INSERT INTO audit (actor, action, outcome, statement, tables, row_count, byte_count, duration_ms)
              VALUES ($1, 'query', $2, $3, $4, $5, $6, $7)",
             params![
@@ -102,7 +105,7 @@ impl StateStore {
         target: Option<&str>,
         outcome: &str,
     ) -> Result<(), CatalogError> {
-        self.conn()?.execute(
+        self.0.conn()?.execute(
             "INSERT INTO audit (actor, action, target, outcome) VALUES ($1, $2, $3, $4)",
             params![actor, action, target, outcome],
         )?;
@@ -110,9 +113,9 @@ impl StateStore {
     }
 
     /// Reads the audit log, newest first.
-    pub fn audit_log(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, CatalogError> {
+    pub fn log(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, CatalogError> {
         let limit = query.limit.unwrap_or(100).clamp(1, 1000) as i64;
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let records = conn.query_map(
             "SELECT id, occurred_at, actor, action, target, detail,
                     outcome, statement, tables, row_count, byte_count, duration_ms
@@ -142,15 +145,15 @@ impl StateStore {
     }
 }
 
-impl StateStore {
+impl Audit<'_> {
     /// The audit log as Arrow batches, oldest first (for the admins' `system.audit` table);
     /// `limit` caps the rows (0 gives just the schema).
-    pub fn audit_arrow(
+    pub fn arrow(
         &self,
         limit: Option<usize>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), CatalogError> {
         let limit = limit.map(|l| l as i64).unwrap_or(i64::MAX);
-        let rows = self.conn()?.query(
+        let rows = self.0.conn()?.query(
             "SELECT id, occurred_at, actor, action, target, detail, outcome, statement,
                     tables, row_count, byte_count, duration_ms
              FROM audit ORDER BY id LIMIT $1",

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use super::Cluster;
 use crate::CatalogError;
-use crate::state::{StateStore, Timestamp, params};
+use crate::state::{Timestamp, params};
 
-impl StateStore {
+impl Cluster<'_> {
     /// Takes or renews lease `name` for `holder` until `ttl` from now; whether `holder`
     /// holds it afterwards. A lease held by another replica is taken only once lapsed.
     pub fn hold_lease(
@@ -18,7 +19,7 @@ impl StateStore {
     ) -> Result<bool, CatalogError> {
         let now = Timestamp::now().millis();
         let until = now + ttl.as_millis() as i64;
-        self.transaction(|tx| {
+        self.0.transaction(|tx| {
             let current: Option<(String, i64)> = tx.query_opt(
                 "SELECT holder, expires_at FROM leases WHERE name = $1",
                 params![name],
@@ -45,7 +46,7 @@ impl StateStore {
 
     /// Gives lease `name` up if `holder` has it, so another replica can take over at once.
     pub fn release_lease(&self, name: &str, holder: &str) -> Result<(), CatalogError> {
-        self.conn()?.execute(
+        self.0.conn()?.execute(
             "DELETE FROM leases WHERE name = $1 AND holder = $2",
             params![name, holder],
         )?;
@@ -56,18 +57,19 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateStore;
 
     #[test]
     fn one_holder_at_a_time_until_it_lapses_or_is_released() {
         let s = StateStore::in_memory().unwrap();
         let ttl = Duration::from_millis(200);
-        assert!(s.hold_lease("background", "a", ttl).unwrap());
-        assert!(!s.hold_lease("background", "b", ttl).unwrap());
-        assert!(s.hold_lease("background", "a", ttl).unwrap());
+        assert!(s.cluster().hold_lease("background", "a", ttl).unwrap());
+        assert!(!s.cluster().hold_lease("background", "b", ttl).unwrap());
+        assert!(s.cluster().hold_lease("background", "a", ttl).unwrap());
         std::thread::sleep(Duration::from_millis(250));
-        assert!(s.hold_lease("background", "b", ttl).unwrap());
-        assert!(!s.hold_lease("background", "a", ttl).unwrap());
-        s.release_lease("background", "b").unwrap();
-        assert!(s.hold_lease("background", "a", ttl).unwrap());
+        assert!(s.cluster().hold_lease("background", "b", ttl).unwrap());
+        assert!(!s.cluster().hold_lease("background", "a", ttl).unwrap());
+        s.cluster().release_lease("background", "b").unwrap();
+        assert!(s.cluster().hold_lease("background", "a", ttl).unwrap());
     }
 }

@@ -9,6 +9,7 @@
 
 use crate::state::params;
 
+use super::Tables;
 use crate::state::StateStore;
 use crate::{CatalogError, TableName};
 
@@ -38,11 +39,11 @@ pub struct ShardChange {
     pub files: Vec<ShardFile>,
 }
 
-impl StateStore {
+impl Tables<'_> {
     /// Commits a new version of each changed table, all in one transaction (readers see
     /// every table before the change or every table after it). Returns the versions.
     pub fn commit_shards(&self, changes: &[ShardChange]) -> Result<Vec<i64>, CatalogError> {
-        let versions = self.transaction(|tx| {
+        let versions = self.0.transaction(|tx| {
             let mut versions = Vec::new();
             for change in changes.iter().filter(|c| !c.files.is_empty()) {
                 let (schema, name) = (change.table.schema(), change.table.table());
@@ -99,10 +100,10 @@ impl StateStore {
                 )?;
                 versions.push(version);
             }
-            Self::mark_changed(tx)?;
+            StateStore::mark_changed(tx)?;
             Ok(versions)
         })?;
-        self.bump();
+        self.0.bump();
         for (change, version) in changes.iter().zip(&versions) {
             let shards: Vec<&str> = change.files.iter().map(|f| f.shard.as_str()).collect();
             tracing::info!(table = %change.table, version, ?shards, "sharded version committed");
@@ -116,7 +117,7 @@ impl StateStore {
         table: &TableName,
         version: i64,
     ) -> Result<Vec<ShardFile>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let files = conn.query_map(
             "SELECT shard, url, row_count, byte_count FROM version_files
              WHERE schema_name = $1 AND table_name = $2 AND version = $3 ORDER BY shard",
@@ -135,7 +136,7 @@ impl StateStore {
 
     /// The files of the current version of a sharded table (none before its first commit).
     pub fn current_shards(&self, table: &TableName) -> Result<Vec<ShardFile>, CatalogError> {
-        match self.table(table) {
+        match self.get(table) {
             Ok(entry) => self.shard_files(table, entry.version),
             Err(CatalogError::NotFound(_)) => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -171,6 +172,7 @@ mod tests {
         let issues: TableName = "jira.issues".parse().unwrap();
         let comments: TableName = "jira.comments".parse().unwrap();
         let versions = store
+            .tables()
             .commit_shards(&[
                 change(
                     &issues,
@@ -181,19 +183,23 @@ mod tests {
             .unwrap();
         assert_eq!(versions, vec![1, 1]);
         store
+            .tables()
             .commit_shards(&[change(&issues, vec![file("2026-02", "u3", 4)])])
             .unwrap();
         assert_eq!(
-            store.current_shards(&issues).unwrap(),
+            store.tables().current_shards(&issues).unwrap(),
             vec![file("2026-01", "u1", 2), file("2026-02", "u3", 4)]
         );
-        let entry = store.table(&issues).unwrap();
+        let entry = store.tables().get(&issues).unwrap();
         assert_eq!((entry.version, entry.rows, entry.bytes), (2, 6, 60));
-        assert_eq!(store.current_shards(&comments).unwrap().len(), 1);
+        assert_eq!(store.tables().current_shards(&comments).unwrap().len(), 1);
 
         // Version 1's own file goes with it; the shared one stays.
-        assert_eq!(store.forget_version(&issues, 1).unwrap(), vec!["u2"]);
-        let known = store.version_locations().unwrap();
+        assert_eq!(
+            store.tables().forget_version(&issues, 1).unwrap(),
+            vec!["u2"]
+        );
+        let known = store.tables().version_locations().unwrap();
         assert!(known.contains("u1") && known.contains("u3") && !known.contains("u2"));
     }
 }

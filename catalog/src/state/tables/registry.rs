@@ -7,12 +7,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::cluster::REPLICA_TIMEOUT;
+use super::Tables;
+use crate::state::cluster::REPLICA_TIMEOUT;
 use crate::state::{Row, Timestamp, params};
 use quiver_config::TableDef;
 use serde::{Deserialize, Serialize};
 
-use crate::{CatalogError, StateStore, TableName};
+use crate::{CatalogError, TableName};
 
 /// Where a definition came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -117,12 +118,12 @@ fn parse_def(json: &str) -> Result<TableDef, CatalogError> {
         .map_err(|e| CatalogError::State(format!("stored table definition is unreadable: {e}")))
 }
 
-impl StateStore {
+impl Tables<'_> {
     // ----- definitions ----------------------------------------------------------------
 
     /// Every definition, ordered by name.
     pub fn definitions(&self) -> Result<Vec<Definition>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let rows: Vec<(String, String, String, String)> = conn.query_map("SELECT schema_name, table_name, definition, origin FROM table_definitions ORDER BY 1, 2", params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.into_iter()
             .map(|(schema, table, json, origin)| {
@@ -153,20 +154,21 @@ impl StateStore {
     ) -> Result<(), CatalogError> {
         let json = serde_json::to_string(def)
             .map_err(|e| CatalogError::Internal(format!("definition: {e}")))?;
-        let exists = self.definition(name)?.is_some() || self.table(name).is_ok();
+        let exists = self.definition(name)?.is_some() || self.get(name).is_ok();
         if exists {
             return Err(CatalogError::Conflict(format!(
                 "table `{name}` already exists"
             )));
         }
-        self.change(actor, "table.create", &name.to_string(), |tx| {
-            tx.execute(
-                "INSERT INTO table_definitions (schema_name, table_name, definition, origin)
+        self.0
+            .change(actor, "table.create", &name.to_string(), |tx| {
+                tx.execute(
+                    "INSERT INTO table_definitions (schema_name, table_name, definition, origin)
                  VALUES ($1, $2, $3, 'api')",
-                params![name.schema(), name.table(), json],
-            )?;
-            Ok(((), serde_json::to_value(def).unwrap_or_default()))
-        })
+                    params![name.schema(), name.table(), json],
+                )?;
+                Ok(((), serde_json::to_value(def).unwrap_or_default()))
+            })
     }
 
     /// Replaces the definition of an API-defined table.
@@ -191,7 +193,7 @@ impl StateStore {
         }
         let json = serde_json::to_string(def)
             .map_err(|e| CatalogError::Internal(format!("definition: {e}")))?;
-        self.change(actor, "table.update", &name.to_string(), |tx| {
+        self.0.change(actor, "table.update", &name.to_string(), |tx| {
             tx.execute(
                 "UPDATE table_definitions SET definition = $1 WHERE schema_name = $2 AND table_name = $3",
                 params![json, name.schema(), name.table()],
@@ -221,20 +223,21 @@ impl StateStore {
             if same {
                 continue;
             }
-            self.change("config", "table.define", &name.to_string(), |tx| {
-                tx.execute(
+            self.0
+                .change("config", "table.define", &name.to_string(), |tx| {
+                    tx.execute(
                     "INSERT INTO table_definitions (schema_name, table_name, definition, origin)
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (schema_name, table_name)
                      DO UPDATE SET definition = excluded.definition, origin = excluded.origin",
                     params![name.schema(), name.table(), json, Origin::Config.as_str()],
                 )?;
-                tx.execute(
+                    tx.execute(
                     "UPDATE tables SET description = $1 WHERE schema_name = $2 AND table_name = $3",
                     params![def.description, name.schema(), name.table()],
                 )?;
-                Ok(((), serde_json::Value::Null))
-            })?;
+                    Ok(((), serde_json::Value::Null))
+                })?;
             changed += 1;
         }
         let wanted: HashSet<&TableName> = defs.iter().map(|(n, _)| n).collect();
@@ -243,13 +246,14 @@ impl StateStore {
             .filter(|d| d.origin == Origin::Config && !wanted.contains(&d.name))
         {
             // Removed from the file: no more syncs. Its data stays until an admin deletes it.
-            self.change("config", "table.undefine", &gone.name.to_string(), |tx| {
-                tx.execute(
-                    "DELETE FROM table_definitions WHERE schema_name = $1 AND table_name = $2",
-                    params![gone.name.schema(), gone.name.table()],
-                )?;
-                Ok(((), serde_json::Value::Null))
-            })?;
+            self.0
+                .change("config", "table.undefine", &gone.name.to_string(), |tx| {
+                    tx.execute(
+                        "DELETE FROM table_definitions WHERE schema_name = $1 AND table_name = $2",
+                        params![gone.name.schema(), gone.name.table()],
+                    )?;
+                    Ok(((), serde_json::Value::Null))
+                })?;
             changed += 1;
         }
         Ok(changed)
@@ -267,7 +271,7 @@ impl StateStore {
         replica: &str,
     ) -> Result<i64, CatalogError> {
         let live = Timestamp::now().minus(REPLICA_TIMEOUT).millis();
-        self.transaction(|tx| {
+        self.0.transaction(|tx| {
             let running: Option<i64> = tx.query_opt(
                 "SELECT s.id FROM sync_runs s
                    JOIN sync_run_replicas o ON o.run = s.id
@@ -298,7 +302,7 @@ impl StateStore {
 
     /// Records a failed run; the table keeps its previous version.
     pub fn fail_run(&self, run: i64, error: &str) -> Result<(), CatalogError> {
-        self.conn()?.execute(
+        self.0.conn()?.execute(
             "UPDATE sync_runs SET status = 'failed', ended_at = current_timestamp, error = $1
              WHERE id = $2",
             params![error, run],
@@ -308,7 +312,7 @@ impl StateStore {
 
     /// Marks a run that committed its versions itself (a Jira job) as succeeded.
     pub fn succeed_run(&self, run: i64, rows: i64) -> Result<(), CatalogError> {
-        self.conn()?.execute(
+        self.0.conn()?.execute(
             "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp, row_count = $1
              WHERE id = $2",
             params![rows, run],
@@ -321,7 +325,7 @@ impl StateStore {
     /// no longer alive (the leader of a cluster, on every tick); returns their tables.
     pub fn interrupt_runs(&self, all: bool) -> Result<Vec<TableName>, CatalogError> {
         let live = Timestamp::now().minus(REPLICA_TIMEOUT).millis();
-        let tables: Vec<(String, String)> = self.conn()?.query_map(
+        let tables: Vec<(String, String)> = self.0.conn()?.query_map(
             "UPDATE sync_runs SET status = 'interrupted', ended_at = current_timestamp,
                     error = 'the server running the sync stopped; the previous version kept serving'
              WHERE status = 'running'
@@ -348,7 +352,7 @@ impl StateStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<SyncRun>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let (schema, name) = match table {
             Some(t) => (Some(t.schema()), Some(t.table())),
             None => (None, None),
@@ -368,7 +372,8 @@ impl StateStore {
 
     /// One run.
     pub fn sync_run(&self, id: i64) -> Result<SyncRun, CatalogError> {
-        self.conn()?
+        self.0
+            .conn()?
             .query_opt(
                 &format!("SELECT {RUN_COLUMNS} FROM sync_runs WHERE id = $1"),
                 params![id],
@@ -379,7 +384,7 @@ impl StateStore {
 
     /// The last success and the failures since, for scheduling and backoff.
     pub fn run_history(&self, table: &TableName) -> Result<RunHistory, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let (last_id, last_success): (Option<i64>, Option<Timestamp>) = conn.query_row(
             "SELECT max(id), max(started_at) FROM sync_runs
              WHERE schema_name = $1 AND table_name = $2 AND status = 'succeeded'",
@@ -408,7 +413,7 @@ impl StateStore {
         table: &TableName,
         version: i64,
     ) -> Result<(Option<String>, Option<serde_json::Value>), CatalogError> {
-        let row: Option<(Option<String>, Option<String>)> = self.conn()?.query_opt(
+        let row: Option<(Option<String>, Option<String>)> = self.0.conn()?.query_opt(
             "SELECT watermark, profile FROM version_details
                  WHERE schema_name = $1 AND table_name = $2 AND version = $3",
             params![table.schema(), table.table(), version],
@@ -426,7 +431,7 @@ impl StateStore {
         &self,
         retention: Duration,
     ) -> Result<Vec<ExpiredVersion>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let rows: Vec<(String, String, i64, String)> = conn.query_map(
             "SELECT v.schema_name, v.table_name, v.version, v.location
              FROM table_versions v
@@ -458,7 +463,7 @@ impl StateStore {
         version: i64,
     ) -> Result<Vec<String>, CatalogError> {
         let key = params![table.schema(), table.table(), version];
-        self.transaction(|tx| {
+        self.0.transaction(|tx| {
         let listed: i64 = tx.query_row(
             "SELECT count(*) FROM version_files
              WHERE schema_name = $1 AND table_name = $2 AND version = $3",
@@ -500,7 +505,7 @@ impl StateStore {
     /// Every folder and listed file a version points at; anything else under `tables/` is
     /// an orphan.
     pub fn version_locations(&self) -> Result<HashSet<String>, CatalogError> {
-        let conn = self.conn()?;
+        let conn = self.0.conn()?;
         let locations = conn.query_map(
             "SELECT location FROM table_versions UNION SELECT url FROM version_files",
             params![],
@@ -514,6 +519,7 @@ impl StateStore {
 mod tests {
     use super::*;
     use crate::NewVersion;
+    use crate::state::StateStore;
 
     fn def(name: &str) -> TableDef {
         serde_json::from_value(serde_json::json!({
@@ -527,20 +533,27 @@ mod tests {
         let store = StateStore::in_memory().unwrap();
         let t: TableName = "sales.orders".parse().unwrap();
         store
+            .tables()
             .define_table("admin@x.io", &t, &def("sales.orders"))
             .unwrap();
         assert!(matches!(
-            store.define_table("admin@x.io", &t, &def("sales.orders")),
+            store
+                .tables()
+                .define_table("admin@x.io", &t, &def("sales.orders")),
             Err(CatalogError::Conflict(_))
         ));
         let run = store
+            .tables()
             .start_run(&t, "manual", Some("admin@x.io"), "r1")
             .unwrap();
-        store.fail_run(run, "boom").unwrap();
-        let history = store.run_history(&t).unwrap();
+        store.tables().fail_run(run, "boom").unwrap();
+        let history = store.tables().run_history(&t).unwrap();
         assert_eq!((history.last_success, history.failures), (None, 1));
 
-        let run = store.start_run(&t, "schedule", None, "r1").unwrap();
+        let run = store
+            .tables()
+            .start_run(&t, "schedule", None, "r1")
+            .unwrap();
         let new = NewVersion {
             location: "file:///v1/".into(),
             rows: 3,
@@ -550,18 +563,19 @@ mod tests {
             run: Some(run),
             ..NewVersion::default()
         };
-        assert_eq!(store.commit_version(&t, &new).unwrap(), 1);
-        let done = store.sync_run(run).unwrap();
+        assert_eq!(store.tables().commit_version(&t, &new).unwrap(), 1);
+        let done = store.tables().sync_run(run).unwrap();
         assert_eq!(
             (done.status.as_str(), done.version, done.rows),
             ("succeeded", Some(1), Some(3))
         );
-        assert_eq!(store.run_history(&t).unwrap().failures, 0);
-        let (watermark, profile) = store.version_details(&t, 1).unwrap();
+        assert_eq!(store.tables().run_history(&t).unwrap().failures, 0);
+        let (watermark, profile) = store.tables().version_details(&t, 1).unwrap();
         assert_eq!(watermark.as_deref(), Some("2026-01-01"));
         assert_eq!(profile.unwrap()["id"]["nulls"], 0);
 
         store
+            .tables()
             .commit_version(
                 &t,
                 &NewVersion {
@@ -573,47 +587,73 @@ mod tests {
             .unwrap();
         assert!(
             store
+                .tables()
                 .expired_versions(Duration::from_secs(3600))
                 .unwrap()
                 .is_empty()
         );
-        let expired = store.expired_versions(Duration::ZERO).unwrap();
+        let expired = store.tables().expired_versions(Duration::ZERO).unwrap();
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].location, "file:///v1/");
-        assert_eq!(store.forget_version(&t, 1).unwrap(), vec!["file:///v1/"]);
         assert_eq!(
-            store.version_locations().unwrap(),
+            store.tables().forget_version(&t, 1).unwrap(),
+            vec!["file:///v1/"]
+        );
+        assert_eq!(
+            store.tables().version_locations().unwrap(),
             HashSet::from(["file:///v2/".to_string()])
         );
 
-        let running = store.start_run(&t, "schedule", None, "r1").unwrap();
-        assert_eq!(store.interrupt_runs(true).unwrap(), vec![t.clone()]);
-        assert_eq!(store.sync_run(running).unwrap().status, "interrupted");
-        assert_eq!(store.sync_runs(Some(&t), None, 10).unwrap().len(), 3);
-        assert_eq!(store.sync_runs(None, Some(running), 10).unwrap().len(), 2);
+        let running = store
+            .tables()
+            .start_run(&t, "schedule", None, "r1")
+            .unwrap();
+        assert_eq!(
+            store.tables().interrupt_runs(true).unwrap(),
+            vec![t.clone()]
+        );
+        assert_eq!(
+            store.tables().sync_run(running).unwrap().status,
+            "interrupted"
+        );
+        assert_eq!(
+            store.tables().sync_runs(Some(&t), None, 10).unwrap().len(),
+            3
+        );
+        assert_eq!(
+            store
+                .tables()
+                .sync_runs(None, Some(running), 10)
+                .unwrap()
+                .len(),
+            2
+        );
 
         // A run on a live replica holds the table; once its replica is gone, the leader's
         // sweep interrupts it.
-        let r1 = crate::cluster::Replica {
+        let r1 = crate::state::cluster::Replica {
             id: "r1".into(),
             advertise: None,
         };
-        store.beat(&r1).unwrap();
-        let live = store.start_run(&t, "manual", None, "r1").unwrap();
+        store.cluster().beat(&r1).unwrap();
+        let live = store.tables().start_run(&t, "manual", None, "r1").unwrap();
         assert!(matches!(
-            store.start_run(&t, "manual", None, "r2"),
+            store.tables().start_run(&t, "manual", None, "r2"),
             Err(CatalogError::Conflict(_))
         ));
         assert!(
-            store.interrupt_runs(false).unwrap().is_empty(),
+            store.tables().interrupt_runs(false).unwrap().is_empty(),
             "its replica lives"
         );
-        store.leave("r1").unwrap();
-        assert_eq!(store.interrupt_runs(false).unwrap(), vec![t.clone()]);
-        assert_eq!(store.sync_run(live).unwrap().status, "interrupted");
+        store.cluster().leave("r1").unwrap();
+        assert_eq!(
+            store.tables().interrupt_runs(false).unwrap(),
+            vec![t.clone()]
+        );
+        assert_eq!(store.tables().sync_run(live).unwrap().status, "interrupted");
 
-        store.delete_table("admin@x.io", &t).unwrap();
-        assert!(store.definitions().unwrap().is_empty());
+        store.tables().delete_table("admin@x.io", &t).unwrap();
+        assert!(store.tables().definitions().unwrap().is_empty());
     }
 
     #[test]
@@ -622,14 +662,18 @@ mod tests {
         let a: TableName = "s.a".parse().unwrap();
         let b: TableName = "s.b".parse().unwrap();
         let both = vec![(a.clone(), def("s.a")), (b.clone(), def("s.b"))];
-        assert_eq!(store.sync_config_definitions(&both).unwrap(), 2);
-        assert_eq!(store.sync_config_definitions(&both).unwrap(), 0);
+        assert_eq!(store.tables().sync_config_definitions(&both).unwrap(), 2);
+        assert_eq!(store.tables().sync_config_definitions(&both).unwrap(), 0);
         assert!(matches!(
-            store.redefine_table("x@y.io", &a, &def("s.a")),
+            store.tables().redefine_table("x@y.io", &a, &def("s.a")),
             Err(CatalogError::Conflict(_))
         ));
-        assert_eq!(store.sync_config_definitions(&both[..1]).unwrap(), 1);
+        assert_eq!(
+            store.tables().sync_config_definitions(&both[..1]).unwrap(),
+            1
+        );
         let names: Vec<_> = store
+            .tables()
             .definitions()
             .unwrap()
             .into_iter()
