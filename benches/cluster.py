@@ -10,8 +10,13 @@ Measured:
 - sign-ins per second through `POST /auth/login` (argon2id verification included), one
   client after another: embedded vs PostgreSQL state;
 - three clients scanning tpch.lineitem at once, all on one replica vs one per replica
-  (rows/s over the three). All replicas share this machine's cores, so this measures the
-  coordination cost, not the scaling a cluster of machines gets.
+  (rows/s over the three);
+- one client scanning tpch.lineitem in parts (endpoints; the replicas spread scans past an
+  8 MiB threshold here): every part fetched from the replica that planned it vs each from
+  the replica it names first, both with pyarrow fetching the parts at once; the same scan
+  through ADBC; and through ADBC from a replica that does not split (one endpoint).
+All replicas share this machine's cores, so this measures the coordination cost, not the
+scaling a cluster of machines gets.
 Prints ratios; copy the table into benches/RESULTS.md with the command.
 """
 
@@ -31,7 +36,8 @@ import adbc_driver_flightsql.dbapi as flight_sql
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api  # noqa: E402
-from pgserver import postgres_server  # noqa: E402
+from pgserver import free_port, postgres_server  # noqa: E402
+from test_clients import statement_command  # noqa: E402
 
 SECRET = "bench-cluster-secret-0123456789abcdef"
 POINT = "SELECT o_orderkey, o_totalprice FROM tpch.orders WHERE o_orderkey = 36"
@@ -88,6 +94,45 @@ def concurrent_scans(servers: list) -> float:
     return sum(counts) / (time.perf_counter() - started)
 
 
+def scan_in_parts(planner, replicas: list, spread: bool) -> float:
+    """Rows per second of one client fetching `SELECT * FROM tpch.lineitem` planned on
+    `planner`, its parts at once (one thread each): from `planner`, or (`spread`) each from
+    the replica its endpoint names first."""
+    import pyarrow.flight as flight
+
+    by_uri = {f"grpc://{r.flight}": r for r in replicas}
+    client = flight.FlightClient(planner.uri)
+    options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)])
+    started = time.perf_counter()
+    info = client.get_flight_info(
+        flight.FlightDescriptor.for_command(statement_command("SELECT * FROM tpch.lineitem")), options)
+    counts = [0] * len(info.endpoints)
+
+    def fetch(i, endpoint):
+        first = endpoint.locations[0].uri.decode() if endpoint.locations else ""
+        server = by_uri.get(first, planner) if spread else planner
+        part = flight.FlightClient(server.uri)
+        counts[i] = part.do_get(endpoint.ticket, options).read_all().num_rows
+        part.close()
+
+    threads = [threading.Thread(target=fetch, args=(i, e)) for i, e in enumerate(info.endpoints)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client.close()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def adbc_scan(server) -> float:
+    """Rows per second of one ADBC client scanning lineitem on `server`."""
+    started = time.perf_counter()
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT * FROM tpch.lineitem")
+        rows = cur.fetch_arrow_table().num_rows
+    return rows / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", default="0.1")
@@ -126,16 +171,39 @@ def main() -> None:
 
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE cluster")
-        replicas = [Server(["demo", "--scale", args.scale] if i == 0 else ["serve"],
-                           os.path.join(tmp, f"r{i}"), config=objects, env=cluster) for i in range(3)]
+        replicas = []
+        for i in range(3):
+            port = free_port()
+            config = (objects + f"server:\n  advertise: grpc://127.0.0.1:{port}\n"
+                      "query:\n  distributed_threshold: 8 MiB\n")
+            replicas.append(Server(["demo", "--scale", args.scale] if i == 0 else ["serve"],
+                                   os.path.join(tmp, f"r{i}"), config=config, env=cluster,
+                                   flight_listen=f"127.0.0.1:{port}"))
+        # Not advertised: no parts, the result is one endpoint.
+        whole = Server(["serve"], os.path.join(tmp, "whole"), config=objects, env=cluster)
         try:
+            time.sleep(1)  # the replicas see each other (they read the live ones every 250 ms)
             concurrent_scans(replicas[:1])  # warm up
             results["scan_3_clients/one_replica_rows_per_s"] = statistics.median(
                 concurrent_scans(replicas[:1]) for _ in range(3))
             results["scan_3_clients/three_replicas_rows_per_s"] = statistics.median(
                 concurrent_scans(replicas) for _ in range(3))
+            for _ in range(2):
+                scan_in_parts(replicas[0], replicas, spread=True)  # warm up
+            samples = {}
+            for _ in range(5):
+                for key, measure in (
+                        ("scan_1_client/one_endpoint_adbc_rows_per_s", lambda: adbc_scan(whole)),
+                        ("scan_1_client/parts_adbc_rows_per_s", lambda: adbc_scan(replicas[0])),
+                        ("scan_1_client/parts_from_one_replica_rows_per_s",
+                         lambda: scan_in_parts(replicas[0], replicas, spread=False)),
+                        ("scan_1_client/parts_from_three_replicas_rows_per_s",
+                         lambda: scan_in_parts(replicas[0], replicas, spread=True))):
+                    samples.setdefault(key, []).append(measure())
+            for key, values in samples.items():
+                results[key] = statistics.median(values)
         finally:
-            for r in replicas:
+            for r in replicas + [whole]:
                 r.stop()
 
     print("| measurement | value |\n| --- | ---: |")
@@ -149,6 +217,11 @@ def main() -> None:
           f"{results['postgres/sign_ins_per_s'] / results['embedded/sign_ins_per_s']:.2f}× |")
     print(f"| 3 concurrent scans: three replicas / one | "
           f"{results['scan_3_clients/three_replicas_rows_per_s'] / results['scan_3_clients/one_replica_rows_per_s']:.2f}× |")
+    one = "scan_1_client/"
+    print(f"| 1 client, parts from three replicas / from one | "
+          f"{results[one + 'parts_from_three_replicas_rows_per_s'] / results[one + 'parts_from_one_replica_rows_per_s']:.2f}× |")
+    print(f"| 1 ADBC client, parts / one endpoint | "
+          f"{results[one + 'parts_adbc_rows_per_s'] / results[one + 'one_endpoint_adbc_rows_per_s']:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,12 @@ impl Distribution {
         String::from_utf8(URL_SAFE_NO_PAD.decode(principal).ok()?).ok()
     }
 
+    /// Bytes a statement must scan to be spread over the replicas; `None` when statements
+    /// received here run here (`query.distributed: off`).
+    pub fn threshold(&self) -> Option<usize> {
+        self.threshold
+    }
+
     /// `builder` (a principal's session, its config already set) planning distributed, unless
     /// statements received here run here.
     pub(crate) fn coordinate(

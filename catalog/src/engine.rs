@@ -11,6 +11,10 @@
 //! the tables their groups are granted, each wrapped in a [`PolicyTable`] that applies the
 //! grants' row filters and column masks before any of the user's SQL runs.
 
+mod parts;
+
+pub use parts::Layout;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -458,7 +462,8 @@ impl QueryEngine {
     }
 
     async fn plan_here(&self, principal: &Principal, sql: &str) -> Result<Planned, CatalogError> {
-        let ctx = self.session(principal).await?;
+        let session = self.principal_session(principal).await?;
+        let ctx = session.ctx.clone();
         let sql = number_placeholders(sql)?;
         let state = ctx.state();
         let dialect = state.config_options().sql_parser.dialect;
@@ -493,7 +498,18 @@ impl QueryEngine {
                 "table '{CATALOG_NAME}.{SETTINGS_TABLE}' not found"
             ))));
         }
-        Ok(Planned { ctx, plan, tables })
+        let read = session
+            .tables
+            .iter()
+            .filter(|t| tables.contains(&t.entry.name.to_string()))
+            .map(|t| t.entry.clone())
+            .collect();
+        Ok(Planned {
+            ctx,
+            plan,
+            tables,
+            read,
+        })
     }
 
     /// The error for a statement the parser refused. Past the depth limit, the parser
@@ -569,6 +585,7 @@ pub(crate) fn register_functions(ctx: &SessionContext, email: &str, pool: &Arc<d
 }
 
 /// A statement planned for a principal.
+#[derive(Clone)]
 pub struct Planned {
     /// The principal's session it was planned in (and must run in).
     pub ctx: SessionContext,
@@ -576,6 +593,8 @@ pub struct Planned {
     pub plan: LogicalPlan,
     /// The tables it reads (`schema.table`), for the audit log.
     pub tables: Vec<String>,
+    /// The registered tables among them, at the versions it reads.
+    pub read: Vec<TableEntry>,
 }
 
 /// `information_schema.df_settings`, as [`tables_read`] names it.

@@ -62,6 +62,8 @@ const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
 const CLUSTER_POLL: Duration = Duration::from_millis(250);
 /// The location that means "the connection this `FlightInfo` came on" (Flight spec).
 const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
+/// Parts a result is fetched in at most.
+const MAX_PARTS: usize = 16;
 const PARAMETERS_TOO_BIG: &str = "bound parameters over the limit";
 const READ_ONLY_MESSAGE: &str =
     "Quiver is read-only: INSERT, UPDATE, DELETE, DDL and bulk ingestion are not accepted";
@@ -370,7 +372,9 @@ impl QuiverFlightSql {
         tokio::time::Instant::now() + self.options.query_timeout
     }
 
-    /// A `FlightInfo` whose single endpoint is a sealed ticket for `sql` with `params`.
+    /// A `FlightInfo` for `sql` with `params`: one endpoint with a sealed ticket or, for a
+    /// large scan on a cluster, one per part of the result, each pointing first at another
+    /// replica, so one download is served by many (see `quiver_catalog::engine::Layout`).
     async fn query_info(
         &self,
         principal: &Principal,
@@ -380,38 +384,83 @@ impl QuiverFlightSql {
     ) -> Result<FlightInfo, Status> {
         let planned = self.plan_now(principal, &sql).await?;
         let schema = planned.plan.schema().as_arrow().clone();
-        let query_id = uuid::Uuid::new_v4().to_string();
-        self.running
-            .register(&query_id, principal.email(), self.options.ticket_lifetime);
-        let ticket = QueryTicket {
-            query_id,
-            user: principal.email().to_string(),
-            sql,
-            params,
-            exp: unix_now() + self.options.ticket_lifetime.as_secs(),
-        };
-        let handle = self.sealer.seal(TICKET, &ticket);
-        let ticket = Ticket::new(
-            TicketStatementQuery {
-                statement_handle: handle,
+        let layout = match self.split_bytes() {
+            Some(min_bytes) if params.is_none() => {
+                // Clients fetch every part at once: leave the user room under their cap.
+                let most = (self.options.max_concurrent_per_user / 2).min(MAX_PARTS);
+                self.engine
+                    .layout(&planned, most, min_bytes)
+                    .await
+                    .map_err(to_status)?
             }
-            .as_any()
-            .encode_to_vec(),
-        );
-        // Without `server.advertise`, no location: the client fetches on the same
-        // connection. With it, also any other live replica (the ticket is signed with the
-        // cluster's secret).
-        let mut endpoint = FlightEndpoint::new().with_ticket(ticket);
-        endpoint.location = self.locations();
-        FlightInfo::new()
+            _ => None,
+        };
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let exp = unix_now() + self.options.ticket_lifetime.as_secs();
+        let tickets: Vec<QueryTicket> = match layout {
+            None => vec![QueryTicket {
+                query_id,
+                user: principal.email().to_string(),
+                sql,
+                params,
+                exp,
+                part: None,
+            }],
+            Some(layout) => (0..layout.count)
+                .map(|index| QueryTicket {
+                    query_id: format!("{query_id}.{index}"),
+                    user: principal.email().to_string(),
+                    sql: sql.clone(),
+                    params: None,
+                    exp,
+                    part: Some((index, layout.clone())),
+                })
+                .collect(),
+        };
+        let mut info = FlightInfo::new()
             .try_with_schema(&schema)
-            .map_err(|e| internal(&e))
-            .map(|info| {
-                info.with_endpoint(endpoint)
-                    .with_descriptor(descriptor)
-                    .with_total_records(-1)
-                    .with_total_bytes(-1)
-            })
+            .map_err(|e| internal(&e))?
+            .with_descriptor(descriptor)
+            .with_total_records(-1)
+            .with_total_bytes(-1);
+        let locations = self.locations();
+        for (index, ticket) in tickets.iter().enumerate() {
+            self.running.register(
+                &ticket.query_id,
+                principal.email(),
+                self.options.ticket_lifetime,
+            );
+            let handle = self.sealer.seal(TICKET, ticket);
+            let ticket = Ticket::new(
+                TicketStatementQuery {
+                    statement_handle: handle,
+                }
+                .as_any()
+                .encode_to_vec(),
+            );
+            // Without `server.advertise`, no location: the client fetches on the same
+            // connection. With it, also any other live replica (the ticket is signed with
+            // the cluster's secret); part i goes to the i-th replica first.
+            let mut endpoint = FlightEndpoint::new().with_ticket(ticket);
+            endpoint.location = locations.clone();
+            if !locations.is_empty() {
+                endpoint.location.rotate_left(index % locations.len());
+            }
+            info = info.with_endpoint(endpoint);
+        }
+        Ok(info)
+    }
+
+    /// Bytes a scan must read to be fetched in parts from several replicas: the
+    /// cluster's `query.distributed_threshold`, when this replica spreads statements.
+    /// Never with `query.max_result_rows` or `max_result_bytes`, which each part would
+    /// count on its own.
+    fn split_bytes(&self) -> Option<usize> {
+        if self.options.max_result_rows.is_some() || self.options.max_result_bytes.is_some() {
+            return None;
+        }
+        self.options.replica.advertise.as_ref()?;
+        self.engine.distribution()?.threshold()
     }
 
     /// A `FlightInfo` for a metadata command: the ticket is the command itself.
@@ -452,7 +501,10 @@ impl QuiverFlightSql {
         let slot = self
             .slot(principal, &ticket.sql, Some(&ticket.query_id))
             .await?;
-        let Planned { ctx, plan, tables } = self.plan(principal, &ticket.sql, deadline).await?;
+        let planned = self.plan(principal, &ticket.sql, deadline).await?;
+        let Planned {
+            ctx, plan, tables, ..
+        } = planned.clone();
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let log = QueryLog::new(
             ticket.query_id.clone(),
@@ -477,9 +529,13 @@ impl QuiverFlightSql {
         // The first execution is planned now, so its errors become the call's status; further
         // parameter rows run lazily, one after another.
         let mut param_rows = param_rows.into_iter();
-        let first = self
-            .engine
-            .execute(&ctx, plan.clone(), param_rows.next().unwrap_or_default());
+        let params = param_rows.next().unwrap_or_default();
+        let first = async {
+            match &ticket.part {
+                Some((index, layout)) => self.engine.execute_part(&planned, layout, *index).await,
+                None => self.engine.execute(&ctx, plan.clone(), params).await,
+            }
+        };
         let first = match tokio::time::timeout_at(deadline, first).await {
             Ok(first) => first.map_err(to_status),
             Err(_) => Err(timed_out(self.options.query_timeout)),

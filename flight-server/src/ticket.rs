@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
+use quiver_catalog::engine::Layout;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::Sha256;
 use tonic::Status;
@@ -26,6 +27,9 @@ pub struct QueryTicket {
     pub params: Option<Vec<u8>>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// For a result fetched in parts: which part this is, and how the result is split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<(usize, Layout)>,
 }
 
 /// A prepared statement's handle.
@@ -119,6 +123,7 @@ mod tests {
             sql: "SELECT 1".into(),
             params: Some(vec![1, 2, 3]),
             exp: 42,
+            part: None,
         }
     }
 

@@ -26,7 +26,10 @@ def test_the_api_survives_fuzzing_from_its_openapi_document():
                  "--exclude-path", "/auth/logout", "--exclude-path", "/logout",
                  # Off without a secret (503 by design); test_jira.py covers it.
                  "--exclude-path", "/webhooks/jira",
-                 "--max-examples", "25", "--seed", "20261122", "--workers", "2",
+                 # One worker: hypothesis parses lambdas with `ast.parse`, whose recursion
+                 # counter CPython 3.11 shares between threads ("AST constructor recursion
+                 # depth mismatch" with two).
+                 "--max-examples", "25", "--seed", "20261122", "--workers", "1",
                  "--generation-database", "none", "--no-color"],
                 capture_output=True, text=True, timeout=900, cwd=tmp)
             assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]

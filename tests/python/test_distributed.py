@@ -14,10 +14,11 @@ import re
 import tempfile
 
 import grpc
+import pyarrow
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, metric, on_postgres
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, metric, on_postgres
 from pgserver import free_port, postgres_server
 from test_clients import statement_command
 
@@ -117,17 +118,31 @@ def wait_for_workers(replicas):
     raise AssertionError("the replicas did not become each other's workers:\n" + plan(replicas[0], QUERIES["q1"]))
 
 
-def rows(server, sql, email=ADMIN_EMAIL, password=ADMIN_PASSWORD):
-    """`sql`'s rows, planned and fetched on `server` itself (ADBC may redeem a ticket at any
-    location an endpoint lists, which on a cluster names the other replicas too)."""
+def client_for(server):
     if getattr(server, "root_certs", None):
-        client = flight.FlightClient(f"grpc+tls://{server.flight}", tls_root_certs=server.root_certs)
-    else:
-        client = flight.FlightClient(server.uri)
+        return flight.FlightClient(f"grpc+tls://{server.flight}", tls_root_certs=server.root_certs)
+    return flight.FlightClient(server.uri)
+
+
+def info(server, sql, email=ADMIN_EMAIL, password=ADMIN_PASSWORD):
+    """`GetFlightInfo` for `sql` on `server`, and the call options it was made with."""
+    client = client_for(server)
     try:
         options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(email, password)])
-        info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)), options)
-        return client.do_get(info.endpoints[0].ticket, options).read_all().to_pylist()
+        return client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)), options), options
+    finally:
+        client.close()
+
+
+def rows(server, sql, email=ADMIN_EMAIL, password=ADMIN_PASSWORD):
+    """`sql`'s rows, planned and fetched on `server` itself, every endpoint in order (ADBC
+    may redeem a ticket at any location an endpoint lists, which on a cluster names the
+    other replicas too)."""
+    found, options = info(server, sql, email, password)
+    client = client_for(server)
+    try:
+        return [row for endpoint in found.endpoints
+                for row in client.do_get(endpoint.ticket, options).read_all().to_pylist()]
     finally:
         client.close()
 
@@ -238,12 +253,70 @@ def test_workers_take_stages_only_from_the_clusters_replicas(cluster):
 
 def test_small_statements_and_plain_scans_stay_on_one_replica(cluster):
     a, *_ = cluster
-    # A scan's rows all come back through A anyway: no stages elsewhere.
+    # A scan's rows all come back to the client anyway: no stages elsewhere (its parts
+    # are endpoints instead, below).
     assert "DistributedExec" not in plan(a, "SELECT * FROM tpch.lineitem WHERE l_quantity > 10")
     # An aggregate over a table under the threshold.
     small = "SELECT n_regionkey, count(*) AS n FROM tpch.nation GROUP BY n_regionkey ORDER BY n_regionkey"
     assert "DistributedExec" not in plan(a, small)
     assert rows(a, small) == [{"n_regionkey": r, "n": 5} for r in range(5)]
+    # A scan of a small table is one endpoint.
+    assert len(info(a, "SELECT * FROM tpch.nation")[0].endpoints) == 1
+
+
+SCAN = "SELECT l_orderkey, l_linenumber, l_quantity, l_shipmode FROM tpch.lineitem WHERE l_quantity > 10"
+
+
+def test_a_large_scan_comes_in_parts_each_served_first_by_another_replica(cluster):
+    a, b, c, d = cluster
+    found, options = info(a, SCAN)
+    parts = found.endpoints
+    assert len(parts) > 1, "a scan larger than the threshold is not split"
+    assert len(info(d, SCAN)[0].endpoints) == 1, "a replica with distributed: off splits nothing"
+    firsts = [endpoint.locations[0].uri.decode() for endpoint in parts]
+    assert len(set(firsts)) > 1, firsts
+
+    # Each part fetched where it points first (this connection, or another replica).
+    by_uri = {f"grpc://{r.flight}".encode(): r for r in (a, b, c, d)}
+    fetched = []
+    for endpoint in parts:
+        uri = endpoint.locations[0].uri
+        server = a if uri.startswith(b"arrow-flight-reuse-connection") else by_uri[uri]
+        client = flight.FlightClient(server.uri)
+        fetched += client.do_get(endpoint.ticket, options).read_all().to_pylist()
+        client.close()
+    key = lambda r: (r["l_orderkey"], r["l_linenumber"])  # noqa: E731
+    reference = rows(d, SCAN)
+    assert sorted(fetched, key=key) == sorted(reference, key=key)
+    assert len(fetched) == rows(a, "SELECT count(*) AS n FROM tpch.lineitem WHERE l_quantity > 10")[0]["n"]
+
+    # ADBC fetches every part at once, from the replicas they name.
+    with connect(a, ADMIN_EMAIL, ADMIN_PASSWORD) as conn, conn.cursor() as cur:
+        cur.execute(SCAN)
+        table = cur.fetch_arrow_table()
+    assert sorted(table.to_pylist(), key=key) == sorted(reference, key=key)
+
+
+def test_a_part_refuses_to_mix_two_versions_of_a_table(cluster):
+    from test_sync import sync
+
+    a, *_ = cluster
+    admin = login(a, ADMIN_EMAIL, ADMIN_PASSWORD)
+    status, body = api(a, "POST", "/api/admin/tables", admin, {
+        "name": "copies.lineitem", "connector": "sql", "options": {"query": "SELECT * FROM tpch.lineitem"}})
+    assert status == 201, body
+    assert sync(a, admin, "copies.lineitem")["status"] == "succeeded"
+    found, options = info(a, "SELECT * FROM copies.lineitem")
+    assert len(found.endpoints) > 1
+    assert sync(a, admin, "copies.lineitem")["status"] == "succeeded"  # version 2
+    client = client_for(a)
+    with pytest.raises(pyarrow.ArrowInvalid) as refused:  # how pyarrow raises FAILED_PRECONDITION
+        client.do_get(found.endpoints[1].ticket, options).read_all()
+    client.close()
+    assert "FAILED_PRECONDITION" in str(refused.value)
+    assert "`copies.lineitem` changed since this result was planned" in str(refused.value), refused.value
+    # Planned again, it reads version 2 whole.
+    assert len(rows(a, "SELECT * FROM copies.lineitem")) == rows(a, "SELECT count(*) AS n FROM tpch.lineitem")[0]["n"]
 
 
 def test_replicas_on_tls_send_each_other_stages_over_tls(tls_cluster):
