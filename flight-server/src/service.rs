@@ -386,8 +386,9 @@ impl QuiverFlightSql {
         let schema = planned.plan.schema().as_arrow().clone();
         let layout = match self.split_bytes() {
             Some(min_bytes) if params.is_none() => {
-                // Clients fetch every part at once: leave the user room under their cap.
-                let most = (self.options.max_concurrent_per_user / 2).min(MAX_PARTS);
+                // Clients fetch every part at once, and each part takes one of the user's
+                // places: a quarter of them, so a few such scans can run side by side.
+                let most = (self.options.max_concurrent_per_user / 4).min(MAX_PARTS);
                 self.engine
                     .layout(&planned, most, min_bytes)
                     .await
