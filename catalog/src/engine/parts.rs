@@ -195,28 +195,39 @@ mod tests {
     use super::*;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
+    /// Writes `select` to `path` as parquet (with `options`) in `ctx`.
+    async fn write(ctx: &SessionContext, select: &str, path: &std::path::Path, options: &str) {
+        let copy = format!(
+            "COPY ({select}) TO '{}' STORED AS PARQUET {options}",
+            path.display()
+        );
+        ctx.sql(&copy).await.unwrap().collect().await.unwrap();
+    }
+
+    /// `t`: the parquet at `path` (a file or a folder).
+    async fn register(ctx: &SessionContext, path: &std::path::Path) {
+        let options = ParquetReadOptions::default();
+        ctx.register_parquet("t", path.to_str().unwrap(), options)
+            .await
+            .unwrap();
+    }
+
     async fn partitions(sql: &str) -> usize {
         let dir = tempfile::tempdir().unwrap();
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(4));
         for i in 0..4 {
-            let path = dir.path().join(format!("part-{i}.parquet"));
-            ctx.sql(&format!(
-                "COPY (SELECT {i} * 1000 + value AS k, value % 7 AS g FROM generate_series(1, 1000)) TO '{}' STORED AS PARQUET",
-                path.display()
-            ))
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+            let select = format!(
+                "SELECT {i} * 1000 + value AS k, value % 7 AS g FROM generate_series(1, 1000)"
+            );
+            write(
+                &ctx,
+                &select,
+                &dir.path().join(format!("part-{i}.parquet")),
+                "",
+            )
+            .await;
         }
-        ctx.register_parquet(
-            "t",
-            dir.path().to_str().unwrap(),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .unwrap();
+        register(&ctx, dir.path()).await;
         let plan = ctx
             .sql(sql)
             .await
@@ -248,18 +259,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = SessionContext::new();
         let path = dir.path().join("one.parquet");
-        ctx.sql(&format!(
-            "COPY (SELECT value AS k, repeat('x', 20) AS s FROM generate_series(1, 300000)) TO '{}' STORED AS PARQUET OPTIONS (max_row_group_size 50000)",
-            path.display()
-        ))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-        ctx.register_parquet("t", path.to_str().unwrap(), ParquetReadOptions::default())
-            .await
-            .unwrap();
+        let select = "SELECT value AS k, repeat('x', 20) AS s FROM generate_series(1, 300000)";
+        write(&ctx, select, &path, "OPTIONS (max_row_group_size 50000)").await;
+        register(&ctx, &path).await;
         let layout = Layout {
             count: 0,
             target_partitions: 3,
