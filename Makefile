@@ -85,5 +85,5 @@ bench-distributed: build venv postgres
 
 ## End-to-end benchmark at scale 1 (see benches/RESULTS.md).
 bench: build venv
-	cargo build --release -p quiver-benches
+	$(VENV)/bin/pip install --quiet -r benches/requirements.txt
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/run.py --scale 1

@@ -1,28 +1,38 @@
-//! The in-process reference of the end-to-end benchmark (`benches/run.py`): DataFusion,
-//! same version and settings as Quiver, reading the very parquet files Quiver serves.
+//! The in-process reference of the end-to-end benchmark (`benches/run.py`): DataFusion of
+//! the same version, with its default settings, run in one process on parquet files.
 //!
 //! `quiver-bench-datafusion <tables-dir> <runs>` prints one JSON object of median seconds
-//! per query of `benches/queries.json`, where `<tables-dir>` holds `<table>/<run-id>/part-*.parquet`.
+//! per query of `benches/queries.json`. `<tables-dir>` holds either Quiver's landed layout
+//! (`<table>/<run-id>/part-*.parquet`) or `tpchgen-cli parquet`'s (`<table>.parquet`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 
 /// The queries measured, by name; `benches/run.py` runs the same file through Quiver.
 const QUERIES: &str = include_str!("../queries.json");
 
-/// The one run folder of a table (the demo generator publishes exactly one per table).
-fn run_folder(tables: &Path, table: &str) -> anyhow::Result<PathBuf> {
+/// The TPC-H tables the queries read.
+const TABLES: [&str; 3] = ["lineitem", "orders", "customer"];
+
+/// Where `table` is: `tpchgen-cli`'s one file, or the one run folder of Quiver's layout
+/// (the demo generator publishes exactly one per table).
+fn table_path(tables: &Path, table: &str) -> anyhow::Result<String> {
+    let file = tables.join(format!("{table}.parquet"));
+    if file.is_file() {
+        return Ok(file.display().to_string());
+    }
     let dir = tables.join(table);
-    std::fs::read_dir(&dir)
+    let folder: PathBuf = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.is_dir())
-        .with_context(|| format!("no run folder under {}", dir.display()))
+        .with_context(|| format!("no run folder under {}", dir.display()))?;
+    Ok(format!("{}/", folder.display()))
 }
 
 #[tokio::main]
@@ -34,20 +44,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let runs: usize = args.next().map_or(Ok(5), |r| r.parse())?;
 
-    // Quiver's settings: 8192-row batches, no view types.
-    let mut config = SessionConfig::new().with_batch_size(8192);
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new();
     ctx.sql("CREATE SCHEMA tpch").await?.collect().await?;
-    for table in ["lineitem", "orders"] {
-        let folder = run_folder(&tables, table)?;
+    for table in TABLES {
         ctx.register_parquet(
             format!("tpch.{table}"),
-            format!("{}/", folder.display()),
+            table_path(&tables, table)?,
             ParquetReadOptions::default(),
         )
         .await?;

@@ -10,7 +10,11 @@
 //! Administrators see every table as it is (and the `system` schema). Everyone else sees
 //! the tables their groups are granted, each wrapped in a [`PolicyTable`] that applies the
 //! grants' row filters and column masks before any of the user's SQL runs.
+//!
+//! Tables read often can be held in memory (`accelerate`), and large plain scans fetched
+//! in parts (`parts`). Every plan ends in plain Arrow types ([`crate::wire`]).
 
+mod accelerate;
 mod parts;
 
 pub use parts::Layout;
@@ -74,6 +78,8 @@ pub struct EngineOptions {
     /// and whether large statements received here are spread (`query.distributed`).
     /// `None`: no stages run here and every statement runs here.
     pub distribution: Option<Arc<Distribution>>,
+    /// Memory for copies of hot tables (`query.acceleration_memory`); 0: none.
+    pub acceleration_memory: usize,
 }
 
 /// What the SQL surface allows: queries only.
@@ -102,6 +108,8 @@ pub struct QueryEngine {
     providers: Mutex<HashMap<(TableName, i64), Arc<dyn TableProvider>>>,
     /// Sessions by principal, valid while the state store's generation is unchanged.
     sessions: Mutex<HashMap<Principal, (u64, Arc<PrincipalSession>)>>,
+    /// Hot tables held in memory.
+    accelerator: accelerate::Accelerator,
 }
 
 /// A principal's DataFusion session and the tables in its catalog.
@@ -164,6 +172,7 @@ impl QueryEngine {
             pools: Mutex::default(),
             providers: Mutex::default(),
             sessions: Mutex::default(),
+            accelerator: accelerate::Accelerator::new(options.acceleration_memory),
         })
     }
 
@@ -214,12 +223,6 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true)
             .with_batch_size(self.batch_size);
-        // Plain Utf8/Binary on the wire: JDBC and older drivers do not read view types.
-        config
-            .options_mut()
-            .execution
-            .parquet
-            .schema_force_view_types = false;
         // The parser refuses nesting past the depth the rest of planning is checked for.
         config.options_mut().sql_parser.recursion_limit = self.limits.max_expression_depth;
         let (runtime, pool) = self.user_runtime(email);
@@ -261,7 +264,10 @@ impl QueryEngine {
         let mut schemas: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
         let mut visible = Vec::new();
         for entry in self.state.tables().list()? {
-            let base = self.provider(&ctx, &entry).await?;
+            let base = match self.accelerator.table(&entry) {
+                Some(copy) => copy,
+                None => self.provider(&ctx, &entry).await?,
+            };
             let mut row_filtered = false;
             let mut clear_columns: Vec<String> = base
                 .schema()
@@ -414,11 +420,15 @@ impl QueryEngine {
                 .map(|f| ListingTableUrl::parse(&f.url))
                 .collect::<Result<_, _>>()?
         };
-        // The format carries its own options: take the session's (no view types).
-        let mut parquet = ctx.state().table_options().parquet.clone();
-        parquet.global.schema_force_view_types = false;
+        // Strings are read as views (faster inside DataFusion); results are cast to plain
+        // types at the top of each plan (`wire::plain_plan`).
+        let parquet = ctx.state().table_options().parquet.clone();
         let format = ParquetFormat::default().with_options(parquet);
-        let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
+        // Statistics from the footers let the planner put the small side of a join on
+        // the build side (TPC-H Q18 needs many times the memory without them).
+        let options = ListingOptions::new(Arc::new(format))
+            .with_file_extension(".parquet")
+            .with_collect_stat(ctx.state().config().collect_statistics());
         let schema = options.infer_schema(&ctx.state(), &urls[0]).await?;
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
@@ -456,12 +466,38 @@ impl QueryEngine {
         let engine = self.clone();
         let principal = principal.clone();
         let sql = sql.to_string();
-        self.executor
+        let planned = self
+            .executor
             .run(async move { engine.plan_here(&principal, &sql).await })
-            .await
+            .await?;
+        for entry in self.accelerator.note_reads(&planned.read) {
+            let engine = self.clone();
+            self.executor
+                .spawn(async move { engine.hold_in_memory(entry).await });
+        }
+        Ok(planned)
+    }
+
+    /// Copies `entry` into memory; sessions made after it is ready read the copy.
+    async fn hold_in_memory(self: Arc<Self>, entry: TableEntry) {
+        let held = async {
+            let ctx = self.new_context("acceleration@quiver.internal")?;
+            let provider = self.provider(&ctx, &entry).await?;
+            self.accelerator.load(&ctx, &entry, provider).await
+        }
+        .await;
+        match held {
+            Ok(true) => lock(&self.sessions).clear(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(table = %entry.name, error = %e, "cannot hold the table in memory")
+            }
+        }
     }
 
     async fn plan_here(&self, principal: &Principal, sql: &str) -> Result<Planned, CatalogError> {
+        // Read first: a change while planning makes the plan look stale, never current.
+        let generation = self.state.generation();
         let session = self.principal_session(principal).await?;
         let ctx = session.ctx.clone();
         let sql = number_placeholders(sql)?;
@@ -492,6 +528,11 @@ impl QueryEngine {
             ));
         }
         let tables = tables_read(&plan);
+        // No view types leave the server (EXPLAIN's text columns are plain already).
+        let plan = match plan {
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => plan,
+            plan => crate::wire::plain_plan(plan)?,
+        };
         // The engine's settings include server paths (the spill directory): for admins.
         if !principal.is_admin() && tables.iter().any(|t| t == SETTINGS_TABLE) {
             return Err(CatalogError::Query(DataFusionError::Plan(format!(
@@ -509,7 +550,14 @@ impl QueryEngine {
             plan,
             tables,
             read,
+            generation,
         })
+    }
+
+    /// Whether `planned` still holds: no table, user or grant changed since it was planned,
+    /// so running it now reads what planning it again would.
+    pub fn is_current(&self, planned: &Planned) -> bool {
+        planned.generation == self.state.generation()
     }
 
     /// The error for a statement the parser refused. Past the depth limit, the parser
@@ -560,7 +608,8 @@ impl QueryEngine {
         Ok(self.executor.forward(stream))
     }
 
-    /// The Arrow schema of a visible table, or `None` when the principal cannot see it.
+    /// The Arrow schema of a visible table as clients see it (no view types), or `None`
+    /// when the principal cannot see it.
     pub async fn table_schema(
         &self,
         principal: &Principal,
@@ -573,7 +622,10 @@ impl QueryEngine {
         let Some(schema) = catalog.schema(name.schema()) else {
             return Ok(None);
         };
-        Ok(schema.table(name.table()).await?.map(|t| t.schema()))
+        Ok(schema
+            .table(name.table())
+            .await?
+            .map(|t| crate::wire::plain_schema(&t.schema())))
     }
 }
 
@@ -595,6 +647,8 @@ pub struct Planned {
     pub tables: Vec<String>,
     /// The registered tables among them, at the versions it reads.
     pub read: Vec<TableEntry>,
+    /// The state's generation it was planned at (see [`QueryEngine::is_current`]).
+    generation: u64,
 }
 
 /// `information_schema.df_settings`, as [`tables_read`] names it.

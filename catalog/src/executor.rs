@@ -92,6 +92,11 @@ impl QueryExecutor {
         }
     }
 
+    /// Runs `work` on the query runtime in the background, to its end.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        drop(self.handle.spawn(work));
+    }
+
     /// Polls `stream` on the query runtime, handing its batches over one at a time. The
     /// producer stops when the returned stream is dropped.
     pub fn forward(&self, mut stream: SendableRecordBatchStream) -> SendableRecordBatchStream {

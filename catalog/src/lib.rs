@@ -16,7 +16,8 @@
 //!   principal may read, with a read-only SQL surface; [`limits`]: bounds on a statement's
 //!   size, depth and plan; [`functions`]: functions that build large values, bounded by the
 //!   user's memory; [`executor`]: the runtime user statements are planned and run on.
-//! - [`names`]: validated `schema.table` names.
+//! - [`names`]: validated `schema.table` names; [`wire`]: what clients and landed files
+//!   see, without Arrow view types.
 //! - [`distributed`]: large statements' stages run on the replicas (datafusion-distributed),
 //!   each stage proved to come from one.
 
@@ -34,6 +35,7 @@ pub mod state;
 pub mod storage;
 pub mod system;
 pub mod throttle;
+pub mod wire;
 
 pub use engine::{EngineOptions, Planned, QueryEngine, VisibleTable};
 pub use identity::{Origin, Principal, TokenSigner, Verified};

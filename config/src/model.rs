@@ -323,6 +323,11 @@ pub struct QueryConfig {
     /// Bytes of table data one replica scans for a distributed statement; a statement
     /// reading less stays on one replica. Default `256 MiB`.
     pub distributed_threshold: ByteSize,
+    /// Memory for copies of hot tables: a table read by more than one statement is
+    /// decoded once and then served from memory (its current version only; a new version
+    /// is read from parquet until its own copy is ready). Tables that do not fit are read
+    /// from parquet. Default `0`: none.
+    pub acceleration_memory: ByteSize,
 }
 
 /// Whether statements may run on several replicas (`query.distributed`).
@@ -354,6 +359,7 @@ impl Default for QueryConfig {
             prepared_statement_idle: Duration::from_secs(3600),
             distributed: Distributed::Auto,
             distributed_threshold: ByteSize::mib(256),
+            acceleration_memory: ByteSize::b(0),
         }
     }
 }

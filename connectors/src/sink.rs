@@ -14,6 +14,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
+use quiver_catalog::wire::{plain_batch, plain_schema};
 use quiver_catalog::{Storage, TableName};
 
 use futures::StreamExt;
@@ -225,10 +226,13 @@ pub fn encode_parquet(
         }
     }
     let props = props.build();
+    // Files hold plain strings, whatever the source produced: the engine reads them as
+    // views anyway, and a merge compares an old version's types with a new one's.
+    let schema = plain_schema(&schema);
     let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props))?;
     let mut rows = 0;
     for batch in batches {
-        let batch = batch?;
+        let batch = plain_batch(batch?, &schema)?;
         rows += batch.num_rows() as i64;
         writer.write(&batch)?;
     }

@@ -3,12 +3,14 @@
 //! - [`service`]: the `FlightSqlService` — handshake, statements, prepared statements,
 //!   metadata, cancellation — over the per-principal sessions of `quiver-catalog`.
 //! - [`stream`]: results streamed batch by batch with cancellation, a deadline and a log line.
+//! - `plans`: statements planned at `GetFlightInfo`, kept for their `DoGet`.
 //! - [`ticket`]: signed, self-contained tickets and prepared-statement handles.
 //! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` answers for JDBC, SQLAlchemy and ADBC.
 //! - [`error`]: the one mapping from errors to gRPC statuses.
 
 pub mod error;
 pub mod metadata;
+mod plans;
 pub mod service;
 pub mod stream;
 pub mod ticket;

@@ -43,6 +43,7 @@ use quiver_catalog::authenticator::{Authenticator, BearerError, Credentials, Edg
 use quiver_catalog::engine::parameter_types;
 use quiver_catalog::identity::unix_now;
 use quiver_catalog::state::cluster::{ClaimError, Replica};
+use quiver_catalog::wire::plain_type;
 use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -50,6 +51,7 @@ use tracing::instrument;
 
 use crate::error::{datafusion_status, internal, to_status};
 use crate::metadata::{SQL_INFO, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
+use crate::plans::PlanCache;
 use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
 use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
 
@@ -116,6 +118,8 @@ pub struct QuiverFlightSql {
     auth: Arc<Authenticator>,
     /// The other live replicas' advertised URLs (see [`Self::watch_cluster`]).
     locations: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Statements planned for a `FlightInfo`, for its `DoGet`.
+    plans: PlanCache,
 }
 
 impl std::fmt::Debug for QuiverFlightSql {
@@ -138,6 +142,7 @@ impl QuiverFlightSql {
             auth,
             engine,
             sealer: Sealer::new(secret),
+            plans: PlanCache::new(options.ticket_lifetime),
             options,
             running: RunningQueries::default(),
             bound: Arc::default(),
@@ -426,6 +431,7 @@ impl QuiverFlightSql {
             .with_total_bytes(-1);
         let locations = self.locations();
         for (index, ticket) in tickets.iter().enumerate() {
+            self.plans.keep(&ticket.query_id, principal, &planned);
             self.running.register(
                 &ticket.query_id,
                 principal.email(),
@@ -502,7 +508,10 @@ impl QuiverFlightSql {
         let slot = self
             .slot(principal, &ticket.sql, Some(&ticket.query_id))
             .await?;
-        let planned = self.plan(principal, &ticket.sql, deadline).await?;
+        let planned = match self.plans.take(&ticket.query_id, principal) {
+            Some(planned) if self.engine.is_current(&planned) => planned,
+            _ => self.plan(principal, &ticket.sql, deadline).await?,
+        };
         let Planned {
             ctx, plan, tables, ..
         } = planned.clone();
@@ -937,7 +946,7 @@ impl FlightSqlService for QuiverFlightSql {
                 .map_err(to_status)?
                 .into_iter()
                 .enumerate()
-                .map(|(i, ty)| Field::new(format!("${}", i + 1), ty, true))
+                .map(|(i, ty)| Field::new(format!("${}", i + 1), plain_type(&ty), true))
                 .collect::<Vec<_>>(),
         );
         let handle = PreparedHandle {

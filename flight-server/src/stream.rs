@@ -303,14 +303,8 @@ impl Drop for QueryLog {
             outcome = %record.outcome,
             "query"
         );
-        if let (Some(state), Ok(runtime)) =
-            (self.audit.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn_blocking(move || {
-                if let Err(e) = state.audit().record_query(&record) {
-                    tracing::error!(error = %e, "cannot write the query to the audit log");
-                }
-            });
+        if let Some(state) = self.audit.take() {
+            state.audit().queue_query(record);
         }
     }
 }

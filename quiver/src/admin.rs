@@ -203,6 +203,7 @@ pub fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
                     limits: Default::default(),
                     query_threads: 1,
                     distribution: None,
+                    acceleration_memory: 0,
                 },
             )?;
             let runtime = tokio::runtime::Builder::new_current_thread()

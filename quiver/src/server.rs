@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
@@ -225,6 +226,9 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     // Last: the runs the scheduler just marked interrupted were this replica's.
     alive.cancel();
     heartbeat.await.context("heartbeat task failed")?;
+    // The last queries' audit rows are written before the process ends.
+    let audit = state.clone();
+    tokio::task::spawn_blocking(move || audit.audit().flush(Duration::from_secs(10))).await?;
     flight_result?;
     tracing::info!("stopped");
     Ok(())
@@ -274,6 +278,7 @@ pub fn open_engine(
             },
             query_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             distribution,
+            acceleration_memory: config.query.acceleration_memory.as_u64() as usize,
         },
     )?))
 }

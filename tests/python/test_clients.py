@@ -112,6 +112,44 @@ def test_adbc_get_objects_and_table_schema(conn):
     assert conn.adbc_get_table_types() == ["TABLE"]
 
 
+def view_types(schema: pa.Schema) -> list[str]:
+    """The fields of `schema` that are (or hold) Arrow view types."""
+    return [f"{f.name}: {f.type}" for f in schema if "_view" in str(f.type)]
+
+
+def test_no_view_types_reach_any_client(server, conn):
+    """Strings are views inside the engine; clients (JDBC, ODBC bridges, older pyarrow) get
+    plain utf8 and binary, from every path."""
+    statement = ("SELECT n_name, CAST(n_nationkey AS VARCHAR) AS k, CAST(n_name AS BYTEA) AS b, "
+                 "[n_name] AS names, named_struct('name', n_name) AS s, arrow_cast('v', 'Utf8View') AS v "
+                 "FROM tpch.nation ORDER BY n_nationkey")
+    with conn.cursor() as cur:
+        cur.execute(statement)
+        table = cur.fetch_arrow_table()
+        assert view_types(table.schema) == [] and table.num_rows == 25
+        assert table.column("n_name")[0].as_py() == "ALGERIA" and table.column("v")[0].as_py() == "v"
+        assert table.schema.field("names").type == pa.list_(pa.field("item", pa.string()))
+        # Prepared, with a string parameter and an untyped one cast to VARCHAR.
+        cur.execute("SELECT n_name, CAST(? AS VARCHAR) AS p FROM tpch.nation WHERE n_name = ?",
+                    parameters=("x", "FRANCE"))
+        table = cur.fetch_arrow_table()
+        assert view_types(table.schema) == [] and table.to_pylist() == [{"n_name": "FRANCE", "p": "x"}]
+        assert view_types(cur.adbc_prepare("SELECT n_name FROM tpch.nation WHERE n_comment <> ?")) == []
+    # Metadata: table schemas and column types.
+    assert view_types(conn.adbc_get_table_schema("nation", db_schema_filter="tpch")) == []
+    assert conn.adbc_get_table_schema("nation", db_schema_filter="tpch").field("n_name").type == pa.string()
+
+    # pyarrow.flight: the FlightInfo's schema and the stream's.
+    client = flight.FlightClient(server.uri)
+    options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)])
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(statement)), options)
+    assert view_types(info.schema) == []
+    for _ in range(2):  # a ticket redeemed twice gives the same result
+        result = client.do_get(info.endpoints[0].ticket, options).read_all()
+        assert view_types(result.schema) == [] and result.num_rows == 25
+    client.close()
+
+
 def test_adbc_get_info_names_the_server(conn):
     info = conn.adbc_get_info()
     assert info["vendor_name"] == "Quiver"

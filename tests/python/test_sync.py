@@ -453,6 +453,71 @@ def test_a_running_query_finishes_on_the_version_it_started_with(workdir):
         server.stop()
 
 
+def test_a_table_held_in_memory_switches_versions_atomically_under_readers(workdir):
+    """With `query.acceleration_memory`, a hot table is served from memory; a new version is
+    never hidden behind the old copy, and no reader sees a mix of the two."""
+    import threading
+
+    src = workdir / "src"
+    src.mkdir()
+    csv = src / "t.csv"
+    version = lambda v: "id,v\n" + "".join(f"{i},{v}\n" for i in range(50_000))  # noqa: E731
+    csv.write_text(version(1))
+    config = yaml_tables([{"name": "hot.t", "connector": "files", "options": {"path": str(csv)}}])
+    config += "query:\n  acceleration_memory: 256MiB\n"
+    server = Server(["serve"], str(workdir / "data"), config=config)
+    statement = "SELECT count(*) AS n, min(v) AS lo, max(v) AS hi FROM hot.t"
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert sync(server, token, "hot.t")["status"] == "succeeded"
+        for _ in range(3):
+            assert rows(server, statement).to_pylist() == [{"n": 50_000, "lo": 1, "hi": 1}]
+        deadline = time.time() + 30
+        while "table held in memory" not in server.log() and time.time() < deadline:
+            time.sleep(0.1)
+        assert "table held in memory" in server.log(), server.log()
+        assert rows(server, "SELECT sum(id) AS s FROM hot.t WHERE v = 1").to_pylist() == [{"s": 49_999 * 50_000 // 2}]
+
+        seen, errors, stop = [], [], threading.Event()
+
+        def reader():
+            conn = connect(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+            try:
+                while not stop.is_set():
+                    with conn.cursor() as cur:
+                        cur.execute(statement)
+                        seen.append(cur.fetch_arrow_table().to_pylist()[0])
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+            finally:
+                conn.close()
+
+        readers = [threading.Thread(target=reader) for _ in range(3)]
+        for r in readers:
+            r.start()
+        csv.write_text(version(2))
+        assert sync(server, token, "hot.t")["status"] == "succeeded"
+        # Every statement planned after the commit reads version 2, copy or not.
+        assert rows(server, statement).to_pylist() == [{"n": 50_000, "lo": 2, "hi": 2}]
+        time.sleep(1)
+        stop.set()
+        for r in readers:
+            r.join(30)
+        assert not errors, errors
+        assert {(s["lo"], s["hi"]) for s in seen} <= {(1, 1), (2, 2)}, seen
+        assert all(s["n"] == 50_000 for s in seen)
+        assert seen[-1] == {"n": 50_000, "lo": 2, "hi": 2}
+        # Version 2 gets its own copy once it is hot, and the answers stay the same.
+        deadline = time.time() + 30
+        while server.log().count("table held in memory") < 2 and time.time() < deadline:
+            rows(server, statement)
+            time.sleep(0.1)
+        assert server.log().count("table held in memory") >= 2, server.log()
+        assert rows(server, statement).to_pylist() == [{"n": 50_000, "lo": 2, "hi": 2}]
+    finally:
+        server.stop()
+
+
 def test_failed_schedules_retry_with_backoff_and_syncs_share_a_global_limit(workdir):
     src = workdir / "src"
     src.mkdir()

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::state::{Timestamp, params};
+use crate::state::db::Param;
+use crate::state::{Db, Timestamp, params};
 use serde::{Deserialize, Serialize};
 
 use crate::CatalogError;
@@ -79,22 +80,20 @@ pub struct QueryRecord {
 pub struct Audit<'a>(pub(super) &'a StateStore);
 
 impl Audit<'_> {
-    /// Records a finished query.
-    pub fn record_query(&self, q: &QueryRecord) -> Result<(), CatalogError> {
-        self.0.conn()?.execute(
-            "INSERT INTO audit (actor, action, outcome, statement, tables, row_count, byte_count, duration_ms)
-             VALUES ($1, 'query', $2, $3, $4, $5, $6, $7)",
-            params![
-                q.user,
-                q.outcome,
-                q.statement,
-                q.tables.join(","),
-                q.rows as i64,
-                q.bytes as i64,
-                q.duration_ms as i64
-            ],
-        )?;
-        Ok(())
+    /// Records a finished query soon, without waiting: queries end far more often than
+    /// anything else is audited, and one statement (and one commit) per query would cost
+    /// more than a short query itself. Records are written in order, in batches, by a
+    /// thread of the store's; [`Self::flush`] waits for them.
+    pub fn queue_query(&self, q: QueryRecord) {
+        self.0.queries.send(Queued::Record(q));
+    }
+
+    /// Waits until every query record queued so far is written (or, after retries, logged
+    /// as lost), at most `timeout`.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        let (done, written) = std::sync::mpsc::channel();
+        self.0.queries.send(Queued::Flush(done));
+        let _ = written.recv_timeout(timeout);
     }
 
     /// Records an event that is not a change, such as a sign-in attempt.
@@ -219,4 +218,171 @@ fn audit_schema() -> SchemaRef {
         int("byte_count"),
         int("duration_ms"),
     ]))
+}
+
+/// Rows one statement of [`insert_queries`] writes at most (7 parameters each).
+const INSERT_ROWS: usize = 200;
+/// How long the writer gathers records after the first before writing them.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+/// Attempts to write a batch before its records are logged as lost.
+const ATTEMPTS: u32 = 5;
+
+/// Writes `records` with one multi-row statement per [`INSERT_ROWS`].
+fn insert_queries(db: &Db, records: &[QueryRecord]) -> Result<(), CatalogError> {
+    let conn = db.conn()?;
+    for chunk in records.chunks(INSERT_ROWS) {
+        let rows: Vec<(String, i64, i64, i64)> = chunk
+            .iter()
+            .map(|q| {
+                (
+                    q.tables.join(","),
+                    q.rows as i64,
+                    q.bytes as i64,
+                    q.duration_ms as i64,
+                )
+            })
+            .collect();
+        let mut values = Vec::with_capacity(chunk.len());
+        let mut args: Vec<&dyn Param> = Vec::with_capacity(chunk.len() * 7);
+        for (i, (q, (tables, rows, bytes, ms))) in chunk.iter().zip(&rows).enumerate() {
+            let n = i * 7;
+            values.push(format!(
+                "(${}, 'query', ${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7
+            ));
+            args.extend([
+                &q.user as &dyn Param,
+                &q.outcome,
+                &q.statement,
+                tables,
+                rows,
+                bytes,
+                ms,
+            ]);
+        }
+        conn.execute(
+            &format!(
+                "INSERT INTO audit (actor, action, outcome, statement, tables, row_count, byte_count, duration_ms) VALUES {}",
+                values.join(", ")
+            ),
+            &args,
+        )?;
+    }
+    Ok(())
+}
+
+/// What the query-audit writer is sent.
+pub(super) enum Queued {
+    Record(QueryRecord),
+    /// Answered once everything sent before it is written.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The query records waiting to be written, and the thread writing them (started on the
+/// first record). Dropping it writes what is queued and waits for the thread.
+pub(super) struct QueryQueue {
+    db: std::sync::Weak<Db>,
+    writer:
+        std::sync::Mutex<Option<(std::sync::mpsc::Sender<Queued>, std::thread::JoinHandle<()>)>>,
+}
+
+impl QueryQueue {
+    pub(super) fn new(db: &Arc<Db>) -> Self {
+        Self {
+            db: Arc::downgrade(db),
+            writer: std::sync::Mutex::default(),
+        }
+    }
+
+    fn send(&self, item: Queued) {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if writer.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let db = self.db.clone();
+            match std::thread::Builder::new()
+                .name("quiver-audit".into())
+                .spawn(move || write_queued(&db, &rx))
+            {
+                Ok(thread) => *writer = Some((tx, thread)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the audit writer");
+                    return;
+                }
+            }
+        }
+        if let Some((tx, _)) = writer.as_ref() {
+            let _ = tx.send(item);
+        }
+    }
+}
+
+impl Drop for QueryQueue {
+    fn drop(&mut self) {
+        let writer = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some((tx, thread)) = writer.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The writer's loop: waits for a record, gathers what follows for [`GATHER`], writes the
+/// lot; ends when the queue is dropped and drained.
+fn write_queued(db: &std::sync::Weak<Db>, queue: &std::sync::mpsc::Receiver<Queued>) {
+    let mut batch = Vec::new();
+    let mut flushes = Vec::new();
+    while let Ok(first) = queue.recv() {
+        let gather_until = std::time::Instant::now() + GATHER;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Queued::Record(r) => batch.push(r),
+                Queued::Flush(done) => flushes.push(done),
+            }
+            if !flushes.is_empty() {
+                // Whoever waits is not kept waiting; what is queued goes now.
+                next = queue.try_recv().ok();
+            } else {
+                let left = gather_until.saturating_duration_since(std::time::Instant::now());
+                next = queue.recv_timeout(left).ok();
+            }
+        }
+        if !batch.is_empty() {
+            write_batch(db, &batch);
+            batch.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Writes one batch, retrying while the database is away; logs the records it gives up on.
+fn write_batch(db: &std::sync::Weak<Db>, batch: &[QueryRecord]) {
+    let mut error = None;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
+        }
+        let Some(db) = db.upgrade() else { break };
+        match insert_queries(&db, batch) {
+            Ok(()) => return,
+            Err(e) => error = Some(e),
+        }
+    }
+    for q in batch {
+        tracing::error!(
+            error = %error.as_ref().map(ToString::to_string).unwrap_or_else(|| "the state store was closed".into()),
+            user = %q.user,
+            statement = %q.statement,
+            outcome = %q.outcome,
+            "cannot write the query to the audit log"
+        );
+    }
 }

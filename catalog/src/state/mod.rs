@@ -48,6 +48,8 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250
 
 /// The state store: the database Quiver keeps users, grants, tables and audit in.
 pub struct StateStore {
+    /// Query records on their way to the audit log (dropped first: it drains the queue).
+    queries: audit::QueryQueue,
     db: Arc<Db>,
     /// Bumped on every change that affects what a principal can see, here or (seen by the
     /// watcher) in another process sharing the database, so caches can tell.
@@ -131,8 +133,10 @@ impl StateStore {
             }
             Ok(())
         })?;
+        let db = Arc::new(db);
         let store = Self {
-            db: Arc::new(db),
+            queries: audit::QueryQueue::new(&db),
+            db,
             generation: Arc::new(AtomicU64::new(1)),
         };
         if store.backend() == Backend::Postgres {
