@@ -8,7 +8,7 @@ VENV ?= $(HOME)/.cache/quiver/venv
 PYTHON ?= python3
 QUIVER_BIN := $(CARGO_TARGET_DIR)/release/quiver
 
-.PHONY: demo build test test-rust test-python venv node browser postgres lint fmt bench bench-ingest bench-cluster bench-distributed
+.PHONY: demo build test test-rust test-python venv node browser postgres java go lint fmt bench bench-ingest bench-cluster bench-distributed bench-scale bench-wire
 
 ## Run the server with the TPC-H demo data (scale 0.1), from the same build as the tests.
 demo: build
@@ -20,7 +20,7 @@ build:
 
 ## Every test: formatting, Rust unit and end-to-end tests, Python client tests (with a real
 ## OpenID provider under Node).
-test: build venv node browser postgres
+test: build venv node browser postgres java go
 	cargo fmt --all -- --check
 	cargo test --release --workspace
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
@@ -29,7 +29,7 @@ test: build venv node browser postgres
 test-rust: build
 	cargo test --release --workspace
 
-test-python: build venv node browser postgres
+test-python: build venv node browser postgres java go
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 	QUIVER_TEST_STATE=postgres QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 
@@ -48,6 +48,26 @@ node: tests/oidc/node_modules/.installed
 tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
 	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 	touch $@
+
+## A JDK and Maven for the JDBC driver tests (tests/jdbc), installed when missing, and the
+## driver and JUnit fetched from Maven Central.
+java: tests/jdbc/target/.fetched
+
+tests/jdbc/target/.fetched: tests/jdbc/pom.xml
+	@command -v mvn >/dev/null && command -v javac >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends maven default-jdk-headless; }
+	mvn -B -q -f tests/jdbc/pom.xml dependency:go-offline test-compile
+	touch $@
+
+## Go and the Arrow Go Flight SQL driver for tests/go (modules pinned by go.sum).
+go:
+	@command -v go >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends golang-go; }
+	cd tests/go && go mod download
 
 ## Debian's PostgreSQL server for the PostgreSQL connector tests, installed when missing.
 postgres:
@@ -87,3 +107,11 @@ bench-distributed: build venv postgres
 bench: build venv
 	$(VENV)/bin/pip install --quiet -r benches/requirements.txt
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/run.py --scale 1
+
+## Time and server memory at scales 0.1, 1 and 10 (see benches/RESULTS.md).
+bench-scale: build venv
+	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/scale.py --scales 0.1,1,10
+
+## Result compression on loopback and on a 1 Gbit/s link (root: shapes the port with tc).
+bench-wire: build venv
+	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/wire.py --scale 1

@@ -1,7 +1,7 @@
 """What one short statement costs, call by call: GetFlightInfo and DoGet timed apart with
 pyarrow.flight, and the whole statement through ADBC, for `SELECT 1` and the point lookup.
 
-    python benches/calls.py --scale 1 --runs 40
+    python benches/calls.py --scale 1 --runs 40 [--results-cache]
 
 Uses (and, the first time, generates) the data of `benches/run.py`.
 """
@@ -29,8 +29,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", default="1")
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--results-cache", action="store_true", help="answer repeats from the results cache")
     args = parser.parse_args()
-    server = Server(["demo", "--scale", args.scale], str(pathlib.Path.home() / ".cache/quiver" / f"bench-sf{args.scale}"))
+    config = None if args.results_cache else "query:\n  results_cache_memory: 0\n"
+    server = Server(["demo", "--scale", args.scale], str(pathlib.Path.home() / ".cache/quiver" / f"bench-sf{args.scale}"),
+                    config=config)
     try:
         client = flight.FlightClient(server.uri)
         options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)])

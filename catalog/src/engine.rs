@@ -16,6 +16,7 @@
 
 mod accelerate;
 mod parts;
+mod results;
 
 pub use parts::Layout;
 
@@ -80,7 +81,12 @@ pub struct EngineOptions {
     pub distribution: Option<Arc<Distribution>>,
     /// Memory for copies of hot tables (`query.acceleration_memory`); 0: none.
     pub acceleration_memory: usize,
+    /// Memory for results of repeated statements (`query.results_cache_memory`); 0: none.
+    pub results_cache_memory: usize,
 }
+
+/// The schema unqualified table names are looked up in when the client chose none.
+pub const DEFAULT_SCHEMA: &str = "public";
 
 /// What the SQL surface allows: queries only.
 pub fn read_only() -> SQLOptions {
@@ -110,6 +116,8 @@ pub struct QueryEngine {
     sessions: Mutex<HashMap<Principal, (u64, Arc<PrincipalSession>)>>,
     /// Hot tables held in memory.
     accelerator: accelerate::Accelerator,
+    /// Results of repeated statements.
+    results: Arc<results::ResultsCache>,
 }
 
 /// A principal's DataFusion session and the tables in its catalog.
@@ -173,6 +181,7 @@ impl QueryEngine {
             providers: Mutex::default(),
             sessions: Mutex::default(),
             accelerator: accelerate::Accelerator::new(options.acceleration_memory),
+            results: Arc::new(results::ResultsCache::new(options.results_cache_memory)),
         })
     }
 
@@ -219,7 +228,7 @@ impl QueryEngine {
     /// A fresh context for `email`, with no tables yet.
     fn new_context(&self, email: &str) -> Result<SessionContext, CatalogError> {
         let mut config = SessionConfig::new()
-            .with_default_catalog_and_schema(CATALOG_NAME, "public")
+            .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true)
             .with_batch_size(self.batch_size);
@@ -455,20 +464,23 @@ impl QueryEngine {
     }
 
     /// Plans `sql` for `principal`, refusing anything but a read-only query within the
-    /// [`QueryLimits`]. `?` placeholders are accepted as well as `$1`. The work runs on
-    /// the query runtime; dropping the future abandons it.
+    /// [`QueryLimits`]. `?` placeholders are accepted as well as `$1`. Unqualified table
+    /// names are looked up in `schema` (the client's session schema; default `public`).
+    /// The work runs on the query runtime; dropping the future abandons it.
     pub async fn plan(
         self: &Arc<Self>,
         principal: &Principal,
         sql: &str,
+        schema: Option<&str>,
     ) -> Result<Planned, CatalogError> {
         self.limits.check_length(sql)?;
         let engine = self.clone();
         let principal = principal.clone();
         let sql = sql.to_string();
+        let schema = schema.unwrap_or(DEFAULT_SCHEMA).to_string();
         let planned = self
             .executor
-            .run(async move { engine.plan_here(&principal, &sql).await })
+            .run(async move { engine.plan_here(&principal, &sql, &schema).await })
             .await?;
         for entry in self.accelerator.note_reads(&planned.read) {
             let engine = self.clone();
@@ -495,13 +507,19 @@ impl QueryEngine {
         }
     }
 
-    async fn plan_here(&self, principal: &Principal, sql: &str) -> Result<Planned, CatalogError> {
+    async fn plan_here(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        schema: &str,
+    ) -> Result<Planned, CatalogError> {
         // Read first: a change while planning makes the plan look stale, never current.
         let generation = self.state.generation();
         let session = self.principal_session(principal).await?;
         let ctx = session.ctx.clone();
         let sql = number_placeholders(sql)?;
-        let state = ctx.state();
+        let mut state = ctx.state();
+        state.config_mut().options_mut().catalog.default_schema = schema.to_string();
         let dialect = state.config_options().sql_parser.dialect;
         let statement = state
             .sql_to_statement(&sql, &dialect)
@@ -527,7 +545,7 @@ impl QueryEngine {
                 "EXPLAIN is available to administrators only".into(),
             ));
         }
-        let tables = tables_read(&plan);
+        let tables = tables_read(&plan, schema);
         // No view types leave the server (EXPLAIN's text columns are plain already).
         let plan = match plan {
             LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => plan,
@@ -544,13 +562,15 @@ impl QueryEngine {
             .iter()
             .filter(|t| tables.contains(&t.entry.name.to_string()))
             .map(|t| t.entry.clone())
-            .collect();
+            .collect::<Vec<_>>();
+        let result_key = self.results.key(principal, &plan, &read, &tables);
         Ok(Planned {
             ctx,
             plan,
             tables,
             read,
             generation,
+            result_key,
         })
     }
 
@@ -583,15 +603,24 @@ impl QueryEngine {
         }
     }
 
-    /// Runs a plan (after binding `params` to its placeholders) as a stream of batches,
-    /// produced on the query runtime.
+    /// Runs a planned statement (after binding `params` to its placeholders) as a stream of
+    /// batches, produced on the query runtime, or answers it from the results of an
+    /// identical one (`query.results_cache_memory`).
     pub async fn execute(
         self: &Arc<Self>,
-        ctx: &SessionContext,
-        plan: LogicalPlan,
+        planned: &Planned,
         params: Vec<ScalarValue>,
     ) -> Result<SendableRecordBatchStream, CatalogError> {
-        let ctx = ctx.clone();
+        let key = planned
+            .result_key
+            .as_ref()
+            .map(|key| format!("{key}parameters {params:?}"));
+        if let Some(key) = &key
+            && let Some(kept) = self.results.get(key, planned.generation)
+        {
+            return Ok(kept);
+        }
+        let (ctx, plan) = (planned.ctx.clone(), planned.plan.clone());
         let stream = self
             .executor
             .run(async move {
@@ -605,7 +634,11 @@ impl QueryEngine {
                 Ok(df.execute_stream().await?)
             })
             .await?;
-        Ok(self.executor.forward(stream))
+        let stream = self.executor.forward(stream);
+        Ok(match key {
+            Some(key) => self.results.record(key, planned.generation, stream),
+            None => stream,
+        })
     }
 
     /// The Arrow schema of a visible table as clients see it (no view types), or `None`
@@ -649,6 +682,51 @@ pub struct Planned {
     pub read: Vec<TableEntry>,
     /// The state's generation it was planned at (see [`QueryEngine::is_current`]).
     generation: u64,
+    /// Where its result is kept, if it may be (see `results`).
+    result_key: Option<String>,
+}
+
+impl Planned {
+    /// The statement with its untyped placeholders (`SELECT ?`, `SELECT $1 AS a`) given the
+    /// types of the values bound to them (`types[0]` for `$1`), so that its schema says what
+    /// its rows will hold. Typed placeholders keep their type (a bound value is cast to it).
+    pub fn with_parameter_types(&self, types: &[DataType]) -> Result<Self, CatalogError> {
+        use datafusion::arrow::datatypes::Field;
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::logical_expr::{Expr, expr::Placeholder};
+
+        let untyped = |p: &Placeholder| p.field.as_ref().is_none_or(|f| f.data_type().is_null());
+        let bound = |id: &str| {
+            let index = id.trim_start_matches('$').parse::<usize>().ok()?;
+            types.get(index.checked_sub(1)?).filter(|t| !t.is_null())
+        };
+        let plan = self
+            .plan
+            .clone()
+            .transform_up_with_subqueries(|node| {
+                node.map_expressions(|e| {
+                    e.transform(|e| match e {
+                        Expr::Placeholder(p) if untyped(&p) => match bound(&p.id) {
+                            Some(ty) => {
+                                let field = Arc::new(Field::new("", ty.clone(), true));
+                                Ok(Transformed::yes(Expr::Placeholder(
+                                    Placeholder::new_with_field(p.id, Some(field)),
+                                )))
+                            }
+                            None => Ok(Transformed::no(Expr::Placeholder(p))),
+                        },
+                        other => Ok(Transformed::no(other)),
+                    })
+                })?
+                // Every node above a typed placeholder derives its schema again.
+                .map_data(|plan| plan.recompute_schema())
+            })?
+            .data;
+        Ok(Self {
+            plan,
+            ..self.clone()
+        })
+    }
 }
 
 /// `information_schema.df_settings`, as [`tables_read`] names it.
@@ -708,18 +786,15 @@ pub fn number_placeholders(sql: &str) -> Result<String, CatalogError> {
     Ok(out)
 }
 
-/// The tables a plan reads (`schema.table`), subqueries included, for the audit log.
-pub fn tables_read(plan: &LogicalPlan) -> Vec<String> {
+/// The tables a plan planned with default schema `schema` reads (`schema.table`, as
+/// resolved), subqueries included.
+pub fn tables_read(plan: &LogicalPlan, schema: &str) -> Vec<String> {
     use datafusion::common::tree_node::TreeNodeRecursion;
     let mut tables = Vec::new();
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
-            let name = scan.table_name.table();
-            let name = match scan.table_name.schema() {
-                Some(schema) => format!("{schema}.{name}"),
-                None => name.to_string(),
-            };
-            tables.push(name);
+            let name = scan.table_name.clone().resolve(CATALOG_NAME, schema);
+            tables.push(format!("{}.{}", name.schema, name.table));
         }
         Ok(TreeNodeRecursion::Continue)
     });

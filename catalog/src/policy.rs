@@ -129,6 +129,16 @@ impl TablePolicy {
             .collect()
     }
 
+    /// Whether what the policy shows depends on who runs the query: its filter or a mask
+    /// calls a function that is not fixed by its arguments (`current_user()`).
+    pub fn is_personal(&self) -> bool {
+        let rules = self.columns.iter().filter_map(|(_, r)| match r {
+            ColumnRule::Clear => None,
+            ColumnRule::Computed(e) => Some(e),
+        });
+        self.rows.iter().chain(rules).any(varies)
+    }
+
     /// True when the policy changes nothing (no filter, every column clear).
     pub fn is_transparent(&self, base: &Schema) -> bool {
         self.rows.is_none()
@@ -321,6 +331,16 @@ pub fn is_safe_filter(expr: &Expr, clear: &HashSet<&str>) -> bool {
     }
 }
 
+/// Whether `expr` calls a function whose value is not fixed by its arguments (`now()`,
+/// `random()`, `current_user()`).
+pub(crate) fn varies(expr: &Expr) -> bool {
+    expr.exists(|e| {
+        Ok(matches!(e, Expr::ScalarFunction(f)
+            if f.func.signature().volatility != Volatility::Immutable))
+    })
+    .unwrap_or(true)
+}
+
 /// A table as one principal may see it: the base table's rows filtered and its columns
 /// masked or hidden by the principal's grants.
 #[derive(Debug)]
@@ -350,6 +370,11 @@ impl PolicyTable {
             policy,
             schema: Arc::new(Schema::new(fields)),
         }
+    }
+
+    /// The policy it applies.
+    pub fn policy(&self) -> &TablePolicy {
+        &self.policy
     }
 
     /// Names of the columns that are clear on every visible row.

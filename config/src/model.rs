@@ -283,6 +283,10 @@ pub struct QueryConfig {
     /// Largest gRPC message Quiver sends; larger batches are split. Must stay under the
     /// clients' limit (16 MiB for the Go-based ADBC driver). Default `4 MiB`.
     pub max_message_size: ByteSize,
+    /// Compression of result batches on the wire: `none` (default), `lz4` or `zstd`
+    /// (Arrow IPC body compression, read by every Arrow client). Worth it only where the
+    /// network is slower than compressing (see `benches/RESULTS.md`).
+    pub compression: Compression,
     /// Queries one user may run at once; more are refused with `RESOURCE_EXHAUSTED`.
     /// Default `8`.
     pub max_concurrent_per_user: usize,
@@ -321,13 +325,34 @@ pub struct QueryConfig {
     /// that others send).
     pub distributed: Distributed,
     /// Bytes of table data one replica scans for a distributed statement; a statement
-    /// reading less stays on one replica. Default `256 MiB`.
+    /// reading less stays on one replica. A plain scan (no join, aggregate, sort or limit)
+    /// reading more is also fetched in parts, several `FlightInfo` endpoints the client
+    /// reads side by side, on a single server too (unless `distributed: off`). Default
+    /// `256 MiB`.
     pub distributed_threshold: ByteSize,
     /// Memory for copies of hot tables: a table read by more than one statement is
     /// decoded once and then served from memory (its current version only; a new version
     /// is read from parquet until its own copy is ready). Tables that do not fit are read
     /// from parquet. Default `0`: none.
     pub acceleration_memory: ByteSize,
+    /// Memory for the results of repeated statements: a statement run again on the same
+    /// table versions, through the same policies and with the same parameters, is answered
+    /// from memory (see the README's "Results cache"). A result larger than an eighth of it
+    /// is not kept. Default `64 MiB`; `0`: none.
+    pub results_cache_memory: ByteSize,
+}
+
+/// Compression of result batches (`query.compression`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Batches are sent as they are.
+    #[default]
+    None,
+    /// LZ4 frames: fast to compress and to read.
+    Lz4,
+    /// Zstandard: fewer bytes, more CPU.
+    Zstd,
 }
 
 /// Whether statements may run on several replicas (`query.distributed`).
@@ -347,6 +372,7 @@ impl Default for QueryConfig {
             memory_limit: ByteSize::gib(2),
             batch_size: 8192,
             max_message_size: ByteSize::mib(4),
+            compression: Compression::None,
             max_concurrent_per_user: 8,
             memory_limit_per_user: ByteSize::gib(1),
             max_result_rows: None,
@@ -360,6 +386,7 @@ impl Default for QueryConfig {
             distributed: Distributed::Auto,
             distributed_threshold: ByteSize::mib(256),
             acceleration_memory: ByteSize::b(0),
+            results_cache_memory: ByteSize::mib(64),
         }
     }
 }

@@ -41,6 +41,10 @@ pub fn datafusion_status(error: &DataFusionError) -> Status {
             "the query needs more memory or spill space than allowed (query.memory_limit): {message}"
         )),
         DataFusionError::NotImplemented(_) => Status::unimplemented(message),
+        // What drivers map to "table not found"; an ungranted table reads exactly the same.
+        DataFusionError::Plan(m) if m.starts_with("table '") && m.ends_with("' not found") => {
+            Status::not_found(message)
+        }
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)

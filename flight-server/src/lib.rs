@@ -1,9 +1,13 @@
 //! Quiver's Arrow Flight SQL endpoint.
 //!
 //! - [`service`]: the `FlightSqlService` — handshake, statements, prepared statements,
-//!   metadata, cancellation — over the per-principal sessions of `quiver-catalog`.
+//!   metadata, cancellation — over the per-principal sessions of `quiver-catalog`;
+//!   [`rpc`]: the gRPC service around it, with the calls `FlightSqlService` cannot answer
+//!   (`GetSchema`).
 //! - [`stream`]: results streamed batch by batch with cancellation, a deadline and a log line.
 //! - `plans`: statements planned at `GetFlightInfo`, kept for their `DoGet`.
+//! - [`sessions`]: session options (`SetSessionOptions`…): the schema unqualified names
+//!   are looked up in.
 //! - [`ticket`]: signed, self-contained tickets and prepared-statement handles.
 //! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` answers for JDBC, SQLAlchemy and ADBC.
 //! - [`error`]: the one mapping from errors to gRPC statuses.
@@ -11,7 +15,9 @@
 pub mod error;
 pub mod metadata;
 mod plans;
+pub mod rpc;
 pub mod service;
+pub mod sessions;
 pub mod stream;
 pub mod ticket;
 
@@ -76,7 +82,7 @@ pub async fn serve(
                 }
             })
         });
-    let svc = FlightServiceServer::new(service)
+    let svc = FlightServiceServer::new(rpc::FlightSqlRpc(service))
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(max_encoding);
     let mut builder =

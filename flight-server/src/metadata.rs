@@ -233,6 +233,70 @@ pub static XDBC_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
     b.build().expect("static XdbcTypeInfo data")
 });
 
+/// A column's SQL type as `GetXdbcTypeInfo` names it, with its precision and scale where
+/// they apply (`None` elsewhere).
+pub fn sql_type(data_type: &DataType) -> (&'static str, Option<u8>, Option<i8>) {
+    match data_type {
+        DataType::Boolean => ("BOOLEAN", Some(1), None),
+        DataType::Int8 | DataType::UInt8 => ("TINYINT", Some(3), Some(0)),
+        DataType::Int16 | DataType::UInt16 => ("SMALLINT", Some(5), Some(0)),
+        DataType::Int32 | DataType::UInt32 => ("INTEGER", Some(10), Some(0)),
+        DataType::Int64 | DataType::UInt64 => ("BIGINT", Some(19), Some(0)),
+        DataType::Float16 | DataType::Float32 => ("REAL", Some(24), None),
+        DataType::Float64 => ("DOUBLE", Some(53), None),
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s) => ("DECIMAL", Some(*p), Some(*s)),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ("VARCHAR", None, None),
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => ("BINARY", None, None),
+        DataType::Date32 | DataType::Date64 => ("DATE", Some(10), None),
+        DataType::Time32(_) | DataType::Time64(_) => ("TIME", Some(18), None),
+        DataType::Timestamp(_, _) => ("TIMESTAMP", Some(29), None),
+        DataType::Interval(_) | DataType::Duration(_) => ("INTERVAL", None, None),
+        DataType::List(_)
+        | DataType::LargeList(_)
+        | DataType::ListView(_)
+        | DataType::LargeListView(_)
+        | DataType::FixedSizeList(_, _) => ("ARRAY", None, None),
+        DataType::Struct(_) => ("STRUCT", None, None),
+        DataType::Map(_, _) => ("MAP", None, None),
+        _ => ("OTHER", None, None),
+    }
+}
+
+/// `field` with the column metadata Flight SQL defines for `GetTables(include_schema)`
+/// (`ARROW:FLIGHT:SQL:*`), from which drivers fill JDBC's `getColumns` and ADBC's xdbc
+/// fields: type name, precision, scale and what a read-only server can say.
+pub fn described(field: &Field, catalog: &str, schema: &str, table: &str) -> Field {
+    let (name, precision, scale) = sql_type(field.data_type());
+    let mut metadata = field.metadata().clone();
+    let mut set = |key: &str, value: String| {
+        metadata.insert(format!("ARROW:FLIGHT:SQL:{key}"), value);
+    };
+    set("CATALOG_NAME", catalog.into());
+    set("SCHEMA_NAME", schema.into());
+    set("TABLE_NAME", table.into());
+    set("TYPE_NAME", name.into());
+    if let Some(p) = precision {
+        set("PRECISION", p.to_string());
+    }
+    if let Some(s) = scale {
+        set("SCALE", s.to_string());
+    }
+    set("IS_AUTO_INCREMENT", "0".into());
+    set(
+        "IS_CASE_SENSITIVE",
+        if name == "VARCHAR" { "1" } else { "0" }.into(),
+    );
+    set("IS_READ_ONLY", "1".into());
+    set("IS_SEARCHABLE", "1".into());
+    field.clone().with_metadata(metadata)
+}
+
 /// Schema of `GetPrimaryKeys` results (always empty: Quiver tables have no declared keys).
 pub fn primary_keys_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

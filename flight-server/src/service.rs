@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::CompressionType;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow_flight::decode::FlightRecordBatchStream;
@@ -19,7 +20,7 @@ use arrow_flight::sql::metadata::GetCatalogsBuilder;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
-    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, Command,
     CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
     CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
     CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
@@ -30,7 +31,7 @@ use arrow_flight::sql::{
 use arrow_flight::{
     Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    Location, SchemaAsIpc, Ticket,
+    Location, SchemaAsIpc, SchemaResult, Ticket,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -45,13 +46,15 @@ use quiver_catalog::identity::unix_now;
 use quiver_catalog::state::cluster::{ClaimError, Replica};
 use quiver_catalog::wire::plain_type;
 use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine};
+use quiver_config::Compression;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
 use crate::error::{datafusion_status, internal, to_status};
-use crate::metadata::{SQL_INFO, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
+use crate::metadata::{self, SQL_INFO, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
 use crate::plans::PlanCache;
+use crate::sessions::{self, Caller, Sessions, proto as session};
 use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
 use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
 
@@ -79,6 +82,8 @@ pub struct FlightOptions {
     pub ticket_lifetime: Duration,
     /// Largest `FlightData` message sent; bigger batches are split.
     pub max_message_size: usize,
+    /// How result batches are compressed on the wire.
+    pub compression: Compression,
     /// Queries one user may run at once.
     pub max_concurrent_per_user: usize,
     /// A result with more rows fails instead of being truncated.
@@ -93,6 +98,10 @@ pub struct FlightOptions {
     pub prepared_idle: Duration,
     /// This replica (its id in the shared state, and the URL it is reached at).
     pub replica: Replica,
+    /// Bytes a plain scan must read to be fetched in parts, several endpoints that the
+    /// client reads side by side (on a cluster, from several replicas); `None`: one
+    /// endpoint per result.
+    pub parts_min_bytes: Option<usize>,
 }
 
 /// Parameters bound to a prepared statement, kept for clients that re-use the original
@@ -120,6 +129,8 @@ pub struct QuiverFlightSql {
     locations: Arc<std::sync::Mutex<Vec<String>>>,
     /// Statements planned for a `FlightInfo`, for its `DoGet`.
     plans: PlanCache,
+    /// Clients' session options (their schema).
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for QuiverFlightSql {
@@ -147,6 +158,7 @@ impl QuiverFlightSql {
             running: RunningQueries::default(),
             bound: Arc::default(),
             locations: Arc::default(),
+            sessions: Sessions::default(),
         }
     }
 
@@ -337,10 +349,11 @@ impl QuiverFlightSql {
         &self,
         principal: &Principal,
         sql: &str,
+        schema: Option<&str>,
         deadline: tokio::time::Instant,
     ) -> Result<Planned, Status> {
-        let result = match tokio::time::timeout_at(deadline, self.engine.plan(principal, sql)).await
-        {
+        let planning = self.engine.plan(principal, sql, schema);
+        let result = match tokio::time::timeout_at(deadline, planning).await {
             Ok(planned) => planned.map_err(to_status),
             Err(_) => Err(timed_out(self.options.query_timeout)),
         };
@@ -355,9 +368,84 @@ impl QuiverFlightSql {
 
     /// Plans `sql` holding one of the user's slots, within a deadline from now (for calls
     /// that only plan: `GetFlightInfo`, prepare, bind).
-    async fn plan_now(&self, principal: &Principal, sql: &str) -> Result<Planned, Status> {
+    async fn plan_now(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        schema: Option<&str>,
+    ) -> Result<Planned, Status> {
         let _slot = self.slot(principal, sql, None).await?;
-        self.plan(principal, sql, self.deadline()).await
+        self.plan(principal, sql, schema, self.deadline()).await
+    }
+
+    /// `SetSessionOptions`: `catalog` must be Quiver's; `schema` one the caller can see
+    /// (a schema it cannot see is refused exactly like one that does not exist). Each
+    /// refused option is named in the result; the others are kept.
+    async fn set_session_options(
+        &self,
+        principal: &Principal,
+        caller: &Caller,
+        body: &[u8],
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let request = session::SetSessionOptionsRequest::decode(body)
+            .map_err(|_| Status::invalid_argument("malformed SetSessionOptionsRequest"))?;
+        let visible: std::collections::BTreeSet<String> = self
+            .engine
+            .visible_tables(principal)
+            .await
+            .map_err(to_status)?
+            .iter()
+            .map(|t| t.entry.name.schema().to_string())
+            .chain(principal.is_admin().then(|| "system".to_string()))
+            .collect();
+        let mut errors = std::collections::HashMap::new();
+        let mut schema = None;
+        for (name, value) in request.session_options {
+            let text = match value.option_value {
+                Some(session::Value::StringValue(text)) => Some(text),
+                None => None,
+                Some(_) => {
+                    errors.insert(name, session::ErrorValue::InvalidValue);
+                    continue;
+                }
+            };
+            match name.as_str() {
+                "catalog" if text.as_deref().is_none_or(|c| c == CATALOG_NAME) => {}
+                "schema" if text.as_ref().is_none_or(|s| visible.contains(s)) => {
+                    schema = Some(text);
+                }
+                "catalog" | "schema" => {
+                    errors.insert(name, session::ErrorValue::InvalidValue);
+                }
+                _ => {
+                    errors.insert(name, session::ErrorValue::InvalidName);
+                }
+            }
+        }
+        let id = self.sessions.update(caller, principal.email(), |options| {
+            if let Some(schema) = schema {
+                options.schema = schema;
+            }
+        });
+        let result = session::SetSessionOptionsResult {
+            errors: errors
+                .into_iter()
+                .map(|(name, value)| {
+                    let error = session::SetSessionOptionsError {
+                        value: value as i32,
+                    };
+                    (name, error)
+                })
+                .collect(),
+        };
+        Ok(action_result(result.encode_to_vec(), Some(&id)))
+    }
+
+    /// The schema `request`'s session looks unqualified names up in, if it chose one.
+    fn session_schema<T>(&self, request: &Request<T>, principal: &Principal) -> Option<String> {
+        self.sessions
+            .options(&Caller::of(request), principal.email())
+            .schema
     }
 
     /// Logs and audits a statement that did not run.
@@ -384,10 +472,12 @@ impl QuiverFlightSql {
         &self,
         principal: &Principal,
         sql: String,
+        db_schema: Option<String>,
         params: Option<Vec<u8>>,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
-        let planned = self.plan_now(principal, &sql).await?;
+        let planned = self.plan_now(principal, &sql, db_schema.as_deref()).await?;
+        let planned = typed(planned, params.as_deref())?;
         let schema = planned.plan.schema().as_arrow().clone();
         let layout = match self.split_bytes() {
             Some(min_bytes) if params.is_none() => {
@@ -408,6 +498,7 @@ impl QuiverFlightSql {
                 query_id,
                 user: principal.email().to_string(),
                 sql,
+                schema: db_schema,
                 params,
                 exp,
                 part: None,
@@ -417,6 +508,7 @@ impl QuiverFlightSql {
                     query_id: format!("{query_id}.{index}"),
                     user: principal.email().to_string(),
                     sql: sql.clone(),
+                    schema: db_schema.clone(),
                     params: None,
                     exp,
                     part: Some((index, layout.clone())),
@@ -428,7 +520,8 @@ impl QuiverFlightSql {
             .map_err(|e| internal(&e))?
             .with_descriptor(descriptor)
             .with_total_records(-1)
-            .with_total_bytes(-1);
+            .with_total_bytes(-1)
+            .with_ordered(is_ordered(&planned.plan));
         let locations = self.locations();
         for (index, ticket) in tickets.iter().enumerate() {
             self.plans.keep(&ticket.query_id, principal, &planned);
@@ -458,16 +551,13 @@ impl QuiverFlightSql {
         Ok(info)
     }
 
-    /// Bytes a scan must read to be fetched in parts from several replicas: the
-    /// cluster's `query.distributed_threshold`, when this replica spreads statements.
-    /// Never with `query.max_result_rows` or `max_result_bytes`, which each part would
-    /// count on its own.
+    /// Bytes a scan must read to be fetched in parts. Never with `query.max_result_rows`
+    /// or `max_result_bytes`, which each part would count on its own.
     fn split_bytes(&self) -> Option<usize> {
         if self.options.max_result_rows.is_some() || self.options.max_result_bytes.is_some() {
             return None;
         }
-        self.options.replica.advertise.as_ref()?;
-        self.engine.distribution()?.threshold()
+        self.options.parts_min_bytes
     }
 
     /// A `FlightInfo` for a metadata command: the ticket is the command itself.
@@ -510,12 +600,14 @@ impl QuiverFlightSql {
             .await?;
         let planned = match self.plans.take(&ticket.query_id, principal) {
             Some(planned) if self.engine.is_current(&planned) => planned,
-            _ => self.plan(principal, &ticket.sql, deadline).await?,
+            _ => {
+                let planned = self
+                    .plan(principal, &ticket.sql, ticket.schema.as_deref(), deadline)
+                    .await?;
+                typed(planned, ticket.params.as_deref())?
+            }
         };
-        let Planned {
-            ctx, plan, tables, ..
-        } = planned.clone();
-        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let schema: SchemaRef = Arc::new(planned.plan.schema().as_arrow().clone());
         let log = QueryLog::new(
             ticket.query_id.clone(),
             principal.email().to_string(),
@@ -523,10 +615,10 @@ impl QuiverFlightSql {
             self.running.clone(),
             Some(self.engine.state().clone()),
         );
-        log.set_tables(tables);
+        log.set_tables(planned.tables.clone());
         log.hold(slot);
         let param_rows = match &ticket.params {
-            Some(ipc) => parameter_rows(&plan, ipc).inspect_err(|status| {
+            Some(ipc) => parameter_rows(&planned.plan, ipc).inspect_err(|status| {
                 log.set_outcome(format!("refused: {}", status.message()));
             })?,
             None => vec![Vec::new()],
@@ -543,7 +635,7 @@ impl QuiverFlightSql {
         let first = async {
             match &ticket.part {
                 Some((index, layout)) => self.engine.execute_part(&planned, layout, *index).await,
-                None => self.engine.execute(&ctx, plan.clone(), params).await,
+                None => self.engine.execute(&planned, params).await,
             }
         };
         let first = match tokio::time::timeout_at(deadline, first).await {
@@ -554,8 +646,8 @@ impl QuiverFlightSql {
         let engine = self.engine.clone();
         let rest = stream::iter(param_rows)
             .then(move |params| {
-                let (engine, ctx, plan) = (engine.clone(), ctx.clone(), plan.clone());
-                async move { engine.execute(&ctx, plan, params).await.map_err(to_status) }
+                let (engine, planned) = (engine.clone(), planned.clone());
+                async move { engine.execute(&planned, params).await.map_err(to_status) }
             })
             .map_ok(|s| s.map_err(|e| datafusion_status(&e)))
             .try_flatten();
@@ -569,8 +661,16 @@ impl QuiverFlightSql {
         );
         let bytes_log = log;
         let max_bytes = self.options.max_result_bytes;
+        let ipc = IpcWriteOptions::default()
+            .try_with_compression(match self.options.compression {
+                Compression::None => None,
+                Compression::Lz4 => Some(CompressionType::LZ4_FRAME),
+                Compression::Zstd => Some(CompressionType::ZSTD),
+            })
+            .map_err(|e| internal(&e))?;
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
+            .with_options(ipc)
             .with_max_flight_data_size(self.options.max_message_size)
             .build(guarded.map_err(|status| FlightError::Tonic(Box::new(status))))
             .map(move |item| match item {
@@ -675,6 +775,54 @@ impl QuiverFlightSql {
         Ok(prepared)
     }
 
+    /// The parameters bound to `prepared`: in its handle, or kept here for clients that
+    /// go on using the handle they had before binding.
+    fn prepared_params(&self, prepared: &PreparedHandle) -> Option<Vec<u8>> {
+        prepared.params.clone().or_else(|| {
+            let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+            let kept = bound.get_mut(&prepared.id)?;
+            kept.used = std::time::Instant::now();
+            (!kept.ipc.is_empty()).then(|| kept.ipc.clone())
+        })
+    }
+
+    /// `GetSchema`: the schema of a statement's or prepared statement's result, planned
+    /// but not run; for metadata commands, the schema their `FlightInfo` names.
+    pub(crate) async fn result_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let principal = self.principal(&request).await?;
+        let command = Any::decode(&*request.get_ref().cmd)
+            .ok()
+            .and_then(|any| Command::try_from(any).ok())
+            .ok_or_else(|| Status::invalid_argument("GetSchema needs a Flight SQL command"))?;
+        let planned = match command {
+            Command::CommandStatementQuery(query) => {
+                let schema = self.session_schema(&request, &principal);
+                self.plan_now(&principal, &query.query, schema.as_deref())
+                    .await?
+            }
+            Command::CommandPreparedStatementQuery(cmd) => {
+                let prepared = self.open_prepared(&principal, &cmd.prepared_statement_handle)?;
+                let params = self.prepared_params(&prepared);
+                let planned = self
+                    .plan_now(&principal, &prepared.sql, prepared.schema.as_deref())
+                    .await?;
+                typed(planned, params.as_deref())?
+            }
+            _ => {
+                let info = FlightService::get_flight_info(self, request).await?;
+                let schema = info.into_inner().schema;
+                return Ok(Response::new(SchemaResult { schema }));
+            }
+        };
+        let schema = planned.plan.schema().as_arrow().clone();
+        let result = SchemaResult::try_from(SchemaAsIpc::new(&schema, &IpcWriteOptions::default()))
+            .map_err(|e| internal(&e))?;
+        Ok(Response::new(result))
+    }
+
     /// Cancels the queries of `info` that `principal` may cancel (its own; an admin's:
     /// anyone's): at once when they run here, else by asking the replica streaming them
     /// (which notices within [`CLUSTER_POLL`]).
@@ -724,6 +872,23 @@ impl QuiverFlightSql {
 
 /// Splits bound parameters (an Arrow IPC stream) into rows of scalars, cast to the types
 /// the plan expects where it knows them.
+/// `planned` with its untyped placeholders typed as the values bound to them (`params`,
+/// an Arrow IPC stream), so its schema is the schema of its rows.
+fn typed(planned: Planned, params: Option<&[u8]>) -> Result<Planned, Status> {
+    let Some(ipc) = params else {
+        return Ok(planned);
+    };
+    let reader = StreamReader::try_new(ipc, None)
+        .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
+    let types: Vec<DataType> = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    planned.with_parameter_types(&types).map_err(to_status)
+}
+
 fn parameter_rows(plan: &LogicalPlan, ipc: &[u8]) -> Result<Vec<Vec<ScalarValue>>, Status> {
     let expected = parameter_types(plan).map_err(to_status)?;
     let reader = StreamReader::try_new(ipc, None)
@@ -779,6 +944,34 @@ fn scalar_at(
             value.data_type()
         ))
     })
+}
+
+/// Whether `plan`'s rows come in a defined order (`ORDER BY` at the top, under projections
+/// and limits), which `FlightInfo.ordered` tells clients to keep across endpoints.
+fn is_ordered(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Sort(_) => true,
+        LogicalPlan::Projection(_) | LogicalPlan::Limit(_) | LogicalPlan::SubqueryAlias(_) => {
+            plan.inputs().first().is_some_and(|input| is_ordered(input))
+        }
+        _ => false,
+    }
+}
+
+/// One action result, with the session cookie when there is one to set.
+fn action_result(
+    body: Vec<u8>,
+    session: Option<&str>,
+) -> Response<BoxStream<arrow_flight::Result>> {
+    let result = arrow_flight::Result { body: body.into() };
+    let mut response: Response<BoxStream<arrow_flight::Result>> =
+        Response::new(Box::pin(stream::iter([Ok::<_, Status>(result)])));
+    if let Some(id) = session
+        && let Ok(cookie) = format!("{}={id}", sessions::COOKIE).parse()
+    {
+        response.metadata_mut().insert("set-cookie", cookie);
+    }
+    response
 }
 
 /// Encodes a schema as the IPC message Flight SQL carries in prepared-statement results.
@@ -892,8 +1085,9 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let principal = self.principal(&request).await?;
+        let schema = self.session_schema(&request, &principal);
         let info = self
-            .query_info(&principal, query.query, None, request.into_inner())
+            .query_info(&principal, query.query, schema, None, request.into_inner())
             .await?;
         Ok(Response::new(info))
     }
@@ -939,7 +1133,11 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let principal = self.principal(&request).await?;
-        let plan = self.plan_now(&principal, &query.query).await?.plan;
+        let schema = self.session_schema(&request, &principal);
+        let plan = self
+            .plan_now(&principal, &query.query, schema.as_deref())
+            .await?
+            .plan;
         let dataset = plan.schema().as_arrow().clone();
         let parameters = Schema::new(
             parameter_types(&plan)
@@ -953,6 +1151,7 @@ impl FlightSqlService for QuiverFlightSql {
             id: uuid::Uuid::new_v4().to_string(),
             user: principal.email().to_string(),
             sql: query.query,
+            schema,
             params: None,
         };
         Ok(ActionCreatePreparedStatementResult {
@@ -972,7 +1171,10 @@ impl FlightSqlService for QuiverFlightSql {
         let mut prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
         let ipc = self.read_parameters(request.into_inner()).await?;
         // Check now, so a bad binding fails at bind time rather than at execution.
-        let plan = self.plan_now(&principal, &prepared.sql).await?.plan;
+        let plan = self
+            .plan_now(&principal, &prepared.sql, prepared.schema.as_deref())
+            .await?
+            .plan;
         if !ipc.is_empty() {
             parameter_rows(&plan, &ipc)?;
         }
@@ -991,14 +1193,15 @@ impl FlightSqlService for QuiverFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let principal = self.principal(&request).await?;
         let prepared = self.open_prepared(&principal, &cmd.prepared_statement_handle)?;
-        let params = prepared.params.or_else(|| {
-            let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
-            let kept = bound.get_mut(&prepared.id)?;
-            kept.used = std::time::Instant::now();
-            (!kept.ipc.is_empty()).then(|| kept.ipc.clone())
-        });
+        let params = self.prepared_params(&prepared);
         let info = self
-            .query_info(&principal, prepared.sql, params, request.into_inner())
+            .query_info(
+                &principal,
+                prepared.sql,
+                prepared.schema,
+                params,
+                request.into_inner(),
+            )
             .await?;
         Ok(Response::new(info))
     }
@@ -1132,6 +1335,17 @@ impl FlightSqlService for QuiverFlightSql {
                     .table_schema(&principal, &table.name)
                     .await
                     .map_err(to_status)?
+                    .map(|schema| {
+                        let (db_schema, name) = (table.name.schema(), table.name.table());
+                        Arc::new(Schema::new_with_metadata(
+                            schema
+                                .fields()
+                                .iter()
+                                .map(|f| metadata::described(f, CATALOG_NAME, db_schema, name))
+                                .collect::<Vec<_>>(),
+                            schema.metadata().clone(),
+                        ))
+                    })
             } else {
                 None
             };
@@ -1305,10 +1519,24 @@ impl FlightSqlService for QuiverFlightSql {
     }
 
     async fn list_custom_actions(&self) -> Option<Vec<Result<ActionType, Status>>> {
-        Some(vec![Ok(ActionType {
-            r#type: CANCEL_FLIGHT_INFO.into(),
-            description: "Cancel a running query, given its FlightInfo".into(),
-        })])
+        let action = |kind: &str, description: &str| {
+            Ok(ActionType {
+                r#type: kind.into(),
+                description: description.into(),
+            })
+        };
+        Some(vec![
+            action(
+                CANCEL_FLIGHT_INFO,
+                "Cancel a running query, given its FlightInfo",
+            ),
+            action(
+                sessions::SET_SESSION_OPTIONS,
+                "Set session options: `catalog` (quiver) and `schema` (for unqualified table names)",
+            ),
+            action(sessions::GET_SESSION_OPTIONS, "The session's options"),
+            action(sessions::CLOSE_SESSION, "Forget the session's options"),
+        ])
     }
 
     async fn do_action_fallback(
@@ -1316,12 +1544,41 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
         let principal = self.principal(&request).await?;
+        let caller = Caller::of(&request);
         let action = request.into_inner();
-        if action.r#type != CANCEL_FLIGHT_INFO {
-            return Err(Status::unimplemented(format!(
-                "action `{}` is not supported",
-                action.r#type
-            )));
+        match action.r#type.as_str() {
+            CANCEL_FLIGHT_INFO => {}
+            sessions::SET_SESSION_OPTIONS => {
+                return self
+                    .set_session_options(&principal, &caller, &action.body)
+                    .await;
+            }
+            sessions::GET_SESSION_OPTIONS => {
+                let options = self.sessions.options(&caller, principal.email());
+                let mut result = session::GetSessionOptionsResult::default();
+                let text = |s: String| session::SessionOptionValue {
+                    option_value: Some(session::Value::StringValue(s)),
+                };
+                result
+                    .session_options
+                    .insert("catalog".into(), text(CATALOG_NAME.into()));
+                if let Some(schema) = options.schema {
+                    result.session_options.insert("schema".into(), text(schema));
+                }
+                return Ok(action_result(result.encode_to_vec(), None));
+            }
+            sessions::CLOSE_SESSION => {
+                self.sessions.close(&caller, principal.email());
+                let result = session::CloseSessionResult {
+                    status: session::CloseStatus::Closed as i32,
+                };
+                return Ok(action_result(result.encode_to_vec(), None));
+            }
+            other => {
+                return Err(Status::unimplemented(format!(
+                    "action `{other}` is not supported"
+                )));
+            }
         }
         let cancel = CancelFlightInfoRequest::decode(&*action.body)
             .map_err(|_| Status::invalid_argument("malformed CancelFlightInfoRequest"))?;
@@ -1333,10 +1590,7 @@ impl FlightSqlService for QuiverFlightSql {
             status: status as i32,
         }
         .encode_to_vec();
-        let result = arrow_flight::Result { body: body.into() };
-        Ok(Response::new(Box::pin(stream::iter([Ok::<_, Status>(
-            result,
-        )]))))
+        Ok(action_result(body, None))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -22,6 +22,9 @@ pub struct QueryTicket {
     pub user: String,
     /// The SQL text.
     pub sql: String,
+    /// The session's schema, for unqualified table names (`None`: the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Bound parameters as an Arrow IPC stream (one execution per row), if any.
     #[serde(default, with = "b64_opt")]
     pub params: Option<Vec<u8>>,
@@ -41,6 +44,9 @@ pub struct PreparedHandle {
     pub user: String,
     /// The SQL text.
     pub sql: String,
+    /// The session's schema when it was prepared, for unqualified table names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Bound parameters as an Arrow IPC stream, once bound.
     #[serde(default, with = "b64_opt")]
     pub params: Option<Vec<u8>>,
@@ -121,6 +127,7 @@ mod tests {
             query_id: "q1".into(),
             user: "ada@example.com".into(),
             sql: "SELECT 1".into(),
+            schema: Some("tpch".into()),
             params: Some(vec![1, 2, 3]),
             exp: 42,
             part: None,

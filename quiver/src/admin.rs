@@ -204,6 +204,7 @@ pub fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
                     query_threads: 1,
                     distribution: None,
                     acceleration_memory: 0,
+                    results_cache_memory: 0,
                 },
             )?;
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -111,6 +111,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
             query_timeout: config.query.timeout,
             ticket_lifetime: config.auth.ticket_lifetime,
             max_message_size: config.query.max_message_size.as_u64() as usize,
+            compression: config.query.compression,
             max_concurrent_per_user: config.query.max_concurrent_per_user,
             max_result_rows: config.query.max_result_rows,
             max_result_bytes: config.query.max_result_bytes.map(|b| b.as_u64()),
@@ -118,6 +119,9 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
             max_prepared_per_user: config.query.max_prepared_per_user,
             prepared_idle: config.query.prepared_statement_idle,
             replica: replica.clone(),
+            // Large plain scans come in parts unless statements stay where they arrive.
+            parts_min_bytes: (config.query.distributed == Distributed::Auto)
+                .then_some(config.query.distributed_threshold.as_u64() as usize),
         },
         auth.clone(),
     );
@@ -279,6 +283,7 @@ pub fn open_engine(
             query_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             distribution,
             acceleration_memory: config.query.acceleration_memory.as_u64() as usize,
+            results_cache_memory: config.query.results_cache_memory.as_u64() as usize,
         },
     )?))
 }

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login, signing_key
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login, metric, signing_key
 
 PASSWORD = "correct horse battery"
 # The policies under test, in one place: the grant matrix compares against these.
@@ -246,6 +246,11 @@ def test_hidden_columns_and_ungranted_tables_do_not_exist(alice):
     missing = error_of(alice, "SELECT * FROM tpch.no_such_table")
     assert ungranted.replace("orders", "X") == missing.replace("no_such_table", "X")
     assert "not found" in ungranted
+    # Both are NOT_FOUND, which drivers report as "table not found".
+    for sql in ["SELECT * FROM tpch.orders", "SELECT * FROM tpch.no_such_table"]:
+        with pytest.raises(adbc_driver_manager.Error) as refused:
+            query(alice, sql)
+        assert refused.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND, refused.value
     cols = query(alice, "SELECT column_name FROM information_schema.columns WHERE table_name = 'customer'")
     assert "c_address" not in cols.column(0).to_pylist() and "c_phone" in cols.column(0).to_pylist()
     tables = query(alice, "SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema <> 'information_schema'")
@@ -448,6 +453,78 @@ def test_a_grant_changed_between_planning_and_fetching_holds_at_the_fetch(server
         client.do_get(planned.endpoints[0].ticket, options).read_all()
     with pytest.raises((flight.FlightError, pa.ArrowInvalid), match="not found"):
         client.do_get(unchanged.endpoints[0].ticket, options).read_all()
+
+
+def test_the_results_cache_never_crosses_principals_or_grants(server, world, admin_token, admin):
+    """Identical statements share a kept result only between callers whose policies are the
+    same: another group's filter, a changed grant or a filter on `current_user()` each get
+    their own rows."""
+    hits = lambda: metric(server, 'quiver_results_cache_total{outcome="hit"}')  # noqa: E731
+    sql = "SELECT c_custkey, c_nationkey, c_phone FROM tpch.customer ORDER BY c_custkey"
+    nations = lambda t: set(t.column("c_nationkey").to_pylist())  # noqa: E731
+    # (Any change to users, groups or grants forgets every kept result: set up first.)
+    erin = unique("erin")
+    assert api(server, "POST", "/api/admin/users", admin_token, {"email": erin, "password": PASSWORD})[0] == 201
+    assert api(server, "POST", f"/api/admin/groups/{world['groups']['sales']}/members", admin_token,
+               {"email": erin})[0] == 204
+
+    before = hits()
+    with as_user(server, world, "alice") as alice:
+        first, again = query(alice, sql), query(alice, sql)
+    assert first == again and nations(first) == set(SALES_NATIONS)
+    assert set(first.column("c_phone").to_pylist()) == {"***"}
+    assert hits() == before + 1
+
+    # carol is in sales and support: another policy, other rows, no hit.
+    with as_user(server, world, "carol") as carol:
+        carols = query(carol, sql)
+    assert nations(carols) == set(SALES_NATIONS) | {SUPPORT_NATION}
+    assert hits() == before + 1
+    # The admin sees every row, unmasked, not what alice was served.
+    everything = query(admin, sql)
+    assert everything.num_rows > first.num_rows and "***" not in everything.column("c_phone").to_pylist()
+    assert hits() == before + 1
+
+    # Another member of sales is under the same policy: alice's result serves her.
+    with connect(server, erin, PASSWORD) as conn:
+        assert query(conn, sql) == first
+    assert hits() == before + 2
+
+    # A grant changed between two identical statements: the second sees the new grant.
+    email, group, grant = user_granted(server, admin_token, "heidi", "tpch.region")
+    regions = "SELECT r_name FROM tpch.region ORDER BY r_name"
+    with connect(server, email, PASSWORD) as heidi:
+        assert query(heidi, regions).num_rows == 5
+        assert api(server, "DELETE", f"/api/admin/grants/{grant['id']}", admin_token)[0] == 204
+        assert api(server, "POST", "/api/admin/grants", admin_token,
+                   {"group": group, "table": "tpch.region", "row_filter": "r_name = 'ASIA'"})[0] == 201
+        assert query(heidi, regions).column("r_name").to_pylist() == ["ASIA"]
+
+    # The regional filter compares with current_user(): same group, same statement, each
+    # user their own region.
+    europe = "europe@example.com"
+    if api(server, "POST", "/api/admin/users", admin_token, {"email": europe, "password": PASSWORD})[0] == 201:
+        assert api(server, "POST", f"/api/admin/groups/{world['groups']['regional']}/members", admin_token,
+                   {"email": europe})[0] == 204
+    with as_user(server, world, "asia") as asia, connect(server, europe, PASSWORD) as eu:
+        for _ in range(2):
+            assert query(asia, regions).column("r_name").to_pylist() == ["ASIA"]
+            assert query(eu, regions).column("r_name").to_pylist() == ["EUROPE"]
+
+
+def test_a_schema_a_user_cannot_see_cannot_be_chosen_for_the_session(server, world):
+    """Choosing a session schema reveals nothing: one the user has no table in is refused
+    exactly like one that does not exist."""
+    def refusal(conn, schema):
+        with pytest.raises(adbc_driver_manager.Error) as refused:
+            conn.adbc_current_db_schema = schema
+        return str(refused.value).replace(schema, "<schema>")
+
+    with as_user(server, world, "dave") as dave, as_user(server, world, "alice") as alice:
+        assert refusal(dave, "tpch") == refusal(dave, "nosuchschema")
+        alice.adbc_current_db_schema = "tpch"
+        assert scalar(alice, "SELECT count(*) FROM nation") == 25
+        assert "not found" in error_of(alice, "SELECT count(*) FROM region")
 
 
 def test_tickets_are_bound_to_the_user_who_asked(server, world):

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, metric
 
 TPCH_TABLES = ["customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier"]
 # A query that runs for a long time on any machine.
@@ -150,6 +150,84 @@ def test_no_view_types_reach_any_client(server, conn):
     client.close()
 
 
+@pytest.mark.parametrize("cookies", ["false", "true"])
+def test_session_options_choose_the_schema_of_unqualified_names(server, cookies):
+    """ADBC's current catalog and schema are Flight SQL session options: the session is
+    found by its cookie when the client keeps cookies, else by the bearer credential; an
+    unknown option or a schema that does not exist is refused and changes nothing; each
+    connection has its own session."""
+    kwargs = {"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD,
+              "adbc.flight.sql.rpc.with_cookie_middleware": cookies}
+    with flight_sql.connect(server.uri, db_kwargs=kwargs, autocommit=True) as conn, \
+            flight_sql.connect(server.uri, db_kwargs=kwargs, autocommit=True) as other:
+        assert conn.adbc_current_catalog == "quiver"
+        conn.adbc_current_db_schema = "tpch"
+        assert conn.adbc_current_db_schema == "tpch"
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) AS n FROM nation")
+            assert cur.fetch_arrow_table().column("n").to_pylist() == [25]
+            cur.execute("SELECT n_name FROM nation JOIN tpch.region ON n_regionkey = r_regionkey "
+                        "WHERE n_nationkey = ?", parameters=(1,))
+            assert cur.fetch_arrow_table().column("n_name").to_pylist() == ["ARGENTINA"]
+        for bad in [lambda: setattr(conn, "adbc_current_db_schema", "nope"),
+                    lambda: setattr(conn, "adbc_current_catalog", "elsewhere"),
+                    lambda: conn.adbc_connection.set_options(**{"adbc.flight.sql.session.option.colour": "red"})]:
+            with pytest.raises(adbc_driver_manager.Error):
+                bad()
+        assert conn.adbc_current_db_schema == "tpch"
+        with other.cursor() as cur, pytest.raises(adbc_driver_manager.Error, match="not found"):
+            cur.execute("SELECT count(*) FROM nation")
+        # Back to no schema: unqualified names are not found again.
+        conn.adbc_connection.set_options(**{"adbc.flight.sql.session.optionerase.schema": ""})
+        with conn.cursor() as cur, pytest.raises(adbc_driver_manager.Error, match="not found"):
+            cur.execute("SELECT count(*) FROM nation")
+
+
+def test_untyped_parameters_take_the_type_of_their_values(conn):
+    """`SELECT ?` has no type until a value is bound: the result has the value's type. A
+    value of the wrong type for a typed parameter is refused at bind time, naming it."""
+    with conn.cursor() as cur:
+        for sql, value, arrow_type in [("SELECT ? AS a", 42, pa.int64()), ("SELECT $1 AS a", "x", pa.string()),
+                                       ("SELECT ? AS a", 1.5, pa.float64()), ("SELECT ? AS a", True, pa.bool_())]:
+            cur.execute(sql, parameters=(value,))
+            table = cur.fetch_arrow_table()
+            assert table.schema.field("a").type == arrow_type and table.column("a").to_pylist() == [value]
+        cur.execute("SELECT n_name, ? AS tag FROM tpch.nation WHERE n_nationkey = ?", parameters=("t", 1))
+        assert cur.fetch_arrow_table().to_pylist() == [{"n_name": "ARGENTINA", "tag": "t"}]
+        with pytest.raises(adbc_driver_manager.Error, match=r"parameter \$1") as refused:
+            cur.execute("SELECT n_name FROM tpch.nation WHERE n_nationkey = ?", parameters=("one",))
+        assert "INVALID_ARGUMENT" in str(refused.value) or "Invalid" in str(refused.value)
+
+
+def test_execute_schema_plans_without_running(conn):
+    """ADBC's `execute_schema` (Flight `GetSchema`) answers a statement's result schema
+    without running it: a statement that would fail on its first row still has one."""
+    failing = "SELECT o_orderkey, CAST(o_comment AS INT) AS n FROM tpch.orders"
+    with conn.cursor() as cur:
+        schema = cur.adbc_execute_schema(failing)
+        assert schema.names == ["o_orderkey", "n"] and schema.field("n").type == pa.int32()
+        with pytest.raises(adbc_driver_manager.Error):
+            cur.execute(failing)
+            cur.fetch_arrow_table()
+        assert cur.adbc_execute_schema("SELECT n_name FROM tpch.nation").field("n_name").type == pa.string()
+        with pytest.raises(adbc_driver_manager.Error, match="not found"):
+            cur.adbc_execute_schema("SELECT * FROM tpch.nope")
+
+
+def test_get_objects_columns_carry_their_sql_types(conn):
+    """`adbc_get_objects(depth="columns")` fills the xdbc fields from the column metadata
+    of `GetTables(include_schema)`: SQL type name, size, decimal digits, nullability."""
+    objects = conn.adbc_get_objects(depth="columns", db_schema_filter="tpch", table_name_filter="orders")
+    columns = {c["column_name"]: c for cat in objects.read_all().to_pylist() for sch in cat["catalog_db_schemas"]
+               for t in sch["db_schema_tables"] for c in t["table_columns"]}
+    assert [c["ordinal_position"] for c in columns.values()] == list(range(1, len(columns) + 1))
+    key, price, date, comment = (columns[n] for n in ["o_orderkey", "o_totalprice", "o_orderdate", "o_comment"])
+    assert (key["xdbc_type_name"], key["xdbc_column_size"], key["xdbc_decimal_digits"]) == ("BIGINT", 19, 0)
+    assert (price["xdbc_type_name"], price["xdbc_column_size"], price["xdbc_decimal_digits"]) == ("DECIMAL", 15, 2)
+    assert date["xdbc_type_name"] == "DATE" and comment["xdbc_type_name"] == "VARCHAR"
+    assert all(c["xdbc_nullable"] is not None for c in columns.values())
+
+
 def test_adbc_get_info_names_the_server(conn):
     info = conn.adbc_get_info()
     assert info["vendor_name"] == "Quiver"
@@ -191,6 +269,78 @@ def statement_command(sql: str) -> bytes:
     """A Flight SQL CommandStatementQuery wrapped in a protobuf Any."""
     type_url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
     return _field(1, type_url) + _field(2, _field(1, sql.encode()))
+
+
+def test_a_large_scan_comes_in_parts_that_add_up_to_the_whole():
+    """A plain scan reading more than `query.distributed_threshold` is several endpoints on a
+    single server too, fetched on the same connection; together they are exactly the rows
+    of the statement fetched whole, and ADBC reads them side by side. A sorted result is one
+    endpoint marked ordered."""
+    scan = "SELECT l_orderkey, l_linenumber, l_comment FROM tpch.lineitem WHERE l_quantity > 10"
+    key = lambda r: (r["l_orderkey"], r["l_linenumber"])  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"),
+                        config="query:\n  distributed_threshold: 256KiB\n")
+        try:
+            client = flight.FlightClient(server.uri)
+            options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)])
+
+            def info(sql):
+                return client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)), options)
+
+            parts = info(scan)
+            assert len(parts.endpoints) > 1 and not parts.ordered
+            assert all(list(e.locations) == [] for e in parts.endpoints), "parts are fetched on this connection"
+            fetched = [row for e in parts.endpoints for row in client.do_get(e.ticket, options).read_all().to_pylist()]
+
+            whole = info(scan + " ORDER BY l_orderkey, l_linenumber")
+            assert len(whole.endpoints) == 1 and whole.ordered
+            reference = client.do_get(whole.endpoints[0].ticket, options).read_all().to_pylist()
+            assert len(reference) > 0 and sorted(fetched, key=key) == reference
+            client.close()
+
+            with flight_sql.connect(server.uri, db_kwargs={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
+                                    autocommit=True) as conn, conn.cursor() as cur:
+                cur.execute(scan)
+                assert sorted(cur.fetch_arrow_table().to_pylist(), key=key) == reference
+        finally:
+            server.stop()
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_compressed_results_read_the_same_in_every_client(compression):
+    """`query.compression`: batches are compressed on the wire, fewer bytes are sent, and
+    ADBC and pyarrow.flight read exactly what an uncompressing server sends."""
+    sql = "SELECT * FROM tpch.orders ORDER BY o_orderkey"
+
+    def fetch(s):
+        client = flight.FlightClient(s.uri)
+        options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)])
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)), options)
+        table = client.do_get(info.endpoints[0].ticket, options).read_all()
+        client.close()
+        with flight_sql.connect(s.uri, db_kwargs={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
+                                autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            assert cur.fetch_arrow_table() == table
+        time.sleep(0.5)  # the byte counts are written as each query ends
+        return table, metric(s, "quiver_bytes_streamed_total")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        compressed = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"),
+                            config=f"query:\n  compression: {compression}\n  results_cache_memory: 0\n")
+        try:
+            table, sent = fetch(compressed)
+        finally:
+            compressed.stop()
+        plain = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"),
+                       config="query:\n  results_cache_memory: 0\n")
+        try:
+            reference, plain_sent = fetch(plain)
+        finally:
+            plain.stop()
+    assert table.num_rows == 15_000 and table == reference
+    assert sent < plain_sent * 0.8, (sent, plain_sent)
 
 
 def test_pyarrow_flight_with_basic_handshake(server):

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import (ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, on_terminal,
+from conftest import (ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, metric, on_terminal,
                       quiver_bin, quiver_env)
 
 
@@ -514,6 +514,50 @@ def test_a_table_held_in_memory_switches_versions_atomically_under_readers(workd
             time.sleep(0.1)
         assert server.log().count("table held in memory") >= 2, server.log()
         assert rows(server, statement).to_pylist() == [{"n": 50_000, "lo": 2, "hi": 2}]
+    finally:
+        server.stop()
+
+
+def test_a_repeated_statement_is_answered_from_memory_until_its_table_changes(workdir):
+    """The results cache: the same statement on the same table version is answered from
+    memory; a new version is read at once; a statement with `now()` or `random()` is never
+    kept; `query.results_cache_memory: 0` keeps nothing."""
+    src = workdir / "src"
+    src.mkdir()
+    csv = src / "t.csv"
+    csv.write_text("id,v\n1,10\n2,20\n")
+    config = yaml_tables([{"name": "cached.t", "connector": "files", "options": {"path": str(csv)}}])
+    statement = "SELECT sum(v) AS s FROM cached.t"
+    hits = 'quiver_results_cache_total{outcome="hit"}'
+    server = Server(["serve"], str(workdir / "data"), config=config)
+    try:
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert sync(server, token, "cached.t")["status"] == "succeeded"
+        assert rows(server, statement).to_pylist() == [{"s": 30}]
+        before = metric(server, hits)
+        assert rows(server, statement).to_pylist() == [{"s": 30}]
+        assert metric(server, hits) == before + 1
+
+        csv.write_text("id,v\n1,10\n2,20\n3,30\n")
+        assert sync(server, token, "cached.t")["status"] == "succeeded"
+        assert rows(server, statement).to_pylist() == [{"s": 60}]
+        assert metric(server, hits) == before + 1
+        assert rows(server, statement).to_pylist() == [{"s": 60}]
+        assert metric(server, hits) == before + 2
+
+        for changing in ["SELECT sum(v) AS s, now() AS at FROM cached.t",
+                         "SELECT sum(v) + random() AS s FROM cached.t"]:
+            first, second = rows(server, changing), rows(server, changing)
+            assert first.column("s") != second.column("s") or "now()" in changing
+        assert metric(server, hits) == before + 2
+    finally:
+        server.stop()
+
+    server = Server(["serve"], str(workdir / "data"), config=config + "query:\n  results_cache_memory: 0\n")
+    try:
+        for _ in range(2):
+            assert rows(server, statement).to_pylist() == [{"s": 60}]
+        assert metric(server, hits) == 0
     finally:
         server.stop()
 

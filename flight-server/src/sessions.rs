@@ -1,0 +1,312 @@
+//! Flight SQL sessions (`SetSessionOptions`, `GetSessionOptions`, `CloseSession`): options a
+//! client sets once for the statements that follow — the JDBC driver's `catalog` and
+//! `schema` connection properties, ADBC's current catalog and schema.
+//!
+//! A session is found by the `arrow_flight_session_id` cookie the server sets on each
+//! session call, or, for clients that keep no cookies (the ADBC driver by default), by the
+//! bearer credential its calls carry. It belongs to the user who opened it: another user's
+//! cookie finds nothing. Sessions unused for [`IDLE`] are forgotten, and at most
+//! [`CAPACITY`] are kept (the least recently used goes first).
+//!
+//! The messages are Flight's own (`Flight.proto`, Arrow 16), which this arrow-flight does not
+//! generate yet: they are declared here with the same field numbers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tonic::Request;
+
+/// The cookie naming a session (Flight spec).
+pub const COOKIE: &str = "arrow_flight_session_id";
+/// Action types (Flight spec).
+pub const SET_SESSION_OPTIONS: &str = "SetSessionOptions";
+pub const GET_SESSION_OPTIONS: &str = "GetSessionOptions";
+pub const CLOSE_SESSION: &str = "CloseSession";
+
+/// A session unused this long is forgotten.
+pub const IDLE: Duration = Duration::from_secs(24 * 3600);
+/// Sessions kept at most.
+pub const CAPACITY: usize = 100_000;
+
+/// What a session remembers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options {
+    /// Where unqualified table names are looked up.
+    pub schema: Option<String>,
+}
+
+struct Session {
+    user: String,
+    options: Options,
+    used: Instant,
+}
+
+/// The open sessions, by id, and the id each bearer credential's calls use.
+#[derive(Clone, Default)]
+pub struct Sessions {
+    inner: Arc<Mutex<Open>>,
+}
+
+#[derive(Default)]
+struct Open {
+    by_id: HashMap<String, Session>,
+    by_bearer: HashMap<[u8; 32], String>,
+}
+
+/// How a call names its session.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    cookie: Option<String>,
+    bearer: Option<[u8; 32]>,
+}
+
+impl Caller {
+    /// The session cookie and the bearer credential of `request`.
+    pub fn of<T>(request: &Request<T>) -> Self {
+        let cookie = request
+            .metadata()
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == COOKIE)
+            .map(|(_, value)| value.trim().to_string());
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .map(|v| Sha256::digest(v.as_bytes()).into());
+        Self { cookie, bearer }
+    }
+}
+
+impl Sessions {
+    /// The options of `caller`'s session, if `user` has one.
+    pub fn options(&self, caller: &Caller, user: &str) -> Options {
+        let mut open = self.lock();
+        match open.find(caller, user) {
+            Some(id) => {
+                let session = open.by_id.get_mut(&id).expect("found");
+                session.used = Instant::now();
+                session.options.clone()
+            }
+            None => Options::default(),
+        }
+    }
+
+    /// Changes the options of `caller`'s session (opening one for `user` if needed) with
+    /// `change`; returns the session's id, for the cookie.
+    pub fn update(&self, caller: &Caller, user: &str, change: impl FnOnce(&mut Options)) -> String {
+        let mut open = self.lock();
+        let id = match open.find(caller, user) {
+            Some(id) => id,
+            None => {
+                open.make_room();
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                open.by_id.insert(
+                    id.clone(),
+                    Session {
+                        user: user.to_string(),
+                        options: Options::default(),
+                        used: Instant::now(),
+                    },
+                );
+                id
+            }
+        };
+        if let Some(bearer) = caller.bearer {
+            open.by_bearer.insert(bearer, id.clone());
+        }
+        let session = open.by_id.get_mut(&id).expect("just found or made");
+        session.used = Instant::now();
+        change(&mut session.options);
+        id
+    }
+
+    /// Forgets `caller`'s session; whether there was one.
+    pub fn close(&self, caller: &Caller, user: &str) -> bool {
+        let mut open = self.lock();
+        let Some(id) = open.find(caller, user) else {
+            return false;
+        };
+        open.by_id.remove(&id);
+        open.by_bearer.retain(|_, v| *v != id);
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Open {
+    /// The id of `caller`'s live session owned by `user`: by cookie first, then by bearer.
+    fn find(&mut self, caller: &Caller, user: &str) -> Option<String> {
+        let live = |s: &Session| s.user == user && s.used.elapsed() < IDLE;
+        if let Some(id) = &caller.cookie
+            && self.by_id.get(id).is_some_and(live)
+        {
+            return Some(id.clone());
+        }
+        let id = self.by_bearer.get(caller.bearer.as_ref()?)?;
+        self.by_id.get(id).is_some_and(live).then(|| id.clone())
+    }
+
+    /// Forgets idle sessions, and the least recently used one while full.
+    fn make_room(&mut self) {
+        if self.by_id.len() < CAPACITY {
+            return;
+        }
+        self.by_id.retain(|_, s| s.used.elapsed() < IDLE);
+        while self.by_id.len() >= CAPACITY {
+            let Some(oldest) = self
+                .by_id
+                .iter()
+                .min_by_key(|(_, s)| s.used)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            self.by_id.remove(&oldest);
+        }
+        let by_id = &self.by_id;
+        self.by_bearer.retain(|_, id| by_id.contains_key(id));
+    }
+}
+
+/// `Flight.proto`'s session messages.
+pub mod proto {
+    use std::collections::HashMap;
+
+    /// `SessionOptionValue`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SessionOptionValue {
+        #[prost(oneof = "Value", tags = "1, 2, 3, 4, 5")]
+        pub option_value: Option<Value>,
+    }
+
+    /// `SessionOptionValue.option_value`.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Value {
+        #[prost(string, tag = "1")]
+        StringValue(String),
+        #[prost(bool, tag = "2")]
+        BoolValue(bool),
+        #[prost(sfixed64, tag = "3")]
+        Int64Value(i64),
+        #[prost(double, tag = "4")]
+        DoubleValue(f64),
+        #[prost(message, tag = "5")]
+        StringListValue(StringList),
+    }
+
+    /// `SessionOptionValue.StringListValue`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StringList {
+        #[prost(string, repeated, tag = "1")]
+        pub values: Vec<String>,
+    }
+
+    /// `SetSessionOptionsRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SetSessionOptionsRequest {
+        #[prost(map = "string, message", tag = "1")]
+        pub session_options: HashMap<String, SessionOptionValue>,
+    }
+
+    /// `SetSessionOptionsResult`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SetSessionOptionsResult {
+        #[prost(map = "string, message", tag = "1")]
+        pub errors: HashMap<String, SetSessionOptionsError>,
+    }
+
+    /// `SetSessionOptionsResult.Error`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SetSessionOptionsError {
+        #[prost(enumeration = "ErrorValue", tag = "1")]
+        pub value: i32,
+    }
+
+    /// `SetSessionOptionsResult.ErrorValue`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum ErrorValue {
+        Unspecified = 0,
+        InvalidName = 1,
+        InvalidValue = 2,
+        Error = 3,
+    }
+
+    /// `GetSessionOptionsResult`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct GetSessionOptionsResult {
+        #[prost(map = "string, message", tag = "1")]
+        pub session_options: HashMap<String, SessionOptionValue>,
+    }
+
+    /// `CloseSessionResult`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CloseSessionResult {
+        #[prost(enumeration = "CloseStatus", tag = "1")]
+        pub status: i32,
+    }
+
+    /// `CloseSessionResult.Status`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum CloseStatus {
+        Unspecified = 0,
+        Closed = 1,
+        Closing = 2,
+        NotCloseable = 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(cookie: Option<&str>, bearer: &str) -> Caller {
+        let mut request = Request::new(());
+        if let Some(c) = cookie {
+            request
+                .metadata_mut()
+                .insert("cookie", format!("other=1; {COOKIE}={c}").parse().unwrap());
+        }
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+        Caller::of(&request)
+    }
+
+    #[test]
+    fn a_session_is_found_by_cookie_or_bearer_and_only_by_its_user() {
+        let sessions = Sessions::default();
+        let id = sessions.update(&caller(None, "t1"), "ann", |o| {
+            o.schema = Some("tpch".into())
+        });
+        let tpch = Options {
+            schema: Some("tpch".into()),
+        };
+        assert_eq!(sessions.options(&caller(None, "t1"), "ann"), tpch);
+        assert_eq!(sessions.options(&caller(Some(&id), "t2"), "ann"), tpch);
+        // Another user presenting the cookie (or a bearer hash collision) finds nothing.
+        assert_eq!(
+            sessions.options(&caller(Some(&id), "t1"), "bob"),
+            Options::default()
+        );
+        assert_eq!(
+            sessions.options(&caller(None, "t3"), "ann"),
+            Options::default()
+        );
+        assert!(sessions.close(&caller(Some(&id), "t9"), "ann"));
+        assert_eq!(
+            sessions.options(&caller(None, "t1"), "ann"),
+            Options::default()
+        );
+        assert!(!sessions.close(&caller(None, "t1"), "ann"));
+    }
+}

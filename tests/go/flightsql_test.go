@@ -1,0 +1,112 @@
+// The Arrow Go Flight SQL database/sql driver (what Go-based dashboards use) against a
+// running Quiver: queries, parameters, column types and grants. Run by
+// tests/python/test_go.py, which starts the server and passes its DSNs in the environment.
+package quiver_test
+
+import (
+	"database/sql"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+
+	_ "github.com/apache/arrow-go/v18/arrow/flight/flightsql/driver"
+)
+
+func open(t *testing.T, env string) *sql.DB {
+	t.Helper()
+	dsn := os.Getenv(env)
+	if dsn == "" {
+		t.Fatalf("set %s (tests/python/test_go.py does)", env)
+	}
+	db, err := sql.Open("flightsql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func names(t *testing.T, rows *sql.Rows) []string {
+	t.Helper()
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, name)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestQueriesAndParameters(t *testing.T) {
+	db := open(t, "QUIVER_ADMIN_DSN")
+	var n int64
+	if err := db.QueryRow("SELECT count(*) FROM tpch.nation").Scan(&n); err != nil || n != 25 {
+		t.Fatalf("count: %d, %v", n, err)
+	}
+	rows, err := db.Query("SELECT n_name FROM tpch.nation WHERE n_regionkey = ? AND n_name < ? ORDER BY n_name", 1, "P")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(t, rows), []string{"ARGENTINA", "BRAZIL", "CANADA"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	stmt, err := db.Prepare("SELECT count(*) FROM tpch.nation WHERE n_regionkey = ?")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stmt.Close()
+	for region := int64(0); region < 5; region++ {
+		if err := stmt.QueryRow(region).Scan(&n); err != nil || n != 5 {
+			t.Fatalf("region %d: %d, %v", region, n, err)
+		}
+	}
+}
+
+func TestColumnTypes(t *testing.T) {
+	db := open(t, "QUIVER_ADMIN_DSN")
+	rows, err := db.Query("SELECT o_orderkey, o_totalprice, o_orderdate, o_comment FROM tpch.orders LIMIT 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	types, err := rows.ColumnTypes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range types {
+		got = append(got, c.Name()+" "+c.DatabaseTypeName())
+	}
+	want := []string{"o_orderkey int64", "o_totalprice decimal", "o_orderdate date32", "o_comment utf8"}
+	for i := range want {
+		if !strings.HasPrefix(strings.ToLower(got[i]), want[i]) {
+			t.Fatalf("column types %v, want %v", got, want)
+		}
+	}
+	if !rows.Next() {
+		t.Fatal("no row")
+	}
+}
+
+func TestAnalystSeesOnlyGrantedTables(t *testing.T) {
+	db := open(t, "QUIVER_ANALYST_DSN")
+	rows, err := db.Query("SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema <> 'information_schema'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, rows); !reflect.DeepEqual(got, []string{"tpch.nation"}) {
+		t.Fatalf("tables: %v", got)
+	}
+	var n int64
+	err = db.QueryRow("SELECT count(*) FROM tpch.orders").Scan(&n)
+	if err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("an ungranted table: %v", err)
+	}
+}

@@ -1,0 +1,226 @@
+package dev.quiver.jdbc;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.math.BigDecimal;
+import java.sql.Connection;
+import java.sql.DatabaseMetaData;
+import java.sql.DriverManager;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.ResultSetMetaData;
+import java.sql.SQLException;
+import java.sql.Statement;
+import java.sql.Types;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.Set;
+import java.util.TreeSet;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The Arrow Flight SQL JDBC driver against a running Quiver, called the way DBeaver,
+ * Tableau and IntelliJ call it. The server and its users come from system properties set
+ * by tests/python/test_jdbc.py.
+ */
+class JdbcDriverTest {
+  private static String property(String name) {
+    String value = System.getProperty(name);
+    if (value == null || value.isEmpty()) {
+      throw new IllegalStateException("set -D" + name + " (tests/python/test_jdbc.py does)");
+    }
+    return value;
+  }
+
+  private static final String HOST = property("quiver.host");
+  private static final String PORT = property("quiver.port");
+  private static final String ADMIN = property("quiver.admin.email");
+  private static final String ADMIN_PASSWORD = property("quiver.admin.password");
+  private static final String ANALYST = property("quiver.analyst.email");
+  private static final String ANALYST_PASSWORD = property("quiver.analyst.password");
+  private static final String ANALYST_PAT = property("quiver.analyst.pat");
+
+  private static String url(String extra) {
+    return "jdbc:arrow-flight-sql://" + HOST + ":" + PORT + "/?useEncryption=false" + extra;
+  }
+
+  private static Connection connect(String user, String password, String extra) throws SQLException {
+    Properties props = new Properties();
+    props.setProperty("user", user);
+    props.setProperty("password", password);
+    return DriverManager.getConnection(url(extra), props);
+  }
+
+  private static Connection admin() throws SQLException {
+    return connect(ADMIN, ADMIN_PASSWORD, "");
+  }
+
+  private static List<String> column(ResultSet rs, String name) throws SQLException {
+    List<String> values = new ArrayList<>();
+    while (rs.next()) {
+      values.add(rs.getString(name));
+    }
+    return values;
+  }
+
+  private static long scalar(Connection conn, String sql) throws SQLException {
+    try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery(sql)) {
+      assertTrue(rs.next(), sql);
+      return rs.getLong(1);
+    }
+  }
+
+  @Test
+  void selectOneProbeWorksWithPasswordPatAsPasswordAndToken() throws SQLException {
+    try (Connection conn = admin()) {
+      assertEquals(1, scalar(conn, "SELECT 1"));
+      assertTrue(conn.isValid(5));
+    }
+    try (Connection conn = connect(ANALYST, ANALYST_PAT, "")) {
+      assertEquals(25, scalar(conn, "SELECT count(*) FROM tpch.nation"));
+    }
+    try (Connection conn = DriverManager.getConnection(url("&token=" + ANALYST_PAT))) {
+      assertEquals(25, scalar(conn, "SELECT count(*) FROM tpch.nation"));
+    }
+    SQLException refused =
+        assertThrows(SQLException.class, () -> connect(ADMIN, "wrong password", "").createStatement()
+            .executeQuery("SELECT 1"));
+    assertFalse(refused.getMessage().contains("wrong password"), refused.getMessage());
+  }
+
+  @Test
+  void valuesArriveAsTheirJavaTypes() throws SQLException {
+    String sql = "SELECT CAST(42 AS BIGINT) AS big, TRUE AS flag, CAST(12.34 AS DECIMAL(10, 2)) AS amount, "
+        + "'text' AS word, DATE '2024-02-29' AS day, TIMESTAMP '2024-02-29 13:14:15' AS local_ts, "
+        + "arrow_cast(TIMESTAMP '2024-02-29 13:14:15', 'Timestamp(Microsecond, Some(\"UTC\"))') AS utc_ts, "
+        + "CAST(1.5 AS DOUBLE) AS ratio";
+    try (Connection conn = admin(); Statement st = conn.createStatement(); ResultSet rs = st.executeQuery(sql)) {
+      ResultSetMetaData md = rs.getMetaData();
+      Map<String, Integer> types = new HashMap<>();
+      for (int i = 1; i <= md.getColumnCount(); i++) {
+        types.put(md.getColumnLabel(i), md.getColumnType(i));
+      }
+      assertEquals(Types.BIGINT, types.get("big"));
+      assertEquals(Types.BOOLEAN, types.get("flag"));
+      assertEquals(Types.DECIMAL, types.get("amount"));
+      assertEquals(Types.VARCHAR, types.get("word"));
+      assertEquals(Types.DATE, types.get("day"));
+      assertEquals(Types.TIMESTAMP, types.get("local_ts"));
+      assertTrue(Set.of(Types.TIMESTAMP, Types.TIMESTAMP_WITH_TIMEZONE).contains(types.get("utc_ts")));
+      assertEquals(Types.DOUBLE, types.get("ratio"));
+
+      assertTrue(rs.next());
+      assertEquals(42L, rs.getObject("big"));
+      assertEquals(Boolean.TRUE, rs.getObject("flag"));
+      assertEquals(new BigDecimal("12.34"), rs.getBigDecimal("amount"));
+      assertEquals("text", rs.getString("word"));
+      assertEquals(java.sql.Date.valueOf("2024-02-29"), rs.getDate("day"));
+      assertEquals(java.sql.Timestamp.valueOf("2024-02-29 13:14:15"), rs.getTimestamp("local_ts"));
+      assertEquals(java.time.Instant.parse("2024-02-29T13:14:15Z"), rs.getTimestamp("utc_ts").toInstant());
+      assertEquals(1.5, rs.getDouble("ratio"));
+      assertFalse(rs.next());
+    }
+  }
+
+  @Test
+  void preparedStatementsBindParameters() throws SQLException {
+    try (Connection conn = admin();
+        PreparedStatement ps = conn.prepareStatement(
+            "SELECT n_name FROM tpch.nation WHERE n_regionkey = ? AND n_name LIKE ? ORDER BY n_name")) {
+      ps.setLong(1, 1);
+      ps.setString(2, "%A%");
+      try (ResultSet rs = ps.executeQuery()) {
+        assertEquals(List.of("ARGENTINA", "BRAZIL", "CANADA"), column(rs, "n_name"));
+      }
+      ps.setLong(1, 3);
+      ps.setString(2, "%");
+      try (ResultSet rs = ps.executeQuery()) {
+        assertEquals(5, column(rs, "n_name").size());
+      }
+    }
+  }
+
+  @Test
+  void aLargeResultIsFetchedWhole() throws SQLException {
+    try (Connection conn = admin()) {
+      long expected = scalar(conn, "SELECT count(*) FROM tpch.lineitem");
+      long rows = 0;
+      long sum = 0;
+      try (Statement st = conn.createStatement();
+          ResultSet rs = st.executeQuery("SELECT l_orderkey, l_comment FROM tpch.lineitem")) {
+        while (rs.next()) {
+          rows++;
+          sum += rs.getLong(1);
+        }
+      }
+      assertEquals(expected, rows);
+      assertEquals(scalar(conn, "SELECT sum(l_orderkey) FROM tpch.lineitem"), sum);
+    }
+  }
+
+  @Test
+  void databaseMetadataNamesWhatBrowsersShow() throws SQLException {
+    try (Connection conn = admin()) {
+      DatabaseMetaData md = conn.getMetaData();
+      assertEquals(List.of("quiver"), column(md.getCatalogs(), "TABLE_CAT"));
+      assertTrue(column(md.getSchemas(), "TABLE_SCHEM").contains("tpch"));
+      Set<String> tables = new TreeSet<>(column(md.getTables(null, "tpch", "%", new String[] {"TABLE"}), "TABLE_NAME"));
+      assertTrue(tables.containsAll(Set.of("nation", "orders", "lineitem")), tables.toString());
+      assertEquals(List.of(), column(md.getTables(null, "tpch", "%", new String[] {"VIEW"}), "TABLE_NAME"));
+
+      Map<String, Integer> types = new HashMap<>();
+      Map<String, String> typeNames = new HashMap<>();
+      Map<String, Integer> digits = new HashMap<>();
+      try (ResultSet rs = md.getColumns(null, "tpch", "orders", "%")) {
+        while (rs.next()) {
+          types.put(rs.getString("COLUMN_NAME"), rs.getInt("DATA_TYPE"));
+          typeNames.put(rs.getString("COLUMN_NAME"), rs.getString("TYPE_NAME"));
+          digits.put(rs.getString("COLUMN_NAME"), rs.getInt("DECIMAL_DIGITS"));
+        }
+      }
+      assertEquals(Types.BIGINT, types.get("o_orderkey"));
+      assertEquals(Types.DECIMAL, types.get("o_totalprice"));
+      assertEquals(2, digits.get("o_totalprice"));
+      assertEquals(Types.DATE, types.get("o_orderdate"));
+      assertEquals(Types.VARCHAR, types.get("o_comment"));
+      assertEquals("BIGINT", typeNames.get("o_orderkey"));
+
+      List<String> typeInfo = column(md.getTypeInfo(), "TYPE_NAME");
+      assertTrue(typeInfo.containsAll(List.of("BIGINT", "VARCHAR", "DECIMAL", "DATE", "TIMESTAMP")), typeInfo.toString());
+      assertEquals(List.of(), column(md.getPrimaryKeys(null, "tpch", "orders"), "COLUMN_NAME"));
+      assertFalse(md.getSQLKeywords().isEmpty());
+      assertTrue(md.isReadOnly());
+    }
+  }
+
+  @Test
+  void aUserSeesOnlyTheTablesGrantedToThem() throws SQLException {
+    try (Connection conn = connect(ANALYST, ANALYST_PASSWORD, "")) {
+      DatabaseMetaData md = conn.getMetaData();
+      assertEquals(List.of("nation"), column(md.getTables(null, null, "%", null), "TABLE_NAME"));
+      SQLException ungranted = assertThrows(SQLException.class,
+          () -> scalar(conn, "SELECT count(*) FROM tpch.orders"));
+      SQLException missing = assertThrows(SQLException.class,
+          () -> scalar(conn, "SELECT count(*) FROM tpch.no_such_table"));
+      assertEquals(missing.getMessage().replace("no_such_table", "X"), ungranted.getMessage().replace("orders", "X"));
+    }
+  }
+
+  @Test
+  void theCatalogAndSchemaPropertiesChooseWhereNamesResolve() throws SQLException {
+    try (Connection conn = connect(ADMIN, ADMIN_PASSWORD, "&catalog=quiver&schema=tpch")) {
+      assertEquals(25, scalar(conn, "SELECT count(*) FROM nation"));
+    }
+    try (Connection conn = admin()) {
+      conn.setSchema("tpch");
+      assertEquals(5, scalar(conn, "SELECT count(*) FROM region"));
+    }
+  }
+}

@@ -1,0 +1,51 @@
+"""The Arrow Flight SQL JDBC driver (Maven Central `org.apache.arrow:flight-sql-jdbc-driver`),
+as DBeaver, Tableau and IntelliJ use it: the JUnit tests in tests/jdbc run against this
+module's server, with an analyst who may read only `tpch.nation`."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, login
+
+JDBC = pathlib.Path(__file__).resolve().parents[1] / "jdbc"
+PASSWORD = "jdbc analyst password"
+
+
+@pytest.fixture(scope="module")
+def analyst(server):
+    """A user in a group granted `tpch.nation` only, and a PAT of theirs."""
+    admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    suffix = uuid.uuid4().hex[:6]
+    email, group = f"jdbc-{suffix}@example.com", f"jdbc_{suffix}"
+    assert api(server, "POST", "/api/admin/users", admin, {"email": email, "password": PASSWORD})[0] == 201
+    assert api(server, "POST", "/api/admin/groups", admin, {"name": group})[0] == 201
+    assert api(server, "POST", f"/api/admin/groups/{group}/members", admin, {"email": email})[0] == 204
+    assert api(server, "POST", "/api/admin/grants", admin, {"group": group, "table": "tpch.nation"})[0] == 201
+    status, pat = api(server, "POST", "/api/me/tokens", login(server, email, PASSWORD), {"name": "jdbc"})
+    assert status == 201, pat
+    return email, pat["token"]
+
+
+def test_the_jdbc_driver(server, analyst):
+    if shutil.which("mvn") is None:
+        pytest.fail("Maven is not installed: `make test` installs it (make java)")
+    email, pat = analyst
+    host, port = server.flight.rsplit(":", 1)
+    properties = {
+        "quiver.host": host, "quiver.port": port,
+        "quiver.admin.email": ADMIN_EMAIL, "quiver.admin.password": ADMIN_PASSWORD,
+        "quiver.analyst.email": email, "quiver.analyst.password": PASSWORD, "quiver.analyst.pat": pat,
+    }
+    command = ["mvn", "-B", "-q", "-f", str(JDBC / "pom.xml"), "test",
+               *[f"-D{k}={v}" for k, v in properties.items()]]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    reports = JDBC / "target" / "surefire-reports"
+    details = "\n".join(p.read_text() for p in sorted(reports.glob("*.txt"))) if reports.exists() else ""
+    assert run.returncode == 0, f"{run.stdout[-6000:]}\n{run.stderr[-3000:]}\n{details[-6000:]}"
