@@ -22,6 +22,8 @@ use crate::throttle::LoginThrottle;
 const MAX_CACHED: usize = 4096;
 /// A personal access token's use is recorded at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
+/// Basic credentials sent with every call are verified again at least this often.
+const BASIC_REMEMBERED: Duration = Duration::from_secs(15 * 60);
 
 /// What a caller signs in with.
 #[derive(Clone)]
@@ -160,6 +162,11 @@ pub struct Authenticator {
     throttle: Arc<LoginThrottle>,
     /// Resolved credentials by token hash, so most calls skip the state lookup.
     cache: Mutex<HashMap<String, Cached>>,
+    /// Basic credentials verified recently, by their MAC under `basic_key`: a client that
+    /// sends them with every call pays for one password check, not one per call.
+    basic: Mutex<HashMap<[u8; 32], (u64, Instant, Principal)>>,
+    /// A key of this process only, so what `basic` remembers says nothing of a password.
+    basic_key: [u8; 32],
 }
 
 impl Authenticator {
@@ -170,7 +177,47 @@ impl Authenticator {
             tokens,
             throttle: Arc::default(),
             cache: Mutex::default(),
+            basic: Mutex::default(),
+            basic_key: rand::random(),
         }
+    }
+
+    /// The principal behind Basic credentials sent with a call instead of a bearer token
+    /// (the Go `database/sql` driver sends them with every call): signed in as a sign-in
+    /// is (throttled, audited) the first time, then remembered while no user, group or
+    /// grant changes, for at most [`BASIC_REMEMBERED`].
+    pub async fn basic(
+        &self,
+        credentials: Credentials,
+        edge: Edge,
+        address: Option<&str>,
+    ) -> Result<Principal, SignInError> {
+        use hmac::{Hmac, Mac};
+        let Credentials::Password { email, password } = &credentials else {
+            return Err(SignInError::Refused);
+        };
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.basic_key).expect("any key size");
+        mac.update(email.as_bytes());
+        mac.update(b"\0");
+        mac.update(password.as_bytes());
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        let generation = self.state.generation();
+        let remembered = |basic: &HashMap<[u8; 32], (u64, Instant, Principal)>| {
+            basic
+                .get(&key)
+                .filter(|(g, at, _)| *g == generation && at.elapsed() < BASIC_REMEMBERED)
+                .map(|(_, _, principal)| principal.clone())
+        };
+        if let Some(principal) = remembered(&self.basic.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(principal);
+        }
+        let principal = self.sign_in(credentials, edge, address).await?.principal;
+        let mut basic = self.basic.lock().unwrap_or_else(|p| p.into_inner());
+        if basic.len() > MAX_CACHED {
+            basic.retain(|_, (g, at, _)| *g == generation && at.elapsed() < BASIC_REMEMBERED);
+        }
+        basic.insert(key, (generation, Instant::now(), principal.clone()));
+        Ok(principal)
     }
 
     /// The principal behind a bearer credential: a personal access token, or a session

@@ -67,10 +67,41 @@ pub fn plain_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch
     RecordBatch::try_new(schema.clone(), columns)
 }
 
-/// `plan` with a projection on top that casts view-typed columns to their plain types, so
-/// its result (and the schema a client is told) has none; `plan` itself when it has none.
-/// The cast runs inside the plan, in parallel with the rest of it.
+/// `plan` with a projection that casts view-typed columns to their plain types, so its
+/// result (and the schema a client is told) has none; `plan` itself when it has none. The
+/// cast runs inside the plan, in parallel with the rest of it.
+///
+/// An ordered result (`ORDER BY`, with its `LIMIT` and a projection of columns above it) is
+/// cast below its sort: DataFusion 54 spreads a projection above a sort over partitions
+/// again, and the rows would come out of order.
 pub fn plain_plan(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+    let columns_only = |p: &datafusion::logical_expr::Projection| {
+        p.expr.iter().all(|e| matches!(e, Expr::Column(_)))
+    };
+    let ordered = match &plan {
+        LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => true,
+        LogicalPlan::Projection(p) => {
+            columns_only(p)
+                && matches!(
+                    p.input.as_ref(),
+                    LogicalPlan::Sort(_) | LogicalPlan::Limit(_)
+                )
+        }
+        _ => false,
+    };
+    if !ordered {
+        return cast_on_top(plan);
+    }
+    let inputs = plan
+        .inputs()
+        .into_iter()
+        .map(|input| plain_plan(input.clone()))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    cast_on_top(plan.with_new_exprs(plan.expressions(), inputs)?)
+}
+
+/// `plan` under a projection casting its view-typed columns (none: `plan`).
+fn cast_on_top(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
     let schema = plan.schema().clone();
     let needs_cast = |f: &Field| &plain_type(f.data_type()) != f.data_type();
     if !schema.fields().iter().any(|f| needs_cast(f)) {

@@ -189,6 +189,16 @@ impl QuiverFlightSql {
             })?
             .to_str()
             .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+        // Clients that skip the handshake send Basic credentials with every call.
+        if let Some((email, password)) = parse_basic(header) {
+            let address = request.remote_addr().map(|a| a.ip().to_string());
+            let credentials = Credentials::Password { email, password };
+            return self
+                .auth
+                .basic(credentials, Edge::Flight, address.as_deref())
+                .await
+                .map_err(sign_in_status);
+        }
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -995,6 +1005,15 @@ fn ipc_bytes(batches: &[RecordBatch]) -> Result<Vec<u8>, Status> {
     writer.into_inner().map_err(|e| internal(&e))
 }
 
+/// The status of a refused sign-in.
+fn sign_in_status(error: SignInError) -> Status {
+    match error {
+        e @ SignInError::Throttled(_) => Status::resource_exhausted(e.to_string()),
+        SignInError::Refused => Status::unauthenticated("invalid e-mail or password"),
+        SignInError::Failed(e) => to_status(e),
+    }
+}
+
 fn parse_basic(header: &str) -> Option<(String, String)> {
     let encoded = header
         .strip_prefix("Basic ")
@@ -1042,20 +1061,12 @@ impl FlightSqlService for QuiverFlightSql {
             email: user,
             password,
         };
-        let token = match self
+        let token = self
             .auth
             .sign_in(credentials, Edge::Flight, address.as_deref())
             .await
-        {
-            Ok(signed_in) => signed_in.token,
-            Err(e @ SignInError::Throttled(_)) => {
-                return Err(Status::resource_exhausted(e.to_string()));
-            }
-            Err(SignInError::Refused) => {
-                return Err(Status::unauthenticated("invalid e-mail or password"));
-            }
-            Err(SignInError::Failed(e)) => return Err(to_status(e)),
-        };
+            .map_err(sign_in_status)?
+            .token;
         let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| internal(&e))?;
         let payload = HandshakeResponse {
             protocol_version: 0,

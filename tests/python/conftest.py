@@ -225,6 +225,21 @@ def metric(server: Server, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def user_granted(server: Server, admin_token: str, name: str, table: str, password: str) -> tuple[str, str, dict]:
+    """A new user (`name-…@example.com`) alone in a new group granted `table`:
+    (e-mail, group, grant)."""
+    import uuid
+
+    suffix = uuid.uuid4().hex[:8]
+    group, email = f"{name}_{suffix}", f"{name}-{suffix}@example.com"
+    assert api(server, "POST", "/api/admin/groups", admin_token, {"name": group})[0] == 201
+    assert api(server, "POST", "/api/admin/users", admin_token, {"email": email, "password": password})[0] == 201
+    assert api(server, "POST", f"/api/admin/groups/{group}/members", admin_token, {"email": email})[0] == 204
+    status, grant = api(server, "POST", "/api/admin/grants", admin_token, {"group": group, "table": table})
+    assert status == 201, grant
+    return email, group, grant
+
+
 def connect(server: Server, email: str | None = None, password: str | None = None, token: str | None = None):
     """An ADBC connection with a password (Basic handshake) or a bearer token (JWT or PAT)."""
     import adbc_driver_flightsql.dbapi as flight_sql

@@ -215,17 +215,49 @@ def test_execute_schema_plans_without_running(conn):
 
 
 def test_get_objects_columns_carry_their_sql_types(conn):
-    """`adbc_get_objects(depth="columns")` fills the xdbc fields from the column metadata
-    of `GetTables(include_schema)`: SQL type name, size, decimal digits, nullability."""
+    """`adbc_get_objects(depth="columns")` fills its xdbc fields from the column metadata of
+    `GetTables(include_schema)`: SQL type name and JDBC type code, where the column lives,
+    not auto-increment. (This ADBC driver reads no precision, scale or nullability from it;
+    the JDBC driver does: tests/jdbc checks `getColumns`.)"""
     objects = conn.adbc_get_objects(depth="columns", db_schema_filter="tpch", table_name_filter="orders")
     columns = {c["column_name"]: c for cat in objects.read_all().to_pylist() for sch in cat["catalog_db_schemas"]
                for t in sch["db_schema_tables"] for c in t["table_columns"]}
     assert [c["ordinal_position"] for c in columns.values()] == list(range(1, len(columns) + 1))
-    key, price, date, comment = (columns[n] for n in ["o_orderkey", "o_totalprice", "o_orderdate", "o_comment"])
-    assert (key["xdbc_type_name"], key["xdbc_column_size"], key["xdbc_decimal_digits"]) == ("BIGINT", 19, 0)
-    assert (price["xdbc_type_name"], price["xdbc_column_size"], price["xdbc_decimal_digits"]) == ("DECIMAL", 15, 2)
-    assert date["xdbc_type_name"] == "DATE" and comment["xdbc_type_name"] == "VARCHAR"
-    assert all(c["xdbc_nullable"] is not None for c in columns.values())
+    expected = {"o_orderkey": ("BIGINT", -5), "o_totalprice": ("DECIMAL", 3), "o_orderdate": ("DATE", 91),
+                "o_comment": ("VARCHAR", 12)}
+    for name, (type_name, code) in expected.items():
+        column = columns[name]
+        assert (column["xdbc_type_name"], column["xdbc_data_type"], column["xdbc_sql_data_type"]) == \
+            (type_name, code, code), column
+        assert (column["xdbc_scope_catalog"], column["xdbc_scope_schema"], column["xdbc_scope_table"]) == \
+            ("quiver", "tpch", "orders")
+        assert column["xdbc_is_autoincrement"] is False
+
+
+ORDER_KEYS = "ORDER BY l_orderkey, l_linenumber"
+
+
+@pytest.mark.parametrize("columns, tail", [
+    ("l_orderkey, l_linenumber, l_comment", ""),
+    ("l_comment, l_orderkey, l_linenumber", " LIMIT 70000"),
+    ("upper(l_comment) AS l_comment, l_orderkey, l_linenumber", ""),
+])
+def test_sorted_results_with_strings_arrive_in_order(conn, columns, tail):
+    """Strings are cast to plain types on their way out; an ordered result keeps its order
+    across every batch (the cast sits below the sort), also when the sort key is not
+    selected."""
+    def fetch(sql):
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetch_arrow_table()
+
+    table = fetch(f"SELECT {columns} FROM tpch.lineitem {ORDER_KEYS}{tail}")
+    assert table.num_rows > 50_000 and view_types(table.schema) == []
+    pairs = list(zip(table.column("l_orderkey").to_pylist(), table.column("l_linenumber").to_pylist()))
+    assert pairs == sorted(pairs)
+    comment = next(c for c in columns.split(", ") if "l_comment" in c)
+    comments = fetch(f"SELECT {comment} FROM tpch.lineitem {ORDER_KEYS}{tail}")
+    assert comments.column(0).to_pylist() == table.column("l_comment").to_pylist()
 
 
 def test_adbc_get_info_names_the_server(conn):

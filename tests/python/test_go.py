@@ -9,11 +9,10 @@ import pathlib
 import shutil
 import subprocess
 import urllib.parse
-import uuid
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, login
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, user_granted
 
 GO = pathlib.Path(__file__).resolve().parents[1] / "go"
 PASSWORD = "go analyst password"
@@ -28,12 +27,7 @@ def test_the_go_database_sql_driver(server):
     if shutil.which("go") is None:
         pytest.fail("Go is not installed")
     admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
-    suffix = uuid.uuid4().hex[:6]
-    email, group = f"go-{suffix}@example.com", f"go_{suffix}"
-    assert api(server, "POST", "/api/admin/users", admin, {"email": email, "password": PASSWORD})[0] == 201
-    assert api(server, "POST", "/api/admin/groups", admin, {"name": group})[0] == 201
-    assert api(server, "POST", f"/api/admin/groups/{group}/members", admin, {"email": email})[0] == 204
-    assert api(server, "POST", "/api/admin/grants", admin, {"group": group, "table": "tpch.nation"})[0] == 201
+    email, _, _ = user_granted(server, admin, "go", "tpch.nation", PASSWORD)
     env = dict(os.environ, QUIVER_ADMIN_DSN=dsn(server, ADMIN_EMAIL, ADMIN_PASSWORD),
                QUIVER_ANALYST_DSN=dsn(server, email, PASSWORD))
     run = subprocess.run(["go", "test", "-count=1", "-v", "./..."], cwd=GO, capture_output=True, text=True,

@@ -8,11 +8,10 @@ import os
 import pathlib
 import shutil
 import subprocess
-import uuid
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, login
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, login, user_granted
 
 JDBC = pathlib.Path(__file__).resolve().parents[1] / "jdbc"
 PASSWORD = "jdbc analyst password"
@@ -22,12 +21,7 @@ PASSWORD = "jdbc analyst password"
 def analyst(server):
     """A user in a group granted `tpch.nation` only, and a PAT of theirs."""
     admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
-    suffix = uuid.uuid4().hex[:6]
-    email, group = f"jdbc-{suffix}@example.com", f"jdbc_{suffix}"
-    assert api(server, "POST", "/api/admin/users", admin, {"email": email, "password": PASSWORD})[0] == 201
-    assert api(server, "POST", "/api/admin/groups", admin, {"name": group})[0] == 201
-    assert api(server, "POST", f"/api/admin/groups/{group}/members", admin, {"email": email})[0] == 204
-    assert api(server, "POST", "/api/admin/grants", admin, {"group": group, "table": "tpch.nation"})[0] == 201
+    email, _, _ = user_granted(server, admin, "jdbc", "tpch.nation", PASSWORD)
     status, pat = api(server, "POST", "/api/me/tokens", login(server, email, PASSWORD), {"name": "jdbc"})
     assert status == 201, pat
     return email, pat["token"]
