@@ -5,10 +5,10 @@
 //! seen through (row filter and masks, compiled for the caller), the versions of those
 //! tables and the bound parameters. Two callers share a result only when their policies are
 //! the same; a policy that depends on who runs it (`current_user()`) adds the caller to the
-//! key. A statement with a function whose value changes (`now()`, `random()`,
-//! `current_user()`) or that reads anything but registered tables (`system.audit`,
-//! `information_schema`, table functions) is never kept. Any change to tables, users or
-//! grants (the state's generation) forgets every result.
+//! key. An `EXPLAIN`, a statement with a function whose value changes (`now()`,
+//! `random()`, `current_user()`) and one that reads anything but registered tables
+//! (`system.audit`, `information_schema`, table functions) are never kept. Any change to
+//! tables, users or grants (the state's generation) forgets every result.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -72,8 +72,10 @@ impl ResultsCache {
         read: &[TableEntry],
         tables: &[String],
     ) -> Option<String> {
-        // Only registered tables, each at a known version.
-        if self.budget == 0 || read.is_empty() || read.len() != tables.len() {
+        // Only registered tables, each at a known version; never `EXPLAIN [ANALYZE]`, whose
+        // answer is about this run (its plan on the replicas live now, its metrics).
+        let explain = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+        if self.budget == 0 || explain || read.is_empty() || read.len() != tables.len() {
             return None;
         }
         let mut key = format!("{}\n", plan.display_indent_schema());
