@@ -1,5 +1,8 @@
 """What one short statement costs, call by call: GetFlightInfo and DoGet timed apart with
-pyarrow.flight, and the whole statement through ADBC, for `SELECT 1` and the point lookup.
+pyarrow.flight, and the whole statement through ADBC, for `SELECT 1` and the point lookup;
+then what connecting costs: `SELECT 1` on a new pyarrow.flight client with a personal access
+token (one used before, and one never used) against the same on a warm client, beside the
+same pair on an in-memory pyarrow.flight server (what any gRPC server's connection costs).
 
     python benches/calls.py --scale 1 --runs 40 [--results-cache]
 
@@ -15,14 +18,86 @@ import sys
 import time
 
 import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
 import pyarrow.flight as flight
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server  # noqa: E402
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login  # noqa: E402
 from test_clients import statement_command  # noqa: E402
 
 STATEMENTS = ["SELECT 1", "SELECT * FROM tpch.orders WHERE o_orderkey = 1234567"]
+
+
+class OneRowServer(flight.FlightServerBase):
+    """The reference: a pyarrow.flight server answering every DoGet with one row."""
+
+    def __init__(self):
+        super().__init__("grpc://127.0.0.1:0")
+        self.table = pa.table({"one": [1]})
+
+    def do_get(self, context, ticket):
+        return flight.RecordBatchStream(self.table)
+
+
+def timed_ms(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def connect_costs(server: Server, runs: int) -> None:
+    """`SELECT 1` on a new client each time vs a warm one, for Quiver (bearer PAT) and the
+    reference server; the difference of the differences is what Quiver's connect adds."""
+    admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+    def pat() -> str:
+        return api(server, "POST", "/api/me/tokens", admin, {"name": "bench"})[1]["token"]
+
+    command = flight.FlightDescriptor.for_command(statement_command("SELECT 1"))
+
+    def statement(client, token: str) -> None:
+        options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())])
+        info = client.get_flight_info(command, options)
+        client.do_get(info.endpoints[0].ticket, options).read_all()
+
+    used = pat()
+    warm = flight.FlightClient(server.uri)
+    statement(warm, used)
+    quiver_warm = timed_ms(lambda: statement(warm, used), runs)
+
+    def fresh(token: str) -> None:
+        with flight.FlightClient(server.uri) as client:
+            statement(client, token)
+
+    quiver_new = timed_ms(lambda: fresh(used), runs)
+    unused = [pat() for _ in range(runs)]
+    quiver_first_use = timed_ms(lambda: fresh(unused.pop()), runs)
+
+    reference = OneRowServer()
+    uri = f"grpc://127.0.0.1:{reference.port}"
+    ticket = flight.Ticket(b"one")
+    ref_warm_client = flight.FlightClient(uri)
+    ref_warm = timed_ms(lambda: ref_warm_client.do_get(ticket).read_all(), runs)
+
+    def ref_fresh() -> None:
+        with flight.FlightClient(uri) as client:
+            client.do_get(ticket).read_all()
+
+    ref_new = timed_ms(ref_fresh, runs)
+    reference.shutdown()
+    print("\n| `SELECT 1`, pyarrow.flight | warm client ms | new client ms | new − warm ms |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| Quiver, PAT used before | {quiver_warm:.2f} | {quiver_new:.2f} | {quiver_new - quiver_warm:.2f} |")
+    print(f"| Quiver, PAT never used | {quiver_warm:.2f} | {quiver_first_use:.2f} | {quiver_first_use - quiver_warm:.2f} |")
+    print(f"| in-memory pyarrow.flight (DoGet only, no auth) | {ref_warm:.2f} | {ref_new:.2f} | {ref_new - ref_warm:.2f} |")
+    added = (quiver_new - quiver_warm) - (ref_new - ref_warm)
+    first = (quiver_first_use - quiver_warm) - (ref_new - ref_warm)
+    print(f"\nQuiver's connect adds {added:+.2f} ms (PAT used before), {first:+.2f} ms (never used) "
+          f"beyond a gRPC connection's own cost; goal ≤ +3 ms")
 
 
 def main() -> None:
@@ -58,6 +133,7 @@ def main() -> None:
             print(f"| `{sql}` | {statistics.median(info_ms):.2f} | {statistics.median(get_ms):.2f} | "
                   f"{statistics.median(adbc_ms):.2f} |")
         conn.close()
+        connect_costs(server, args.runs)
     finally:
         server.stop()
 

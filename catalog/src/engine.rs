@@ -88,6 +88,35 @@ pub struct EngineOptions {
 /// The schema unqualified table names are looked up in when the client chose none.
 pub const DEFAULT_SCHEMA: &str = "public";
 
+/// A missing table's error, naming the tables of that name the caller can read in other
+/// schemas: a name without its schema (`FROM nation`, looked up in [`DEFAULT_SCHEMA`] or
+/// the session's) is what a newcomer types first. Only visible tables are named, so the
+/// hint reveals nothing an ungranted table would not.
+fn hint_missing(error: DataFusionError, visible: &[VisibleTable]) -> DataFusionError {
+    let DataFusionError::Plan(message) = error.find_root() else {
+        return error;
+    };
+    let Some(missing) = message
+        .strip_prefix("table '")
+        .and_then(|rest| rest.strip_suffix("' not found"))
+    else {
+        return error;
+    };
+    let table = missing.rsplit('.').next().unwrap_or(missing);
+    let candidates: Vec<String> = visible
+        .iter()
+        .filter(|t| t.entry.name.table() == table)
+        .map(|t| format!("`{}`", t.entry.name))
+        .collect();
+    if candidates.is_empty() {
+        return error;
+    }
+    DataFusionError::Plan(format!(
+        "{message}; did you mean {}? (a table name without its schema is looked up in the session's schema, `{DEFAULT_SCHEMA}` unless set)",
+        candidates.join(" or ")
+    ))
+}
+
 /// What the SQL surface allows: queries only.
 pub fn read_only() -> SQLOptions {
     SQLOptions::new()
@@ -534,7 +563,10 @@ impl QueryEngine {
         };
         self.limits.check_depth(query)?;
         self.limits.check_expansion(query)?;
-        let plan = state.statement_to_plan(statement).await?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| hint_missing(e, &session.tables))?;
         self.limits.check_plan(&plan)?;
         verify_read_only(&plan)?;
         // EXPLAIN would show policy literals, storage paths and pre-filter row counts.

@@ -42,7 +42,7 @@ pub fn datafusion_status(error: &DataFusionError) -> Status {
         )),
         DataFusionError::NotImplemented(_) => Status::unimplemented(message),
         // What drivers map to "table not found"; an ungranted table reads exactly the same.
-        DataFusionError::Plan(m) if m.starts_with("table '") && m.ends_with("' not found") => {
+        DataFusionError::Plan(m) if m.starts_with("table '") && m.contains("' not found") => {
             Status::not_found(message)
         }
         DataFusionError::SQL(..)

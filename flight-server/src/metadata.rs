@@ -278,6 +278,8 @@ pub fn described(field: &Field, catalog: &str, schema: &str, table: &str) -> Fie
         metadata.insert(format!("ARROW:FLIGHT:SQL:{key}"), value);
     };
     set("CATALOG_NAME", catalog.into());
+    // The spec names it `DB_SCHEMA_NAME`; the Go and Java drivers read `SCHEMA_NAME`.
+    set("DB_SCHEMA_NAME", schema.into());
     set("SCHEMA_NAME", schema.into());
     set("TABLE_NAME", table.into());
     set("TYPE_NAME", name.into());

@@ -141,6 +141,9 @@ pub struct Orchestrator {
     leading: std::sync::atomic::AtomicBool,
     /// When the leader last forgot long-dead replicas (once a minute is plenty).
     forgot_replicas: Mutex<Option<std::time::Instant>>,
+    /// Tables whose interrupted runs left files a sweep could not remove yet (another
+    /// sync of the table was running): the leader sweeps them again on its next tick.
+    unswept: Mutex<Vec<TableName>>,
 }
 
 /// The lease whose holder runs scheduled syncs, Jira processing and retention.
@@ -179,6 +182,7 @@ impl Orchestrator {
             replica,
             leading: Default::default(),
             forgot_replicas: Mutex::default(),
+            unswept: Mutex::default(),
         }
     }
 
@@ -245,31 +249,30 @@ impl Orchestrator {
 
     /// Marks the runs of stopped processes as interrupted (every run left `running` with
     /// `all`: the embedded state's one process is starting) and removes the files they
-    /// were writing. Without `all`, the runs of replicas whose heartbeats stopped: their
-    /// files are all older than that, and only such files are removed.
+    /// were writing. Without `all`, the runs of replicas whose heartbeats stopped; a table
+    /// another sync has taken up since is swept on a later tick, once that sync is over.
     async fn clean_up_after_stopped(&self, all: bool) -> Result<(), OrchestratorError> {
         let tables = self.state.tables().interrupt_runs(all)?;
-        if tables.is_empty() && !all {
-            return Ok(());
-        }
         if !tables.is_empty() {
             let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
             tracing::warn!(tables = %names.join(","), "syncs cut off by a stopped server marked interrupted; previous versions kept serving");
         }
-        let (scope, min_age) = if all {
-            (None, None)
-        } else {
-            (
-                Some(tables.as_slice()),
-                Some(quiver_catalog::state::cluster::REPLICA_TIMEOUT),
-            )
-        };
-        let busy: Vec<TableName> = lock(&self.running).keys().cloned().collect();
-        let removed =
-            retention::sweep_orphans(&self.state, &self.storage, scope, &busy, min_age).await?;
-        if removed > 0 {
-            tracing::info!(folders = removed, "removed unpublished sync folders");
+        let mut scope = std::mem::take(&mut *lock(&self.unswept));
+        scope.extend(tables);
+        scope.sort_by_key(ToString::to_string);
+        scope.dedup();
+        if scope.is_empty() && !all {
+            return Ok(());
         }
+        let busy: Vec<TableName> = lock(&self.running).keys().cloned().collect();
+        let scope = (!all).then_some(scope.as_slice());
+        let swept = retention::sweep_orphans(&self.state, &self.storage, scope, &busy, None)
+            .await
+            .inspect_err(|_| lock(&self.unswept).extend(scope.unwrap_or_default().to_vec()))?;
+        if swept.folders > 0 {
+            tracing::info!(folders = swept.folders, "removed unpublished sync folders");
+        }
+        lock(&self.unswept).extend(swept.deferred);
         Ok(())
     }
 

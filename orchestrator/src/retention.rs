@@ -36,7 +36,8 @@ pub async fn collect(
     busy: &[TableName],
 ) -> Result<usize, OrchestratorError> {
     let removed = expire(state, storage, retention).await?;
-    Ok(removed + sweep_orphans(state, storage, None, busy, Some(retention)).await?)
+    let swept = sweep_orphans(state, storage, None, busy, Some(retention)).await?;
+    Ok(removed + swept.folders)
 }
 
 /// Removes the versions replaced more than `retention` ago (a query in the state store, so
@@ -74,32 +75,53 @@ async fn delete_object(storage: &Storage, key: &ObjectPath) -> Result<(), Catalo
     }
 }
 
+/// What a sweep of orphaned files did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// How many folders files were removed from.
+    pub folders: usize,
+    /// The tables in scope left alone because a sync of theirs was running or started
+    /// during the sweep: sweep them again later.
+    pub deferred: Vec<TableName>,
+}
+
 /// Removes files no version points at (run folders of failed syncs, shard files never
 /// committed) of the tables in `scope` (all without), except those of tables being synced
-/// (`busy`); returns how many folders they were in. With `min_age`, only files older than
-/// that (a deleted table's last version may still be read for a while; another replica may
-/// be writing); without, every orphan (at startup).
+/// here (`busy`) or anywhere (a run `running` in the state, or started since the listing
+/// began). With `min_age`, only files older than that (a deleted table's last version may
+/// still be read for a while); without, every orphan.
 pub async fn sweep_orphans(
     state: &StateStore,
     storage: &Storage,
     scope: Option<&[TableName]>,
     busy: &[TableName],
     min_age: Option<Duration>,
-) -> Result<usize, OrchestratorError> {
-    let known = state.tables().version_locations()?;
+) -> Result<Swept, OrchestratorError> {
+    // The order matters: a run that writes files the listing sees either is in use
+    // afterwards, or has finished, and then its version is known (read last).
+    let last_run = state.tables().last_run()?;
     let roots = match scope {
         None => vec![storage.tables_root()],
         Some(tables) => tables.iter().map(|t| storage.table_prefix(t)).collect(),
     };
-    let busy: Vec<ObjectPath> = busy.iter().map(|t| storage.table_prefix(t)).collect();
     let now = chrono::Utc::now();
-    let mut orphans: HashMap<ObjectPath, Vec<ObjectPath>> = HashMap::new();
+    let mut files = Vec::new();
     let store = storage.store();
     let mut listing = futures::stream::iter(roots)
         .flat_map(|root| store.list(Some(&root)))
         .boxed();
     while let Some(meta) = listing.next().await {
-        let meta = meta.map_err(|e| CatalogError::Storage(format!("listing tables: {e}")))?;
+        files.push(meta.map_err(|e| CatalogError::Storage(format!("listing tables: {e}")))?);
+    }
+    let in_use = state.tables().tables_in_use(last_run)?;
+    let known = state.tables().version_locations()?;
+    let busy: Vec<ObjectPath> = busy
+        .iter()
+        .chain(&in_use)
+        .map(|t| storage.table_prefix(t))
+        .collect();
+    let mut orphans: HashMap<ObjectPath, Vec<ObjectPath>> = HashMap::new();
+    for meta in files {
         // tables/<schema>/<table>/<run or shard>/<file>
         let parts: Vec<_> = meta.location.parts().collect();
         if parts.len() < 2 {
@@ -121,6 +143,12 @@ pub async fn sweep_orphans(
         }
         orphans.entry(folder).or_default().push(meta.location);
     }
+    let deferred = scope
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| in_use.contains(*t))
+        .cloned()
+        .collect();
     let mut removed = 0;
     for (folder, files) in orphans {
         let doomed = futures::stream::iter(files.into_iter().map(Ok)).boxed();
@@ -133,5 +161,77 @@ pub async fn sweep_orphans(
         tracing::info!(folder = %folder, "removed unpublished files");
         removed += 1;
     }
-    Ok(removed)
+    Ok(Swept {
+        folders: removed,
+        deferred,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::PutPayload;
+    use quiver_catalog::NewVersion;
+
+    async fn write(storage: &Storage, folder: &ObjectPath) {
+        storage
+            .store()
+            .put(
+                &folder.clone().join("part-0.parquet"),
+                PutPayload::from("x"),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn exists(dir: &std::path::Path, folder: &ObjectPath) -> bool {
+        dir.join(folder.parts().last().unwrap().as_ref()).exists()
+    }
+
+    /// The leader sweeps a dead replica's folders while another sync of the table may be
+    /// writing its own: those are left until no run of the table is in progress.
+    #[tokio::test]
+    async fn a_sweep_leaves_tables_a_sync_is_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::local(dir.path()).unwrap();
+        let state = StateStore::in_memory().unwrap();
+        let t: TableName = "s.t".parse().unwrap();
+        let table_dir = dir.path().join("tables/s/t");
+
+        let published = storage.new_run_prefix(&t);
+        write(&storage, &published).await;
+        let location = storage.folder_url(&published);
+        state
+            .tables()
+            .commit_version(
+                &t,
+                &NewVersion {
+                    location,
+                    rows: 1,
+                    bytes: 1,
+                    ..NewVersion::default()
+                },
+            )
+            .unwrap();
+        let killed = storage.new_run_prefix(&t);
+        write(&storage, &killed).await;
+        let run = state.tables().start_run(&t, "retry", None, "r2").unwrap();
+        let writing = storage.new_run_prefix(&t);
+        write(&storage, &writing).await;
+
+        let scope = [t.clone()];
+        let swept = sweep_orphans(&state, &storage, Some(&scope[..]), &[], None)
+            .await
+            .unwrap();
+        assert_eq!((swept.folders, swept.deferred), (0, vec![t.clone()]));
+        assert!(exists(&table_dir, &killed) && exists(&table_dir, &writing));
+
+        state.tables().fail_run(run, "boom").unwrap();
+        let swept = sweep_orphans(&state, &storage, Some(&scope[..]), &[], None)
+            .await
+            .unwrap();
+        assert_eq!((swept.folders, swept.deferred), (2, vec![]));
+        assert!(exists(&table_dir, &published));
+        assert!(!exists(&table_dir, &killed) && !exists(&table_dir, &writing));
+    }
 }

@@ -257,6 +257,30 @@ def server():
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def tls_server():
+    """A server with TLS on Flight SQL (the ADBC driver sends OAuth tokens only over TLS),
+    with a certificate from a throwaway CA: (server, the CA's PEM, the path of that PEM)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        cert.cert_chain_pems[0].write_to_path(cert_path)
+        for extra in cert.cert_chain_pems[1:]:
+            extra.write_to_path(cert_path, append=True)
+        cert.private_key_pem.write_to_path(key_path)
+        ca_path = os.path.join(tmp, "ca.pem")
+        ca.cert_pem.write_to_path(ca_path)
+        config = f"server:\n  tls:\n    cert: {cert_path}\n    key: {key_path}\n"
+        s = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"), config=config)
+        try:
+            yield s, ca.cert_pem.bytes().decode(), ca_path
+        finally:
+            s.stop()
+
+
 @pytest.fixture
 def conn(server):
     import adbc_driver_flightsql.dbapi as flight_sql

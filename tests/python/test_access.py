@@ -252,6 +252,15 @@ def test_hidden_columns_and_ungranted_tables_do_not_exist(alice):
         with pytest.raises(adbc_driver_manager.Error) as refused:
             query(alice, sql)
         assert refused.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND, refused.value
+    # A name without its schema: the error points at the table the caller can read, and
+    # says nothing of one they cannot.
+    unqualified = error_of(alice, "SELECT * FROM customer")
+    assert "not found" in unqualified and "did you mean `tpch.customer`" in unqualified, unqualified
+    assert error_of(alice, "SELECT * FROM orders").replace("orders", "X") == \
+        error_of(alice, "SELECT * FROM no_such_table").replace("no_such_table", "X")
+    with pytest.raises(adbc_driver_manager.Error) as refused:
+        query(alice, "SELECT * FROM customer")
+    assert refused.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND
     cols = query(alice, "SELECT column_name FROM information_schema.columns WHERE table_name = 'customer'")
     assert "c_address" not in cols.column(0).to_pylist() and "c_phone" in cols.column(0).to_pylist()
     tables = query(alice, "SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema <> 'information_schema'")

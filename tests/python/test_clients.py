@@ -214,6 +214,27 @@ def test_execute_schema_plans_without_running(conn):
             cur.adbc_execute_schema("SELECT * FROM tpch.nope")
 
 
+def test_incremental_execution_is_complete_at_the_first_poll(conn):
+    """ADBC's incremental execution (`PollFlightInfo`): a statement is planned, not run,
+    when polled, so the first poll carries every partition and progress 1.0; the
+    partitions read back the same rows as a plain execute."""
+    sql = "SELECT n_nationkey, n_name FROM tpch.nation ORDER BY n_nationkey"
+    with conn.cursor() as cur:
+        cur.adbc_statement.set_options(**{"adbc.statement.exec.incremental": "true"})
+        partitions, schema = cur.adbc_execute_partitions(sql)
+        assert schema.names == ["n_nationkey", "n_name"] and partitions
+        assert cur.adbc_statement.get_option_float("adbc.statement.exec.progress") == 1.0
+        tables = []
+        for partition in partitions:
+            cur.adbc_read_partition(partition)
+            tables.append(cur.fetch_arrow_table())
+        polled = pa.concat_tables(tables)
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        assert polled.to_pylist() == cur.fetch_arrow_table().to_pylist()
+        assert polled.num_rows == 25
+
+
 def test_get_objects_columns_carry_their_sql_types(conn):
     """`adbc_get_objects(depth="columns")` fills its xdbc fields from the column metadata of
     `GetTables(include_schema)`: SQL type name and JDBC type code, where the column lives,

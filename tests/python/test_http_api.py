@@ -207,35 +207,8 @@ def oauth_token(server, body: dict, basic: tuple[str, str] | None = None):
         return e.code, json.loads(e.read())
 
 
-@pytest.fixture(scope="module")
-def tls_server():
-    """A server with TLS on Flight SQL (the ADBC driver sends OAuth tokens only over TLS),
-    with a certificate from a throwaway CA."""
-    import os
-    import tempfile
-
-    import trustme
-
-    from conftest import Server
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    with tempfile.TemporaryDirectory() as tmp:
-        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-        cert.cert_chain_pems[0].write_to_path(cert_path)
-        for extra in cert.cert_chain_pems[1:]:
-            extra.write_to_path(cert_path, append=True)
-        cert.private_key_pem.write_to_path(key_path)
-        config = f"server:\n  tls:\n    cert: {cert_path}\n    key: {key_path}\n"
-        s = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"), config=config)
-        try:
-            yield s, ca.cert_pem.bytes().decode()
-        finally:
-            s.stop()
-
-
 def test_service_accounts_sign_in_with_client_credentials_through_adbc(tls_server):
-    server, ca_pem = tls_server
+    server, ca_pem, _ = tls_server
     assert server.flight.startswith("127.0.0.1:") or server.flight.startswith("localhost:")
     token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
     group = f"etl_{uuid.uuid4().hex[:6]}"
@@ -274,7 +247,7 @@ def test_service_accounts_sign_in_with_client_credentials_through_adbc(tls_serve
 
 
 def test_flight_sql_over_tls_with_a_password(tls_server):
-    server, ca_pem = tls_server
+    server, ca_pem, _ = tls_server
     with flight_sql.connect(f"grpc+tls://{server.flight}", db_kwargs={
             "adbc.flight.sql.client_option.tls_root_certs": ca_pem,
             "username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}) as c, c.cursor() as cur:
@@ -288,7 +261,7 @@ def test_flight_sql_over_tls_with_a_password(tls_server):
 
 
 def test_admins_describe_and_unpublish_tables(tls_server):
-    server, ca_pem = tls_server
+    server, ca_pem, _ = tls_server
     token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
     status, tables = api(server, "GET", "/api/admin/tables", token)
     assert status == 200 and "tpch.part" in [t["name"] for t in tables]

@@ -27,15 +27,22 @@ def analyst(server):
     return email, pat["token"]
 
 
-def test_the_jdbc_driver(server, analyst):
+def test_the_jdbc_driver(server, analyst, tls_server, tmp_path):
     if shutil.which("mvn") is None:
         pytest.fail("Maven is not installed: `make test` installs it (make java)")
     email, pat = analyst
     host, port = server.flight.rsplit(":", 1)
+    tls, _, ca_path = tls_server
+    trust_store, trust_password = tmp_path / "trust.p12", "quiver-test"
+    subprocess.run(["keytool", "-importcert", "-noprompt", "-alias", "quiver-test-ca", "-file", ca_path,
+                    "-keystore", str(trust_store), "-storetype", "PKCS12", "-storepass", trust_password],
+                   check=True, capture_output=True)
     properties = {
         "quiver.host": host, "quiver.port": port,
         "quiver.admin.email": ADMIN_EMAIL, "quiver.admin.password": ADMIN_PASSWORD,
         "quiver.analyst.email": email, "quiver.analyst.password": PASSWORD, "quiver.analyst.pat": pat,
+        "quiver.tls.port": tls.flight.rsplit(":", 1)[1], "quiver.tls.ca": ca_path,
+        "quiver.tls.truststore": str(trust_store), "quiver.tls.truststore.password": trust_password,
     }
     command = ["mvn", "-B", "-q", "-f", str(JDBC / "pom.xml"), "test",
                *[f"-D{k}={v}" for k, v in properties.items()]]

@@ -345,6 +345,31 @@ impl Tables<'_> {
         Ok(names)
     }
 
+    /// The largest run id handed out so far (0 before the first); a run started later has a
+    /// larger one.
+    pub fn last_run(&self) -> Result<i64, CatalogError> {
+        self.0.conn()?.query_row(
+            "SELECT coalesce(max(id), 0) FROM sync_runs",
+            params![],
+            |r| r.get(0),
+        )
+    }
+
+    /// The tables with a run still `running` or started after run `after`: files listed
+    /// since [`Self::last_run`] said `after` may belong to them, so a sweep leaves them.
+    pub fn tables_in_use(&self, after: i64) -> Result<HashSet<TableName>, CatalogError> {
+        let tables: Vec<(String, String)> = self.0.conn()?.query_map(
+            "SELECT DISTINCT schema_name, table_name FROM sync_runs
+             WHERE status = 'running' OR id > $1",
+            params![after],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(tables
+            .into_iter()
+            .filter_map(|(schema, table)| TableName::new(&schema, &table).ok())
+            .collect())
+    }
+
     /// Sync runs, newest first: of one table or all, before run id `before`, at most `limit`.
     pub fn sync_runs(
         &self,

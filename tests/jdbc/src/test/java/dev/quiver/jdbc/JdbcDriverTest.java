@@ -46,6 +46,12 @@ class JdbcDriverTest {
   private static final String ANALYST = property("quiver.analyst.email");
   private static final String ANALYST_PASSWORD = property("quiver.analyst.password");
   private static final String ANALYST_PAT = property("quiver.analyst.pat");
+  // A second server with TLS, its certificate from a throwaway CA: as a PEM file and in a
+  // PKCS#12 trust store (what `keytool -importcert` makes for a JVM).
+  private static final String TLS_PORT = property("quiver.tls.port");
+  private static final String TLS_CA = property("quiver.tls.ca");
+  private static final String TLS_TRUST_STORE = property("quiver.tls.truststore");
+  private static final String TLS_TRUST_STORE_PASSWORD = property("quiver.tls.truststore.password");
 
   private static String url(String extra) {
     return "jdbc:arrow-flight-sql://" + HOST + ":" + PORT + "/?useEncryption=false" + extra;
@@ -96,6 +102,31 @@ class JdbcDriverTest {
         assertThrows(SQLException.class, () -> connect(ADMIN, "wrong password", "").createStatement()
             .executeQuery("SELECT 1"));
     assertFalse(refused.getMessage().contains("wrong password"), refused.getMessage());
+  }
+
+  private static Connection tls(String extra) throws SQLException {
+    Properties props = new Properties();
+    props.setProperty("user", ADMIN);
+    props.setProperty("password", ADMIN_PASSWORD);
+    String url = "jdbc:arrow-flight-sql://" + HOST + ":" + TLS_PORT + "/?useEncryption=true" + extra;
+    return DriverManager.getConnection(url, props);
+  }
+
+  @Test
+  void tlsWithTheCaAsPemOrInATrustStore() throws SQLException {
+    try (Connection conn = tls("&tlsRootCerts=" + TLS_CA)) {
+      assertEquals(5, scalar(conn, "SELECT count(*) FROM tpch.region"));
+    }
+    try (Connection conn = tls("&useSystemTrustStore=false&trustStore=" + TLS_TRUST_STORE
+        + "&trustStorePassword=" + TLS_TRUST_STORE_PASSWORD)) {
+      assertEquals(5, scalar(conn, "SELECT count(*) FROM tpch.region"));
+    }
+    // The JVM's own trust store does not know the CA: the certificate is really checked.
+    assertThrows(SQLException.class, () -> {
+      try (Connection conn = tls("")) {
+        scalar(conn, "SELECT 1");
+      }
+    });
   }
 
   @Test
