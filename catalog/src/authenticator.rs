@@ -238,15 +238,13 @@ impl Authenticator {
         let secret = token.to_string();
         let resolved = tokio::task::spawn_blocking(move || match verified {
             None => Ok(state.identity().token_principal(&secret)?.map(|used| {
-                state.identity().touch_token(&used.id).map(|()| {
-                    let token = (used.id.clone(), used.expires_at, Instant::now());
-                    let bearer = Bearer {
-                        principal: used.principal,
-                        session: None,
-                        origin: Some(Origin::Token(used.id)),
-                    };
-                    (bearer, Some(token))
-                })
+                let token = (used.id.clone(), used.expires_at, Instant::now());
+                let bearer = Bearer {
+                    principal: used.principal,
+                    session: None,
+                    origin: Some(Origin::Token(used.id)),
+                };
+                (bearer, Some(token))
             })),
             Some(verified) => {
                 Ok::<_, CatalogError>(state.identity().bearer_principal(&verified)?.map(
@@ -257,7 +255,7 @@ impl Authenticator {
                             session: Some(verified),
                             origin,
                         };
-                        Ok((bearer, None))
+                        (bearer, None)
                     },
                 ))
             }
@@ -271,7 +269,12 @@ impl Authenticator {
                 BearerError::Ended
             });
         };
-        let (bearer, token) = resolved?;
+        let (bearer, token) = resolved;
+        if let Some((id, _, _)) = &token {
+            // The use is recorded off the caller's path: a write to the state store costs
+            // a commit, more than the rest of a new connection together.
+            self.touch_later(id.clone());
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         // One entry per token: forget stale ones before the map grows large.
         if cache.len() > MAX_CACHED {
@@ -304,15 +307,20 @@ impl Authenticator {
             }
             if touched.elapsed() >= TOUCH_EVERY {
                 *touched = Instant::now();
-                let (state, id) = (self.state.clone(), id.clone());
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = state.identity().touch_token(&id) {
-                        tracing::warn!(error = %e, "cannot record token use");
-                    }
-                });
+                self.touch_later(id.clone());
             }
         }
         Ok(Some(cached.bearer.clone()))
+    }
+
+    /// Records a use of personal access token `id` (its `last used` time) in the background.
+    fn touch_later(&self, id: String) {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = state.identity().touch_token(&id) {
+                tracing::warn!(error = %e, "cannot record token use");
+            }
+        });
     }
 
     /// The signer of the tokens issued.

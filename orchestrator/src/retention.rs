@@ -185,7 +185,8 @@ mod tests {
     }
 
     fn exists(dir: &std::path::Path, folder: &ObjectPath) -> bool {
-        dir.join(folder.parts().last().unwrap().as_ref()).exists()
+        dir.join(folder.parts().next_back().unwrap().as_ref())
+            .exists()
     }
 
     /// The leader sweeps a dead replica's folders while another sync of the table may be
