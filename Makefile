@@ -5,10 +5,11 @@
 
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/quiver/target
 VENV ?= $(HOME)/.cache/quiver/venv
+SUPERSET_VENV ?= $(HOME)/.cache/quiver/superset-venv
 PYTHON ?= python3
 QUIVER_BIN := $(CARGO_TARGET_DIR)/release/quiver
 
-.PHONY: demo build test test-rust test-python venv node browser postgres java go lint fmt bench bench-ingest bench-cluster bench-distributed bench-scale bench-wire
+.PHONY: demo build test test-rust test-python venv superset node browser postgres java go lint fmt bench bench-ingest bench-cluster bench-distributed bench-scale bench-wire
 
 ## Run the server with the TPC-H demo data (scale 0.1), from the same build as the tests.
 demo: build
@@ -20,7 +21,7 @@ build:
 
 ## Every test: formatting, Rust unit and end-to-end tests, Python client tests (with a real
 ## OpenID provider under Node).
-test: build venv node browser postgres java go
+test: build venv superset node browser postgres java go
 	cargo fmt --all -- --check
 	cargo test --release --workspace
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
@@ -29,7 +30,7 @@ test: build venv node browser postgres java go
 test-rust: build
 	cargo test --release --workspace
 
-test-python: build venv node browser postgres java go
+test-python: build venv superset node browser postgres java go
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 	QUIVER_TEST_STATE=postgres QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 
@@ -43,6 +44,14 @@ $(VENV)/.installed: tests/python/requirements.txt
 	cp tests/python/requirements.txt $@
 
 ## The OpenID provider the OIDC tests sign in with (npm `oidc-provider`, pinned by its lockfile).
+## Apache Superset with the Flight SQL dialect, in a venv of its own (its pins clash).
+superset: $(SUPERSET_VENV)/.installed
+
+$(SUPERSET_VENV)/.installed: tests/superset/requirements.txt tests/superset/constraints.txt
+	$(PYTHON) -m venv $(SUPERSET_VENV)
+	$(SUPERSET_VENV)/bin/pip install -q -r tests/superset/requirements.txt -c tests/superset/constraints.txt
+	touch $@
+
 node: tests/oidc/node_modules/.installed
 
 tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
