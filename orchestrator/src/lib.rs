@@ -143,7 +143,7 @@ pub struct Orchestrator {
     forgot_replicas: Mutex<Option<std::time::Instant>>,
     /// Tables whose interrupted runs left files a sweep could not remove yet (another
     /// sync of the table was running): the leader sweeps them again on its next tick.
-    unswept: Mutex<Vec<TableName>>,
+    unswept: Mutex<std::collections::BTreeSet<TableName>>,
 }
 
 /// The lease whose holder runs scheduled syncs, Jira processing and retention.
@@ -257,23 +257,27 @@ impl Orchestrator {
             let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
             tracing::warn!(tables = %names.join(","), "syncs cut off by a stopped server marked interrupted; previous versions kept serving");
         }
-        let mut scope = std::mem::take(&mut *lock(&self.unswept));
-        scope.extend(tables);
-        scope.sort_by_key(ToString::to_string);
-        scope.dedup();
-        if scope.is_empty() && !all {
+        let mut pending = std::mem::take(&mut *lock(&self.unswept));
+        pending.extend(tables);
+        if pending.is_empty() && !all {
             return Ok(());
         }
         let busy: Vec<TableName> = lock(&self.running).keys().cloned().collect();
+        let scope: Vec<TableName> = pending.iter().cloned().collect();
         let scope = (!all).then_some(scope.as_slice());
-        let swept = retention::sweep_orphans(&self.state, &self.storage, scope, &busy, None)
-            .await
-            .inspect_err(|_| lock(&self.unswept).extend(scope.unwrap_or_default().to_vec()))?;
-        if swept.folders > 0 {
-            tracing::info!(folders = swept.folders, "removed unpublished sync folders");
+        match retention::sweep_orphans(&self.state, &self.storage, scope, &busy, None).await {
+            Ok(swept) => {
+                if swept.folders > 0 {
+                    tracing::info!(folders = swept.folders, "removed unpublished sync folders");
+                }
+                lock(&self.unswept).extend(swept.deferred);
+                Ok(())
+            }
+            Err(e) => {
+                lock(&self.unswept).extend(pending);
+                Err(e)
+            }
         }
-        lock(&self.unswept).extend(swept.deferred);
-        Ok(())
     }
 
     /// The sync of `table` in progress, if any.

@@ -100,9 +100,16 @@ pub async fn sweep_orphans(
     // The order matters: a run that writes files the listing sees either is in use
     // afterwards, or has finished, and then its version is known (read last).
     let last_run = state.tables().last_run()?;
+    // A table a sync is writing now is not even listed: the leader asks again every tick,
+    // and a long sync would otherwise cost a listing of the table each time.
+    let running = state.tables().tables_in_use(last_run)?;
     let roots = match scope {
         None => vec![storage.tables_root()],
-        Some(tables) => tables.iter().map(|t| storage.table_prefix(t)).collect(),
+        Some(tables) => tables
+            .iter()
+            .filter(|t| !running.contains(*t))
+            .map(|t| storage.table_prefix(t))
+            .collect(),
     };
     let now = chrono::Utc::now();
     let mut files = Vec::new();
@@ -146,7 +153,7 @@ pub async fn sweep_orphans(
     let deferred = scope
         .unwrap_or_default()
         .iter()
-        .filter(|t| in_use.contains(*t))
+        .filter(|t| running.contains(*t) || in_use.contains(*t))
         .cloned()
         .collect();
     let mut removed = 0;

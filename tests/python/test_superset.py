@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -17,6 +16,7 @@ import urllib.request
 import pytest
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, on_postgres, user_granted
+from pgserver import free_port
 from test_web_ui import CHROMIUM
 
 pytestmark = pytest.mark.skipif(on_postgres(), reason="runs in the embedded-state pass")
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.skipif(on_postgres(), reason="runs in the embedded-stat
 VENV = pathlib.Path(os.environ.get("SUPERSET_VENV", pathlib.Path.home() / ".cache/quiver/superset-venv"))
 PASSWORD = "superset analyst password"
 SUPERSET_ADMIN = ("admin", "superset-admin-password")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
