@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use quiver_catalog::state::access::{Grant, NewGrant};
 use quiver_catalog::state::audit::{AuditQuery, AuditRecord};
 use quiver_catalog::state::identity::ClientInfo;
@@ -13,7 +14,6 @@ use quiver_catalog::state::identity::{Member, MembershipSource, User, UserUpdate
 use quiver_catalog::state::tables::{Origin, SyncRun};
 use quiver_catalog::{CatalogError, StateStore, TableName};
 use quiver_config::TableDef;
-use quiver_orchestrator::Trigger;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -453,6 +453,53 @@ pub async fn audit(
     Ok(Json(blocking(&app, move |s| s.audit().log(&query)).await?))
 }
 
+// ----- state backup -----------------------------------------------------------------------
+
+/// A consistent copy of the whole state (users, groups, grants, tokens, tables and their
+/// versions, sync runs, audit) as a Quiver state file: what `quiver state backup` saves while
+/// the server holds its embedded state. Written to the scratch directory, streamed, removed.
+#[utoipa::path(post, path = "/api/admin/state/backup", tag = "admin",
+    responses((status = 200, content_type = "application/octet-stream", description = "a Quiver state file (DuckDB)"),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn backup_state(
+    State(app): State<AppState>,
+    AdminCaller(p): AdminCaller,
+) -> Result<axum::response::Response, ApiError> {
+    let dir = app.orchestrator.scratch().to_path_buf();
+    let path = dir.join(format!("backup-{:016x}.duckdb", rand::random::<u64>()));
+    let actor = p.email().to_string();
+    let file = {
+        let path = path.clone();
+        blocking(&app, move |s| {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                CatalogError::Internal(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            let written = s.backup_to(&path);
+            let file = written.and_then(|_| {
+                std::fs::File::open(&path).map_err(|e| {
+                    CatalogError::Internal(format!("cannot read {}: {e}", path.display()))
+                })
+            });
+            // The open file stays readable once its name is gone (nothing is left behind).
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(path.with_extension("duckdb.wal"));
+            let file = file?;
+            s.audit().record_event(&actor, "state.backup", None, "ok")?;
+            Ok(file)
+        })
+        .await?
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(
+        tokio::fs::File::from_std(file),
+    ));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        body,
+    )
+        .into_response())
+}
+
 // ----- service accounts -------------------------------------------------------------------
 
 /// `POST /api/admin/service-accounts` body.
@@ -873,29 +920,8 @@ pub async fn sync_table(
     request: Option<Json<SyncRequest>>,
 ) -> Result<(StatusCode, Json<SyncStarted>), ApiError> {
     let name = table_name(&table)?;
-    let trigger = Trigger::Manual(p.email().to_string());
-    let jql = request
-        .and_then(|Json(r)| r.jql)
-        .filter(|j| !j.trim().is_empty());
-    let run = match jql {
-        Some(jql) if name.schema() == quiver_orchestrator::jira::SCHEMA => app
-            .orchestrator
-            .start_jira(quiver_orchestrator::JiraJob::Backfill(jql), trigger)?,
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                "`jql` applies to Jira tables (jira.*) only",
-            ));
-        }
-        None => app.orchestrator.start(&name, trigger)?,
-    };
-    let actor = p.email().to_string();
-    blocking(&app, move |s| {
-        s.audit()
-            .record_event(&actor, "table.sync", Some(&name.to_string()), "ok")
-    })
-    .await?;
+    let jql = request.and_then(|Json(r)| r.jql);
+    let run = crate::actions::start_sync(&app, &p, name, jql).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(SyncStarted {

@@ -1,7 +1,9 @@
 //! The one mapping from Quiver's errors to HTTP responses: `{"error": {"code", "message"}}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use quiver_catalog::CatalogError;
 
@@ -15,7 +17,8 @@ pub struct ErrorBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `unauthenticated`, `forbidden`, `not_found`, `conflict`,
-    /// `invalid`, `bad_request`, `too_large`, `unavailable`, `csrf`, `rate_limited`, `internal`.
+    /// `invalid`, `bad_request`, `too_large`, `unsupported_media_type`, `method_not_allowed`,
+    /// `unavailable`, `csrf`, `rate_limited`, `internal`.
     code: String,
     /// For people.
     message: String,
@@ -118,4 +121,58 @@ impl IntoResponse for ApiError {
         };
         (self.status, Json(body)).into_response()
     }
+}
+
+/// The error body for responses that did not come from [`ApiError`]: axum's own rejections
+/// (bad JSON, a wrong content type, an unknown route or method, a body over the limit) answer
+/// in plain text or with no body at all. Every other error response of the sidecar — JSON
+/// already, or an HTML page — passes unchanged, and so do the headers (`Allow`, …).
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let route = format!("{} {}", request.method(), request.uri().path());
+    let response = next.run(request).await;
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !(status.is_client_error() || status.is_server_error())
+        || content_type.starts_with("application/json")
+        || content_type.starts_with("text/html")
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", format!("no such route: {route}")),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            format!("{route}: method not allowed on this route"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", text),
+        StatusCode::UNAUTHORIZED => ("unauthenticated", text),
+        StatusCode::FORBIDDEN => ("forbidden", text),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid", text),
+        StatusCode::TOO_MANY_REQUESTS => ("rate_limited", text),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", text),
+        s if s.is_server_error() => ("internal", text),
+        _ => ("bad_request", text),
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        message
+    };
+    let mut rewritten = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().append(name, value.clone());
+        }
+    }
+    rewritten
 }

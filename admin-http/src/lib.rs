@@ -7,14 +7,16 @@
 //! - [`oauth`]: `POST /oauth/token` (client credentials).
 //! - [`oidc`]: sign-in with OpenID Connect providers.
 //! - [`api`]: `/api/me…` and `/api/admin/…` handlers.
+//! - [`actions`]: what the API and the pages both do (so they cannot drift).
 //! - [`metrics`]: `GET /metrics` (Prometheus).
-//! - [`ui`]: the server-rendered web pages.
+//! - [`ui`]: the server-rendered web pages, one file per page family.
 //! - [`webhooks`]: `POST /webhooks/jira`, HMAC-signed deliveries.
 //! - [`error`]: the one mapping of errors to JSON responses.
 //!
 //! Every route is registered through [`utoipa_axum`], so the OpenAPI document served at
 //! `/api/openapi.json` is generated from the handlers and lists them all.
 
+pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -144,6 +146,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::service_accounts, api::create_service_account))
         .routes(routes!(api::revoke_service_account))
         .routes(routes!(api::audit))
+        .routes(routes!(api::backup_state))
         .routes(routes!(api::tables, api::create_table))
         .routes(routes!(api::sync_table))
         .routes(routes!(api::syncs))
@@ -186,6 +189,7 @@ pub fn app(state: AppState) -> Router {
                 async move { Json(api.as_ref().clone()) }
             }),
         )
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 

@@ -109,7 +109,19 @@ fn hint_missing(error: DataFusionError, visible: &[VisibleTable]) -> DataFusionE
         .map(|t| format!("`{}`", t.entry.name))
         .collect();
     if candidates.is_empty() {
-        return error;
+        let schemas: std::collections::BTreeSet<String> = visible
+            .iter()
+            .map(|t| format!("`{}`", t.entry.name.schema()))
+            .collect();
+        let schemas = schemas.into_iter().collect::<Vec<_>>();
+        return DataFusionError::Plan(if schemas.is_empty() {
+            format!("{message}; you cannot read any table yet (an admin grants them)")
+        } else {
+            format!(
+                "{message}; the schemas you can read are {} (name tables `schema.table`)",
+                schemas.join(", ")
+            )
+        });
     }
     DataFusionError::Plan(format!(
         "{message}; did you mean {}? (a table name without its schema is looked up in the session's schema, `{DEFAULT_SCHEMA}` unless set)",

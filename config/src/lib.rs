@@ -8,6 +8,8 @@
 
 pub mod interpolate;
 mod model;
+#[cfg(test)]
+mod reference;
 
 use std::fmt;
 
@@ -83,6 +85,16 @@ const SECTIONS: &[&str] = &[
 impl Config {
     /// Parses and validates a YAML configuration; `env` resolves `${VAR}` references.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::parse_with(text, env, |_| Vec::new())
+    }
+
+    /// [`Config::parse`] with `more` checks this crate cannot make (the connectors' options),
+    /// run on whatever parsed, so one pass reports every problem of the file.
+    pub fn parse_with(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        more: impl FnOnce(&Config) -> Vec<ConfigIssue>,
+    ) -> Result<Self, ConfigError> {
         let text = interpolate::interpolate(text, &env).map_err(ConfigError)?;
         let value: Value = serde_norway::from_str(&text).map_err(|e| {
             ConfigError(vec![ConfigIssue {
@@ -129,6 +141,7 @@ impl Config {
         }
         config.apply_env(&env);
         issues.extend(config.validate());
+        issues.extend(more(&config));
         if issues.is_empty() {
             Ok(config)
         } else {

@@ -2,6 +2,7 @@
 //! `quiver.yaml` (the README's config reference mirrors them). Every field has a default, so
 //! Quiver runs with no file at all.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -497,6 +498,10 @@ pub struct TableDef {
     /// Shown in catalogs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Column → description, shown in catalogs and handed to drivers as the column's
+    /// remarks (JDBC `getColumns` `REMARKS`, ADBC `xdbc_remarks`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, String>,
 }
 
 /// A problem with one field of a [`TableDef`]: `field` is its path inside the definition

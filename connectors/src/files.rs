@@ -2,7 +2,8 @@
 //! object-store URL.
 //!
 //! CSV is read by DuckDB, whose sniffer detects the dialect (delimiter, quoting, header) and
-//! the column types (integers, decimals, dates and timestamps in their local formats), so a
+//! the column types (integers, dates and timestamps in their local formats); a fractional
+//! column written with a fixed point (money: `1.234,56`) lands as decimal, not double, so a
 //! CSV lands as typed parquet. JSON lines and Parquet are read by DataFusion. Remote files are
 //! first downloaded into the sync's scratch directory, so every format reads local files.
 
@@ -27,6 +28,10 @@ use crate::{Batches, Connector, ConnectorError, Options, ReadRequest};
 
 /// Rows per batch handed on (DuckDB produces 2 048-row chunks).
 const BATCH_ROWS: usize = 65_536;
+
+/// Most fraction digits a CSV column may have and land as decimal; columns with more
+/// (measurements, computed ratios) stay double.
+const MAX_DECIMAL_SCALE: i64 = 9;
 
 /// The `files` connector.
 pub struct Files;
@@ -59,6 +64,9 @@ pub(crate) struct FilesOptions {
     /// CSV: the decimal separator, `.` or `,`.
     #[serde(default)]
     decimal_separator: Option<String>,
+    /// CSV: the thousands separator in numbers (`1.234,56`: `.`), one character.
+    #[serde(default)]
+    thousands_separator: Option<String>,
     /// CSV: the text that stands for a missing value, e.g. `NA`.
     #[serde(default)]
     null_string: Option<String>,
@@ -105,6 +113,7 @@ impl FilesOptions {
             date_format: None,
             timestamp_format: None,
             decimal_separator: None,
+            thousands_separator: None,
             null_string: None,
             storage_options: BTreeMap::new(),
         }
@@ -147,6 +156,7 @@ impl Connector for Files {
                 ("date_format", parsed.date_format.is_some()),
                 ("timestamp_format", parsed.timestamp_format.is_some()),
                 ("decimal_separator", parsed.decimal_separator.is_some()),
+                ("thousands_separator", parsed.thousands_separator.is_some()),
                 ("null_string", parsed.null_string.is_some()),
             ];
             for (key, set) in csv_only {
@@ -166,6 +176,22 @@ impl Connector for Files {
                 "options.decimal_separator",
                 format!("`{sep}` must be `.` or `,`"),
             ));
+        }
+        if let Some(sep) = &parsed.thousands_separator {
+            let decimal = parsed.decimal_separator.as_deref().unwrap_or(".");
+            if sep.chars().count() != 1 || sep.chars().any(|c| c.is_ascii_digit()) {
+                problems.push(FieldProblem::new(
+                    "options.thousands_separator",
+                    format!(
+                        "`{sep}` must be one character other than a digit, e.g. `.`, `,` or `'`"
+                    ),
+                ));
+            } else if sep == decimal {
+                problems.push(FieldProblem::new(
+                    "options.thousands_separator",
+                    format!("`{sep}` is also the decimal separator; set `decimal_separator` to the other one"),
+                ));
+            }
         }
         if let Some(serde_json::Value::Object(storage)) = options.get("storage_options") {
             for key in storage.keys() {
@@ -413,6 +439,7 @@ pub(crate) async fn read_csv(
             ("dateformat", &options.date_format),
             ("timestampformat", &options.timestamp_format),
             ("decimal_separator", &options.decimal_separator),
+            ("thousands", &options.thousands_separator),
             ("nullstr", &options.null_string),
         ];
         for (name, value) in text_options {
@@ -426,12 +453,20 @@ pub(crate) async fn read_csv(
             params.push(Box::new(header));
         }
         args.push("union_by_name = true".into());
-        let sql = format!("SELECT * FROM read_csv({})", args.join(", "));
         let csv_error = |e: duckdb::Error| {
             ConnectorError::Source(format!("reading CSV `{}`: {e}", options.path))
         };
-        let mut stmt = conn.prepare(&sql).map_err(csv_error)?;
         let refs: Vec<&dyn duckdb::ToSql> = params.iter().map(|p| p.as_ref()).collect();
+        let decimals = fixed_point_columns(&conn, &args, &refs, &options).map_err(csv_error)?;
+        if !decimals.is_empty() {
+            let types: Vec<String> = decimals
+                .iter()
+                .map(|(name, scale)| format!("{}: 'DECIMAL(38, {scale})'", quote_literal(name)))
+                .collect();
+            args.push(format!("types = {{{}}}", types.join(", ")));
+        }
+        let sql = format!("SELECT * FROM read_csv({})", args.join(", "));
+        let mut stmt = conn.prepare(&sql).map_err(csv_error)?;
         // The iterator panics on a failed chunk; step() below reports it as an error.
         drop(stmt.stream_arrow(refs.as_slice()).map_err(csv_error)?);
         let schema = stmt.schema();
@@ -454,6 +489,87 @@ pub(crate) async fn read_csv(
         Ok(())
     })
     .await
+}
+
+/// The columns DuckDB's sniffer typed DOUBLE whose every value is a plain fixed-point number
+/// (sign, digits, thousands separators, at most [`MAX_DECIMAL_SCALE`] fraction digits), with
+/// the most fraction digits seen: those are amounts, which land as `DECIMAL(38, scale)` so
+/// they add up exactly. One extra pass over the text, only when there are such candidates.
+fn fixed_point_columns(
+    conn: &duckdb::Connection,
+    args: &[String],
+    params: &[&dyn duckdb::ToSql],
+    options: &FilesOptions,
+) -> Result<Vec<(String, i64)>, duckdb::Error> {
+    let mut describe = conn.prepare(&format!(
+        "SELECT column_name FROM (DESCRIBE SELECT * FROM read_csv({})) WHERE column_type = 'DOUBLE'",
+        args.join(", ")
+    ))?;
+    let doubles: Vec<String> = describe
+        .query_map(params, |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if doubles.is_empty() {
+        return Ok(Vec::new());
+    }
+    let decimal = options.decimal_separator.as_deref().unwrap_or(".");
+    let thousands = options.thousands_separator.as_deref().unwrap_or("");
+    let point = regex_escape(decimal);
+    let checks: Vec<String> = doubles
+        .iter()
+        .map(|name| {
+            let text = format!(
+                "replace(trim({}), {}, '')",
+                quote_identifier(name),
+                quote_literal(thousands)
+            );
+            format!(
+                "bool_and(regexp_full_match({text}, '[+-]?[0-9]+({point}[0-9]+)?')), \
+                 coalesce(max(length(split_part({text}, {}, 2))), 0)",
+                quote_literal(decimal)
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM read_csv({}, all_varchar = true)",
+        checks.join(", "),
+        args.join(", ")
+    );
+    let row: Vec<(Option<bool>, i64)> = conn.query_row(&sql, params, |r| {
+        (0..doubles.len())
+            .map(|i| Ok((r.get(2 * i)?, r.get(2 * i + 1)?)))
+            .collect()
+    })?;
+    Ok(doubles
+        .into_iter()
+        .zip(row)
+        .filter(|(_, (plain, scale))| {
+            *plain == Some(true) && (1..=MAX_DECIMAL_SCALE).contains(scale)
+        })
+        .map(|(name, (_, scale))| (name, scale))
+        .collect())
+}
+
+/// `text` as a DuckDB string literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// `name` as a DuckDB identifier.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` matched literally in a regular expression.
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
 }
 
 /// Where a blocking reader hands its schema and batches.
@@ -553,7 +669,7 @@ mod tests {
         let path = dir.path().join("a.csv");
         std::fs::write(
             &path,
-            "id;amount;day;note\n1;12,50;03.01.2026;x\n2;7,25;04.01.2026;\n",
+            "id;amount;day;note;ratio\n1;1.212,50;03.01.2026;x;0,1234567890123\n2;-7,2;04.01.2026;;1,5e3\n",
         )
         .unwrap();
         let opts = FilesOptions {
@@ -565,6 +681,7 @@ mod tests {
             date_format: Some("%d.%m.%Y".into()),
             timestamp_format: None,
             decimal_separator: Some(",".into()),
+            thousands_separator: Some(".".into()),
             null_string: None,
             storage_options: BTreeMap::new(),
         };
@@ -576,18 +693,20 @@ mod tests {
             .map(|f| format!("{}:{}", f.name(), f.data_type()))
             .collect();
         assert_eq!(types[0], "id:Int64");
-        assert!(
-            types[1].starts_with("amount:Decimal") || types[1] == "amount:Float64",
-            "{types:?}"
-        );
+        // Money lands exactly, at the most fraction digits seen; other fractions stay double.
+        assert_eq!(types[1], "amount:Decimal128(38, 2)");
         assert_eq!(types[2], "day:Date32");
-        let rows: usize = batches
-            .stream
-            .map(|b| b.unwrap().num_rows())
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .sum();
-        assert_eq!(rows, 2);
+        assert_eq!(types[4], "ratio:Float64");
+        let batches: Vec<RecordBatch> = batches.stream.try_collect().await.unwrap();
+        let amounts = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+        let amounts = arrow::util::display::ArrayFormatter::try_new(
+            amounts.column(1).as_ref(),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            [amounts.value(0).to_string(), amounts.value(1).to_string()],
+            ["1212.50", "-7.20"]
+        );
     }
 }

@@ -270,8 +270,15 @@ pub fn sql_type(data_type: &DataType) -> (&'static str, Option<u8>, Option<i8>) 
 
 /// `field` with the column metadata Flight SQL defines for `GetTables(include_schema)`
 /// (`ARROW:FLIGHT:SQL:*`), from which drivers fill JDBC's `getColumns` and ADBC's xdbc
-/// fields: type name, precision, scale and what a read-only server can say.
-pub fn described(field: &Field, catalog: &str, schema: &str, table: &str) -> Field {
+/// fields: type name, precision, scale, the column's description (`remarks`) and what a
+/// read-only server can say.
+pub fn described(
+    field: &Field,
+    catalog: &str,
+    schema: &str,
+    table: &str,
+    remarks: Option<&str>,
+) -> Field {
     let (name, precision, scale) = sql_type(field.data_type());
     let mut metadata = field.metadata().clone();
     let mut set = |key: &str, value: String| {
@@ -296,6 +303,9 @@ pub fn described(field: &Field, catalog: &str, schema: &str, table: &str) -> Fie
     );
     set("IS_READ_ONLY", "1".into());
     set("IS_SEARCHABLE", "1".into());
+    if let Some(remarks) = remarks {
+        set("REMARKS", remarks.into());
+    }
     field.clone().with_metadata(metadata)
 }
 

@@ -1340,8 +1340,23 @@ impl FlightSqlService for QuiverFlightSql {
             .map_err(to_status)?;
         let mut builder = query.into_builder();
         let empty = Schema::empty();
+        // Column descriptions from the tables' definitions, as the columns' remarks.
+        let remarks: std::collections::HashMap<_, _> = if include_schema {
+            let state = self.engine.state().clone();
+            tokio::task::spawn_blocking(move || state.tables().definitions())
+                .await
+                .map_err(|e| internal(&e))?
+                .map_err(to_status)?
+                .into_iter()
+                .map(|d| (d.name, d.def.columns))
+                .collect()
+        } else {
+            Default::default()
+        };
+        let no_remarks = std::collections::BTreeMap::new();
         for table in tables.into_iter().map(|t| t.entry) {
             let schema = if include_schema {
+                let remarks = remarks.get(&table.name).unwrap_or(&no_remarks);
                 self.engine
                     .table_schema(&principal, &table.name)
                     .await
@@ -1352,7 +1367,10 @@ impl FlightSqlService for QuiverFlightSql {
                             schema
                                 .fields()
                                 .iter()
-                                .map(|f| metadata::described(f, CATALOG_NAME, db_schema, name))
+                                .map(|f| {
+                                    let remark = remarks.get(f.name()).map(String::as_str);
+                                    metadata::described(f, CATALOG_NAME, db_schema, name, remark)
+                                })
                                 .collect::<Vec<_>>(),
                             schema.metadata().clone(),
                         ))

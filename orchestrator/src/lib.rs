@@ -186,6 +186,11 @@ impl Orchestrator {
         }
     }
 
+    /// Where syncs (and state backups) put their temporary files.
+    pub fn scratch(&self) -> &std::path::Path {
+        &self.scratch
+    }
+
     /// Keeping Jira's tables for the site in `config` (deliveries are processed while the
     /// scheduler runs).
     pub fn with_jira(

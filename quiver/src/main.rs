@@ -5,6 +5,7 @@
 //! one process until Ctrl-C or SIGTERM.
 
 mod admin;
+mod remote;
 mod server;
 mod state;
 mod sync;
@@ -39,7 +40,8 @@ enum Command {
     /// Manage users, groups, grants and tokens (on the embedded state file while the server
     /// is stopped; on a PostgreSQL state at any time).
     Admin(admin::AdminArgs),
-    /// Move the state between databases (`quiver state migrate --from … --to postgres://…`).
+    /// Back up, restore, or move the state to PostgreSQL (`quiver state backup DIR`,
+    /// `restore DIR`, `migrate --from … --to postgres://…`).
     State(state::StateArgs),
     /// Sync one table now (through the running server when it is up; needs QUIVER_TOKEN).
     Sync(sync::SyncArgs),
@@ -155,10 +157,13 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-    let config = Config::parse(&text, |name| std::env::var(name).ok())
-        .with_context(|| format!("invalid configuration file {}", path.display()))?;
-    // The connectors' own checks (options, schedules) live above the config crate.
-    let issues: Vec<_> = config
+    Config::parse_with(&text, |name| std::env::var(name).ok(), connector_issues)
+        .with_context(|| format!("invalid configuration file {}", path.display()))
+}
+
+/// The connectors' own checks (options, schedules), which live above the config crate.
+fn connector_issues(config: &Config) -> Vec<quiver_config::ConfigIssue> {
+    config
         .tables
         .iter()
         .enumerate()
@@ -171,12 +176,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
                     message: p.message,
                 })
         })
-        .collect();
-    if !issues.is_empty() {
-        return Err(anyhow::Error::new(quiver_config::ConfigError(issues))
-            .context(format!("invalid configuration file {}", path.display())));
-    }
-    Ok(config)
+        .collect()
 }
 
 /// Loads the configuration and applies flags and the bootstrap-admin environment variables.

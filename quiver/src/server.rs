@@ -11,6 +11,7 @@ use anyhow::Context;
 use base64::Engine;
 use quiver_catalog::authenticator::Authenticator;
 use quiver_catalog::distributed::Distribution;
+use quiver_catalog::identity::ADMIN_GROUP;
 use quiver_catalog::state::cluster::{self, Replica};
 use quiver_catalog::{EngineOptions, QueryEngine, QueryLimits, StateStore, Storage, TokenSigner};
 use quiver_config::{Config, Distributed};
@@ -32,6 +33,26 @@ pub fn run(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
+    // Listeners first: a port in use is reported before minutes of demo data generation.
+    let flight_listener = TcpListener::bind(config.server.flight_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.flight_listen)",
+                config.server.flight_listen
+            )
+        })?;
+    let http_listener = TcpListener::bind(config.server.http_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.http_listen)",
+                config.server.http_listen
+            )
+        })?;
+    let flight_addr = flight_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
     let data_dir = &config.storage.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -50,6 +71,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     {
         tracing::info!(user = %admin.email, "bootstrap admin created");
     }
+    warn_without_admin(&state)?;
 
     if let Some(scale) = demo_scale {
         eprintln!("Preparing TPC-H demo data at scale {scale} (generated once, then reused)…");
@@ -125,25 +147,6 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         },
         auth.clone(),
     );
-
-    let flight_listener = TcpListener::bind(config.server.flight_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (server.flight_listen)",
-                config.server.flight_listen
-            )
-        })?;
-    let http_listener = TcpListener::bind(config.server.http_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (server.http_listen)",
-                config.server.http_listen
-            )
-        })?;
-    let flight_addr = flight_listener.local_addr()?;
-    let http_addr = http_listener.local_addr()?;
 
     // Handlers are installed before the addresses are printed, so a supervisor that signals
     // as soon as it sees them gets a graceful shutdown.
@@ -235,6 +238,26 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || audit.audit().flush(Duration::from_secs(10))).await?;
     flight_result?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// A state without an active administrator serves, but nobody can manage it: say so, and how
+/// to make one, rather than leave the operator guessing why no one can sign in.
+fn warn_without_admin(state: &StateStore) -> anyhow::Result<()> {
+    let admins = state
+        .identity()
+        .users()?
+        .into_iter()
+        .filter(|u| u.active && u.groups.iter().any(|g| g == ADMIN_GROUP))
+        .count();
+    if admins == 0 {
+        tracing::warn!(
+            "no active administrator: nobody can manage users and grants. Start once with \
+             QUIVER_ADMIN_EMAIL and QUIVER_ADMIN_PASSWORD set (or auth.bootstrap_admin), or, \
+             with the server stopped, run `quiver admin user add EMAIL --password-stdin` and \
+             `quiver admin member add Admin EMAIL`"
+        );
+    }
     Ok(())
 }
 

@@ -216,53 +216,27 @@ async fn through_server(
     table: &TableName,
     jql: Option<&str>,
 ) -> anyhow::Result<bool> {
-    let Ok(token) = std::env::var("QUIVER_TOKEN") else {
-        bail!(
-            "the server is running (it holds the state file). Set QUIVER_TOKEN to an admin's personal access token to sync through it, or call POST /api/admin/tables/{table}/sync"
-        );
-    };
-    let base = config
-        .server
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.server.http_listen));
-    let client = reqwest::Client::new();
-    let started = client
-        .post(format!("{base}/api/admin/tables/{table}/sync"))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(serde_json::json!({ "jql": jql }).to_string())
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the server at {base}"))?;
-    let status = started.status();
+    let server = crate::remote::Remote::new(
+        config,
+        "sync",
+        &format!("call POST /api/admin/tables/{table}/sync"),
+    )?;
+    let started = server
+        .post(
+            &format!("/api/admin/tables/{table}/sync"),
+            Some(serde_json::json!({ "jql": jql })),
+        )
+        .await?;
     let body: serde_json::Value =
         serde_json::from_slice(&started.bytes().await?).unwrap_or_default();
-    if !status.is_success() {
-        bail!(
-            "the server refused: {}",
-            body["error"]["message"].as_str().unwrap_or(status.as_str())
-        );
-    }
     let run_id = body["run"].as_i64().unwrap_or_default();
     let bar = spinner(&table.to_string());
     let deadline = Instant::now() + Duration::from_secs(24 * 3600);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let runs: Vec<quiver_catalog::state::tables::SyncRun> = serde_json::from_slice(
-            &client
-                .get(format!(
-                    "{base}/api/admin/syncs?before={}&limit=1",
-                    run_id + 1
-                ))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .error_for_status()?
-                .bytes()
-                .await?,
-        )
-        .context("unexpected answer from /api/admin/syncs")?;
+        let runs: Vec<quiver_catalog::state::tables::SyncRun> = server
+            .get(&format!("/api/admin/syncs?before={}&limit=1", run_id + 1))
+            .await?;
         let Some(run) = runs.into_iter().find(|r| r.id == run_id) else {
             bail!("run {run_id} disappeared from the history");
         };

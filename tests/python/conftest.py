@@ -96,7 +96,7 @@ class Server:
 
     def __init__(self, args: list[str], data_dir: str, config: str | None = None,
                  http_listen: str = "127.0.0.1:0", env: dict[str, str] | None = None,
-                 flight_listen: str = "127.0.0.1:0"):
+                 flight_listen: str = "127.0.0.1:0", admin: bool = True):
         self.data_dir = data_dir
         cmd = [quiver_bin(), *args, "--flight-listen", flight_listen,
                "--http-listen", http_listen, "--data-dir", data_dir]
@@ -106,8 +106,11 @@ class Server:
             with open(path, "w") as f:
                 f.write(config)
             cmd += ["--config", path]
-        env = dict(quiver_env(data_dir), QUIVER_ADMIN_EMAIL=ADMIN_EMAIL,
-                   QUIVER_ADMIN_PASSWORD=ADMIN_PASSWORD, RUST_LOG="info", **(env or {}))
+        bootstrap = {"QUIVER_ADMIN_EMAIL": ADMIN_EMAIL, "QUIVER_ADMIN_PASSWORD": ADMIN_PASSWORD} if admin else {}
+        env = dict(quiver_env(data_dir), **bootstrap, RUST_LOG="info", **(env or {}))
+        if not admin:
+            env.pop("QUIVER_ADMIN_EMAIL", None)
+            env.pop("QUIVER_ADMIN_PASSWORD", None)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, text=True, env=env)
         self.log_lines: list[str] = []

@@ -258,6 +258,8 @@ def test_hidden_columns_and_ungranted_tables_do_not_exist(alice):
     assert "not found" in unqualified and "did you mean `tpch.customer`" in unqualified, unqualified
     assert error_of(alice, "SELECT * FROM orders").replace("orders", "X") == \
         error_of(alice, "SELECT * FROM no_such_table").replace("no_such_table", "X")
+    # With nothing of that name to suggest, it names the schemas the caller can read.
+    assert "the schemas you can read are `tpch`" in error_of(alice, "SELECT * FROM no_such_table")
     with pytest.raises(adbc_driver_manager.Error) as refused:
         query(alice, "SELECT * FROM customer")
     assert refused.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND

@@ -7,6 +7,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import adbc_driver_manager
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, metric
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, metric
 
 TPCH_TABLES = ["customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier"]
 # A query that runs for a long time on any machine.
@@ -253,6 +254,27 @@ def test_get_objects_columns_carry_their_sql_types(conn):
         assert (column["xdbc_scope_catalog"], column["xdbc_scope_schema"], column["xdbc_scope_table"]) == \
             ("quiver", "tpch", "orders")
         assert column["xdbc_is_autoincrement"] is False
+
+
+def test_column_descriptions_reach_clients_as_remarks(server, conn):
+    """A table definition's `columns:` descriptions are the columns' remarks: the
+    `ARROW:FLIGHT:SQL:REMARKS` field metadata of `GetTables(include_schema)`, which ADBC's
+    `adbc_get_objects` reads into `remarks` (and JDBC into `REMARKS`, tests/jdbc)."""
+    from test_sync import sync
+
+    admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    name = f"docs.nations_{uuid.uuid4().hex[:6]}"
+    status, body = api(server, "POST", "/api/admin/tables", admin, {
+        "name": name, "connector": "sql", "options": {"query": "SELECT n_nationkey, n_name FROM tpch.nation"},
+        "columns": {"n_name": "The nation's name, upper case"}})
+    assert status == 201, body
+    assert sync(server, admin, name)["status"] == "succeeded"
+    schema, table = name.split(".")
+    objects = conn.adbc_get_objects(depth="columns", db_schema_filter=schema, table_name_filter=table)
+    columns = {c["column_name"]: c for cat in objects.read_all().to_pylist() for sch in cat["catalog_db_schemas"]
+               for t in sch["db_schema_tables"] for c in t["table_columns"]}
+    assert columns["n_name"]["remarks"] == "The nation's name, upper case"
+    assert columns["n_nationkey"]["remarks"] is None
 
 
 ORDER_KEYS = "ORDER BY l_orderkey, l_linenumber"

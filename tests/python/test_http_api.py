@@ -120,6 +120,38 @@ def test_every_route_needs_credentials_and_admin_routes_need_an_admin(server, an
     assert checked >= 35
 
 
+def test_every_error_is_a_json_error_body(server):
+    """What a script gets wrong (bad JSON, a missing field, no content type, an unknown route or
+    method) comes back as `{"error": {"code", "message"}}` naming the problem, like the API's
+    own errors."""
+    base = f"http://{server.http}"
+    admin = {"authorization": f"Bearer {login(server, ADMIN_EMAIL, ADMIN_PASSWORD)}"}
+
+    def error(response, status, code):
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"].startswith("application/json"), response.headers
+        body = response.json()["error"]
+        assert body["code"] == code, body
+        assert body["message"], body
+        return body["message"]
+
+    bad_json = requests.post(f"{base}/api/admin/users", data="{not json", timeout=30,
+                             headers={**admin, "content-type": "application/json"})
+    assert "json" in error(bad_json, 400, "bad_request").lower()
+    missing = requests.post(f"{base}/api/admin/users", json={"password": PASSWORD}, headers=admin, timeout=30)
+    assert "email" in error(missing, 422, "invalid")
+    untyped = requests.post(f"{base}/api/admin/users", data='{"email": "a@b.io"}', headers=admin, timeout=30)
+    assert "content-type" in error(untyped, 415, "unsupported_media_type").lower()
+    assert "/api/admin/nope" in error(requests.get(f"{base}/api/admin/nope", headers=admin, timeout=30),
+                                      404, "not_found")
+    wrong_method = requests.put(f"{base}/api/admin/users", headers=admin, timeout=30)
+    assert "PUT" in error(wrong_method, 405, "method_not_allowed")
+    assert "GET" in wrong_method.headers["allow"]
+    huge = requests.post(f"{base}/api/admin/users", headers=admin, timeout=30,
+                         json={"email": "a@b.io", "password": "x" * (3 << 20)})
+    error(huge, 413, "too_large")
+
+
 class Browser:
     """Cookies kept like a browser keeps them."""
 

@@ -27,7 +27,20 @@ def analyst(server):
     return email, pat["token"]
 
 
-def test_the_jdbc_driver(server, analyst, tls_server, tmp_path):
+@pytest.fixture(scope="module")
+def described(server):
+    """`docs.regions`, with column descriptions (which drivers read as remarks)."""
+    from test_sync import sync
+
+    admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    status, body = api(server, "POST", "/api/admin/tables", admin, {
+        "name": "docs.regions", "connector": "sql", "options": {"query": "SELECT * FROM tpch.region"},
+        "description": "TPC-H regions", "columns": {"r_name": "The region's name"}})
+    assert status in (201, 409), body
+    assert sync(server, admin, "docs.regions")["status"] == "succeeded"
+
+
+def test_the_jdbc_driver(server, analyst, described, tls_server, tmp_path):
     if shutil.which("mvn") is None:
         pytest.fail("Maven is not installed: `make test` installs it (make java)")
     email, pat = analyst

@@ -69,11 +69,12 @@ def test_csv_from_config_is_sniffed_typed_scheduled_and_profiled(workdir):
         "id;customer;amount;ordered_on;status\n"
         "1;Ada;12,50;03.01.2026;open\n"
         "2;Bob;7,25;04.01.2026;shipped\n"
-        "3;Čeněk;100,00;05.01.2026;open\n"
+        "3;Čeněk;1.100,00;05.01.2026;open\n"
     )
     config = yaml_tables([{
         "name": "sales.orders", "connector": "files",
-        "options": {"path": str(src / "*.csv"), "date_format": "%d.%m.%Y", "decimal_separator": ","},
+        "options": {"path": str(src / "*.csv"), "date_format": "%d.%m.%Y", "decimal_separator": ",",
+                    "thousands_separator": "."},
         "schedule": "every 1h", "description": "Orders from the shop",
     }])
     server = Server(["serve"], str(workdir / "data"), config=config)
@@ -87,11 +88,11 @@ def test_csv_from_config_is_sniffed_typed_scheduled_and_profiled(workdir):
         table = rows(server, "SELECT * FROM sales.orders ORDER BY id")
         types = {f.name: f.type for f in table.schema}
         assert types["id"] == pa.int64()
-        assert pa.types.is_decimal(types["amount"]) or types["amount"] == pa.float64()
+        assert types["amount"] == pa.decimal128(38, 2)  # money stays exact
         assert types["ordered_on"] == pa.date32()
         assert table.column("customer").to_pylist() == ["Ada", "Bob", "Čeněk"]
         assert table.column("ordered_on").to_pylist()[0] == datetime.date(2026, 1, 3)
-        assert float(table.column("amount").to_pylist()[2]) == 100.0
+        assert table.column("amount").to_pylist() == [decimal.Decimal(v) for v in ("12.50", "7.25", "1100.00")]
 
         status, info = api(server, "GET", "/api/admin/tables/sales.orders", token)
         assert status == 200, info

@@ -168,3 +168,6 @@ def test_an_admin_syncs_a_table_from_the_tables_page(browser, server):
     with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as c, c.cursor() as cur:
         cur.execute(f"SELECT count(*) FROM {name}")
         assert cur.fetchone()[0] == 5
+    # The button is the API's action: audited alike.
+    audit = api(server, "GET", "/api/admin/audit?action=table.sync&limit=50", token)[1]
+    assert any(e["target"] == name and e["actor"] == ADMIN_EMAIL for e in audit), audit

@@ -60,3 +60,16 @@ fn every_problem_is_reported_at_once_with_its_key_path() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
+
+#[test]
+fn connector_problems_are_reported_with_the_config_level_ones() {
+    let yaml = "query:\n  batch_size: 0\ntables:\n  - name: ops.kv\n    connector: files\n    options:\n      path: /x.csv\n      colour: red\n";
+    let (ok, text) = check_config(yaml, &[]);
+    assert!(!ok, "{text}");
+    for needle in [
+        "`query.batch_size`: 0 is out of range",
+        "`tables[0].options.colour`: unknown field",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}

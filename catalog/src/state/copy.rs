@@ -1,5 +1,8 @@
-//! Copying a whole state from one database to another (`quiver state migrate`), e.g. an
-//! installation's embedded file into the PostgreSQL database a cluster will share.
+//! Copying a whole state from one database to another: an installation's embedded file
+//! into the PostgreSQL database a cluster will share (`quiver state migrate`), and backups
+//! into a state file of their own and back (`quiver state backup` / `restore`).
+
+use std::path::Path;
 
 use super::db::{Backend, Param};
 use super::{StateStore, params};
@@ -36,18 +39,21 @@ const SEQUENCES: &[(&str, &str, &str)] = &[
 pub type CopyReport = Vec<(&'static str, usize)>;
 
 impl StateStore {
-    /// Copies every row of this state into `target`, in one transaction there. Refuses a
-    /// target that holds anything but the groups every new state starts with.
+    /// Copies every row of this state, as of one moment (it may be in use), into `target`,
+    /// in one transaction there. Refuses a target that holds anything but the groups every
+    /// new state starts with.
     pub fn copy_into(&self, target: &StateStore) -> Result<CopyReport, CatalogError> {
-        let source = self.conn()?;
-        let mut data = Vec::new();
-        for table in TABLES {
-            data.push((
-                *table,
-                source.query(&format!("SELECT * FROM {table}"), params![])?,
-            ));
-        }
-        drop(source);
+        // One transaction reads every table from one snapshot (serializable on PostgreSQL).
+        let data = self.transaction(|tx| {
+            let mut data = Vec::new();
+            for table in TABLES {
+                data.push((
+                    *table,
+                    tx.query(&format!("SELECT * FROM {table}"), params![])?,
+                ));
+            }
+            Ok(data)
+        })?;
         target.transaction(|tx| {
             for table in TABLES {
                 let rows: i64 = tx.query_row(
@@ -100,6 +106,38 @@ impl StateStore {
             StateStore::mark_changed(tx)?;
             Ok(report)
         })
+    }
+}
+
+impl StateStore {
+    /// Writes a consistent copy of this state into a new state file at `path` (which must
+    /// not exist), at this binary's schema version.
+    pub fn backup_to(&self, path: &Path) -> Result<CopyReport, CatalogError> {
+        if path.exists() {
+            return Err(CatalogError::Conflict(format!(
+                "{} exists; back up into a new file",
+                path.display()
+            )));
+        }
+        let target = StateStore::open(path)?;
+        let report = self.copy_into(&target)?;
+        target.conn()?.batch("CHECKPOINT")?;
+        Ok(report)
+    }
+
+    /// Rows per table, as [`StateStore::copy_into`] reports them.
+    pub fn row_counts(&self) -> Result<CopyReport, CatalogError> {
+        let conn = self.conn()?;
+        TABLES
+            .iter()
+            .map(|table| {
+                let rows: i64 =
+                    conn.query_row(&format!("SELECT count(*) FROM {table}"), params![], |r| {
+                        r.get(0)
+                    })?;
+                Ok((*table, rows as usize))
+            })
+            .collect()
     }
 }
 

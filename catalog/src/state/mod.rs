@@ -329,6 +329,79 @@ mod tests {
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
     }
 
+    /// An upgrade from a state at any earlier schema version (what an older release left)
+    /// keeps its users, memberships and tables; a state newer than this binary is refused
+    /// with what to do, and left as it was.
+    #[test]
+    fn older_states_upgrade_in_place_and_newer_ones_are_refused() {
+        for older in 1..=MIGRATIONS.len() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.duckdb");
+            {
+                let db = Db::Duck(duck::Db::open(&path).unwrap());
+                let conn = db.conn().unwrap();
+                conn.batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
+                    .unwrap();
+                for (index, sql) in MIGRATIONS[..older].iter().enumerate() {
+                    conn.batch(sql).unwrap();
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)",
+                        params![index as i64 + 1],
+                    )
+                    .unwrap();
+                }
+                conn.batch(
+                    "INSERT INTO users (email, password_hash) VALUES ('ada@example.com', NULL);
+                     INSERT INTO memberships (group_name, email, source) VALUES ('Admin', 'ada@example.com', 'admin');
+                     INSERT INTO tables (schema_name, table_name, current_version) VALUES ('s', 't', 1);
+                     INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
+                     VALUES ('s', 't', 1, 'file:///v1/', 3, 10);
+                     CHECKPOINT;",
+                )
+                .unwrap();
+            }
+            let store = StateStore::open(&path).unwrap();
+            assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            let users = store.identity().users().unwrap();
+            assert_eq!(users.len(), 1, "from version {older}");
+            assert!(users[0].groups.iter().any(|g| g == "Admin"));
+            let tables = store.tables().list().unwrap();
+            assert_eq!(
+                (tables.len(), tables[0].rows),
+                (1, 3),
+                "from version {older}"
+            );
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.duckdb");
+        StateStore::open(&path)
+            .unwrap()
+            .conn()
+            .unwrap()
+            .execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                params![MIGRATIONS.len() as i64 + 1],
+            )
+            .unwrap();
+        let refused = StateStore::open(&path).unwrap_err().to_string();
+        assert!(
+            refused.contains("newer than this Quiver") && refused.contains("upgrade Quiver"),
+            "{refused}"
+        );
+        let conn = duck::Db::open(&path).unwrap();
+        let version: i64 = Db::Duck(conn)
+            .conn()
+            .unwrap()
+            .query_row(
+                "SELECT max(version) FROM schema_migrations",
+                params![],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64 + 1);
+    }
+
     #[test]
     fn bootstrap_admin_is_created_once_and_never_overwritten() {
         let store = StateStore::in_memory().unwrap();

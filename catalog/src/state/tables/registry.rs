@@ -676,6 +676,26 @@ mod tests {
             vec![t.clone()]
         );
         assert_eq!(store.tables().sync_run(live).unwrap().status, "interrupted");
+        // The fenced-off run (its replica may yet be alive behind a partition, its files
+        // swept) publishes nothing: the table stays at the version it had.
+        let current = store.tables().get(&t).unwrap().version;
+        let zombie = NewVersion {
+            location: "file:///zombie/".into(),
+            run: Some(live),
+            ..new.clone()
+        };
+        assert!(matches!(
+            store.tables().commit_version(&t, &zombie),
+            Err(CatalogError::Conflict(_))
+        ));
+        assert_eq!(store.tables().get(&t).unwrap().version, current);
+        assert!(
+            !store
+                .tables()
+                .version_locations()
+                .unwrap()
+                .contains("file:///zombie/")
+        );
 
         store.tables().delete_table("admin@x.io", &t).unwrap();
         assert!(store.tables().definitions().unwrap().is_empty());

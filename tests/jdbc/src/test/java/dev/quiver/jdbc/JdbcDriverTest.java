@@ -226,6 +226,17 @@ class JdbcDriverTest {
       assertEquals(Types.VARCHAR, types.get("o_comment"));
       assertEquals("BIGINT", typeNames.get("o_orderkey"));
 
+      // A column's description (`columns:` of its table definition) is its REMARKS.
+      Map<String, String> remarks = new HashMap<>();
+      try (ResultSet rs = md.getColumns(null, "docs", "regions", "%")) {
+        while (rs.next()) {
+          remarks.put(rs.getString("COLUMN_NAME"), rs.getString("REMARKS"));
+        }
+      }
+      assertEquals("The region's name", remarks.get("r_name"));
+      assertTrue(remarks.containsKey("r_regionkey"));
+      assertEquals(null, remarks.get("r_regionkey"));
+
       // (Driver 18.3 answers getTypeInfo itself, empty, without asking the server.)
       column(md.getTypeInfo(), "TYPE_NAME");
       assertEquals(List.of(), column(md.getPrimaryKeys(null, "tpch", "orders"), "COLUMN_NAME"));

@@ -1,0 +1,40 @@
+//! What the JSON API and the web pages both do that is more than one state-store call, so a
+//! button and an endpoint cannot drift apart (checks, audit rows, the Jira path).
+
+use axum::http::StatusCode;
+use quiver_catalog::{Principal, TableName};
+use quiver_orchestrator::Trigger;
+
+use crate::error::ApiError;
+use crate::{AppState, blocking};
+
+/// Starts a sync of `name` now, for `actor`, and audits it; returns the run. For a Jira
+/// table this is the consistency check, or with `jql` a backfill.
+pub async fn start_sync(
+    app: &AppState,
+    actor: &Principal,
+    name: TableName,
+    jql: Option<String>,
+) -> Result<i64, ApiError> {
+    let trigger = Trigger::Manual(actor.email().to_string());
+    let run = match jql.filter(|j| !j.trim().is_empty()) {
+        Some(jql) if name.schema() == quiver_orchestrator::jira::SCHEMA => app
+            .orchestrator
+            .start_jira(quiver_orchestrator::JiraJob::Backfill(jql), trigger)?,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "`jql` applies to Jira tables (jira.*) only",
+            ));
+        }
+        None => app.orchestrator.start(&name, trigger)?,
+    };
+    let actor = actor.email().to_string();
+    blocking(app, move |s| {
+        s.audit()
+            .record_event(&actor, "table.sync", Some(&name.to_string()), "ok")
+    })
+    .await?;
+    Ok(run)
+}
