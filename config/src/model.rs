@@ -498,8 +498,9 @@ pub struct TableDef {
     /// Shown in catalogs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Column → description, shown in catalogs and handed to drivers as the column's
-    /// remarks (JDBC `getColumns` `REMARKS`, ADBC `xdbc_remarks`).
+    /// Column → description, shown in the web catalog and handed to drivers as the column's
+    /// remarks (`ARROW:FLIGHT:SQL:REMARKS`: JDBC `getColumns` `REMARKS`, the field metadata of
+    /// ADBC's `adbc_get_table_schema`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub columns: BTreeMap<String, String>,
 }

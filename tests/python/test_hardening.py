@@ -182,8 +182,8 @@ def test_the_server_answers_health_checks_while_queries_run(hard, mallory):
 
 @pytest.mark.parametrize("sql, parameters", [
     (SLOW_QUERY, None),
-    # A prepared statement is planned at prepare, at GetFlightInfo and at DoGet: the deadline
-    # counts once, from the statement's start, not once per call.
+    # A prepared statement with a bound parameter: prepared, described by GetFlightInfo
+    # (planned once, the plan kept for DoGet), then run; the run ends at its deadline.
     (SLOW_QUERY.replace("= 3", "= ?"), (3,)),
     # A join whose first batch takes minutes (no grants needed: generated rows).
     ("SELECT count(*) FROM generate_series(1, 300000) a, generate_series(1, 300000) b "
