@@ -108,15 +108,21 @@ fn backup(dir: &Path, config: &Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file = dir.join(STATE_FILE);
     let data_dir = &config.storage.data_dir;
-    let copied = match StateStore::from_config(config.storage.state.as_deref(), data_dir) {
-        Ok(state) => state.backup_to(&file).map_err(anyhow::Error::from),
-        Err(CatalogError::StateLocked(_)) => {
-            download_backup(config, &file).and_then(|()| Ok(StateStore::open(&file)?.row_counts()?))
-        }
+    let written = match StateStore::from_config(config.storage.state.as_deref(), data_dir) {
+        Ok(state) => state
+            .backup_to(&file)
+            .map(drop)
+            .map_err(anyhow::Error::from),
+        Err(CatalogError::StateLocked(_)) => download_backup(config, &file),
         Err(e) => Err(e.into()),
     };
-    let report = match copied {
-        Ok(report) => report,
+    // The report is read back from the backup itself: it opens, and holds what it says.
+    let read_back = written.and_then(|()| {
+        let copy = StateStore::open(&file)?;
+        Ok((copy.row_counts()?, copy.schema_version()?))
+    });
+    let (report, schema_version) = match read_back {
+        Ok(read) => read,
         Err(e) => {
             // Nothing half-written is left to be mistaken for a backup.
             let _ = std::fs::remove_dir_all(dir);
@@ -130,7 +136,7 @@ fn backup(dir: &Path, config: &Config) -> anyhow::Result<()> {
     }
     let manifest = serde_json::json!({
         "quiver": env!("CARGO_PKG_VERSION"),
-        "schema_version": StateStore::open(&file)?.schema_version()?,
+        "schema_version": schema_version,
         "created_at": chrono_now(),
         "state": if config.storage.state.is_some() { "postgres" } else { "embedded" },
         "object_store": object_store(config),
