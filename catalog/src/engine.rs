@@ -45,7 +45,7 @@ use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::distributed::Distribution;
-use crate::executor::QueryExecutor;
+use crate::executor::{QueryExecutor, YieldAfterJoins};
 use crate::functions::BoundedConcatPlanner;
 use crate::identity::Principal;
 use crate::limits::QueryLimits;
@@ -279,7 +279,8 @@ impl QueryEngine {
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
-            .with_default_features();
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(YieldAfterJoins));
         if let Some(distribution) = &self.distribution {
             state = distribution.coordinate(state, email)?;
         }

@@ -6,14 +6,27 @@
 //! InfluxDB 3's dedicated executor). A query's batches are produced here too and handed to
 //! the caller through a small channel, which keeps tonic's backpressure: the next batch is
 //! computed only once the previous one was taken.
+//!
+//! Tokio cannot preempt a task: an aborted query stops only when its stream returns
+//! `Pending`. DataFusion's leaves yield every so often, but an operator with several inputs
+//! can emit batch after batch without touching them (a nested-loop join's output is the
+//! product of its inputs), so [`YieldAfterJoins`] makes those yield too: a query past its
+//! deadline then lets go of its threads, and other users' statements get their turn.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{FutureExt, StreamExt};
 use tokio::runtime::Handle;
@@ -132,6 +145,37 @@ impl Drop for QueryExecutor {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+}
+
+/// Wraps the output of every operator with several inputs (joins, unions, recursive queries)
+/// in a [`CooperativeExec`], which spends the task's Tokio budget on each batch and so
+/// yields every 128 batches. Runs after DataFusion's own rules, which make leaves yield.
+#[derive(Debug, Default)]
+pub struct YieldAfterJoins;
+
+impl PhysicalOptimizerRule for YieldAfterJoins {
+    fn name(&self) -> &str {
+        "YieldAfterJoins"
+    }
+
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            Ok(if node.children().len() > 1 {
+                Transformed::yes(Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>)
+            } else {
+                Transformed::no(node)
+            })
+        })
+        .map(|t| t.data)
+    }
+
+    fn schema_check(&self) -> bool {
+        true
     }
 }
 
