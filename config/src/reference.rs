@@ -9,7 +9,6 @@ use std::fmt::Write;
 use syn::{Attribute, Fields, Item, Type};
 
 const MODEL: &str = include_str!("model.rs");
-const OUTPUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
 
 /// A struct or enum of `model.rs`, as the reference shows it.
 enum Shape {
@@ -278,12 +277,16 @@ fn render() -> String {
 
 #[test]
 fn the_reference_matches_the_config_types() {
+    // Found at run time (cargo runs tests in the crate's folder): a test binary reused by a
+    // clone in another folder must read that clone's file.
+    let output = std::path::Path::new("../docs/configuration.md");
     let generated = render();
     if std::env::var_os("QUIVER_BLESS").is_some() {
-        std::fs::write(OUTPUT, &generated).unwrap();
+        std::fs::write(output, &generated).unwrap();
         return;
     }
-    let committed = std::fs::read_to_string(OUTPUT).unwrap_or_default();
+    let committed = std::fs::read_to_string(output)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", output.display()));
     assert!(
         committed == generated,
         "docs/configuration.md is out of date with config/src/model.rs: run \

@@ -122,7 +122,7 @@ async fn sync_here(
         crate::server::new_orchestrator(config, state, &storage, &engine, &replica.id)?;
     orchestrator.recover(&config.tables).await?;
     if let Some(jql) = jql {
-        return Ok(report(&backfill(&orchestrator, jql).await?));
+        return Ok(report(&backfill(&orchestrator, jql).await?.into()));
     }
     let bar = spinner(&table.to_string());
     let progress = std::sync::Mutex::new(None);
@@ -143,7 +143,7 @@ async fn sync_here(
         _ = ticker => unreachable!("the ticker never ends"),
     };
     bar.finish_and_clear();
-    Ok(report(&run))
+    Ok(report(&run.into()))
 }
 
 /// Runs a Jira backfill with a progress bar over Jira's (approximate) issue count.
@@ -176,7 +176,7 @@ async fn backfill(
 }
 
 /// Prints the outcome of a run; returns whether it succeeded.
-fn report(run: &quiver_catalog::state::tables::SyncRun) -> bool {
+fn report(run: &quiver_admin::api::tables::SyncRun) -> bool {
     if run.status == "succeeded" && run.version.is_none() {
         // A Jira job: it commits versions as it goes and counts issues.
         println!(
@@ -234,7 +234,7 @@ async fn through_server(
     let deadline = Instant::now() + Duration::from_secs(24 * 3600);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let runs: Vec<quiver_catalog::state::tables::SyncRun> = server
+        let runs: Vec<quiver_admin::api::tables::SyncRun> = server
             .get(&format!("/api/admin/syncs?before={}&limit=1", run_id + 1))
             .await?;
         let Some(run) = runs.into_iter().find(|r| r.id == run_id) else {

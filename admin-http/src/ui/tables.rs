@@ -3,9 +3,9 @@
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
-use quiver_catalog::state::audit::AuditQuery;
 
 use super::{Confirm, CsrfForm, PageAdmin, PageUser, form_page, layout};
+use crate::api::audit::AuditQuery;
 use crate::{AppState, blocking};
 
 /// Every table: its source and schedule, current version, and last sync.
@@ -17,7 +17,10 @@ pub async fn tables(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> 
 
 async fn tables_page(app: &AppState, user: &PageUser, error: Option<String>) -> Response {
     let app2 = app.clone();
-    let tables = match blocking(app, move |s| crate::api::table_infos(&app2, s, None, false)).await
+    let tables = match blocking(app, move |s| {
+        crate::api::tables::table_infos(&app2, s, None, false)
+    })
+    .await
     {
         Ok(t) => t,
         Err(e) => return e.into_response(),
@@ -99,9 +102,9 @@ pub async fn audit(
     PageAdmin(user): PageAdmin,
     Query(query): Query<AuditQuery>,
 ) -> Response {
-    let query = AuditQuery {
+    let query = quiver_catalog::state::audit::AuditQuery {
         limit: Some(query.limit.unwrap_or(200)),
-        ..query
+        ..query.into()
     };
     let entries = match blocking(&app, move |s| s.audit().log(&query)).await {
         Ok(e) => e,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 use super::identity::{group_exists, no_group};
@@ -76,14 +76,13 @@ impl Serialize for GrantTarget {
 
 /// A grant: members of `group` may read `target`, only the rows `row_filter` keeps, with
 /// `column_masks` applied (a column mapped to `None` is hidden).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// Grant id, for revoking.
     pub id: i64,
     /// The group it is granted to.
     pub group: String,
     /// `schema.table` or `schema.*`.
-    #[schema(value_type = String, example = "tpch.customer")]
     pub table: GrantTarget,
     /// SQL predicate over the table's columns; may use `current_user()`.
     pub row_filter: Option<String>,
@@ -92,18 +91,15 @@ pub struct Grant {
 }
 
 /// A grant to be made; the engine validates it against the table before it is stored.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct NewGrant {
     /// The group to grant to.
     pub group: String,
     /// `schema.table` or `schema.*`.
     pub table: String,
     /// SQL predicate over the table's columns.
-    #[serde(default)]
     pub row_filter: Option<String>,
     /// Column → SQL expression, or `null` to hide the column.
-    #[serde(default)]
     pub column_masks: BTreeMap<String, Option<String>>,
 }
 

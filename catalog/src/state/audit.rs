@@ -9,13 +9,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::state::db::Param;
 use crate::state::{Db, Timestamp, params};
-use serde::{Deserialize, Serialize};
 
 use crate::CatalogError;
 use crate::state::StateStore;
 
 /// One entry of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     /// Increasing id; page with `before`.
     pub id: i64,
@@ -44,8 +43,7 @@ pub struct AuditRecord {
 }
 
 /// Which entries to read, newest first.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
+#[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
     /// At most this many (default 100, at most 1000).
     pub limit: Option<usize>,

@@ -28,7 +28,7 @@ use crate::identity::{self, ADMIN_GROUP, EVERYONE_GROUP, Principal, hash_passwor
 pub const MIN_PASSWORD_LEN: usize = 8;
 
 /// A user account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     /// E-mail, the user's name everywhere.
     pub email: String,
@@ -43,8 +43,7 @@ pub struct User {
 }
 
 /// Changes to a user; `None` leaves a field alone.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct UserUpdate {
     /// New display name.
     pub name: Option<String>,
@@ -56,7 +55,7 @@ pub struct UserUpdate {
 
 /// Where a membership came from: made by an admin, synced from an identity provider's
 /// group claim, or the bootstrap admin's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipSource {
     /// Added by an administrator.
@@ -78,7 +77,7 @@ impl MembershipSource {
 }
 
 /// A group member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// The member's e-mail.
     pub email: String,

@@ -5,7 +5,6 @@
 
 use crate::state::params;
 use base64::Engine;
-use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -18,7 +17,7 @@ use crate::identity::{Origin, Principal, unix_now};
 pub const CLIENT_SECRET_PREFIX: &str = "qvs_";
 
 /// A client as listed (never the secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
     /// The `client_id` to present.
     pub client_id: String,

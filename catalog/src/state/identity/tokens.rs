@@ -4,7 +4,6 @@
 
 use crate::state::{Conn, params};
 use base64::Engine;
-use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -37,7 +36,7 @@ const DISPLAY_LEN: usize = 12;
 pub const MAX_TOKEN_DAYS: u32 = 3650;
 
 /// A token as listed (never the secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
     /// Id, for revoking.
     pub id: String,

@@ -11,13 +11,11 @@ use super::Tables;
 use crate::state::cluster::REPLICA_TIMEOUT;
 use crate::state::{Row, Timestamp, params};
 use quiver_config::TableDef;
-use serde::{Deserialize, Serialize};
 
 use crate::{CatalogError, TableName};
 
 /// Where a definition came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// The `tables:` list of the configuration file (changed there, not through the API).
     Config,
@@ -46,7 +44,7 @@ pub struct Definition {
 }
 
 /// One sync run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyncRun {
     /// Run id.
     pub id: i64,
