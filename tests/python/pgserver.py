@@ -26,7 +26,8 @@ def free_port() -> int:
 class PostgresCluster:
     """A throwaway cluster that can be stopped and started again on the same port."""
 
-    def __init__(self):
+    def __init__(self, server_cert=None):
+        """`server_cert`, a `trustme` leaf certificate, makes the server speak TLS with it."""
         bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
         if not bindirs:
             raise RuntimeError("PostgreSQL is not installed: `make postgres` installs Debian's package")
@@ -45,6 +46,18 @@ class PostgresCluster:
         subprocess.run([*self.as_user, f"{self.bindir}/initdb", "-D", self.data, "-U", "quiver",
                         "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"],
                        check=True, capture_output=True)
+        self.tls: list[str] = []
+        if server_cert is not None:
+            cert, key = os.path.join(self.tmp, "server.crt"), os.path.join(self.tmp, "server.key")
+            server_cert.cert_chain_pems[0].write_to_path(cert)
+            for pem in server_cert.cert_chain_pems[1:]:
+                pem.write_to_path(cert, append=True)
+            server_cert.private_key_pem.write_to_path(key)
+            os.chmod(key, 0o600)  # PostgreSQL refuses a key others can read
+            if self.as_user:
+                for path in (cert, key):
+                    os.chown(path, pg.pw_uid, pg.pw_gid)
+            self.tls = ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
         self.port = free_port()
         self.settings = {"host": "127.0.0.1", "port": self.port, "user": "quiver", "password": PASSWORD,
                          "dbname": "postgres"}
@@ -53,7 +66,7 @@ class PostgresCluster:
     def start(self):
         self.proc = subprocess.Popen([*self.as_user, f"{self.bindir}/postgres", "-D", self.data, "-p",
                                       str(self.port), "-k", self.tmp, "-c", "listen_addresses=127.0.0.1",
-                                      "-c", "fsync=off"],
+                                      "-c", "fsync=off", *self.tls],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while True:
@@ -80,9 +93,9 @@ class PostgresCluster:
 
 
 @contextlib.contextmanager
-def postgres_cluster():
+def postgres_cluster(server_cert=None):
     """Yields a started PostgresCluster; removes it afterwards."""
-    cluster = PostgresCluster()
+    cluster = PostgresCluster(server_cert)
     try:
         cluster.start()
         yield cluster

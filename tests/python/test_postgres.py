@@ -1,6 +1,7 @@
 """The PostgreSQL connector against a real PostgreSQL server (Debian's package, a throwaway
 cluster on a free port): types, full and incremental syncs, query sources, failures, and
-the password never reaching the state file, the API or the log."""
+TLS with each `sslmode` against a server whose certificate a test CA signed, and the password
+never reaching the state file, the API or the log."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import decimal
 import json
 import os
 import tempfile
+import uuid
 
 import psycopg
 import pyarrow as pa
 import pytest
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, state_bytes
-from pgserver import PASSWORD, postgres_server
+from pgserver import PASSWORD, postgres_cluster, postgres_server
 from test_sync import rows, sync
 
 PG_PASSWORD = PASSWORD
@@ -159,3 +161,81 @@ def test_wrong_password_and_literal_secret(postgres, server, monkeypatch):
     assert status == 201, body
     run = sync(server, token, "pg.unset")
     assert run["status"] == "failed" and "NOT_SET_ANYWHERE" in run["error"], run
+
+
+# ----- TLS ---------------------------------------------------------------------------------------
+
+# What the connection itself reports: whether it is encrypted.
+SSL_QUERY = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+@pytest.fixture(scope="module")
+def tls_postgres():
+    """A cluster speaking TLS with a certificate for `localhost` signed by a test CA; yields its
+    settings, the CA's PEM file, and the PEM file of another CA."""
+    import trustme
+
+    ca, other = trustme.CA(), trustme.CA()
+    with tempfile.TemporaryDirectory() as tmp, postgres_cluster(ca.issue_cert("localhost")) as cluster:
+        paths = os.path.join(tmp, "ca.pem"), os.path.join(tmp, "other-ca.pem")
+        ca.cert_pem.write_to_path(paths[0])
+        other.cert_pem.write_to_path(paths[1])
+        yield cluster.settings, *paths
+
+
+@pytest.mark.parametrize("host, options, outcome", [
+    # The default, `prefer`: encrypted when the server offers it, the certificate unchecked.
+    ("127.0.0.1", {}, True),
+    ("127.0.0.1", {"sslmode": "disable"}, False),
+    ("127.0.0.1", {"sslmode": "require"}, True),
+    ("localhost", {"sslmode": "verify-full", "ca_cert": "{ca}"}, True),
+    # `verify-ca` checks the signature, not the name; `verify-full` both.
+    ("127.0.0.1", {"sslmode": "verify-ca", "ca_cert": "{ca}"}, True),
+    ("127.0.0.1", {"sslmode": "verify-full", "ca_cert": "{ca}"}, "does not name this host"),
+    ("localhost", {"sslmode": "verify-full", "ca_cert": "{other}"}, "set `ca_cert`"),
+    # Without `ca_cert`, the system's CAs, which never signed the test CA's certificate.
+    ("localhost", {"sslmode": "verify-ca"}, "set `ca_cert`"),
+    # Given a CA, `require` checks against it too (as libpq does).
+    ("localhost", {"sslmode": "require", "ca_cert": "{other}"}, "set `ca_cert`"),
+])
+def test_tls_modes(tls_postgres, server, host, options, outcome):
+    settings, ca, other = tls_postgres
+    options = {k: v.format(ca=ca, other=other) for k, v in options.items()}
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    table = f"pg.tls_{uuid.uuid4().hex[:8]}"
+    body = definition({**settings, "host": host}, table, options={"query": SSL_QUERY, **options})
+    status, created = api(server, "POST", "/api/admin/tables", token, body)
+    assert status == 201, created
+    run = sync(server, token, table)
+    if isinstance(outcome, bool):
+        assert run["status"] == "succeeded", run
+        assert rows(server, f"SELECT ssl FROM {table}").to_pylist() == [{"ssl": outcome}]
+    else:
+        # The error names the server, the mode, what failed and what to do.
+        assert run["status"] == "failed", run
+        where = f"PostgreSQL at {host}:{settings['port']}/postgres (sslmode {options['sslmode']})"
+        assert where in run["error"] and "certificate" in run["error"] and outcome in run["error"], run
+
+
+def test_tls_required_of_a_server_without_it_and_a_bad_ca_file(postgres, server):
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    status, body = api(server, "POST", "/api/admin/tables", token,
+                       definition(postgres, "pg.tls_refused", options={"query": SSL_QUERY, "sslmode": "require"}))
+    assert status == 201, body
+    run = sync(server, token, "pg.tls_refused")
+    assert run["status"] == "failed" and "server does not support TLS" in run["error"], run
+    # A CA file that is not there, or not a certificate, is refused with the definition.
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as junk:
+        junk.write("not a certificate\n")
+        junk.flush()
+        for path in ["/nonexistent/ca.pem", junk.name]:
+            status, body = api(server, "POST", "/api/admin/tables", token,
+                               definition(postgres, "pg.tls_bad_ca", options={"table": "x", "ca_cert": path}))
+            assert status == 422 and "`options.ca_cert`" in body["error"]["message"], body
+            assert path in body["error"]["message"], body
+    status, body = api(server, "POST", "/api/admin/tables", token, definition(
+        postgres, "pg.tls_unused_ca", options={"table": "x", "sslmode": "disable", "ca_cert": "/x.pem"}))
+    assert status == 422 and "sslmode: disable" in body["error"]["message"], body
+    status, body = api(server, "POST", "/api/admin/tables", token, definition(
+        postgres, "pg.tls_bad_mode", options={"table": "x", "sslmode": "always"}))
+    assert status == 422 and "sslmode" in body["error"]["message"], body

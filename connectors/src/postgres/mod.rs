@@ -15,6 +15,10 @@
 //! | anything else (enums, `inet`, `interval`, …) | `Utf8`, cast with `::text` |
 //!
 //! `NaN` and infinite numerics, dates and timestamps have no Arrow value and become null.
+//!
+//! Connections use TLS when the server offers it (`sslmode`, as libpq names it; [`tls`]).
+
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +71,13 @@ struct PostgresOptions {
     /// Or a query whose result is the table.
     #[serde(default)]
     query: Option<String>,
+    /// `disable`, `prefer` (default), `require`, `verify-ca` or `verify-full`.
+    #[serde(default)]
+    sslmode: tls::SslMode,
+    /// PEM file of the CA that signs the server's certificate (checked from `verify-ca` on,
+    /// and with `prefer`/`require` when given). Default: the CAs the system trusts.
+    #[serde(default)]
+    ca_cert: Option<String>,
 }
 
 fn default_host() -> String {
@@ -98,6 +109,18 @@ impl Connector for Postgres {
                 )),
             _ => {}
         }
+        match (&parsed.ca_cert, parsed.sslmode) {
+            (Some(_), tls::SslMode::Disable) => problems.push(FieldProblem::new(
+                "options.ca_cert",
+                "is not used with `sslmode: disable`",
+            )),
+            (Some(path), _) => {
+                if let Err(e) = tls::check_ca_cert(path) {
+                    problems.push(FieldProblem::new("options.ca_cert", e));
+                }
+            }
+            _ => {}
+        }
         problems
     }
 
@@ -109,20 +132,40 @@ impl Connector for Postgres {
             .port(options.port)
             .dbname(&options.database)
             .user(&options.user)
-            .application_name("quiver");
+            .application_name("quiver")
+            .ssl_mode(options.sslmode.negotiation());
         if let Some(password) = &options.password {
             config.password(password);
         }
-        let where_ = format!("{}:{}/{}", options.host, options.port, options.database);
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| ConnectorError::Source(format!("PostgreSQL at {where_}: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection ended");
+        let where_ = format!(
+            "PostgreSQL at {}:{}/{} (sslmode {})",
+            options.host,
+            options.port,
+            options.database,
+            options.sslmode.as_str()
+        );
+        let tls = tls::connector(options.sslmode, options.ca_cert.as_deref())
+            .map_err(|e| ConnectorError::Source(format!("{where_}: {e}")))?;
+        let connect_error = |e: tokio_postgres::Error| {
+            // tokio-postgres says what it was doing; its sources say what failed.
+            let mut message = format!("{where_}: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
             }
-        });
+            if let Some(hint) = tls::hint(&e) {
+                message = format!("{message} ({hint})");
+            }
+            ConnectorError::Source(message)
+        };
+        let client = match tls {
+            None => run(config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(connect_error)?),
+            Some(tls) => run(config.connect(tls).await.map_err(connect_error)?),
+        };
         let pg = |e: tokio_postgres::Error| {
             ConnectorError::Source(format!("PostgreSQL: {}", describe(&e)))
         };
@@ -233,6 +276,22 @@ struct CopyState {
     _client: tokio_postgres::Client,
     decoder: Decoder,
     done: bool,
+}
+
+/// The client of a new connection, whose messages are handled by a task of its own.
+fn run<S, T>(
+    (client, connection): (tokio_postgres::Client, tokio_postgres::Connection<S, T>),
+) -> tokio_postgres::Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    client
 }
 
 /// The server's message, with its detail, rather than tokio-postgres' "db error".
