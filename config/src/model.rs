@@ -452,6 +452,9 @@ pub struct SyncConfig {
     /// Longest wait between retries of a failing table. Default `1h`.
     #[serde(with = "humantime_serde_compat")]
     pub max_backoff: Duration,
+    /// The most a BigQuery sync may process (and be billed for) unless its table sets
+    /// `max_bytes_billed`: a dry run that would process more fails the sync. Default `100GB`.
+    pub max_bytes_billed: ByteSize,
 }
 
 impl Default for SyncConfig {
@@ -461,6 +464,7 @@ impl Default for SyncConfig {
             retention: Duration::from_secs(3600),
             backoff: Duration::from_secs(30),
             max_backoff: Duration::from_secs(3600),
+            max_bytes_billed: ByteSize::gb(100),
         }
     }
 }
@@ -476,7 +480,7 @@ impl Default for SyncConfig {
 pub struct TableDef {
     /// `schema.table`, lowercase, e.g. `sales.orders`.
     pub name: String,
-    /// Which connector reads the source: `files`, `postgres`, `keboola` or `sql`.
+    /// Which connector reads the source: `files`, `postgres`, `bigquery`, `keboola` or `sql`.
     pub connector: String,
     /// The connector's options (see the README's connector reference).
     #[serde(default)]

@@ -3,8 +3,9 @@
 //! A [`Connector`] turns a table definition's options into a stream of Arrow batches; the
 //! orchestrator writes that stream through the [`sink`] into a fresh run folder, merges it
 //! for incremental tables and commits it as a new version. So a connector only knows its
-//! source: files, PostgreSQL, Keboola, or SQL over other Quiver tables.
+//! source: files, PostgreSQL, BigQuery, Keboola, or SQL over other Quiver tables.
 //!
+//! - [`bigquery`]: a BigQuery table or query, with a dry run as the cost guard.
 //! - [`files`]: CSV (typed by DuckDB's sniffer), JSON lines and Parquet, local or remote.
 //! - [`jira`]: Jira Cloud issues, pushed by webhook, fetched whole (not a [`Connector`]).
 //! - [`keboola`]: a Keboola Storage table, through the Storage API's async export.
@@ -13,6 +14,7 @@
 //! - [`sink`]: the one place data is written. [`tpch`]: the demo dataset.
 //! - [`options`]: typed, documented options with errors that name the field.
 
+pub mod bigquery;
 pub mod files;
 pub mod jira;
 pub mod keboola;
@@ -34,6 +36,7 @@ pub use sink::{Landed, ParquetSink};
 
 /// Every connector, by the name a table definition uses. Adding one is one line here.
 pub const CONNECTORS: &[(&str, &dyn Connector)] = &[
+    ("bigquery", &bigquery::BigQuery),
     ("files", &files::Files),
     ("keboola", &keboola::Keboola),
     ("postgres", &postgres::Postgres),
@@ -83,6 +86,8 @@ pub struct ReadRequest<'a> {
     pub scratch: &'a Path,
     /// A session over every published table (for the `sql` connector).
     pub session: &'a SessionContext,
+    /// The server's sync settings (defaults such as BigQuery's byte limit).
+    pub sync: &'a quiver_config::SyncConfig,
 }
 
 /// Batches as they arrive from the source, all of one schema.

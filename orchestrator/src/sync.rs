@@ -72,6 +72,7 @@ pub(crate) async fn run(
                 changed_since,
                 scratch: scratch.path(),
                 session: &session,
+                sync: &orchestrator.options,
             })
             .await?;
         let sink = ParquetSink::new(&orchestrator.storage, table);

@@ -1,0 +1,239 @@
+//! `bigquery`: a BigQuery table or query, materialized on its schedule with a cost guard.
+//!
+//! Every sync is first a dry run (`jobs.query` with `dryRun`), which costs nothing and says
+//! how many bytes the query would process; over `max_bytes_billed` the sync fails and the
+//! old version keeps serving. The query then runs as a job with that limit set on BigQuery's
+//! side too (`maximumBytesBilled`), and its result is paged in (`jobs.getQueryResults` with
+//! `pageToken`), one Arrow batch per page. An incremental sync filters by the watermark in
+//! BigQuery, with a typed query parameter.
+//!
+//! | BigQuery | Arrow |
+//! | --- | --- |
+//! | `INT64`, `FLOAT64`, `BOOL`, `STRING`, `BYTES` | `Int64`, `Float64`, `Boolean`, `Utf8`, `Binary` |
+//! | `NUMERIC` / `BIGNUMERIC` | `Decimal128(38, 9)` / `Decimal256(76, 38)` (or their declared precision and scale) |
+//! | `DATE`, `TIME`, `DATETIME`, `TIMESTAMP` | `Date32`, `Time64(µs)`, `Timestamp(µs)`, `Timestamp(µs, UTC)` |
+//! | `JSON` | `Utf8` tagged with the `arrow.json` extension |
+//! | `GEOGRAPHY` | `Utf8` (WKT), `INTERVAL` and `RANGE` as their text |
+//! | `STRUCT` (`RECORD`), `ARRAY` (`REPEATED`) | `Struct`, `List` |
+
+mod api;
+mod rows;
+
+use bytesize::ByteSize;
+use futures::StreamExt;
+use quiver_config::FieldProblem;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::options::{parse, parse_checked, secret_reference};
+use crate::{Batches, Connector, ConnectorError, Options, ReadRequest};
+use api::{Api, ServiceAccountKey};
+
+/// The `bigquery` connector.
+pub struct BigQuery;
+
+/// Options of the `bigquery` connector.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BigQueryOptions {
+    /// Path of a service-account key file (the JSON Google Cloud issues).
+    #[serde(default)]
+    credentials_file: Option<String>,
+    /// Or the key's JSON itself, as an `${ENV}` reference.
+    #[serde(default)]
+    credentials: Option<String>,
+    /// The project that runs (and pays for) the query jobs.
+    project: String,
+    /// Where the data lives (`US`, `EU`, `europe-west3`, …). Default: BigQuery infers it.
+    #[serde(default)]
+    location: Option<String>,
+    /// The table to read: `dataset.table` (in `project`) or `project.dataset.table`.
+    #[serde(default)]
+    table: Option<String>,
+    /// Or a GoogleSQL query whose result is the table.
+    #[serde(default)]
+    query: Option<String>,
+    /// The most a sync may process (and so be billed for), e.g. `20GB`. Default: the
+    /// server's `sync.max_bytes_billed`.
+    #[serde(default)]
+    max_bytes_billed: Option<ByteSize>,
+    /// The API's root URL. Default `https://bigquery.googleapis.com`.
+    #[serde(default = "default_endpoint")]
+    endpoint: String,
+}
+
+fn default_endpoint() -> String {
+    "https://bigquery.googleapis.com".into()
+}
+
+impl BigQueryOptions {
+    /// The service-account key, from the file or the (resolved) option.
+    fn key(&self) -> Result<ServiceAccountKey, String> {
+        match (&self.credentials_file, &self.credentials) {
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("`credentials_file` {path}: {e}"))?;
+                ServiceAccountKey::parse(&text).map_err(|e| format!("`credentials_file` {path}: {e}"))
+            }
+            (None, Some(json)) => {
+                ServiceAccountKey::parse(json).map_err(|e| format!("`credentials`: {e}"))
+            }
+            _ => Err("give either `credentials_file` (a service-account key file) or `credentials` (its JSON as an `${ENV}` reference), not both".into()),
+        }
+    }
+
+    /// The GoogleSQL the sync runs, before any watermark filter.
+    fn sql(&self) -> String {
+        match (&self.table, &self.query) {
+            (Some(table), _) => {
+                let path = if table.split('.').count() == 2 {
+                    format!("{}.{table}", self.project)
+                } else {
+                    table.clone()
+                };
+                format!("SELECT * FROM `{path}`")
+            }
+            (None, Some(query)) => query.clone(),
+            (None, None) => unreachable!("checked"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for BigQuery {
+    fn check(&self, options: &Options) -> Vec<FieldProblem> {
+        let parsed: BigQueryOptions = match parse(options) {
+            Ok(o) => o,
+            Err(p) => return vec![p],
+        };
+        let mut problems: Vec<FieldProblem> = secret_reference(options, "credentials")
+            .into_iter()
+            .collect();
+        match (&parsed.credentials_file, &parsed.credentials) {
+            (Some(_), Some(_)) | (None, None) => problems.push(FieldProblem::new(
+                "options.credentials_file",
+                "give either `credentials_file` (a service-account key file) or `credentials` (its JSON as an `${ENV}` reference), not both",
+            )),
+            (Some(_), None) => {
+                if let Err(e) = parsed.key() {
+                    problems.push(FieldProblem::new("options.credentials_file", e));
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        match (&parsed.table, &parsed.query) {
+            (Some(_), Some(_)) | (None, None) => problems.push(FieldProblem::new(
+                "options.table",
+                "give either `table` (e.g. `sales.orders`) or `query`, not both",
+            )),
+            (Some(table), None)
+                if !matches!(table.split('.').count(), 2 | 3)
+                    || table.contains('`')
+                    || table.split('.').any(str::is_empty) =>
+            {
+                problems.push(FieldProblem::new(
+                    "options.table",
+                    format!("`{table}` must be `dataset.table` or `project.dataset.table`"),
+                ))
+            }
+            _ => {}
+        }
+        if !(parsed.endpoint.starts_with("https://") || parsed.endpoint.starts_with("http://")) {
+            problems.push(FieldProblem::new(
+                "options.endpoint",
+                format!("`{}` must be an https:// URL", parsed.endpoint),
+            ));
+        }
+        problems
+    }
+
+    async fn read(&self, request: ReadRequest<'_>) -> Result<Batches, ConnectorError> {
+        let options: BigQueryOptions = parse_checked(request.options)?;
+        let key = options.key().map_err(ConnectorError::Config)?;
+        let limit = options
+            .max_bytes_billed
+            .unwrap_or(request.sync.max_bytes_billed)
+            .as_u64();
+        let api = Api::new(&options.endpoint, &options.project, key)?;
+        let location = options.location.clone();
+        let mut job = json!({ "query": options.sql(), "useLegacySql": false });
+        if let Some(location) = &location {
+            job["location"] = json!(location);
+        }
+
+        let plan = api.dry_run(&job).await?;
+        if let Some((column, since)) = request.since {
+            let field = plan.schema["fields"]
+                .as_array()
+                .and_then(|fields| fields.iter().find(|f| f["name"] == column))
+                .ok_or_else(|| {
+                    ConnectorError::Source(format!(
+                        "the query has no column `{column}` (the watermark)"
+                    ))
+                })?;
+            let kind = rows::parameter_type(field)?;
+            // A typed parameter: BigQuery parses the value, nothing is spliced into SQL.
+            job["query"] = json!(format!(
+                "SELECT * FROM ({}) WHERE `{}` > @quiver_since",
+                job["query"].as_str().unwrap_or_default(),
+                column.replace('`', "\\`")
+            ));
+            job["parameterMode"] = json!("NAMED");
+            job["queryParameters"] = json!([{
+                "name": "quiver_since",
+                "parameterType": { "type": kind },
+                "parameterValue": { "value": since },
+            }]);
+        }
+        let bytes = if request.since.is_some() {
+            api.dry_run(&job).await?.bytes
+        } else {
+            plan.bytes
+        };
+        if bytes > limit {
+            return Err(ConnectorError::Source(format!(
+                "the query would process {} ({bytes} bytes), over `max_bytes_billed` {} ({limit} bytes): select less (fewer columns, a partition filter) or raise the table's `max_bytes_billed`",
+                ByteSize::b(bytes).display().si(),
+                ByteSize::b(limit).display().si(),
+            )));
+        }
+        tracing::info!(project = %options.project, bytes, limit, "BigQuery dry run within the limit");
+
+        job["maximumBytesBilled"] = json!(limit.to_string());
+        let first = api.query(&job).await?;
+        let schema = rows::schema(&first.schema)?;
+        let batch_schema = schema.clone();
+        let pages = futures::stream::try_unfold(Some(first), move |page| {
+            let api = api.clone();
+            let schema = batch_schema.clone();
+            async move {
+                let Some(page) = page else { return Ok(None) };
+                let batch = rows::batch(&schema, &page.rows)?;
+                let next = match &page.page_token {
+                    Some(token) => Some(api.page(&page.job, token).await?),
+                    None => None,
+                };
+                Ok(Some((batch, next)))
+            }
+        });
+        Ok(Batches {
+            schema,
+            stream: pages.boxed(),
+        })
+    }
+}
+
+/// What a dry run says: the result's schema and the bytes the query would process.
+struct Plan {
+    schema: Value,
+    bytes: u64,
+}
+
+/// One page of a finished query's result.
+struct Page {
+    job: api::JobRef,
+    /// The result's schema (the same on every page).
+    schema: Value,
+    rows: Vec<Value>,
+    page_token: Option<String>,
+}
