@@ -11,6 +11,7 @@
 //! - [`keboola`]: a Keboola Storage table, through the Storage API's async export.
 //! - [`postgres`]: a PostgreSQL table or query, via binary `COPY`.
 //! - [`sql`]: a query over other Quiver tables, materialized.
+//! - [`pushdown`]: filters in a remote source's SQL, for tables read at query time.
 //! - [`sink`]: the one place data is written. [`tpch`]: the demo dataset.
 //! - [`options`]: typed, documented options with errors that name the field.
 
@@ -20,6 +21,7 @@ pub mod jira;
 pub mod keboola;
 pub mod options;
 pub mod postgres;
+pub mod pushdown;
 pub mod sink;
 pub mod sql;
 pub mod tpch;
