@@ -13,6 +13,7 @@ documented shapes (the real service cannot be reached from the test machines):
   error. Rows are `{"f": [{"v": …}]}` with every scalar a string, TIMESTAMPs as microseconds
   when `formatOptions.useInt64Timestamp` is set, BYTES as base64, STRUCTs as nested `f`
   lists, ARRAYs as lists of `{"v": …}`.
+- `POST /bigquery/v2/projects/{project}/jobs/{jobId}/cancel` (`jobs.cancel`), recorded.
 - Errors are Google's `{"error": {"code", "message", "errors": [{"reason"}], "status"}}`;
   the calls to fail next (429, 503, `rateLimitExceeded`, …) can be queued.
 
@@ -133,6 +134,8 @@ class FakeBigQuery:
         self.page_rows = 3
         self.page_delay = 0.0
         self.jobs: dict[str, dict] = {}
+        self.endless: set[str] = set()      # query texts whose jobs never finish
+        self.cancelled: list[str] = []      # jobs cancelled (`jobs.cancel`)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -231,7 +234,9 @@ class FakeBigQuery:
         reference = {"projectId": self.project, "jobId": job_id, "location": "US"}
         if job["asks"] >= 2 and job["failure"]:
             return job["failure"]
-        if job["asks"] < 2:
+        if job["asks"] < 2 or job["body"]["query"] in self.endless:
+            # Still running: the real API waits up to `timeoutMs` before saying so.
+            time.sleep(min(int(query.get("timeoutMs", 10000)), 200) / 1000)
             return 200, {"kind": "bigquery#getQueryResultsResponse", "jobReference": reference,
                          "jobComplete": False}
         time.sleep(self.page_delay)
@@ -289,13 +294,17 @@ class FakeBigQuery:
                     status, answer = fake.fail_next.pop(0)
                     return self._send(status, answer)
                 parts = url.path.strip("/").split("/")
-                if parts[:3] != ["bigquery", "v2", "projects"] or len(parts) < 5 or parts[4] != "queries":
+                if parts[:3] != ["bigquery", "v2", "projects"] or len(parts) < 5 or parts[4] not in ("queries", "jobs"):
                     return self._send(*google_error(404, "notFound", "Not Found", "NOT_FOUND"))
                 if parts[3] != fake.project:
                     return self._send(*google_error(403, "accessDenied",
                                                     f"Access Denied: Project {parts[3]}: User does not have "
                                                     "bigquery.jobs.create permission in project.",
                                                     "PERMISSION_DENIED"))
+                if method == "POST" and len(parts) == 7 and parts[4:7:2] == ["jobs", "cancel"]:
+                    fake.cancelled.append(parts[5])
+                    return self._send(200, {"kind": "bigquery#jobCancelResponse",
+                                            "job": {"jobReference": {"projectId": fake.project, "jobId": parts[5]}}})
                 if method == "POST" and len(parts) == 5:
                     return self._send(*fake._query(body))
                 if method == "GET" and len(parts) == 6:

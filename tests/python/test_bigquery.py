@@ -234,6 +234,18 @@ def test_rate_limits_and_outages_are_retried_with_backoff(bigquery, server):
     assert "BigQuery asks to retry" in server.log()
 
 
+def test_a_job_that_runs_too_long_is_cancelled(bigquery, server):
+    bigquery.put_table(TABLE, ORDERS, [order(1, "Ada", "1", 8)])
+    bigquery.add_query("SELECT * FROM slow_view", TABLE)
+    bigquery.endless.add("SELECT * FROM slow_view")
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    define(bigquery, server, token, "bq.slow", query="SELECT * FROM slow_view", timeout="2s")
+    run = sync(server, token, "bq.slow")
+    assert run["status"] == "failed", run
+    assert "did not finish within `timeout` 2s; it was cancelled" in run["error"], run
+    assert bigquery.cancelled == [bigquery.api_calls("GET")[0]["path"].rsplit("/", 1)[1]]
+
+
 def test_the_token_is_renewed_before_it_expires(bigquery, server):
     # Tokens that live 5 minutes and 2 seconds are renewed after 2 seconds; pages take 0.5 s.
     bigquery.token_lifetime = 302
@@ -260,6 +272,7 @@ def test_definitions_are_checked_and_the_key_never_leaks(bigquery, server):
         ({"table": "a.b.c.d"}, "options.table", "`dataset.table` or `project.dataset.table`"),
         ({"table": None}, "options.table", "either `table`"),
         ({"max_bytes_billed": "lots"}, "options.max_bytes_billed", ""),
+        ({"timeout": "soon"}, "options.timeout", "not a duration"),
         ({"warehouse": "x"}, "options", "unknown field `warehouse`"),
     ]
     for extra, field, text in problems:

@@ -119,8 +119,13 @@ impl Api {
         })
     }
 
-    /// Runs the query in `job` and waits for it; the result's first page.
-    pub(super) async fn query(&self, job: &Value) -> Result<Page, ConnectorError> {
+    /// Runs the query in `job` and waits for it, at most `timeout` (then the job is cancelled,
+    /// so it stops costing); the result's first page.
+    pub(super) async fn query(
+        &self,
+        job: &Value,
+        timeout: Duration,
+    ) -> Result<Page, ConnectorError> {
         let mut body = job.clone();
         // The same request id on a retry: BigQuery runs the job once.
         body["requestId"] = json!(uuid::Uuid::new_v4().to_string());
@@ -139,21 +144,51 @@ impl Api {
                 .to_string(),
             location: reference["location"].as_str().map(String::from),
         };
-        if answer["jobComplete"].as_bool() == Some(true) {
-            Ok(page(job, answer))
-        } else {
-            self.results(&job, None).await
+        let deadline = Instant::now() + timeout;
+        let mut answer = answer;
+        while answer["jobComplete"].as_bool() != Some(true) {
+            if Instant::now() >= deadline {
+                self.cancel(&job).await;
+                return Err(ConnectorError::Source(format!(
+                    "the BigQuery job {} did not finish within `timeout` {}; it was cancelled",
+                    job.id,
+                    humantime::format_duration(timeout)
+                )));
+            }
+            tracing::debug!(job = %job.id, "BigQuery job still running");
+            answer = self.ask_results(&job, None).await?;
+        }
+        Ok(page(job, answer))
+    }
+
+    /// Asks BigQuery to stop a job; a failure to do so is only logged.
+    async fn cancel(&self, job: &JobRef) {
+        let url = format!("{}/jobs/{}/cancel", self.0.base, job.id);
+        let location: Vec<(&str, &str)> = job
+            .location
+            .as_deref()
+            .map(|l| vec![("location", l)])
+            .unwrap_or_default();
+        let cancelled = self
+            .call("cancel", || self.0.http.post(&url).query(&location))
+            .await;
+        if let Err(e) = cancelled {
+            tracing::warn!(job = %job.id, error = %e, "could not cancel the BigQuery job");
         }
     }
 
     /// The page of a finished query's result that `token` names.
     pub(super) async fn page(&self, job: &JobRef, token: &str) -> Result<Page, ConnectorError> {
-        self.results(job, Some(token)).await
+        Ok(page(job.clone(), self.ask_results(job, Some(token)).await?))
     }
 
-    /// `jobs.getQueryResults`, asked again until the job is complete. A failed job answers
-    /// with its error.
-    async fn results(&self, job: &JobRef, token: Option<&str>) -> Result<Page, ConnectorError> {
+    /// One `jobs.getQueryResults`, which waits up to [`WAIT_MS`] for the job. A failed job
+    /// answers with its error.
+    async fn ask_results(
+        &self,
+        job: &JobRef,
+        token: Option<&str>,
+    ) -> Result<Value, ConnectorError> {
         let url = format!("{}/queries/{}", self.0.base, job.id);
         let mut query = vec![
             ("timeoutMs", WAIT_MS.to_string()),
@@ -166,15 +201,8 @@ impl Api {
         if let Some(token) = token {
             query.push(("pageToken", token.to_string()));
         }
-        loop {
-            let answer = self
-                .call("query results", || self.0.http.get(&url).query(&query))
-                .await?;
-            if answer["jobComplete"].as_bool() == Some(true) {
-                return Ok(page(job.clone(), answer));
-            }
-            tracing::debug!(job = %job.id, "BigQuery job still running");
-        }
+        self.call("query results", || self.0.http.get(&url).query(&query))
+            .await
     }
 
     /// One call, with a fresh token, retried where Google says to retry.

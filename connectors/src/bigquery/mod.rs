@@ -19,6 +19,8 @@
 mod api;
 mod rows;
 
+use std::time::Duration;
+
 use bytesize::ByteSize;
 use futures::StreamExt;
 use quiver_config::FieldProblem;
@@ -57,9 +59,16 @@ struct BigQueryOptions {
     /// server's `sync.max_bytes_billed`.
     #[serde(default)]
     max_bytes_billed: Option<ByteSize>,
+    /// Cancel the query job and fail the sync when it runs longer than this. Default `30m`.
+    #[serde(default = "default_timeout")]
+    timeout: String,
     /// The API's root URL. Default `https://bigquery.googleapis.com`.
     #[serde(default = "default_endpoint")]
     endpoint: String,
+}
+
+fn default_timeout() -> String {
+    "30m".into()
 }
 
 fn default_endpoint() -> String {
@@ -138,6 +147,12 @@ impl Connector for BigQuery {
             }
             _ => {}
         }
+        if humantime::parse_duration(&parsed.timeout).is_err() {
+            problems.push(FieldProblem::new(
+                "options.timeout",
+                format!("`{}` is not a duration (e.g. `30m`)", parsed.timeout),
+            ));
+        }
         if !(parsed.endpoint.starts_with("https://") || parsed.endpoint.starts_with("http://")) {
             problems.push(FieldProblem::new(
                 "options.endpoint",
@@ -200,7 +215,9 @@ impl Connector for BigQuery {
         tracing::info!(project = %options.project, bytes, limit, "BigQuery dry run within the limit");
 
         job["maximumBytesBilled"] = json!(limit.to_string());
-        let first = api.query(&job).await?;
+        let timeout =
+            humantime::parse_duration(&options.timeout).unwrap_or(Duration::from_secs(1800));
+        let first = api.query(&job, timeout).await?;
         let schema = rows::schema(&first.schema)?;
         let batch_schema = schema.clone();
         let pages = futures::stream::try_unfold(Some(first), move |page| {
