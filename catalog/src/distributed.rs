@@ -198,7 +198,7 @@ impl Distribution {
 
 /// Spreads statements that aggregate, join or window: those do work in stages that shrink
 /// or reshuffle rows. A plain scan's rows would all come back through this replica anyway,
-/// one hop longer, so it runs here.
+/// one hop longer, so it runs here; so does a statement reading a remote table.
 #[derive(Debug)]
 struct SpreadReductions {
     distributed: Arc<dyn QueryPlanner + Send + Sync>,
@@ -217,7 +217,7 @@ impl QueryPlanner for SpreadReductions {
                 LogicalPlan::Aggregate(_) | LogicalPlan::Join(_) | LogicalPlan::Window(_)
             ))
         })?;
-        if reduces {
+        if reduces && !crate::remote::reads_remote(plan) {
             self.distributed.create_physical_plan(plan, state).await
         } else {
             DefaultPhysicalPlanner::default()

@@ -43,6 +43,7 @@ use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use quiver_config::{SyncMode, TableDef};
 
 use crate::distributed::Distribution;
 use crate::executor::{QueryExecutor, YieldAfterJoins};
@@ -52,6 +53,7 @@ use crate::limits::QueryLimits;
 use crate::memory::UserPool;
 use crate::names::CATALOG_NAME;
 use crate::policy::{CurrentUser, PolicyTable, TablePolicy};
+use crate::remote::{RemoteSources, RemoteTable};
 use crate::state::access::{Grant, GrantTarget, NewGrant};
 use crate::state::{StateStore, TableEntry};
 use crate::storage::Storage;
@@ -83,6 +85,8 @@ pub struct EngineOptions {
     pub acceleration_memory: usize,
     /// Memory for results of repeated statements (`query.results_cache_memory`); 0: none.
     pub results_cache_memory: usize,
+    /// The sources of `mode: remote` tables; `None`: such tables are not served here.
+    pub remote_sources: Option<Arc<dyn RemoteSources>>,
 }
 
 /// The schema unqualified table names are looked up in when the client chose none.
@@ -159,6 +163,8 @@ pub struct QueryEngine {
     accelerator: accelerate::Accelerator,
     /// Results of repeated statements.
     results: Arc<results::ResultsCache>,
+    /// The sources of remote tables.
+    remote_sources: Option<Arc<dyn RemoteSources>>,
 }
 
 /// A principal's DataFusion session and the tables in its catalog.
@@ -178,6 +184,9 @@ pub struct VisibleTable {
     /// Columns the principal sees unchanged (neither hidden nor masked): statistics of
     /// other columns would reveal what the policy hides.
     pub clear_columns: Vec<String>,
+    /// Read from its source by each query (`mode: remote`): its version holds only the
+    /// schema, so it has no row count or profile of its own.
+    pub remote: bool,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -223,6 +232,7 @@ impl QueryEngine {
             sessions: Mutex::default(),
             accelerator: accelerate::Accelerator::new(options.acceleration_memory),
             results: Arc::new(results::ResultsCache::new(options.results_cache_memory)),
+            remote_sources: options.remote_sources,
         })
     }
 
@@ -314,10 +324,22 @@ impl QueryEngine {
         let catalog = MemoryCatalogProvider::new();
         let mut schemas: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
         let mut visible = Vec::new();
+        let remote: HashMap<TableName, TableDef> = self
+            .state
+            .tables()
+            .definitions()?
+            .into_iter()
+            .filter(|d| d.def.mode == SyncMode::Remote)
+            .map(|d| (d.name, d.def))
+            .collect();
         for entry in self.state.tables().list()? {
-            let base = match self.accelerator.table(&entry) {
-                Some(copy) => copy,
-                None => self.provider(&ctx, &entry).await?,
+            let base = match (remote.get(&entry.name), self.accelerator.table(&entry)) {
+                (Some(def), _) => match self.remote_table(&ctx, &entry, def).await? {
+                    Some(table) => table,
+                    None => continue,
+                },
+                (None, Some(copy)) => copy,
+                (None, None) => self.provider(&ctx, &entry).await?,
             };
             let mut row_filtered = false;
             let mut clear_columns: Vec<String> = base
@@ -359,6 +381,7 @@ impl QueryEngine {
                 provider,
             )?;
             visible.push(VisibleTable {
+                remote: remote.contains_key(&entry.name),
                 entry,
                 row_filtered,
                 clear_columns,
@@ -447,6 +470,26 @@ impl QueryEngine {
             row_filter,
             &grant.column_masks,
         )
+    }
+
+    /// The provider of a remote table: its source, with the schema its version recorded.
+    /// `None` (the table is left out, with a warning) when this engine has no sources.
+    async fn remote_table(
+        &self,
+        ctx: &SessionContext,
+        entry: &TableEntry,
+        def: &TableDef,
+    ) -> Result<Option<Arc<dyn TableProvider>>, CatalogError> {
+        let Some(sources) = &self.remote_sources else {
+            tracing::warn!(table = %entry.name, "remote tables are not served by this process");
+            return Ok(None);
+        };
+        let schema = crate::wire::plain_schema(&self.provider(ctx, entry).await?.schema());
+        Ok(Some(Arc::new(RemoteTable::new(
+            entry.name.clone(),
+            schema,
+            sources.source(def)?,
+        ))))
     }
 
     async fn provider(
@@ -602,10 +645,12 @@ impl QueryEngine {
                 "table '{CATALOG_NAME}.{SETTINGS_TABLE}' not found"
             ))));
         }
+        // Remote tables have no versions of their rows: what reads them is never kept,
+        // held in memory or split by version.
         let read = session
             .tables
             .iter()
-            .filter(|t| tables.contains(&t.entry.name.to_string()))
+            .filter(|t| !t.remote && tables.contains(&t.entry.name.to_string()))
             .map(|t| t.entry.clone())
             .collect::<Vec<_>>();
         let result_key = self.results.key(principal, &plan, &read, &tables);

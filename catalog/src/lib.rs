@@ -10,7 +10,8 @@
 //!   [`authenticator`]: sign-in, written once for every edge; [`throttle`]: sign-in rate
 //!   limits.
 //! - [`policy`]: row filters and column masks, enforced inside a per-principal table
-//!   provider; [`system`]: the admins' `system` schema.
+//!   provider; [`system`]: the admins' `system` schema; [`remote`]: tables read from
+//!   their source at query time.
 //! - [`storage`]: the object store holding table data, and its key layout.
 //! - [`engine`]: one DataFusion session per principal whose catalog holds only what that
 //!   principal may read, with a read-only SQL surface; [`limits`]: bounds on a statement's
@@ -31,6 +32,7 @@ pub mod limits;
 pub mod memory;
 pub mod names;
 pub mod policy;
+pub mod remote;
 pub mod state;
 pub mod storage;
 pub mod system;
@@ -41,6 +43,7 @@ pub use engine::{EngineOptions, Planned, QueryEngine, VisibleTable};
 pub use identity::{Origin, Principal, TokenSigner, Verified};
 pub use limits::QueryLimits;
 pub use names::{CATALOG_NAME, TableName};
+pub use remote::{RemoteQuery, RemoteSource, RemoteSources};
 pub use state::{Backend, CopyReport, NewVersion, StateStore, TableEntry};
 pub use storage::Storage;
 

@@ -377,6 +377,11 @@ impl PolicyTable {
         &self.policy
     }
 
+    /// The table it filters and masks.
+    pub fn base(&self) -> &Arc<dyn TableProvider> {
+        &self.base
+    }
+
     /// Names of the columns that are clear on every visible row.
     fn clear_columns(&self) -> HashSet<&str> {
         self.schema
@@ -390,7 +395,7 @@ impl PolicyTable {
 }
 
 /// Drops table qualifiers, so expressions resolve against the provider's own schema.
-fn unqualify(expr: Expr) -> Result<Expr> {
+pub(crate) fn unqualify(expr: Expr) -> Result<Expr> {
     expr.transform(|e| match e {
         Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(
             Column::new_unqualified(c.name),
@@ -475,9 +480,12 @@ impl TableProvider for PolicyTable {
         let base_limit = (self.policy.rows.is_none() && pushed.is_empty())
             .then_some(limit)
             .flatten();
+        // The base scan may use the row filter and the pushed filters to read less (parquet
+        // pruning, a remote source's `WHERE`); all of them are applied again just above.
+        let to_base: Vec<Expr> = self.policy.rows.iter().chain(&pushed).cloned().collect();
         let mut plan = self
             .base
-            .scan(state, Some(&needed), &pushed, base_limit)
+            .scan(state, Some(&needed), &to_base, base_limit)
             .await?;
         let inner = DFSchema::try_from(plan.schema().as_ref().clone())?;
 

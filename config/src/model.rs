@@ -491,6 +491,8 @@ pub struct TableDef {
     pub schedule: Option<String>,
     /// `full` (default): every sync replaces the table. `incremental`: a sync reads rows
     /// changed since the last one (by `watermark`) and merges them by `primary_key`.
+    /// `remote` (`postgres`, `bigquery`): nothing is copied; each query reads the source,
+    /// and a sync only refreshes the table's schema.
     #[serde(default)]
     pub mode: SyncMode,
     /// Incremental mode: the column that grows with every change (e.g. `updated_at`).
@@ -590,6 +592,8 @@ pub enum SyncMode {
     Full,
     /// Merge changed rows by primary key.
     Incremental,
+    /// Read the source at query time; a sync refreshes the schema.
+    Remote,
 }
 
 impl SyncMode {
@@ -598,6 +602,7 @@ impl SyncMode {
         match self {
             SyncMode::Full => "full",
             SyncMode::Incremental => "incremental",
+            SyncMode::Remote => "remote",
         }
     }
 }

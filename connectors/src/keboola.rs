@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::files::{FilesOptions, append_stream, read_csv};
-use crate::options::{parse, parse_checked, secret_reference};
+use crate::options::{self, parse, parse_checked, secret_reference};
 use crate::{Batches, Connector, ConnectorError, Options, ReadRequest};
 
 /// The `keboola` connector.
@@ -38,11 +38,11 @@ struct KeboolaOptions {
     table_id: String,
     /// Give up on an export job after this long. Default `30m`.
     #[serde(default = "default_timeout")]
-    timeout: String,
+    timeout: options::Duration,
 }
 
-fn default_timeout() -> String {
-    "30m".into()
+fn default_timeout() -> options::Duration {
+    options::Duration(Duration::from_secs(30 * 60))
 }
 
 #[async_trait::async_trait]
@@ -67,12 +67,6 @@ impl Connector for Keboola {
                     "`{}` is not a Keboola table id (expected e.g. `in.c-sales.orders`)",
                     parsed.table_id
                 ),
-            ));
-        }
-        if humantime::parse_duration(&parsed.timeout).is_err() {
-            problems.push(FieldProblem::new(
-                "options.timeout",
-                format!("`{}` is not a duration (e.g. `30m`)", parsed.timeout),
             ));
         }
         problems
@@ -103,8 +97,7 @@ impl Connector for Keboola {
                 &form,
             )
             .await?;
-        let timeout =
-            humantime::parse_duration(&options.timeout).unwrap_or(Duration::from_secs(1800));
+        let timeout = options.timeout.0;
         let job = api.wait(&job, timeout).await?;
         let file_id = job["results"]["file"]["id"]
             .as_i64()

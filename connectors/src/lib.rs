@@ -11,7 +11,8 @@
 //! - [`keboola`]: a Keboola Storage table, through the Storage API's async export.
 //! - [`postgres`]: a PostgreSQL table or query, via binary `COPY`.
 //! - [`sql`]: a query over other Quiver tables, materialized.
-//! - [`pushdown`]: filters in a remote source's SQL, for tables read at query time.
+//! - [`remote`]: PostgreSQL and BigQuery as sources of tables read at query time
+//!   (`mode: remote`); [`pushdown`]: the filters such a source runs, in its SQL.
 //! - [`sink`]: the one place data is written. [`tpch`]: the demo dataset.
 //! - [`options`]: typed, documented options with errors that name the field.
 
@@ -22,6 +23,7 @@ pub mod keboola;
 pub mod options;
 pub mod postgres;
 pub mod pushdown;
+pub mod remote;
 pub mod sink;
 pub mod sql;
 pub mod tpch;
@@ -68,6 +70,34 @@ pub trait Connector: Send + Sync {
 
     /// Starts reading. `options` have their `${ENV}` references resolved.
     async fn read(&self, request: ReadRequest<'_>) -> Result<Batches, ConnectorError>;
+
+    /// The connector as the source of tables read at query time (`mode: remote`), if it
+    /// can be one.
+    fn remote(&self) -> Option<&dyn Remote> {
+        None
+    }
+}
+
+/// A connector whose source can answer queries (`mode: remote`; see [`remote`]).
+#[async_trait::async_trait]
+pub trait Remote: Send + Sync {
+    /// The SQL the source's filters are written in.
+    fn dialect(&self) -> pushdown::SourceDialect;
+
+    /// The source's schema, without reading rows: a remote table's sync.
+    async fn schema(
+        &self,
+        options: &Options,
+        sync: &quiver_config::SyncConfig,
+    ) -> Result<SchemaRef, ConnectorError>;
+
+    /// Starts reading the rows of one query. `options` have their references resolved.
+    async fn scan(
+        &self,
+        options: &Options,
+        query: &quiver_catalog::RemoteQuery,
+        sync: &quiver_config::SyncConfig,
+    ) -> Result<Batches, ConnectorError>;
 }
 
 /// A definition's `options` mapping.

@@ -3,7 +3,7 @@
 //! offending field and rejects unknown keys with the list of known ones.
 
 use quiver_config::FieldProblem;
-use quiver_config::interpolate::is_reference;
+use quiver_config::interpolate::{self, is_reference};
 use serde::de::DeserializeOwned;
 
 use crate::{ConnectorError, Options};
@@ -40,5 +40,49 @@ pub fn secret_reference(options: &Options, key: &str) -> Option<FieldProblem> {
                 key.to_ascii_uppercase()
             ),
         )),
+    }
+}
+
+/// Resolves `${ENV}` references in string options (nested ones included). Done only when
+/// the source is read, so a secret lives in memory for that read and nowhere else.
+pub fn resolve(options: &Options) -> Result<Options, ConnectorError> {
+    fn walk(value: &mut serde_json::Value, path: &str) -> Result<(), ConnectorError> {
+        match value {
+            serde_json::Value::String(s) if s.contains('$') => {
+                *s = interpolate::resolve(s, |name| std::env::var(name).ok())
+                    .map_err(|e| ConnectorError::Config(format!("`{path}`: {e}")))?;
+            }
+            serde_json::Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    walk(v, &format!("{path}.{k}"))?;
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter_mut().enumerate() {
+                    walk(v, &format!("{path}[{i}]"))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut value = serde_json::Value::Object(options.clone());
+    walk(&mut value, "options")?;
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => unreachable!("an object stays an object"),
+    }
+}
+
+/// A duration option, written as people write them: `30s`, `5m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub std::time::Duration);
+
+impl<'de> serde::Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        humantime::parse_duration(&text).map(Duration).map_err(|_| {
+            serde::de::Error::custom(format!("`{text}` is not a duration (e.g. `30m`)"))
+        })
     }
 }

@@ -27,9 +27,9 @@ use quiver_catalog::state::tables::SyncRun;
 use quiver_catalog::{
     Backend, CatalogError, QueryEngine, StateStore, Storage, TableEntry, TableName,
 };
-use quiver_config::{FieldProblem, SyncConfig, TableDef};
+use quiver_config::{FieldProblem, SyncConfig, SyncMode, TableDef};
 use quiver_connectors::sink::Progress;
-use quiver_connectors::{ConnectorError, connector, connector_names, tpch};
+use quiver_connectors::{CONNECTORS, ConnectorError, connector, connector_names, tpch};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -102,7 +102,24 @@ pub fn validate(def: &TableDef) -> Vec<FieldProblem> {
         problems.push(FieldProblem::new("schedule", e));
     }
     match connector(&def.connector) {
-        Some(c) => problems.extend(c.check(&def.options)),
+        Some(c) => {
+            problems.extend(c.check(&def.options));
+            if def.mode == SyncMode::Remote && c.remote().is_none() {
+                let remote: Vec<&str> = CONNECTORS
+                    .iter()
+                    .filter(|(_, c)| c.remote().is_some())
+                    .map(|(name, _)| *name)
+                    .collect();
+                problems.push(FieldProblem::new(
+                    "mode",
+                    format!(
+                        "`{}` tables are copied, not read at query time: `mode: remote` works with {} (use `full` or `incremental`)",
+                        def.connector,
+                        remote.join(" and ")
+                    ),
+                ));
+            }
+        }
         None => problems.push(FieldProblem::new(
             "connector",
             format!(

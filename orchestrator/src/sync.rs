@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use quiver_catalog::{CatalogError, NewVersion, Principal, TableName};
-use quiver_config::TableDef;
-use quiver_config::interpolate::resolve;
-use quiver_connectors::{Batches, ConnectorError, Landed, Options, ParquetSink, ReadRequest};
+use quiver_config::{SyncMode, TableDef};
+use quiver_connectors::{Batches, ConnectorError, Landed, ParquetSink, ReadRequest};
 
 use crate::{Orchestrator, OrchestratorError, Running, profile};
 
@@ -34,10 +33,11 @@ pub(crate) async fn run(
 ) -> Result<i64, OrchestratorError> {
     let connector = quiver_connectors::connector(&def.connector)
         .ok_or_else(|| OrchestratorError::Invalid(crate::validate(def)))?;
-    let options = resolve_options(&def.options)?;
+    let options = quiver_connectors::options::resolve(&def.options)?;
     let session = orchestrator.engine.session(&sync_principal()).await?;
     let previous = orchestrator.state.tables().get(table).ok();
-    let incremental = def.mode == quiver_config::SyncMode::Incremental;
+    let incremental = def.mode == SyncMode::Incremental;
+    let remote = def.mode == SyncMode::Remote;
     let (since, changed_since) = match (&previous, incremental) {
         (Some(prev), true) => (
             orchestrator
@@ -65,16 +65,25 @@ pub(crate) async fn run(
     let logger = tokio::spawn(log_progress(table.clone(), running.clone()));
     let started = std::time::Instant::now();
     let landed = async {
-        let batches = connector
-            .read(ReadRequest {
-                options: &options,
-                since: watermark.zip(since.as_deref()),
-                changed_since,
-                scratch: scratch.path(),
-                session: &session,
-                sync: &orchestrator.options,
-            })
-            .await?;
+        let batches = match connector.remote().filter(|_| remote) {
+            // A remote table's version is its schema: an empty file, no rows copied.
+            Some(source) => Batches {
+                schema: source.schema(&options, &orchestrator.options).await?,
+                stream: futures::stream::empty().boxed(),
+            },
+            None => {
+                connector
+                    .read(ReadRequest {
+                        options: &options,
+                        since: watermark.zip(since.as_deref()),
+                        changed_since,
+                        scratch: scratch.path(),
+                        session: &session,
+                        sync: &orchestrator.options,
+                    })
+                    .await?
+            }
+        };
         let sink = ParquetSink::new(&orchestrator.storage, table);
         sink.write_stream(batches, &running.progress).await
     }
@@ -108,9 +117,16 @@ pub(crate) async fn run(
     }
 
     let result = async {
-        let profile = profile::profile(&work, &landed.location).await?;
+        // A remote table has no rows of its own to profile.
+        let profile = match remote {
+            true => None,
+            false => Some(profile::profile(&work, &landed.location).await?),
+        };
         let new_watermark = match watermark {
-            Some(column) => profile::max_of(&profile, column).or(since),
+            Some(column) => profile
+                .as_ref()
+                .and_then(|p| profile::max_of(p, column))
+                .or(since),
             None => None,
         };
         Ok::<_, OrchestratorError>(orchestrator.state.tables().commit_version(
@@ -121,7 +137,7 @@ pub(crate) async fn run(
                 bytes: landed.bytes,
                 description: def.description.clone(),
                 watermark: new_watermark,
-                profile: Some(profile),
+                profile,
                 run: Some(running.run),
             },
         )?)
@@ -131,36 +147,6 @@ pub(crate) async fn run(
         remove_folder(orchestrator, &landed.location).await;
     }
     result
-}
-
-/// Resolves `${ENV}` references in string options (nested ones included).
-fn resolve_options(options: &Options) -> Result<Options, OrchestratorError> {
-    fn walk(value: &mut serde_json::Value, path: &str) -> Result<(), ConnectorError> {
-        match value {
-            serde_json::Value::String(s) if s.contains('$') => {
-                *s = resolve(s, |name| std::env::var(name).ok())
-                    .map_err(|e| ConnectorError::Config(format!("`{path}`: {e}")))?;
-            }
-            serde_json::Value::Object(map) => {
-                for (k, v) in map.iter_mut() {
-                    walk(v, &format!("{path}.{k}"))?;
-                }
-            }
-            serde_json::Value::Array(items) => {
-                for (i, v) in items.iter_mut().enumerate() {
-                    walk(v, &format!("{path}[{i}]"))?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-    let mut value = serde_json::Value::Object(options.clone());
-    walk(&mut value, "options")?;
-    match value {
-        serde_json::Value::Object(map) => Ok(map),
-        _ => unreachable!("an object stays an object"),
-    }
 }
 
 /// Logs rows and bytes every few seconds while a sync runs.

@@ -205,6 +205,7 @@ pub fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
                     distribution: None,
                     acceleration_memory: 0,
                     results_cache_memory: 0,
+                    remote_sources: None,
                 },
             )?;
             let runtime = tokio::runtime::Builder::new_current_thread()

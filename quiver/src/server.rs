@@ -15,6 +15,7 @@ use quiver_catalog::identity::ADMIN_GROUP;
 use quiver_catalog::state::cluster::{self, Replica};
 use quiver_catalog::{EngineOptions, QueryEngine, QueryLimits, StateStore, Storage, TokenSigner};
 use quiver_config::{Config, Distributed};
+use quiver_connectors::remote::RemoteSources;
 use quiver_flight::{FlightOptions, QuiverFlightSql};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -307,6 +308,7 @@ pub fn open_engine(
             distribution,
             acceleration_memory: config.query.acceleration_memory.as_u64() as usize,
             results_cache_memory: config.query.results_cache_memory.as_u64() as usize,
+            remote_sources: Some(Arc::new(RemoteSources::new(config.sync.clone()))),
         },
     )?))
 }

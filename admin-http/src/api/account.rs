@@ -42,7 +42,10 @@ pub struct CatalogTable {
     version: i64,
     /// When that version was published (UTC).
     published_at: String,
-    /// Rows in the version; absent when a row filter hides some of them from the caller.
+    /// Read from its source by each query (`mode: remote`); its version is its schema.
+    remote: bool,
+    /// Rows in the version; absent when a row filter hides some of them from the caller,
+    /// and for remote tables.
     rows: Option<i64>,
     /// Parquet bytes in the version; absent like `rows`.
     bytes: Option<i64>,
@@ -91,7 +94,8 @@ pub async fn catalog(
                     .collect()
             })
             .unwrap_or_default();
-        let profile = if visible.row_filtered {
+        let counted = !visible.row_filtered && !visible.remote;
+        let profile = if !counted {
             None
         } else {
             let (name, version) = (t.name.clone(), t.version);
@@ -115,8 +119,9 @@ pub async fn catalog(
             description: t.description,
             version: t.version,
             published_at: t.committed_at,
-            rows: (!visible.row_filtered).then_some(t.rows),
-            bytes: (!visible.row_filtered).then_some(t.bytes),
+            remote: visible.remote,
+            rows: counted.then_some(t.rows),
+            bytes: counted.then_some(t.bytes),
             columns,
         });
     }

@@ -44,8 +44,12 @@ pub async fn catalog(State(app): State<AppState>, user: PageUser) -> Response {
                     h2 { code { (t.name) } }
                     @if let Some(d) = &t.description { p { (d) } }
                     p {
-                        @if !visible.row_filtered { (t.rows) " rows · " }
-                        "version " (t.version) " · published " (t.committed_at)
+                        @if visible.remote {
+                            "read from its source by each query · schema of " (t.committed_at)
+                        } @else {
+                            @if !visible.row_filtered { (t.rows) " rows · " }
+                            "version " (t.version) " · published " (t.committed_at)
+                        }
                     }
                     @let columns = described.get(&t.name);
                     @if let Some(schema) = schema {

@@ -27,9 +27,13 @@ use quiver_config::FieldProblem;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::options::{parse, parse_checked, secret_reference};
-use crate::{Batches, Connector, ConnectorError, Options, ReadRequest};
+use crate::options::{self, parse, parse_checked, secret_reference};
+use crate::pushdown::SourceDialect;
+use crate::{Batches, Connector, ConnectorError, Options, ReadRequest, Remote};
 use api::{Api, ServiceAccountKey};
+use arrow::datatypes::SchemaRef;
+use quiver_catalog::RemoteQuery;
+use quiver_config::SyncConfig;
 
 /// The `bigquery` connector.
 pub struct BigQuery;
@@ -61,14 +65,14 @@ struct BigQueryOptions {
     max_bytes_billed: Option<ByteSize>,
     /// Cancel the query job and fail the sync when it runs longer than this. Default `30m`.
     #[serde(default = "default_timeout")]
-    timeout: String,
+    timeout: options::Duration,
     /// The API's root URL. Default `https://bigquery.googleapis.com`.
     #[serde(default = "default_endpoint")]
     endpoint: String,
 }
 
-fn default_timeout() -> String {
-    "30m".into()
+fn default_timeout() -> options::Duration {
+    options::Duration(Duration::from_secs(30 * 60))
 }
 
 fn default_endpoint() -> String {
@@ -91,8 +95,16 @@ impl BigQueryOptions {
         }
     }
 
-    /// The GoogleSQL the sync runs, before any watermark filter.
+    /// The GoogleSQL a sync runs, before any watermark filter.
     fn sql(&self) -> String {
+        match &self.query {
+            Some(query) => query.clone(),
+            None => format!("SELECT * FROM {}", self.source()),
+        }
+    }
+
+    /// What rows are read from: the table's path, or the query in parentheses.
+    fn source(&self) -> String {
         match (&self.table, &self.query) {
             (Some(table), _) => {
                 let path = if table.split('.').count() == 2 {
@@ -100,111 +112,51 @@ impl BigQueryOptions {
                 } else {
                     table.clone()
                 };
-                format!("SELECT * FROM `{path}`")
+                format!("`{path}`")
             }
-            (None, Some(query)) => query.clone(),
+            (None, Some(query)) => format!("({query})"),
             (None, None) => unreachable!("checked"),
         }
     }
 }
 
-#[async_trait::async_trait]
-impl Connector for BigQuery {
-    fn check(&self, options: &Options) -> Vec<FieldProblem> {
-        let parsed: BigQueryOptions = match parse(options) {
-            Ok(o) => o,
-            Err(p) => return vec![p],
-        };
-        let mut problems: Vec<FieldProblem> = secret_reference(options, "credentials")
-            .into_iter()
-            .collect();
-        match (&parsed.credentials_file, &parsed.credentials) {
-            (Some(_), Some(_)) | (None, None) => problems.push(FieldProblem::new(
-                "options.credentials_file",
-                "give either `credentials_file` (a service-account key file) or `credentials` (its JSON as an `${ENV}` reference), not both",
-            )),
-            (Some(_), None) => {
-                if let Err(e) = parsed.key() {
-                    problems.push(FieldProblem::new("options.credentials_file", e));
-                }
-            }
-            (None, Some(_)) => {}
-        }
-        match (&parsed.table, &parsed.query) {
-            (Some(_), Some(_)) | (None, None) => problems.push(FieldProblem::new(
-                "options.table",
-                "give either `table` (e.g. `sales.orders`) or `query`, not both",
-            )),
-            (Some(table), None)
-                if !matches!(table.split('.').count(), 2 | 3)
-                    || table.contains('`')
-                    || table.split('.').any(str::is_empty) =>
-            {
-                problems.push(FieldProblem::new(
-                    "options.table",
-                    format!("`{table}` must be `dataset.table` or `project.dataset.table`"),
-                ))
-            }
-            _ => {}
-        }
-        if humantime::parse_duration(&parsed.timeout).is_err() {
-            problems.push(FieldProblem::new(
-                "options.timeout",
-                format!("`{}` is not a duration (e.g. `30m`)", parsed.timeout),
-            ));
-        }
-        if !(parsed.endpoint.starts_with("https://") || parsed.endpoint.starts_with("http://")) {
-            problems.push(FieldProblem::new(
-                "options.endpoint",
-                format!("`{}` must be an https:// URL", parsed.endpoint),
-            ));
-        }
-        problems
-    }
+/// One table's access to BigQuery: the API with its key, where jobs run, and the most a
+/// query may process.
+struct Session {
+    api: Api,
+    options: BigQueryOptions,
+    limit: u64,
+}
 
-    async fn read(&self, request: ReadRequest<'_>) -> Result<Batches, ConnectorError> {
-        let options: BigQueryOptions = parse_checked(request.options)?;
+impl Session {
+    fn open(options: &Options, sync: &SyncConfig) -> Result<Self, ConnectorError> {
+        let options: BigQueryOptions = parse_checked(options)?;
         let key = options.key().map_err(ConnectorError::Config)?;
         let limit = options
             .max_bytes_billed
-            .unwrap_or(request.sync.max_bytes_billed)
+            .unwrap_or(sync.max_bytes_billed)
             .as_u64();
         let api = Api::new(&options.endpoint, &options.project, key)?;
-        let location = options.location.clone();
-        let mut job = json!({ "query": options.sql(), "useLegacySql": false });
-        if let Some(location) = &location {
+        Ok(Self {
+            api,
+            options,
+            limit,
+        })
+    }
+
+    /// A query job running `sql`.
+    fn job(&self, sql: &str) -> Value {
+        let mut job = json!({ "query": sql, "useLegacySql": false });
+        if let Some(location) = &self.options.location {
             job["location"] = json!(location);
         }
+        job
+    }
 
-        let plan = api.dry_run(&job).await?;
-        if let Some((column, since)) = request.since {
-            let field = plan.schema["fields"]
-                .as_array()
-                .and_then(|fields| fields.iter().find(|f| f["name"] == column))
-                .ok_or_else(|| {
-                    ConnectorError::Source(format!(
-                        "the query has no column `{column}` (the watermark)"
-                    ))
-                })?;
-            let kind = rows::parameter_type(field)?;
-            // A typed parameter: BigQuery parses the value, nothing is spliced into SQL.
-            job["query"] = json!(format!(
-                "SELECT * FROM ({}) WHERE `{}` > @quiver_since",
-                job["query"].as_str().unwrap_or_default(),
-                column.replace('`', "\\`")
-            ));
-            job["parameterMode"] = json!("NAMED");
-            job["queryParameters"] = json!([{
-                "name": "quiver_since",
-                "parameterType": { "type": kind },
-                "parameterValue": { "value": since },
-            }]);
-        }
-        let bytes = if request.since.is_some() {
-            api.dry_run(&job).await?.bytes
-        } else {
-            plan.bytes
-        };
+    /// Runs `job`, whose dry run said it processes `bytes`, unless that is over the limit;
+    /// its result, a batch per page.
+    async fn run(self, mut job: Value, bytes: u64) -> Result<Batches, ConnectorError> {
+        let limit = self.limit;
         if bytes > limit {
             return Err(ConnectorError::Source(format!(
                 "the query would process {} ({bytes} bytes), over `max_bytes_billed` {} ({limit} bytes): select less (fewer columns, a partition filter) or raise the table's `max_bytes_billed`",
@@ -212,12 +164,10 @@ impl Connector for BigQuery {
                 ByteSize::b(limit).display().si(),
             )));
         }
-        tracing::info!(project = %options.project, bytes, limit, "BigQuery dry run within the limit");
-
+        tracing::info!(project = %self.options.project, bytes, limit, "BigQuery dry run within the limit");
         job["maximumBytesBilled"] = json!(limit.to_string());
-        let timeout =
-            humantime::parse_duration(&options.timeout).unwrap_or(Duration::from_secs(1800));
-        let first = api.query(&job, timeout).await?;
+        let api = self.api;
+        let first = api.query(&job, self.options.timeout.0).await?;
         let schema = rows::schema(&first.schema)?;
         let batch_schema = schema.clone();
         let pages = futures::stream::try_unfold(Some(first), move |page| {
@@ -237,6 +187,135 @@ impl Connector for BigQuery {
             schema,
             stream: pages.boxed(),
         })
+    }
+}
+
+/// `name` as a GoogleSQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+#[async_trait::async_trait]
+impl Connector for BigQuery {
+    fn check(&self, options: &Options) -> Vec<FieldProblem> {
+        let parsed: BigQueryOptions = match parse(options) {
+            Ok(o) => o,
+            Err(p) => return vec![p],
+        };
+        let mut problems: Vec<FieldProblem> = secret_reference(options, "credentials")
+            .into_iter()
+            .collect();
+        // A key given as `${ENV}` JSON is read only when a sync runs.
+        if !matches!(
+            (&parsed.credentials_file, &parsed.credentials),
+            (None, Some(_))
+        ) && let Err(e) = parsed.key()
+        {
+            problems.push(FieldProblem::new("options.credentials_file", e));
+        }
+        match (&parsed.table, &parsed.query) {
+            (Some(_), Some(_)) | (None, None) => problems.push(FieldProblem::new(
+                "options.table",
+                "give either `table` (e.g. `sales.orders`) or `query`, not both",
+            )),
+            (Some(table), None)
+                if !matches!(table.split('.').count(), 2 | 3)
+                    || table.contains('`')
+                    || table.split('.').any(str::is_empty) =>
+            {
+                problems.push(FieldProblem::new(
+                    "options.table",
+                    format!("`{table}` must be `dataset.table` or `project.dataset.table`"),
+                ))
+            }
+            _ => {}
+        }
+        if !(parsed.endpoint.starts_with("https://") || parsed.endpoint.starts_with("http://")) {
+            problems.push(FieldProblem::new(
+                "options.endpoint",
+                format!("`{}` must be an https:// URL", parsed.endpoint),
+            ));
+        }
+        problems
+    }
+
+    async fn read(&self, request: ReadRequest<'_>) -> Result<Batches, ConnectorError> {
+        let session = Session::open(request.options, request.sync)?;
+        let mut job = session.job(&session.options.sql());
+        let mut plan = session.api.dry_run(&job).await?;
+        if let Some((column, since)) = request.since {
+            let field = plan.schema["fields"]
+                .as_array()
+                .and_then(|fields| fields.iter().find(|f| f["name"] == column))
+                .ok_or_else(|| {
+                    ConnectorError::Source(format!(
+                        "the query has no column `{column}` (the watermark)"
+                    ))
+                })?;
+            let kind = rows::parameter_type(field)?;
+            // A typed parameter: BigQuery parses the value, nothing is spliced into SQL.
+            job["query"] = json!(format!(
+                "SELECT * FROM ({}) WHERE {} > @quiver_since",
+                job["query"].as_str().unwrap_or_default(),
+                quote_ident(column)
+            ));
+            job["parameterMode"] = json!("NAMED");
+            job["queryParameters"] = json!([{
+                "name": "quiver_since",
+                "parameterType": { "type": kind },
+                "parameterValue": { "value": since },
+            }]);
+            plan = session.api.dry_run(&job).await?;
+        }
+        session.run(job, plan.bytes).await
+    }
+
+    fn remote(&self) -> Option<&dyn Remote> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl Remote for BigQuery {
+    fn dialect(&self) -> SourceDialect {
+        SourceDialect::BigQuery
+    }
+
+    /// From a dry run, which reads nothing and is not billed.
+    async fn schema(
+        &self,
+        options: &Options,
+        sync: &SyncConfig,
+    ) -> Result<SchemaRef, ConnectorError> {
+        let session = Session::open(options, sync)?;
+        let job = session.job(&session.options.sql());
+        rows::schema(&session.api.dry_run(&job).await?.schema)
+    }
+
+    /// Each query is dry-run first, so the cost guard holds for every one.
+    async fn scan(
+        &self,
+        options: &Options,
+        query: &RemoteQuery,
+        sync: &SyncConfig,
+    ) -> Result<Batches, ConnectorError> {
+        let session = Session::open(options, sync)?;
+        let columns: Vec<String> = query.columns.iter().map(|c| quote_ident(c)).collect();
+        let mut sql = format!(
+            "SELECT {} FROM {} AS quiver_source",
+            columns.join(", "),
+            session.options.source()
+        );
+        if !query.filters.is_empty() {
+            let filters: Vec<String> = query.filters.iter().map(|f| format!("({f})")).collect();
+            sql = format!("{sql} WHERE {}", filters.join(" AND "));
+        }
+        if let Some(limit) = query.limit {
+            sql = format!("{sql} LIMIT {limit}");
+        }
+        let job = session.job(&sql);
+        let bytes = session.api.dry_run(&job).await?.bytes;
+        session.run(job, bytes).await
     }
 }
 

@@ -37,7 +37,10 @@ use serde::Deserialize;
 use tokio_postgres::types::{Kind as PgKind, Type};
 
 use crate::options::{parse, parse_checked, secret_reference};
-use crate::{Batches, Connector, ConnectorError, Options, ReadRequest};
+use crate::pushdown::SourceDialect;
+use crate::{Batches, Connector, ConnectorError, Options, ReadRequest, Remote};
+use quiver_catalog::RemoteQuery;
+use quiver_config::SyncConfig;
 
 /// Rows per Arrow batch.
 const BATCH_ROWS: usize = 65_536;
@@ -126,83 +129,12 @@ impl Connector for Postgres {
 
     async fn read(&self, request: ReadRequest<'_>) -> Result<Batches, ConnectorError> {
         let options: PostgresOptions = parse_checked(request.options)?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&options.host)
-            .port(options.port)
-            .dbname(&options.database)
-            .user(&options.user)
-            .application_name("quiver")
-            .ssl_mode(options.sslmode.negotiation());
-        if let Some(password) = &options.password {
-            config.password(password);
-        }
-        let where_ = format!(
-            "PostgreSQL at {}:{}/{} (sslmode {})",
-            options.host,
-            options.port,
-            options.database,
-            options.sslmode.as_str()
-        );
-        let tls = tls::connector(options.sslmode, options.ca_cert.as_deref())
-            .map_err(|e| ConnectorError::Source(format!("{where_}: {e}")))?;
-        let connect_error = |e: tokio_postgres::Error| {
-            // tokio-postgres says what it was doing; its sources say what failed.
-            let mut message = format!("{where_}: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message = format!("{message}: {cause}");
-                source = cause.source();
-            }
-            if let Some(hint) = tls::hint(&e) {
-                message = format!("{message} ({hint})");
-            }
-            ConnectorError::Source(message)
-        };
-        let client = match tls {
-            None => run(config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(connect_error)?),
-            Some(tls) => run(config.connect(tls).await.map_err(connect_error)?),
-        };
-        let pg = |e: tokio_postgres::Error| {
-            ConnectorError::Source(format!("PostgreSQL: {}", describe(&e)))
-        };
-
-        let source = match (&options.table, &options.query) {
-            (Some(table), _) => table
-                .split('.')
-                .map(quote_ident)
-                .collect::<Vec<_>>()
-                .join("."),
-            (None, Some(query)) => format!("({query})"),
-            (None, None) => unreachable!("checked"),
-        };
-        let probe = client
-            .prepare(&format!("SELECT * FROM {source} AS quiver_source"))
-            .await
-            .map_err(pg)?;
-        let mut select = Vec::new();
-        let mut kinds = Vec::new();
-        let mut fields = Vec::new();
-        let mut types: HashMap<String, String> = HashMap::new();
-        for column in probe.columns() {
-            let name = column.name();
-            let kind = Kind::of(column.type_(), column.type_modifier());
-            let ident = quote_ident(name);
-            select.push(match kind {
-                Some(_) => ident.clone(),
-                None => format!("{ident}::text AS {ident}"),
-            });
-            let kind = kind.unwrap_or(Kind::Text);
-            fields.push(kind.field(name));
-            types.insert(name.to_string(), column.type_().name().to_string());
-            kinds.push(kind);
-        }
+        let client = options.connect().await?;
+        let source = options.source();
+        let columns = Columns::probe(&client, &source).await?;
         let mut filter = String::new();
         if let Some((column, since)) = request.since {
-            let type_name = types.get(column).ok_or_else(|| {
+            let type_name = columns.types.get(column).ok_or_else(|| {
                 ConnectorError::Source(format!(
                     "the source has no column `{column}` (the watermark)"
                 ))
@@ -219,55 +151,229 @@ impl Connector for Postgres {
                 quote_ident(type_name)
             );
         }
-        let copy = format!(
-            "COPY (SELECT {} FROM {source} AS quiver_source{filter}) TO STDOUT (FORMAT binary)",
+        let select = format!(
+            "SELECT {} FROM {source} AS quiver_source{filter}",
+            columns.select.join(", ")
+        );
+        copy(client, &select, columns.fields, columns.kinds).await
+    }
+
+    fn remote(&self) -> Option<&dyn Remote> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl Remote for Postgres {
+    fn dialect(&self) -> SourceDialect {
+        SourceDialect::Postgres
+    }
+
+    async fn schema(&self, options: &Options, _: &SyncConfig) -> Result<SchemaRef, ConnectorError> {
+        let options: PostgresOptions = parse_checked(options)?;
+        let client = options.connect().await?;
+        let columns = Columns::probe(&client, &options.source()).await?;
+        Ok(Arc::new(Schema::new(columns.fields)))
+    }
+
+    async fn scan(
+        &self,
+        options: &Options,
+        query: &RemoteQuery,
+        _: &SyncConfig,
+    ) -> Result<Batches, ConnectorError> {
+        let options: PostgresOptions = parse_checked(options)?;
+        let client = options.connect().await?;
+        let source = options.source();
+        let columns = Columns::probe(&client, &source).await?;
+        let (mut select, mut fields, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+        for name in &query.columns {
+            let i = columns
+                .fields
+                .iter()
+                .position(|f| f.name() == name)
+                .ok_or_else(|| {
+                    ConnectorError::Source(format!(
+                        "the source has no column `{name}` any more: sync the table to refresh its schema"
+                    ))
+                })?;
+            select.push(columns.select[i].clone());
+            fields.push(columns.fields[i].clone());
+            kinds.push(columns.kinds[i].clone());
+        }
+        let mut sql = format!(
+            "SELECT {} FROM {source} AS quiver_source",
             select.join(", ")
         );
-        let stream = client.copy_out(&copy).await.map_err(pg)?;
-        let schema: SchemaRef = Arc::new(Schema::new(fields));
-        let state = CopyState {
-            stream: Box::pin(stream),
-            _client: client,
-            decoder: Decoder::new(schema.clone(), kinds),
-            done: false,
+        if !query.filters.is_empty() {
+            let filters: Vec<String> = query.filters.iter().map(|f| format!("({f})")).collect();
+            sql = format!("{sql} WHERE {}", filters.join(" AND "));
+        }
+        if let Some(limit) = query.limit {
+            sql = format!("{sql} LIMIT {limit}");
+        }
+        copy(client, &sql, fields, kinds).await
+    }
+}
+
+impl PostgresOptions {
+    /// Connects, over TLS as `sslmode` says; errors name the server and the mode.
+    async fn connect(&self) -> Result<tokio_postgres::Client, ConnectorError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .dbname(&self.database)
+            .user(&self.user)
+            .application_name("quiver")
+            .ssl_mode(self.sslmode.negotiation());
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        let where_ = format!(
+            "PostgreSQL at {}:{}/{} (sslmode {})",
+            self.host,
+            self.port,
+            self.database,
+            self.sslmode.as_str()
+        );
+        let tls = tls::connector(self.sslmode, self.ca_cert.as_deref())
+            .map_err(|e| ConnectorError::Source(format!("{where_}: {e}")))?;
+        let connect_error = |e: tokio_postgres::Error| {
+            // tokio-postgres says what it was doing; its sources say what failed.
+            let mut message = format!("{where_}: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            if let Some(hint) = tls::hint(&e) {
+                message = format!("{message} ({hint})");
+            }
+            ConnectorError::Source(message)
         };
-        let batches = futures::stream::unfold(state, |mut st| async move {
-            if st.done {
-                return None;
-            }
-            loop {
-                match st.stream.next().await {
-                    Some(Ok(chunk)) => {
-                        if let Err(e) = st.decoder.push(&chunk) {
-                            st.done = true;
-                            return Some((Err(e), st));
-                        }
-                        if st.decoder.rows >= BATCH_ROWS {
-                            let batch = st.decoder.flush();
-                            return Some((batch, st));
-                        }
-                    }
-                    Some(Err(e)) => {
-                        st.done = true;
-                        let e = ConnectorError::Source(format!("PostgreSQL: {}", describe(&e)));
-                        return Some((Err(e), st));
-                    }
-                    None => {
-                        st.done = true;
-                        return match st.decoder.finish() {
-                            Ok(Some(batch)) => Some((Ok(batch), st)),
-                            Ok(None) => None,
-                            Err(e) => Some((Err(e), st)),
-                        };
-                    }
-                }
-            }
-        });
-        Ok(Batches {
-            schema,
-            stream: batches.boxed(),
+        Ok(match tls {
+            None => run(config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(connect_error)?),
+            Some(tls) => run(config.connect(tls).await.map_err(connect_error)?),
         })
     }
+
+    /// What rows are read from: the quoted table, or the query in parentheses.
+    fn source(&self) -> String {
+        match (&self.table, &self.query) {
+            (Some(table), _) => table
+                .split('.')
+                .map(quote_ident)
+                .collect::<Vec<_>>()
+                .join("."),
+            (None, Some(query)) => format!("({query})"),
+            (None, None) => unreachable!("checked"),
+        }
+    }
+}
+
+/// The source's columns, as the server describes them.
+struct Columns {
+    /// How each is selected (types without an Arrow mapping are cast to text).
+    select: Vec<String>,
+    kinds: Vec<Kind>,
+    fields: Vec<Field>,
+    /// PostgreSQL type name by column name.
+    types: HashMap<String, String>,
+}
+
+impl Columns {
+    /// Asks the server for the columns of `source` without reading a row.
+    async fn probe(client: &tokio_postgres::Client, source: &str) -> Result<Self, ConnectorError> {
+        let probe = client
+            .prepare(&format!("SELECT * FROM {source} AS quiver_source"))
+            .await
+            .map_err(pg)?;
+        let mut columns = Columns {
+            select: Vec::new(),
+            kinds: Vec::new(),
+            fields: Vec::new(),
+            types: HashMap::new(),
+        };
+        for column in probe.columns() {
+            let name = column.name();
+            let kind = Kind::of(column.type_(), column.type_modifier());
+            let ident = quote_ident(name);
+            columns.select.push(match kind {
+                Some(_) => ident.clone(),
+                None => format!("{ident}::text AS {ident}"),
+            });
+            let kind = kind.unwrap_or(Kind::Text);
+            columns.fields.push(kind.field(name));
+            columns
+                .types
+                .insert(name.to_string(), column.type_().name().to_string());
+            columns.kinds.push(kind);
+        }
+        Ok(columns)
+    }
+}
+
+/// The server's error, for statements (connection errors say more, see `connect`).
+fn pg(e: tokio_postgres::Error) -> ConnectorError {
+    ConnectorError::Source(format!("PostgreSQL: {}", describe(&e)))
+}
+
+/// Streams the rows of `select` through `COPY … TO STDOUT (FORMAT binary)`, decoded into
+/// batches of `fields`.
+async fn copy(
+    client: tokio_postgres::Client,
+    select: &str,
+    fields: Vec<Field>,
+    kinds: Vec<Kind>,
+) -> Result<Batches, ConnectorError> {
+    let copy = format!("COPY ({select}) TO STDOUT (FORMAT binary)");
+    let stream = client.copy_out(&copy).await.map_err(pg)?;
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let state = CopyState {
+        stream: Box::pin(stream),
+        _client: client,
+        decoder: Decoder::new(schema.clone(), kinds),
+        done: false,
+    };
+    let batches = futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.stream.next().await {
+                Some(Ok(chunk)) => {
+                    if let Err(e) = st.decoder.push(&chunk) {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                    if st.decoder.rows >= BATCH_ROWS {
+                        let batch = st.decoder.flush();
+                        return Some((batch, st));
+                    }
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(pg(e)), st));
+                }
+                None => {
+                    st.done = true;
+                    return match st.decoder.finish() {
+                        Ok(Some(batch)) => Some((Ok(batch), st)),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(e), st)),
+                    };
+                }
+            }
+        }
+    });
+    Ok(Batches {
+        schema,
+        stream: batches.boxed(),
+    })
 }
 
 /// A running `COPY … TO STDOUT`: the client stays alive until the stream is done.
