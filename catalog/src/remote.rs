@@ -56,6 +56,25 @@ pub struct RemoteQuery {
     pub limit: Option<usize>,
 }
 
+impl RemoteQuery {
+    /// The query in a SQL source's terms: `select` (the columns, quoted in its dialect)
+    /// from `source` (a table, or a query in parentheses), with the filters and the limit.
+    pub fn to_sql(&self, select: &[String], source: &str) -> String {
+        let mut sql = format!(
+            "SELECT {} FROM {source} AS quiver_source",
+            select.join(", ")
+        );
+        if !self.filters.is_empty() {
+            let filters: Vec<String> = self.filters.iter().map(|f| format!("({f})")).collect();
+            sql = format!("{sql} WHERE {}", filters.join(" AND "));
+        }
+        if let Some(limit) = self.limit {
+            sql = format!("{sql} LIMIT {limit}");
+        }
+        sql
+    }
+}
+
 /// One remote table's source (implemented by the connectors).
 #[async_trait]
 pub trait RemoteSource: Send + Sync + fmt::Debug {
@@ -325,4 +344,32 @@ pub(crate) fn reads_remote(plan: &LogicalPlan) -> bool {
         })
     });
     remote
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_is_written_with_its_filters_and_limit() {
+        let mut query = RemoteQuery {
+            columns: vec!["id".into(), "team".into()],
+            filters: vec![],
+            limit: None,
+        };
+        let select = ["\"id\"".to_string(), "\"team\"".to_string()];
+        assert_eq!(
+            query.to_sql(&select, "public.orders"),
+            r#"SELECT "id", "team" FROM public.orders AS quiver_source"#
+        );
+        query.filters = vec![
+            r#""team" = 'red'"#.into(),
+            r#""id" > 1 OR "id" IS NULL"#.into(),
+        ];
+        query.limit = Some(5);
+        assert_eq!(
+            query.to_sql(&select, "(SELECT 1)"),
+            r#"SELECT "id", "team" FROM (SELECT 1) AS quiver_source WHERE ("team" = 'red') AND ("id" > 1 OR "id" IS NULL) LIMIT 5"#
+        );
+    }
 }

@@ -44,20 +44,7 @@ pub fn to_sql(dialect: SourceDialect, schema: &DFSchema, filter: &Expr) -> Optio
         .map(|sql| sql.to_string())
 }
 
-/// The `WHERE` clause of the filters the source can run (joined by `AND`), or `""`.
-pub fn where_clause(dialect: SourceDialect, schema: &DFSchema, filters: &[Expr]) -> String {
-    let parts: Vec<String> = filters
-        .iter()
-        .filter_map(|f| to_sql(dialect, schema, f))
-        .map(|sql| format!("({sql})"))
-        .collect();
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", parts.join(" AND "))
-    }
-}
-
+/// Whether the source evaluates `expr` exactly as DataFusion does (see the module docs).
 fn translatable(schema: &DFSchema, expr: &Expr) -> bool {
     let is_text = |e: &Expr| {
         e.get_type(schema)
@@ -178,10 +165,5 @@ mod tests {
                 "{filter}"
             );
         }
-        let both = [col("region").eq(lit("EU")), col("note").gt(lit("m"))];
-        assert_eq!(
-            where_clause(SourceDialect::BigQuery, &schema(), &both),
-            " WHERE ((`region` = 'EU'))"
-        );
     }
 }

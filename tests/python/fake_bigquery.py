@@ -18,8 +18,10 @@ documented shapes (the real service cannot be reached from the test machines):
   the calls to fail next (429, 503, `rateLimitExceeded`, …) can be queued.
 
 The queries it understands are the connector's: `SELECT * FROM `project.dataset.table``,
-that wrapped as `SELECT * FROM (…) WHERE `col` > @param` with a typed named parameter, and
-any query text registered with `add_query`.
+that wrapped as `SELECT * FROM (…) WHERE `col` > @param` with a typed named parameter, any
+query text registered with `add_query`, and a remote table's reads, `SELECT `a`, `b` FROM
+<table or (query)> AS quiver_source [WHERE …] [LIMIT n]`, whose conditions are evaluated by
+SQLite (the subset of GoogleSQL the connector sends reads the same there).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import itertools
 import json
 import math
 import re
+import sqlite3
 import threading
 import time
 import urllib.parse
@@ -119,6 +122,22 @@ def parse_parameter(kind: str, text: str):
     return text
 
 
+def where(fields: list[dict], rows: list[dict], condition: str) -> list[dict]:
+    """The rows for which `condition` (GoogleSQL with backquoted names) holds, by SQLite."""
+    names = [f["name"] for f in fields]
+    db = sqlite3.connect(":memory:")
+    db.execute(f"CREATE TABLE t (quiver_row, {', '.join(json.dumps(n) for n in names)})")
+
+    def plain(v):
+        return float(v) if isinstance(v, decimal.Decimal) else v if isinstance(v, (int, float, str)) or v is None else str(v)
+
+    db.executemany(f"INSERT INTO t VALUES ({', '.join('?' * (len(names) + 1))})",
+                   [(i, *[plain(r.get(n)) for n in names]) for i, r in enumerate(rows)])
+    sql = re.sub(r"`([^`]+)`", lambda m: json.dumps(m.group(1)), condition)
+    kept = {i for (i,) in db.execute(f"SELECT quiver_row FROM t WHERE {sql}")}
+    return [r for i, r in enumerate(rows) if i in kept]
+
+
 class FakeBigQuery:
     def __init__(self, project: str = "acme-analytics"):
         self.project = project
@@ -186,6 +205,23 @@ class FakeBigQuery:
             since = parse_parameter(kind, param["parameterValue"]["value"])
             column = m.group(2)
             return table, [r for r in rows if r.get(column) is not None and r[column] > since]
+        m = re.fullmatch(r"SELECT ((?:`[^`]+`(?:, )?)+) FROM (`[^`]+`|\((.*)\)) AS quiver_source"
+                         r"(?: WHERE (.*?))?(?: LIMIT (\d+))?", sql, re.S)
+        if m:
+            inner = self._resolve(m.group(3) or f"SELECT * FROM {m.group(2)}", [])
+            if isinstance(inner[0], int):
+                return inner
+            table, rows = inner
+            columns = re.findall(r"`([^`]+)`", m.group(1))
+            by_name = {f["name"]: f for f in table["fields"]}
+            if any(c not in by_name for c in columns):
+                missing = next(c for c in columns if c not in by_name)
+                return google_error(400, "invalidQuery", f"Unrecognized name: {missing} at [1:8]", "INVALID_ARGUMENT")
+            if m.group(4):
+                rows = where(table["fields"], rows, m.group(4))
+            if m.group(5):
+                rows = rows[:int(m.group(5))]
+            return {**table, "fields": [by_name[c] for c in columns]}, rows
         path = self.queries.get(sql)
         if path is None:
             m = re.fullmatch(r"SELECT \* FROM `([^`]+)`", sql)

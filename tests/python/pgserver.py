@@ -26,8 +26,9 @@ def free_port() -> int:
 class PostgresCluster:
     """A throwaway cluster that can be stopped and started again on the same port."""
 
-    def __init__(self, server_cert=None):
-        """`server_cert`, a `trustme` leaf certificate, makes the server speak TLS with it."""
+    def __init__(self, server_cert=None, log_statements=False):
+        """`server_cert`, a `trustme` leaf certificate, makes the server speak TLS with it;
+        `log_statements` logs every statement the server receives (read with `log()`)."""
         bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
         if not bindirs:
             raise RuntimeError("PostgreSQL is not installed: `make postgres` installs Debian's package")
@@ -58,16 +59,19 @@ class PostgresCluster:
                 for path in (cert, key):
                     os.chown(path, pg.pw_uid, pg.pw_gid)
             self.tls = ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
+        self.log_path = os.path.join(self.tmp, "postgres.log")
+        self.logging = ["-c", "log_statement=all"] if log_statements else []
         self.port = free_port()
         self.settings = {"host": "127.0.0.1", "port": self.port, "user": "quiver", "password": PASSWORD,
                          "dbname": "postgres"}
         self.proc: subprocess.Popen | None = None
 
     def start(self):
-        self.proc = subprocess.Popen([*self.as_user, f"{self.bindir}/postgres", "-D", self.data, "-p",
-                                      str(self.port), "-k", self.tmp, "-c", "listen_addresses=127.0.0.1",
-                                      "-c", "fsync=off", *self.tls],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([*self.as_user, f"{self.bindir}/postgres", "-D", self.data, "-p",
+                                          str(self.port), "-k", self.tmp, "-c", "listen_addresses=127.0.0.1",
+                                          "-c", "fsync=off", *self.tls, *self.logging],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.time() + 60
         while True:
             try:
@@ -77,6 +81,11 @@ class PostgresCluster:
                 if time.time() > deadline or self.proc.poll() is not None:
                     raise
                 time.sleep(0.2)
+
+    def log(self) -> str:
+        """What the server has logged so far."""
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -93,9 +102,9 @@ class PostgresCluster:
 
 
 @contextlib.contextmanager
-def postgres_cluster(server_cert=None):
+def postgres_cluster(server_cert=None, log_statements=False):
     """Yields a started PostgresCluster; removes it afterwards."""
-    cluster = PostgresCluster(server_cert)
+    cluster = PostgresCluster(server_cert, log_statements)
     try:
         cluster.start()
         yield cluster

@@ -10,11 +10,12 @@ import decimal
 import json
 import math
 import os
+import re
 import tempfile
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, state_bytes
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, state_bytes
 from fake_bigquery import FakeBigQuery, google_error
 from test_sync import rows, sync
 
@@ -258,6 +259,76 @@ def test_the_token_is_renewed_before_it_expires(bigquery, server):
     assert run["status"] == "succeeded", run.get("error")
     assert len(bigquery.tokens) >= 2, bigquery.tokens
     assert rows(server, "SELECT count(*) AS n FROM bq.long").to_pylist() == [{"n": 8}]
+
+
+DEALS = [{"name": "id", "type": "INT64"}, {"name": "team", "type": "STRING"},
+         {"name": "amount", "type": "INT64"}, {"name": "note", "type": "STRING"}]
+
+
+def jobs_run(bigquery) -> list[str]:
+    """The queries BigQuery ran (not dry runs), each checked to have had its dry run first."""
+    posts = bigquery.api_calls("POST", "/queries")
+    ran = []
+    for i, call in enumerate(posts):
+        if not call["body"].get("dryRun"):
+            before = posts[i - 1]["body"] if i else {}
+            assert before.get("dryRun") and before["query"] == call["body"]["query"], posts[max(i - 1, 0):i + 1]
+            ran.append(call["body"]["query"])
+    return ran
+
+
+def test_a_remote_table_queries_bigquery_with_the_policy_and_the_cost_guard(bigquery, server):
+    bigquery.put_table("acme-analytics.shop.deals", DEALS, [
+        {"id": 1, "team": "red", "amount": 10, "note": "a"}, {"id": 2, "team": "blue", "amount": 42, "note": "b"},
+        {"id": 3, "team": "red", "amount": 30, "note": "c"}, {"id": 4, "team": "red", "amount": 50, "note": "d"}])
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    define(bigquery, server, token, "bq.deals", table="shop.deals", mode="remote", max_bytes_billed="1GB")
+    # The sync reads the schema from a dry run: nothing is billed.
+    assert sync(server, token, "bq.deals")["status"] == "succeeded"
+    assert jobs_run(bigquery) == [] and bigquery.api_calls("POST")
+
+    table = rows(server, "SELECT * FROM bq.deals ORDER BY id")
+    assert [f.name for f in table.schema] == ["id", "team", "amount", "note"]
+    assert [r["id"] for r in table.to_pylist()] == [1, 2, 3, 4]
+    # A change in BigQuery is seen by the next query, with no sync in between.
+    bigquery.tables["acme-analytics.shop.deals"]["rows"].append({"id": 5, "team": "blue", "amount": 7, "note": "e"})
+    bigquery.requests.clear()
+    assert rows(server, "SELECT id FROM bq.deals WHERE id >= 4 ORDER BY id").to_pylist() == [{"id": 4}, {"id": 5}]
+    assert jobs_run(bigquery) == [
+        "SELECT `id` FROM `acme-analytics.shop.deals` AS quiver_source WHERE (`id` >= 4)"]
+    bigquery.requests.clear()
+    assert len(rows(server, "SELECT note FROM bq.deals LIMIT 2")) == 2
+    assert jobs_run(bigquery) == ["SELECT `note` FROM `acme-analytics.shop.deals` AS quiver_source LIMIT 2"]
+
+    # A user whose grant keeps only red rows: BigQuery gets the row filter and the safe part of
+    # the user's predicate; `100 / (amount - 42)`, which fails on the hidden blue row of 42,
+    # is evaluated above the row filter only.
+    email, group = "bq-remote@example.com", "bq_remote"
+    assert api(server, "POST", "/api/admin/groups", token, {"name": group})[0] == 201
+    assert api(server, "POST", "/api/admin/users", token, {"email": email, "password": "pw-remote-123"})[0] == 201
+    assert api(server, "POST", f"/api/admin/groups/{group}/members", token, {"email": email})[0] == 204
+    status, body = api(server, "POST", "/api/admin/grants", token,
+                       {"group": group, "table": "bq.deals", "row_filter": "team = 'red'"})
+    assert status == 201, body
+    bigquery.requests.clear()
+    conn = connect(server, email, "pw-remote-123")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM bq.deals WHERE 100 / (amount - 42) > 0 AND id > 1 ORDER BY id")
+            assert cur.fetch_arrow_table().to_pylist() == [{"id": 3}, {"id": 4}]
+    finally:
+        conn.close()
+    sent = jobs_run(bigquery)
+    assert sent and all("(`team` = 'red')" in q and "(`id` > 1)" in q and "/" not in q for q in sent), sent
+
+    # The cost guard holds for every query: over the limit, the query fails before anything is
+    # billed, naming the bytes and the limit.
+    bigquery.tables["acme-analytics.shop.deals"]["bytes"] = 3 * 10 ** 9
+    bigquery.requests.clear()
+    with pytest.raises(Exception, match=re.escape("3.0 GB (3000000000 bytes)")) as refused:
+        rows(server, "SELECT id FROM bq.deals")
+    assert "`max_bytes_billed` 1.0 GB" in str(refused.value) and "bq.deals" in str(refused.value)
+    assert jobs_run(bigquery) == [] and bigquery.api_calls("POST")
 
 
 def test_definitions_are_checked_and_the_key_never_leaks(bigquery, server):

@@ -24,6 +24,22 @@ const WAIT_MS: u64 = 10_000;
 /// Rows per result page (BigQuery also caps a page at 10 MB).
 const PAGE_ROWS: u64 = 50_000;
 
+/// A job being waited for. Should the wait be abandoned — a remote query stopped by its
+/// client or by `query.timeout` — the job is cancelled, so it stops costing.
+struct Waiting {
+    api: Api,
+    job: Option<JobRef>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let (Some(job), Ok(runtime)) = (self.job.take(), tokio::runtime::Handle::try_current()) {
+            let api = self.api.clone();
+            runtime.spawn(async move { api.cancel(&job).await });
+        }
+    }
+}
+
 /// A service-account key file, as Google Cloud issues it. Never printed: it holds the key.
 #[derive(Deserialize)]
 pub(super) struct ServiceAccountKey {
@@ -146,8 +162,13 @@ impl Api {
         };
         let deadline = Instant::now() + timeout;
         let mut answer = answer;
+        let mut waiting = Waiting {
+            api: self.clone(),
+            job: Some(job.clone()),
+        };
         while answer["jobComplete"].as_bool() != Some(true) {
             if Instant::now() >= deadline {
+                waiting.job = None;
                 self.cancel(&job).await;
                 return Err(ConnectorError::Source(format!(
                     "the BigQuery job {} did not finish within `timeout` {}; it was cancelled",
@@ -156,8 +177,15 @@ impl Api {
                 )));
             }
             tracing::debug!(job = %job.id, "BigQuery job still running");
-            answer = self.ask_results(&job, None).await?;
+            answer = match self.ask_results(&job, None).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    waiting.job = None; // the job failed: nothing to stop
+                    return Err(e);
+                }
+            };
         }
+        waiting.job = None;
         Ok(page(job, answer))
     }
 

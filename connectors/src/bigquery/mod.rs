@@ -301,18 +301,7 @@ impl Remote for BigQuery {
     ) -> Result<Batches, ConnectorError> {
         let session = Session::open(options, sync)?;
         let columns: Vec<String> = query.columns.iter().map(|c| quote_ident(c)).collect();
-        let mut sql = format!(
-            "SELECT {} FROM {} AS quiver_source",
-            columns.join(", "),
-            session.options.source()
-        );
-        if !query.filters.is_empty() {
-            let filters: Vec<String> = query.filters.iter().map(|f| format!("({f})")).collect();
-            sql = format!("{sql} WHERE {}", filters.join(" AND "));
-        }
-        if let Some(limit) = query.limit {
-            sql = format!("{sql} LIMIT {limit}");
-        }
+        let sql = query.to_sql(&columns, &session.options.source());
         let job = session.job(&sql);
         let bytes = session.api.dry_run(&job).await?.bytes;
         session.run(job, bytes).await

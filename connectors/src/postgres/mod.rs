@@ -201,17 +201,7 @@ impl Remote for Postgres {
             fields.push(columns.fields[i].clone());
             kinds.push(columns.kinds[i].clone());
         }
-        let mut sql = format!(
-            "SELECT {} FROM {source} AS quiver_source",
-            select.join(", ")
-        );
-        if !query.filters.is_empty() {
-            let filters: Vec<String> = query.filters.iter().map(|f| format!("({f})")).collect();
-            sql = format!("{sql} WHERE {}", filters.join(" AND "));
-        }
-        if let Some(limit) = query.limit {
-            sql = format!("{sql} LIMIT {limit}");
-        }
+        let sql = query.to_sql(&select, &source);
         copy(client, &sql, fields, kinds).await
     }
 }
@@ -335,7 +325,7 @@ async fn copy(
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     let state = CopyState {
         stream: Box::pin(stream),
-        _client: client,
+        client,
         decoder: Decoder::new(schema.clone(), kinds),
         done: false,
     };
@@ -379,9 +369,28 @@ async fn copy(
 /// A running `COPY … TO STDOUT`: the client stays alive until the stream is done.
 struct CopyState {
     stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
-    _client: tokio_postgres::Client,
+    client: tokio_postgres::Client,
     decoder: Decoder,
     done: bool,
+}
+
+impl Drop for CopyState {
+    /// Rows no longer wanted (a remote query stopped by its client, by `query.timeout`, or
+    /// with its limit reached above the scan): the server is asked to stop the query, which
+    /// would otherwise run on until it next writes to the closed connection. The request goes
+    /// unencrypted, as libpq's `PQcancel` sends it; it carries only the cancel key.
+    fn drop(&mut self) {
+        if !self.done
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let token = self.client.cancel_token();
+            runtime.spawn(async move {
+                if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
+                    tracing::debug!(error = %e, "could not cancel the PostgreSQL query");
+                }
+            });
+        }
+    }
 }
 
 /// The client of a new connection, whose messages are handled by a task of its own.
