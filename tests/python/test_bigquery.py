@@ -12,6 +12,7 @@ import math
 import os
 import re
 import tempfile
+import time
 
 import pytest
 
@@ -295,7 +296,7 @@ def test_a_remote_table_queries_bigquery_with_the_policy_and_the_cost_guard(bigq
     bigquery.requests.clear()
     assert rows(server, "SELECT id FROM bq.deals WHERE id >= 4 ORDER BY id").to_pylist() == [{"id": 4}, {"id": 5}]
     assert jobs_run(bigquery) == [
-        "SELECT `id` FROM `acme-analytics.shop.deals` AS quiver_source WHERE (`id` >= 4)"]
+        "SELECT `id` FROM `acme-analytics.shop.deals` AS quiver_source WHERE ((`id` >= 4))"]
     bigquery.requests.clear()
     assert len(rows(server, "SELECT note FROM bq.deals LIMIT 2")) == 2
     assert jobs_run(bigquery) == ["SELECT `note` FROM `acme-analytics.shop.deals` AS quiver_source LIMIT 2"]
@@ -315,7 +316,7 @@ def test_a_remote_table_queries_bigquery_with_the_policy_and_the_cost_guard(bigq
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT id FROM bq.deals WHERE 100 / (amount - 42) > 0 AND id > 1 ORDER BY id")
-            assert cur.fetch_arrow_table().to_pylist() == [{"id": 3}, {"id": 4}]
+            assert cur.fetch_arrow_table().to_pylist() == [{"id": 4}]
     finally:
         conn.close()
     sent = jobs_run(bigquery)
@@ -329,6 +330,31 @@ def test_a_remote_table_queries_bigquery_with_the_policy_and_the_cost_guard(bigq
         rows(server, "SELECT id FROM bq.deals")
     assert "`max_bytes_billed` 1.0 GB" in str(refused.value) and "bq.deals" in str(refused.value)
     assert jobs_run(bigquery) == [] and bigquery.api_calls("POST")
+
+
+def test_a_remote_query_past_its_timeout_cancels_its_job(bigquery, monkeypatch):
+    monkeypatch.setenv("BQ_KEY", bigquery.key_json())
+    bigquery.put_table(TABLE, ORDERS, [order(1, "Ada", "1", 8)])
+    bigquery.add_query("SELECT * FROM slow_view", TABLE)
+    remote_read = "SELECT `id` FROM (SELECT * FROM slow_view) AS quiver_source"
+    bigquery.endless.add(remote_read)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Server(["serve"], os.path.join(tmp, "data"), config="query:\n  timeout: 2s\n")
+        try:
+            token = login(s, ADMIN_EMAIL, ADMIN_PASSWORD)
+            define(bigquery, s, token, "bq.slow_remote", query="SELECT * FROM slow_view", mode="remote")
+            assert sync(s, token, "bq.slow_remote")["status"] == "succeeded"
+            with pytest.raises(Exception, match="query.timeout"):
+                rows(s, "SELECT id FROM bq.slow_remote")
+            [job] = [c for c in bigquery.api_calls("POST", "/queries") if c["body"]["query"] == remote_read
+                     and not c["body"].get("dryRun")]
+            polled = {c["path"].rsplit("/", 1)[1] for c in bigquery.api_calls("GET")}
+            deadline = time.time() + 10
+            while not bigquery.cancelled and time.time() < deadline:
+                time.sleep(0.1)
+            assert job and bigquery.cancelled and set(bigquery.cancelled) <= polled, bigquery.cancelled
+        finally:
+            s.stop()
 
 
 def test_definitions_are_checked_and_the_key_never_leaks(bigquery, server):

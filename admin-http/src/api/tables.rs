@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use quiver_catalog::state::tables::{self as registry, Origin as DefinedIn};
 use quiver_catalog::{CatalogError, StateStore, TableName};
-use quiver_config::TableDef;
+use quiver_config::{SyncMode, TableDef};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -92,7 +92,7 @@ pub struct TableInfo {
     pub(crate) definition: Option<TableDef>,
     /// Current version; absent until the first sync succeeds.
     pub(crate) version: Option<i64>,
-    /// Rows in the current version.
+    /// Rows in the current version; absent for a remote table (its rows stay at the source).
     pub(crate) rows: Option<i64>,
     /// Parquet bytes in the current version.
     pub(crate) bytes: Option<i64>,
@@ -131,6 +131,7 @@ pub(crate) fn table_infos(
     for name in names {
         let entry = published.iter().find(|t| t.name == name);
         let definition = definitions.iter().find(|d| d.name == name);
+        let copied = definition.is_none_or(|d| d.def.mode != SyncMode::Remote);
         let profile = match (entry, with_profile) {
             (Some(e), true) => state.tables().version_details(&name, e.version)?.1,
             _ => None,
@@ -142,7 +143,7 @@ pub(crate) fn table_infos(
             origin: definition.map(|d| d.origin.into()),
             definition: definition.map(|d| d.def.clone()),
             version: entry.map(|e| e.version),
-            rows: entry.map(|e| e.rows),
+            rows: entry.filter(|_| copied).map(|e| e.rows),
             bytes: entry.map(|e| e.bytes),
             published_at: entry.map(|e| e.committed_at.clone()),
             location: entry.map(|e| e.location.clone()),

@@ -321,12 +321,21 @@ async fn copy(
     kinds: Vec<Kind>,
 ) -> Result<Batches, ConnectorError> {
     let copy = format!("COPY ({select}) TO STDOUT (FORMAT binary)");
-    let stream = client.copy_out(&copy).await.map_err(pg)?;
+    // Armed from here: PostgreSQL holds back even the start of the copy until rows come.
+    let mut cancel = CancelOnDrop(Some(client.cancel_token()));
+    let stream = match client.copy_out(&copy).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            cancel.0 = None;
+            return Err(pg(e));
+        }
+    };
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     let state = CopyState {
         stream: Box::pin(stream),
-        client,
+        _client: client,
         decoder: Decoder::new(schema.clone(), kinds),
+        cancel,
         done: false,
     };
     let batches = futures::stream::unfold(state, |mut st| async move {
@@ -347,10 +356,12 @@ async fn copy(
                 }
                 Some(Err(e)) => {
                     st.done = true;
+                    st.cancel.0 = None;
                     return Some((Err(pg(e)), st));
                 }
                 None => {
                     st.done = true;
+                    st.cancel.0 = None;
                     return match st.decoder.finish() {
                         Ok(Some(batch)) => Some((Ok(batch), st)),
                         Ok(None) => None,
@@ -369,24 +380,26 @@ async fn copy(
 /// A running `COPY … TO STDOUT`: the client stays alive until the stream is done.
 struct CopyState {
     stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
-    client: tokio_postgres::Client,
+    _client: tokio_postgres::Client,
     decoder: Decoder,
+    cancel: CancelOnDrop,
     done: bool,
 }
 
-impl Drop for CopyState {
-    /// Rows no longer wanted (a remote query stopped by its client, by `query.timeout`, or
-    /// with its limit reached above the scan): the server is asked to stop the query, which
-    /// would otherwise run on until it next writes to the closed connection. The request goes
-    /// unencrypted, as libpq's `PQcancel` sends it; it carries only the cancel key.
+/// Cancels the statement running on a connection, unless disarmed (`None`) when it ends.
+///
+/// Rows no longer wanted (a remote query stopped by its client, by `query.timeout`, or
+/// with its limit reached above the scan): the server is asked to stop the statement, which
+/// would otherwise run on until it next writes to the closed connection. The request goes
+/// unencrypted, as libpq's `PQcancel` sends it; it carries only the cancel key.
+struct CancelOnDrop(Option<tokio_postgres::CancelToken>);
+
+impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if !self.done
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let token = self.client.cancel_token();
+        if let (Some(token), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
             runtime.spawn(async move {
                 if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
-                    tracing::debug!(error = %e, "could not cancel the PostgreSQL query");
+                    tracing::debug!(error = %e, "could not cancel the PostgreSQL statement");
                 }
             });
         }
