@@ -427,15 +427,19 @@ impl Orchestrator {
     }
 
     /// Starts every scheduled table that is due: its schedule has come round since the last
-    /// successful sync (or it never succeeded), and a failure's backoff has passed.
+    /// successful sync (or it never succeeded), and a failure's backoff has passed. A remote
+    /// table is due until its first sync succeeds, schedule or not: that sync reads only its
+    /// schema, and until then it cannot be queried.
     pub fn start_due(self: &Arc<Self>) -> Result<(), OrchestratorError> {
         let now = chrono::Utc::now();
         for definition in self.state.tables().definitions()? {
-            let Some(text) = &definition.def.schedule else {
-                continue;
-            };
-            let Ok(schedule) = text.parse::<Schedule>() else {
-                continue;
+            let schedule = match &definition.def.schedule {
+                Some(text) => match text.parse::<Schedule>() {
+                    Ok(schedule) => Some(schedule),
+                    Err(_) => continue,
+                },
+                None if definition.def.mode == SyncMode::Remote => None,
+                None => continue,
             };
             if self.running(&definition.name).is_some() {
                 continue;
@@ -446,7 +450,7 @@ impl Orchestrator {
                 .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
             {
                 None => true,
-                Some(last) => now >= schedule.next_after(last),
+                Some(last) => schedule.is_some_and(|s| now >= s.next_after(last)),
             };
             let backing_off = history.failures > 0
                 && history.last_failure.is_some_and(|at| {

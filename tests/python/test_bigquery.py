@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, state_bytes
 from fake_bigquery import FakeBigQuery, google_error
-from test_sync import rows, sync
+from test_sync import rows, sync, wait_run
 
 UTC = datetime.timezone.utc
 TABLE = "acme-analytics.shop.orders"
@@ -285,7 +285,7 @@ def test_a_remote_table_queries_bigquery_with_the_policy_and_the_cost_guard(bigq
     token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
     define(bigquery, server, token, "bq.deals", table="shop.deals", mode="remote", max_bytes_billed="1GB")
     # The sync reads the schema from a dry run: nothing is billed.
-    assert sync(server, token, "bq.deals")["status"] == "succeeded"
+    assert wait_run(server, token, "bq.deals")["status"] == "succeeded"
     assert jobs_run(bigquery) == [] and bigquery.api_calls("POST")
 
     table = rows(server, "SELECT * FROM bq.deals ORDER BY id")
@@ -343,7 +343,7 @@ def test_a_remote_query_past_its_timeout_cancels_its_job(bigquery, monkeypatch):
         try:
             token = login(s, ADMIN_EMAIL, ADMIN_PASSWORD)
             define(bigquery, s, token, "bq.slow_remote", query="SELECT * FROM slow_view", mode="remote")
-            assert sync(s, token, "bq.slow_remote")["status"] == "succeeded"
+            assert wait_run(s, token, "bq.slow_remote")["status"] == "succeeded"
             with pytest.raises(Exception, match="query.timeout"):
                 rows(s, "SELECT id FROM bq.slow_remote")
             [job] = [c for c in bigquery.api_calls("POST", "/queries") if c["body"]["query"] == remote_read
