@@ -203,6 +203,7 @@ def test_a_remote_table_is_read_from_the_source_by_each_query(cluster, postgres,
 
     # A change at the source is seen by the next query, with no sync in between.
     execute(postgres, "INSERT INTO orders VALUES (5, 'blue', 60.00, 'e')")
+    assert [r["id"] for r in rows(server, "SELECT * FROM pg.orders ORDER BY id").to_pylist()] == [1, 2, 3, 4, 5]
     mark = len(cluster.log())
     assert rows(server, "SELECT id FROM pg.orders WHERE id >= 4 ORDER BY id").to_pylist() == [{"id": 4}, {"id": 5}]
     # Only the columns the query reads, and its filter, went to PostgreSQL.
