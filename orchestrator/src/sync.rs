@@ -118,9 +118,10 @@ pub(crate) async fn run(
 
     let result = async {
         // A remote table has no rows of its own to profile.
-        let profile = match remote {
-            true => None,
-            false => Some(profile::profile(&work, &landed.location).await?),
+        let profile = if remote {
+            None
+        } else {
+            Some(profile::profile(&work, &landed.location).await?)
         };
         let new_watermark = match watermark {
             Some(column) => profile
