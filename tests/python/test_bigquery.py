@@ -330,6 +330,9 @@ def test_a_remote_table_queries_bigquery_with_the_policy_and_the_cost_guard(bigq
         rows(server, "SELECT id FROM bq.deals")
     assert "`max_bytes_billed` 1.0 GB" in str(refused.value) and "bq.deals" in str(refused.value)
     assert jobs_run(bigquery) == [] and bigquery.api_calls("POST")
+    # The sync and all the queries above signed in once: the token (and its connection) is
+    # kept across queries, not bought again for each.
+    assert len(bigquery.tokens) == 1, bigquery.tokens
 
 
 def test_a_remote_query_past_its_timeout_cancels_its_job(bigquery, monkeypatch):

@@ -3,7 +3,8 @@
 //! expires), query jobs and their result pages, and Google's errors turned into what to do
 //! — retried with truncated exponential backoff where Google says to retry.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -41,7 +42,7 @@ impl Drop for Waiting {
 }
 
 /// A service-account key file, as Google Cloud issues it. Never printed: it holds the key.
-#[derive(Deserialize)]
+#[derive(Deserialize, PartialEq)]
 pub(super) struct ServiceAccountKey {
     #[serde(rename = "type")]
     kind: String,
@@ -95,12 +96,35 @@ struct Inner {
     token: tokio::sync::Mutex<Option<(String, Instant)>>,
 }
 
+/// The API of every (endpoint, project, service account) in use, so the syncs and the
+/// queries of remote tables share one connection and one token instead of a token exchange
+/// and a TLS handshake each. A rotated key replaces its account's entry.
+static SHARED: Mutex<BTreeMap<(String, String, String), Api>> = Mutex::new(BTreeMap::new());
+
 impl Api {
-    pub(super) fn new(
+    /// The API for `project` at `endpoint` with `key`: the one already in use, or a new one.
+    pub(super) fn shared(
         endpoint: &str,
         project: &str,
         key: ServiceAccountKey,
     ) -> Result<Self, ConnectorError> {
+        let id = (
+            endpoint.to_string(),
+            project.to_string(),
+            key.client_email.clone(),
+        );
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(api) = shared.get(&id)
+            && api.0.key == key
+        {
+            return Ok(api.clone());
+        }
+        let api = Self::new(endpoint, project, key)?;
+        shared.insert(id, api.clone());
+        Ok(api)
+    }
+
+    fn new(endpoint: &str, project: &str, key: ServiceAccountKey) -> Result<Self, ConnectorError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()

@@ -136,7 +136,7 @@ impl Session {
             .max_bytes_billed
             .unwrap_or(sync.max_bytes_billed)
             .as_u64();
-        let api = Api::new(&options.endpoint, &options.project, key)?;
+        let api = Api::shared(&options.endpoint, &options.project, key)?;
         Ok(Self {
             api,
             options,
