@@ -2,10 +2,11 @@
 //! store. Nothing written here is visible to queries until the orchestrator commits the
 //! folder as a new table version.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arrow::array::Array;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use object_store::path::Path as ObjectPath;
@@ -24,6 +25,10 @@ use crate::{Batches, ConnectorError};
 /// Rows per parquet row group: small enough for min/max pruning to skip most of a file on a
 /// selective filter, large enough for fast scans.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// A fixed-width column is dictionary-encoded when at most one value in this many is new
+/// (measured in benches/RESULTS.md, session 17).
+const DICTIONARY_SHARE: usize = 16;
 
 /// Rows per part file written from a stream.
 const PART_ROWS: usize = 512 * 1024;
@@ -200,19 +205,23 @@ impl ParquetSink {
 
 /// Encodes batches as one parquet file (snappy, 128 Ki-row groups, page statistics).
 ///
-/// Dictionary encoding is used for text and binary columns only: that is where repeated
-/// values are common and save space, while for numbers and timestamps building a dictionary
-/// that is usually abandoned costs about as much as all the rest of the encoding.
+/// Dictionary encoding is used for text and binary columns, and for fixed-width columns
+/// whose first batch repeats its values (see [`repeats`]): flags, quantities, rates and
+/// dates scan faster from a dictionary, while for keys and amounts building one that is
+/// abandoned once full costs about as much as all the rest of the encoding, and every read
+/// of a page — a point lookup's unit of work — would decode it.
 pub fn encode_parquet(
     schema: SchemaRef,
     batches: impl IntoIterator<Item = Result<RecordBatch, ConnectorError>>,
 ) -> Result<(Vec<u8>, i64), ConnectorError> {
+    let mut batches = batches.into_iter().peekable();
+    let first = batches.peek().and_then(|b| b.as_ref().ok());
     let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_dictionary_enabled(false);
-    for field in schema.fields() {
-        if matches!(
+    for (i, field) in schema.fields().iter().enumerate() {
+        let text = matches!(
             field.data_type(),
             DataType::Utf8
                 | DataType::LargeUtf8
@@ -220,7 +229,8 @@ pub fn encode_parquet(
                 | DataType::Binary
                 | DataType::LargeBinary
                 | DataType::Dictionary(_, _)
-        ) {
+        );
+        if text || first.is_some_and(|b| repeats(b.column(i).as_ref())) {
             props =
                 props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
         }
@@ -237,4 +247,74 @@ pub fn encode_parquet(
         writer.write(&batch)?;
     }
     Ok((writer.into_inner()?, rows))
+}
+
+/// A fixed-width column's values repeat when at most one in [`DICTIONARY_SHARE`] is new.
+fn repeats(array: &dyn Array) -> bool {
+    let Some(width) = array.data_type().primitive_width() else {
+        return false;
+    };
+    let most = array.len() / DICTIONARY_SHARE;
+    let data = array.to_data();
+    let Some(values) = data.buffers().first() else {
+        return false;
+    };
+    let values = &values.as_slice()[data.offset() * width..][..data.len() * width];
+    let mut seen = HashSet::with_capacity(most + 1);
+    for value in values.chunks_exact(width) {
+        seen.insert(value);
+        if seen.len() > most {
+            return false;
+        }
+    }
+    most > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Date32Array, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    #[test]
+    fn repeating_columns_get_dictionaries_and_keys_do_not() {
+        let rows = 10_000;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Int64, false),
+            Field::new("quantity", DataType::Int64, false),
+            Field::new("day", DataType::Date32, true),
+            Field::new("note", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..rows)),
+                Arc::new(Int64Array::from_iter_values((0..rows).map(|i| i % 50))),
+                Arc::new(Date32Array::from_iter(
+                    (0..rows).map(|i| (i % 7 != 0).then_some(i as i32 % 300)),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| format!("n{i}")),
+                )),
+            ],
+        )
+        .unwrap();
+        let (file, count) = encode_parquet(schema, [Ok(batch.clone())]).unwrap();
+        assert_eq!(count, rows);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file)).unwrap();
+        let dictionary: Vec<bool> = reader
+            .metadata()
+            .row_group(0)
+            .columns()
+            .iter()
+            .map(|c| c.dictionary_page_offset().is_some())
+            .collect();
+        assert_eq!(dictionary, [false, true, true, true]);
+        let read: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
+        assert_eq!(
+            arrow::compute::concat_batches(&batch.schema(), &read).unwrap(),
+            batch
+        );
+    }
 }
