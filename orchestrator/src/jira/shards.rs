@@ -10,14 +10,13 @@ use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::TimestampMicrosecondType;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
-use parquet::arrow::{ArrowWriter, ProjectionMask};
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 use quiver_catalog::state::tables::{ShardChange, ShardFile};
 use quiver_catalog::{CatalogError, TableName};
 use quiver_connectors::jira::tables::{ISSUES, to_batch};
 use quiver_connectors::jira::{IssueRows, TABLES, issue_rows};
+use quiver_connectors::sink::encode_parquet;
 use serde_json::Value;
 
 use super::{FETCHES, JiraSync, SCHEMA, Target};
@@ -243,17 +242,8 @@ impl JiraSync {
             .first()
             .map(|b| b.schema())
             .ok_or_else(|| CatalogError::Internal("no batches to write".into()))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
-        let mut buffer = Vec::new();
-        let mut writer = ArrowWriter::try_new(&mut buffer, schema, Some(props))?;
-        let mut rows = 0;
-        for batch in batches {
-            rows += batch.num_rows();
-            writer.write(batch)?;
-        }
-        writer.close()?;
+        // The layout every landed file has (compression, row groups, dictionaries).
+        let (buffer, rows) = encode_parquet(schema, batches.iter().cloned().map(Ok))?;
         let key = self
             .storage
             .table_prefix(table)
@@ -269,7 +259,7 @@ impl JiraSync {
         Ok(ShardFile {
             shard: month.to_string(),
             url: self.storage.file_url(&key),
-            rows: rows as i64,
+            rows,
             bytes: bytes as i64,
         })
     }
