@@ -214,6 +214,17 @@ def test_a_remote_table_is_read_from_the_source_by_each_query(cluster, postgres,
     [sent] = statements_since(cluster, mark)
     assert sent.rstrip().endswith("LIMIT 2") or "LIMIT 2)" in sent, sent
 
+    # The queries share one connection, kept between them: no new connection and sign-in
+    # for each.
+    backends = ("SELECT pid FROM pg_stat_activity "
+                "WHERE application_name = 'quiver' AND datname = current_database()")
+    seen = []
+    for sql in ["SELECT id FROM pg.orders WHERE id = 1", "SELECT count(*) FROM pg.orders", "SELECT * FROM pg.orders"]:
+        rows(server, sql)
+        with psycopg.connect(**postgres, autocommit=True) as conn:
+            seen.append(conn.execute(backends).fetchall())
+    assert len(seen[0]) == 1 and seen[0] == seen[1] == seen[2], seen
+
     # A user whose grant keeps only red rows and masks the note.
     email, group = "remote@example.com", "remote_team"
     assert api(server, "POST", "/api/admin/groups", token, {"name": group})[0] == 201

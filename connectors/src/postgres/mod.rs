@@ -18,6 +18,7 @@
 //!
 //! Connections use TLS when the server offers it (`sslmode`, as libpq names it; [`tls`]).
 
+mod idle;
 mod tls;
 
 use std::collections::HashMap;
@@ -155,7 +156,7 @@ impl Connector for Postgres {
             "SELECT {} FROM {source} AS quiver_source{filter}",
             columns.select.join(", ")
         );
-        copy(client, &select, columns.fields, columns.kinds).await
+        copy(client, &select, columns.fields, columns.kinds, None).await
     }
 
     fn remote(&self) -> Option<&dyn Remote> {
@@ -183,9 +184,24 @@ impl Remote for Postgres {
         _: &SyncConfig,
     ) -> Result<Batches, ConnectorError> {
         let options: PostgresOptions = parse_checked(options)?;
-        let client = options.connect().await?;
+        let key = idle::Key::of(&options);
         let source = options.source();
-        let columns = Columns::probe(&client, &source).await?;
+        // A kept connection the server has since dropped fails the probe: then a new one.
+        let kept = match idle::take(&key) {
+            Some(client) => Columns::probe(&client, &source)
+                .await
+                .ok()
+                .map(|columns| (client, columns)),
+            None => None,
+        };
+        let (client, columns) = match kept {
+            Some(kept) => kept,
+            None => {
+                let client = options.connect().await?;
+                let columns = Columns::probe(&client, &source).await?;
+                (client, columns)
+            }
+        };
         let (mut select, mut fields, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
         for name in &query.columns {
             let i = columns
@@ -202,7 +218,7 @@ impl Remote for Postgres {
             kinds.push(columns.kinds[i].clone());
         }
         let sql = query.to_sql(&select, &source);
-        copy(client, &sql, fields, kinds).await
+        copy(client, &sql, fields, kinds, Some(key)).await
     }
 }
 
@@ -313,12 +329,14 @@ fn pg(e: tokio_postgres::Error) -> ConnectorError {
 }
 
 /// Streams the rows of `select` through `COPY … TO STDOUT (FORMAT binary)`, decoded into
-/// batches of `fields`.
+/// batches of `fields`. With a `keep` key, the connection is kept for the next query once
+/// every row has come.
 async fn copy(
     client: tokio_postgres::Client,
     select: &str,
     fields: Vec<Field>,
     kinds: Vec<Kind>,
+    keep: Option<idle::Key>,
 ) -> Result<Batches, ConnectorError> {
     let copy = format!("COPY ({select}) TO STDOUT (FORMAT binary)");
     // Armed from here: PostgreSQL holds back even the start of the copy until rows come.
@@ -333,7 +351,8 @@ async fn copy(
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     let state = CopyState {
         stream: Box::pin(stream),
-        _client: client,
+        client: Some(client),
+        keep,
         decoder: Decoder::new(schema.clone(), kinds),
         cancel,
         done: false,
@@ -362,6 +381,9 @@ async fn copy(
                 None => {
                     st.done = true;
                     st.cancel.0 = None;
+                    if let (Some(key), Some(client)) = (st.keep.take(), st.client.take()) {
+                        idle::keep(key, client);
+                    }
                     return match st.decoder.finish() {
                         Ok(Some(batch)) => Some((Ok(batch), st)),
                         Ok(None) => None,
@@ -380,7 +402,9 @@ async fn copy(
 /// A running `COPY … TO STDOUT`: the client stays alive until the stream is done.
 struct CopyState {
     stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
-    _client: tokio_postgres::Client,
+    client: Option<tokio_postgres::Client>,
+    /// Where the connection is kept once the copy has ended cleanly.
+    keep: Option<idle::Key>,
     decoder: Decoder,
     cancel: CancelOnDrop,
     done: bool,
