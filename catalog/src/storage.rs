@@ -121,13 +121,17 @@ impl Storage {
         self.root.clone().join("tables")
     }
 
+    /// Where `key` is on the local disk, for a store on one.
+    pub fn local_path(&self, key: &ObjectPath) -> Option<std::path::PathBuf> {
+        (self.base_url.scheme() == "file").then(|| std::path::PathBuf::from(format!("/{key}")))
+    }
+
     /// Makes a folder durable: on a local disk, fsyncs its files and the folder itself
     /// (`LocalFileSystem` renames into place but does not sync). A no-op elsewhere.
     pub async fn sync_folder(&self, prefix: &ObjectPath) -> Result<(), CatalogError> {
-        if self.base_url.scheme() != "file" {
+        let Some(dir) = self.local_path(prefix) else {
             return Ok(());
-        }
-        let dir = std::path::PathBuf::from(format!("/{prefix}"));
+        };
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if !dir.exists() {
                 return Ok(());
@@ -149,10 +153,9 @@ impl Storage {
     /// Makes one new file durable: on a local disk, fsyncs it and its folders. A no-op
     /// elsewhere.
     pub async fn sync_file(&self, key: &ObjectPath) -> Result<(), CatalogError> {
-        if self.base_url.scheme() != "file" {
+        let Some(file) = self.local_path(key) else {
             return Ok(());
-        }
-        let file = std::path::PathBuf::from(format!("/{key}"));
+        };
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::File::open(&file)?.sync_all()?;
             // The folder holding it, and the one holding that (the folder may be new).

@@ -114,7 +114,7 @@ pub async fn sweep_orphans(
     let now = chrono::Utc::now();
     let mut files = Vec::new();
     let store = storage.store();
-    let mut listing = futures::stream::iter(roots)
+    let mut listing = futures::stream::iter(roots.clone())
         .flat_map(|root| store.list(Some(&root)))
         .boxed();
     while let Some(meta) = listing.next().await {
@@ -150,6 +150,31 @@ pub async fn sweep_orphans(
         }
         orphans.entry(folder).or_default().push(meta.location);
     }
+    // On a local disk, files a stopped process was still writing (`LocalFileSystem` stages
+    // each as `<name>#<n>` and leaves such files out of listings): the same rules decide.
+    let mut staged: HashMap<ObjectPath, Vec<std::path::PathBuf>> = HashMap::new();
+    for root in &roots {
+        for (file, modified) in storage
+            .local_path(root)
+            .map(|dir| staged_files(&dir))
+            .unwrap_or_default()
+        {
+            let Some(folder) = file
+                .parent()
+                .and_then(|f| ObjectPath::from_filesystem_path(f).ok())
+            else {
+                continue;
+            };
+            let young = min_age.is_some_and(|age| modified.elapsed().unwrap_or_default() < age);
+            if known.contains(&storage.folder_url(&folder))
+                || busy.iter().any(|b| folder.prefix_matches(b))
+                || young
+            {
+                continue;
+            }
+            staged.entry(folder).or_default().push(file);
+        }
+    }
     let deferred = scope
         .unwrap_or_default()
         .iter()
@@ -157,6 +182,20 @@ pub async fn sweep_orphans(
         .cloned()
         .collect();
     let mut removed = 0;
+    for (folder, files) in &staged {
+        for file in files {
+            std::fs::remove_file(file)
+                .map_err(|e| CatalogError::Storage(format!("deleting {}: {e}", file.display())))?;
+        }
+        tracing::info!(folder = %folder, files = files.len(), "removed half-written files");
+        if !orphans.contains_key(folder) {
+            // Nothing listed in it: it is gone once empty.
+            if let Some(dir) = storage.local_path(folder) {
+                let _ = std::fs::remove_dir(dir);
+            }
+            removed += 1;
+        }
+    }
     for (folder, files) in orphans {
         let doomed = futures::stream::iter(files.into_iter().map(Ok)).boxed();
         storage
@@ -172,6 +211,28 @@ pub async fn sweep_orphans(
         folders: removed,
         deferred,
     })
+}
+
+/// The files under `dir` that `LocalFileSystem` is (or was) still writing, with when they
+/// were last written: named `<name>#<n>`, as it names a file until it is renamed into place.
+fn staged_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if entry.file_name().to_string_lossy().contains('#') {
+                found.push((path, meta.modified().unwrap_or(std::time::UNIX_EPOCH)));
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -241,5 +302,38 @@ mod tests {
         assert_eq!((swept.folders, swept.deferred), (2, vec![]));
         assert!(exists(&table_dir, &published));
         assert!(!exists(&table_dir, &killed) && !exists(&table_dir, &writing));
+    }
+
+    /// A sync killed while writing a file leaves it staged (`part-….parquet#1`), which
+    /// listings do not show: the sweep removes it, and its folder, all the same.
+    #[tokio::test]
+    async fn a_sweep_removes_files_a_killed_sync_was_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::local(dir.path()).unwrap();
+        let state = StateStore::in_memory().unwrap();
+        let t: TableName = "s.t".parse().unwrap();
+        let table_dir = dir.path().join("tables/s/t");
+        let stage = |folder: &ObjectPath| {
+            let path = storage.local_path(folder).unwrap();
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("part-00001.parquet#1"), b"half").unwrap();
+        };
+        let only_staged = storage.new_run_prefix(&t);
+        stage(&only_staged);
+        let both = storage.new_run_prefix(&t);
+        write(&storage, &both).await;
+        stage(&both);
+        // A file being written right now is young: a sweep with a minimum age keeps it.
+        let swept = sweep_orphans(&state, &storage, None, &[], Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(swept.folders, 0);
+        assert!(exists(&table_dir, &only_staged) && exists(&table_dir, &both));
+
+        let swept = sweep_orphans(&state, &storage, None, &[], None)
+            .await
+            .unwrap();
+        assert_eq!(swept.folders, 2);
+        assert!(!exists(&table_dir, &only_staged) && !exists(&table_dir, &both));
     }
 }
