@@ -152,28 +152,26 @@ pub async fn sweep_orphans(
     }
     // On a local disk, files a stopped process was still writing (`LocalFileSystem` stages
     // each as `<name>#<n>` and leaves such files out of listings): the same rules decide.
+    // Walked off the runtime's threads, as `LocalFileSystem` lists.
+    let dirs: Vec<_> = roots.iter().filter_map(|r| storage.local_path(r)).collect();
+    let found: Vec<_> =
+        blocking(move || Ok(dirs.iter().flat_map(|d| staged_files(d)).collect())).await?;
     let mut staged: HashMap<ObjectPath, Vec<std::path::PathBuf>> = HashMap::new();
-    for root in &roots {
-        for (file, modified) in storage
-            .local_path(root)
-            .map(|dir| staged_files(&dir))
-            .unwrap_or_default()
+    for (file, modified) in found {
+        let Some(folder) = file
+            .parent()
+            .and_then(|f| ObjectPath::from_filesystem_path(f).ok())
+        else {
+            continue;
+        };
+        let young = min_age.is_some_and(|age| modified.elapsed().unwrap_or_default() < age);
+        if known.contains(&storage.folder_url(&folder))
+            || busy.iter().any(|b| folder.prefix_matches(b))
+            || young
         {
-            let Some(folder) = file
-                .parent()
-                .and_then(|f| ObjectPath::from_filesystem_path(f).ok())
-            else {
-                continue;
-            };
-            let young = min_age.is_some_and(|age| modified.elapsed().unwrap_or_default() < age);
-            if known.contains(&storage.folder_url(&folder))
-                || busy.iter().any(|b| folder.prefix_matches(b))
-                || young
-            {
-                continue;
-            }
-            staged.entry(folder).or_default().push(file);
+            continue;
         }
+        staged.entry(folder).or_default().push(file);
     }
     let deferred = scope
         .unwrap_or_default()
@@ -182,19 +180,25 @@ pub async fn sweep_orphans(
         .cloned()
         .collect();
     let mut removed = 0;
-    for (folder, files) in &staged {
-        for file in files {
-            std::fs::remove_file(file)
-                .map_err(|e| CatalogError::Storage(format!("deleting {}: {e}", file.display())))?;
-        }
-        tracing::info!(folder = %folder, files = files.len(), "removed half-written files");
-        if !orphans.contains_key(folder) {
-            // Nothing listed in it: it is gone once empty.
-            if let Some(dir) = storage.local_path(folder) {
+    for (folder, files) in staged {
+        tracing::info!(folder = %folder, files = files.len(), "removing half-written files");
+        // A folder with nothing listed in it is gone once they are.
+        let dir = (!orphans.contains_key(&folder))
+            .then(|| storage.local_path(&folder))
+            .flatten();
+        removed += usize::from(dir.is_some());
+        blocking(move || {
+            for file in &files {
+                std::fs::remove_file(file).map_err(|e| {
+                    CatalogError::Storage(format!("deleting {}: {e}", file.display()))
+                })?;
+            }
+            if let Some(dir) = dir {
                 let _ = std::fs::remove_dir(dir);
             }
-            removed += 1;
-        }
+            Ok(())
+        })
+        .await?;
     }
     for (folder, files) in orphans {
         let doomed = futures::stream::iter(files.into_iter().map(Ok)).boxed();
@@ -211,6 +215,15 @@ pub async fn sweep_orphans(
         folders: removed,
         deferred,
     })
+}
+
+/// Runs file-system work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, CatalogError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CatalogError::Internal(e.to_string()))?
 }
 
 /// The files under `dir` that `LocalFileSystem` is (or was) still writing, with when they
