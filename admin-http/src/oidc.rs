@@ -309,16 +309,19 @@ fn identity_of(p: &OidcProvider, claims: IdClaims) -> Result<IdpIdentity, ApiErr
         .ok_or_else(|| bad_request("the identity provider did not share an e-mail address"))?
         .trim()
         .to_lowercase();
+    // A missing claim is not a verified address: anyone can type any e-mail at some
+    // providers, and this e-mail is who the person becomes here.
     let verified = match &claims.email_verified {
-        None => true,
         Some(serde_json::Value::Bool(b)) => *b,
         Some(serde_json::Value::String(s)) => s == "true",
-        Some(_) => false,
+        _ => false,
     };
     if !verified {
-        return Err(ApiError::forbidden(
-            "your e-mail address is not verified with the identity provider",
-        ));
+        return Err(ApiError::forbidden(if claims.email_verified.is_none() {
+            "your e-mail address is not verified: the identity provider sent no `email_verified` claim (ask for the `email` scope, or have the provider include the claim)"
+        } else {
+            "your e-mail address is not verified with the identity provider"
+        }));
     }
     let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
     if !p.allowed_domains.is_empty()

@@ -334,7 +334,10 @@ impl QueryEngine {
             .collect();
         for entry in self.state.tables().list()? {
             let base = match (remote.get(&entry.name), self.accelerator.table(&entry)) {
-                (Some(def), _) => match self.remote_table(&ctx, &entry, def).await? {
+                (Some(def), _) => match self
+                    .remote_table(&ctx, &entry, def, principal.is_admin())
+                    .await?
+                {
                     Some(table) => table,
                     None => continue,
                 },
@@ -479,6 +482,7 @@ impl QueryEngine {
         ctx: &SessionContext,
         entry: &TableEntry,
         def: &TableDef,
+        detail: bool,
     ) -> Result<Option<Arc<dyn TableProvider>>, CatalogError> {
         let Some(sources) = &self.remote_sources else {
             tracing::warn!(table = %entry.name, "remote tables are not served by this process");
@@ -489,6 +493,7 @@ impl QueryEngine {
             entry.name.clone(),
             schema,
             sources.source(def)?,
+            detail,
         ))))
     }
 

@@ -43,7 +43,7 @@ pub use engine::{EngineOptions, Planned, QueryEngine, VisibleTable};
 pub use identity::{Origin, Principal, TokenSigner, Verified};
 pub use limits::QueryLimits;
 pub use names::{CATALOG_NAME, TableName};
-pub use remote::{RemoteQuery, RemoteSource, RemoteSources};
+pub use remote::{RemoteQuery, RemoteSource, RemoteSources, SourceError};
 pub use state::{Backend, CopyReport, NewVersion, StateStore, TableEntry};
 pub use storage::Storage;
 

@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DFSchema, Result, exec_datafusion_err};
+use datafusion::common::{DFSchema, DataFusionError, Result, exec_datafusion_err};
 use datafusion::datasource::{TableProvider, TableType, source_as_provider};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::simplify::SimplifyContext;
@@ -50,40 +50,53 @@ use crate::{CatalogError, TableName};
 pub struct RemoteQuery {
     /// The columns to read, in order; never empty.
     pub columns: Vec<String>,
-    /// Conditions in the source's SQL, all of which must hold.
-    pub filters: Vec<String>,
+    /// Conditions on the table's (unqualified) columns, all of which must hold; each one
+    /// the source said it can run ([`RemoteSource::can_run`]).
+    pub filters: Vec<Expr>,
     /// The most rows wanted.
     pub limit: Option<usize>,
-}
-
-impl RemoteQuery {
-    /// The query in a SQL source's terms: `select` (the columns, quoted in its dialect)
-    /// from `source` (a table, or a query in parentheses), with the filters and the limit.
-    pub fn to_sql(&self, select: &[String], source: &str) -> String {
-        let mut sql = format!(
-            "SELECT {} FROM {source} AS quiver_source",
-            select.join(", ")
-        );
-        if !self.filters.is_empty() {
-            let filters: Vec<String> = self.filters.iter().map(|f| format!("({f})")).collect();
-            sql = format!("{sql} WHERE {}", filters.join(" AND "));
-        }
-        if let Some(limit) = self.limit {
-            sql = format!("{sql} LIMIT {limit}");
-        }
-        sql
-    }
 }
 
 /// One remote table's source (implemented by the connectors).
 #[async_trait]
 pub trait RemoteSource: Send + Sync + fmt::Debug {
-    /// `filter` in the source's SQL, when the source evaluates it exactly as DataFusion
-    /// does; `schema` is the table's.
-    fn filter_sql(&self, schema: &DFSchema, filter: &Expr) -> Option<String>;
+    /// Whether the source evaluates `filter` exactly as DataFusion does, and can be sent
+    /// it safely; `schema` is the table's.
+    fn can_run(&self, schema: &DFSchema, filter: &Expr) -> bool;
 
     /// Starts reading: batches with the asked-for columns, in order.
     async fn scan(&self, query: &RemoteQuery) -> Result<SendableRecordBatchStream>;
+}
+
+/// A source's failure. `detail` — the source's own words, which may name its host, database
+/// and account, or quote values of rows the caller cannot see — is for admins and the log;
+/// everyone else is shown `public`.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct SourceError {
+    /// What any caller may read.
+    pub public: String,
+    /// What admins and the log read.
+    pub detail: String,
+}
+
+/// The error a caller sees for `error`: a [`SourceError`] becomes its detail for admins
+/// (`detail`) and its public text for everyone else, the detail logged either way.
+fn shown(table: &TableName, error: DataFusionError, detail: bool) -> DataFusionError {
+    match error {
+        DataFusionError::External(e) => match e.downcast::<SourceError>() {
+            Ok(failure) => {
+                tracing::warn!(table = %table, error = %failure.detail, "remote source failed");
+                DataFusionError::Execution(if detail {
+                    failure.detail
+                } else {
+                    failure.public
+                })
+            }
+            Err(other) => DataFusionError::External(other),
+        },
+        other => other,
+    }
 }
 
 /// Makes the sources of remote tables (the connectors, given to the engine by the server).
@@ -99,15 +112,24 @@ pub struct RemoteTable {
     name: TableName,
     schema: SchemaRef,
     source: Arc<dyn RemoteSource>,
+    /// Whether the source's errors are shown whole (to admins), see [`SourceError`].
+    detail: bool,
 }
 
 impl RemoteTable {
-    /// `name`, with `schema`, read from `source`.
-    pub fn new(name: TableName, schema: SchemaRef, source: Arc<dyn RemoteSource>) -> Self {
+    /// `name`, with `schema`, read from `source`; `detail`: the caller may read the
+    /// source's errors whole.
+    pub fn new(
+        name: TableName,
+        schema: SchemaRef,
+        source: Arc<dyn RemoteSource>,
+        detail: bool,
+    ) -> Self {
         Self {
             name,
             schema,
             source,
+            detail,
         }
     }
 }
@@ -130,10 +152,7 @@ impl TableProvider for RemoteTable {
         filters
             .iter()
             .map(|f| {
-                let runs = self
-                    .source
-                    .filter_sql(&schema, &unqualify((*f).clone())?)
-                    .is_some();
+                let runs = self.source.can_run(&schema, &unqualify((*f).clone())?);
                 Ok(if runs {
                     TableProviderFilterPushDown::Inexact
                 } else {
@@ -161,11 +180,11 @@ impl TableProvider for RemoteTable {
                 .with_schema(schema.clone())
                 .build(),
         );
-        let mut sql = Vec::new();
+        let mut runnable = Vec::new();
         for filter in filters {
             let filter = simplifier.simplify(unqualify(filter.clone())?)?;
-            if let Some(s) = self.source.filter_sql(&schema, &filter) {
-                sql.push(s);
+            if self.source.can_run(&schema, &filter) {
+                runnable.push(filter);
             }
         }
         // `COUNT(*)` needs no column, but a source sends rows only with one: read the first.
@@ -179,15 +198,21 @@ impl TableProvider for RemoteTable {
         }
         let query = RemoteQuery {
             columns,
-            filters: sql,
+            filters: runnable,
             limit,
         };
-        Ok(Arc::new(RemoteScanExec::new(
-            self.name.clone(),
-            output,
+        Ok(Arc::new(RemoteScanExec {
+            table: self.name.clone(),
             query,
-            self.source.clone(),
-        )))
+            source: self.source.clone(),
+            detail: self.detail,
+            properties: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(output),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            )),
+        }))
     }
 }
 
@@ -197,29 +222,8 @@ pub struct RemoteScanExec {
     table: TableName,
     query: RemoteQuery,
     source: Arc<dyn RemoteSource>,
+    detail: bool,
     properties: Arc<PlanProperties>,
-}
-
-impl RemoteScanExec {
-    fn new(
-        table: TableName,
-        schema: SchemaRef,
-        query: RemoteQuery,
-        source: Arc<dyn RemoteSource>,
-    ) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Self {
-            table,
-            query,
-            source,
-            properties: Arc::new(properties),
-        }
-    }
 }
 
 impl DisplayAs for RemoteScanExec {
@@ -236,6 +240,7 @@ impl DisplayAs for RemoteScanExec {
             columns.join(", ")
         )?;
         if !filters.is_empty() {
+            let filters: Vec<String> = filters.iter().map(|e| e.to_string()).collect();
             write!(f, ", filters=[{}]", filters.join(" AND "))?;
         }
         if let Some(limit) = limit {
@@ -275,11 +280,14 @@ impl ExecutionPlan for RemoteScanExec {
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let (source, query) = (self.source.clone(), self.query.clone());
-        let (schema, table) = (self.schema(), self.table.clone());
+        let (schema, table, detail) = (self.schema(), self.table.clone(), self.detail);
         let conformed = schema.clone();
         let batches = futures::stream::once(async move { source.scan(&query).await })
             .try_flatten()
-            .map(move |batch| conform(&table, batch?, &conformed));
+            .map(move |batch| match batch {
+                Ok(batch) => conform(&table, batch, &conformed),
+                Err(e) => Err(shown(&table, e, detail)),
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 }
@@ -344,32 +352,4 @@ pub(crate) fn reads_remote(plan: &LogicalPlan) -> bool {
         })
     });
     remote
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_query_is_written_with_its_filters_and_limit() {
-        let mut query = RemoteQuery {
-            columns: vec!["id".into(), "team".into()],
-            filters: vec![],
-            limit: None,
-        };
-        let select = ["\"id\"".to_string(), "\"team\"".to_string()];
-        assert_eq!(
-            query.to_sql(&select, "public.orders"),
-            r#"SELECT "id", "team" FROM public.orders AS quiver_source"#
-        );
-        query.filters = vec![
-            r#""team" = 'red'"#.into(),
-            r#""id" > 1 OR "id" IS NULL"#.into(),
-        ];
-        query.limit = Some(5);
-        assert_eq!(
-            query.to_sql(&select, "(SELECT 1)"),
-            r#"SELECT "id", "team" FROM (SELECT 1) AS quiver_source WHERE ("team" = 'red') AND ("id" > 1 OR "id" IS NULL) LIMIT 5"#
-        );
-    }
 }

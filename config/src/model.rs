@@ -309,8 +309,8 @@ pub struct QueryConfig {
     /// Most nodes in a statement's plan (a `WITH` table is copied into the plan each time
     /// it is used). Larger plans fail with `INVALID_ARGUMENT`. Default `10000`.
     pub max_plan_nodes: usize,
-    /// Largest set of parameters bound to one prepared statement (an Arrow IPC stream);
-    /// bigger bindings fail with `INVALID_ARGUMENT`. Bound parameters also count against
+    /// Largest set of parameters bound to one prepared statement (an Arrow IPC stream), as
+    /// received and once decompressed; bigger bindings fail with `RESOURCE_EXHAUSTED`. Bound parameters also count against
     /// the user's `memory_limit_per_user` while the statement is open. Default `1 MiB`.
     pub max_parameter_bytes: ByteSize,
     /// Prepared statements one user may hold open at once; closing one frees its place,

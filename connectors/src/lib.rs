@@ -136,9 +136,14 @@ pub enum ConnectorError {
     /// A table definition or option that cannot work.
     #[error("invalid connector configuration: {0}")]
     Config(String),
-    /// The source failed or sent data that cannot be read.
+    /// The source failed or sent data that cannot be read. The message may name the
+    /// source's host, database or account: only admins and the log see it.
     #[error("source: {0}")]
     Source(String),
+    /// The source cannot answer as asked, for a reason the caller can act on (a column
+    /// that is gone, the cost guard). The message names nothing of the source's location.
+    #[error("{0}")]
+    Request(String),
     /// Writing to the object store failed.
     #[error("object store: {0}")]
     Storage(String),

@@ -1,47 +1,221 @@
-//! Filters a remote source runs for us, written in its SQL (the groundwork of `mode: remote`).
+//! Filters a remote source runs for us, written in its SQL (`mode: remote`).
 //!
-//! Only filters whose meaning is the same in DataFusion and in the source are translated:
+//! Only filters whose meaning is the same in DataFusion and in the source are sent:
 //! comparisons, `AND`/`OR`/`NOT`, `IS [NOT] NULL`, `IN` lists and `BETWEEN` over columns
 //! and literals of numbers, booleans, dates and strings — but no ordering of strings (the
 //! source's collation may sort them differently) and no functions (their semantics differ
 //! between engines). A filter handed to the source is still applied above it, so a source
 //! that keeps a row too many changes nothing. Which filters may reach a source at all — a
 //! user's predicate must not run on rows the policy hides — is the policy barrier's rule;
-//! this module only says which of those the source can run.
+//! this module only says which of those the source can run, and writes them.
+//!
+//! Values never become SQL text by a general-purpose printer. BigQuery gets them as typed
+//! query parameters (`@quiver_p0`), so no value is ever parsed as SQL there. PostgreSQL's
+//! `COPY` takes no parameters, so its literals are written by [`pg_string`], which quotes as
+//! the server's own `quote_literal` does (an `E'…'` string when there is a backslash), and
+//! means the same whatever `standard_conforming_strings` says. A value neither can carry
+//! (text with a NUL byte, a float that is not finite, a date outside years 1–9999) keeps
+//! its filter here, evaluated above the read.
+
+use std::fmt::Write as _;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator};
-use datafusion::sql::unparser::Unparser;
-use datafusion::sql::unparser::dialect::{BigQueryDialect, Dialect, PostgreSqlDialect};
+use quiver_catalog::RemoteQuery;
 
 /// The SQL a remote source speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceDialect {
-    /// PostgreSQL.
+    /// PostgreSQL: literals written inline, quoted exactly.
     Postgres,
-    /// GoogleSQL (BigQuery).
+    /// GoogleSQL (BigQuery): literals sent as named query parameters.
     BigQuery,
 }
 
-impl SourceDialect {
-    fn dialect(self) -> &'static dyn Dialect {
-        match self {
-            Self::Postgres => &PostgreSqlDialect {},
-            Self::BigQuery => &BigQueryDialect {},
+/// One remote read in a source's SQL: the text and, for BigQuery, the values it names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSql {
+    /// The statement.
+    pub text: String,
+    /// `(name, value)` of each `@name` in the text (always empty for PostgreSQL).
+    pub params: Vec<(String, ScalarValue)>,
+}
+
+/// Whether the source can run `filter` exactly as DataFusion would (`schema` is the
+/// table's).
+pub fn can_run(dialect: SourceDialect, schema: &DFSchema, filter: &Expr) -> bool {
+    translatable(schema, filter) && Writer::new(dialect).expr(filter).is_some()
+}
+
+/// `SELECT select FROM source AS quiver_source WHERE … LIMIT …` for `query`: `select` are
+/// the columns as the source selects them, `source` a quoted table or a query in
+/// parentheses. Filters the source cannot run are left out (they apply above the read).
+pub fn select(
+    dialect: SourceDialect,
+    query: &RemoteQuery,
+    select: &[String],
+    source: &str,
+) -> SourceSql {
+    let mut writer = Writer::new(dialect);
+    let mut text = format!(
+        "SELECT {} FROM {source} AS quiver_source",
+        select.join(", ")
+    );
+    let mut filters = Vec::new();
+    for filter in &query.filters {
+        let mark = writer.params.len();
+        match writer.expr(filter) {
+            Some(sql) => filters.push(sql),
+            None => writer.params.truncate(mark),
+        }
+    }
+    if !filters.is_empty() {
+        let _ = write!(text, " WHERE {}", filters.join(" AND "));
+    }
+    if let Some(limit) = query.limit {
+        let _ = write!(text, " LIMIT {limit}");
+    }
+    SourceSql {
+        text,
+        params: writer.params,
+    }
+}
+
+/// Writes filters in one dialect, collecting BigQuery's parameters as it goes.
+struct Writer {
+    dialect: SourceDialect,
+    params: Vec<(String, ScalarValue)>,
+}
+
+impl Writer {
+    fn new(dialect: SourceDialect) -> Self {
+        Self {
+            dialect,
+            params: Vec::new(),
+        }
+    }
+
+    /// `expr` in the source's SQL, fully parenthesised; `None` if something in it cannot
+    /// be written safely.
+    fn expr(&mut self, expr: &Expr) -> Option<String> {
+        Some(match expr {
+            Expr::Column(c) => self.ident(&c.name)?,
+            Expr::Literal(value, _) => self.literal(value)?,
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let op = match op {
+                    Operator::And => "AND",
+                    Operator::Or => "OR",
+                    Operator::Eq => "=",
+                    Operator::NotEq => "<>",
+                    Operator::Lt => "<",
+                    Operator::LtEq => "<=",
+                    Operator::Gt => ">",
+                    Operator::GtEq => ">=",
+                    _ => return None,
+                };
+                format!("({} {op} {})", self.expr(left)?, self.expr(right)?)
+            }
+            Expr::Not(e) => format!("(NOT {})", self.expr(e)?),
+            Expr::IsNull(e) => format!("({} IS NULL)", self.expr(e)?),
+            Expr::IsNotNull(e) => format!("({} IS NOT NULL)", self.expr(e)?),
+            Expr::InList(list) if !list.list.is_empty() => {
+                let value = self.expr(&list.expr)?;
+                let items = list
+                    .list
+                    .iter()
+                    .map(|e| self.expr(e))
+                    .collect::<Option<Vec<_>>>()?;
+                let not = if list.negated { "NOT " } else { "" };
+                format!("({value} {not}IN ({}))", items.join(", "))
+            }
+            Expr::Between(b) => {
+                let not = if b.negated { "NOT " } else { "" };
+                format!(
+                    "({} {not}BETWEEN {} AND {})",
+                    self.expr(&b.expr)?,
+                    self.expr(&b.low)?,
+                    self.expr(&b.high)?
+                )
+            }
+            _ => return None,
+        })
+    }
+
+    /// A column name, quoted for the dialect. Names with control characters are not sent.
+    fn ident(&self, name: &str) -> Option<String> {
+        if name.chars().any(char::is_control) {
+            return None;
+        }
+        Some(match self.dialect {
+            SourceDialect::Postgres => format!("\"{}\"", name.replace('"', "\"\"")),
+            SourceDialect::BigQuery => {
+                format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+            }
+        })
+    }
+
+    fn literal(&mut self, value: &ScalarValue) -> Option<String> {
+        let value = sendable(value)?;
+        match self.dialect {
+            SourceDialect::BigQuery => {
+                let name = format!("quiver_p{}", self.params.len());
+                self.params.push((name.clone(), value));
+                Some(format!("@{name}"))
+            }
+            SourceDialect::Postgres => Some(match &value {
+                ScalarValue::Boolean(Some(b)) => if *b { "TRUE" } else { "FALSE" }.to_string(),
+                ScalarValue::Utf8(Some(s)) => pg_string(s)?,
+                ScalarValue::Float64(Some(f)) => format!("CAST('{f:?}' AS double precision)"),
+                ScalarValue::Date32(Some(_)) => format!("DATE '{value}'"),
+                // Integers and decimals: digits, a sign and a point, in parentheses so a
+                // minus never meets an operator.
+                _ => format!("({value})"),
+            }),
         }
     }
 }
 
-/// `filter` in the source's SQL, when the source evaluates it exactly as DataFusion does.
-pub fn to_sql(dialect: SourceDialect, schema: &DFSchema, filter: &Expr) -> Option<String> {
-    if !translatable(schema, filter) {
+/// A string as a PostgreSQL literal, as the server's `quote_literal` writes it: quotes
+/// doubled, and with a backslash an `E'…'` string with backslashes doubled. Both forms
+/// mean the same whatever `standard_conforming_strings` is. PostgreSQL text cannot hold a
+/// NUL byte, so such a value is not sent.
+pub fn pg_string(text: &str) -> Option<String> {
+    if text.contains('\0') {
         return None;
     }
-    Unparser::new(dialect.dialect())
-        .expr_to_sql(filter)
-        .ok()
-        .map(|sql| sql.to_string())
+    let quoted = text.replace('\'', "''");
+    Some(if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    })
+}
+
+/// `value` normalised to the types we send (text as `Utf8`, integers as `Int64`), or `None`
+/// when a source would read it differently or not at all.
+fn sendable(value: &ScalarValue) -> Option<ScalarValue> {
+    Some(match value {
+        ScalarValue::Boolean(Some(_)) | ScalarValue::Int64(Some(_)) => value.clone(),
+        ScalarValue::Int8(Some(v)) => ScalarValue::Int64(Some((*v).into())),
+        ScalarValue::Int16(Some(v)) => ScalarValue::Int64(Some((*v).into())),
+        ScalarValue::Int32(Some(v)) => ScalarValue::Int64(Some((*v).into())),
+        ScalarValue::UInt8(Some(v)) => ScalarValue::Int64(Some((*v).into())),
+        ScalarValue::UInt16(Some(v)) => ScalarValue::Int64(Some((*v).into())),
+        ScalarValue::UInt32(Some(v)) => ScalarValue::Int64(Some((*v).into())),
+        ScalarValue::Float64(Some(f)) if f.is_finite() => value.clone(),
+        ScalarValue::Decimal128(Some(_), _, _) => value.clone(),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s))
+            if !s.contains('\0') =>
+        {
+            ScalarValue::Utf8(Some(s.clone()))
+        }
+        // Years 1–9999: both sources write and read those alike.
+        ScalarValue::Date32(Some(days)) if (-719_162..=2_932_896).contains(days) => {
+            value.clone()
+        }
+        _ => return None,
+    })
 }
 
 /// Whether the source evaluates `expr` exactly as DataFusion does (see the module docs).
@@ -53,7 +227,7 @@ fn translatable(schema: &DFSchema, expr: &Expr) -> bool {
     };
     match expr {
         Expr::Column(c) => schema.has_column(c),
-        Expr::Literal(value, _) => plain_literal(value),
+        Expr::Literal(value, _) => sendable(value).is_some(),
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let ordering = matches!(
                 op,
@@ -89,27 +263,6 @@ fn translatable(schema: &DFSchema, expr: &Expr) -> bool {
     }
 }
 
-/// Literals both engines read alike. Timestamps are left out: their literal syntax and time
-/// zone rules differ.
-fn plain_literal(value: &ScalarValue) -> bool {
-    matches!(
-        value,
-        ScalarValue::Boolean(Some(_))
-            | ScalarValue::Int8(Some(_))
-            | ScalarValue::Int16(Some(_))
-            | ScalarValue::Int32(Some(_))
-            | ScalarValue::Int64(Some(_))
-            | ScalarValue::UInt8(Some(_))
-            | ScalarValue::UInt16(Some(_))
-            | ScalarValue::UInt32(Some(_))
-            | ScalarValue::Float64(Some(_))
-            | ScalarValue::Decimal128(Some(_), _, _)
-            | ScalarValue::Utf8(Some(_))
-            | ScalarValue::Utf8View(Some(_))
-            | ScalarValue::Date32(Some(_))
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,28 +278,96 @@ mod tests {
         .unwrap()
     }
 
+    fn query(filters: Vec<Expr>, limit: Option<usize>) -> RemoteQuery {
+        RemoteQuery {
+            columns: vec!["region".into()],
+            filters,
+            limit,
+        }
+    }
+
+    fn written(dialect: SourceDialect, filter: Expr) -> SourceSql {
+        assert!(can_run(dialect, &schema(), &filter), "{filter}");
+        let select = [String::from("c")];
+        select_sql(dialect, &query(vec![filter], None), &select)
+    }
+
+    fn select_sql(dialect: SourceDialect, query: &RemoteQuery, columns: &[String]) -> SourceSql {
+        select(dialect, query, columns, "t")
+    }
+
     #[test]
-    fn comparisons_and_logic_are_written_in_each_dialect() {
+    fn a_query_is_written_with_its_filters_and_limit() {
         let filter = col("region")
             .eq(lit("EU"))
             .and(col("amount").gt(lit(10i64)).or(col("note").is_null()));
+        let q = query(vec![filter, col("amount").lt(lit(-3i32))], Some(5));
+        let pg = select(SourceDialect::Postgres, &q, &["\"region\"".into()], "public.t");
         assert_eq!(
-            to_sql(SourceDialect::Postgres, &schema(), &filter).unwrap(),
-            r#"(("region" = 'EU') AND (("amount" > 10) OR "note" IS NULL))"#
+            pg.text,
+            r#"SELECT "region" FROM public.t AS quiver_source WHERE (("region" = 'EU') AND (("amount" > (10)) OR ("note" IS NULL))) AND ("amount" < (-3)) LIMIT 5"#
+        );
+        assert!(pg.params.is_empty());
+        let bq = select(SourceDialect::BigQuery, &q, &["`region`".into()], "`p.d.t`");
+        assert_eq!(
+            bq.text,
+            "SELECT `region` FROM `p.d.t` AS quiver_source WHERE ((`region` = @quiver_p0) AND ((`amount` > @quiver_p1) OR (`note` IS NULL))) AND (`amount` < @quiver_p2) LIMIT 5"
         );
         assert_eq!(
-            to_sql(SourceDialect::BigQuery, &schema(), &filter).unwrap(),
-            "((`region` = 'EU') AND ((`amount` > 10) OR `note` IS NULL))"
+            bq.params,
+            vec![
+                ("quiver_p0".into(), ScalarValue::Utf8(Some("EU".into()))),
+                ("quiver_p1".into(), ScalarValue::Int64(Some(10))),
+                ("quiver_p2".into(), ScalarValue::Int64(Some(-3))),
+            ]
         );
-        // A quote inside a string literal stays inside it.
+        let bare = select(SourceDialect::Postgres, &query(vec![], None), &["1".into()], "t");
+        assert_eq!(bare.text, "SELECT 1 FROM t AS quiver_source");
+    }
+
+    #[test]
+    fn strings_stay_strings_in_postgres() {
+        for (value, sql) in [
+            ("it's", "'it''s'"),
+            ("a''b", "'a''''b'"),
+            (r"\'", r"E'\\'''"),
+            (r"x\''y", r"E'x\\''''y'"),
+            ("$$|$$", "'$$|$$'"),
+            ("-- x /* y", "'-- x /* y'"),
+            ("naïve ☃ 𝄞", "'naïve ☃ 𝄞'"),
+        ] {
+            assert_eq!(pg_string(value).as_deref(), Some(sql), "{value}");
+            let w = written(SourceDialect::Postgres, col("note").eq(lit(value)));
+            assert_eq!(w.text, format!("SELECT c FROM t AS quiver_source WHERE (\"note\" = {sql})"));
+        }
+    }
+
+    #[test]
+    fn values_go_to_bigquery_as_parameters_only() {
+        let attack = r"\\'' OR PWNED_MARKER = 1)) #";
+        let w = written(SourceDialect::BigQuery, col("note").eq(lit(attack)));
+        assert_eq!(w.text, "SELECT c FROM t AS quiver_source WHERE (`note` = @quiver_p0)");
+        assert_eq!(w.params, vec![("quiver_p0".into(), ScalarValue::Utf8(Some(attack.into())))]);
+    }
+
+    #[test]
+    fn identifiers_are_quoted_for_each_dialect() {
+        let odd = DFSchema::try_from(Schema::new(vec![Field::new(
+            "we\"ird`\\",
+            DataType::Int64,
+            true,
+        )]))
+        .unwrap();
+        let filter = col(datafusion::common::Column::from_name("we\"ird`\\")).is_null();
+        assert!(can_run(SourceDialect::Postgres, &odd, &filter));
+        let q = query(vec![filter], None);
         assert_eq!(
-            to_sql(
-                SourceDialect::Postgres,
-                &schema(),
-                &col("note").eq(lit("it's"))
-            )
-            .unwrap(),
-            r#"("note" = 'it''s')"#
+            select_sql(SourceDialect::Postgres, &q, &[]).text,
+            r#"SELECT  FROM t AS quiver_source WHERE ("we""ird`\" IS NULL)"#
+        );
+        assert_eq!(
+            select_sql(SourceDialect::BigQuery, &q, &[]).text,
+            r"SELECT  FROM t AS quiver_source WHERE (`we"ird\`\\` IS NULL)"
         );
     }
 
@@ -158,12 +379,27 @@ mod tests {
             upper.eq(lit("X")),                                      // a function
             col("amount").gt(lit(1i64)).and(col("x").eq(lit(1i64))), // not a column of the table
             (col("amount") / lit(0i64)).gt(lit(1i64)),               // arithmetic
+            col("note").eq(lit("a\0b")),                             // NUL: not text there
+            col("amount").eq(lit(f64::NAN)),                         // not finite
+            col("amount").eq(lit(ScalarValue::Date32(Some(-800_000)))), // year 0 and before
         ] {
-            assert_eq!(
-                to_sql(SourceDialect::Postgres, &schema(), &filter),
-                None,
-                "{filter}"
-            );
+            for dialect in [SourceDialect::Postgres, SourceDialect::BigQuery] {
+                assert!(!can_run(dialect, &schema(), &filter), "{filter}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_and_dates_are_written_exactly() {
+        let cases = [
+            (lit(0.1f64), "CAST('0.1' AS double precision)"),
+            (lit(ScalarValue::Decimal128(Some(-12345), 10, 2)), "(-123.45)"),
+            (lit(ScalarValue::Date32(Some(19_000))), "DATE '2022-01-08'"),
+            (lit(true), "TRUE"),
+        ];
+        for (value, sql) in cases {
+            let w = written(SourceDialect::Postgres, col("amount").eq(value));
+            assert_eq!(w.text, format!("SELECT c FROM t AS quiver_source WHERE (\"amount\" = {sql})"));
         }
     }
 }

@@ -13,7 +13,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
-use quiver_catalog::{CatalogError, RemoteQuery, RemoteSource};
+use quiver_catalog::{CatalogError, RemoteQuery, RemoteSource, SourceError};
 use quiver_config::{SyncConfig, TableDef};
 
 use crate::{ConnectorError, Options, Remote, options, pushdown};
@@ -68,15 +68,24 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// A source's failure, as the query's error: what was read and what went wrong.
+/// A source's failure, as the query's error: what was read and what went wrong, in full
+/// for admins and the log; for everyone else, only what they can act on (see
+/// [`SourceError`]).
 fn read_error(table: &str, e: ConnectorError) -> DataFusionError {
-    DataFusionError::Execution(format!("reading {table} from its source: {e}"))
+    let detail = format!("reading {table} from its source: {e}");
+    let public = match e {
+        ConnectorError::Request(_) => detail.clone(),
+        _ => format!(
+            "reading {table} from its source failed; an admin can find the cause in the server log"
+        ),
+    };
+    DataFusionError::External(Box::new(SourceError { public, detail }))
 }
 
 #[async_trait::async_trait]
 impl RemoteSource for Source {
-    fn filter_sql(&self, schema: &DFSchema, filter: &Expr) -> Option<String> {
-        pushdown::to_sql(self.remote.dialect(), schema, filter)
+    fn can_run(&self, schema: &DFSchema, filter: &Expr) -> bool {
+        pushdown::can_run(self.remote.dialect(), schema, filter)
     }
 
     async fn scan(&self, query: &RemoteQuery) -> Result<SendableRecordBatchStream> {

@@ -10,6 +10,7 @@
 //!   are looked up in.
 //! - [`ticket`]: signed, self-contained tickets and prepared-statement handles.
 //! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` answers for JDBC, SQLAlchemy and ADBC.
+//! - `upload`: IPC streams clients send (bound parameters), sized before they are decoded.
 //! - [`error`]: the one mapping from errors to gRPC statuses.
 
 pub mod error;
@@ -20,6 +21,7 @@ pub mod service;
 pub mod sessions;
 pub mod stream;
 pub mod ticket;
+mod upload;
 
 use std::future::Future;
 use std::path::Path;

@@ -69,7 +69,6 @@ const CLUSTER_POLL: Duration = Duration::from_millis(250);
 const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
 /// Parts a result is fetched in at most.
 const MAX_PARTS: usize = 16;
-const PARAMETERS_TOO_BIG: &str = "bound parameters over the limit";
 const READ_ONLY_MESSAGE: &str =
     "Quiver is read-only: INSERT, UPDATE, DELETE, DDL and bulk ingestion are not accepted";
 
@@ -705,29 +704,46 @@ impl QuiverFlightSql {
     }
 
     /// Reads parameters sent with `DoPut` as one Arrow IPC stream, refusing more than
-    /// `query.max_parameter_bytes` as soon as they pass it (nothing more is read).
-    async fn read_parameters(&self, data: PeekableFlightDataStream) -> Result<Vec<u8>, Status> {
+    /// `query.max_parameter_bytes` — received or once decoded — as soon as they pass it:
+    /// nothing more is read, and nothing is inflated before its size is known to fit. What
+    /// is decoded is held against the caller's memory until it has been re-encoded.
+    async fn read_parameters(
+        &self,
+        principal: &Principal,
+        data: PeekableFlightDataStream,
+    ) -> Result<Vec<u8>, Status> {
         let max = self.options.max_parameter_bytes;
-        let too_big = || {
-            Status::invalid_argument(format!(
+        let too_big = move || {
+            Status::resource_exhausted(format!(
                 "the bound parameters are larger than {max} bytes (query.max_parameter_bytes); bind fewer rows at a time"
             ))
         };
-        // Counted as received, before decoding: reading stops at the limit.
-        let mut received = 0usize;
-        let counted = data.map(move |message| {
+        let memory = MemoryConsumer::new("bound parameters being read")
+            .register(&self.engine.user_pool(principal.email()));
+        let (mut received, mut decoded) = (0usize, 0usize);
+        let checked = data.map(move |message| {
             let message = message.map_err(FlightError::from)?;
             received += message.data_header.len() + message.data_body.len();
             if received > max {
-                return Err(FlightError::ProtocolError(PARAMETERS_TOO_BIG.into()));
+                return Err(FlightError::Tonic(Box::new(too_big())));
             }
+            let len = upload::decoded_len(&message, max - decoded).map_err(|e| {
+                FlightError::Tonic(Box::new(match e {
+                    upload::UploadError::OverBudget { .. } => too_big(),
+                    e => Status::invalid_argument(format!("cannot read bound parameters: {e}")),
+                }))
+            })?;
+            decoded += len;
+            memory
+                .try_grow(len)
+                .map_err(|e| FlightError::Tonic(Box::new(datafusion_status(&e))))?;
             Ok(message)
         });
-        let mut decoded = FlightRecordBatchStream::new_from_flight_data(counted);
+        let mut stream = FlightRecordBatchStream::new_from_flight_data(checked);
         let mut batches = Vec::new();
-        while let Some(batch) = decoded.next().await {
+        while let Some(batch) = stream.next().await {
             batches.push(batch.map_err(|e| match e {
-                FlightError::ProtocolError(m) if m == PARAMETERS_TOO_BIG => too_big(),
+                FlightError::Tonic(status) => *status,
                 e => Status::invalid_argument(format!("cannot read bound parameters: {e}")),
             })?);
         }
@@ -1180,7 +1196,9 @@ impl FlightSqlService for QuiverFlightSql {
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let principal = self.principal(&request).await?;
         let mut prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
-        let ipc = self.read_parameters(request.into_inner()).await?;
+        let ipc = self
+            .read_parameters(&principal, request.into_inner())
+            .await?;
         // Check now, so a bad binding fails at bind time rather than at execution.
         let plan = self
             .plan_now(&principal, &prepared.sql, prepared.schema.as_deref())

@@ -105,7 +105,13 @@ def rest_schema(fields: list[dict]) -> list[dict]:
     return out
 
 
+class InvalidQuery(Exception):
+    """A query BigQuery would refuse with `invalidQuery`."""
+
+
 def parse_parameter(kind: str, text: str):
+    if kind == "BOOL":
+        return {"true": True, "false": False}[text.lower()]
     if kind == "INT64":
         return int(text)
     if kind == "FLOAT64":
@@ -122,8 +128,9 @@ def parse_parameter(kind: str, text: str):
     return text
 
 
-def where(fields: list[dict], rows: list[dict], condition: str) -> list[dict]:
-    """The rows for which `condition` (GoogleSQL with backquoted names) holds, by SQLite."""
+def where(fields: list[dict], rows: list[dict], condition: str, parameters: list[dict]) -> list[dict]:
+    """The rows for which `condition` (GoogleSQL with backquoted names and `@name` query
+    parameters) holds, by SQLite, with the parameters bound as values."""
     names = [f["name"] for f in fields]
     db = sqlite3.connect(":memory:")
     db.execute(f"CREATE TABLE t (quiver_row, {', '.join(json.dumps(n) for n in names)})")
@@ -134,7 +141,12 @@ def where(fields: list[dict], rows: list[dict], condition: str) -> list[dict]:
     db.executemany(f"INSERT INTO t VALUES ({', '.join('?' * (len(names) + 1))})",
                    [(i, *[plain(r.get(n)) for n in names]) for i, r in enumerate(rows)])
     sql = re.sub(r"`([^`]+)`", lambda m: json.dumps(m.group(1)), condition)
-    kept = {i for (i,) in db.execute(f"SELECT quiver_row FROM t WHERE {sql}")}
+    values = {p["name"]: plain(parse_parameter(p["parameterType"]["type"], p["parameterValue"]["value"]))
+              for p in parameters}
+    try:
+        kept = {i for (i,) in db.execute(f"SELECT quiver_row FROM t WHERE {sql}", values)}
+    except sqlite3.Error as e:  # as BigQuery answers a query it cannot parse
+        raise InvalidQuery(f"Syntax error: {e}") from e
     return [r for i, r in enumerate(rows) if i in kept]
 
 
@@ -218,7 +230,10 @@ class FakeBigQuery:
                 missing = next(c for c in columns if c not in by_name)
                 return google_error(400, "invalidQuery", f"Unrecognized name: {missing} at [1:8]", "INVALID_ARGUMENT")
             if m.group(4):
-                rows = where(table["fields"], rows, m.group(4))
+                try:
+                    rows = where(table["fields"], rows, m.group(4), parameters)
+                except InvalidQuery as e:
+                    return google_error(400, "invalidQuery", str(e), "INVALID_ARGUMENT")
             if m.group(5):
                 rows = rows[:int(m.group(5))]
             return {**table, "fields": [by_name[c] for c in columns]}, rows

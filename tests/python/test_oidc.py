@@ -94,8 +94,12 @@ class Flow:
 
 
 def account(email, groups=(), verified=True, name="Test User"):
-    return {"sub": str(uuid.uuid4()), "email": email, "email_verified": verified, "name": name,
-            "groups": list(groups)}
+    """An account at the provider; `verified=None` sends no `email_verified` claim at all."""
+    person = {"sub": str(uuid.uuid4()), "email": email, "email_verified": verified, "name": name,
+              "groups": list(groups)}
+    if verified is None:
+        del person["email_verified"]
+    return person
 
 
 def replace_param(url, name, value):
@@ -169,6 +173,7 @@ def test_a_wrong_nonce_is_refused(idp_and_server):
 @pytest.mark.parametrize("person, message", [
     (account("mallory@evil.example"), "evil.example"),
     (account("tess@example.com", verified=False), "not verified"),
+    (account("ned@example.com", verified=None), "no `email_verified` claim"),
 ])
 def test_disallowed_domains_and_unverified_emails_are_refused(idp_and_server, person, message):
     issuer, server = idp_and_server
@@ -250,6 +255,13 @@ auth:
             forged = ".".join([header, payload[:-4] + ("AAAA" if payload[-4:] != "AAAA" else "BBBB"), signature])
             r = requests.post(f"http://{server.http}/oauth/token", data=dict(exchange, subject_token=forged), timeout=10)
             assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+            # An ID token without `email_verified` (even for the admin's address) is no proof.
+            unverified = id_token_from_provider(issuer, account(ADMIN_EMAIL, verified=None), redirect)
+            r = requests.post(f"http://{server.http}/oauth/token", data=dict(exchange, subject_token=unverified),
+                              timeout=10)
+            assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+            assert "email_verified" in r.json()["error_description"], r.text
 
             admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
             assert api(server, "POST", "/api/admin/grants", admin, {"group": "Everyone", "table": "tpch.region"})[0] == 201

@@ -194,7 +194,7 @@ impl Api {
             if Instant::now() >= deadline {
                 waiting.job = None;
                 self.cancel(&job).await;
-                return Err(ConnectorError::Source(format!(
+                return Err(ConnectorError::Request(format!(
                     "the BigQuery job {} did not finish within `timeout` {}; it was cancelled",
                     job.id,
                     humantime::format_duration(timeout)

@@ -28,10 +28,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::options::{self, parse, parse_checked, secret_reference};
-use crate::pushdown::SourceDialect;
+use crate::pushdown::{self, SourceDialect};
 use crate::{Batches, Connector, ConnectorError, Options, ReadRequest, Remote};
 use api::{Api, ServiceAccountKey};
 use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use quiver_catalog::RemoteQuery;
 use quiver_config::SyncConfig;
 
@@ -158,7 +159,7 @@ impl Session {
     async fn run(self, mut job: Value, bytes: u64) -> Result<Batches, ConnectorError> {
         let limit = self.limit;
         if bytes > limit {
-            return Err(ConnectorError::Source(format!(
+            return Err(ConnectorError::Request(format!(
                 "the query would process {} ({bytes} bytes), over `max_bytes_billed` {} ({limit} bytes): select less (fewer columns, a partition filter) or raise the table's `max_bytes_billed`",
                 ByteSize::b(bytes).display().si(),
                 ByteSize::b(limit).display().si(),
@@ -301,11 +302,49 @@ impl Remote for BigQuery {
     ) -> Result<Batches, ConnectorError> {
         let session = Session::open(options, sync)?;
         let columns: Vec<String> = query.columns.iter().map(|c| quote_ident(c)).collect();
-        let sql = query.to_sql(&columns, &session.options.source());
-        let job = session.job(&sql);
+        let sql = pushdown::select(
+            SourceDialect::BigQuery,
+            query,
+            &columns,
+            &session.options.source(),
+        );
+        let mut job = session.job(&sql.text);
+        if !sql.params.is_empty() {
+            job["parameterMode"] = json!("NAMED");
+            job["queryParameters"] = sql
+                .params
+                .iter()
+                .map(|(name, value)| parameter(name, value))
+                .collect();
+        }
         let bytes = session.api.dry_run(&job).await?.bytes;
         session.run(job, bytes).await
     }
+}
+
+/// A named query parameter as the REST API takes it (`QueryParameter`): every value as
+/// text with its GoogleSQL type. `pushdown` sends only these types.
+fn parameter(name: &str, value: &ScalarValue) -> Value {
+    let kind = match value {
+        ScalarValue::Boolean(_) => "BOOL",
+        ScalarValue::Int64(_) => "INT64",
+        ScalarValue::Float64(_) => "FLOAT64",
+        // NUMERIC holds 29 digits before the point and 9 after; BIGNUMERIC 38 and 38.
+        ScalarValue::Decimal128(_, p, s) if *s >= 0 && *s <= 9 && (*p as i16 - *s as i16) <= 29 => "NUMERIC",
+        ScalarValue::Decimal128(..) => "BIGNUMERIC",
+        ScalarValue::Date32(_) => "DATE",
+        _ => "STRING",
+    };
+    let text = match value {
+        ScalarValue::Utf8(Some(s)) => s.clone(),
+        ScalarValue::Float64(Some(f)) => format!("{f:?}"),
+        other => other.to_string(),
+    };
+    json!({
+        "name": name,
+        "parameterType": { "type": kind },
+        "parameterValue": { "value": text },
+    })
 }
 
 /// What a dry run says: the result's schema and the bytes the query would process.

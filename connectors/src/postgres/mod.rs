@@ -38,7 +38,7 @@ use serde::Deserialize;
 use tokio_postgres::types::{Kind as PgKind, Type};
 
 use crate::options::{parse, parse_checked, secret_reference};
-use crate::pushdown::SourceDialect;
+use crate::pushdown::{self, SourceDialect};
 use crate::{Batches, Connector, ConnectorError, Options, ReadRequest, Remote};
 use quiver_catalog::RemoteQuery;
 use quiver_config::SyncConfig;
@@ -209,7 +209,7 @@ impl Remote for Postgres {
                 .iter()
                 .position(|f| f.name() == name)
                 .ok_or_else(|| {
-                    ConnectorError::Source(format!(
+                    ConnectorError::Request(format!(
                         "the source has no column `{name}` any more: sync the table to refresh its schema"
                     ))
                 })?;
@@ -217,8 +217,9 @@ impl Remote for Postgres {
             fields.push(columns.fields[i].clone());
             kinds.push(columns.kinds[i].clone());
         }
-        let sql = query.to_sql(&select, &source);
-        copy(client, &sql, fields, kinds, Some(key)).await
+        // Literals are written inline (COPY takes no parameters), quoted by `pg_string`.
+        let sql = pushdown::select(SourceDialect::Postgres, query, &select, &source);
+        copy(client, &sql.text, fields, kinds, Some(key)).await
     }
 }
 
