@@ -11,9 +11,11 @@
 //! - [`ticket`]: signed, self-contained tickets and prepared-statement handles.
 //! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` answers for JDBC, SQLAlchemy and ADBC.
 //! - `upload`: IPC streams clients send (bound parameters), sized before they are decoded.
+//! - `greeting`: accepted connections that stay silent are dropped.
 //! - [`error`]: the one mapping from errors to gRPC statuses.
 
 pub mod error;
+mod greeting;
 pub mod metadata;
 mod plans;
 pub mod rpc;
@@ -97,14 +99,19 @@ pub async fn serve(
             })
         };
         let identity = Identity::from_pem(read(cert)?, read(key)?);
-        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+        builder = builder.tls_config(
+            ServerTlsConfig::new()
+                .identity(identity)
+                .timeout(greeting::GREETING_DEADLINE),
+        )?;
     }
     // tonic's own TCP settings do not reach a listener we bound: disable Nagle here, or every
     // small response waits ~40 ms for the client's delayed ACK.
-    let incoming = TcpListenerStream::new(listener).inspect_ok(|stream| {
+    let incoming = TcpListenerStream::new(listener).map_ok(|stream| {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::warn!(error = %e, "cannot disable Nagle's algorithm");
         }
+        greeting::Greeted::new(stream)
     });
     builder
         .add_service(svc)

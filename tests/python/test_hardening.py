@@ -461,3 +461,32 @@ def test_serve_does_not_print_the_admin_password():
             assert ADMIN_PASSWORD in "\n".join(s.banner)
         finally:
             s.stop()
+
+
+def test_silent_and_trickling_connections_are_closed(hard):
+    """Connections that never send an HTTP/2 preface (gRPC) or never finish their request
+    headers (HTTP) are closed by the server, not kept forever."""
+    import socket
+
+    def closed_within(address: str, greeting: bytes, limit: float) -> float:
+        host, port = address.rsplit(":", 1)
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=limit) as s:
+            if greeting:
+                s.sendall(greeting)
+            try:
+                while s.recv(4096):  # the server may answer before it closes
+                    pass
+            except ConnectionResetError:
+                pass
+            except socket.timeout:
+                pytest.fail(f"{address}: still open after {limit} s")
+        return time.monotonic() - started
+
+    flight_addr = hard.uri.removeprefix("grpc://")
+    assert closed_within(flight_addr, b"", 40) >= 5
+    assert closed_within(flight_addr, b"PRI * HT", 40) >= 5
+    assert closed_within(hard.http, b"GET /health HTTP/1.1\r\nHost: x\r\n", 40) >= 5
+    # Connections that speak work as before.
+    with urllib.request.urlopen(f"http://{hard.http}/health", timeout=10) as r:
+        assert r.status == 200

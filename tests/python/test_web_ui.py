@@ -171,3 +171,33 @@ def test_an_admin_syncs_a_table_from_the_tables_page(browser, server):
     # The button is the API's action: audited alike.
     audit = api(server, "GET", "/api/admin/audit?action=table.sync&limit=50", token)[1]
     assert any(e["target"] == name and e["actor"] == ADMIN_EMAIL for e in audit), audit
+
+
+def test_pages_cannot_be_framed_or_sniffed_and_run_no_script(browser, server, user):
+    import requests
+
+    # Every page, signed in or not, carries the headers.
+    session = requests.Session()
+    r = session.post(f"http://{server.http}/auth/login", json={"email": user, "password": PASSWORD}, timeout=10)
+    assert r.status_code == 200, r.text
+    for path in ["/login", "/connect", "/catalog", "/admin/users", "/api/me", "/no-such-page"]:
+        r = session.get(f"http://{server.http}{path}", timeout=10, allow_redirects=False)
+        assert r.headers.get("X-Frame-Options") == "DENY", path
+        assert r.headers.get("X-Content-Type-Options") == "nosniff", path
+        policy = r.headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy, (path, policy)
+        assert "script-src" not in policy and "unsafe-inline" not in policy, policy
+
+    # In the browser: the style sheet still applies under the policy, nothing is blocked.
+    violations = []
+    page = browser.new_context().new_page()
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(f"http://{server.http}/login")
+    assert page.evaluate("getComputedStyle(document.body).maxWidth") == "1024px"
+    assert violations == []
+
+    # A page of another origin that frames the sign-in form gets nothing in the frame.
+    page.set_content(f'<iframe id="f" src="http://{server.http}/login"></iframe>')
+    page.wait_for_timeout(1000)
+    frame = page.frame_locator("#f")
+    assert frame.get_by_label("Password").count() == 0
