@@ -26,6 +26,8 @@ use datafusion::common::{Column, DFSchema, Result, ScalarValue};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature, TableProviderFilterPushDown, Volatility, and, lit, or, when,
@@ -132,11 +134,29 @@ impl TablePolicy {
     /// Whether what the policy shows depends on who runs the query: its filter or a mask
     /// calls a function that is not fixed by its arguments (`current_user()`).
     pub fn is_personal(&self) -> bool {
+        self.expressions().any(varies)
+    }
+
+    /// Whether what the policy shows changes between two runs by the same caller: its
+    /// filter or a mask calls `now()`, `random()` or the like (evaluated for each query).
+    pub fn is_time_relative(&self) -> bool {
+        self.expressions().any(|e| {
+            e.exists(|e| {
+                Ok(matches!(e, Expr::ScalarFunction(f)
+                    if f.func.signature().volatility != Volatility::Immutable
+                        && f.func.name() != "current_user"))
+            })
+            .unwrap_or(true)
+        })
+    }
+
+    /// The row filter and the masks' expressions.
+    fn expressions(&self) -> impl Iterator<Item = &Expr> {
         let rules = self.columns.iter().filter_map(|(_, r)| match r {
             ColumnRule::Clear => None,
             ColumnRule::Computed(e) => Some(e),
         });
-        self.rows.iter().chain(rules).any(varies)
+        self.rows.iter().chain(rules)
     }
 
     /// True when the policy changes nothing (no filter, every column clear).
@@ -488,10 +508,18 @@ impl TableProvider for PolicyTable {
             .scan(state, Some(&needed), &to_base, base_limit)
             .await?;
         let inner = DFSchema::try_from(plan.schema().as_ref().clone())?;
+        // Functions of the query's time (`now()`, `current_date()`) take this query's value:
+        // a row filter such as `day >= current_date() - 7` is evaluated for each query.
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(inner.clone()))
+                .with_query_execution_start_time(state.execution_props().query_execution_start_time)
+                .build(),
+        );
 
         let predicate = self.policy.rows.iter().cloned().chain(pushed).reduce(and);
         if let Some(predicate) = predicate {
-            let physical = state.create_physical_expr(predicate, &inner)?;
+            let physical = state.create_physical_expr(simplifier.simplify(predicate)?, &inner)?;
             plan = Arc::new(FilterExec::try_new(physical, plan)?);
         }
         let mut exprs = Vec::with_capacity(wanted.len());
@@ -500,7 +528,7 @@ impl TableProvider for PolicyTable {
             let name = base_schema.field(*index).name().clone();
             let expr = match rule {
                 ColumnRule::Clear => Expr::Column(Column::new_unqualified(&name)),
-                ColumnRule::Computed(e) => e.clone(),
+                ColumnRule::Computed(e) => simplifier.simplify(e.clone())?,
             };
             exprs.push((state.create_physical_expr(expr, &inner)?, name));
         }

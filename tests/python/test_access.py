@@ -315,6 +315,26 @@ def test_revoking_a_grant_takes_effect_at_once(server, world, admin_token):
         assert "not found" in error_of(c, "SELECT count(*) FROM tpch.region")
 
 
+def test_a_row_filter_relative_to_the_time_is_evaluated_for_each_query(server, world, admin_token, admin):
+    email, group, grant = user_granted(server, admin_token, "tess", "tpch.orders")
+    assert api(server, "DELETE", f"/api/admin/grants/{grant['id']}", admin_token)[0] == 204
+    # Orders of the last N years as of the moment each query runs, N chosen so that the
+    # window starts in 1997, inside TPC-H's order dates (1992–1998).
+    import datetime
+    years = datetime.date.today().year - 1997
+    window = f"o_orderdate > current_date() - INTERVAL '{years} years' AND o_orderdate <= now()"
+    status, body = api(server, "POST", "/api/admin/grants", admin_token,
+                       {"group": group, "table": "tpch.orders", "row_filter": window})
+    assert status == 201, body
+    expected = scalar(admin, f"SELECT count(*) FROM tpch.orders WHERE {window}")
+    total = scalar(admin, "SELECT count(*) FROM tpch.orders")
+    with connect(server, email, PASSWORD) as c:
+        for _ in range(2):  # the second run is not an earlier run's kept result gone stale
+            assert scalar(c, "SELECT count(*) FROM tpch.orders") == expected
+        assert scalar(c, "SELECT count(*) FROM tpch.orders WHERE o_orderkey > ?", (0,)) == expected
+    assert 0 < expected < total
+
+
 def test_grants_are_validated_before_they_are_saved(server, world, admin_token):
     group = world["groups"]["sales"]
     cases = [

@@ -88,8 +88,10 @@ impl ResultsCache {
             });
             if let LogicalPlan::TableScan(scan) = node {
                 let policy = source_as_provider(&scan.source).ok().and_then(|p| {
-                    p.downcast_ref::<PolicyTable>()
-                        .map(|t| (format!("{:?}", t.policy()), t.policy().is_personal()))
+                    p.downcast_ref::<PolicyTable>().map(|t| {
+                        fixed &= !t.policy().is_time_relative();
+                        (format!("{:?}", t.policy()), t.policy().is_personal())
+                    })
                 });
                 match policy {
                     Some((policy, by_caller)) => {
