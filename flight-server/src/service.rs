@@ -1030,7 +1030,8 @@ fn sign_in_status(error: SignInError) -> Status {
     }
 }
 
-fn parse_basic(header: &str) -> Option<(String, String)> {
+/// The user and password of a Basic `authorization` header.
+pub(crate) fn parse_basic(header: &str) -> Option<(String, String)> {
     let encoded = header
         .strip_prefix("Basic ")
         .or_else(|| header.strip_prefix("basic "))?;
@@ -1609,9 +1610,11 @@ impl FlightSqlService for QuiverFlightSql {
                 result
                     .session_options
                     .insert("catalog".into(), text(CATALOG_NAME.into()));
-                if let Some(schema) = options.schema {
-                    result.session_options.insert("schema".into(), text(schema));
-                }
+                // The schema in force: the one set, else where unqualified names resolve.
+                let schema = options
+                    .schema
+                    .unwrap_or_else(|| quiver_catalog::engine::DEFAULT_SCHEMA.into());
+                result.session_options.insert("schema".into(), text(schema));
                 return Ok(action_result(result.encode_to_vec(), None));
             }
             sessions::CLOSE_SESSION => {

@@ -11,7 +11,7 @@
 //! The messages are Flight's own (`Flight.proto`, Arrow 16), which this arrow-flight does not
 //! generate yet: they are declared here with the same field numbers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ pub const CLOSE_SESSION: &str = "CloseSession";
 pub const IDLE: Duration = Duration::from_secs(24 * 3600);
 /// Sessions kept at most.
 pub const CAPACITY: usize = 100_000;
+/// Sessions one user keeps at most (a pool of that many connections): a user opening more
+/// forgets their own oldest, never another user's.
+pub const PER_USER: usize = 500;
 
 /// What a session remembers.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,6 +56,8 @@ pub struct Sessions {
 struct Open {
     by_id: HashMap<String, Session>,
     by_bearer: HashMap<[u8; 32], String>,
+    /// Each user's session ids, oldest first.
+    by_user: HashMap<String, VecDeque<String>>,
 }
 
 /// How a call names its session.
@@ -63,7 +68,9 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The session cookie and the bearer credential of `request`.
+    /// The session cookie and the credential of `request`. The credential is taken as
+    /// the server reads it — Basic user and password, or the bearer token — so spellings of
+    /// one credential (padding, spaces, the scheme's case) name one session.
     pub fn of<T>(request: &Request<T>) -> Self {
         let cookie = request
             .metadata()
@@ -77,9 +84,22 @@ impl Caller {
         let bearer = request
             .metadata()
             .get("authorization")
-            .map(|v| Sha256::digest(v.as_bytes()).into());
+            .and_then(|v| v.to_str().ok())
+            .and_then(canonical_credential)
+            .map(|c| Sha256::digest(c.as_bytes()).into());
         Self { cookie, bearer }
     }
+}
+
+/// One spelling of an `authorization` header's credential.
+fn canonical_credential(header: &str) -> Option<String> {
+    if let Some((user, password)) = crate::service::parse_basic(header) {
+        return Some(format!("basic\0{}\0{password}", user.trim().to_lowercase()));
+    }
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| format!("bearer\0{}", token.trim()))
 }
 
 impl Sessions {
@@ -102,19 +122,7 @@ impl Sessions {
         let mut open = self.lock();
         let id = match open.find(caller, user) {
             Some(id) => id,
-            None => {
-                open.make_room();
-                let id = uuid::Uuid::new_v4().simple().to_string();
-                open.by_id.insert(
-                    id.clone(),
-                    Session {
-                        user: user.to_string(),
-                        options: Options::default(),
-                        used: Instant::now(),
-                    },
-                );
-                id
-            }
+            None => open.open(user),
         };
         if let Some(bearer) = caller.bearer {
             open.by_bearer.insert(bearer, id.clone());
@@ -131,8 +139,7 @@ impl Sessions {
         let Some(id) = open.find(caller, user) else {
             return false;
         };
-        open.by_id.remove(&id);
-        open.by_bearer.retain(|_, v| *v != id);
+        open.forget(&id);
         true
     }
 
@@ -154,12 +161,57 @@ impl Open {
         self.by_id.get(id).is_some_and(live).then(|| id.clone())
     }
 
+    /// A new session of `user`, after making room for it.
+    fn open(&mut self, user: &str) -> String {
+        let mine = self.by_user.get(user).map_or(0, VecDeque::len);
+        if mine >= PER_USER
+            && let Some(oldest) = self.by_user.get(user).and_then(|ids| ids.front().cloned())
+        {
+            self.forget(&oldest);
+        } else if self.by_id.len() >= CAPACITY {
+            self.make_room();
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.by_id.insert(
+            id.clone(),
+            Session {
+                user: user.to_string(),
+                options: Options::default(),
+                used: Instant::now(),
+            },
+        );
+        self.by_user
+            .entry(user.to_string())
+            .or_default()
+            .push_back(id.clone());
+        id
+    }
+
+    /// Removes session `id` and the credentials that named it.
+    fn forget(&mut self, id: &str) {
+        let Some(session) = self.by_id.remove(id) else {
+            return;
+        };
+        if let Some(ids) = self.by_user.get_mut(&session.user) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.by_user.remove(&session.user);
+            }
+        }
+        self.by_bearer.retain(|_, v| v != id);
+    }
+
     /// Forgets idle sessions, and the least recently used one while full.
     fn make_room(&mut self) {
-        if self.by_id.len() < CAPACITY {
-            return;
+        let idle: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, s)| s.used.elapsed() >= IDLE)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            self.forget(&id);
         }
-        self.by_id.retain(|_, s| s.used.elapsed() < IDLE);
         while self.by_id.len() >= CAPACITY {
             let Some(oldest) = self
                 .by_id
@@ -169,10 +221,8 @@ impl Open {
             else {
                 break;
             };
-            self.by_id.remove(&oldest);
+            self.forget(&oldest);
         }
-        let by_id = &self.by_id;
-        self.by_bearer.retain(|_, id| by_id.contains_key(id));
     }
 }
 
@@ -308,5 +358,49 @@ mod tests {
             Options::default()
         );
         assert!(!sessions.close(&caller(None, "t1"), "ann"));
+    }
+
+    fn basic(header: &str) -> Caller {
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert("authorization", header.parse().unwrap());
+        Caller::of(&request)
+    }
+
+    #[test]
+    fn spellings_of_one_credential_share_a_session() {
+        let sessions = Sessions::default();
+        // "ann@example.com:pw" with and without padding, spaces and the scheme's case.
+        let id = sessions.update(&basic("Basic YW5uQGV4YW1wbGUuY29tOnB3"), "ann", |o| {
+            o.schema = Some("tpch".into())
+        });
+        for header in [
+            "Basic YW5uQGV4YW1wbGUuY29tOnB3",
+            "basic   YW5uQGV4YW1wbGUuY29tOnB3  ",
+            "Basic YW5uQGV4YW1wbGUuY29tOnB3==",
+        ] {
+            assert_eq!(sessions.update(&basic(header), "ann", |_| {}), id, "{header}");
+        }
+        assert_eq!(sessions.update(&basic("Bearer  t1 "), "ann", |_| {}), {
+            sessions.update(&basic("bearer t1"), "ann", |_| {})
+        });
+        assert_eq!(sessions.lock().by_id.len(), 2);
+    }
+
+    #[test]
+    fn one_user_cannot_push_out_another_users_session() {
+        let sessions = Sessions::default();
+        let kept = sessions.update(&caller(None, "bob-token"), "bob", |o| {
+            o.schema = Some("tpch".into())
+        });
+        for i in 0..PER_USER + 50 {
+            sessions.update(&caller(None, &format!("t{i}")), "mallory", |_| {});
+        }
+        let open = sessions.lock();
+        assert_eq!(open.by_user["mallory"].len(), PER_USER);
+        assert_eq!(open.by_id.len(), PER_USER + 1);
+        assert!(open.by_id.contains_key(&kept));
+        assert_eq!(open.by_bearer.len(), PER_USER + 1);
     }
 }

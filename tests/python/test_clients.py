@@ -162,6 +162,8 @@ def test_session_options_choose_the_schema_of_unqualified_names(server, cookies)
     with flight_sql.connect(server.uri, db_kwargs=kwargs, autocommit=True) as conn, \
             flight_sql.connect(server.uri, db_kwargs=kwargs, autocommit=True) as other:
         assert conn.adbc_current_catalog == "quiver"
+        # Before any is set, the schema in force is reported: unqualified names resolve there.
+        assert conn.adbc_current_db_schema == "public"
         conn.adbc_current_db_schema = "tpch"
         assert conn.adbc_current_db_schema == "tpch"
         with conn.cursor() as cur:
@@ -182,6 +184,7 @@ def test_session_options_choose_the_schema_of_unqualified_names(server, cookies)
         conn.adbc_connection.set_options(**{"adbc.flight.sql.session.optionerase.schema": ""})
         with conn.cursor() as cur, pytest.raises(adbc_driver_manager.Error, match="not found"):
             cur.execute("SELECT count(*) FROM nation")
+        assert conn.adbc_current_db_schema == "public"
 
 
 def test_untyped_parameters_take_the_type_of_their_values(conn):
