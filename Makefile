@@ -1,9 +1,10 @@
 # Quiver's two everyday commands are `make demo` and `make test`.
 #
-# The Cargo target directory and the Python venv live outside the clone (under
-# ~/.cache/quiver), so every clone on a machine — and CI — reuses one build.
+# Builds go to ./target, as `cargo run --release -- demo` does, so the two commands share one
+# build; set CARGO_TARGET_DIR to share it between clones (.ci/run does). The Python venvs
+# live under ~/.cache/quiver.
 
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/quiver/target
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
 VENV ?= $(HOME)/.cache/quiver/venv
 SUPERSET_VENV ?= $(HOME)/.cache/quiver/superset-venv
 PYTHON ?= python3

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "tests" / "python"))
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login  # noqa: E402
 from test_clients import statement_command  # noqa: E402
 
-TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", pathlib.Path.home() / ".cache/quiver/target"))
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 CACHE = pathlib.Path.home() / ".cache" / "quiver"
 BIN = pathlib.Path(sys.executable).parent
 # The queries every engine runs (point lookups are measured on their own).

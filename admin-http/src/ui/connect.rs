@@ -24,7 +24,7 @@ async fn connect_page(
     let email = user.principal.email();
     let csrf = user.csrf(app);
     let adbc = format!(
-        "import adbc_driver_flightsql.dbapi as flight_sql\n\nconn = flight_sql.connect(\n    \"{uri}\",\n    db_kwargs={{\"adbc.flight.sql.authorization_header\": \"Bearer <your token>\"}},\n)\nwith conn.cursor() as cur:\n    cur.execute(\"SELECT 1\")\n    print(cur.fetch_arrow_table())"
+        "import adbc_driver_flightsql.dbapi as flight_sql\n\nconn = flight_sql.connect(\n    \"{uri}\",\n    autocommit=True,\n    db_kwargs={{\"adbc.flight.sql.authorization_header\": \"Bearer <your token>\"}},\n)\nwith conn.cursor() as cur:\n    cur.execute(\"SELECT 1\")\n    print(cur.fetch_arrow_table())"
     );
     let polars = "import polars as pl\n\ndf = pl.read_database(\"SELECT * FROM tpch.nation\", connection=conn)";
     let pandas = "df = conn.cursor().execute(\"SELECT * FROM tpch.nation\").fetch_df()";

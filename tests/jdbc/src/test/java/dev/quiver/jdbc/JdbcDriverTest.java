@@ -7,6 +7,8 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.math.BigDecimal;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.sql.Connection;
 import java.sql.DatabaseMetaData;
 import java.sql.DriverManager;
@@ -23,6 +25,8 @@ import java.util.Map;
 import java.util.Properties;
 import java.util.Set;
 import java.util.TreeSet;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -255,6 +259,23 @@ class JdbcDriverTest {
       SQLException missing = assertThrows(SQLException.class,
           () -> scalar(conn, "SELECT count(*) FROM tpch.no_such_table"));
       assertEquals(missing.getMessage().replace("no_such_table", "X"), ungranted.getMessage().replace("orders", "X"));
+    }
+  }
+
+  @Test
+  void theReadmeUrlConnectsAndClosesCleanly() throws Exception {
+    // The URL as the README gives it (for DBeaver and every pool): closing must not throw.
+    String readme = Files.readString(Path.of("..", "..", "README.md"));
+    Matcher documented = Pattern.compile("jdbc:arrow-flight-sql://127\\.0\\.0\\.1:50051/\\?\\S*").matcher(readme);
+    assertTrue(documented.find(), "the README gives a JDBC URL");
+    String url = documented.group().replace("127.0.0.1:50051", HOST + ":" + PORT);
+    Properties props = new Properties();
+    props.setProperty("user", ADMIN);
+    props.setProperty("password", ADMIN_PASSWORD);
+    for (int i = 0; i < 3; i++) {
+      Connection conn = DriverManager.getConnection(url, props);
+      assertEquals(25, scalar(conn, "SELECT count(*) FROM tpch.nation"));
+      conn.close();
     }
   }
 
