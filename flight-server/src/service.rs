@@ -236,6 +236,7 @@ impl QuiverFlightSql {
         if let Some(query) = query_id
             && state.cluster().is_shared()
         {
+            self.running.settled(principal.email()).await;
             let id = uuid::Uuid::new_v4().to_string();
             slot.share(state.clone(), id.clone());
             let (replica, user) = (

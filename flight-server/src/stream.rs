@@ -40,6 +40,8 @@ struct Registry {
     busy: HashMap<String, usize>,
     /// Ids of the streams here recorded in a state shared by replicas.
     shared: std::collections::HashSet<String>,
+    /// Per user, ended streams whose end is still being recorded in the shared state.
+    ending: HashMap<String, usize>,
 }
 
 /// Queries that can be cancelled, by query id, and each user's work in progress. An entry
@@ -48,6 +50,8 @@ struct Registry {
 #[derive(Debug, Default, Clone)]
 pub struct RunningQueries {
     inner: Arc<Mutex<Registry>>,
+    /// Woken whenever the end of some work has been recorded in the shared state.
+    recorded: Arc<tokio::sync::Notify>,
 }
 
 /// One unit of a user's concurrent work (planning a statement, or one result stream);
@@ -55,6 +59,7 @@ pub struct RunningQueries {
 #[derive(Debug)]
 pub struct Slot {
     registry: Arc<Mutex<Registry>>,
+    recorded: Arc<tokio::sync::Notify>,
     user: String,
     /// The same work recorded in a state shared by replicas (see [`Slot::share`]).
     shared: Option<(Arc<StateStore>, String)>,
@@ -83,11 +88,29 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some((state, id)) = self.shared.take() {
-            self.lock().shared.remove(&id);
+            {
+                let mut registry = self.lock();
+                registry.shared.remove(&id);
+                *registry.ending.entry(self.user.clone()).or_insert(0) += 1;
+            }
+            let (registry, recorded, user) = (
+                self.registry.clone(),
+                self.recorded.clone(),
+                self.user.clone(),
+            );
             let finish = move || {
                 if let Err(e) = state.cluster().finish_work(&id) {
                     tracing::warn!(error = %e, "cannot record the end of a query in the state");
                 }
+                let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(n) = registry.ending.get_mut(&user) {
+                    *n -= 1;
+                    if *n == 0 {
+                        registry.ending.remove(&user);
+                    }
+                }
+                drop(registry);
+                recorded.notify_waiters();
             };
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => drop(runtime.spawn_blocking(finish)),
@@ -120,9 +143,26 @@ impl RunningQueries {
         *busy += 1;
         Ok(Slot {
             registry: self.inner.clone(),
+            recorded: self.recorded.clone(),
             user: user.to_string(),
             shared: None,
         })
+    }
+
+    /// Waits (a second at most) until the ends of `user`'s finished streams are recorded in
+    /// the shared state, so that a count of the user's work there does not include them: a
+    /// client sending its next query the moment the last one ended is not refused.
+    pub async fn settled(&self, user: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let recorded = self.recorded.notified();
+            if !self.lock().ending.contains_key(user) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, recorded).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The ids of the streams running here that are recorded in the shared state.
@@ -247,6 +287,12 @@ impl QueryLog {
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
     }
 
+    /// Frees the query's place: its last batch has been taken, or it failed. Done before
+    /// the client can see the end of the stream, so its next call finds the place free.
+    pub fn release(&self) {
+        drop(self.slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
     /// Adds bytes sent on the wire; returns the total so far.
     pub fn add_bytes(&self, n: usize) -> u64 {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64
@@ -352,6 +398,7 @@ impl GuardedStream {
     fn fail(&mut self, status: Status) -> Poll<Option<Result<RecordBatch, Status>>> {
         self.done = true;
         self.log.set_outcome(format!("error: {}", status.message()));
+        self.log.release();
         Poll::Ready(Some(Err(status)))
     }
 }
@@ -391,6 +438,7 @@ impl Stream for GuardedStream {
             Poll::Ready(None) => {
                 self.done = true;
                 self.log.set_outcome("ok");
+                self.log.release();
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,

@@ -103,3 +103,43 @@ func TestAnalystSeesOnlyGrantedTables(t *testing.T) {
 		t.Fatalf("an ungranted table: %v", err)
 	}
 }
+
+// A pool no larger than the per-user cap (query.max_concurrent_per_user, 8 by default), each
+// connection running one query at a time, is never refused: a finished query's place is
+// free before the client can send its next one.
+func TestAPoolWithinTheConcurrencyCapIsNeverRefused(t *testing.T) {
+	db := open(t, "QUIVER_ANALYST_DSN")
+	db.SetMaxOpenConns(8)
+	const workers, lookups = 8, 200
+	errs := make(chan error, workers*lookups)
+	done := make(chan struct{})
+	for w := 0; w < workers; w++ {
+		go func(w int) {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < lookups; i++ {
+				var name string
+				key := (w*lookups + i) % 25
+				if err := db.QueryRow("SELECT n_name FROM tpch.nation WHERE n_nationkey = ?", key).Scan(&name); err != nil {
+					errs <- err
+				} else if name == "" {
+					errs <- errorString("empty name")
+				}
+			}
+		}(w)
+	}
+	for w := 0; w < workers; w++ {
+		<-done
+	}
+	close(errs)
+	var failed []string
+	for err := range errs {
+		failed = append(failed, err.Error())
+	}
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d lookups failed; first: %s", len(failed), workers*lookups, failed[0])
+	}
+}
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
