@@ -266,15 +266,24 @@ DEALS = [{"name": "id", "type": "INT64"}, {"name": "team", "type": "STRING"},
          {"name": "amount", "type": "INT64"}, {"name": "note", "type": "STRING"}]
 
 
+def shown(job: dict) -> str:
+    """A job's query with its named parameters written in (strings quoted), for reading."""
+    values = {p["name"]: (f"'{p['parameterValue']['value']}'" if p["parameterType"]["type"] == "STRING"
+                          else p["parameterValue"]["value"]) for p in job.get("queryParameters", [])}
+    return re.sub(r"@(\w+)", lambda m: str(values.get(m.group(1), m.group(0))), job["query"])
+
+
 def jobs_run(bigquery) -> list[str]:
-    """The queries BigQuery ran (not dry runs), each checked to have had its dry run first."""
+    """The queries BigQuery ran (not dry runs), each checked to have had its dry run first
+    (with the same parameters), with their parameters written in."""
     posts = bigquery.api_calls("POST", "/queries")
     ran = []
     for i, call in enumerate(posts):
         if not call["body"].get("dryRun"):
             before = posts[i - 1]["body"] if i else {}
             assert before.get("dryRun") and before["query"] == call["body"]["query"], posts[max(i - 1, 0):i + 1]
-            ran.append(call["body"]["query"])
+            assert before.get("queryParameters") == call["body"].get("queryParameters")
+            ran.append(shown(call["body"]))
     return ran
 
 
@@ -296,7 +305,7 @@ def test_a_remote_table_queries_bigquery_with_the_policy_and_the_cost_guard(bigq
     bigquery.requests.clear()
     assert rows(server, "SELECT id FROM bq.deals WHERE id >= 4 ORDER BY id").to_pylist() == [{"id": 4}, {"id": 5}]
     assert jobs_run(bigquery) == [
-        "SELECT `id` FROM `acme-analytics.shop.deals` AS quiver_source WHERE ((`id` >= 4))"]
+        "SELECT `id` FROM `acme-analytics.shop.deals` AS quiver_source WHERE (`id` >= 4)"]
     bigquery.requests.clear()
     assert len(rows(server, "SELECT note FROM bq.deals LIMIT 2")) == 2
     assert jobs_run(bigquery) == ["SELECT `note` FROM `acme-analytics.shop.deals` AS quiver_source LIMIT 2"]
@@ -333,6 +342,51 @@ def test_a_remote_table_queries_bigquery_with_the_policy_and_the_cost_guard(bigq
     # The sync and all the queries above signed in once: the token (and its connection) is
     # kept across queries, not bought again for each.
     assert len(bigquery.tokens) == 1, bigquery.tokens
+
+
+PEOPLE = [{"name": "id", "type": "INT64"}, {"name": "name", "type": "STRING"},
+          {"name": "region", "type": "STRING"}, {"name": "PWNED_MARKER", "type": "INT64"}]
+# Quotes both ways, backslashes, comments, unicode, and an attack that once left GoogleSQL
+# code outside its string.
+NASTY_VALUES = ["O'Brien", "a''b", "x\\'y", "\\\\'' OR PWNED_MARKER = 1)) #", "back\\slash\\",
+                "-- not a comment", "/* nor this */", "`tick`", "naïve ☃ 𝄞", "tab\there", "line\nbreak",
+                "\"double\"", "@name"]
+
+
+def test_remote_filters_reach_bigquery_as_query_parameters_only(bigquery, server):
+    bigquery.put_table("acme-analytics.shop.people", PEOPLE, [
+        {"id": i, "name": v, "region": "EU" if i % 2 == 0 else "US", "PWNED_MARKER": 1}
+        for i, v in enumerate(NASTY_VALUES)])
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    define(bigquery, server, token, "bq.people", table="shop.people", mode="remote")
+    assert wait_run(server, token, "bq.people")["status"] == "succeeded"
+    email, group = "bq-eu@example.com", "bq_eu"
+    assert api(server, "POST", "/api/admin/groups", token, {"name": group})[0] == 201
+    assert api(server, "POST", "/api/admin/users", token, {"email": email, "password": "pw-bq-eu-12"})[0] == 201
+    assert api(server, "POST", f"/api/admin/groups/{group}/members", token, {"email": email})[0] == 204
+    assert api(server, "POST", "/api/admin/grants", token,
+               {"group": group, "table": "bq.people", "row_filter": "region = 'EU'"})[0] == 201
+    conn = connect(server, email, "pw-bq-eu-12")
+    try:
+        with conn.cursor() as cur:
+            for i, value in enumerate(NASTY_VALUES):
+                expected = [{"id": i}] if i % 2 == 0 else []
+                literal = "'" + value.replace("'", "''") + "'"
+                for sql, parameters in [(f"SELECT id FROM bq.people WHERE name = {literal}", None),
+                                        ("SELECT id FROM bq.people WHERE name = ?", (value,))]:
+                    bigquery.requests.clear()
+                    cur.execute(sql, parameters=parameters)
+                    assert cur.fetch_arrow_table().to_pylist() == expected, (value, sql)
+                    jobs = [c["body"] for c in bigquery.api_calls("POST", "/queries")]
+                    assert jobs, value
+                    for job in jobs:
+                        # The value travels as a typed parameter; the SQL text holds only names.
+                        assert "'" not in job["query"] and value not in job["query"], job
+                        sent = {p["parameterValue"]["value"] for p in job["queryParameters"]}
+                        assert {value, "EU"} <= sent, job
+                        assert all(p["parameterType"]["type"] == "STRING" for p in job["queryParameters"])
+    finally:
+        conn.close()
 
 
 def test_a_remote_query_past_its_timeout_cancels_its_job(bigquery, monkeypatch):

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, state_bytes
+from conftest import user_granted as conftest_user_granted
 from pgserver import PASSWORD, postgres_cluster
 from test_sync import rows, sync, wait_run
 
@@ -208,7 +209,7 @@ def test_a_remote_table_is_read_from_the_source_by_each_query(cluster, postgres,
     assert rows(server, "SELECT id FROM pg.orders WHERE id >= 4 ORDER BY id").to_pylist() == [{"id": 4}, {"id": 5}]
     # Only the columns the query reads, and its filter, went to PostgreSQL.
     [sent] = statements_since(cluster, mark)
-    assert "note" not in sent and "amount" not in sent and ">= 4" in sent, sent
+    assert "note" not in sent and "amount" not in sent and ">= (4)" in sent, sent
     mark = len(cluster.log())
     assert len(rows(server, "SELECT id, note FROM pg.orders LIMIT 2")) == 2
     [sent] = statements_since(cluster, mark)
@@ -242,7 +243,7 @@ def test_a_remote_table_is_read_from_the_source_by_each_query(cluster, postgres,
             cur.execute("SELECT id, note FROM pg.orders WHERE 1 / (amount - 42) > 0 AND id > 1 ORDER BY id")
             assert cur.fetch_arrow_table().to_pylist() == [{"id": 4, "note": "***"}]
             sent = statements_since(cluster, mark)
-            assert sent and all("'red'" in q and "> 1" in q and "/" not in q for q in sent), sent
+            assert sent and all("'red'" in q and "> (1)" in q and "/" not in q for q in sent), sent
             cur.execute("SELECT count(*) AS n FROM pg.orders")
             assert cur.fetch_arrow_table().to_pylist() == [{"n": 3}]
     finally:
@@ -265,6 +266,104 @@ def test_a_remote_table_is_read_from_the_source_by_each_query(cluster, postgres,
     assert sync(server, token, "pg.orders")["status"] == "succeeded"
     table = rows(server, "SELECT * FROM pg.orders ORDER BY id")
     assert [f.name for f in table.schema] == ["id", "team", "amount", "region"]
+
+
+# Values a filter may compare with: quotes, backslashes, dollar quotes, comments, unicode,
+# and the attack that once ran its own SQL at the source through a pushed-down filter.
+NASTY_VALUES = [
+    "O'Brien", "a''b", "x\\'y", "x\\''y", "back\\slash\\", "$$|$$", "$q$ x $q$", "-- not a comment",
+    "/* nor this */", "naïve ☃ 𝄞", "tab\there", "line\nbreak", "'; DROP TABLE people; --",
+    "\\' OR 1 = CAST((SELECT string_agg(s, $$|$$) FROM public.secrets) AS int)))) TO STDOUT (FORMAT binary) --",
+]
+
+
+def sql_literal(value: str) -> str:
+    """`value` as a string literal in Quiver's SQL (standard: quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def test_remote_filters_carry_any_value_and_never_run_it_as_sql(cluster, postgres, server):
+    execute(postgres, """
+        DROP TABLE IF EXISTS people; DROP TABLE IF EXISTS secrets;
+        CREATE TABLE people (id int PRIMARY KEY, name text, region text);
+        CREATE TABLE secrets (s text);
+        INSERT INTO secrets VALUES ('TOPSECRET-42');
+    """)
+    with psycopg.connect(**postgres, autocommit=True) as c:
+        for i, value in enumerate(NASTY_VALUES):
+            c.execute("INSERT INTO people VALUES (%s, %s, %s)", (i, value, "EU" if i % 2 == 0 else "US"))
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    status, body = api(server, "POST", "/api/admin/tables", token,
+                       definition(postgres, "pg.people", mode="remote", options={"table": "public.people"}))
+    assert status == 201, body
+    assert wait_run(server, token, "pg.people")["status"] == "succeeded"
+    # A user who may read only the EU rows.
+    email, group = "eu-reader@example.com", "eu_readers"
+    assert api(server, "POST", "/api/admin/groups", token, {"name": group})[0] == 201
+    assert api(server, "POST", "/api/admin/users", token, {"email": email, "password": "pw-eu-reader-1"})[0] == 201
+    assert api(server, "POST", f"/api/admin/groups/{group}/members", token, {"email": email})[0] == 204
+    assert api(server, "POST", "/api/admin/grants", token,
+               {"group": group, "table": "pg.people", "row_filter": "region = 'EU'"})[0] == 201
+
+    conn = connect(server, email, "pw-eu-reader-1")
+    try:
+        with conn.cursor() as cur:
+            for i, value in enumerate(NASTY_VALUES):
+                expected = [{"id": i, "name": value}] if i % 2 == 0 else []
+                mark = len(cluster.log())
+                cur.execute(f"SELECT id, name FROM pg.people WHERE name = {sql_literal(value)}")
+                assert cur.fetch_arrow_table().to_pylist() == expected, value
+                # The filter was sent to PostgreSQL, as a value.
+                sent = statements_since(cluster, mark)
+                assert sent and all("WHERE" in q and "'EU'" in q for q in sent), (value, sent)
+                cur.execute("SELECT id, name FROM pg.people WHERE name = ?", parameters=(value,))
+                assert cur.fetch_arrow_table().to_pylist() == expected, value
+                cur.execute(f"SELECT id FROM pg.people WHERE name IN ({sql_literal(value)}, 'zz') AND id >= 0")
+                assert [r["id"] for r in cur.fetch_arrow_table().to_pylist()] == [r["id"] for r in expected]
+            # A value PostgreSQL text cannot hold is not sent: evaluated here, no error.
+            cur.execute("SELECT id FROM pg.people WHERE name = ?", parameters=("a\x00b",))
+            assert cur.fetch_arrow_table().num_rows == 0
+    finally:
+        conn.close()
+    assert "TOPSECRET" not in server.log()
+    with psycopg.connect(**postgres, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM people").fetchone()[0] == len(NASTY_VALUES)
+
+
+def test_source_errors_name_the_source_only_to_admins(postgres, server):
+    """A non-admin reading a remote table whose source fails learns that it failed, not the
+    source's host, database or account; admins and the log keep the detail."""
+    execute(postgres, """
+        DROP TABLE IF EXISTS guarded; CREATE TABLE guarded (id int);
+        INSERT INTO guarded VALUES (1);
+        DROP ROLE IF EXISTS quiver_guard; CREATE ROLE quiver_guard LOGIN;
+        GRANT SELECT ON guarded TO quiver_guard;
+    """)
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    body = definition(postgres, "pg.guarded", mode="remote", options={
+        "table": "public.guarded", "user": "quiver_guard", "password": "${PG_PASSWORD}"})
+    execute(postgres, f"ALTER ROLE quiver_guard PASSWORD '{PG_PASSWORD}'")
+    assert api(server, "POST", "/api/admin/tables", token, body)[0] == 201
+    assert wait_run(server, token, "pg.guarded")["status"] == "succeeded"
+    email, _, _ = conftest_user_granted(server, token, "guard", "pg.guarded", "pw-guard-reader-1")
+    with connect(server, email, "pw-guard-reader-1") as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n FROM pg.guarded")
+        assert cur.fetch_arrow_table().to_pylist() == [{"n": 1}]
+    # The source now refuses the account (and drops the connection Quiver kept).
+    execute(postgres, "ALTER ROLE quiver_guard PASSWORD 'changed-elsewhere';"
+                      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'quiver_guard'")
+    revealing = [postgres["host"], str(postgres["port"]), postgres["dbname"], "quiver_guard"]
+    with connect(server, email, "pw-guard-reader-1") as conn, conn.cursor() as cur:
+        with pytest.raises(Exception) as refused:
+            cur.execute("SELECT count(*) FROM pg.guarded")
+            cur.fetch_arrow_table()
+    message = str(refused.value)
+    assert "pg.guarded" in message and "source" in message, message
+    assert not any(r in message for r in revealing), message
+    with pytest.raises(Exception) as detailed:
+        rows(server, "SELECT count(*) FROM pg.guarded")  # as the admin
+    assert "quiver_guard" in str(detailed.value) and postgres["dbname"] in str(detailed.value)
+    assert "quiver_guard" in server.log()
 
 
 def test_a_remote_query_past_its_timeout_is_stopped_at_the_source_too(postgres, monkeypatch):
