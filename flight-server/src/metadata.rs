@@ -16,8 +16,10 @@ use datafusion::sql::sqlparser::keywords::ALL_KEYWORDS;
 /// The server's name, as clients display it.
 pub const SERVER_NAME: &str = "Quiver";
 
-/// Answers to `GetSqlInfo`.
-pub static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+/// Answers to `GetSqlInfo`: every id the Flight SQL spec defines (JDBC's
+/// `DatabaseMetaData` getters fail on a missing one), `0` for "no limit" where that is true.
+/// `statement_timeout` is `query.timeout`.
+pub fn sql_info(statement_timeout: std::time::Duration) -> SqlInfoData {
     let mut b = SqlInfoDataBuilder::new();
     // Server
     b.append(SqlInfo::FlightSqlServerName, SERVER_NAME);
@@ -26,6 +28,13 @@ pub static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     b.append(SqlInfo::FlightSqlServerReadOnly, true);
     b.append(SqlInfo::FlightSqlServerSql, true);
     b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(SqlInfo::FlightSqlServerSubstraitMinVersion, "");
+    b.append(SqlInfo::FlightSqlServerSubstraitMaxVersion, "");
+    b.append(
+        SqlInfo::FlightSqlServerStatementTimeout,
+        i32::try_from(statement_timeout.as_millis()).unwrap_or(i32::MAX),
+    );
+    b.append(SqlInfo::FlightSqlServerTransactionTimeout, 0_i32);
     b.append(
         SqlInfo::FlightSqlServerTransaction,
         SqlSupportedTransaction::None as i32,
@@ -99,8 +108,90 @@ pub static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     b.append(SqlInfo::SqlNamedParametersSupported, false);
     b.append(SqlInfo::SqlLocatorsUpdateCopy, false);
     b.append(SqlInfo::SqlStoredFunctionsUsingCallSyntaxSupported, false);
+    b.append(SqlInfo::SqlSupportsConvert, conversions());
+    // Entry-level SQL-92 (`SupportedAnsi92SqlGrammarLevel::Ansi92EntrySql`).
+    b.append(SqlInfo::SqlAnsi92SupportedLevel, 0b1_i32);
+    // No fixed limits (0): literals, columns and tables in a statement are bounded by
+    // `query.max_sql_length` and `query.max_plan_nodes`, not by a count of their own.
+    for unlimited in [
+        SqlInfo::SqlMaxBinaryLiteralLength,
+        SqlInfo::SqlMaxCharLiteralLength,
+        SqlInfo::SqlMaxColumnsInGroupBy,
+        SqlInfo::SqlMaxColumnsInIndex,
+        SqlInfo::SqlMaxColumnsInOrderBy,
+        SqlInfo::SqlMaxColumnsInSelect,
+        SqlInfo::SqlMaxColumnsInTable,
+        SqlInfo::SqlMaxCursorNameLength,
+        SqlInfo::SqlMaxIndexLength,
+        SqlInfo::SqlMaxProcedureNameLength,
+        SqlInfo::SqlMaxRowSize,
+        SqlInfo::SqlMaxStatements,
+        SqlInfo::SqlMaxTablesInSelect,
+        SqlInfo::SqlMaxUsernameLength,
+    ] {
+        b.append(unlimited, 0_i64);
+    }
+    b.append(SqlInfo::SqlMaxRowSizeIncludesBlobs, true);
+    // Results are read forward only (`SqlSupportedResultSetType::ForwardOnly` = 1) and
+    // read-only (`SqlSupportedResultSetConcurrency::ReadOnly` = 1), as bitmasks.
+    b.append(SqlInfo::SqlSupportedResultSetTypes, 1_i32 << 1);
+    b.append(
+        SqlInfo::SqlSupportedConcurrenciesForResultSetUnspecified,
+        1_i32 << 1,
+    );
+    b.append(
+        SqlInfo::SqlSupportedConcurrenciesForResultSetForwardOnly,
+        1_i32 << 1,
+    );
+    b.append(
+        SqlInfo::SqlSupportedConcurrenciesForResultSetScrollSensitive,
+        0_i32,
+    );
+    b.append(
+        SqlInfo::SqlSupportedConcurrenciesForResultSetScrollInsensitive,
+        0_i32,
+    );
     b.build().expect("static SqlInfo data")
-});
+}
+
+/// Which `CAST(… AS …)` conversions DataFusion performs, as `SqlSupportsConvert` ids: every
+/// number, text, boolean, date and timestamp to text and back; numbers among themselves;
+/// dates and timestamps to each other; binary to and from text.
+fn conversions() -> std::collections::HashMap<i32, Vec<i32>> {
+    use arrow_flight::sql::SqlSupportsConvert as C;
+    let numbers = [
+        C::SqlConvertBigint,
+        C::SqlConvertBit,
+        C::SqlConvertDecimal,
+        C::SqlConvertFloat,
+        C::SqlConvertInteger,
+        C::SqlConvertNumeric,
+        C::SqlConvertReal,
+        C::SqlConvertSmallint,
+        C::SqlConvertTinyint,
+    ];
+    let text = [C::SqlConvertChar, C::SqlConvertVarchar, C::SqlConvertLongvarchar];
+    let times = [C::SqlConvertDate, C::SqlConvertTimestamp];
+    let binary = [C::SqlConvertBinary, C::SqlConvertVarbinary, C::SqlConvertLongvarbinary];
+    let ids = |kinds: &[&[C]]| -> Vec<i32> {
+        kinds.iter().flat_map(|k| k.iter().map(|c| *c as i32)).collect()
+    };
+    let mut map = std::collections::HashMap::new();
+    for from in numbers {
+        map.insert(from as i32, ids(&[&numbers, &text]));
+    }
+    for from in text {
+        map.insert(from as i32, ids(&[&numbers, &text, &times, &binary, &[C::SqlConvertTime]]));
+    }
+    for from in times {
+        map.insert(from as i32, ids(&[&times, &text]));
+    }
+    map.insert(C::SqlConvertTime as i32, ids(&[&[C::SqlConvertTime], &text]));
+    for from in binary {
+        map.insert(from as i32, ids(&[&binary, &text]));
+    }
+    map
+}
 
 const NUMERIC_FUNCTIONS: &[&str] = &[
     "abs", "acos", "asin", "atan", "atan2", "cbrt", "ceil", "cos", "cot", "degrees", "exp",
@@ -307,6 +398,39 @@ pub fn described(
         set("REMARKS", remarks.into());
     }
     field.clone().with_metadata(metadata)
+}
+
+/// `schema` of a statement's result with the column metadata Flight SQL defines where it is
+/// known (`ARROW:FLIGHT:SQL:TYPE_NAME`, `PRECISION`, `SCALE`, read-only): JDBC's
+/// `ResultSetMetaData` reads precision and scale only from there.
+pub fn result_schema(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let (name, precision, scale) = sql_type(field.data_type());
+            let mut metadata = field.metadata().clone();
+            let mut set = |key: &str, value: String| {
+                metadata.insert(format!("ARROW:FLIGHT:SQL:{key}"), value);
+            };
+            set("TYPE_NAME", name.into());
+            if let Some(p) = precision {
+                set("PRECISION", p.to_string());
+            }
+            if let Some(s) = scale {
+                set("SCALE", s.to_string());
+            }
+            set("IS_AUTO_INCREMENT", "0".into());
+            set(
+                "IS_CASE_SENSITIVE",
+                if name == "VARCHAR" { "1" } else { "0" }.into(),
+            );
+            set("IS_READ_ONLY", "1".into());
+            set("IS_SEARCHABLE", "1".into());
+            field.as_ref().clone().with_metadata(metadata)
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 /// Schema of `GetPrimaryKeys` results (always empty: Quiver tables have no declared keys).

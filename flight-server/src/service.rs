@@ -16,7 +16,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::GetCatalogsBuilder;
+use arrow_flight::sql::metadata::{GetCatalogsBuilder, SqlInfoData};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
@@ -52,7 +52,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
 use crate::error::{datafusion_status, internal, to_status};
-use crate::metadata::{self, SQL_INFO, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
+use crate::metadata::{self, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
 use crate::plans::PlanCache;
 use crate::sessions::{self, Caller, Sessions, proto as session};
 use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
@@ -130,6 +130,8 @@ pub struct QuiverFlightSql {
     plans: PlanCache,
     /// Clients' session options (their schema).
     sessions: Sessions,
+    /// `GetSqlInfo`'s answers.
+    sql_info: Arc<SqlInfoData>,
 }
 
 impl std::fmt::Debug for QuiverFlightSql {
@@ -148,6 +150,7 @@ impl QuiverFlightSql {
         options: FlightOptions,
         auth: Arc<Authenticator>,
     ) -> Self {
+        let sql_info = Arc::new(metadata::sql_info(options.query_timeout));
         Self {
             auth,
             engine,
@@ -158,6 +161,7 @@ impl QuiverFlightSql {
             bound: Arc::default(),
             locations: Arc::default(),
             sessions: Sessions::default(),
+            sql_info,
         }
     }
 
@@ -488,7 +492,7 @@ impl QuiverFlightSql {
     ) -> Result<FlightInfo, Status> {
         let planned = self.plan_now(principal, &sql, db_schema.as_deref()).await?;
         let planned = typed(planned, params.as_deref())?;
-        let schema = planned.plan.schema().as_arrow().clone();
+        let schema = metadata::result_schema(planned.plan.schema().as_arrow());
         let layout = match self.split_bytes() {
             Some(min_bytes) if params.is_none() => {
                 // Clients fetch every part at once, and each part takes one of the user's
@@ -617,7 +621,7 @@ impl QuiverFlightSql {
                 typed(planned, ticket.params.as_deref())?
             }
         };
-        let schema: SchemaRef = Arc::new(planned.plan.schema().as_arrow().clone());
+        let schema: SchemaRef = Arc::new(metadata::result_schema(planned.plan.schema().as_arrow()));
         let log = QueryLog::new(
             ticket.query_id.clone(),
             principal.email().to_string(),
@@ -844,7 +848,7 @@ impl QuiverFlightSql {
                 return Ok(Response::new(SchemaResult { schema }));
             }
         };
-        let schema = planned.plan.schema().as_arrow().clone();
+        let schema = metadata::result_schema(planned.plan.schema().as_arrow());
         let result = SchemaResult::try_from(SchemaAsIpc::new(&schema, &IpcWriteOptions::default()))
             .map_err(|e| internal(&e))?;
         Ok(Response::new(result))
@@ -952,6 +956,19 @@ fn parameter_rows(plan: &LogicalPlan, ipc: &[u8]) -> Result<Vec<Vec<ScalarValue>
         rows.push(Vec::new());
     }
     Ok(rows)
+}
+
+/// The type a parameter is declared with to clients. Timestamps and times are declared in
+/// milliseconds: the JDBC driver (18.3) writes a bound value's milliseconds into whatever
+/// unit is declared, unscaled, and Go and ADBC convert to any unit. Bound values are cast
+/// to the statement's own type ([`scalar_at`]).
+fn declared_parameter(ty: &DataType) -> DataType {
+    use arrow::datatypes::TimeUnit;
+    match ty {
+        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
+        DataType::Time32(_) | DataType::Time64(_) => DataType::Time32(TimeUnit::Millisecond),
+        other => plain_type(other),
+    }
 }
 
 fn scalar_at(
@@ -1167,13 +1184,13 @@ impl FlightSqlService for QuiverFlightSql {
             .plan_now(&principal, &query.query, schema.as_deref())
             .await?
             .plan;
-        let dataset = plan.schema().as_arrow().clone();
+        let dataset = metadata::result_schema(plan.schema().as_arrow());
         let parameters = Schema::new(
             parameter_types(&plan)
                 .map_err(to_status)?
                 .into_iter()
                 .enumerate()
-                .map(|(i, ty)| Field::new(format!("${}", i + 1), plain_type(&ty), true))
+                .map(|(i, ty)| Field::new(format!("${}", i + 1), declared_parameter(&ty), true))
                 .collect::<Vec<_>>(),
         );
         let handle = PreparedHandle {
@@ -1438,7 +1455,7 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(&request).await?;
-        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        let schema = query.clone().into_builder(&self.sql_info).schema();
         self.command_info(query, &schema, request.into_inner())
     }
 
@@ -1449,7 +1466,7 @@ impl FlightSqlService for QuiverFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.principal(&request).await?;
         let batch = query
-            .into_builder(&SQL_INFO)
+            .into_builder(&self.sql_info)
             .build()
             .map_err(|e| internal(&e))?;
         Ok(self.batch_response(batch))

@@ -168,6 +168,88 @@ class JdbcDriverTest {
   }
 
   @Test
+  void resultSetMetadataHasPrecisionAndScale() throws SQLException {
+    String sql = "SELECT o_totalprice, CAST(1.5 AS DECIMAL(7, 3)) AS ratio, o_comment FROM tpch.orders LIMIT 1";
+    try (Connection conn = admin(); Statement st = conn.createStatement(); ResultSet rs = st.executeQuery(sql)) {
+      ResultSetMetaData md = rs.getMetaData();
+      assertEquals(15, md.getPrecision(1));
+      assertEquals(2, md.getScale(1));
+      assertEquals(7, md.getPrecision(2));
+      assertEquals(3, md.getScale(2));
+      assertEquals(Types.VARCHAR, md.getColumnType(3));
+    }
+    try (Connection conn = admin(); PreparedStatement ps = conn.prepareStatement(
+        "SELECT o_totalprice FROM tpch.orders WHERE o_orderkey = ?")) {
+      ResultSetMetaData md = ps.getMetaData();
+      assertEquals(15, md.getPrecision(1));
+      assertEquals(2, md.getScale(1));
+    }
+  }
+
+  @Test
+  void timestampAndTimeParametersKeepTheirValue() throws SQLException {
+    try (Connection conn = admin();
+        PreparedStatement ps = conn.prepareStatement(
+            "SELECT count(*) FROM (VALUES (TIMESTAMP '2024-02-29 13:14:15', TIME '13:14:15')) AS t(ts, tm) "
+                + "WHERE ts = ? AND tm = ?")) {
+      ps.setTimestamp(1, java.sql.Timestamp.valueOf("2024-02-29 13:14:15"));
+      ps.setTime(2, java.sql.Time.valueOf("13:14:15"));
+      try (ResultSet rs = ps.executeQuery()) {
+        assertTrue(rs.next());
+        assertEquals(1L, rs.getLong(1));
+      }
+      ps.setTimestamp(1, java.sql.Timestamp.valueOf("2024-02-29 13:14:16"));
+      try (ResultSet rs = ps.executeQuery()) {
+        assertTrue(rs.next());
+        assertEquals(0L, rs.getLong(1));
+      }
+    }
+  }
+
+  @Test
+  void everyDatabaseMetadataGetterAnswers() throws Exception {
+    // What DBeaver, Tableau and IntelliJ call while they browse: every getter without
+    // arguments, and the common ones with, must answer (driver 18.3 threw
+    // NullPointerException for SqlInfo ids the server left out).
+    try (Connection conn = admin()) {
+      DatabaseMetaData md = conn.getMetaData();
+      List<String> failures = new ArrayList<>();
+      int called = 0;
+      for (java.lang.reflect.Method m : DatabaseMetaData.class.getMethods()) {
+        if (m.getParameterCount() != 0 || m.getDeclaringClass() != DatabaseMetaData.class) {
+          continue;
+        }
+        called++;
+        try {
+          Object value = m.invoke(md);
+          if (value instanceof ResultSet rs) {
+            while (rs.next()) { }
+            rs.close();
+          }
+        } catch (java.lang.reflect.InvocationTargetException e) {
+          Throwable cause = e.getCause();
+          if (!(cause instanceof java.sql.SQLFeatureNotSupportedException)) {
+            failures.add(m.getName() + ": " + cause);
+          }
+        }
+      }
+      assertTrue(called >= 130, "called " + called);
+      assertEquals(List.of(), failures);
+      assertEquals(0, md.getMaxColumnsInSelect());
+      assertEquals(0, md.getMaxRowSize());
+      assertEquals(0, md.getMaxTablesInSelect());
+      assertTrue(md.supportsANSI92EntryLevelSQL());
+      assertFalse(md.supportsANSI92FullSQL());
+      assertTrue(md.supportsConvert(Types.INTEGER, Types.VARCHAR));
+      assertTrue(md.supportsConvert(Types.VARCHAR, Types.DATE));
+      assertFalse(md.supportsConvert(Types.DATE, Types.INTEGER));
+      assertTrue(md.supportsResultSetType(ResultSet.TYPE_FORWARD_ONLY));
+      assertTrue(md.supportsResultSetConcurrency(ResultSet.TYPE_FORWARD_ONLY, ResultSet.CONCUR_READ_ONLY));
+      assertFalse(md.supportsResultSetConcurrency(ResultSet.TYPE_FORWARD_ONLY, ResultSet.CONCUR_UPDATABLE));
+    }
+  }
+
+  @Test
   void preparedStatementsBindParameters() throws SQLException {
     try (Connection conn = admin();
         PreparedStatement ps = conn.prepareStatement(
