@@ -2,6 +2,11 @@
 //! planned once. An entry is taken by the first redemption of its ticket; a ticket redeemed
 //! again, on another replica, after a change to tables, users or grants, or after its entry
 //! was pushed out, is planned anew.
+//!
+//! Plans take memory (a statement with a long `IN` list holds megabytes), and a client may
+//! ask for many tickets it never redeems: what is kept is bounded by count, by bytes per
+//! user ([`USER_BYTES`]) and by bytes in all ([`TOTAL_BYTES`]), the oldest pushed out first.
+//! A plan that alone is over a user's share is not kept at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +16,10 @@ use quiver_catalog::{Planned, Principal};
 
 /// Plans kept at most; past it the oldest is forgotten.
 const CAPACITY: usize = 256;
+/// Bytes of plans kept for one user at most ([`Planned::approx_bytes`]).
+pub const USER_BYTES: usize = 16 << 20;
+/// Bytes of plans kept in all.
+pub const TOTAL_BYTES: usize = 128 << 20;
 
 /// Plans by query id, for the principal they were planned for.
 #[derive(Clone)]
@@ -22,6 +31,7 @@ pub struct PlanCache {
 struct Entry {
     principal: Principal,
     planned: Planned,
+    bytes: usize,
     at: Instant,
 }
 
@@ -34,23 +44,44 @@ impl PlanCache {
         }
     }
 
-    /// Keeps `planned` for query `id` of `principal`.
+    /// Keeps `planned` for query `id` of `principal`, within the bounds.
     pub fn keep(&self, id: &str, principal: &Principal, planned: &Planned) {
+        let bytes = planned.approx_bytes();
+        if bytes > USER_BYTES {
+            return;
+        }
         let mut plans = self.lock();
         plans.retain(|_, e| e.at.elapsed() < self.max_age);
-        if plans.len() >= CAPACITY
-            && let Some(oldest) = plans
+        let user = principal.email();
+        loop {
+            let (mut count, mut total, mut mine) = (plans.len(), bytes, bytes);
+            for e in plans.values() {
+                total += e.bytes;
+                if e.principal.email() == user {
+                    mine += e.bytes;
+                }
+            }
+            count += 1;
+            if count <= CAPACITY && total <= TOTAL_BYTES && mine <= USER_BYTES {
+                break;
+            }
+            // Over the user's share: their own oldest goes; otherwise anyone's oldest.
+            let oldest = plans
                 .iter()
+                .filter(|(_, e)| mine <= USER_BYTES || e.principal.email() == user)
                 .min_by_key(|(_, e)| e.at)
-                .map(|(k, _)| k.clone())
-        {
-            plans.remove(&oldest);
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(oldest) => plans.remove(&oldest),
+                None => return,
+            };
         }
         plans.insert(
             id.to_string(),
             Entry {
                 principal: principal.clone(),
                 planned: planned.clone(),
+                bytes,
                 at: Instant::now(),
             },
         );

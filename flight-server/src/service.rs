@@ -110,6 +110,25 @@ struct BoundParams {
     ipc: Vec<u8>,
     used: std::time::Instant,
     _memory: MemoryReservation,
+    /// Where replicas share the state, the statement's place recorded there (statement id),
+    /// given back when these parameters are forgotten.
+    shared: Option<(Arc<StateStore>, String)>,
+}
+
+impl Drop for BoundParams {
+    fn drop(&mut self) {
+        if let Some((state, id)) = self.shared.take() {
+            let release = move || {
+                if let Err(e) = state.cluster().release_statement(&id) {
+                    tracing::warn!(error = %e, "cannot record a closed prepared statement in the state");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(release)),
+                Err(_) => release(),
+            }
+        }
+    }
 }
 
 /// Quiver's `FlightSqlService`.
@@ -760,26 +779,65 @@ impl QuiverFlightSql {
     }
 
     /// Keeps a statement's bound parameters for clients that re-use its original handle:
-    /// at most `query.max_prepared_per_user` statements per user, idle ones forgotten, the
-    /// bytes reserved from the user's memory pool.
-    fn keep_parameters(&self, principal: &Principal, id: &str, ipc: Vec<u8>) -> Result<(), Status> {
-        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
-        bound.retain(|_, b| b.used.elapsed() < self.options.prepared_idle);
-        bound.remove(id);
-        let open = bound
-            .values()
-            .filter(|b| b.user == principal.email())
-            .count();
-        if open >= self.options.max_prepared_per_user {
-            return Err(Status::resource_exhausted(format!(
+    /// at most `query.max_prepared_per_user` statements per user (across replicas when they
+    /// share the state), idle ones forgotten, the bytes reserved from the user's memory pool.
+    async fn keep_parameters(
+        &self,
+        principal: &Principal,
+        id: &str,
+        ipc: Vec<u8>,
+    ) -> Result<(), Status> {
+        let max = self.options.max_prepared_per_user;
+        let refuse = |open: usize| {
+            Status::resource_exhausted(format!(
                 "you have {open} prepared statements with bound parameters open (query.max_prepared_per_user); close the ones you no longer use"
-            )));
+            ))
+        };
+        {
+            let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+            bound.retain(|_, b| b.used.elapsed() < self.options.prepared_idle);
+            let open = bound
+                .iter()
+                .filter(|(key, b)| b.user == principal.email() && key.as_str() != id)
+                .count();
+            if open >= max {
+                return Err(refuse(open));
+            }
         }
+        let state = self.engine.state().clone();
+        let shared = if state.cluster().is_shared() {
+            let (claim_state, replica, user, statement) = (
+                state.clone(),
+                self.options.replica.id.clone(),
+                principal.email().to_string(),
+                id.to_string(),
+            );
+            let claimed = tokio::task::spawn_blocking(move || {
+                claim_state
+                    .cluster()
+                    .claim_statement(&statement, &replica, &user, max)
+            })
+            .await
+            .map_err(|e| internal(&e))?;
+            match claimed {
+                Ok(()) => Some((state, id.to_string())),
+                Err(ClaimError::Busy(open)) => return Err(refuse(open)),
+                Err(ClaimError::State(e)) => return Err(to_status(e)),
+            }
+        } else {
+            None
+        };
         let memory = MemoryConsumer::new(format!("bound parameters of {id}"))
             .register(&self.engine.user_pool(principal.email()));
         memory
             .try_grow(ipc.len())
             .map_err(|e| datafusion_status(&e))?;
+        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        // The same statement bound again keeps its place (the old entry's release is not
+        // recorded: the claim above already holds the place).
+        if let Some(mut old) = bound.remove(id) {
+            old.shared = None;
+        }
         bound.insert(
             id.to_string(),
             BoundParams {
@@ -787,6 +845,7 @@ impl QuiverFlightSql {
                 ipc,
                 used: std::time::Instant::now(),
                 _memory: memory,
+                shared,
             },
         );
         Ok(())
@@ -1226,7 +1285,8 @@ impl FlightSqlService for QuiverFlightSql {
         if !ipc.is_empty() {
             parameter_rows(&plan, &ipc)?;
         }
-        self.keep_parameters(&principal, &prepared.id, ipc.clone())?;
+        self.keep_parameters(&principal, &prepared.id, ipc.clone())
+            .await?;
         prepared.params = (!ipc.is_empty()).then_some(ipc);
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(self.sealer.seal(PREPARED, &prepared)),
@@ -1261,10 +1321,21 @@ impl FlightSqlService for QuiverFlightSql {
     ) -> Result<(), Status> {
         let principal = self.principal(&request).await?;
         let prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
-        self.bound
+        let kept = self
+            .bound
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&prepared.id);
+        // Its place in a shared state is given back even when another replica holds it.
+        let state = self.engine.state().clone();
+        if kept.is_none() && state.cluster().is_shared() {
+            let id = prepared.id.clone();
+            tokio::task::spawn_blocking(move || state.cluster().release_statement(&id))
+                .await
+                .map_err(|e| internal(&e))?
+                .map_err(to_status)?;
+        }
+        drop(kept);
         Ok(())
     }
 

@@ -43,7 +43,8 @@ def cluster():
     with postgres_server() as pg, tempfile.TemporaryDirectory() as tmp:
         url = f"postgres://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
         env = {"QUIVER_STATE": url, "QUIVER_JWT_SECRET": SECRET}
-        config = f"storage:\n  object_store: file://{tmp}/objects\nquery:\n  max_concurrent_per_user: {CAP}\n"
+        config = (f"storage:\n  object_store: file://{tmp}/objects\n"
+                  f"query:\n  max_concurrent_per_user: {CAP}\n  max_prepared_per_user: {CAP}\n")
         started = []
         try:
             for name, args in (("a", ["demo", "--scale", "0.01"]), ("b", ["serve"]), ("c", ["serve"])):
@@ -195,6 +196,41 @@ def test_the_per_user_query_cap_holds_across_replicas(cluster):
     eventually(lambda: rows(b, "SELECT 1 AS one", email=user, password=PASSWORD) == [{"one": 1}], within=2)
     for client, _, _ in held:
         client.close()
+
+
+def test_the_prepared_statement_cap_holds_across_replicas(cluster):
+    a, b, *_ = cluster
+    user = new_user(a, login(a, ADMIN_EMAIL, ADMIN_PASSWORD), "binder")
+    sql = "SELECT count(*) AS n FROM generate_series(1, 3) WHERE value = ?"
+    conns = [connect(r, user, PASSWORD) for r in (a, b)]
+    cursors = []
+    try:
+        # Statements with bound parameters: two on A, one on B (CAP = 3 in all).
+        for conn in (conns[0], conns[0], conns[1]):
+            cur = conn.cursor()
+            cur.execute(sql, parameters=(1,))
+            assert cur.fetch_arrow_table().to_pylist() == [{"n": 1}]
+            cursors.append(cur)
+        for conn in conns:
+            with conn.cursor() as cur, pytest.raises(adbc_driver_manager.Error, match="max_prepared_per_user"):
+                cur.execute(sql, parameters=(2,))
+        # Closing one on A frees a place on B.
+        cursors.pop(0).close()
+        eventually(lambda: _binds(conns[1], sql), within=2)
+    finally:
+        for cur in cursors:
+            cur.close()
+        for conn in conns:
+            conn.close()
+
+
+def _binds(conn, sql) -> bool:
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, parameters=(3,))
+            return cur.fetch_arrow_table().to_pylist() == [{"n": 1}]
+    except adbc_driver_manager.Error:
+        return False
 
 
 def test_a_cancel_sent_to_any_replica_stops_the_query_where_it_runs(cluster, no_pyarrow_signal_handling):

@@ -490,3 +490,23 @@ def test_silent_and_trickling_connections_are_closed(hard):
     # Connections that speak work as before.
     with urllib.request.urlopen(f"http://{hard.http}/health", timeout=10) as r:
         assert r.status == 200
+
+
+def test_tickets_never_redeemed_do_not_pin_memory(hard, admin_token, mallory):
+    """Plans kept for tickets are bounded per user and in all: asking again and again for a
+    statement with a long `IN` list, never fetching, does not grow the server without end,
+    and a ticket whose plan was pushed out is planned again when it is redeemed."""
+    client = flight.FlightClient(hard.uri)
+    options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(mallory, PASSWORD)])
+    values = ", ".join(str(i) for i in range(28_000))  # ~200 KiB of SQL, ~4 MiB of plan
+    sql = f"SELECT count(*) AS n FROM generate_series(1, 100000) WHERE value IN ({values})"
+    descriptor = flight.FlightDescriptor.for_command(statement_command(sql))
+    before = hard.rss_bytes()
+    infos = [client.get_flight_info(descriptor, options) for _ in range(120)]
+    grown = hard.rss_bytes() - before
+    assert grown < 250 * 1024 * 1024, f"grew {grown >> 20} MiB"
+    # The first and the last tickets are both still good.
+    for info in (infos[0], infos[-1]):
+        table = client.do_get(info.endpoints[0].ticket, options).read_all()
+        assert table.column("n").to_pylist() == [28_000]
+    client.close()

@@ -35,8 +35,9 @@ pub struct Replica {
 /// Why a user's work was not admitted.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
-    /// The user already has this many results streaming in the cluster.
-    #[error("{0} queries running")]
+    /// The user already has this many (results streaming, or statements holding bound
+    /// parameters) in the cluster.
+    #[error("{0} in use")]
     Busy(usize),
     /// The state database failed.
     #[error(transparent)]
@@ -129,6 +130,10 @@ impl Cluster<'_> {
                 "DELETE FROM running_work WHERE replica = $1",
                 params![replica],
             )?;
+            tx.execute(
+                "DELETE FROM bound_statements WHERE replica = $1",
+                params![replica],
+            )?;
             tx.execute("DELETE FROM replicas WHERE id = $1", params![replica])?;
             Ok(())
         })
@@ -155,6 +160,10 @@ impl Cluster<'_> {
         self.0.transaction(|tx| {
             tx.execute(
                 "DELETE FROM running_work WHERE replica IN (SELECT id FROM replicas WHERE seen_at < $1)",
+                params![cutoff],
+            )?;
+            tx.execute(
+                "DELETE FROM bound_statements WHERE replica IN (SELECT id FROM replicas WHERE seen_at < $1)",
                 params![cutoff],
             )?;
             tx.execute(
@@ -197,6 +206,51 @@ impl Cluster<'_> {
             )?;
             Ok(Err(ClaimError::Busy(busy as usize)))
         })?
+    }
+
+    /// Records that prepared statement `id` of `user` holds bound parameters on `replica`,
+    /// unless the user already has `max` such statements on live replicas (a statement
+    /// bound again keeps its place). It ends with [`Self::release_statement`].
+    pub fn claim_statement(
+        &self,
+        id: &str,
+        replica: &str,
+        user: &str,
+        max: usize,
+    ) -> Result<(), ClaimError> {
+        let lock = format!("statements:{user}");
+        self.0.locked(&lock, |tx| {
+            let live = ago_ms(REPLICA_TIMEOUT);
+            let moved = tx.execute(
+                "UPDATE bound_statements SET replica = $1 WHERE id = $2 AND principal = $3",
+                params![replica, id, user],
+            )?;
+            if moved == 1 {
+                return Ok(Ok(()));
+            }
+            let held: i64 = tx.query_row(
+                "SELECT count(*) FROM bound_statements s JOIN replicas r ON r.id = s.replica
+                 WHERE s.principal = $1 AND r.seen_at > $2",
+                params![user, live],
+                |r| r.get(0),
+            )?;
+            if held as usize >= max {
+                return Ok(Err(ClaimError::Busy(held as usize)));
+            }
+            tx.execute(
+                "INSERT INTO bound_statements (id, replica, principal) VALUES ($1, $2, $3)",
+                params![id, replica, user],
+            )?;
+            Ok(Ok(()))
+        })?
+    }
+
+    /// Ends [`Self::claim_statement`]: the statement was closed or forgotten.
+    pub fn release_statement(&self, id: &str) -> Result<(), CatalogError> {
+        self.0
+            .conn()?
+            .execute("DELETE FROM bound_statements WHERE id = $1", params![id])?;
+        Ok(())
     }
 
     /// The work `replica` has recorded (to find rows whose end could not be recorded).
@@ -252,6 +306,28 @@ mod tests {
             id: id.into(),
             advertise: Some(format!("grpc://{id}:50051")),
         }
+    }
+
+    #[test]
+    fn statements_with_bound_parameters_are_counted_across_replicas() {
+        let state = StateStore::in_memory().unwrap();
+        let cluster = state.cluster();
+        cluster.beat(&replica("a")).unwrap();
+        cluster.beat(&replica("b")).unwrap();
+        cluster.claim_statement("s1", "a", "u@x.com", 2).unwrap();
+        cluster.claim_statement("s2", "b", "u@x.com", 2).unwrap();
+        assert!(matches!(
+            cluster.claim_statement("s3", "a", "u@x.com", 2),
+            Err(ClaimError::Busy(2))
+        ));
+        // Bound again (on any replica), a statement keeps its place.
+        cluster.claim_statement("s1", "b", "u@x.com", 2).unwrap();
+        cluster.claim_statement("s9", "a", "v@x.com", 2).unwrap();
+        cluster.release_statement("s2").unwrap();
+        cluster.claim_statement("s3", "a", "u@x.com", 2).unwrap();
+        // A replica that leaves takes its statements with it.
+        cluster.leave("a").unwrap();
+        cluster.claim_statement("s4", "b", "u@x.com", 2).unwrap();
     }
 
     #[test]

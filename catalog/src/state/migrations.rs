@@ -209,4 +209,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         failed_at   BIGINT NOT NULL        -- milliseconds since the epoch
     );
     "#,
+    // 10: prepared statements holding bound parameters, per replica, so that
+    // `query.max_prepared_per_user` holds across replicas.
+    r#"
+    CREATE TABLE bound_statements (
+        id          VARCHAR PRIMARY KEY,   -- the prepared statement's id
+        replica     VARCHAR NOT NULL,      -- the replica holding its parameters
+        principal   VARCHAR NOT NULL       -- the user's e-mail
+    );
+    "#,
 ];
