@@ -27,11 +27,11 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::simplify::SimplifyContext;
-use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature, TableProviderFilterPushDown, Volatility, and, lit, or, when,
 };
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{
@@ -519,7 +519,8 @@ impl TableProvider for PolicyTable {
 
         let predicate = self.policy.rows.iter().cloned().chain(pushed).reduce(and);
         if let Some(predicate) = predicate {
-            let physical = state.create_physical_expr(simplifier.simplify(predicate)?, &inner)?;
+            let predicate = simplifier.simplify(simplifier.coerce(predicate, &inner)?)?;
+            let physical = state.create_physical_expr(predicate, &inner)?;
             plan = Arc::new(FilterExec::try_new(physical, plan)?);
         }
         let mut exprs = Vec::with_capacity(wanted.len());
@@ -528,7 +529,9 @@ impl TableProvider for PolicyTable {
             let name = base_schema.field(*index).name().clone();
             let expr = match rule {
                 ColumnRule::Clear => Expr::Column(Column::new_unqualified(&name)),
-                ColumnRule::Computed(e) => simplifier.simplify(e.clone())?,
+                ColumnRule::Computed(e) => {
+                    simplifier.simplify(simplifier.coerce(e.clone(), &inner)?)?
+                }
             };
             exprs.push((state.create_physical_expr(expr, &inner)?, name));
         }

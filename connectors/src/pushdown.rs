@@ -166,11 +166,13 @@ impl Writer {
             SourceDialect::Postgres => Some(match &value {
                 ScalarValue::Boolean(Some(b)) => if *b { "TRUE" } else { "FALSE" }.to_string(),
                 ScalarValue::Utf8(Some(s)) => pg_string(s)?,
-                ScalarValue::Float64(Some(f)) => format!("CAST('{f:?}' AS double precision)"),
-                ScalarValue::Date32(Some(_)) => format!("DATE '{value}'"),
+                ScalarValue::Float64(Some(_)) => {
+                    format!("CAST('{}' AS double precision)", value_text(&value))
+                }
+                ScalarValue::Date32(Some(_)) => format!("DATE '{}'", value_text(&value)),
                 // Integers and decimals: digits, a sign and a point, in parentheses so a
                 // minus never meets an operator.
-                _ => format!("({value})"),
+                _ => format!("({})", value_text(&value)),
             }),
         }
     }
@@ -192,6 +194,18 @@ pub fn pg_string(text: &str) -> Option<String> {
     })
 }
 
+/// A value [`sendable`] accepted, as text both sources read back exactly: digits with a
+/// point for decimals, the shortest round-trip form for floats, ISO dates.
+pub fn value_text(value: &ScalarValue) -> String {
+    use datafusion::arrow::datatypes::{Decimal128Type, DecimalType};
+    match value {
+        ScalarValue::Utf8(Some(s)) => s.clone(),
+        ScalarValue::Float64(Some(f)) => format!("{f:?}"),
+        ScalarValue::Decimal128(Some(v), p, s) => Decimal128Type::format_decimal(*v, *p, *s),
+        other => other.to_string(),
+    }
+}
+
 /// `value` normalised to the types we send (text as `Utf8`, integers as `Int64`), or `None`
 /// when a source would read it differently or not at all.
 fn sendable(value: &ScalarValue) -> Option<ScalarValue> {
@@ -204,16 +218,12 @@ fn sendable(value: &ScalarValue) -> Option<ScalarValue> {
         ScalarValue::UInt16(Some(v)) => ScalarValue::Int64(Some((*v).into())),
         ScalarValue::UInt32(Some(v)) => ScalarValue::Int64(Some((*v).into())),
         ScalarValue::Float64(Some(f)) if f.is_finite() => value.clone(),
-        ScalarValue::Decimal128(Some(_), _, _) => value.clone(),
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s))
-            if !s.contains('\0') =>
-        {
+        ScalarValue::Decimal128(Some(_), _, scale) if *scale >= 0 => value.clone(),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) if !s.contains('\0') => {
             ScalarValue::Utf8(Some(s.clone()))
         }
         // Years 1–9999: both sources write and read those alike.
-        ScalarValue::Date32(Some(days)) if (-719_162..=2_932_896).contains(days) => {
-            value.clone()
-        }
+        ScalarValue::Date32(Some(days)) if (-719_162..=2_932_896).contains(days) => value.clone(),
         _ => return None,
     })
 }
@@ -302,7 +312,12 @@ mod tests {
             .eq(lit("EU"))
             .and(col("amount").gt(lit(10i64)).or(col("note").is_null()));
         let q = query(vec![filter, col("amount").lt(lit(-3i32))], Some(5));
-        let pg = select(SourceDialect::Postgres, &q, &["\"region\"".into()], "public.t");
+        let pg = select(
+            SourceDialect::Postgres,
+            &q,
+            &["\"region\"".into()],
+            "public.t",
+        );
         assert_eq!(
             pg.text,
             r#"SELECT "region" FROM public.t AS quiver_source WHERE (("region" = 'EU') AND (("amount" > (10)) OR ("note" IS NULL))) AND ("amount" < (-3)) LIMIT 5"#
@@ -321,7 +336,12 @@ mod tests {
                 ("quiver_p2".into(), ScalarValue::Int64(Some(-3))),
             ]
         );
-        let bare = select(SourceDialect::Postgres, &query(vec![], None), &["1".into()], "t");
+        let bare = select(
+            SourceDialect::Postgres,
+            &query(vec![], None),
+            &["1".into()],
+            "t",
+        );
         assert_eq!(bare.text, "SELECT 1 FROM t AS quiver_source");
     }
 
@@ -338,7 +358,10 @@ mod tests {
         ] {
             assert_eq!(pg_string(value).as_deref(), Some(sql), "{value}");
             let w = written(SourceDialect::Postgres, col("note").eq(lit(value)));
-            assert_eq!(w.text, format!("SELECT c FROM t AS quiver_source WHERE (\"note\" = {sql})"));
+            assert_eq!(
+                w.text,
+                format!("SELECT c FROM t AS quiver_source WHERE (\"note\" = {sql})")
+            );
         }
     }
 
@@ -346,8 +369,14 @@ mod tests {
     fn values_go_to_bigquery_as_parameters_only() {
         let attack = r"\\'' OR PWNED_MARKER = 1)) #";
         let w = written(SourceDialect::BigQuery, col("note").eq(lit(attack)));
-        assert_eq!(w.text, "SELECT c FROM t AS quiver_source WHERE (`note` = @quiver_p0)");
-        assert_eq!(w.params, vec![("quiver_p0".into(), ScalarValue::Utf8(Some(attack.into())))]);
+        assert_eq!(
+            w.text,
+            "SELECT c FROM t AS quiver_source WHERE (`note` = @quiver_p0)"
+        );
+        assert_eq!(
+            w.params,
+            vec![("quiver_p0".into(), ScalarValue::Utf8(Some(attack.into())))]
+        );
     }
 
     #[test]
@@ -367,7 +396,7 @@ mod tests {
         );
         assert_eq!(
             select_sql(SourceDialect::BigQuery, &q, &[]).text,
-            r"SELECT  FROM t AS quiver_source WHERE (`we"ird\`\\` IS NULL)"
+            r#"SELECT  FROM t AS quiver_source WHERE (`we"ird\`\\` IS NULL)"#
         );
     }
 
@@ -375,12 +404,12 @@ mod tests {
     fn what_the_source_might_evaluate_differently_stays_here() {
         let upper = datafusion::functions::string::upper().call(vec![col("note")]);
         for filter in [
-            col("note").gt(lit("m")),                                // collation
-            upper.eq(lit("X")),                                      // a function
-            col("amount").gt(lit(1i64)).and(col("x").eq(lit(1i64))), // not a column of the table
-            (col("amount") / lit(0i64)).gt(lit(1i64)),               // arithmetic
-            col("note").eq(lit("a\0b")),                             // NUL: not text there
-            col("amount").eq(lit(f64::NAN)),                         // not finite
+            col("note").gt(lit("m")),                                   // collation
+            upper.eq(lit("X")),                                         // a function
+            col("amount").gt(lit(1i64)).and(col("x").eq(lit(1i64))),    // not a column of the table
+            (col("amount") / lit(0i64)).gt(lit(1i64)),                  // arithmetic
+            col("note").eq(lit("a\0b")),                                // NUL: not text there
+            col("amount").eq(lit(f64::NAN)),                            // not finite
             col("amount").eq(lit(ScalarValue::Date32(Some(-800_000)))), // year 0 and before
         ] {
             for dialect in [SourceDialect::Postgres, SourceDialect::BigQuery] {
@@ -393,13 +422,23 @@ mod tests {
     fn numbers_and_dates_are_written_exactly() {
         let cases = [
             (lit(0.1f64), "CAST('0.1' AS double precision)"),
-            (lit(ScalarValue::Decimal128(Some(-12345), 10, 2)), "(-123.45)"),
+            (
+                lit(ScalarValue::Decimal128(Some(-12345), 10, 2)),
+                "(-123.45)",
+            ),
             (lit(ScalarValue::Date32(Some(19_000))), "DATE '2022-01-08'"),
             (lit(true), "TRUE"),
         ];
+        assert_eq!(
+            value_text(&ScalarValue::Decimal128(Some(5), 10, 3)),
+            "0.005"
+        );
         for (value, sql) in cases {
             let w = written(SourceDialect::Postgres, col("amount").eq(value));
-            assert_eq!(w.text, format!("SELECT c FROM t AS quiver_source WHERE (\"amount\" = {sql})"));
+            assert_eq!(
+                w.text,
+                format!("SELECT c FROM t AS quiver_source WHERE (\"amount\" = {sql})")
+            );
         }
     }
 }

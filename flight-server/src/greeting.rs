@@ -29,9 +29,14 @@ pub struct Greeted<IO> {
 impl<IO> Greeted<IO> {
     /// `inner`, just accepted.
     pub fn new(inner: IO) -> Self {
+        Self::within(inner, GREETING_DEADLINE)
+    }
+
+    /// `inner`, which must greet within `deadline`.
+    fn within(inner: IO, deadline: Duration) -> Self {
         Self {
             inner,
-            deadline: Some(Box::pin(tokio::time::sleep(GREETING_DEADLINE))),
+            deadline: Some(Box::pin(tokio::time::sleep(deadline))),
             needed: PREFACE_LEN,
         }
     }
@@ -111,21 +116,22 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_silent_peer_is_dropped_and_a_talking_one_is_not() {
+        let deadline = Duration::from_millis(100);
         let (mut client, server) = tokio::io::duplex(64);
-        let mut silent = Greeted::new(server);
+        let mut silent = Greeted::within(server, deadline);
         let mut buf = [0u8; 8];
         let error = silent.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
 
         let (mut client2, server2) = tokio::io::duplex(64);
-        let mut talking = Greeted::new(server2);
+        let mut talking = Greeted::within(server2, deadline);
         client2.write_all(&[b'P'; PREFACE_LEN]).await.unwrap();
         let mut buf = [0u8; PREFACE_LEN];
         talking.read_exact(&mut buf).await.unwrap();
         // Past the greeting, quiet is fine: the read waits for the next bytes.
-        let wait = tokio::time::timeout(GREETING_DEADLINE * 3, talking.read(&mut buf)).await;
+        let wait = tokio::time::timeout(deadline * 3, talking.read(&mut buf)).await;
         assert!(wait.is_err(), "a greeted connection must not time out");
         client.shutdown().await.unwrap();
     }

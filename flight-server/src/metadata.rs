@@ -170,23 +170,40 @@ fn conversions() -> std::collections::HashMap<i32, Vec<i32>> {
         C::SqlConvertSmallint,
         C::SqlConvertTinyint,
     ];
-    let text = [C::SqlConvertChar, C::SqlConvertVarchar, C::SqlConvertLongvarchar];
+    let text = [
+        C::SqlConvertChar,
+        C::SqlConvertVarchar,
+        C::SqlConvertLongvarchar,
+    ];
     let times = [C::SqlConvertDate, C::SqlConvertTimestamp];
-    let binary = [C::SqlConvertBinary, C::SqlConvertVarbinary, C::SqlConvertLongvarbinary];
+    let binary = [
+        C::SqlConvertBinary,
+        C::SqlConvertVarbinary,
+        C::SqlConvertLongvarbinary,
+    ];
     let ids = |kinds: &[&[C]]| -> Vec<i32> {
-        kinds.iter().flat_map(|k| k.iter().map(|c| *c as i32)).collect()
+        kinds
+            .iter()
+            .flat_map(|k| k.iter().map(|c| *c as i32))
+            .collect()
     };
     let mut map = std::collections::HashMap::new();
     for from in numbers {
         map.insert(from as i32, ids(&[&numbers, &text]));
     }
     for from in text {
-        map.insert(from as i32, ids(&[&numbers, &text, &times, &binary, &[C::SqlConvertTime]]));
+        map.insert(
+            from as i32,
+            ids(&[&numbers, &text, &times, &binary, &[C::SqlConvertTime]]),
+        );
     }
     for from in times {
         map.insert(from as i32, ids(&[&times, &text]));
     }
-    map.insert(C::SqlConvertTime as i32, ids(&[&[C::SqlConvertTime], &text]));
+    map.insert(
+        C::SqlConvertTime as i32,
+        ids(&[&[C::SqlConvertTime], &text]),
+    );
     for from in binary {
         map.insert(from as i32, ids(&[&binary, &text]));
     }
@@ -361,8 +378,7 @@ pub fn sql_type(data_type: &DataType) -> (&'static str, Option<u8>, Option<i8>) 
 
 /// `field` with the column metadata Flight SQL defines for `GetTables(include_schema)`
 /// (`ARROW:FLIGHT:SQL:*`), from which drivers fill JDBC's `getColumns` and ADBC's xdbc
-/// fields: type name, precision, scale, the column's description (`remarks`) and what a
-/// read-only server can say.
+/// fields: where the column is, its [`typed`] metadata and its description (`remarks`).
 pub fn described(
     field: &Field,
     catalog: &str,
@@ -370,16 +386,37 @@ pub fn described(
     table: &str,
     remarks: Option<&str>,
 ) -> Field {
+    let field = typed(field);
+    let mut metadata = field.metadata().clone();
+    let mut set = |key: &str, value: &str| {
+        metadata.insert(format!("ARROW:FLIGHT:SQL:{key}"), value.to_string());
+    };
+    set("CATALOG_NAME", catalog);
+    // The spec names it `DB_SCHEMA_NAME`; the Go and Java drivers read `SCHEMA_NAME`.
+    set("DB_SCHEMA_NAME", schema);
+    set("SCHEMA_NAME", schema);
+    set("TABLE_NAME", table);
+    if let Some(remarks) = remarks {
+        set("REMARKS", remarks);
+    }
+    field.with_metadata(metadata)
+}
+
+/// `schema` of a statement's result with [`typed`] column metadata on every field: JDBC's
+/// `ResultSetMetaData` reads precision and scale only from there.
+pub fn result_schema(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema.fields().iter().map(|f| typed(f)).collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// `field` with the column metadata Flight SQL defines that its type tells: type name,
+/// precision, scale, and what a read-only server can say.
+fn typed(field: &Field) -> Field {
     let (name, precision, scale) = sql_type(field.data_type());
     let mut metadata = field.metadata().clone();
     let mut set = |key: &str, value: String| {
         metadata.insert(format!("ARROW:FLIGHT:SQL:{key}"), value);
     };
-    set("CATALOG_NAME", catalog.into());
-    // The spec names it `DB_SCHEMA_NAME`; the Go and Java drivers read `SCHEMA_NAME`.
-    set("DB_SCHEMA_NAME", schema.into());
-    set("SCHEMA_NAME", schema.into());
-    set("TABLE_NAME", table.into());
     set("TYPE_NAME", name.into());
     if let Some(p) = precision {
         set("PRECISION", p.to_string());
@@ -394,43 +431,7 @@ pub fn described(
     );
     set("IS_READ_ONLY", "1".into());
     set("IS_SEARCHABLE", "1".into());
-    if let Some(remarks) = remarks {
-        set("REMARKS", remarks.into());
-    }
     field.clone().with_metadata(metadata)
-}
-
-/// `schema` of a statement's result with the column metadata Flight SQL defines where it is
-/// known (`ARROW:FLIGHT:SQL:TYPE_NAME`, `PRECISION`, `SCALE`, read-only): JDBC's
-/// `ResultSetMetaData` reads precision and scale only from there.
-pub fn result_schema(schema: &Schema) -> Schema {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|field| {
-            let (name, precision, scale) = sql_type(field.data_type());
-            let mut metadata = field.metadata().clone();
-            let mut set = |key: &str, value: String| {
-                metadata.insert(format!("ARROW:FLIGHT:SQL:{key}"), value);
-            };
-            set("TYPE_NAME", name.into());
-            if let Some(p) = precision {
-                set("PRECISION", p.to_string());
-            }
-            if let Some(s) = scale {
-                set("SCALE", s.to_string());
-            }
-            set("IS_AUTO_INCREMENT", "0".into());
-            set(
-                "IS_CASE_SENSITIVE",
-                if name == "VARCHAR" { "1" } else { "0" }.into(),
-            );
-            set("IS_READ_ONLY", "1".into());
-            set("IS_SEARCHABLE", "1".into());
-            field.as_ref().clone().with_metadata(metadata)
-        })
-        .collect();
-    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 /// Schema of `GetPrimaryKeys` results (always empty: Quiver tables have no declared keys).

@@ -38,14 +38,14 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
-use futures::{Stream, StreamExt, TryStreamExt, stream};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use quiver_catalog::authenticator::{Authenticator, BearerError, Credentials, Edge, SignInError};
 use quiver_catalog::engine::parameter_types;
 use quiver_catalog::identity::unix_now;
 use quiver_catalog::state::cluster::{ClaimError, Replica};
 use quiver_catalog::wire::plain_type;
-use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine};
+use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine, StateStore};
 use quiver_config::Compression;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -57,6 +57,7 @@ use crate::plans::PlanCache;
 use crate::sessions::{self, Caller, Sessions, proto as session};
 use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
 use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
+use crate::upload;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -764,13 +765,28 @@ impl QuiverFlightSql {
             Ok(message)
         });
         let mut stream = FlightRecordBatchStream::new_from_flight_data(checked);
-        let mut batches = Vec::new();
-        while let Some(batch) = stream.next().await {
-            batches.push(batch.map_err(|e| match e {
-                FlightError::Tonic(status) => *status,
-                e => Status::invalid_argument(format!("cannot read bound parameters: {e}")),
-            })?);
-        }
+        let decode = async move {
+            let mut batches = Vec::new();
+            while let Some(batch) = stream.next().await {
+                batches.push(batch.map_err(|e| match e {
+                    FlightError::Tonic(status) => *status,
+                    e => Status::invalid_argument(format!("cannot read bound parameters: {e}")),
+                })?);
+            }
+            Ok::<_, Status>(batches)
+        };
+        // arrow-ipc asserts some of a message's inner consistency by panicking (a validity
+        // buffer shorter than the row count): such a message is malformed input, not a
+        // failure of the server.
+        let batches = std::panic::AssertUnwindSafe(decode)
+            .catch_unwind()
+            .await
+            .map_err(|_| {
+                tracing::warn!(user = %principal.email(), "malformed bound parameters made the IPC decoder panic");
+                Status::invalid_argument(
+                    "cannot read bound parameters: malformed Arrow IPC message",
+                )
+            })??;
         let ipc = ipc_bytes(&batches)?;
         if ipc.len() > max {
             return Err(too_big());
@@ -804,6 +820,11 @@ impl QuiverFlightSql {
                 return Err(refuse(open));
             }
         }
+        let memory = MemoryConsumer::new(format!("bound parameters of {id}"))
+            .register(&self.engine.user_pool(principal.email()));
+        memory
+            .try_grow(ipc.len())
+            .map_err(|e| datafusion_status(&e))?;
         let state = self.engine.state().clone();
         let shared = if state.cluster().is_shared() {
             let (claim_state, replica, user, statement) = (
@@ -827,11 +848,6 @@ impl QuiverFlightSql {
         } else {
             None
         };
-        let memory = MemoryConsumer::new(format!("bound parameters of {id}"))
-            .register(&self.engine.user_pool(principal.email()));
-        memory
-            .try_grow(ipc.len())
-            .map_err(|e| datafusion_status(&e))?;
         let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
         // The same statement bound again keeps its place (the old entry's release is not
         // recorded: the claim above already holds the place).

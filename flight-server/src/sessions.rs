@@ -380,7 +380,11 @@ mod tests {
             "basic   YW5uQGV4YW1wbGUuY29tOnB3  ",
             "Basic YW5uQGV4YW1wbGUuY29tOnB3==",
         ] {
-            assert_eq!(sessions.update(&basic(header), "ann", |_| {}), id, "{header}");
+            assert_eq!(
+                sessions.update(&basic(header), "ann", |_| {}),
+                id,
+                "{header}"
+            );
         }
         assert_eq!(sessions.update(&basic("Bearer  t1 "), "ann", |_| {}), {
             sessions.update(&basic("bearer t1"), "ann", |_| {})

@@ -136,7 +136,9 @@ mod tests {
             ],
         )
         .unwrap();
-        let options = IpcWriteOptions::default().try_with_compression(codec).unwrap();
+        let options = IpcWriteOptions::default()
+            .try_with_compression(codec)
+            .unwrap();
         let (_, encoded) = IpcDataGenerator::default()
             .encode(
                 &batch,

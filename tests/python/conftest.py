@@ -228,9 +228,10 @@ def metric(server: Server, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def user_granted(server: Server, admin_token: str, name: str, table: str, password: str) -> tuple[str, str, dict]:
-    """A new user (`name-…@example.com`) alone in a new group granted `table`:
-    (e-mail, group, grant)."""
+def user_granted(server: Server, admin_token: str, name: str, table: str, password: str,
+                 **grant) -> tuple[str, str, dict]:
+    """A new user (`name-…@example.com`) alone in a new group granted `table` (with `grant`'s
+    `row_filter` or `column_masks`): (e-mail, group, grant)."""
     import uuid
 
     suffix = uuid.uuid4().hex[:8]
@@ -238,7 +239,7 @@ def user_granted(server: Server, admin_token: str, name: str, table: str, passwo
     assert api(server, "POST", "/api/admin/groups", admin_token, {"name": group})[0] == 201
     assert api(server, "POST", "/api/admin/users", admin_token, {"email": email, "password": password})[0] == 201
     assert api(server, "POST", f"/api/admin/groups/{group}/members", admin_token, {"email": email})[0] == 204
-    status, grant = api(server, "POST", "/api/admin/grants", admin_token, {"group": group, "table": table})
+    status, grant = api(server, "POST", "/api/admin/grants", admin_token, {"group": group, "table": table, **grant})
     assert status == 201, grant
     return email, group, grant
 

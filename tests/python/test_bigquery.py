@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, state_bytes
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, state_bytes, user_granted
 from fake_bigquery import FakeBigQuery, google_error
 from test_sync import rows, sync, wait_run
 
@@ -360,12 +360,7 @@ def test_remote_filters_reach_bigquery_as_query_parameters_only(bigquery, server
     token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
     define(bigquery, server, token, "bq.people", table="shop.people", mode="remote")
     assert wait_run(server, token, "bq.people")["status"] == "succeeded"
-    email, group = "bq-eu@example.com", "bq_eu"
-    assert api(server, "POST", "/api/admin/groups", token, {"name": group})[0] == 201
-    assert api(server, "POST", "/api/admin/users", token, {"email": email, "password": "pw-bq-eu-12"})[0] == 201
-    assert api(server, "POST", f"/api/admin/groups/{group}/members", token, {"email": email})[0] == 204
-    assert api(server, "POST", "/api/admin/grants", token,
-               {"group": group, "table": "bq.people", "row_filter": "region = 'EU'"})[0] == 201
+    email, _, _ = user_granted(server, token, "bq-eu", "bq.people", "pw-bq-eu-12", row_filter="region = 'EU'")
     conn = connect(server, email, "pw-bq-eu-12")
     try:
         with conn.cursor() as cur:

@@ -510,3 +510,29 @@ def test_tickets_never_redeemed_do_not_pin_memory(hard, admin_token, mallory):
         table = client.do_get(info.endpoints[0].ticket, options).read_all()
         assert table.column("n").to_pylist() == [28_000]
     client.close()
+
+
+def test_spellings_of_one_basic_credential_share_one_session(hard):
+    """Clients that send Basic credentials with every call keep one session however the
+    header is spelt (padding, spaces, the scheme's case), so varying it cannot open sessions
+    without end and push out other users'."""
+    import base64
+
+    from test_clients import _field
+
+    encoded = base64.b64encode(f"{ADMIN_EMAIL}:{ADMIN_PASSWORD}".encode()).decode()
+    spellings = [f"Basic {encoded}", f"Basic {encoded.rstrip('=')}", f"basic   {encoded}  ",
+                 f"Basic {encoded.rstrip('=')}=="]
+    client = flight.FlightClient(hard.uri)
+
+    def call(spelling, action, body=b""):
+        options = flight.FlightCallOptions(headers=[(b"authorization", spelling.encode())])
+        return b"".join(r.body.to_pybytes() for r in client.do_action(flight.Action(action, body), options))
+
+    schema = _field(1, _field(1, b"schema") + _field(2, _field(1, b"tpch")))
+    call(spellings[0], "SetSessionOptions", schema)
+    for spelling in spellings:
+        assert b"tpch" in call(spelling, "GetSessionOptions"), spelling
+    call(spellings[2], "CloseSession")
+    assert b"tpch" not in call(spellings[1], "GetSessionOptions")
+    client.close()

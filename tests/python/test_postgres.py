@@ -298,12 +298,7 @@ def test_remote_filters_carry_any_value_and_never_run_it_as_sql(cluster, postgre
     assert status == 201, body
     assert wait_run(server, token, "pg.people")["status"] == "succeeded"
     # A user who may read only the EU rows.
-    email, group = "eu-reader@example.com", "eu_readers"
-    assert api(server, "POST", "/api/admin/groups", token, {"name": group})[0] == 201
-    assert api(server, "POST", "/api/admin/users", token, {"email": email, "password": "pw-eu-reader-1"})[0] == 201
-    assert api(server, "POST", f"/api/admin/groups/{group}/members", token, {"email": email})[0] == 204
-    assert api(server, "POST", "/api/admin/grants", token,
-               {"group": group, "table": "pg.people", "row_filter": "region = 'EU'"})[0] == 201
+    email, _, _ = conftest_user_granted(server, token, "eu", "pg.people", "pw-eu-reader-1", row_filter="region = 'EU'")
 
     conn = connect(server, email, "pw-eu-reader-1")
     try:

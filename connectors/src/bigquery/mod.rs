@@ -330,20 +330,19 @@ fn parameter(name: &str, value: &ScalarValue) -> Value {
         ScalarValue::Int64(_) => "INT64",
         ScalarValue::Float64(_) => "FLOAT64",
         // NUMERIC holds 29 digits before the point and 9 after; BIGNUMERIC 38 and 38.
-        ScalarValue::Decimal128(_, p, s) if *s >= 0 && *s <= 9 && (*p as i16 - *s as i16) <= 29 => "NUMERIC",
+        ScalarValue::Decimal128(_, p, s)
+            if (0..=9).contains(s) && i16::from(*p) - i16::from(*s) <= 29 =>
+        {
+            "NUMERIC"
+        }
         ScalarValue::Decimal128(..) => "BIGNUMERIC",
         ScalarValue::Date32(_) => "DATE",
         _ => "STRING",
     };
-    let text = match value {
-        ScalarValue::Utf8(Some(s)) => s.clone(),
-        ScalarValue::Float64(Some(f)) => format!("{f:?}"),
-        other => other.to_string(),
-    };
     json!({
         "name": name,
         "parameterType": { "type": kind },
-        "parameterValue": { "value": text },
+        "parameterValue": { "value": pushdown::value_text(value) },
     })
 }
 
