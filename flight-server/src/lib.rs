@@ -11,11 +11,11 @@
 //! - [`ticket`]: signed, self-contained tickets and prepared-statement handles.
 //! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` answers for JDBC, SQLAlchemy and ADBC.
 //! - `upload`: IPC streams clients send (bound parameters), sized before they are decoded.
-//! - `greeting`: accepted connections that stay silent are dropped.
+//! - `listener`: connections accepted (TLS included); those that stay silent are dropped.
 //! - [`error`]: the one mapping from errors to gRPC statuses.
 
 pub mod error;
-mod greeting;
+mod listener;
 pub mod metadata;
 mod plans;
 pub mod rpc;
@@ -29,13 +29,11 @@ use std::future::Future;
 use std::path::Path;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use futures::TryStreamExt;
 use quiver_catalog::distributed::{PRINCIPAL_HEADER, PROOF_HEADER};
 pub use service::{FlightOptions, QuiverFlightSql};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Status};
 
 /// Largest message accepted from clients (bound parameters, handshakes).
@@ -44,14 +42,17 @@ const MAX_DECODING_MESSAGE: usize = 64 * 1024 * 1024;
 /// Errors starting the Flight SQL listener.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// TLS files could not be read.
-    #[error("cannot read TLS file {path}: {source}")]
-    Tls {
+    /// A TLS certificate or key file could not be read.
+    #[error("cannot read TLS file {path}: {reason}")]
+    TlsFile {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        reason: String,
     },
+    /// The certificate and key do not make a TLS configuration.
+    #[error("the TLS certificate and key cannot be used: {0}")]
+    TlsConfig(#[source] tokio_rustls::rustls::Error),
     /// The gRPC server failed.
     #[error("Flight SQL server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -89,34 +90,14 @@ pub async fn serve(
     let svc = FlightServiceServer::new(rpc::FlightSqlRpc(service))
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(max_encoding);
-    let mut builder =
-        Server::builder().http2_keepalive_interval(Some(std::time::Duration::from_secs(30)));
-    if let Some((cert, key)) = tls {
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|source| ServeError::Tls {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        let identity = Identity::from_pem(read(cert)?, read(key)?);
-        builder = builder.tls_config(
-            ServerTlsConfig::new()
-                .identity(identity)
-                .timeout(greeting::GREETING_DEADLINE),
-        )?;
-    }
-    // tonic's own TCP settings do not reach a listener we bound: disable Nagle here, or every
-    // small response waits ~40 ms for the client's delayed ACK.
-    let incoming = TcpListenerStream::new(listener).map_ok(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot disable Nagle's algorithm");
-        }
-        greeting::Greeted::new(stream)
-    });
-    builder
+    let tls = tls
+        .map(|(cert, key)| listener::tls_acceptor(cert, key))
+        .transpose()?;
+    Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(svc)
         .add_optional_service(worker)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(listener::accept(listener, tls), shutdown)
         .await?;
     Ok(())
 }

@@ -6,6 +6,8 @@ the audit log. Each test drives the real binary with ADBC or pyarrow.flight."""
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -463,33 +465,64 @@ def test_serve_does_not_print_the_admin_password():
             s.stop()
 
 
+def closed_within(connect, greeting: bytes, limit: float) -> float:
+    """Seconds until the server closes the socket `connect()` opens, after `greeting`."""
+    started = time.monotonic()
+    with connect(limit) as s:
+        if greeting:
+            s.sendall(greeting)
+        try:
+            while s.recv(4096):  # the server may answer before it closes
+                pass
+        except (ConnectionResetError, ssl.SSLEOFError):
+            pass
+        except socket.timeout:
+            pytest.fail(f"{s.getpeername()}: still open after {limit} s")
+    return time.monotonic() - started
+
+
+def tcp(address: str):
+    host, port = address.rsplit(":", 1)
+    return lambda limit: socket.create_connection((host, int(port)), timeout=limit)
+
+
 def test_silent_and_trickling_connections_are_closed(hard):
     """Connections that never send an HTTP/2 preface (gRPC) or never finish their request
     headers (HTTP) are closed by the server, not kept forever."""
-    import socket
-
-    def closed_within(address: str, greeting: bytes, limit: float) -> float:
-        host, port = address.rsplit(":", 1)
-        started = time.monotonic()
-        with socket.create_connection((host, int(port)), timeout=limit) as s:
-            if greeting:
-                s.sendall(greeting)
-            try:
-                while s.recv(4096):  # the server may answer before it closes
-                    pass
-            except ConnectionResetError:
-                pass
-            except socket.timeout:
-                pytest.fail(f"{address}: still open after {limit} s")
-        return time.monotonic() - started
-
     flight_addr = hard.uri.removeprefix("grpc://")
-    assert closed_within(flight_addr, b"", 40) >= 5
-    assert closed_within(flight_addr, b"PRI * HT", 40) >= 5
-    assert closed_within(hard.http, b"GET /health HTTP/1.1\r\nHost: x\r\n", 40) >= 5
+    assert closed_within(tcp(flight_addr), b"", 40) >= 5
+    assert closed_within(tcp(flight_addr), b"PRI * HT", 40) >= 5
+    assert closed_within(tcp(hard.http), b"GET /health HTTP/1.1\r\nHost: x\r\n", 40) >= 5
     # Connections that speak work as before.
     with urllib.request.urlopen(f"http://{hard.http}/health", timeout=10) as r:
         assert r.status == 200
+
+
+def test_silent_tls_connections_are_closed(tls_server):
+    """On a TLS listener, a peer that never finishes its handshake, or finishes it and then
+    never sends the HTTP/2 preface, is closed like a silent plain one; clients that speak
+    are served."""
+    server, _, ca_path = tls_server
+    context = ssl.create_default_context(cafile=ca_path)
+    context.set_alpn_protocols(["h2"])
+
+    def handshaken(limit):
+        s = context.wrap_socket(tcp(server.flight)(limit), server_hostname="127.0.0.1")
+        assert s.selected_alpn_protocol() == "h2"
+        return s
+
+    assert closed_within(tcp(server.flight), b"", 40) >= 5
+    assert closed_within(tcp(server.flight), b"\x16\x03\x01", 40) >= 5  # a hello begun
+    assert closed_within(handshaken, b"", 40) >= 5
+    assert closed_within(handshaken, b"PRI * HT", 40) >= 5
+    client = flight.FlightClient(f"grpc+tls://{server.flight}", tls_root_certs=open(ca_path).read())
+    token = client.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)
+    info = client.get_flight_info(
+        flight.FlightDescriptor.for_command(statement_command("SELECT 42 AS answer")),
+        flight.FlightCallOptions(headers=[token]))
+    table = client.do_get(info.endpoints[0].ticket, flight.FlightCallOptions(headers=[token])).read_all()
+    assert table.column("answer").to_pylist() == [42]
+    client.close()
 
 
 def test_tickets_never_redeemed_do_not_pin_memory(hard, admin_token, mallory):
