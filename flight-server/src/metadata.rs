@@ -3,12 +3,15 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch, StructArray, UnionArray};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, UnionFields};
+use arrow::error::ArrowError;
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{
     SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
 };
 use arrow_flight::sql::{
-    Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity,
+    CommandGetSqlInfo, Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity,
     SqlSupportedTransaction, XdbcDataType,
 };
 use datafusion::sql::sqlparser::keywords::ALL_KEYWORDS;
@@ -152,6 +155,64 @@ pub fn sql_info(statement_timeout: std::time::Duration) -> SqlInfoData {
         0_i32,
     );
     b.build().expect("static SqlInfo data")
+}
+
+/// The `GetSqlInfo` answer to `query`, as the spec spells it. arrow-rs names the entries
+/// of `int32_to_int32_list_map` `keys`/`values`; the spec says `key`/`value`, and Arrow
+/// Java (the JDBC driver) looks them up by those names, reading every key as null
+/// otherwise, so `supportsConvert` answered false for every pair.
+pub fn sql_info_batch(
+    query: CommandGetSqlInfo,
+    data: &SqlInfoData,
+) -> Result<RecordBatch, FlightError> {
+    let batch = query.into_builder(data).build()?;
+    let (schema, mut columns, _) = batch.into_parts();
+    let union = columns[1].as_union().clone();
+    let (fields, type_ids, offsets, children) = union.into_parts();
+    let (children, fields): (Vec<ArrayRef>, Vec<(i8, FieldRef)>) = children
+        .into_iter()
+        .zip(fields.iter())
+        .map(|(child, (id, field))| match child.as_map_opt() {
+            Some(map) => {
+                let map = spec_map(map.clone())?;
+                let field = Field::new(field.name(), map.data_type().clone(), field.is_nullable());
+                Ok((Arc::new(map) as ArrayRef, (id, Arc::new(field))))
+            }
+            None => Ok((child, (id, field.clone()))),
+        })
+        .collect::<Result<Vec<_>, ArrowError>>()?
+        .into_iter()
+        .unzip();
+    let fields = UnionFields::from_iter(fields);
+    columns[1] = Arc::new(UnionArray::try_new(fields, type_ids, offsets, children)?);
+    let mut schema_fields: Vec<Field> =
+        schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    schema_fields[1] = schema_fields[1]
+        .clone()
+        .with_data_type(columns[1].data_type().clone());
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(schema_fields)),
+        columns,
+    )?)
+}
+
+/// `map` with its entries named `key` and `value`.
+fn spec_map(map: MapArray) -> Result<MapArray, ArrowError> {
+    let (entries_field, offsets, entries, nulls, ordered) = map.into_parts();
+    let (fields, columns, entry_nulls) = entries.into_parts();
+    let names = ["key", "value"];
+    let fields: Fields = fields
+        .iter()
+        .zip(names)
+        .map(|(f, name)| f.as_ref().clone().with_name(name))
+        .collect();
+    let entries = StructArray::try_new(fields.clone(), columns, entry_nulls)?;
+    let entries_field = Field::new(
+        entries_field.name(),
+        DataType::Struct(fields),
+        entries_field.is_nullable(),
+    );
+    MapArray::try_new(Arc::new(entries_field), offsets, entries, nulls, ordered)
 }
 
 /// Which `CAST(… AS …)` conversions DataFusion performs, as `SqlSupportsConvert` ids: every
@@ -463,4 +524,42 @@ pub fn foreign_keys_schema() -> SchemaRef {
         Field::new("update_rule", DataType::UInt8, false),
         Field::new("delete_rule", DataType::UInt8, false),
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conversion_map_is_named_as_the_spec_says() {
+        let query = CommandGetSqlInfo {
+            info: vec![SqlInfo::SqlSupportsConvert as u32],
+        };
+        let batch = sql_info_batch(query, &sql_info(std::time::Duration::ZERO)).unwrap();
+        let DataType::Union(fields, _) = batch.schema().field(1).data_type().clone() else {
+            panic!("value is a union");
+        };
+        let (_, map) = fields
+            .iter()
+            .find(|(_, f)| f.name() == "int32_to_int32_list_map")
+            .unwrap();
+        let DataType::Map(entries, _) = map.data_type() else {
+            panic!("a map");
+        };
+        let DataType::Struct(kv) = entries.data_type() else {
+            panic!("a struct");
+        };
+        assert_eq!(kv[0].name(), "key");
+        assert_eq!(kv[1].name(), "value");
+        let union = batch.column(1).as_union();
+        let entries = union.value(0);
+        let entries = entries.as_map().value(0);
+        let keys = entries
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        assert!(
+            keys.values()
+                .contains(&(arrow_flight::sql::SqlSupportsConvert::SqlConvertInteger as i32))
+        );
+    }
 }

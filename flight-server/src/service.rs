@@ -1542,8 +1542,9 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(&request).await?;
-        let schema = query.clone().into_builder(&self.sql_info).schema();
-        self.command_info(query, &schema, request.into_inner())
+        let batch =
+            metadata::sql_info_batch(query.clone(), &self.sql_info).map_err(|e| internal(&e))?;
+        self.command_info(query, &batch.schema(), request.into_inner())
     }
 
     async fn do_get_sql_info(
@@ -1552,10 +1553,7 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.principal(&request).await?;
-        let batch = query
-            .into_builder(&self.sql_info)
-            .build()
-            .map_err(|e| internal(&e))?;
+        let batch = metadata::sql_info_batch(query, &self.sql_info).map_err(|e| internal(&e))?;
         Ok(self.batch_response(batch))
     }
 

@@ -240,9 +240,14 @@ class JdbcDriverTest {
       assertEquals(0, md.getMaxTablesInSelect());
       assertTrue(md.supportsANSI92EntryLevelSQL());
       assertFalse(md.supportsANSI92FullSQL());
-      // Answered (no longer a NullPointerException); which pairs driver 18.3 reads as
-      // supported from the server's conversion map is not checked yet.
-      md.supportsConvert(Types.INTEGER, Types.VARCHAR);
+      // The server's conversion map as the driver reads it (its entries named as the spec says).
+      assertTrue(md.supportsConvert());
+      assertTrue(md.supportsConvert(Types.INTEGER, Types.VARCHAR));
+      assertTrue(md.supportsConvert(Types.VARCHAR, Types.DATE));
+      assertTrue(md.supportsConvert(Types.DATE, Types.TIMESTAMP));
+      assertTrue(md.supportsConvert(Types.BIGINT, Types.DECIMAL));
+      assertFalse(md.supportsConvert(Types.DATE, Types.INTEGER));
+      assertFalse(md.supportsConvert(Types.BINARY, Types.BIGINT));
       assertTrue(md.supportsResultSetType(ResultSet.TYPE_FORWARD_ONLY));
       assertTrue(md.supportsResultSetConcurrency(ResultSet.TYPE_FORWARD_ONLY, ResultSet.CONCUR_READ_ONLY));
       assertFalse(md.supportsResultSetConcurrency(ResultSet.TYPE_FORWARD_ONLY, ResultSet.CONCUR_UPDATABLE));
