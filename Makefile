@@ -103,25 +103,25 @@ fmt:
 ## Ingest benchmark: CSV and PostgreSQL → parquet beside DuckDB (see benches/RESULTS.md).
 bench-ingest: build venv postgres
 	$(VENV)/bin/pip install --quiet -r benches/requirements.txt
-	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/ingest.py
+	PYTHONPATH=tests/python QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/ingest.py
 
 ## Cluster benchmark: PostgreSQL vs embedded state, one vs three replicas (benches/RESULTS.md).
 bench-cluster: build venv postgres
-	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/cluster.py --scale 0.1
+	PYTHONPATH=tests/python QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/cluster.py --scale 0.1
 
 ## Distributed vs single-node TPC-H Q1 and Q3 on four replicas (see benches/RESULTS.md).
 bench-distributed: build venv postgres
-	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/distributed.py --scales 1
+	PYTHONPATH=tests/python QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/distributed.py --scales 1
 
 ## End-to-end benchmark at scale 1 (see benches/RESULTS.md).
 bench: build venv
 	$(VENV)/bin/pip install --quiet -r benches/requirements.txt
-	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/run.py --scale 1
+	PYTHONPATH=tests/python QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/run.py --scale 1
 
 ## Time and server memory at scales 0.1, 1 and 10 (see benches/RESULTS.md).
 bench-scale: build venv
-	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/scale.py --scales 0.1,1,10
+	PYTHONPATH=tests/python QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/scale.py --scales 0.1,1,10
 
 ## Result compression on loopback and on a 1 Gbit/s link (root: shapes the port with tc).
 bench-wire: build venv
-	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/wire.py --scale 1
+	PYTHONPATH=tests/python QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python benches/wire.py --scale 1

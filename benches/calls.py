@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import pathlib
 import statistics
-import sys
 import time
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import pyarrow as pa
 import pyarrow.flight as flight
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login  # noqa: E402
-from test_clients import statement_command  # noqa: E402
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
+from test_clients import statement_command
 
 STATEMENTS = ["SELECT 1", "SELECT * FROM tpch.orders WHERE o_orderkey = 1234567"]
 

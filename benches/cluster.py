@@ -24,20 +24,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import statistics
-import sys
 import tempfile
 import threading
 import time
 
 import adbc_driver_flightsql.dbapi as flight_sql
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api  # noqa: E402
-from pgserver import free_port, postgres_server  # noqa: E402
-from test_clients import statement_command  # noqa: E402
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api
+from pgserver import free_port, postgres_server
+from test_clients import statement_command
 
 SECRET = "bench-cluster-secret-0123456789abcdef"
 POINT = "SELECT o_orderkey, o_totalprice FROM tpch.orders WHERE o_orderkey = 36"

@@ -11,13 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, connect  # noqa: E402
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, connect
 
 SHAPES = {
     "filter over 10^12 generated rows":

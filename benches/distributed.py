@@ -17,20 +17,16 @@ command.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
 import pyarrow.flight as flight
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD  # noqa: E402
-from pgserver import postgres_server  # noqa: E402
-from test_clients import statement_command  # noqa: E402
-from test_distributed import Q3, QUERIES, plan, start, state, stop, tasks  # noqa: E402
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD
+from pgserver import postgres_server
+from test_clients import statement_command
+from test_distributed import Q3, QUERIES, plan, start, state, stop, tasks
 
 
 def timed(server, sql: str) -> float:

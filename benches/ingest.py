@@ -23,7 +23,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -33,10 +32,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import psycopg
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import quiver_bin  # noqa: E402
-from pgserver import postgres_server  # noqa: E402
+from harness import quiver_bin
+from pgserver import postgres_server
 
 
 def make_table(rows: int) -> pa.Table:

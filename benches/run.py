@@ -39,9 +39,8 @@ import pyarrow.dataset as ds
 import pyarrow.flight as flight
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login  # noqa: E402
-from test_clients import statement_command  # noqa: E402
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
+from test_clients import statement_command
 
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 CACHE = pathlib.Path.home() / ".cache" / "quiver"

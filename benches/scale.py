@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 import pathlib
 import statistics
-import sys
 import threading
 import time
 
 import adbc_driver_flightsql.dbapi as flight_sql
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server  # noqa: E402
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server
 
-sys.path.insert(0, str(ROOT / "benches"))
-from run import queries  # noqa: E402
+from run import queries
 
 MEMORY_LIMIT = "1GiB"
 

@@ -8,14 +8,10 @@ point-lookup latency under load and the server's RSS against `query.memory_limit
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 import tempfile
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import Server  # noqa: E402
-from soak import run_soak  # noqa: E402
+from harness import Server
+from workload import run_soak
 
 MEMORY_LIMIT_MIB = 1024
 MEMORY_LIMIT_PER_USER_MIB = 256

@@ -13,15 +13,12 @@ import argparse
 import pathlib
 import statistics
 import subprocess
-import sys
 import time
 
 import pyarrow.flight as flight
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, metric  # noqa: E402
-from test_clients import statement_command  # noqa: E402
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, metric
+from test_clients import statement_command
 
 SCAN = "SELECT * FROM tpch.lineitem"
 LINK = "1gbit"

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import conftest
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login, metric, signing_key
+import harness
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login, metric, signing_key
 
 PASSWORD = "correct horse battery"
 # The policies under test, in one place: the grant matrix compares against these.
@@ -304,7 +304,7 @@ def test_membership_grant_and_deactivation_take_effect_at_once(server, world, ad
 
 
 def user_granted(server, admin_token, name: str, table: str) -> tuple[str, str, dict]:
-    return conftest.user_granted(server, admin_token, name, table, PASSWORD)
+    return harness.user_granted(server, admin_token, name, table, PASSWORD)
 
 
 def test_revoking_a_grant_takes_effect_at_once(server, world, admin_token):
@@ -321,7 +321,7 @@ def test_a_row_filter_relative_to_the_time_is_evaluated_for_each_query(server, w
     import datetime
     years = datetime.date.today().year - 1997
     window = f"o_orderdate > current_date() - INTERVAL '{years} years' AND o_orderdate <= now()"
-    email, _, _ = conftest.user_granted(server, admin_token, "tess", "tpch.orders", PASSWORD, row_filter=window)
+    email, _, _ = harness.user_granted(server, admin_token, "tess", "tpch.orders", PASSWORD, row_filter=window)
     expected = scalar(admin, f"SELECT count(*) FROM tpch.orders WHERE {window}")
     total = scalar(admin, "SELECT count(*) FROM tpch.orders")
     with connect(server, email, PASSWORD) as c:

@@ -11,7 +11,7 @@ import tempfile
 import adbc_driver_manager
 import pytest
 
-from conftest import ADMIN_EMAIL, Server, connect, on_postgres, quiver_bin, quiver_env
+from harness import ADMIN_EMAIL, Server, connect, on_postgres, quiver_bin, quiver_env
 
 PASSWORD = "gina-password-1"
 

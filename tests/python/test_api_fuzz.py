@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
 
 
 def test_the_api_survives_fuzzing_from_its_openapi_document():

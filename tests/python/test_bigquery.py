@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, state_bytes, user_granted
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, state_bytes, user_granted
 from fake_bigquery import FakeBigQuery, google_error
 from test_sync import rows, sync, wait_run
 

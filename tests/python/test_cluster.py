@@ -15,7 +15,7 @@ import pyarrow.compute
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, metric, on_postgres, quiver_bin
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, metric, on_postgres, quiver_bin
 from pgserver import free_port, postgres_server
 from test_clients import statement_command
 

@@ -18,7 +18,7 @@ import pyarrow
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, metric, on_postgres
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, metric, on_postgres
 from pgserver import free_port, postgres_server
 from test_clients import statement_command
 

@@ -12,7 +12,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, user_granted
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, login, user_granted
 
 GO = pathlib.Path(__file__).resolve().parents[1] / "go"
 PASSWORD = "go analyst password"

@@ -18,7 +18,7 @@ import adbc_driver_manager
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login
 from test_clients import SLOW_QUERY, statement_command
 
 PASSWORD = "correct horse battery"

@@ -18,7 +18,7 @@ import adbc_driver_manager
 import pytest
 import requests
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login
 
 PUBLIC = {("get", "/health"), ("post", "/auth/login"), ("post", "/oauth/token"), ("get", "/"),
           ("get", "/login"), ("post", "/login"), ("get", "/auth/oidc/{provider}/login"),

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, login, user_granted
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, api, login, user_granted
 
 JDBC = pathlib.Path(__file__).resolve().parents[1] / "jdbc"
 PASSWORD = "jdbc analyst password"

@@ -20,7 +20,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, on_terminal, quiver_bin, quiver_env
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login, on_terminal, quiver_bin, quiver_env
 from fake_jira import FakeJira
 from test_sync import rows, wait_run
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
 from fake_keboola import FakeKeboola
 from test_sync import rows, sync
 

@@ -13,7 +13,7 @@ import adbc_driver_manager
 import pyarrow as pa
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, connect
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, connect
 
 CONFIG = """
 query:

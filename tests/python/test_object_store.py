@@ -11,7 +11,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
 from test_sync import rows, sync
 
 

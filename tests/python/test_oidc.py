@@ -16,7 +16,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login
 
 PROVIDER = pathlib.Path(__file__).parents[1] / "oidc" / "provider.mjs"
 

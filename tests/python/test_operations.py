@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import (ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, on_postgres, quiver_bin,
+from harness import (ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, on_postgres, quiver_bin,
                       quiver_env, user_granted)
 
 PASSWORD = "a long enough password"

@@ -18,8 +18,8 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, state_bytes
-from conftest import user_granted as conftest_user_granted
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, state_bytes
+from harness import user_granted as harness_user_granted
 from pgserver import PASSWORD, postgres_cluster
 from test_sync import rows, sync, wait_run
 
@@ -298,7 +298,7 @@ def test_remote_filters_carry_any_value_and_never_run_it_as_sql(cluster, postgre
     assert status == 201, body
     assert wait_run(server, token, "pg.people")["status"] == "succeeded"
     # A user who may read only the EU rows.
-    email, _, _ = conftest_user_granted(server, token, "eu", "pg.people", "pw-eu-reader-1", row_filter="region = 'EU'")
+    email, _, _ = harness_user_granted(server, token, "eu", "pg.people", "pw-eu-reader-1", row_filter="region = 'EU'")
 
     conn = connect(server, email, "pw-eu-reader-1")
     try:
@@ -340,7 +340,7 @@ def test_source_errors_name_the_source_only_to_admins(postgres, server):
     execute(postgres, f"ALTER ROLE quiver_guard PASSWORD '{PG_PASSWORD}'")
     assert api(server, "POST", "/api/admin/tables", token, body)[0] == 201
     assert wait_run(server, token, "pg.guarded")["status"] == "succeeded"
-    email, _, _ = conftest_user_granted(server, token, "guard", "pg.guarded", "pw-guard-reader-1")
+    email, _, _ = harness_user_granted(server, token, "guard", "pg.guarded", "pw-guard-reader-1")
     with connect(server, email, "pw-guard-reader-1") as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) AS n FROM pg.guarded")
         assert cur.fetch_arrow_table().to_pylist() == [{"n": 1}]

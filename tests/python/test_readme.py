@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, quiver_bin, quiver_env
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, quiver_bin, quiver_env
 
 README = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
 BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", README, re.M | re.S)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import tempfile
 
-from conftest import Server
-from soak import run_soak
+from harness import Server
+from workload import run_soak
 
 
 def test_a_short_soak_with_an_attacker():

@@ -14,7 +14,7 @@ import time
 import adbc_driver_flightsql.dbapi as flight_sql
 import adbc_driver_manager
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server
 
 SEEDS = [
     "SELECT l_returnflag, l_linestatus, sum(l_quantity) AS sum_qty, avg(l_extendedprice * (1 - l_discount)) "

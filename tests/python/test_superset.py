@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, on_postgres, user_granted
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, login, on_postgres, user_granted
 from pgserver import free_port
 from test_web_ui import CHROMIUM
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import (ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, metric, on_terminal,
+from harness import (ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, connect, login, metric, on_terminal,
                       quiver_bin, quiver_env)
 
 

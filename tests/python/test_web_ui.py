@@ -11,7 +11,7 @@ import uuid
 import adbc_driver_manager
 import pytest
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, api, connect, login
 
 PASSWORD = "browser-password-1"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -19,7 +19,7 @@ import uuid
 import adbc_driver_flightsql.dbapi as flight_sql
 import pyarrow.flight as flight
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
+from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, api, login
 from test_clients import statement_command
 
 PASSWORD = "soak password 123"
