@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use quiver_catalog::authenticator::{BearerError, Credentials, Edge, SignInError, SignedIn};
+use quiver_catalog::auth::authenticator::{BearerError, Credentials, Edge, SignInError, SignedIn};
 use quiver_catalog::{Origin, Principal, Verified};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -160,7 +160,7 @@ pub async fn login(
             SignInError::Refused => ApiError::unauthenticated("invalid e-mail or password"),
             SignInError::Failed(e) => e.into(),
         })?;
-    let max_age = expires_at.saturating_sub(quiver_catalog::identity::unix_now());
+    let max_age = expires_at.saturating_sub(quiver_catalog::auth::principal::unix_now());
     let cookies = start_cookies(&app.sessions, &token, max_age, is_https(&headers));
     let body = LoginResponse {
         csrf_token: app.sessions.csrf_for(&token),

@@ -76,7 +76,9 @@ impl From<CatalogError> for ApiError {
             | CatalogError::InvalidInput(m) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m)
             }
-            CatalogError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
+            CatalogError::NotFound(m) | CatalogError::TableNotFound(m) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", m)
+            }
             CatalogError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             other @ CatalogError::StateUnavailable(..) => {
                 tracing::error!(error = %other, "state database unavailable");

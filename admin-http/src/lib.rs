@@ -36,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use quiver_catalog::authenticator::Authenticator;
+use quiver_catalog::auth::authenticator::Authenticator;
 use quiver_catalog::{CatalogError, QueryEngine, StateStore, TokenSigner};
 use serde::Serialize;
 use tokio::net::TcpListener;

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use base64::Engine;
-use quiver_catalog::authenticator::{Credentials, Edge, SignInError};
+use quiver_catalog::auth::authenticator::{Credentials, Edge, SignInError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;

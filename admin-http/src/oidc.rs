@@ -20,7 +20,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use quiver_catalog::identity::unix_now;
+use quiver_catalog::auth::principal::unix_now;
 use quiver_config::OidcProvider;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

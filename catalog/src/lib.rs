@@ -1,4 +1,4 @@
-//! Quiver's system state and the per-principal view of the data.
+//! Quiver's system state, sign-in, and the per-principal view of the data: three rooms.
 //!
 //! - [`state`]: the state database (embedded DuckDB, or PostgreSQL shared by the
 //!   replicas) and its migrations, one repository per kind of thing: `state.identity()`
@@ -6,44 +6,27 @@
 //!   `state.access()` (grants), `state.tables()` (versions, definitions, sync runs,
 //!   shards), `state.audit()`, `state.webhooks()` and `state.cluster()` (replicas, the work
 //!   each runs, leases). Each change is validated and audited in one transaction.
-//! - [`identity`]: principals, argon2id password hashes and signed bearer tokens;
-//!   [`authenticator`]: sign-in, written once for every edge; [`throttle`]: sign-in rate
-//!   limits.
-//! - [`policy`]: row filters and column masks, enforced inside a per-principal table
-//!   provider; [`system`]: the admins' `system` schema; [`remote`]: tables read from
-//!   their source at query time.
-//! - [`storage`]: the object store holding table data, and its key layout.
-//! - [`engine`]: one DataFusion session per principal whose catalog holds only what that
-//!   principal may read, with a read-only SQL surface; [`limits`]: bounds on a statement's
-//!   size, depth and plan; [`functions`]: functions that build large values, bounded by the
-//!   user's memory; [`executor`]: the runtime user statements are planned and run on.
-//! - [`names`]: validated `schema.table` names; [`wire`]: what clients and landed files
-//!   see, without Arrow view types.
-//! - [`distributed`]: large statements' stages run on the replicas (datafusion-distributed),
-//!   each stage proved to come from one.
+//! - [`auth`]: how a caller is signed in — principals, argon2id password hashes and signed
+//!   bearer tokens (`principal`), sign-in written once for every edge (`authenticator`),
+//!   and its rate limits (`throttle`).
+//! - [`engine`]: everything a query needs — one DataFusion session per principal whose
+//!   catalog holds only what that principal may read, row filters and masks in the plan
+//!   (`policy`), statement limits, memory, the runtime, remote tables, distributed stages,
+//!   hot tables in memory, results cache and parts, plain types on the wire.
+//! - [`storage`]: the object store holding table data, and its key layout; [`names`]:
+//!   validated `schema.table` names.
 
-pub mod authenticator;
-pub mod distributed;
+pub mod auth;
 pub mod engine;
-pub mod executor;
-pub mod functions;
-pub mod identity;
-pub mod limits;
-pub mod memory;
 pub mod names;
-pub mod policy;
-pub mod remote;
 pub mod state;
 pub mod storage;
-pub mod system;
-pub mod throttle;
-pub mod wire;
 
+pub use auth::principal::{Origin, Principal, TokenSigner, Verified};
+pub use engine::limits::QueryLimits;
+pub use engine::remote::{RemoteQuery, RemoteSource, RemoteSources, SourceError};
 pub use engine::{EngineOptions, Planned, QueryEngine, VisibleTable};
-pub use identity::{Origin, Principal, TokenSigner, Verified};
-pub use limits::QueryLimits;
 pub use names::{CATALOG_NAME, TableName};
-pub use remote::{RemoteQuery, RemoteSource, RemoteSources, SourceError};
 pub use state::{Backend, CopyReport, NewVersion, StateStore, TableEntry};
 pub use storage::Storage;
 
@@ -67,6 +50,10 @@ pub enum CatalogError {
     /// The named user, group, grant, token or table does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A statement names a table the caller's catalog does not hold (whether it does not
+    /// exist or is not granted reads the same), with a hint of what the caller can read.
+    #[error("{0}")]
+    TableNotFound(String),
     /// The change conflicts with what exists (a duplicate, the last administrator…).
     #[error("{0}")]
     Conflict(String),

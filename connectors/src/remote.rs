@@ -1,6 +1,6 @@
 //! `mode: remote`: connectors as the sources of tables read at query time.
 //!
-//! The engine's [`RemoteTable`](quiver_catalog::remote::RemoteTable) asks for a query's
+//! The engine's [`RemoteTable`](quiver_catalog::engine::remote::RemoteTable) asks for a query's
 //! columns, filters and limit; [`RemoteSources`] turns a table's definition into a source
 //! that runs it through its connector's [`Remote`]. Secrets in the options are resolved
 //! for each query and dropped with it.

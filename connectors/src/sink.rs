@@ -15,7 +15,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use quiver_catalog::wire::{plain_batch, plain_schema};
+use quiver_catalog::engine::wire::{plain_batch, plain_schema};
 use quiver_catalog::{Storage, TableName};
 
 use futures::StreamExt;

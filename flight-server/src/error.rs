@@ -13,7 +13,7 @@ pub fn to_status(error: CatalogError) -> Status {
         CatalogError::InvalidName(m)
         | CatalogError::InvalidQuery(m)
         | CatalogError::InvalidInput(m) => Status::invalid_argument(m),
-        CatalogError::NotFound(m) => Status::not_found(m),
+        CatalogError::NotFound(m) | CatalogError::TableNotFound(m) => Status::not_found(m),
         CatalogError::Conflict(m) => Status::failed_precondition(m),
         CatalogError::Query(e) => datafusion_status(&e),
         other @ CatalogError::StateUnavailable(..) => {
@@ -41,10 +41,6 @@ pub fn datafusion_status(error: &DataFusionError) -> Status {
             "the query needs more memory or spill space than allowed (query.memory_limit): {message}"
         )),
         DataFusionError::NotImplemented(_) => Status::unimplemented(message),
-        // What drivers map to "table not found"; an ungranted table reads exactly the same.
-        DataFusionError::Plan(m) if m.starts_with("table '") && m.contains("' not found") => {
-            Status::not_found(message)
-        }
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)

@@ -1,13 +1,14 @@
 //! Quiver's Arrow Flight SQL endpoint.
 //!
-//! - [`service`]: the `FlightSqlService` — handshake, statements, prepared statements,
-//!   metadata, cancellation — over the per-principal sessions of `quiver-catalog`;
-//!   [`rpc`]: the gRPC service around it, with the calls `FlightSqlService` cannot answer
-//!   (`GetSchema`).
-//! - [`stream`]: results streamed batch by batch with cancellation, a deadline and a log line.
+//! - [`service`]: the `FlightSqlService`, one file per call family (sign-in, admission,
+//!   statements, prepared statements, catalog calls, sessions) over the per-principal
+//!   sessions of `quiver-catalog`; [`rpc`]: the gRPC service around it, with the calls
+//!   `FlightSqlService` cannot answer (`GetSchema`).
+//! - [`stream`]: results streamed batch by batch with cancellation, a deadline, the result
+//!   limits and a log line.
 //! - `plans`: statements planned at `GetFlightInfo`, kept for their `DoGet`.
-//! - [`sessions`]: session options (`SetSessionOptions`…): the schema unqualified names
-//!   are looked up in.
+//! - `session_store`: what Flight SQL sessions remember (the schema unqualified names are
+//!   looked up in), found by cookie or credential.
 //! - [`ticket`]: signed, self-contained tickets and prepared-statement handles.
 //! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` answers for JDBC, SQLAlchemy and ADBC.
 //! - `upload`: IPC streams clients send (bound parameters), sized before they are decoded.
@@ -20,7 +21,7 @@ pub mod metadata;
 mod plans;
 pub mod rpc;
 pub mod service;
-pub mod sessions;
+mod session_store;
 pub mod stream;
 pub mod ticket;
 mod upload;
@@ -29,7 +30,7 @@ use std::future::Future;
 use std::path::Path;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use quiver_catalog::distributed::{PRINCIPAL_HEADER, PROOF_HEADER};
+use quiver_catalog::engine::distributed::{PRINCIPAL_HEADER, PROOF_HEADER};
 pub use service::{FlightOptions, QuiverFlightSql};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -60,7 +61,7 @@ pub enum ServeError {
 
 /// Serves Flight SQL on `listener` until `shutdown` resolves, then drains in-flight calls.
 /// `tls` is a (certificate, key) pair of PEM files. On a cluster, the same listener also
-/// runs other replicas' distributed stages (see `quiver_catalog::distributed`), for callers
+/// runs other replicas' distributed stages (see `quiver_catalog::engine::distributed`), for callers
 /// that prove they are one.
 pub async fn serve(
     listener: TcpListener,
@@ -74,7 +75,7 @@ pub async fn serve(
         .distribution()
         .cloned()
         .map(|distribution| {
-            let worker = quiver_catalog::distributed::worker(service.engine().clone());
+            let worker = quiver_catalog::engine::distributed::worker(service.engine().clone());
             InterceptedService::new(worker.into_worker_server(), move |request: Request<()>| {
                 let header = |name| request.metadata().get(name).and_then(|v| v.to_str().ok());
                 match (header(PRINCIPAL_HEADER), header(PROOF_HEADER)) {

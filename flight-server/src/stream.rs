@@ -363,25 +363,62 @@ pub fn timed_out(timeout: Duration) -> Status {
     ))
 }
 
-/// A query's batches, stopped on cancellation or at the deadline, with rows counted.
+/// A result's caps (`query.max_result_rows`, `query.max_result_bytes`): a result over either
+/// fails with `RESOURCE_EXHAUSTED` naming the setting, never silently truncated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResultLimits {
+    /// Rows a result may have.
+    pub max_rows: Option<u64>,
+    /// Bytes a result may take on the wire (Flight data headers and bodies).
+    pub max_bytes: Option<u64>,
+}
+
+impl ResultLimits {
+    /// Whether any cap is set (a result fetched in parts would count each part alone).
+    pub fn is_set(&self) -> bool {
+        self.max_rows.is_some() || self.max_bytes.is_some()
+    }
+
+    /// Refuses a result that has reached `rows` rows.
+    pub fn check_rows(&self, rows: u64) -> Result<(), Status> {
+        match self.max_rows {
+            Some(max) if rows > max => Err(Status::resource_exhausted(format!(
+                "the result has more than {max} rows (query.max_result_rows); add a LIMIT or narrow the query"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a result that has sent `bytes` bytes.
+    pub fn check_bytes(&self, bytes: u64) -> Result<(), Status> {
+        match self.max_bytes {
+            Some(max) if bytes > max => Err(Status::resource_exhausted(format!(
+                "the result is larger than {max} bytes (query.max_result_bytes); add a LIMIT or select fewer columns"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A query's batches, stopped on cancellation, at the deadline or past the row cap.
 pub struct GuardedStream {
     inner: BatchStream,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
-    max_rows: Option<u64>,
+    limits: ResultLimits,
     log: Arc<QueryLog>,
     done: bool,
 }
 
 impl GuardedStream {
-    /// Guards `inner` with `token`, a deadline (`timeout` after the query started) and a
-    /// row cap.
+    /// Guards `inner` with `token`, a deadline (`timeout` after the query started) and the
+    /// row cap of `limits` (the byte cap applies where the batches are encoded).
     pub fn new(
         inner: BatchStream,
         token: CancellationToken,
         (deadline, timeout): (tokio::time::Instant, Duration),
-        max_rows: Option<u64>,
+        limits: ResultLimits,
         log: Arc<QueryLog>,
     ) -> Self {
         Self {
@@ -389,7 +426,7 @@ impl GuardedStream {
             cancelled: Box::pin(token.cancelled_owned()),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             timeout,
-            max_rows,
+            limits,
             log,
             done: false,
         }
@@ -425,12 +462,8 @@ impl Stream for GuardedStream {
                     .rows
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed)
                     + batch.num_rows() as u64;
-                if let Some(max) = self.max_rows
-                    && rows > max
-                {
-                    return self.fail(Status::resource_exhausted(format!(
-                        "the result has more than {max} rows (query.max_result_rows); add a LIMIT or narrow the query"
-                    )));
+                if let Err(status) = self.limits.check_rows(rows) {
+                    return self.fail(status);
                 }
                 Poll::Ready(Some(Ok(batch)))
             }

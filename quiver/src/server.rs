@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
-use quiver_catalog::authenticator::Authenticator;
-use quiver_catalog::distributed::Distribution;
-use quiver_catalog::identity::ADMIN_GROUP;
+use quiver_catalog::auth::authenticator::Authenticator;
+use quiver_catalog::engine::distributed::Distribution;
+use quiver_catalog::auth::principal::ADMIN_GROUP;
 use quiver_catalog::state::cluster::{self, Replica};
 use quiver_catalog::{EngineOptions, QueryEngine, QueryLimits, StateStore, Storage, TokenSigner};
 use quiver_config::{Config, Distributed};
 use quiver_connectors::remote::RemoteSources;
+use quiver_flight::stream::ResultLimits;
 use quiver_flight::{FlightOptions, QuiverFlightSql};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -136,8 +137,10 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
             max_message_size: config.query.max_message_size.as_u64() as usize,
             compression: config.query.compression,
             max_concurrent_per_user: config.query.max_concurrent_per_user,
-            max_result_rows: config.query.max_result_rows,
-            max_result_bytes: config.query.max_result_bytes.map(|b| b.as_u64()),
+            result_limits: ResultLimits {
+                max_rows: config.query.max_result_rows,
+                max_bytes: config.query.max_result_bytes.map(|b| b.as_u64()),
+            },
             max_parameter_bytes: config.query.max_parameter_bytes.as_u64() as usize,
             max_prepared_per_user: config.query.max_prepared_per_user,
             prepared_idle: config.query.prepared_statement_idle,

@@ -6,8 +6,8 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
-use quiver_catalog::authenticator::{Credentials, Edge, SignInError, SignedIn};
-use quiver_catalog::identity::unix_now;
+use quiver_catalog::auth::authenticator::{Credentials, Edge, SignInError, SignedIn};
+use quiver_catalog::auth::principal::unix_now;
 use serde::Deserialize;
 
 use super::{Confirm, CsrfForm, PageUser, html_response, layout};

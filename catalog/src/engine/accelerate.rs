@@ -14,8 +14,8 @@ use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
+use crate::engine::wire::{plain_batch, plain_schema};
 use crate::state::TableEntry;
-use crate::wire::{plain_batch, plain_schema};
 use crate::{CatalogError, TableName};
 
 /// Reads of a table (statements planned) after which it is copied into memory.

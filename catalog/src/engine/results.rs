@@ -25,8 +25,8 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, StreamExt};
 
-use crate::identity::Principal;
-use crate::policy::{PolicyTable, varies};
+use crate::auth::principal::Principal;
+use crate::engine::policy::{PolicyTable, varies};
 use crate::state::TableEntry;
 
 /// What one result may take of the budget at most: a few large results must not push out

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::{Conn, StateStore, params};
 use crate::CatalogError;
-use crate::identity::{self, ADMIN_GROUP, EVERYONE_GROUP, Principal, hash_password};
+use crate::auth::principal::{self, ADMIN_GROUP, EVERYONE_GROUP, Principal, hash_password};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 8;

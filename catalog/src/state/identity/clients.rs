@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use super::tokens::token_hash;
 use super::{Identity, normalize_email, user_active};
 use crate::CatalogError;
-use crate::identity::{Origin, Principal, unix_now};
+use crate::auth::principal::{Origin, Principal, unix_now};
 
 /// Client secrets start with this.
 pub const CLIENT_SECRET_PREFIX: &str = "qvs_";

@@ -6,7 +6,7 @@ use crate::state::params;
 
 use super::Identity;
 use crate::CatalogError;
-use crate::identity::{Origin, Principal, Verified, unix_now};
+use crate::auth::principal::{Origin, Principal, Verified, unix_now};
 use crate::state::StateStore;
 
 impl Identity<'_> {

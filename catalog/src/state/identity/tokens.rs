@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Identity, user_active};
 use crate::CatalogError;
-use crate::identity::{Origin, Principal, unix_now};
+use crate::auth::principal::{Origin, Principal, unix_now};
 
 /// Revokes every token made with `origin`, and the tokens made with those, and so on;
 /// returns how many.

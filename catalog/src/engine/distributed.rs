@@ -52,7 +52,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use url::Url;
 
 use crate::engine::QueryEngine;
-use crate::policy::PolicyExec;
+use crate::engine::policy::PolicyExec;
 
 /// Whose stage it is: the principal's e-mail, base64url (e-mails need not be ASCII).
 pub const PRINCIPAL_HEADER: &str = "x-quiver-principal";
@@ -217,7 +217,7 @@ impl QueryPlanner for SpreadReductions {
                 LogicalPlan::Aggregate(_) | LogicalPlan::Join(_) | LogicalPlan::Window(_)
             ))
         })?;
-        if reduces && !crate::remote::reads_remote(plan) {
+        if reduces && !crate::engine::remote::reads_remote(plan) {
             self.distributed.create_physical_plan(plan, state).await
         } else {
             DefaultPhysicalPlanner::default()
@@ -318,7 +318,7 @@ impl WorkerSessionBuilder for WorkerSessions {
         let builder = distribution.stages(query.builder.with_runtime_env(runtime), &email)?;
         let ctx = SessionContext::new_with_state(builder.build());
         crate::engine::register_functions(&ctx, &email, &pool);
-        ctx.register_udf(crate::functions::checked_size(&pool));
+        ctx.register_udf(crate::engine::functions::checked_size(&pool));
         Ok(ctx.state())
     }
 }

@@ -8,7 +8,7 @@
 //! A scan sends the source the columns it needs, the filters the source can run and the
 //! limit when DataFusion gives one. Filters are `Inexact`: DataFusion applies them again
 //! above, so a source that keeps a row too many changes nothing. Under a policy,
-//! [`PolicyTable`](crate::policy::PolicyTable) gives the scan the grants' row filter and
+//! [`PolicyTable`](crate::engine::policy::PolicyTable) gives the scan the grants' row filter and
 //! only the user predicates that are safe below the policy barrier, so a predicate that
 //! could fail never runs on hidden rows at the source either; the row filter and the masks
 //! apply above the scan exactly as for landed tables.
@@ -42,7 +42,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use quiver_config::TableDef;
 
-use crate::policy::{PolicyTable, unqualify};
+use crate::engine::policy::{PolicyTable, unqualify};
 use crate::{CatalogError, TableName};
 
 /// What one scan asks of a source: `SELECT columns FROM source WHERE filters LIMIT limit`.

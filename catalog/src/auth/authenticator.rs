@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::CatalogError;
-use crate::identity::{Origin, Principal, TokenSigner, Verified, unix_now};
+use crate::auth::principal::{Origin, Principal, TokenSigner, Verified, unix_now};
+use crate::auth::throttle::LoginThrottle;
 use crate::state::StateStore;
 use crate::state::identity::{TOKEN_PREFIX, token_hash};
-use crate::throttle::LoginThrottle;
 
 /// Resolved credentials kept before the cache is pruned.
 const MAX_CACHED: usize = 4096;

@@ -12,11 +12,20 @@
 //! grants' row filters and column masks before any of the user's SQL runs.
 //!
 //! Tables read often can be held in memory (`accelerate`), and large plain scans fetched
-//! in parts (`parts`). Every plan ends in plain Arrow types ([`crate::wire`]).
+//! in parts (`parts`). Every plan ends in plain Arrow types ([`crate::engine::wire`]).
 
 mod accelerate;
+pub mod distributed;
+pub(crate) mod executor;
+pub(crate) mod functions;
+pub(crate) mod limits;
+pub(crate) mod memory;
 mod parts;
+pub(crate) mod policy;
+pub mod remote;
 mod results;
+pub(crate) mod system;
+pub mod wire;
 
 pub use parts::Layout;
 
@@ -45,19 +54,19 @@ use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use quiver_config::{SyncMode, TableDef};
 
-use crate::distributed::Distribution;
-use crate::executor::{QueryExecutor, YieldAfterJoins};
-use crate::functions::BoundedConcatPlanner;
-use crate::identity::Principal;
-use crate::limits::QueryLimits;
-use crate::memory::UserPool;
+use crate::auth::principal::Principal;
+use crate::engine::distributed::Distribution;
+use crate::engine::executor::{QueryExecutor, YieldAfterJoins};
+use crate::engine::functions::BoundedConcatPlanner;
+use crate::engine::limits::QueryLimits;
+use crate::engine::memory::UserPool;
+use crate::engine::policy::{CurrentUser, PolicyTable, TablePolicy};
+use crate::engine::remote::{RemoteSources, RemoteTable};
+use crate::engine::system::{AuditTable, SYSTEM_SCHEMA};
 use crate::names::CATALOG_NAME;
-use crate::policy::{CurrentUser, PolicyTable, TablePolicy};
-use crate::remote::{RemoteSources, RemoteTable};
 use crate::state::access::{Grant, GrantTarget, NewGrant};
 use crate::state::{StateStore, TableEntry};
 use crate::storage::Storage;
-use crate::system::{AuditTable, SYSTEM_SCHEMA};
 use crate::{CatalogError, TableName};
 
 /// Engine limits, from the `query` section of the configuration.
@@ -92,45 +101,50 @@ pub struct EngineOptions {
 /// The schema unqualified table names are looked up in when the client chose none.
 pub const DEFAULT_SCHEMA: &str = "public";
 
-/// A missing table's error, naming the tables of that name the caller can read in other
-/// schemas: a name without its schema (`FROM nation`, looked up in [`DEFAULT_SCHEMA`] or
-/// the session's) is what a newcomer types first. Only visible tables are named, so the
-/// hint reveals nothing an ungranted table would not.
-fn hint_missing(error: DataFusionError, visible: &[VisibleTable]) -> DataFusionError {
-    let DataFusionError::Plan(message) = error.find_root() else {
-        return error;
-    };
-    let Some(missing) = message
-        .strip_prefix("table '")
-        .and_then(|rest| rest.strip_suffix("' not found"))
-    else {
-        return error;
-    };
-    let table = missing.rsplit('.').next().unwrap_or(missing);
-    let candidates: Vec<String> = visible
-        .iter()
-        .filter(|t| t.entry.name.table() == table)
-        .map(|t| format!("`{}`", t.entry.name))
-        .collect();
-    if candidates.is_empty() {
+/// The first table `statement` names that the session's catalog does not hold, as
+/// [`CatalogError::TableNotFound`] with a hint: the tables of that name the principal can
+/// read, else the schemas it can read. Asked of the catalog before planning, so a missing
+/// table is known by what it is, not by the planner's wording.
+fn missing_table(
+    state: &datafusion::execution::SessionState,
+    statement: &DfStatement,
+    visible: &[VisibleTable],
+) -> Result<(), CatalogError> {
+    for reference in state.resolve_table_references(statement)? {
+        let exists = state
+            .schema_for_ref(reference.clone())
+            .is_ok_and(|schema| schema.table_exist(reference.table()));
+        if exists {
+            continue;
+        }
+        let options = &state.config_options().catalog;
+        let name = reference.resolve(&options.default_catalog, &options.default_schema);
+        let message = format!("table '{name}' not found");
+        let candidates: Vec<String> = visible
+            .iter()
+            .filter(|t| t.entry.name.table() == reference.table())
+            .map(|t| format!("`{}`", t.entry.name))
+            .collect();
         let schemas: std::collections::BTreeSet<String> = visible
             .iter()
             .map(|t| format!("`{}`", t.entry.name.schema()))
             .collect();
         let schemas = schemas.into_iter().collect::<Vec<_>>();
-        return DataFusionError::Plan(if schemas.is_empty() {
+        return Err(CatalogError::TableNotFound(if !candidates.is_empty() {
+            format!(
+                "{message}; did you mean {}? (a table name without its schema is looked up in the session's schema, `{DEFAULT_SCHEMA}` unless set)",
+                candidates.join(" or ")
+            )
+        } else if schemas.is_empty() {
             format!("{message}; you cannot read any table yet (an admin grants them)")
         } else {
             format!(
                 "{message}; the schemas you can read are {} (name tables `schema.table`)",
                 schemas.join(", ")
             )
-        });
+        }));
     }
-    DataFusionError::Plan(format!(
-        "{message}; did you mean {}? (a table name without its schema is looked up in the session's schema, `{DEFAULT_SCHEMA}` unless set)",
-        candidates.join(" or ")
-    ))
+    Ok(())
 }
 
 /// What the SQL surface allows: queries only.
@@ -488,7 +502,7 @@ impl QueryEngine {
             tracing::warn!(table = %entry.name, "remote tables are not served by this process");
             return Ok(None);
         };
-        let schema = crate::wire::plain_schema(&self.provider(ctx, entry).await?.schema());
+        let schema = crate::engine::wire::plain_schema(&self.provider(ctx, entry).await?.schema());
         Ok(Some(Arc::new(RemoteTable::new(
             entry.name.clone(),
             schema,
@@ -624,10 +638,8 @@ impl QueryEngine {
         };
         self.limits.check_depth(query)?;
         self.limits.check_expansion(query)?;
-        let plan = state
-            .statement_to_plan(statement)
-            .await
-            .map_err(|e| hint_missing(e, &session.tables))?;
+        missing_table(&state, &statement, &session.tables)?;
+        let plan = state.statement_to_plan(statement).await?;
         self.limits.check_plan(&plan)?;
         verify_read_only(&plan)?;
         // EXPLAIN would show policy literals, storage paths and pre-filter row counts.
@@ -642,13 +654,13 @@ impl QueryEngine {
         // No view types leave the server (EXPLAIN's text columns are plain already).
         let plan = match plan {
             LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => plan,
-            plan => crate::wire::plain_plan(plan)?,
+            plan => crate::engine::wire::plain_plan(plan)?,
         };
         // The engine's settings include server paths (the spill directory): for admins.
         if !principal.is_admin() && tables.iter().any(|t| t == SETTINGS_TABLE) {
-            return Err(CatalogError::Query(DataFusionError::Plan(format!(
+            return Err(CatalogError::TableNotFound(format!(
                 "table '{CATALOG_NAME}.{SETTINGS_TABLE}' not found"
-            ))));
+            )));
         }
         // Remote tables have no versions of their rows: what reads them is never kept,
         // held in memory or split by version.
@@ -753,7 +765,7 @@ impl QueryEngine {
         Ok(schema
             .table(name.table())
             .await?
-            .map(|t| crate::wire::plain_schema(&t.schema())))
+            .map(|t| crate::engine::wire::plain_schema(&t.schema())))
     }
 }
 
@@ -761,7 +773,7 @@ impl QueryEngine {
 /// bounded by `pool`.
 pub(crate) fn register_functions(ctx: &SessionContext, email: &str, pool: &Arc<dyn MemoryPool>) {
     ctx.register_udf(CurrentUser::udf(email));
-    crate::functions::bound_functions(ctx, pool);
+    crate::engine::functions::bound_functions(ctx, pool);
 }
 
 /// A statement planned for a principal.

@@ -1,0 +1,351 @@
+//! Catalog and metadata calls (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetSqlInfo`,
+//! XDBC types, keys): answered from what the caller may read, never more.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::CompressionType;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{GetCatalogsBuilder, SqlInfoData};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, Command,
+    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
+    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
+    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
+    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
+    CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    Location, SchemaAsIpc, SchemaResult, Ticket,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::scalar::ScalarValue;
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
+use prost::Message;
+use quiver_catalog::auth::authenticator::{Authenticator, BearerError, Credentials, Edge, SignInError};
+use quiver_catalog::engine::parameter_types;
+use quiver_catalog::auth::principal::unix_now;
+use quiver_catalog::state::cluster::{ClaimError, Replica};
+use quiver_catalog::engine::wire::plain_type;
+use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine, StateStore};
+use quiver_config::Compression;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::instrument;
+
+use crate::error::{datafusion_status, internal, to_status};
+use crate::metadata::{self, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
+use crate::plans::PlanCache;
+use crate::session_store::{self, Caller, Sessions, proto as session};
+use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
+use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
+use crate::upload;
+
+use super::{BoxStream, QuiverFlightSql};
+
+
+impl QuiverFlightSql {
+    /// A `FlightInfo` for a metadata command: the ticket is the command itself.
+    pub(super) fn command_info(
+        &self,
+        command: impl ProstMessageExt,
+        schema: &Schema,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let ticket = Ticket::new(command.as_any().encode_to_vec());
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| internal(&e))?
+            .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+            .with_descriptor(descriptor);
+        Ok(Response::new(info))
+    }
+
+    /// Streams one in-memory batch (metadata results).
+    pub(super) fn batch_response(&self, batch: RecordBatch) -> Response<BoxStream<FlightData>> {
+        let schema = batch.schema();
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(self.options.max_message_size)
+            .build(stream::iter([Ok(batch)]))
+            .map_err(Status::from);
+        Response::new(Box::pin(stream))
+    }
+
+    pub(super) async fn catalogs_info(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.into_builder().schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    pub(super) async fn catalogs(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        let mut builder = GetCatalogsBuilder::new();
+        builder.append(CATALOG_NAME);
+        Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
+    }
+
+    pub(super) async fn schemas_info(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.clone().into_builder().schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    pub(super) async fn schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.principal(&request).await?;
+        let mut schemas: Vec<String> = self
+            .engine
+            .visible_tables(&principal)
+            .await
+            .map_err(to_status)?
+            .into_iter()
+            .map(|t| t.entry.name.schema().to_string())
+            .collect();
+        schemas.sort();
+        schemas.dedup();
+        let mut builder = query.into_builder();
+        for schema in schemas {
+            builder.append(CATALOG_NAME, schema);
+        }
+        Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
+    }
+
+    pub(super) async fn tables_info(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.clone().into_builder().schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    pub(super) async fn tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.principal(&request).await?;
+        let include_schema = query.include_schema;
+        let tables = self
+            .engine
+            .visible_tables(&principal)
+            .await
+            .map_err(to_status)?;
+        let mut builder = query.into_builder();
+        let empty = Schema::empty();
+        // Column descriptions from the tables' definitions, as the columns' remarks.
+        let remarks: std::collections::HashMap<_, _> = if include_schema {
+            let state = self.engine.state().clone();
+            tokio::task::spawn_blocking(move || state.tables().definitions())
+                .await
+                .map_err(|e| internal(&e))?
+                .map_err(to_status)?
+                .into_iter()
+                .map(|d| (d.name, d.def.columns))
+                .collect()
+        } else {
+            Default::default()
+        };
+        let no_remarks = std::collections::BTreeMap::new();
+        for table in tables.into_iter().map(|t| t.entry) {
+            let schema = if include_schema {
+                let remarks = remarks.get(&table.name).unwrap_or(&no_remarks);
+                self.engine
+                    .table_schema(&principal, &table.name)
+                    .await
+                    .map_err(to_status)?
+                    .map(|schema| {
+                        let (db_schema, name) = (table.name.schema(), table.name.table());
+                        Arc::new(Schema::new_with_metadata(
+                            schema
+                                .fields()
+                                .iter()
+                                .map(|f| {
+                                    let remark = remarks.get(f.name()).map(String::as_str);
+                                    metadata::described(f, CATALOG_NAME, db_schema, name, remark)
+                                })
+                                .collect::<Vec<_>>(),
+                            schema.metadata().clone(),
+                        ))
+                    })
+            } else {
+                None
+            };
+            builder
+                .append(
+                    CATALOG_NAME,
+                    table.name.schema(),
+                    table.name.table(),
+                    "TABLE",
+                    schema.as_deref().unwrap_or(&empty),
+                )
+                .map_err(|e| internal(&e))?;
+        }
+        Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
+    }
+
+    pub(super) async fn table_types_info(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.into_builder().schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    pub(super) async fn table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
+    }
+
+    pub(super) async fn server_info_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let batch =
+            metadata::sql_info_batch(query.clone(), &self.sql_info).map_err(|e| internal(&e))?;
+        self.command_info(query, &batch.schema(), request.into_inner())
+    }
+
+    pub(super) async fn server_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        let batch = metadata::sql_info_batch(query, &self.sql_info).map_err(|e| internal(&e))?;
+        Ok(self.batch_response(batch))
+    }
+
+    pub(super) async fn type_info_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        let schema = query.into_builder(&XDBC_INFO).schema();
+        self.command_info(query, &schema, request.into_inner())
+    }
+
+    pub(super) async fn type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        let batch = query
+            .into_builder(&XDBC_INFO)
+            .build()
+            .map_err(|e| internal(&e))?;
+        Ok(self.batch_response(batch))
+    }
+
+    pub(super) async fn primary_keys_info(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        self.command_info(query, &primary_keys_schema(), request.into_inner())
+    }
+
+    pub(super) async fn primary_keys(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        Ok(self.batch_response(RecordBatch::new_empty(primary_keys_schema())))
+    }
+
+    pub(super) async fn exported_keys_info(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        self.command_info(query, &foreign_keys_schema(), request.into_inner())
+    }
+
+    pub(super) async fn exported_keys(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        Ok(self.batch_response(RecordBatch::new_empty(foreign_keys_schema())))
+    }
+
+    pub(super) async fn imported_keys_info(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        self.command_info(query, &foreign_keys_schema(), request.into_inner())
+    }
+
+    pub(super) async fn imported_keys(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        Ok(self.batch_response(RecordBatch::new_empty(foreign_keys_schema())))
+    }
+
+    pub(super) async fn cross_reference_info(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request).await?;
+        self.command_info(query, &foreign_keys_schema(), request.into_inner())
+    }
+
+    pub(super) async fn cross_reference(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request).await?;
+        Ok(self.batch_response(RecordBatch::new_empty(foreign_keys_schema())))
+    }
+}
