@@ -239,6 +239,7 @@ pub mod proto {
 
     /// `SessionOptionValue.option_value`.
     #[derive(Clone, PartialEq, prost::Oneof)]
+    #[allow(clippy::enum_variant_names)] // the names of Flight.proto's oneof
     pub enum Value {
         #[prost(string, tag = "1")]
         StringValue(String),

@@ -30,17 +30,11 @@ mod validate;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use quiver_catalog::state::tables::SyncRun;
-use quiver_catalog::{
-    Backend, CatalogError, QueryEngine, StateStore, Storage, TableEntry, TableName,
-};
-use quiver_config::{FieldProblem, SyncConfig, SyncMode, TableDef};
-use quiver_connectors::sink::Progress;
-use quiver_connectors::{CONNECTORS, ConnectorError, connector, connector_names, tpch};
+use quiver_catalog::{CatalogError, QueryEngine, StateStore, Storage, TableName};
+use quiver_config::{FieldProblem, SyncConfig};
+use quiver_connectors::ConnectorError;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 pub use demo::ensure_demo_data;
 pub use jira::JiraJob;
@@ -180,11 +174,9 @@ impl Orchestrator {
     pub fn is_leading(&self) -> bool {
         self.leading.load(std::sync::atomic::Ordering::Relaxed)
     }
-
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-

@@ -109,7 +109,7 @@ impl Orchestrator {
     }
 
     /// Marks `table` as syncing and records the run; refuses a second concurrent sync.
-    fn claim_slot(
+    pub(crate) fn claim_slot(
         &self,
         table: &TableName,
         trigger: &Trigger,

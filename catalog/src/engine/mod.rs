@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::common::TableReference;
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -111,14 +112,20 @@ fn missing_table(
     visible: &[VisibleTable],
 ) -> Result<(), CatalogError> {
     for reference in state.resolve_table_references(statement)? {
-        let exists = state
-            .schema_for_ref(reference.clone())
-            .is_ok_and(|schema| schema.table_exist(reference.table()));
+        // `FROM generate_series(…)` names a table function, not a table.
+        let function = matches!(reference, TableReference::Bare { .. })
+            && state.table_functions().contains_key(reference.table());
+        let exists = function
+            || state
+                .schema_for_ref(reference.clone())
+                .is_ok_and(|schema| schema.table_exist(reference.table()));
         if exists {
             continue;
         }
         let options = &state.config_options().catalog;
-        let name = reference.resolve(&options.default_catalog, &options.default_schema);
+        let name = reference
+            .clone()
+            .resolve(&options.default_catalog, &options.default_schema);
         let message = format!("table '{name}' not found");
         let candidates: Vec<String> = visible
             .iter()

@@ -542,7 +542,7 @@ impl Identity<'_> {
         password: &str,
     ) -> Result<bool, CatalogError> {
         let email = email.trim().to_lowercase();
-        let hash = identity::hash_password(password)?;
+        let hash = principal::hash_password(password)?;
         let created = self.0.transaction(|tx| {
             let exists = tx.query_opt(
                 "SELECT email FROM users WHERE email = $1",
@@ -588,9 +588,9 @@ impl Identity<'_> {
         )?;
         let (hash, active) = match row {
             Some((Some(hash), active)) => (hash, active),
-            _ => (identity::dummy_hash().to_string(), false),
+            _ => (principal::dummy_hash().to_string(), false),
         };
-        let ok = identity::verify_password(&hash, password);
+        let ok = principal::verify_password(&hash, password);
         if ok && active {
             self.principal(&email)
         } else {

@@ -2,63 +2,17 @@
 //! the state), the deadline a call runs under, audited refusals, and the cluster watch that
 //! cancels what other replicas were asked to cancel and learns where they are reached.
 
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::ipc::CompressionType;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
-use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
-use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{GetCatalogsBuilder, SqlInfoData};
-use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
-use arrow_flight::sql::{
-    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
-    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, Command,
-    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
-    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
-};
-use arrow_flight::{
-    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    Location, SchemaAsIpc, SchemaResult, Ticket,
-};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::scalar::ScalarValue;
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
-use prost::Message;
-use quiver_catalog::auth::authenticator::{Authenticator, BearerError, Credentials, Edge, SignInError};
-use quiver_catalog::engine::parameter_types;
-use quiver_catalog::auth::principal::unix_now;
-use quiver_catalog::state::cluster::{ClaimError, Replica};
-use quiver_catalog::engine::wire::plain_type;
-use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine, StateStore};
-use quiver_config::Compression;
-use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::instrument;
+use arrow_flight::Location;
+use quiver_catalog::Principal;
+use quiver_catalog::state::cluster::ClaimError;
+use tonic::Status;
 
-use crate::error::{datafusion_status, internal, to_status};
-use crate::metadata::{self, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
-use crate::plans::PlanCache;
-use crate::session_store::{self, Caller, Sessions, proto as session};
-use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
-use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
-use crate::upload;
+use crate::error::{internal, to_status};
+use crate::stream::{QueryLog, Slot};
 
-use super::{BoxStream, QuiverFlightSql};
+use super::QuiverFlightSql;
 
 /// How often a replica looks for cancellations asked of other replicas.
 pub(super) const CLUSTER_POLL: Duration = Duration::from_millis(250);

@@ -15,57 +15,35 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::ipc::CompressionType;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
-use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{GetCatalogsBuilder, SqlInfoData};
+use arrow_flight::sql::metadata::SqlInfoData;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
-    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, Command,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
     CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
     CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
     CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
     CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    Location, SchemaAsIpc, SchemaResult, Ticket,
+    Action, ActionType, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
 };
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::scalar::ScalarValue;
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
-use prost::Message;
-use quiver_catalog::auth::authenticator::{Authenticator, BearerError, Credentials, Edge, SignInError};
-use quiver_catalog::engine::parameter_types;
-use quiver_catalog::auth::principal::unix_now;
-use quiver_catalog::state::cluster::{ClaimError, Replica};
-use quiver_catalog::engine::wire::plain_type;
-use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine, StateStore};
+use futures::Stream;
+use quiver_catalog::QueryEngine;
+use quiver_catalog::auth::authenticator::Authenticator;
+use quiver_catalog::state::cluster::Replica;
 use quiver_config::Compression;
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
-use crate::error::{datafusion_status, internal, to_status};
-use crate::metadata::{self, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
+use crate::metadata::{self};
 use crate::plans::PlanCache;
-use crate::session_store::{self, Caller, Sessions, proto as session};
-use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
-use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
-use crate::upload;
+use crate::session_store::{self, Caller, Sessions};
+use crate::stream::{ResultLimits, RunningQueries};
+use crate::ticket::Sealer;
 
 mod admission;
 mod catalog;
@@ -140,6 +118,8 @@ impl std::fmt::Debug for QuiverFlightSql {
             .finish_non_exhaustive()
     }
 }
+
+impl QuiverFlightSql {
     /// A service over `engine`; `secret` signs tickets and prepared-statement handles.
     pub fn new(
         engine: Arc<QueryEngine>,

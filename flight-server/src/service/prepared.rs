@@ -2,63 +2,37 @@
 //! read under `query.max_parameter_bytes` and the user's memory, kept for clients that re-use
 //! the original handle (bounded per user, across replicas), typed and split into rows.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::ipc::CompressionType;
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{GetCatalogsBuilder, SqlInfoData};
-use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{
-    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
-    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, Command,
-    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
-    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandPreparedStatementQuery,
+    DoPutPreparedStatementResult,
 };
-use arrow_flight::{
-    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    Location, SchemaAsIpc, SchemaResult, Ticket,
-};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
+use arrow_flight::{Action, FlightDescriptor, FlightInfo, IpcMessage, SchemaAsIpc};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
-use prost::Message;
-use quiver_catalog::auth::authenticator::{Authenticator, BearerError, Credentials, Edge, SignInError};
+use futures::{FutureExt, StreamExt};
 use quiver_catalog::engine::parameter_types;
-use quiver_catalog::auth::principal::unix_now;
-use quiver_catalog::state::cluster::{ClaimError, Replica};
 use quiver_catalog::engine::wire::plain_type;
-use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine, StateStore};
-use quiver_config::Compression;
-use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::instrument;
+use quiver_catalog::state::cluster::ClaimError;
+use quiver_catalog::{Planned, Principal, StateStore};
+use tonic::{Request, Response, Status};
 
 use crate::error::{datafusion_status, internal, to_status};
-use crate::metadata::{self, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
-use crate::plans::PlanCache;
-use crate::session_store::{self, Caller, Sessions, proto as session};
-use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
-use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
+use crate::metadata::{self};
+use crate::ticket::PreparedHandle;
 use crate::upload;
 
-use super::{BoxStream, QuiverFlightSql};
+use super::QuiverFlightSql;
 
 pub(super) const PREPARED: &str = "prepared statement";
 
@@ -380,7 +354,10 @@ pub(super) fn typed(planned: Planned, params: Option<&[u8]>) -> Result<Planned, 
     planned.with_parameter_types(&types).map_err(to_status)
 }
 
-pub(super) fn parameter_rows(plan: &LogicalPlan, ipc: &[u8]) -> Result<Vec<Vec<ScalarValue>>, Status> {
+pub(super) fn parameter_rows(
+    plan: &LogicalPlan,
+    ipc: &[u8],
+) -> Result<Vec<Vec<ScalarValue>>, Status> {
     let expected = parameter_types(plan).map_err(to_status)?;
     let reader = StreamReader::try_new(ipc, None)
         .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;

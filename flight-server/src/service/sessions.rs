@@ -1,64 +1,16 @@
 //! Session calls (`SetSessionOptions`, `GetSessionOptions`, `CloseSession`) over the
 //! session store ([`crate::session_store`]).
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
-
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::ipc::CompressionType;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
-use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{GetCatalogsBuilder, SqlInfoData};
-use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
-use arrow_flight::sql::{
-    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
-    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, Command,
-    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
-    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
-};
-use arrow_flight::{
-    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    Location, SchemaAsIpc, SchemaResult, Ticket,
-};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::scalar::ScalarValue;
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
+use futures::stream;
 use prost::Message;
-use quiver_catalog::auth::authenticator::{Authenticator, BearerError, Credentials, Edge, SignInError};
-use quiver_catalog::engine::parameter_types;
-use quiver_catalog::auth::principal::unix_now;
-use quiver_catalog::state::cluster::{ClaimError, Replica};
-use quiver_catalog::engine::wire::plain_type;
-use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine, StateStore};
-use quiver_config::Compression;
-use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::instrument;
+use quiver_catalog::{CATALOG_NAME, Principal};
+use tonic::{Request, Response, Status};
 
-use crate::error::{datafusion_status, internal, to_status};
-use crate::metadata::{self, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
-use crate::plans::PlanCache;
-use crate::session_store::{self, Caller, Sessions, proto as session};
-use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
-use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
-use crate::upload;
+use crate::error::to_status;
+use crate::session_store::{self, Caller, proto as session};
 
 use super::{BoxStream, QuiverFlightSql};
-
 
 impl QuiverFlightSql {
     /// `SetSessionOptions`: `catalog` must be Quiver's; `schema` one the caller can see
@@ -125,7 +77,11 @@ impl QuiverFlightSql {
     }
 
     /// The schema `request`'s session looks unqualified names up in, if it chose one.
-    pub(super) fn session_schema<T>(&self, request: &Request<T>, principal: &Principal) -> Option<String> {
+    pub(super) fn session_schema<T>(
+        &self,
+        request: &Request<T>,
+        principal: &Principal,
+    ) -> Option<String> {
         self.sessions
             .options(&Caller::of(request), principal.email())
             .schema

@@ -2,62 +2,37 @@
 //! (one per part for large scans), running a ticket into a capped, cancellable stream,
 //! `GetSchema`, cancellation, and refusing what Quiver does not run.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::ipc::CompressionType;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
-use arrow_flight::decode::FlightRecordBatchStream;
+use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{GetCatalogsBuilder, SqlInfoData};
-use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
-    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, Command,
-    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
-    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionCancelQueryRequest, ActionCancelQueryResult, Any, Command, CommandStatementQuery,
+    ProstMessageExt, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    Location, SchemaAsIpc, SchemaResult, Ticket,
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
+    FlightDescriptor, FlightEndpoint, FlightInfo, SchemaAsIpc, SchemaResult, Ticket,
 };
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::scalar::ScalarValue;
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use prost::Message;
-use quiver_catalog::auth::authenticator::{Authenticator, BearerError, Credentials, Edge, SignInError};
-use quiver_catalog::engine::parameter_types;
 use quiver_catalog::auth::principal::unix_now;
-use quiver_catalog::state::cluster::{ClaimError, Replica};
-use quiver_catalog::engine::wire::plain_type;
-use quiver_catalog::{CATALOG_NAME, Planned, Principal, QueryEngine, StateStore};
+use quiver_catalog::{Planned, Principal};
 use quiver_config::Compression;
-use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::instrument;
+use tonic::{Request, Response, Status};
 
 use crate::error::{datafusion_status, internal, to_status};
-use crate::metadata::{self, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
-use crate::plans::PlanCache;
-use crate::session_store::{self, Caller, Sessions, proto as session};
-use crate::stream::{GuardedStream, QueryLog, RunningQueries, Slot, timed_out};
-use crate::ticket::{PreparedHandle, QueryTicket, Sealer};
-use crate::upload;
+use crate::metadata::{self};
+use crate::stream::{GuardedStream, QueryLog, timed_out};
+use crate::ticket::QueryTicket;
 
+use super::prepared::{parameter_rows, typed};
+use super::sessions::action_result;
 use super::{BoxStream, QuiverFlightSql};
 
 pub(super) const TICKET: &str = "ticket";
@@ -284,11 +259,13 @@ impl QuiverFlightSql {
             .build(guarded.map_err(|status| FlightError::Tonic(Box::new(status))))
             .map(move |item| match item {
                 Ok(data) => {
-                    let sent =
-                        bytes_log.add_bytes(data.data_body.len() + data.data_header.len());
-                    limits.check_bytes(sent).map(|()| data).inspect_err(|status| {
-                        bytes_log.set_outcome(format!("error: {}", status.message()));
-                    })
+                    let sent = bytes_log.add_bytes(data.data_body.len() + data.data_header.len());
+                    limits
+                        .check_bytes(sent)
+                        .map(|()| data)
+                        .inspect_err(|status| {
+                            bytes_log.set_outcome(format!("error: {}", status.message()));
+                        })
                 }
                 Err(FlightError::Tonic(status)) => Err(*status),
                 Err(e) => Err(Status::from(e)),
