@@ -39,7 +39,7 @@ use quiver_config::Compression;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
-use crate::metadata::{self};
+use crate::metadata;
 use crate::plans::PlanCache;
 use crate::session_store::{self, Caller, Sessions};
 use crate::stream::{ResultLimits, RunningQueries};

@@ -28,7 +28,7 @@ use quiver_catalog::{Planned, Principal, StateStore};
 use tonic::{Request, Response, Status};
 
 use crate::error::{datafusion_status, internal, to_status};
-use crate::metadata::{self};
+use crate::metadata;
 use crate::ticket::PreparedHandle;
 use crate::upload;
 

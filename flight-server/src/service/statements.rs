@@ -27,7 +27,7 @@ use quiver_config::Compression;
 use tonic::{Request, Response, Status};
 
 use crate::error::{datafusion_status, internal, to_status};
-use crate::metadata::{self};
+use crate::metadata;
 use crate::stream::{GuardedStream, QueryLog, timed_out};
 use crate::ticket::QueryTicket;
 
