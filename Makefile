@@ -10,7 +10,7 @@ SUPERSET_VENV ?= $(HOME)/.cache/quiver/superset-venv
 PYTHON ?= python3
 QUIVER_BIN := $(CARGO_TARGET_DIR)/release/quiver
 
-.PHONY: demo build test test-rust test-python venv superset node browser postgres java go lint fmt bench bench-ingest bench-cluster bench-distributed bench-scale bench-wire
+.PHONY: demo build test test-deps test-rust test-python venv superset node debs browser postgres java go lint fmt bench bench-ingest bench-cluster bench-distributed bench-scale bench-wire
 
 ## Run the server with the TPC-H demo data (scale 0.1), from the same build as the tests.
 demo: build
@@ -21,9 +21,11 @@ build:
 	cargo build --release --workspace --all-targets
 
 ## Every test: formatting, Rust unit and end-to-end tests, Python client tests (with a real
-## OpenID provider under Node).
-test: build venv superset node browser postgres java go
+## OpenID provider under Node). What the tests need besides Rust is fetched and installed
+## while the release build compiles (downloads beside a CPU-bound build: minutes saved cold).
+test:
 	cargo fmt --all -- --check
+	$(MAKE) --no-print-directory -j 8 build test-deps
 	cargo test --release --workspace
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 	QUIVER_TEST_STATE=postgres QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
@@ -31,7 +33,10 @@ test: build venv superset node browser postgres java go
 test-rust: build
 	cargo test --release --workspace
 
-test-python: build venv superset node browser postgres java go
+## The clients, servers and tools the tests drive.
+test-deps: venv superset node debs java go
+
+test-python: build test-deps
 	QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 	QUIVER_TEST_STATE=postgres QUIVER_BIN=$(QUIVER_BIN) $(VENV)/bin/python -m pytest tests/python -q
 
@@ -63,35 +68,29 @@ tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
 ## driver and JUnit fetched from Maven Central.
 java: tests/jdbc/target/.fetched
 
-tests/jdbc/target/.fetched: tests/jdbc/pom.xml
-	@command -v mvn >/dev/null && command -v javac >/dev/null || { \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends maven default-jdk-headless; }
+tests/jdbc/target/.fetched: tests/jdbc/pom.xml | debs
 	mvn -B -q -f tests/jdbc/pom.xml dependency:go-offline test-compile
 	touch $@
 
 ## Go and the Arrow Go Flight SQL driver for tests/go (modules pinned by go.sum).
-go:
-	@command -v go >/dev/null || { \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends golang-go; }
+go: debs
 	cd tests/go && go mod download
 
-## Debian's PostgreSQL server for the PostgreSQL connector tests, installed when missing.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+## Debian's packages the tests use, those missing installed in one `apt-get` (its lock admits
+## one at a time): PostgreSQL (connector and cluster tests), Chromium (web UI tests, driven
+## by Playwright), a JDK and Maven (JDBC tests), Go (Arrow Go Flight SQL driver tests).
+debs:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	{ command -v mvn && command -v javac; } >/dev/null || missing="$$missing maven default-jdk-headless"; \
+	command -v go >/dev/null || missing="$$missing golang-go"; \
+	[ -z "$$missing" ] || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; }
 
-## Debian's Chromium for the web UI tests (driven by Playwright), installed when missing.
-browser:
-	@command -v chromium >/dev/null || { \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+postgres browser: debs
 
 lint:
 	cargo fmt --all -- --check

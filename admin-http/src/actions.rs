@@ -10,7 +10,7 @@ use crate::{AppState, blocking};
 
 /// Starts a sync of `name` now, for `actor`, and audits it; returns the run. For a Jira
 /// table this is the consistency check, or with `jql` a backfill.
-pub async fn start_sync(
+pub(crate) async fn start_sync(
     app: &AppState,
     actor: &Principal,
     name: TableName,

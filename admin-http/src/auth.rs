@@ -8,13 +8,13 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use quiver_catalog::auth::authenticator::{BearerError, Credentials, Edge, SignInError, SignedIn};
+use quiver_catalog::auth::authenticator::{BearerError, Credentials, Edge, SignedIn};
 use quiver_catalog::{Origin, Principal, Verified};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::session::{CSRF_HEADER, SESSION_COOKIE, cookie, end_cookies, is_https, start_cookies};
+use crate::session::{self, CSRF_HEADER, SESSION_COOKIE, cookie, is_https};
 use crate::{AppState, blocking};
 
 /// The signed-in caller.
@@ -113,7 +113,7 @@ impl FromRequestParts<AppState> for AdminCaller {
 /// `POST /auth/login` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Login {
+pub(crate) struct Login {
     /// The user's e-mail.
     email: String,
     /// The user's password.
@@ -122,7 +122,7 @@ pub struct Login {
 
 /// `POST /auth/login` answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct LoginResponse {
+pub(crate) struct LoginResponse {
     /// A bearer token for the API and Flight SQL.
     token: String,
     /// Seconds since the epoch.
@@ -136,7 +136,7 @@ pub struct LoginResponse {
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login,
     responses((status = 200, body = LoginResponse), (status = 401, body = crate::error::ErrorBody),
               (status = 429, body = crate::error::ErrorBody)))]
-pub async fn login(
+pub(crate) async fn login(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -153,24 +153,20 @@ pub async fn login(
         .auth
         .sign_in(credentials, Edge::Http, Some(&address))
         .await
-        .map_err(|e| match e {
-            SignInError::Throttled(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
-            }
-            SignInError::Refused => ApiError::unauthenticated("invalid e-mail or password"),
-            SignInError::Failed(e) => e.into(),
-        })?;
-    let max_age = expires_at.saturating_sub(quiver_catalog::auth::principal::unix_now());
-    let cookies = start_cookies(&app.sessions, &token, max_age, is_https(&headers));
+        .map_err(ApiError::from)?;
     let body = LoginResponse {
         csrf_token: app.sessions.csrf_for(&token),
-        token,
+        token: token.clone(),
         expires_at,
     };
     let mut response = Json(body).into_response();
-    for c in cookies {
-        response.headers_mut().append(header::SET_COOKIE, c);
-    }
+    session::start(
+        &mut response,
+        &app.sessions,
+        &token,
+        expires_at,
+        is_https(&headers),
+    );
     Ok(response)
 }
 
@@ -178,7 +174,10 @@ pub async fn login(
 #[utoipa::path(post, path = "/auth/logout", tag = "auth",
     responses((status = 204), (status = 401, body = crate::error::ErrorBody)),
     security(("bearer" = []), ("session" = [])))]
-pub async fn logout(State(app): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+pub(crate) async fn logout(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     if let Some(session) = caller.session {
         let email = caller.principal.email().to_string();
         blocking(&app, move |s| {
@@ -187,8 +186,6 @@ pub async fn logout(State(app): State<AppState>, caller: Caller) -> Result<Respo
         .await?;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    for c in end_cookies() {
-        response.headers_mut().append(header::SET_COOKIE, c);
-    }
+    session::end(&mut response);
     Ok(response)
 }

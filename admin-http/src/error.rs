@@ -6,16 +6,17 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use quiver_catalog::CatalogError;
+use quiver_catalog::auth::authenticator::SignInError;
 
 /// The body of every error response.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     error: ErrorDetail,
 }
 
 /// What went wrong.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Stable, machine-readable: `unauthenticated`, `forbidden`, `not_found`, `conflict`,
     /// `invalid`, `bad_request`, `too_large`, `unsupported_media_type`, `method_not_allowed`,
     /// `unavailable`, `csrf`, `rate_limited`, `internal`.
@@ -76,6 +77,9 @@ impl From<CatalogError> for ApiError {
             | CatalogError::InvalidInput(m) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m)
             }
+            e @ CatalogError::LimitExceeded { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+            }
             CatalogError::NotFound(m) | CatalogError::TableNotFound(m) => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", m)
             }
@@ -89,6 +93,21 @@ impl From<CatalogError> for ApiError {
                 )
             }
             other => Self::internal(&other),
+        }
+    }
+}
+
+/// A refused sign-in of the JSON API (the sign-in page and the OAuth token endpoint answer
+/// in their own formats).
+impl From<SignInError> for ApiError {
+    fn from(e: SignInError) -> Self {
+        match e {
+            SignInError::Throttled(_) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            }
+            SignInError::Refused => Self::unauthenticated("invalid e-mail or password"),
+            SignInError::Deactivated => Self::forbidden(e.to_string()),
+            SignInError::Failed(e) => e.into(),
         }
     }
 }
@@ -129,7 +148,7 @@ impl IntoResponse for ApiError {
 /// (bad JSON, a wrong content type, an unknown route or method, a body over the limit) answer
 /// in plain text or with no body at all. Every other error response of the sidecar — JSON
 /// already, or an HTML page — passes unchanged, and so do the headers (`Allow`, …).
-pub async fn json_errors(request: Request, next: Next) -> Response {
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     let route = format!("{} {}", request.method(), request.uri().path());
     let response = next.run(request).await;
     let status = response.status();

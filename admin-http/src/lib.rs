@@ -16,16 +16,16 @@
 //! Every route is registered through [`utoipa_axum`], so the OpenAPI document served at
 //! `/api/openapi.json` is generated from the handlers and lists them all.
 
-pub mod actions;
+pub(crate) mod actions;
 pub mod api;
-pub mod auth;
-pub mod error;
-pub mod metrics;
-pub mod oauth;
+pub(crate) mod auth;
+pub(crate) mod error;
+pub(crate) mod metrics;
+pub(crate) mod oauth;
 pub mod oidc;
 pub mod session;
-pub mod ui;
-pub mod webhooks;
+pub(crate) mod ui;
+pub(crate) mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use quiver_catalog::auth::authenticator::Authenticator;
-use quiver_catalog::{CatalogError, QueryEngine, StateStore, TokenSigner};
+use quiver_catalog::{CatalogError, QueryEngine, StateStore};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -57,8 +57,6 @@ pub struct AppState {
     pub engine: Arc<QueryEngine>,
     /// Runs syncs (the tables API triggers them).
     pub orchestrator: Arc<quiver_orchestrator::Orchestrator>,
-    /// Issues and checks bearer tokens.
-    pub tokens: TokenSigner,
     /// Signs callers in (shared with the Flight SQL handshake).
     pub auth: Arc<Authenticator>,
     /// Browser sessions: CSRF tokens and ended sessions.

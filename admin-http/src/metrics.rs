@@ -15,7 +15,10 @@ use crate::error::ApiError;
     responses((status = 200, content_type = "text/plain", body = String),
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
     security(("bearer" = []), ()))]
-pub async fn metrics(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
+pub(crate) async fn metrics(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     if !app.public_metrics {
         let (mut parts, _) = request.into_parts();
         AdminCaller::from_request_parts(&mut parts, &app).await?;

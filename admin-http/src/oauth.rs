@@ -17,15 +17,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use crate::AppState;
 use crate::error::ApiError;
-use crate::{AppState, blocking};
 
 const CLIENT_CREDENTIALS: &str = "client_credentials";
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 /// A token request (form-encoded).
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct TokenRequest {
+pub(crate) struct TokenRequest {
     /// `client_credentials`.
     grant_type: String,
     /// The client id, unless sent with HTTP Basic.
@@ -44,7 +44,7 @@ pub struct TokenRequest {
 
 /// A successful token response.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct TokenResponse {
+pub(crate) struct TokenResponse {
     access_token: String,
     /// Always `Bearer`.
     token_type: &'static str,
@@ -120,7 +120,7 @@ fn basic_client(headers: &HeaderMap) -> Option<(String, String)> {
 #[utoipa::path(post, path = "/oauth/token", tag = "auth",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = TokenResponse), (status = 400), (status = 401)))]
-pub async fn token(
+pub(crate) async fn token(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -169,7 +169,7 @@ pub async fn token(
                 wait.as_secs().max(1)
             ),
         ),
-        Err(SignInError::Refused) => oauth_error(
+        Err(SignInError::Refused | SignInError::Deactivated) => oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "unknown client, wrong secret, or revoked",
@@ -211,31 +211,21 @@ async fn exchange(app: &AppState, request: &TokenRequest) -> Response {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", e.message());
         }
     };
-    let principal = match blocking(app, move |s| {
-        s.identity().sign_in_from_idp(
-            &identity.provider,
-            &identity.email,
-            identity.name.as_deref(),
-            identity.groups.as_deref(),
-        )
-    })
-    .await
-    {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
-                "the account is deactivated",
-            );
-        }
-        Err(e) => return e.into_response(),
-    };
-    metrics::counter!("quiver_logins_total", "via" => "token_exchange", "outcome" => "ok")
-        .increment(1);
-    token_response(
-        app.tokens.issue(principal.email(), None),
-        app.tokens.lifetime(),
-        Some(ACCESS_TOKEN_TYPE),
-    )
+    let signed_in = app
+        .auth
+        .sign_in(Credentials::Idp(identity), Edge::TokenExchange, None)
+        .await;
+    match signed_in {
+        Ok(signed_in) => token_response(
+            Ok((signed_in.token, signed_in.expires_at)),
+            app.auth.tokens().lifetime(),
+            Some(ACCESS_TOKEN_TYPE),
+        ),
+        Err(SignInError::Deactivated) => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the account is deactivated",
+        ),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }

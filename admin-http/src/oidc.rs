@@ -20,15 +20,16 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use quiver_catalog::auth::authenticator::{Credentials, Edge, IdpIdentity, SignedIn};
 use quiver_catalog::auth::principal::unix_now;
 use quiver_config::OidcProvider;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::AppState;
 use crate::error::ApiError;
-use crate::session::{cookie, is_https, start_cookies};
-use crate::{AppState, blocking};
+use crate::session::{self, cookie, is_https};
 
 /// The cookie carrying a sign-in in progress.
 const FLOW_COOKIE: &str = "quiver_oidc";
@@ -287,19 +288,6 @@ impl Oidc {
     }
 }
 
-/// Who an identity provider says someone is, after Quiver's checks.
-#[derive(Debug)]
-pub struct IdpIdentity {
-    /// The provider's name.
-    pub provider: String,
-    /// Verified e-mail, lowercase, in an allowed domain.
-    pub email: String,
-    /// Display name.
-    pub name: Option<String>,
-    /// Groups from the configured claim; `None` when no claim is configured.
-    pub groups: Option<Vec<String>>,
-}
-
 /// Applies the provider's rules to verified claims: a verified e-mail in an allowed domain,
 /// and the groups claim.
 fn identity_of(p: &OidcProvider, claims: IdClaims) -> Result<IdpIdentity, ApiError> {
@@ -522,38 +510,29 @@ pub async fn callback(
         .verify_id_token(p, &d, &id_token, Some(&flow.nonce))
         .await?;
 
-    let IdpIdentity {
-        email,
-        name,
-        groups,
-        ..
-    } = identity_of(p, claims)?;
-    let provider_name = provider.clone();
-    let principal = blocking(&app, move |s| {
-        s.identity()
-            .sign_in_from_idp(&provider_name, &email, name.as_deref(), groups.as_deref())
-    })
-    .await?
-    .ok_or_else(|| ApiError::forbidden("your account is deactivated; ask an administrator"))?;
-    metrics::counter!("quiver_logins_total", "via" => "oidc", "outcome" => "ok").increment(1);
-
-    let (token, expires_at) = app.tokens.issue(principal.email(), None)?;
+    // The provider has proven who this is; the Authenticator creates or updates the
+    // account, syncs its groups, audits and issues the session's token.
+    let identity = identity_of(p, claims)?;
+    let SignedIn {
+        token, expires_at, ..
+    } = app
+        .auth
+        .sign_in(Credentials::Idp(identity), Edge::Oidc, None)
+        .await?;
     let next = if is_local_path(&flow.next) {
         flow.next
     } else {
         "/".into()
     };
     let mut response = Redirect::to(&next).into_response();
-    let headers_out = response.headers_mut();
-    for c in start_cookies(
+    session::start(
+        &mut response,
         &app.sessions,
         &token,
-        expires_at.saturating_sub(unix_now()),
+        expires_at,
         is_https(&headers),
-    ) {
-        headers_out.append(header::SET_COOKIE, c);
-    }
-    headers_out.append(
+    );
+    response.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_static("quiver_oidc=; Path=/auth/oidc/; Max-Age=0; HttpOnly"),
     );

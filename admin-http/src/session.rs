@@ -3,7 +3,9 @@
 //! sessions are kept in the state store (`quiver_catalog::state::identity`), for every edge.
 
 use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
 use hmac::{Hmac, Mac};
+use quiver_catalog::auth::principal::unix_now;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -97,13 +99,16 @@ pub fn is_https(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
-/// `Set-Cookie` values starting a session that lasts `max_age` seconds.
-pub fn start_cookies(
+/// Starts a browser session on `response`: the session cookie holding `token` and the CSRF
+/// cookie, both ending when the token does (`expires_at`, seconds since the epoch).
+pub fn start(
+    response: &mut Response,
     sessions: &Sessions,
     token: &str,
-    max_age: u64,
+    expires_at: u64,
     https: bool,
-) -> [HeaderValue; 2] {
+) {
+    let max_age = expires_at.saturating_sub(unix_now());
     let secure = if https { "; Secure" } else { "" };
     let session = format!(
         "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
@@ -112,15 +117,19 @@ pub fn start_cookies(
         "{CSRF_COOKIE}={}; Path=/; SameSite=Lax; Max-Age={max_age}{secure}",
         sessions.csrf_for(token)
     );
-    [session, csrf].map(|c| HeaderValue::from_str(&c).expect("cookie values are ASCII"))
+    for cookie in [session, csrf] {
+        let value = HeaderValue::from_str(&cookie).expect("cookie values are ASCII");
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
 }
 
-/// `Set-Cookie` values clearing the session.
-pub fn end_cookies() -> [HeaderValue; 2] {
-    [SESSION_COOKIE, CSRF_COOKIE].map(|name| {
-        HeaderValue::from_str(&format!("{name}=; Path=/; Max-Age=0; SameSite=Lax"))
-            .expect("cookie values are ASCII")
-    })
+/// Ends the browser session on `response`: both cookies cleared.
+pub fn end(response: &mut Response) {
+    for name in [SESSION_COOKIE, CSRF_COOKIE] {
+        let value = HeaderValue::from_str(&format!("{name}=; Path=/; Max-Age=0; SameSite=Lax"))
+            .expect("cookie values are ASCII");
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 
 /// Answer to an accepted delivery.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The delivery id (`X-Atlassian-Webhook-Identifier`, or the body's SHA-256 without one).
     pub delivery: String,
     /// `true` when the delivery had been received before; it has no further effect.
@@ -44,7 +44,7 @@ pub struct Accepted {
         (status = 413, body = crate::error::ErrorBody, description = "Body over `jira.max_payload`"),
         (status = 503, body = crate::error::ErrorBody, description = "No webhook secret configured"),
     ))]
-pub async fn jira(
+pub(crate) async fn jira(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Body,

@@ -18,9 +18,9 @@
 
 pub mod auth;
 pub mod engine;
-pub mod names;
+pub(crate) mod names;
 pub mod state;
-pub mod storage;
+pub(crate) mod storage;
 
 pub use auth::principal::{Origin, Principal, TokenSigner, Verified};
 pub use engine::limits::QueryLimits;
@@ -47,6 +47,15 @@ pub enum CatalogError {
     /// Input that cannot be accepted (a bad e-mail, a row filter naming an unknown column…).
     #[error("{0}")]
     InvalidInput(String),
+    /// A statement beyond one of the `query.*` bounds on its size or shape; the message says
+    /// by how much and how to stay within it, and always names the setting.
+    #[error("{message} ({setting})")]
+    LimitExceeded {
+        /// The configuration key of the bound, e.g. `query.max_sql_length`.
+        setting: &'static str,
+        /// What was over the bound.
+        message: String,
+    },
     /// The named user, group, grant, token or table does not exist.
     #[error("{0}")]
     NotFound(String),

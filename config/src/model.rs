@@ -511,78 +511,6 @@ pub struct TableDef {
     pub columns: BTreeMap<String, String>,
 }
 
-/// A problem with one field of a [`TableDef`]: `field` is its path inside the definition
-/// (`name`, `options.path`, `schedule`), so the config file and the API can both point at it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldProblem {
-    /// Path of the field inside the definition.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl FieldProblem {
-    /// A problem with `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for FieldProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "`{}`: {}", self.field, self.message)
-    }
-}
-
-fn is_identifier(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-impl TableDef {
-    /// Problems every definition can be checked for without knowing the connector; the
-    /// orchestrator adds the connector's own checks.
-    pub fn problems(&self) -> Vec<FieldProblem> {
-        let mut out = Vec::new();
-        match self.name.split_once('.') {
-            Some((schema, table)) if is_identifier(schema) && is_identifier(table) => {}
-            _ => out.push(FieldProblem::new(
-                "name",
-                format!(
-                    "`{}` must be `schema.table`: lowercase letters, digits and `_`, each part starting with a letter or `_`",
-                    self.name
-                ),
-            )),
-        }
-        if self.mode == SyncMode::Incremental {
-            if self.watermark.as_deref().is_none_or(str::is_empty) {
-                out.push(FieldProblem::new(
-                    "watermark",
-                    "incremental mode needs the column that grows with every change, e.g. `watermark: updated_at`",
-                ));
-            }
-            if self.primary_key.is_empty() {
-                out.push(FieldProblem::new(
-                    "primary_key",
-                    "incremental mode needs the columns that identify a row, e.g. `primary_key: [id]`",
-                ));
-            }
-        } else if self.watermark.is_some() || !self.primary_key.is_empty() {
-            out.push(FieldProblem::new(
-                "mode",
-                "`watermark` and `primary_key` are used only with `mode: incremental`",
-            ));
-        }
-        out
-    }
-}
-
 /// How a sync updates a table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -613,11 +541,11 @@ mod humantime_serde_compat {
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
             D::Error::custom(format!(

@@ -24,7 +24,7 @@ use crate::options::{self, parse, parse_checked, secret_reference};
 use crate::{Batches, Connector, ConnectorError, Options, ReadRequest};
 
 /// The `keboola` connector.
-pub struct Keboola;
+pub(crate) struct Keboola;
 
 /// Options of the `keboola` connector.
 #[derive(Debug, Deserialize)]

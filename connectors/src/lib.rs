@@ -16,16 +16,16 @@
 //! - [`sink`]: the one place data is written. [`tpch`]: the demo dataset.
 //! - [`options`]: typed, documented options with errors that name the field.
 
-pub mod bigquery;
-pub mod files;
+pub(crate) mod bigquery;
+pub(crate) mod files;
 pub mod jira;
-pub mod keboola;
+pub(crate) mod keboola;
 pub mod options;
-pub mod postgres;
-pub mod pushdown;
+pub(crate) mod postgres;
+pub(crate) mod pushdown;
 pub mod remote;
 pub mod sink;
-pub mod sql;
+pub(crate) mod sql;
 pub mod tpch;
 
 use std::path::Path;

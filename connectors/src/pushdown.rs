@@ -35,7 +35,7 @@ pub enum SourceDialect {
 
 /// One remote read in a source's SQL: the text and, for BigQuery, the values it names.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SourceSql {
+pub(crate) struct SourceSql {
     /// The statement.
     pub text: String,
     /// `(name, value)` of each `@name` in the text (always empty for PostgreSQL).
@@ -44,14 +44,14 @@ pub struct SourceSql {
 
 /// Whether the source can run `filter` exactly as DataFusion would (`schema` is the
 /// table's).
-pub fn can_run(dialect: SourceDialect, schema: &DFSchema, filter: &Expr) -> bool {
+pub(crate) fn can_run(dialect: SourceDialect, schema: &DFSchema, filter: &Expr) -> bool {
     translatable(schema, filter) && Writer::new(dialect).expr(filter).is_some()
 }
 
 /// `SELECT select FROM source AS quiver_source WHERE … LIMIT …` for `query`: `select` are
 /// the columns as the source selects them, `source` a quoted table or a query in
 /// parentheses. Filters the source cannot run are left out (they apply above the read).
-pub fn select(
+pub(crate) fn select(
     dialect: SourceDialect,
     query: &RemoteQuery,
     select: &[String],
@@ -182,7 +182,7 @@ impl Writer {
 /// doubled, and with a backslash an `E'…'` string with backslashes doubled. Both forms
 /// mean the same whatever `standard_conforming_strings` is. PostgreSQL text cannot hold a
 /// NUL byte, so such a value is not sent.
-pub fn pg_string(text: &str) -> Option<String> {
+pub(crate) fn pg_string(text: &str) -> Option<String> {
     if text.contains('\0') {
         return None;
     }
@@ -196,7 +196,7 @@ pub fn pg_string(text: &str) -> Option<String> {
 
 /// A value [`sendable`] accepted, as text both sources read back exactly: digits with a
 /// point for decimals, the shortest round-trip form for floats, ISO dates.
-pub fn value_text(value: &ScalarValue) -> String {
+pub(crate) fn value_text(value: &ScalarValue) -> String {
     use datafusion::arrow::datatypes::{Decimal128Type, DecimalType};
     match value {
         ScalarValue::Utf8(Some(s)) => s.clone(),

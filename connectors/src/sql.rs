@@ -11,7 +11,7 @@ use crate::options::{parse, parse_checked};
 use crate::{Batches, Connector, ConnectorError, Options, ReadRequest};
 
 /// The `sql` connector.
-pub struct Sql;
+pub(crate) struct Sql;
 
 /// Options of the `sql` connector.
 #[derive(Debug, Deserialize)]

@@ -8,11 +8,12 @@ use quiver_catalog::CatalogError;
 use tonic::Status;
 
 /// Maps a catalog error to the status a client sees.
-pub fn to_status(error: CatalogError) -> Status {
+pub(crate) fn to_status(error: CatalogError) -> Status {
     match error {
         CatalogError::InvalidName(m)
         | CatalogError::InvalidQuery(m)
         | CatalogError::InvalidInput(m) => Status::invalid_argument(m),
+        e @ CatalogError::LimitExceeded { .. } => Status::invalid_argument(e.to_string()),
         CatalogError::NotFound(m) | CatalogError::TableNotFound(m) => Status::not_found(m),
         CatalogError::Conflict(m) => Status::failed_precondition(m),
         CatalogError::Query(e) => datafusion_status(&e),
@@ -28,18 +29,13 @@ pub fn to_status(error: CatalogError) -> Status {
 }
 
 /// Maps a DataFusion error, planning or execution, to a status.
-pub fn datafusion_status(error: &DataFusionError) -> Status {
+pub(crate) fn datafusion_status(error: &DataFusionError) -> Status {
     let root = error.find_root();
     let message = root.strip_backtrace();
     match root {
-        // The memory pools name the setting that was hit; other exhaustion (spill space)
-        // says what it is.
-        DataFusionError::ResourcesExhausted(m) if m.contains("(query.") => {
-            Status::resource_exhausted(message)
-        }
-        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
-            "the query needs more memory or spill space than allowed (query.memory_limit): {message}"
-        )),
+        // Quiver's memory pools name the setting that was hit (`engine::memory`); spill space
+        // running out says so in DataFusion's words.
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
         DataFusionError::NotImplemented(_) => Status::unimplemented(message),
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
@@ -52,7 +48,7 @@ pub fn datafusion_status(error: &DataFusionError) -> Status {
 }
 
 /// A generic internal error; the detail is logged, not sent.
-pub fn internal(error: &dyn std::fmt::Display) -> Status {
+pub(crate) fn internal(error: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %error, "internal error");
     Status::internal("internal error; the server log has the details")
 }

@@ -15,15 +15,15 @@
 //! - `listener`: connections accepted (TLS included); those that stay silent are dropped.
 //! - [`error`]: the one mapping from errors to gRPC statuses.
 
-pub mod error;
+pub(crate) mod error;
 mod listener;
-pub mod metadata;
+pub(crate) mod metadata;
 mod plans;
-pub mod rpc;
-pub mod service;
+pub(crate) mod rpc;
+pub(crate) mod service;
 mod session_store;
 pub mod stream;
-pub mod ticket;
+pub(crate) mod ticket;
 mod upload;
 
 use std::future::Future;
@@ -75,7 +75,7 @@ pub async fn serve(
         .distribution()
         .cloned()
         .map(|distribution| {
-            let worker = quiver_catalog::engine::distributed::worker(service.engine().clone());
+            let worker = quiver_catalog::engine::worker::worker(service.engine().clone());
             InterceptedService::new(worker.into_worker_server(), move |request: Request<()>| {
                 let header = |name| request.metadata().get(name).and_then(|v| v.to_str().ok());
                 match (header(PRINCIPAL_HEADER), header(PROOF_HEADER)) {
@@ -88,9 +88,11 @@ pub async fn serve(
                 }
             })
         });
+    let auth = service.authenticator().clone();
     let svc = FlightServiceServer::new(rpc::FlightSqlRpc(service))
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(max_encoding);
+    let svc = service::SignIn::new(svc, auth);
     let tls = tls
         .map(|(cert, key)| listener::tls_acceptor(cert, key))
         .transpose()?;

@@ -28,12 +28,12 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use crate::ServeError;
 
 /// An accepted connection, plain or TLS, within its greeting deadline.
-pub type Connection = Greeted<Either<TcpStream, TlsStream<TcpStream>>>;
+pub(crate) type Connection = Greeted<Either<TcpStream, TlsStream<TcpStream>>>;
 
 /// Connections accepted on `listener` (TLS ones once their handshake is done), until the
 /// stream is dropped, which closes the listening socket. Handshakes run concurrently, so a
 /// slow one holds up no other client.
-pub fn accept(
+pub(crate) fn accept(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
 ) -> ReceiverStream<io::Result<Connection>> {
@@ -85,7 +85,7 @@ pub fn accept(
 }
 
 /// The TLS acceptor for a certificate chain and key in PEM files, offering HTTP/2 only.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
+pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
     let unreadable = |path: &Path, reason: String| ServeError::TlsFile {
         path: path.display().to_string(),
         reason,
@@ -111,14 +111,14 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> 
 }
 
 /// How long a new connection may stay silent.
-pub const GREETING_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const GREETING_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The bytes that open an HTTP/2 connection (`PRI * HTTP/2.0…`); a TLS hello is longer.
 const PREFACE_LEN: usize = 24;
 
 /// A connection that fails its reads once [`GREETING_DEADLINE`] has passed without its
 /// first [`PREFACE_LEN`] bytes.
-pub struct Greeted<IO> {
+pub(crate) struct Greeted<IO> {
     inner: IO,
     info: TcpConnectInfo,
     deadline: Option<Pin<Box<Sleep>>>,
@@ -127,7 +127,7 @@ pub struct Greeted<IO> {
 
 impl<IO> Greeted<IO> {
     /// `inner`, just accepted from the peer `info` describes.
-    pub fn new(inner: IO, info: TcpConnectInfo) -> Self {
+    pub(crate) fn new(inner: IO, info: TcpConnectInfo) -> Self {
         Self::within(inner, info, GREETING_DEADLINE)
     }
 

@@ -17,12 +17,12 @@ use arrow_flight::sql::{
 use datafusion::sql::sqlparser::keywords::ALL_KEYWORDS;
 
 /// The server's name, as clients display it.
-pub const SERVER_NAME: &str = "Quiver";
+pub(crate) const SERVER_NAME: &str = "Quiver";
 
 /// Answers to `GetSqlInfo`: every id the Flight SQL spec defines (JDBC's
 /// `DatabaseMetaData` getters fail on a missing one), `0` for "no limit" where that is true.
 /// `statement_timeout` is `query.timeout`.
-pub fn sql_info(statement_timeout: std::time::Duration) -> SqlInfoData {
+pub(crate) fn sql_info(statement_timeout: std::time::Duration) -> SqlInfoData {
     let mut b = SqlInfoDataBuilder::new();
     // Server
     b.append(SqlInfo::FlightSqlServerName, SERVER_NAME);
@@ -161,7 +161,7 @@ pub fn sql_info(statement_timeout: std::time::Duration) -> SqlInfoData {
 /// of `int32_to_int32_list_map` `keys`/`values`; the spec says `key`/`value`, and Arrow
 /// Java (the JDBC driver) looks them up by those names, reading every key as null
 /// otherwise, so `supportsConvert` answered false for every pair.
-pub fn sql_info_batch(
+pub(crate) fn sql_info_batch(
     query: CommandGetSqlInfo,
     data: &SqlInfoData,
 ) -> Result<RecordBatch, FlightError> {
@@ -358,7 +358,7 @@ fn xdbc(
 }
 
 /// Answers to `GetXdbcTypeInfo`: the SQL types DataFusion reads and returns.
-pub static XDBC_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
+pub(crate) static XDBC_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
     use XdbcDataType as X;
     let mut b = XdbcTypeInfoDataBuilder::new();
     for info in [
@@ -404,7 +404,7 @@ pub static XDBC_INFO: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
 
 /// A column's SQL type as `GetXdbcTypeInfo` names it, with its precision and scale where
 /// they apply (`None` elsewhere).
-pub fn sql_type(data_type: &DataType) -> (&'static str, Option<u8>, Option<i8>) {
+pub(crate) fn sql_type(data_type: &DataType) -> (&'static str, Option<u8>, Option<i8>) {
     match data_type {
         DataType::Boolean => ("BOOLEAN", Some(1), None),
         DataType::Int8 | DataType::UInt8 => ("TINYINT", Some(3), Some(0)),
@@ -440,7 +440,7 @@ pub fn sql_type(data_type: &DataType) -> (&'static str, Option<u8>, Option<i8>) 
 /// `field` with the column metadata Flight SQL defines for `GetTables(include_schema)`
 /// (`ARROW:FLIGHT:SQL:*`), from which drivers fill JDBC's `getColumns` and ADBC's xdbc
 /// fields: where the column is, its [`typed`] metadata and its description (`remarks`).
-pub fn described(
+pub(crate) fn described(
     field: &Field,
     catalog: &str,
     schema: &str,
@@ -465,7 +465,7 @@ pub fn described(
 
 /// `schema` of a statement's result with [`typed`] column metadata on every field: JDBC's
 /// `ResultSetMetaData` reads precision and scale only from there.
-pub fn result_schema(schema: &Schema) -> Schema {
+pub(crate) fn result_schema(schema: &Schema) -> Schema {
     let fields: Vec<Field> = schema.fields().iter().map(|f| typed(f)).collect();
     Schema::new_with_metadata(fields, schema.metadata().clone())
 }
@@ -496,7 +496,7 @@ fn typed(field: &Field) -> Field {
 }
 
 /// Schema of `GetPrimaryKeys` results (always empty: Quiver tables have no declared keys).
-pub fn primary_keys_schema() -> SchemaRef {
+pub(crate) fn primary_keys_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("catalog_name", DataType::Utf8, true),
         Field::new("db_schema_name", DataType::Utf8, true),
@@ -508,7 +508,7 @@ pub fn primary_keys_schema() -> SchemaRef {
 }
 
 /// Schema of `GetExportedKeys`, `GetImportedKeys` and `GetCrossReference` results.
-pub fn foreign_keys_schema() -> SchemaRef {
+pub(crate) fn foreign_keys_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("pk_catalog_name", DataType::Utf8, true),
         Field::new("pk_db_schema_name", DataType::Utf8, true),

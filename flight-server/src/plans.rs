@@ -17,13 +17,13 @@ use quiver_catalog::{Planned, Principal};
 /// Plans kept at most; past it the oldest is forgotten.
 const CAPACITY: usize = 256;
 /// Bytes of plans kept for one user at most ([`Planned::approx_bytes`]).
-pub const USER_BYTES: usize = 16 << 20;
+pub(crate) const USER_BYTES: usize = 16 << 20;
 /// Bytes of plans kept in all.
-pub const TOTAL_BYTES: usize = 128 << 20;
+pub(crate) const TOTAL_BYTES: usize = 128 << 20;
 
 /// Plans by query id, for the principal they were planned for.
 #[derive(Clone)]
-pub struct PlanCache {
+pub(crate) struct PlanCache {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
     max_age: Duration,
 }
@@ -37,7 +37,7 @@ struct Entry {
 
 impl PlanCache {
     /// A cache whose entries live at most `max_age` (a ticket's lifetime).
-    pub fn new(max_age: Duration) -> Self {
+    pub(crate) fn new(max_age: Duration) -> Self {
         Self {
             inner: Arc::default(),
             max_age,
@@ -45,7 +45,7 @@ impl PlanCache {
     }
 
     /// Keeps `planned` for query `id` of `principal`, within the bounds.
-    pub fn keep(&self, id: &str, principal: &Principal, planned: &Planned) {
+    pub(crate) fn keep(&self, id: &str, principal: &Principal, planned: &Planned) {
         let bytes = planned.approx_bytes();
         if bytes > USER_BYTES {
             return;
@@ -89,7 +89,7 @@ impl PlanCache {
 
     /// The plan kept for query `id`, if it was planned for `principal` (same user, same
     /// groups); the caller checks that it is still current.
-    pub fn take(&self, id: &str, principal: &Principal) -> Option<Planned> {
+    pub(crate) fn take(&self, id: &str, principal: &Principal) -> Option<Planned> {
         let entry = self.lock().remove(id)?;
         (&entry.principal == principal && entry.at.elapsed() < self.max_age)
             .then_some(entry.planned)

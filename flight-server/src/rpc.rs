@@ -13,7 +13,7 @@ use crate::service::QuiverFlightSql;
 
 /// [`QuiverFlightSql`] as the `FlightService` the server runs.
 #[derive(Debug, Clone)]
-pub struct FlightSqlRpc(pub QuiverFlightSql);
+pub(crate) struct FlightSqlRpc(pub QuiverFlightSql);
 
 type Sql = QuiverFlightSql;
 

@@ -19,23 +19,23 @@ use sha2::{Digest, Sha256};
 use tonic::Request;
 
 /// The cookie naming a session (Flight spec).
-pub const COOKIE: &str = "arrow_flight_session_id";
+pub(crate) const COOKIE: &str = "arrow_flight_session_id";
 /// Action types (Flight spec).
-pub const SET_SESSION_OPTIONS: &str = "SetSessionOptions";
-pub const GET_SESSION_OPTIONS: &str = "GetSessionOptions";
-pub const CLOSE_SESSION: &str = "CloseSession";
+pub(crate) const SET_SESSION_OPTIONS: &str = "SetSessionOptions";
+pub(crate) const GET_SESSION_OPTIONS: &str = "GetSessionOptions";
+pub(crate) const CLOSE_SESSION: &str = "CloseSession";
 
 /// A session unused this long is forgotten.
-pub const IDLE: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const IDLE: Duration = Duration::from_secs(24 * 3600);
 /// Sessions kept at most.
-pub const CAPACITY: usize = 100_000;
+pub(crate) const CAPACITY: usize = 100_000;
 /// Sessions one user keeps at most (a pool of that many connections): a user opening more
 /// forgets their own oldest, never another user's.
-pub const PER_USER: usize = 500;
+pub(crate) const PER_USER: usize = 500;
 
 /// What a session remembers.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Options {
+pub(crate) struct Options {
     /// Where unqualified table names are looked up.
     pub schema: Option<String>,
 }
@@ -48,7 +48,7 @@ struct Session {
 
 /// The open sessions, by id, and the id each bearer credential's calls use.
 #[derive(Clone, Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     inner: Arc<Mutex<Open>>,
 }
 
@@ -62,7 +62,7 @@ struct Open {
 
 /// How a call names its session.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     cookie: Option<String>,
     bearer: Option<[u8; 32]>,
 }
@@ -71,7 +71,7 @@ impl Caller {
     /// The session cookie and the credential of `request`. The credential is taken as
     /// the server reads it — Basic user and password, or the bearer token — so spellings of
     /// one credential (padding, spaces, the scheme's case) name one session.
-    pub fn of<T>(request: &Request<T>) -> Self {
+    pub(crate) fn of<T>(request: &Request<T>) -> Self {
         let cookie = request
             .metadata()
             .get_all("cookie")
@@ -104,7 +104,7 @@ fn canonical_credential(header: &str) -> Option<String> {
 
 impl Sessions {
     /// The options of `caller`'s session, if `user` has one.
-    pub fn options(&self, caller: &Caller, user: &str) -> Options {
+    pub(crate) fn options(&self, caller: &Caller, user: &str) -> Options {
         let mut open = self.lock();
         match open.find(caller, user) {
             Some(id) => {
@@ -118,7 +118,12 @@ impl Sessions {
 
     /// Changes the options of `caller`'s session (opening one for `user` if needed) with
     /// `change`; returns the session's id, for the cookie.
-    pub fn update(&self, caller: &Caller, user: &str, change: impl FnOnce(&mut Options)) -> String {
+    pub(crate) fn update(
+        &self,
+        caller: &Caller,
+        user: &str,
+        change: impl FnOnce(&mut Options),
+    ) -> String {
         let mut open = self.lock();
         let id = match open.find(caller, user) {
             Some(id) => id,
@@ -134,7 +139,7 @@ impl Sessions {
     }
 
     /// Forgets `caller`'s session; whether there was one.
-    pub fn close(&self, caller: &Caller, user: &str) -> bool {
+    pub(crate) fn close(&self, caller: &Caller, user: &str) -> bool {
         let mut open = self.lock();
         let Some(id) = open.find(caller, user) else {
             return false;
@@ -227,12 +232,12 @@ impl Open {
 }
 
 /// `Flight.proto`'s session messages.
-pub mod proto {
+pub(crate) mod proto {
     use std::collections::HashMap;
 
     /// `SessionOptionValue`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct SessionOptionValue {
+    pub(crate) struct SessionOptionValue {
         #[prost(oneof = "Value", tags = "1, 2, 3, 4, 5")]
         pub option_value: Option<Value>,
     }
@@ -240,7 +245,7 @@ pub mod proto {
     /// `SessionOptionValue.option_value`.
     #[derive(Clone, PartialEq, prost::Oneof)]
     #[allow(clippy::enum_variant_names)] // the names of Flight.proto's oneof
-    pub enum Value {
+    pub(crate) enum Value {
         #[prost(string, tag = "1")]
         StringValue(String),
         #[prost(bool, tag = "2")]
@@ -255,28 +260,28 @@ pub mod proto {
 
     /// `SessionOptionValue.StringListValue`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct StringList {
+    pub(crate) struct StringList {
         #[prost(string, repeated, tag = "1")]
         pub values: Vec<String>,
     }
 
     /// `SetSessionOptionsRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct SetSessionOptionsRequest {
+    pub(crate) struct SetSessionOptionsRequest {
         #[prost(map = "string, message", tag = "1")]
         pub session_options: HashMap<String, SessionOptionValue>,
     }
 
     /// `SetSessionOptionsResult`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct SetSessionOptionsResult {
+    pub(crate) struct SetSessionOptionsResult {
         #[prost(map = "string, message", tag = "1")]
         pub errors: HashMap<String, SetSessionOptionsError>,
     }
 
     /// `SetSessionOptionsResult.Error`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct SetSessionOptionsError {
+    pub(crate) struct SetSessionOptionsError {
         #[prost(enumeration = "ErrorValue", tag = "1")]
         pub value: i32,
     }
@@ -293,14 +298,14 @@ pub mod proto {
 
     /// `GetSessionOptionsResult`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct GetSessionOptionsResult {
+    pub(crate) struct GetSessionOptionsResult {
         #[prost(map = "string, message", tag = "1")]
         pub session_options: HashMap<String, SessionOptionValue>,
     }
 
     /// `CloseSessionResult`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct CloseSessionResult {
+    pub(crate) struct CloseSessionResult {
         #[prost(enumeration = "CloseStatus", tag = "1")]
         pub status: i32,
     }

@@ -247,7 +247,8 @@ pub struct QueryLog {
     started: Instant,
     rows: AtomicU64,
     bytes: AtomicU64,
-    outcome: Mutex<Option<String>>,
+    /// How it ended: the metric's label and the audit's text.
+    outcome: Mutex<Option<(&'static str, String)>>,
     running: RunningQueries,
     audit: Option<Arc<StateStore>>,
 }
@@ -298,23 +299,48 @@ impl QueryLog {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64
     }
 
-    /// Records how the query ended (the first outcome recorded wins).
-    pub fn set_outcome(&self, outcome: impl Into<String>) {
+    /// Records how the query ended (the first outcome recorded wins): `label` for the
+    /// `quiver_queries_total` metric, `text` for the audit log.
+    fn set_outcome(&self, label: &'static str, text: String) {
         let mut slot = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert_with(|| outcome.into());
+        slot.get_or_insert((label, text));
+    }
+
+    /// It ran to its end.
+    pub fn succeeded(&self) {
+        self.set_outcome("ok", "ok".into());
+    }
+
+    /// It was cancelled (`why` says by whom, e.g. `cancelled: by request`).
+    pub fn cancelled(&self, why: &str) {
+        self.set_outcome("cancelled", why.into());
+    }
+
+    /// It was refused before it ran (a bound, a bad parameter, no free slot).
+    pub fn refused(&self, status: &Status) {
+        self.set_outcome("refused", format!("refused: {}", status.message()));
+    }
+
+    /// It failed; a statement stopped at its deadline counts as a timeout.
+    pub fn failed(&self, status: &Status) {
+        let label = match status.code() {
+            tonic::Code::DeadlineExceeded => "timeout",
+            _ => "error",
+        };
+        self.set_outcome(label, format!("error: {}", status.message()));
     }
 }
 
 impl Drop for QueryLog {
     fn drop(&mut self) {
         self.running.finish(&self.query_id);
-        let outcome = self
+        let (outcome_label, outcome) = self
             .outcome
             .get_mut()
             .map(|o| o.take())
             .ok()
             .flatten()
-            .unwrap_or_else(|| "cancelled: client went away".into());
+            .unwrap_or_else(|| ("cancelled", "cancelled: client went away".into()));
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let record = QueryRecord {
             user: std::mem::take(&mut self.user),
@@ -324,13 +350,6 @@ impl Drop for QueryLog {
             bytes: self.bytes.load(Ordering::Relaxed),
             duration_ms,
             outcome,
-        };
-        let outcome_label = match record.outcome.as_str() {
-            "ok" => "ok",
-            o if o.starts_with("cancelled") => "cancelled",
-            o if o.starts_with("refused") => "refused",
-            o if o.contains("query.timeout") => "timeout",
-            _ => "error",
         };
         metrics::gauge!("quiver_active_queries").decrement(1.0);
         metrics::counter!("quiver_queries_total", "outcome" => outcome_label).increment(1);
@@ -434,7 +453,7 @@ impl GuardedStream {
 
     fn fail(&mut self, status: Status) -> Poll<Option<Result<RecordBatch, Status>>> {
         self.done = true;
-        self.log.set_outcome(format!("error: {}", status.message()));
+        self.log.failed(&status);
         self.log.release();
         Poll::Ready(Some(Err(status)))
     }
@@ -448,7 +467,7 @@ impl Stream for GuardedStream {
             return Poll::Ready(None);
         }
         if self.cancelled.poll_unpin(cx).is_ready() {
-            self.log.set_outcome("cancelled: by request");
+            self.log.cancelled("cancelled: by request");
             return self.fail(Status::cancelled("the query was cancelled"));
         }
         if self.deadline.poll_unpin(cx).is_ready() {
@@ -470,7 +489,7 @@ impl Stream for GuardedStream {
             Poll::Ready(Some(Err(status))) => self.fail(status),
             Poll::Ready(None) => {
                 self.done = true;
-                self.log.set_outcome("ok");
+                self.log.succeeded();
                 self.log.release();
                 Poll::Ready(None)
             }

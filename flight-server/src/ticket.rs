@@ -15,7 +15,7 @@ use tonic::Status;
 
 /// A ticket for the results of one query.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueryTicket {
+pub(crate) struct QueryTicket {
     /// Identifies the query for cancellation and logs.
     pub query_id: String,
     /// E-mail of the principal the ticket was issued to.
@@ -37,7 +37,7 @@ pub struct QueryTicket {
 
 /// A prepared statement's handle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PreparedHandle {
+pub(crate) struct PreparedHandle {
     /// Identifies the statement (bound parameters are also kept under it).
     pub id: String,
     /// E-mail of the principal that prepared it.
@@ -54,7 +54,7 @@ pub struct PreparedHandle {
 
 /// Signs and checks handles with the server's secret.
 #[derive(Clone)]
-pub struct Sealer {
+pub(crate) struct Sealer {
     key: Vec<u8>,
 }
 
@@ -66,7 +66,7 @@ impl std::fmt::Debug for Sealer {
 
 impl Sealer {
     /// A sealer using `key` (the server secret).
-    pub fn new(key: &[u8]) -> Self {
+    pub(crate) fn new(key: &[u8]) -> Self {
         Self { key: key.to_vec() }
     }
 
@@ -79,14 +79,14 @@ impl Sealer {
     }
 
     /// Serializes and signs `value` as a handle of `kind`.
-    pub fn seal<T: Serialize>(&self, kind: &str, value: &T) -> Bytes {
+    pub(crate) fn seal<T: Serialize>(&self, kind: &str, value: &T) -> Bytes {
         let payload = serde_json::to_vec(value).expect("handles serialize");
         let tag = self.mac(kind, &payload).finalize().into_bytes();
         format!("{}.{}", B64.encode(&payload), B64.encode(tag)).into()
     }
 
     /// Checks the signature (in constant time) and decodes a handle of `kind`.
-    pub fn open<T: DeserializeOwned>(&self, kind: &str, handle: &[u8]) -> Result<T, Status> {
+    pub(crate) fn open<T: DeserializeOwned>(&self, kind: &str, handle: &[u8]) -> Result<T, Status> {
         let invalid = || Status::invalid_argument(format!("invalid or tampered {kind} handle"));
         let text = std::str::from_utf8(handle).map_err(|_| invalid())?;
         let (payload, tag) = text.split_once('.').ok_or_else(invalid)?;
@@ -104,14 +104,16 @@ mod b64_opt {
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(bytes) => s.serialize_some(&STANDARD.encode(bytes)),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|s| STANDARD.decode(s).map_err(D::Error::custom))
             .transpose()

@@ -16,7 +16,7 @@ use arrow_flight::FlightData;
 
 /// Why a message was refused before decoding.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UploadError {
+pub(crate) enum UploadError {
     /// It would decode to more than what is left of the budget.
     #[error("it decodes to more than the {budget} bytes left")]
     OverBudget {
@@ -30,7 +30,7 @@ pub enum UploadError {
 
 /// The bytes `message`'s buffers hold once decoded — its body as sent, or for compressed
 /// buffers the lengths they claim (checked) — refusing as soon as that passes `budget`.
-pub fn decoded_len(message: &FlightData, budget: usize) -> Result<usize, UploadError> {
+pub(crate) fn decoded_len(message: &FlightData, budget: usize) -> Result<usize, UploadError> {
     let body = &message.data_body[..];
     if message.data_header.is_empty() {
         return within(body.len(), budget);

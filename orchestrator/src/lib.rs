@@ -17,14 +17,14 @@
 
 mod demo;
 pub mod jira;
-pub mod profile;
+pub(crate) mod profile;
 mod publish;
 mod recovery;
-pub mod retention;
+pub(crate) mod retention;
 mod runs;
-pub mod schedule;
+pub(crate) mod schedule;
 mod scheduler;
-pub mod sync;
+pub(crate) mod sync;
 mod validate;
 
 use std::collections::HashMap;

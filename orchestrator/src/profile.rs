@@ -8,7 +8,6 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use serde_json::{Value, json};
 
 use crate::OrchestratorError;
-use crate::sync::quote;
 
 /// Columns with at most this many distinct values get their top values listed.
 const TOP_VALUES_UP_TO: u64 = 1000;
@@ -25,7 +24,10 @@ fn orderable(data_type: &DataType) -> bool {
 }
 
 /// Profiles the parquet folder at `location`.
-pub async fn profile(ctx: &SessionContext, location: &str) -> Result<Value, OrchestratorError> {
+pub(crate) async fn profile(
+    ctx: &SessionContext,
+    location: &str,
+) -> Result<Value, OrchestratorError> {
     let frame = ctx
         .read_parquet(location, ParquetReadOptions::default())
         .await?;
@@ -122,7 +124,7 @@ async fn top_values(
 }
 
 /// The profiled maximum of `column`, as text (the incremental watermark).
-pub fn max_of(profile: &Value, column: &str) -> Option<String> {
+pub(crate) fn max_of(profile: &Value, column: &str) -> Option<String> {
     profile["columns"]
         .as_array()?
         .iter()
@@ -140,4 +142,9 @@ fn uuid_like() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Double-quotes an identifier for DataFusion SQL.
+pub(crate) fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }

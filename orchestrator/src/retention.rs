@@ -14,7 +14,10 @@ use quiver_catalog::{CatalogError, StateStore, Storage, TableName};
 use crate::OrchestratorError;
 
 /// Deletes every object under `prefix`.
-pub async fn delete_prefix(storage: &Storage, prefix: &ObjectPath) -> Result<(), CatalogError> {
+pub(crate) async fn delete_prefix(
+    storage: &Storage,
+    prefix: &ObjectPath,
+) -> Result<(), CatalogError> {
     let store = storage.store();
     let locations = store
         .list(Some(prefix))
@@ -29,7 +32,7 @@ pub async fn delete_prefix(storage: &Storage, prefix: &ObjectPath) -> Result<(),
 }
 
 /// Removes expired versions and orphaned folders; returns how many folders were removed.
-pub async fn collect(
+pub(crate) async fn collect(
     state: &StateStore,
     storage: &Storage,
     retention: Duration,
@@ -42,7 +45,7 @@ pub async fn collect(
 
 /// Removes the versions replaced more than `retention` ago (a query in the state store, so
 /// cheap enough to run after every sync); returns how many.
-pub async fn expire(
+pub(crate) async fn expire(
     state: &StateStore,
     storage: &Storage,
     retention: Duration,
@@ -77,7 +80,7 @@ async fn delete_object(storage: &Storage, key: &ObjectPath) -> Result<(), Catalo
 
 /// What a sweep of orphaned files did.
 #[derive(Debug, Default)]
-pub struct Swept {
+pub(crate) struct Swept {
     /// How many folders files were removed from.
     pub folders: usize,
     /// The tables in scope left alone because a sync of theirs was running or started
@@ -90,7 +93,7 @@ pub struct Swept {
 /// here (`busy`) or anywhere (a run `running` in the state, or started since the listing
 /// began). With `min_age`, only files older than that (a deleted table's last version may
 /// still be read for a while); without, every orphan.
-pub async fn sweep_orphans(
+pub(crate) async fn sweep_orphans(
     state: &StateStore,
     storage: &Storage,
     scope: Option<&[TableName]>,

@@ -14,7 +14,8 @@ use quiver_catalog::{CatalogError, NewVersion, Principal, TableName};
 use quiver_config::{SyncMode, TableDef};
 use quiver_connectors::{Batches, ConnectorError, Landed, ParquetSink, ReadRequest};
 
-use crate::{Orchestrator, OrchestratorError, Running, profile};
+use crate::profile::{self, quote};
+use crate::{Orchestrator, OrchestratorError, Running};
 
 /// How often a long sync logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -167,11 +168,6 @@ async fn remove_folder(orchestrator: &Orchestrator, location: &str) {
     {
         tracing::warn!(folder = location, error = %e, "cannot remove an unpublished folder");
     }
-}
-
-/// Double-quotes an identifier for DataFusion SQL.
-pub(crate) fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Single-quotes a string literal.

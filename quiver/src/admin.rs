@@ -19,7 +19,7 @@ use quiver_config::Config;
 const ACTOR: &str = "quiver admin";
 
 #[derive(Debug, Args)]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// Configuration file (default: quiver.yaml if present).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
@@ -139,13 +139,13 @@ enum TokenCommand {
 
 impl AdminArgs {
     /// The configuration file given, if any.
-    pub fn config(&self) -> Option<&std::path::Path> {
+    pub(crate) fn config(&self) -> Option<&std::path::Path> {
         self.config.as_deref()
     }
 }
 
 /// Runs an admin command.
-pub fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
+pub(crate) fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
     let mut config = config;
     if let Some(dir) = args.data_dir {
         config.storage.data_dir = dir;

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use quiver_config::Config;
 
 /// The running server, as one admin.
-pub struct Remote {
+pub(crate) struct Remote {
     base: String,
     token: String,
     client: reqwest::Client,
@@ -16,7 +16,7 @@ pub struct Remote {
 impl Remote {
     /// The server `config` names, with the token from `QUIVER_TOKEN`; without one, the error
     /// says what else the admin can do (`instead`).
-    pub fn new(config: &Config, purpose: &str, instead: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &Config, purpose: &str, instead: &str) -> anyhow::Result<Self> {
         let Ok(token) = std::env::var("QUIVER_TOKEN") else {
             bail!(
                 "the server is running (it holds the state file). Set QUIVER_TOKEN to an admin's personal access token to {purpose} through it, or {instead}"
@@ -36,7 +36,7 @@ impl Remote {
 
     /// `POST path` with an optional JSON body; a refusal becomes an error with the server's
     /// message.
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         path: &str,
         body: Option<serde_json::Value>,
@@ -54,7 +54,10 @@ impl Remote {
     }
 
     /// `GET path`, its answer as JSON.
-    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub(crate) async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<T> {
         let request = self
             .client
             .get(format!("{}{path}", self.base))

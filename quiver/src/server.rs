@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the server; `demo_scale` also makes sure the TPC-H demo data exists.
-pub fn run(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
+pub(crate) fn run(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("quiver")
@@ -127,7 +127,7 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         .await
         .context("cannot prepare the table definitions")?;
     let tokens = TokenSigner::new(&secret, config.auth.token_lifetime);
-    let auth = Arc::new(Authenticator::new(state.clone(), tokens.clone()));
+    let auth = Arc::new(Authenticator::new(state.clone(), tokens));
     let flight = QuiverFlightSql::new(
         engine.clone(),
         &secret,
@@ -199,7 +199,6 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         state: state.clone(),
         engine: engine.clone(),
         orchestrator: orchestrator.clone(),
-        tokens,
         auth,
         sessions: Arc::new(quiver_admin::session::Sessions::new(&secret)),
         metrics: install_metrics(),
@@ -287,7 +286,7 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
 }
 
 /// The query engine with the `query` section's limits, spilling into `data_dir/spill`.
-pub fn open_engine(
+pub(crate) fn open_engine(
     config: &Config,
     state: &Arc<StateStore>,
     storage: &Storage,
@@ -318,7 +317,7 @@ pub fn open_engine(
 
 /// The orchestrator with the `sync` section's settings, downloading into `data_dir/scratch`,
 /// keeping Jira's tables when `jira:` is configured.
-pub fn new_orchestrator(
+pub(crate) fn new_orchestrator(
     config: &Config,
     state: &Arc<StateStore>,
     storage: &Storage,
@@ -340,7 +339,7 @@ pub fn new_orchestrator(
 }
 
 /// The object store for table data: the configured URL, else `data_dir/objects`.
-pub fn open_storage(config: &Config) -> anyhow::Result<Storage> {
+pub(crate) fn open_storage(config: &Config) -> anyhow::Result<Storage> {
     Ok(match &config.storage.object_store {
         // Remote stores take their credentials from the usual AWS_* variables.
         Some(url) => Storage::open(

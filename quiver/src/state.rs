@@ -14,7 +14,7 @@ use quiver_config::Config;
 
 /// Arguments of `quiver state`.
 #[derive(Debug, Args)]
-pub struct StateArgs {
+pub(crate) struct StateArgs {
     #[command(subcommand)]
     command: StateCommand,
 }
@@ -70,7 +70,7 @@ impl Installation {
 }
 
 /// Runs a state command.
-pub fn run(args: StateArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: StateArgs) -> anyhow::Result<()> {
     match args.command {
         StateCommand::Migrate { from, to } => {
             if !from.exists() {

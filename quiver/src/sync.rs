@@ -20,7 +20,7 @@ use quiver_orchestrator::Trigger;
 
 /// `quiver sync` arguments.
 #[derive(Debug, Args)]
-pub struct SyncArgs {
+pub(crate) struct SyncArgs {
     /// The table to sync, `schema.table`.
     table: String,
     /// Configuration file (default: quiver.yaml if present).
@@ -39,7 +39,7 @@ pub struct SyncArgs {
 
 impl SyncArgs {
     /// The configuration file given, if any.
-    pub fn config(&self) -> Option<&std::path::Path> {
+    pub(crate) fn config(&self) -> Option<&std::path::Path> {
         self.config.as_deref()
     }
 }
@@ -64,7 +64,7 @@ fn progress_message(rows: u64, bytes: u64) -> String {
 }
 
 /// Runs `quiver sync`; returns whether the sync succeeded.
-pub fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
+pub(crate) fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
     if let Some(dir) = &args.data_dir {
         config.storage.data_dir = dir.clone();
     }

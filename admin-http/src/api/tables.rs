@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use quiver_catalog::state::tables::{self as registry, Origin as DefinedIn};
+use quiver_catalog::state::tables::{self as registry, DefinedIn};
 use quiver_catalog::{CatalogError, StateStore, TableName};
 use quiver_config::{SyncMode, TableDef};
 use serde::{Deserialize, Serialize};
@@ -12,25 +12,6 @@ use utoipa::ToSchema;
 use crate::auth::AdminCaller;
 use crate::error::ApiError;
 use crate::{AppState, blocking};
-
-/// Where a definition came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// The `tables:` list of the configuration file (changed there, not through the API).
-    Config,
-    /// The admin API.
-    Api,
-}
-
-impl From<DefinedIn> for Origin {
-    fn from(o: DefinedIn) -> Self {
-        match o {
-            DefinedIn::Config => Self::Config,
-            DefinedIn::Api => Self::Api,
-        }
-    }
-}
 
 /// One sync run (also what `quiver sync` reads back from a running server).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -86,7 +67,8 @@ pub struct TableInfo {
     pub(crate) description: Option<String>,
     /// `config` (the configuration file), `api`, or absent for a table published without a
     /// definition (the demo data).
-    pub(crate) origin: Option<Origin>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) origin: Option<DefinedIn>,
     /// What to sync and when; secrets appear as the `${ENV}` references they are stored as.
     #[schema(value_type = Option<Object>)]
     pub(crate) definition: Option<TableDef>,
@@ -140,7 +122,7 @@ pub(crate) fn table_infos(
             description: entry
                 .and_then(|e| e.description.clone())
                 .or_else(|| definition.and_then(|d| d.def.description.clone())),
-            origin: definition.map(|d| d.origin.into()),
+            origin: definition.map(|d| d.origin),
             definition: definition.map(|d| d.def.clone()),
             version: entry.map(|e| e.version),
             rows: entry.filter(|_| copied).map(|e| e.rows),

@@ -10,7 +10,7 @@ use crate::{AppState, blocking};
 /// The tables you may read: columns, freshness, row counts.
 #[utoipa::path(get, path = "/catalog", tag = "web",
     responses((status = 200, content_type = "text/html", body = String), (status = 303)))]
-pub async fn catalog(State(app): State<AppState>, user: PageUser) -> Response {
+pub(crate) async fn catalog(State(app): State<AppState>, user: PageUser) -> Response {
     let tables = match app.engine.visible_tables(&user.principal).await {
         Ok(t) => t,
         Err(e) => return crate::error::ApiError::from(e).into_response(),

@@ -103,13 +103,13 @@ fn date(epoch: Option<u64>) -> String {
 /// The Connect page: the Flight SQL URI, ready-to-copy snippets and your tokens.
 #[utoipa::path(get, path = "/connect", tag = "web",
     responses((status = 200, content_type = "text/html", body = String), (status = 303)))]
-pub async fn connect(State(app): State<AppState>, user: PageUser) -> Response {
+pub(crate) async fn connect(State(app): State<AppState>, user: PageUser) -> Response {
     connect_page(&app, &user, None, None).await
 }
 
 /// The new-token form.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct TokenForm {
+pub(crate) struct TokenForm {
     name: String,
     expires_in_days: Option<String>,
     csrf: String,
@@ -119,7 +119,7 @@ pub struct TokenForm {
 #[utoipa::path(post, path = "/connect/tokens", tag = "web",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, content_type = "text/html", body = String), (status = 303)))]
-pub async fn create_token(
+pub(crate) async fn create_token(
     State(app): State<AppState>,
     user: PageUser,
     CsrfForm(form): CsrfForm<TokenForm>,
@@ -158,7 +158,7 @@ pub async fn create_token(
     params(("id" = String, Path)),
     request_body(content = Confirm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303)))]
-pub async fn revoke_token(
+pub(crate) async fn revoke_token(
     State(app): State<AppState>,
     user: PageUser,
     Path(id): Path<String>,

@@ -80,13 +80,13 @@ async fn grants_page(app: &AppState, user: &PageUser, error: Option<String>) -> 
 /// Administer grants.
 #[utoipa::path(get, path = "/admin/grants", tag = "web",
     responses((status = 200, content_type = "text/html", body = String), (status = 303), (status = 403)))]
-pub async fn grants(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> Response {
+pub(crate) async fn grants(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> Response {
     grants_page(&app, &user, None).await
 }
 
 /// The new-grant form.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct GrantForm {
+pub(crate) struct GrantForm {
     group: String,
     table: String,
     row_filter: Option<String>,
@@ -99,7 +99,7 @@ pub struct GrantForm {
 #[utoipa::path(post, path = "/admin/grants", tag = "web",
     request_body(content = GrantForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 422)))]
-pub async fn create_grant(
+pub(crate) async fn create_grant(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     CsrfForm(form): CsrfForm<GrantForm>,
@@ -148,7 +148,7 @@ pub async fn create_grant(
 #[utoipa::path(post, path = "/admin/grants/{id}/revoke", tag = "web", params(("id" = i64, Path)),
     request_body(content = Confirm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 422)))]
-pub async fn revoke_grant(
+pub(crate) async fn revoke_grant(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     Path(id): Path<i64>,

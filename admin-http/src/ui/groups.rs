@@ -80,13 +80,13 @@ async fn groups_page(app: &AppState, user: &PageUser, error: Option<String>) -> 
 /// Administer groups and their members.
 #[utoipa::path(get, path = "/admin/groups", tag = "web",
     responses((status = 200, content_type = "text/html", body = String), (status = 303), (status = 403)))]
-pub async fn groups(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> Response {
+pub(crate) async fn groups(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> Response {
     groups_page(&app, &user, None).await
 }
 
 /// A form naming a group or a member.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct NameForm {
+pub(crate) struct NameForm {
     name: Option<String>,
     email: Option<String>,
     csrf: String,
@@ -96,7 +96,7 @@ pub struct NameForm {
 #[utoipa::path(post, path = "/admin/groups", tag = "web",
     request_body(content = NameForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 422)))]
-pub async fn create_group(
+pub(crate) async fn create_group(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     CsrfForm(form): CsrfForm<NameForm>,
@@ -113,7 +113,7 @@ pub async fn create_group(
 #[utoipa::path(post, path = "/admin/groups/{name}/delete", tag = "web", params(("name" = String, Path)),
     request_body(content = Confirm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 422)))]
-pub async fn delete_group(
+pub(crate) async fn delete_group(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     Path(name): Path<String>,
@@ -130,7 +130,7 @@ pub async fn delete_group(
 #[utoipa::path(post, path = "/admin/groups/{name}/members", tag = "web", params(("name" = String, Path)),
     request_body(content = NameForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 422)))]
-pub async fn add_member(
+pub(crate) async fn add_member(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     Path(name): Path<String>,
@@ -154,7 +154,7 @@ pub async fn add_member(
     params(("name" = String, Path), ("email" = String, Path)),
     request_body(content = Confirm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 422)))]
-pub async fn remove_member(
+pub(crate) async fn remove_member(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     Path((name, email)): Path<(String, String)>,

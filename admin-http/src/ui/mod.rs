@@ -15,13 +15,13 @@ mod sign_in;
 mod tables;
 mod users;
 
-pub use catalog::*;
-pub use connect::*;
-pub use grants::*;
-pub use groups::*;
-pub use sign_in::*;
-pub use tables::*;
-pub use users::*;
+pub(crate) use catalog::*;
+pub(crate) use connect::*;
+pub(crate) use grants::*;
+pub(crate) use groups::*;
+pub(crate) use sign_in::*;
+pub(crate) use tables::*;
+pub(crate) use users::*;
 
 use axum::Form;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -37,7 +37,7 @@ use crate::AppState;
 use crate::session::{SESSION_COOKIE, cookie};
 
 /// A signed-in visitor of the pages; anyone else is sent to the sign-in page.
-pub struct PageUser {
+pub(crate) struct PageUser {
     principal: Principal,
     session: String,
     /// The session token, verified: what signing out ends.
@@ -85,7 +85,7 @@ impl FromRequestParts<AppState> for PageUser {
 }
 
 /// A signed-in administrator; other signed-in users get 403.
-pub struct PageAdmin(PageUser);
+pub(crate) struct PageAdmin(PageUser);
 
 impl FromRequestParts<AppState> for PageAdmin {
     type Rejection = Response;
@@ -111,7 +111,7 @@ const STYLE: &str = include_str!("style.css");
 /// The headers every response carries. Pages run no script and load nothing from elsewhere,
 /// so the policy allows only the inline style sheet above (by its hash), images of this
 /// server, forms posting back to it, and no framing (clickjacking).
-pub async fn security_headers(request: Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn security_headers(request: Request, next: axum::middleware::Next) -> Response {
     use axum::http::{HeaderValue, header};
     use std::sync::LazyLock;
     static POLICY: LazyLock<HeaderValue> = LazyLock::new(|| {
@@ -213,10 +213,10 @@ fn form_page(
 /// A form that changes something, with the session's CSRF token checked: a forged or stale
 /// form is refused (403) before the handler runs. The handler's [`PageUser`] or
 /// [`PageAdmin`] has already authenticated the session.
-pub struct CsrfForm<T>(pub T);
+pub(crate) struct CsrfForm<T>(pub T);
 
 /// A form that carries the session's CSRF token (field `csrf`).
-pub trait Csrf {
+pub(crate) trait Csrf {
     /// The token sent with the form.
     fn csrf(&self) -> &str;
 }
@@ -258,7 +258,7 @@ impl<T: Csrf + DeserializeOwned + Send> FromRequest<AppState> for CsrfForm<T> {
 
 /// A form carrying only the CSRF token (buttons: revoke, delete, sync, sign out).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct Confirm {
+pub(crate) struct Confirm {
     csrf: String,
 }
 

@@ -7,12 +7,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use quiver_catalog::auth::authenticator::{Credentials, Edge, SignInError, SignedIn};
-use quiver_catalog::auth::principal::unix_now;
 use serde::Deserialize;
 
 use super::{Confirm, CsrfForm, PageUser, html_response, layout};
 use crate::error::ApiError;
-use crate::session::{SESSION_COOKIE, cookie, is_https, start_cookies};
+use crate::session::{self, SESSION_COOKIE, cookie, is_https};
 use crate::{AppState, blocking};
 
 /// The cookie holding the sign-in form's CSRF token (there is no session yet).
@@ -20,7 +19,7 @@ const LOGIN_CSRF_COOKIE: &str = "quiver_login_csrf";
 
 /// `GET /`: the Connect page when signed in, else the sign-in page.
 #[utoipa::path(get, path = "/", tag = "web", responses((status = 303)))]
-pub async fn home(headers: HeaderMap) -> Redirect {
+pub(crate) async fn home(headers: HeaderMap) -> Redirect {
     if cookie(&headers, SESSION_COOKIE).is_some() {
         Redirect::to("/connect")
     } else {
@@ -31,7 +30,7 @@ pub async fn home(headers: HeaderMap) -> Redirect {
 /// `?next=` of the sign-in page.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct Next {
+pub(crate) struct Next {
     next: Option<String>,
 }
 
@@ -84,7 +83,7 @@ fn local_next(next: Option<&str>) -> String {
 /// The sign-in page: a password form and one button per identity provider.
 #[utoipa::path(get, path = "/login", tag = "web", params(Next),
     responses((status = 200, content_type = "text/html", body = String)))]
-pub async fn login_form(
+pub(crate) async fn login_form(
     State(app): State<AppState>,
     Query(q): Query<Next>,
     headers: HeaderMap,
@@ -100,7 +99,7 @@ pub async fn login_form(
 
 /// The sign-in form.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct LoginForm {
+pub(crate) struct LoginForm {
     email: String,
     password: String,
     next: Option<String>,
@@ -111,7 +110,7 @@ pub struct LoginForm {
 #[utoipa::path(post, path = "/login", tag = "web",
     request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 401, content_type = "text/html", body = String)))]
-pub async fn login_submit(
+pub(crate) async fn login_submit(
     State(app): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
@@ -161,20 +160,13 @@ pub async fn login_submit(
                 ),
             );
         }
-        Err(SignInError::Refused) => {
+        Err(SignInError::Refused | SignInError::Deactivated) => {
             return retry(StatusCode::UNAUTHORIZED, "Invalid e-mail or password.");
         }
         Err(SignInError::Failed(e)) => return ApiError::from(e).into_response(),
     };
     let mut response = Redirect::to(&next).into_response();
-    for c in start_cookies(
-        &app.sessions,
-        &token,
-        expires_at.saturating_sub(unix_now()),
-        https,
-    ) {
-        response.headers_mut().append(header::SET_COOKIE, c);
-    }
+    session::start(&mut response, &app.sessions, &token, expires_at, https);
     response
 }
 
@@ -182,7 +174,7 @@ pub async fn login_submit(
 #[utoipa::path(post, path = "/logout", tag = "web",
     request_body(content = Confirm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303)))]
-pub async fn logout(
+pub(crate) async fn logout(
     State(app): State<AppState>,
     user: PageUser,
     CsrfForm(_confirmed): CsrfForm<Confirm>,
@@ -198,8 +190,6 @@ pub async fn logout(
         }
     }
     let mut response = Redirect::to("/login").into_response();
-    for c in crate::session::end_cookies() {
-        response.headers_mut().append(header::SET_COOKIE, c);
-    }
+    session::end(&mut response);
     response
 }

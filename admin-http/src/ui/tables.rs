@@ -11,7 +11,7 @@ use crate::{AppState, blocking};
 /// Every table: its source and schedule, current version, and last sync.
 #[utoipa::path(get, path = "/admin/tables", tag = "web",
     responses((status = 200, content_type = "text/html", body = String), (status = 303), (status = 403)))]
-pub async fn tables(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> Response {
+pub(crate) async fn tables(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> Response {
     tables_page(&app, &user, None).await
 }
 
@@ -78,7 +78,7 @@ async fn tables_page(app: &AppState, user: &PageUser, error: Option<String>) -> 
     params(("table" = String, Path, description = "`schema.table`")),
     request_body(content = Confirm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403)))]
-pub async fn sync_table(
+pub(crate) async fn sync_table(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     Path(table): Path<String>,
@@ -97,7 +97,7 @@ pub async fn sync_table(
 /// Recent audit log entries, optionally of one action.
 #[utoipa::path(get, path = "/admin/audit", tag = "web", params(AuditQuery),
     responses((status = 200, content_type = "text/html", body = String), (status = 303), (status = 403)))]
-pub async fn audit(
+pub(crate) async fn audit(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     Query(query): Query<AuditQuery>,

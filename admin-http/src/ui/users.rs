@@ -58,13 +58,13 @@ async fn users_page(app: &AppState, user: &PageUser, error: Option<String>) -> R
 /// Administer users.
 #[utoipa::path(get, path = "/admin/users", tag = "web",
     responses((status = 200, content_type = "text/html", body = String), (status = 303), (status = 403)))]
-pub async fn users(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> Response {
+pub(crate) async fn users(State(app): State<AppState>, PageAdmin(user): PageAdmin) -> Response {
     users_page(&app, &user, None).await
 }
 
 /// The new-user form.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct UserForm {
+pub(crate) struct UserForm {
     email: String,
     name: Option<String>,
     password: Option<String>,
@@ -75,7 +75,7 @@ pub struct UserForm {
 #[utoipa::path(post, path = "/admin/users", tag = "web",
     request_body(content = UserForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 422)))]
-pub async fn create_user(
+pub(crate) async fn create_user(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     CsrfForm(form): CsrfForm<UserForm>,
@@ -98,7 +98,7 @@ pub async fn create_user(
 
 /// The activate/deactivate form.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct ActiveForm {
+pub(crate) struct ActiveForm {
     active: bool,
     csrf: String,
 }
@@ -107,7 +107,7 @@ pub struct ActiveForm {
 #[utoipa::path(post, path = "/admin/users/{email}/active", tag = "web", params(("email" = String, Path)),
     request_body(content = ActiveForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 422)))]
-pub async fn set_active(
+pub(crate) async fn set_active(
     State(app): State<AppState>,
     PageAdmin(user): PageAdmin,
     Path(email): Path<String>,

@@ -33,6 +33,22 @@ pub enum Credentials {
     Password { email: String, password: String },
     /// An OAuth client's id and secret (client credentials grant).
     Client { id: String, secret: String },
+    /// An identity an identity provider vouched for (an ID token the edge verified): the
+    /// user is created or updated, and their provider groups synced, on sign-in.
+    Idp(IdpIdentity),
+}
+
+/// Who an identity provider says a person is.
+#[derive(Debug, Clone)]
+pub struct IdpIdentity {
+    /// The provider's name in the configuration.
+    pub provider: String,
+    /// The verified e-mail.
+    pub email: String,
+    /// The display name, when the provider gives one.
+    pub name: Option<String>,
+    /// The provider's groups, when its configuration maps a groups claim.
+    pub groups: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -40,6 +56,7 @@ impl std::fmt::Debug for Credentials {
         match self {
             Self::Password { email, .. } => write!(f, "Password({email})"),
             Self::Client { id, .. } => write!(f, "Client({id})"),
+            Self::Idp(identity) => write!(f, "Idp({}, {})", identity.provider, identity.email),
         }
     }
 }
@@ -50,6 +67,7 @@ impl Credentials {
         match self {
             Self::Password { email, .. } => email.trim().to_lowercase(),
             Self::Client { id, .. } => id.clone(),
+            Self::Idp(identity) => identity.email.trim().to_lowercase(),
         }
     }
 }
@@ -65,6 +83,10 @@ pub enum Edge {
     Web,
     /// `POST /oauth/token` with client credentials.
     OAuth,
+    /// The web UI's sign-in through an OpenID provider.
+    Oidc,
+    /// `POST /oauth/token` exchanging a provider's ID token.
+    TokenExchange,
 }
 
 impl Edge {
@@ -74,6 +96,8 @@ impl Edge {
             Self::Http => "http",
             Self::Web => "web",
             Self::OAuth => "oauth",
+            Self::Oidc => "oidc",
+            Self::TokenExchange => "token_exchange",
         }
     }
 
@@ -83,6 +107,8 @@ impl Edge {
             Self::Http => "http",
             Self::Web => "web",
             Self::OAuth => "oauth client_credentials",
+            Self::Oidc => "oidc",
+            Self::TokenExchange => "oauth token_exchange",
         }
     }
 }
@@ -107,6 +133,10 @@ pub enum SignInError {
     /// Wrong, unknown, inactive or revoked: deliberately not said which.
     #[error("invalid credentials")]
     Refused,
+    /// An identity provider vouched for the person, whose account here is deactivated
+    /// (said plainly: the provider has proven who asks).
+    #[error("your account is deactivated; ask an administrator")]
+    Deactivated,
     /// The state store failed.
     #[error(transparent)]
     Failed(#[from] CatalogError),
@@ -336,13 +366,16 @@ impl Authenticator {
         address: Option<&str>,
     ) -> Result<SignedIn, SignInError> {
         let account = credentials.account();
+        // A provider's word is not guessed, so it is not throttled: an attacker guessing a
+        // person's password does not lock them out of single sign-on.
+        let vouched = matches!(credentials, Credentials::Idp(_));
         let state = self.state.clone();
         let who = account.clone();
         let throttle = self.throttle.clone();
         let from = address.map(str::to_string);
         let verified = tokio::task::spawn_blocking(move || {
             let address = from.as_deref();
-            if let Err(wait) = throttle.check(&state, &who, address)? {
+            if !vouched && let Err(wait) = throttle.check(&state, &who, address)? {
                 return Ok(Err(SignInError::Throttled(wait)));
             }
             let verified = verify(&state, &credentials)?;
@@ -351,6 +384,7 @@ impl Authenticator {
                 .audit()
                 .record_event(&who, "login", Some(edge.audit()), outcome)?;
             match &verified {
+                _ if vouched => {}
                 Some(_) => throttle.succeeded(&state, &who)?,
                 None => throttle.failed(&state, &who, address)?,
             }
@@ -363,7 +397,11 @@ impl Authenticator {
             .increment(1);
         let Some((principal, origin)) = verified else {
             tracing::warn!(account = %account, address = ?address, via = edge.metric(), "sign-in refused");
-            return Err(SignInError::Refused);
+            return Err(if vouched {
+                SignInError::Deactivated
+            } else {
+                SignInError::Refused
+            });
         };
         let (token, expires_at) = self.tokens.issue(principal.email(), origin)?;
         tracing::info!(user = %principal.email(), via = edge.metric(), "signed in");
@@ -395,6 +433,15 @@ fn verify(
             .identity()
             .client_principal(id, secret)?
             .map(|p| (p, Some(Origin::Client(id.clone())))),
+        Credentials::Idp(identity) => state
+            .identity()
+            .sign_in_from_idp(
+                &identity.provider,
+                &identity.email,
+                identity.name.as_deref(),
+                identity.groups.as_deref(),
+            )?
+            .map(|p| (p, None)),
     })
 }
 

@@ -12,7 +12,7 @@ use crate::state::{StateStore, Timestamp, params};
 
 /// Failed-attempt limits for sign-ins.
 #[derive(Debug)]
-pub struct LoginThrottle {
+pub(crate) struct LoginThrottle {
     window: Duration,
     per_account: usize,
     per_address: usize,
@@ -29,7 +29,7 @@ impl Default for LoginThrottle {
 
 impl LoginThrottle {
     /// A throttle allowing `per_account` and `per_address` failures per `window`.
-    pub fn new(window: Duration, per_account: usize, per_address: usize) -> Self {
+    pub(crate) fn new(window: Duration, per_account: usize, per_address: usize) -> Self {
         Self {
             window,
             per_account,
@@ -51,7 +51,7 @@ impl LoginThrottle {
     }
 
     /// `Ok(Err(wait))` when `account` or `address` has failed too often recently.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         state: &StateStore,
         account: &str,
@@ -80,7 +80,7 @@ impl LoginThrottle {
     }
 
     /// Counts a failed attempt.
-    pub fn failed(
+    pub(crate) fn failed(
         &self,
         state: &StateStore,
         account: &str,
@@ -113,7 +113,7 @@ impl LoginThrottle {
     }
 
     /// Clears an account's failures after a successful sign-in.
-    pub fn succeeded(&self, state: &StateStore, account: &str) -> Result<(), CatalogError> {
+    pub(crate) fn succeeded(&self, state: &StateStore, account: &str) -> Result<(), CatalogError> {
         state.conn()?.execute(
             "DELETE FROM sign_in_failures WHERE key = $1",
             params![Self::account_key(account).as_str()],

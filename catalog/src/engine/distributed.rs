@@ -36,13 +36,11 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
-use datafusion::prelude::SessionContext;
 use datafusion_distributed::grpc::{
     BoxCloneSyncChannel, DefaultChannelResolver, create_worker_client,
 };
 use datafusion_distributed::{
-    ChannelResolver, DistributedExt, SessionStateBuilderExt, Worker, WorkerChannel,
-    WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    ChannelResolver, DistributedExt, SessionStateBuilderExt, WorkerChannel, WorkerResolver,
 };
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use hmac::{Hmac, Mac};
@@ -51,7 +49,6 @@ use sha2::Sha256;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use url::Url;
 
-use crate::engine::QueryEngine;
 use crate::engine::policy::PolicyExec;
 
 /// Whose stage it is: the principal's e-mail, base64url (e-mails need not be ASCII).
@@ -143,7 +140,7 @@ impl Distribution {
     }
 
     /// The e-mail a stage runs for, when its headers prove it comes from a replica.
-    fn principal(&self, headers: &HeaderMap) -> Option<String> {
+    pub(super) fn principal(&self, headers: &HeaderMap) -> Option<String> {
         let principal = headers.get(PRINCIPAL_HEADER)?.to_str().ok()?;
         let proof = headers.get(PROOF_HEADER)?.to_str().ok()?;
         if !self.admits(principal, proof) {
@@ -188,7 +185,11 @@ impl Distribution {
     }
 
     /// What sending stages needs, on the coordinator and on workers (which call each other).
-    fn stages(&self, builder: SessionStateBuilder, email: &str) -> Result<SessionStateBuilder> {
+    pub(super) fn stages(
+        &self,
+        builder: SessionStateBuilder,
+        email: &str,
+    ) -> Result<SessionStateBuilder> {
         builder
             .with_distributed_channel_resolver(self.channels.clone())
             .with_distributed_user_codec(PlanCodec)
@@ -287,39 +288,6 @@ struct Workers(Arc<RwLock<Vec<Url>>>);
 impl WorkerResolver for Workers {
     fn get_urls(&self) -> Result<Vec<Url>> {
         Ok(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
-    }
-}
-
-/// This replica's worker: runs stages other replicas (or this one) send, each in a session
-/// of the principal it proves it runs for.
-pub fn worker(engine: Arc<QueryEngine>) -> Worker {
-    Worker::from_session_builder(WorkerSessions { engine })
-}
-
-struct WorkerSessions {
-    engine: Arc<QueryEngine>,
-}
-
-#[async_trait]
-impl WorkerSessionBuilder for WorkerSessions {
-    async fn build_session_state(&self, query: WorkerQueryContext) -> Result<SessionState> {
-        let Some(distribution) = self.engine.distribution() else {
-            return Err(exec_datafusion_err!(
-                "this replica does not run distributed stages"
-            ));
-        };
-        let email = distribution.principal(&query.headers).ok_or_else(|| {
-            exec_datafusion_err!(
-                "a stage came without proof that a replica of this cluster sent it"
-            )
-        })?;
-        metrics::counter!("quiver_distributed_stages_total").increment(1);
-        let (runtime, pool) = self.engine.user_runtime(&email);
-        let builder = distribution.stages(query.builder.with_runtime_env(runtime), &email)?;
-        let ctx = SessionContext::new_with_state(builder.build());
-        crate::engine::register_functions(&ctx, &email, &pool);
-        ctx.register_udf(crate::engine::functions::checked_size(&pool));
-        Ok(ctx.state())
     }
 }
 

@@ -40,7 +40,7 @@ use crate::CatalogError;
 const STACK_SIZE: usize = 256 * 1024 * 1024;
 
 /// The query runtime; dropping it stops its threads.
-pub struct QueryExecutor {
+pub(crate) struct QueryExecutor {
     handle: Handle,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -53,7 +53,7 @@ impl std::fmt::Debug for QueryExecutor {
 
 impl QueryExecutor {
     /// A runtime with `threads` workers (one per core is right for CPU-bound work).
-    pub fn new(threads: usize) -> Result<Self, CatalogError> {
+    pub(crate) fn new(threads: usize) -> Result<Self, CatalogError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             // DataFusion reads local files on blocking threads; they get the same stack.
@@ -84,7 +84,7 @@ impl QueryExecutor {
 
     /// Runs `work` on the query runtime. Dropping the returned future aborts the work at
     /// its next await point; a panic in it becomes an error of this statement alone.
-    pub fn run<T: Send + 'static>(
+    pub(crate) fn run<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, CatalogError>> + Send + 'static,
     ) -> impl Future<Output = Result<T, CatalogError>> + Send + 'static {
@@ -106,13 +106,16 @@ impl QueryExecutor {
     }
 
     /// Runs `work` on the query runtime in the background, to its end.
-    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         drop(self.handle.spawn(work));
     }
 
     /// Polls `stream` on the query runtime, handing its batches over one at a time. The
     /// producer stops when the returned stream is dropped.
-    pub fn forward(&self, mut stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    pub(crate) fn forward(
+        &self,
+        mut stream: SendableRecordBatchStream,
+    ) -> SendableRecordBatchStream {
         let schema: SchemaRef = stream.schema();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let task = AbortOnDrop(self.handle.spawn(async move {
@@ -152,7 +155,7 @@ impl Drop for QueryExecutor {
 /// in a [`CooperativeExec`], which spends the task's Tokio budget on each batch and so
 /// yields every 128 batches. Runs after DataFusion's own rules, which make leaves yield.
 #[derive(Debug, Default)]
-pub struct YieldAfterJoins;
+pub(crate) struct YieldAfterJoins;
 
 impl PhysicalOptimizerRule for YieldAfterJoins {
     fn name(&self) -> &str {

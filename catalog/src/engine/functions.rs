@@ -1,5 +1,6 @@
-//! SQL functions whose output can be far larger than their input, bounded by the caller's
-//! memory.
+//! The SQL functions Quiver adds or changes: `current_user()` ([`CurrentUser`], for row
+//! filters), and the functions whose output can be far larger than their input, bounded by
+//! the caller's memory.
 //!
 //! DataFusion accounts the memory of operators that buffer (sorts, joins, aggregates) to
 //! the memory pool, but not the arrays a function builds: `repeat('x', 536870912)` or
@@ -71,7 +72,7 @@ const BOUNDED: &[(&str, Growth)] = &[
 ];
 
 /// Replaces the session's amplifying functions with versions bounded by `pool`.
-pub fn bound_functions(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
+pub(crate) fn bound_functions(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
     let state = ctx.state();
     let functions = state.scalar_functions();
     for (name, growth) in BOUNDED {
@@ -89,13 +90,13 @@ pub fn bound_functions(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
 /// list operands are left to DataFusion's nested-function planner (`array_concat`, bounded
 /// above, and `array_append`/`array_prepend`, which add one element).
 #[derive(Debug)]
-pub struct BoundedConcatPlanner {
+pub(crate) struct BoundedConcatPlanner {
     check: Arc<ScalarUDF>,
 }
 
 impl BoundedConcatPlanner {
     /// A planner whose `||` outputs are reserved from `pool`.
-    pub fn new(pool: &Arc<dyn MemoryPool>) -> Self {
+    pub(crate) fn new(pool: &Arc<dyn MemoryPool>) -> Self {
         Self {
             check: Arc::new(checked_size(pool)),
         }
@@ -135,7 +136,7 @@ impl ExprPlanner for BoundedConcatPlanner {
 
 /// The check [`BoundedConcatPlanner`] wraps `||` in, named `||`; a worker running another
 /// replica's stage registers it to find it by that name.
-pub fn checked_size(pool: &Arc<dyn MemoryPool>) -> ScalarUDF {
+pub(crate) fn checked_size(pool: &Arc<dyn MemoryPool>) -> ScalarUDF {
     ScalarUDF::new_from_impl(CheckedSize {
         signature: Signature::any(1, Volatility::Immutable),
         pool: pool.clone(),
@@ -474,6 +475,44 @@ impl ScalarUDFImpl for Bounded {
 
     fn placement(&self, args: &[ExpressionPlacement]) -> ExpressionPlacement {
         self.inner.placement(args)
+    }
+}
+
+/// `current_user()`: the e-mail of the principal running the query, for row filters such as
+/// `owner_email = current_user()`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct CurrentUser {
+    email: String,
+    signature: Signature,
+}
+
+impl CurrentUser {
+    /// The function for `email`'s sessions.
+    pub(crate) fn udf(email: &str) -> ScalarUDF {
+        ScalarUDF::from(Self {
+            email: email.to_string(),
+            signature: Signature::nullary(Volatility::Stable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for CurrentUser {
+    fn name(&self) -> &str {
+        "current_user"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+            self.email.clone(),
+        ))))
     }
 }
 

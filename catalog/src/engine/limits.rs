@@ -53,11 +53,14 @@ impl QueryLimits {
     /// Refuses SQL text longer than `max_sql_length`.
     pub fn check_length(&self, sql: &str) -> Result<(), CatalogError> {
         if sql.len() > self.max_sql_length {
-            return Err(CatalogError::InvalidQuery(format!(
-                "the statement is {} bytes long, more than the {} allowed (query.max_sql_length)",
-                sql.len(),
-                self.max_sql_length
-            )));
+            return Err(CatalogError::LimitExceeded {
+                setting: "query.max_sql_length",
+                message: format!(
+                    "the statement is {} bytes long, more than the {} allowed",
+                    sql.len(),
+                    self.max_sql_length
+                ),
+            });
         }
         Ok(())
     }
@@ -89,18 +92,24 @@ impl QueryLimits {
     }
 
     fn too_many_nodes(&self) -> CatalogError {
-        CatalogError::InvalidQuery(format!(
-            "the statement's plan has more than {} nodes (query.max_plan_nodes); a WITH table used many times is copied into the plan each time it is used",
-            self.max_plan_nodes
-        ))
+        CatalogError::LimitExceeded {
+            setting: "query.max_plan_nodes",
+            message: format!(
+                "the statement's plan has more than {} nodes; a WITH table used many times is copied into the plan each time it is used",
+                self.max_plan_nodes
+            ),
+        }
     }
 
     /// The error for a statement nested too deeply (also used for the parser's refusal).
     pub fn too_deep(&self) -> CatalogError {
-        CatalogError::InvalidQuery(format!(
-            "the statement nests expressions, subqueries, set operations or joins more than {} levels deep (query.max_expression_depth); simplify it, e.g. use IN (…) instead of a long OR chain",
-            self.max_expression_depth
-        ))
+        CatalogError::LimitExceeded {
+            setting: "query.max_expression_depth",
+            message: format!(
+                "the statement nests expressions, subqueries, set operations or joins more than {} levels deep; simplify it, e.g. use IN (…) instead of a long OR chain",
+                self.max_expression_depth
+            ),
+        }
     }
 
     /// Refuses a logical plan with more than `max_plan_nodes` nodes or deeper than

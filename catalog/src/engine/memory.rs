@@ -12,14 +12,14 @@ use datafusion::execution::memory_pool::{
 
 /// A user's pool nested in the server's.
 #[derive(Debug)]
-pub struct UserPool {
+pub(crate) struct UserPool {
     user: FairSpillPool,
     server: Arc<dyn MemoryPool>,
 }
 
 impl UserPool {
     /// A pool of `limit` bytes drawing from `server`.
-    pub fn new(limit: usize, server: Arc<dyn MemoryPool>) -> Self {
+    pub(crate) fn new(limit: usize, server: Arc<dyn MemoryPool>) -> Self {
         Self {
             user: FairSpillPool::new(limit),
             server,

@@ -19,7 +19,8 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use serde::{Deserialize, Serialize};
 
-use super::{Planned, QueryEngine, verify_read_only};
+use super::statements::verify_read_only;
+use super::{Planned, QueryEngine};
 use crate::CatalogError;
 
 /// How a statement's result is split into parts, and what it read when it was.

@@ -16,18 +16,18 @@ use datafusion::physical_plan::ExecutionPlan;
 use crate::state::StateStore;
 
 /// Name of the schema holding system tables.
-pub const SYSTEM_SCHEMA: &str = "system";
+pub(crate) const SYSTEM_SCHEMA: &str = "system";
 
 /// `system.audit`: a snapshot of the audit log taken when the query runs.
 #[derive(Debug)]
-pub struct AuditTable {
+pub(crate) struct AuditTable {
     state: Arc<StateStore>,
     schema: SchemaRef,
 }
 
 impl AuditTable {
     /// The table over `state`'s audit log.
-    pub fn new(state: Arc<StateStore>) -> Result<Self, crate::CatalogError> {
+    pub(crate) fn new(state: Arc<StateStore>) -> Result<Self, crate::CatalogError> {
         let (schema, _) = state.audit().arrow(Some(0))?;
         Ok(Self { state, schema })
     }

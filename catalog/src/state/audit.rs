@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::state::db::Param;
+use crate::state::value::Param;
 use crate::state::{Db, Timestamp, params};
 
 use crate::CatalogError;

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use super::db::{Backend, Param};
+use super::db::Backend;
+use super::value::Param;
 use super::{StateStore, params};
 use crate::CatalogError;
 

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use duckdb::types::{TimeUnit, ToSqlOutput, ValueRef};
 
-use super::db::{Params, Row, Value};
+use super::value::{Params, Row, Value};
 use crate::CatalogError;
 
 /// Idle connections kept at most.
 const POOL_SIZE: usize = 8;
 
 /// The state file and its connections.
-pub struct Db {
+pub(crate) struct Db {
     /// The connection every other is cloned from (to the same database instance).
     origin: Mutex<duckdb::Connection>,
     idle: Mutex<Vec<duckdb::Connection>>,
@@ -28,7 +28,7 @@ pub struct Db {
 }
 
 /// A connection, held for one statement or transaction; back to the pool on drop.
-pub struct Conn<'a> {
+pub(crate) struct Conn<'a> {
     db: &'a Db,
     conn: Option<duckdb::Connection>,
     /// Present for a transaction.
@@ -39,7 +39,7 @@ pub struct Conn<'a> {
 
 impl Db {
     /// Opens (creating when missing) the file at `path`.
-    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, CatalogError> {
         let conn = duckdb::Connection::open(path).map_err(|e| {
             let text = e.to_string();
             if text.contains("lock") {
@@ -52,7 +52,7 @@ impl Db {
     }
 
     /// A database in memory, for tests.
-    pub fn in_memory() -> Result<Self, CatalogError> {
+    pub(crate) fn in_memory() -> Result<Self, CatalogError> {
         Ok(Self::with(duckdb::Connection::open_in_memory()?))
     }
 
@@ -67,7 +67,7 @@ impl Db {
     /// A connection for statements that need no transaction. (A panic while a lock was
     /// held cannot leave DuckDB half-written: statements are atomic and an unfinished
     /// transaction is rolled back with its connection, so poisoned locks are reused.)
-    pub fn conn(&self) -> Result<Conn<'_>, CatalogError> {
+    pub(crate) fn conn(&self) -> Result<Conn<'_>, CatalogError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
@@ -86,7 +86,7 @@ impl Db {
     }
 
     /// A connection for one transaction, once the transaction before it has ended.
-    pub fn writer(&self) -> Result<Conn<'_>, CatalogError> {
+    pub(crate) fn writer(&self) -> Result<Conn<'_>, CatalogError> {
         let turn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut conn = self.conn()?;
         conn.writer = Some(turn);
@@ -163,7 +163,7 @@ impl Conn<'_> {
     }
 
     /// Whether the last error was a write conflict.
-    pub fn lost_race(&self) -> bool {
+    pub(crate) fn lost_race(&self) -> bool {
         self.lost_race.get()
     }
 
@@ -190,7 +190,7 @@ impl Conn<'_> {
         }
     }
 
-    pub fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize, CatalogError> {
+    pub(crate) fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize, CatalogError> {
         let values = bind(params);
         self.run(|| {
             self.conn()
@@ -199,12 +199,12 @@ impl Conn<'_> {
         })
     }
 
-    pub fn batch(&self, sql: &str) -> Result<(), CatalogError> {
+    pub(crate) fn batch(&self, sql: &str) -> Result<(), CatalogError> {
         self.lost_race.set(false);
         self.run(|| self.conn().execute_batch(sql))
     }
 
-    pub fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, CatalogError> {
+    pub(crate) fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, CatalogError> {
         let values = bind(params);
         let rows = self.run(|| {
             let mut stmt = self.conn().prepare(sql)?;

@@ -13,12 +13,13 @@ pub mod access;
 pub mod audit;
 pub mod cluster;
 mod copy;
-pub mod db;
+pub(crate) mod db;
 mod duck;
 pub mod identity;
 mod migrations;
 mod pg;
 pub mod tables;
+pub(crate) mod value;
 pub mod webhooks;
 
 use std::path::Path;
@@ -26,8 +27,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 pub use copy::CopyReport;
-pub use db::{Backend, Timestamp};
-pub(crate) use db::{Conn, Db, Row, params};
+pub use db::Backend;
+pub(crate) use db::{Conn, Db};
+pub use value::Timestamp;
+pub(crate) use value::{Row, params};
 
 pub use access::Access;
 pub use audit::Audit;

@@ -18,7 +18,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
-use super::db::{Params, Row, Timestamp, Value};
+use super::value::{Params, Row, Timestamp, Value};
 use crate::CatalogError;
 
 /// Connections kept open at most.
@@ -29,7 +29,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A pool of connections to one database.
-pub struct Db {
+pub(crate) struct Db {
     config: tokio_postgres::Config,
     /// The URL without its password, for messages.
     label: String,
@@ -52,7 +52,7 @@ struct Pooled {
 }
 
 /// A connection checked out for one statement or transaction; back to the pool on drop.
-pub struct Conn<'a> {
+pub(crate) struct Conn<'a> {
     db: &'a Db,
     pooled: Option<Pooled>,
     /// The last error was a serialization failure or deadlock: the transaction may be retried.
@@ -60,7 +60,7 @@ pub struct Conn<'a> {
 }
 
 /// `url` without its password.
-pub fn redact(url: &str) -> String {
+pub(super) fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
@@ -74,7 +74,7 @@ pub fn redact(url: &str) -> String {
 
 impl Db {
     /// A pool for `url` (`postgres://user:password@host:port/db`); connects once to check.
-    pub fn connect(url: &str) -> Result<Self, CatalogError> {
+    pub(crate) fn connect(url: &str) -> Result<Self, CatalogError> {
         let label = redact(url);
         let mut config: tokio_postgres::Config = url
             .parse()
@@ -105,11 +105,6 @@ impl Db {
         Ok(db)
     }
 
-    /// The URL without its password.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.runtime.as_ref().expect("runtime lives until drop")
     }
@@ -118,7 +113,7 @@ impl Db {
     /// time it starts listening (for what it may have missed before), from a connection of
     /// its own on this pool's runtime, reconnecting after a loss until the pool is dropped.
     /// `listening` says whether it is connected right now.
-    pub fn listen(
+    pub(crate) fn listen(
         &self,
         channel: &'static str,
         heard: impl Fn(bool) + Send + Sync + 'static,
@@ -174,7 +169,7 @@ impl Db {
     }
 
     /// A connection: an idle one, a new one, or the next one freed.
-    pub fn conn(&self) -> Result<Conn<'_>, CatalogError> {
+    pub(crate) fn conn(&self) -> Result<Conn<'_>, CatalogError> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -277,7 +272,7 @@ impl Conn<'_> {
     }
 
     /// Whether the last error was a serialization failure or a deadlock.
-    pub fn lost_race(&self) -> bool {
+    pub(crate) fn lost_race(&self) -> bool {
         self.lost_race.get()
     }
 
@@ -338,18 +333,18 @@ impl Conn<'_> {
         Ok(statement)
     }
 
-    pub fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize, CatalogError> {
+    pub(crate) fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize, CatalogError> {
         let statement = self.statement(sql)?;
         let values = values(params);
         self.run(self.pooled().client.execute(&statement, &refs(&values)))
             .map(|n| n as usize)
     }
 
-    pub fn batch(&self, sql: &str) -> Result<(), CatalogError> {
+    pub(crate) fn batch(&self, sql: &str) -> Result<(), CatalogError> {
         self.run(self.pooled().client.batch_execute(sql))
     }
 
-    pub fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, CatalogError> {
+    pub(crate) fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, CatalogError> {
         let statement = self.statement(sql)?;
         let values = values(params);
         let rows = self.run(self.pooled().client.query(&statement, &refs(&values)))?;

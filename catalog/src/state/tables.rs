@@ -1,11 +1,13 @@
-//! What Quiver stores about tables: the registry of committed versions (this file), the
-//! definitions, sync runs and retention ([`registry`]), and sharded tables' files
-//! ([`shards`]).
+//! What Quiver stores about tables: the registry of committed versions (this file), their
+//! definitions ([`definitions`]), sync runs and retention ([`runs`]), and sharded tables'
+//! files ([`shards`]).
 
-mod registry;
+mod definitions;
+mod runs;
 mod shards;
 
-pub use registry::{Definition, ExpiredVersion, Origin, RunHistory, SyncRun};
+pub use definitions::{DefinedIn, Definition};
+pub use runs::{ExpiredVersion, RunHistory, SyncRun};
 pub use shards::{ShardChange, ShardFile};
 
 use super::{StateStore, Timestamp, params};

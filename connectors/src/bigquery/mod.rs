@@ -37,7 +37,7 @@ use quiver_catalog::RemoteQuery;
 use quiver_config::SyncConfig;
 
 /// The `bigquery` connector.
-pub struct BigQuery;
+pub(crate) struct BigQuery;
 
 /// Options of the `bigquery` connector.
 #[derive(Debug, Deserialize)]

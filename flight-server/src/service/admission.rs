@@ -32,11 +32,11 @@ impl QuiverFlightSql {
     ) -> Result<Slot, Status> {
         let max = self.options.max_concurrent_per_user;
         let refuse = |busy: usize| {
-            let message = format!(
+            let status = Status::resource_exhausted(format!(
                 "you already have {busy} queries running (query.max_concurrent_per_user); wait for one to finish"
-            );
-            self.audit_refusal(principal, sql, &format!("refused: {message}"));
-            Status::resource_exhausted(message)
+            ));
+            self.audit_refusal(principal, sql, &status);
+            status
         };
         let mut slot = self.running.slot(principal.email(), max).map_err(refuse)?;
         let state = self.engine.state().clone();
@@ -164,8 +164,9 @@ impl QuiverFlightSql {
         tokio::time::Instant::now() + self.options.query_timeout
     }
 
-    /// Logs and audits a statement that did not run.
-    pub(super) fn audit_refusal(&self, principal: &Principal, sql: &str, outcome: &str) {
+    /// Logs and audits a statement that did not run: refused, or failed while planning
+    /// (an internal error, its deadline).
+    pub(super) fn audit_refusal(&self, principal: &Principal, sql: &str, status: &Status) {
         let log = QueryLog::new(
             uuid::Uuid::new_v4().to_string(),
             principal.email().to_string(),
@@ -173,6 +174,9 @@ impl QuiverFlightSql {
             self.running.clone(),
             Some(self.engine.state().clone()),
         );
-        log.set_outcome(outcome);
+        match status.code() {
+            tonic::Code::Internal | tonic::Code::DeadlineExceeded => log.failed(status),
+            _ => log.refused(status),
+        }
     }
 }

@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::GetCatalogsBuilder;
 use arrow_flight::sql::{
-    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
-    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
     CommandGetTables, CommandGetXdbcTypeInfo, ProstMessageExt,
 };
 use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
@@ -20,8 +19,9 @@ use quiver_catalog::CATALOG_NAME;
 use tonic::{Request, Response, Status};
 
 use crate::error::{internal, to_status};
-use crate::metadata::{self, XDBC_INFO, foreign_keys_schema, primary_keys_schema};
+use crate::metadata::{self, XDBC_INFO};
 
+use super::sign_in::signed_in;
 use super::{BoxStream, QuiverFlightSql};
 
 impl QuiverFlightSql {
@@ -57,7 +57,7 @@ impl QuiverFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let schema = query.into_builder().schema();
         self.command_info(query, &schema, request.into_inner())
     }
@@ -66,7 +66,7 @@ impl QuiverFlightSql {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let mut builder = GetCatalogsBuilder::new();
         builder.append(CATALOG_NAME);
         Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
@@ -77,7 +77,7 @@ impl QuiverFlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let schema = query.clone().into_builder().schema();
         self.command_info(query, &schema, request.into_inner())
     }
@@ -87,7 +87,7 @@ impl QuiverFlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let mut schemas: Vec<String> = self
             .engine
             .visible_tables(&principal)
@@ -110,7 +110,7 @@ impl QuiverFlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let schema = query.clone().into_builder().schema();
         self.command_info(query, &schema, request.into_inner())
     }
@@ -120,7 +120,7 @@ impl QuiverFlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let include_schema = query.include_schema;
         let tables = self
             .engine
@@ -185,7 +185,7 @@ impl QuiverFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let schema = query.into_builder().schema();
         self.command_info(query, &schema, request.into_inner())
     }
@@ -195,7 +195,7 @@ impl QuiverFlightSql {
         query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let mut builder = query.into_builder();
         builder.append("TABLE");
         Ok(self.batch_response(builder.build().map_err(|e| internal(&e))?))
@@ -206,7 +206,7 @@ impl QuiverFlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let batch =
             metadata::sql_info_batch(query.clone(), &self.sql_info).map_err(|e| internal(&e))?;
         self.command_info(query, &batch.schema(), request.into_inner())
@@ -217,7 +217,7 @@ impl QuiverFlightSql {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let batch = metadata::sql_info_batch(query, &self.sql_info).map_err(|e| internal(&e))?;
         Ok(self.batch_response(batch))
     }
@@ -227,7 +227,7 @@ impl QuiverFlightSql {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let schema = query.into_builder(&XDBC_INFO).schema();
         self.command_info(query, &schema, request.into_inner())
     }
@@ -237,7 +237,7 @@ impl QuiverFlightSql {
         query: CommandGetXdbcTypeInfo,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         let batch = query
             .into_builder(&XDBC_INFO)
             .build()
@@ -245,71 +245,26 @@ impl QuiverFlightSql {
         Ok(self.batch_response(batch))
     }
 
-    pub(super) async fn primary_keys_info(
+    /// Key listings (`GetPrimaryKeys`, `GetExportedKeys`, `GetImportedKeys`,
+    /// `GetCrossReference`): Quiver's tables declare no keys, so each answers its schema
+    /// with no rows — but only to a signed-in caller.
+    pub(super) async fn keys_info(
         &self,
-        query: CommandGetPrimaryKeys,
+        query: impl ProstMessageExt,
+        schema: SchemaRef,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
-        self.command_info(query, &primary_keys_schema(), request.into_inner())
+        signed_in(&request)?;
+        self.command_info(query, &schema, request.into_inner())
     }
 
-    pub(super) async fn primary_keys(
+    /// The rows of a key listing: none (see [`Self::keys_info`]).
+    pub(super) async fn no_keys(
         &self,
+        schema: SchemaRef,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request).await?;
-        Ok(self.batch_response(RecordBatch::new_empty(primary_keys_schema())))
-    }
-
-    pub(super) async fn exported_keys_info(
-        &self,
-        query: CommandGetExportedKeys,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
-        self.command_info(query, &foreign_keys_schema(), request.into_inner())
-    }
-
-    pub(super) async fn exported_keys(
-        &self,
-        request: Request<Ticket>,
-    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request).await?;
-        Ok(self.batch_response(RecordBatch::new_empty(foreign_keys_schema())))
-    }
-
-    pub(super) async fn imported_keys_info(
-        &self,
-        query: CommandGetImportedKeys,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
-        self.command_info(query, &foreign_keys_schema(), request.into_inner())
-    }
-
-    pub(super) async fn imported_keys(
-        &self,
-        request: Request<Ticket>,
-    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request).await?;
-        Ok(self.batch_response(RecordBatch::new_empty(foreign_keys_schema())))
-    }
-
-    pub(super) async fn cross_reference_info(
-        &self,
-        query: CommandGetCrossReference,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
-        self.command_info(query, &foreign_keys_schema(), request.into_inner())
-    }
-
-    pub(super) async fn cross_reference(
-        &self,
-        request: Request<Ticket>,
-    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request).await?;
-        Ok(self.batch_response(RecordBatch::new_empty(foreign_keys_schema())))
+        signed_in(&request)?;
+        Ok(self.batch_response(RecordBatch::new_empty(schema)))
     }
 }

@@ -1,9 +1,9 @@
-//! The Flight SQL service. Every call resolves its principal first ([`sign_in`]); everything
-//! after that goes through the principal's own DataFusion session, so metadata and queries
+//! The Flight SQL service. Every call is signed in before it arrives ([`sign_in`]'s layer
+//! puts its principal in the request); everything after that goes through the principal's own DataFusion session, so metadata and queries
 //! only ever see what the principal may read. This file only dispatches; each call family
 //! is answered in its own file:
 //!
-//! - [`sign_in`]: the `authorization` header and the handshake.
+//! - [`sign_in`]: the layer reading the `authorization` header, and the handshake.
 //! - [`admission`]: places for concurrent work, deadlines, the cluster watch.
 //! - [`statements`]: planning, `FlightInfo` and tickets, running a ticket, `GetSchema`,
 //!   cancellation.
@@ -39,7 +39,7 @@ use quiver_config::Compression;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
-use crate::metadata;
+use crate::metadata::{self, foreign_keys_schema, primary_keys_schema};
 use crate::plans::PlanCache;
 use crate::session_store::{self, Caller, Sessions};
 use crate::stream::{ResultLimits, RunningQueries};
@@ -52,7 +52,8 @@ mod sessions;
 mod sign_in;
 mod statements;
 
-pub(crate) use sign_in::parse_basic;
+use sign_in::signed_in;
+pub(crate) use sign_in::{SignIn, parse_basic};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -140,6 +141,11 @@ impl QuiverFlightSql {
             sessions: Sessions::default(),
             sql_info,
         }
+    }
+
+    /// Signs callers in (the [`SignIn`] layer in front of this service).
+    pub(crate) fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
     }
 
     /// The engine statements are planned and run on.
@@ -244,7 +250,7 @@ impl FlightSqlService for QuiverFlightSql {
         _ticket: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         Err(Status::invalid_argument(READ_ONLY_MESSAGE))
     }
 
@@ -253,7 +259,7 @@ impl FlightSqlService for QuiverFlightSql {
         _ticket: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         Err(Status::invalid_argument(READ_ONLY_MESSAGE))
     }
 
@@ -262,7 +268,7 @@ impl FlightSqlService for QuiverFlightSql {
         _query: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         Err(Status::invalid_argument(READ_ONLY_MESSAGE))
     }
 
@@ -367,7 +373,7 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.primary_keys_info(query, request).await
+        self.keys_info(query, primary_keys_schema(), request).await
     }
 
     async fn do_get_primary_keys(
@@ -375,7 +381,7 @@ impl FlightSqlService for QuiverFlightSql {
         _query: CommandGetPrimaryKeys,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.primary_keys(request).await
+        self.no_keys(primary_keys_schema(), request).await
     }
 
     async fn get_flight_info_exported_keys(
@@ -383,7 +389,7 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.exported_keys_info(query, request).await
+        self.keys_info(query, foreign_keys_schema(), request).await
     }
 
     async fn do_get_exported_keys(
@@ -391,7 +397,7 @@ impl FlightSqlService for QuiverFlightSql {
         _query: CommandGetExportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.exported_keys(request).await
+        self.no_keys(foreign_keys_schema(), request).await
     }
 
     async fn get_flight_info_imported_keys(
@@ -399,7 +405,7 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.imported_keys_info(query, request).await
+        self.keys_info(query, foreign_keys_schema(), request).await
     }
 
     async fn do_get_imported_keys(
@@ -407,7 +413,7 @@ impl FlightSqlService for QuiverFlightSql {
         _query: CommandGetImportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.imported_keys(request).await
+        self.no_keys(foreign_keys_schema(), request).await
     }
 
     async fn get_flight_info_cross_reference(
@@ -415,7 +421,7 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.cross_reference_info(query, request).await
+        self.keys_info(query, foreign_keys_schema(), request).await
     }
 
     async fn do_get_cross_reference(
@@ -423,7 +429,7 @@ impl FlightSqlService for QuiverFlightSql {
         _query: CommandGetCrossReference,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.cross_reference(request).await
+        self.no_keys(foreign_keys_schema(), request).await
     }
 
     async fn do_action_cancel_query(
@@ -459,7 +465,7 @@ impl FlightSqlService for QuiverFlightSql {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let caller = Caller::of(&request);
         let action = request.into_inner();
         match action.r#type.as_str() {

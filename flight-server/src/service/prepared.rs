@@ -33,6 +33,7 @@ use crate::ticket::PreparedHandle;
 use crate::upload;
 
 use super::QuiverFlightSql;
+use super::sign_in::signed_in;
 
 pub(super) const PREPARED: &str = "prepared statement";
 
@@ -234,7 +235,7 @@ impl QuiverFlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let schema = self.session_schema(&request, &principal);
         let plan = self
             .plan_now(&principal, &query.query, schema.as_deref())
@@ -268,7 +269,7 @@ impl QuiverFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let mut prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
         let ipc = self
             .read_parameters(&principal, request.into_inner())
@@ -294,7 +295,7 @@ impl QuiverFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let prepared = self.open_prepared(&principal, &cmd.prepared_statement_handle)?;
         let params = self.prepared_params(&prepared);
         let info = self
@@ -314,7 +315,7 @@ impl QuiverFlightSql {
         query: ActionClosePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<(), Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
         let kept = self
             .bound

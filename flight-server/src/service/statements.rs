@@ -33,6 +33,7 @@ use crate::ticket::QueryTicket;
 
 use super::prepared::{parameter_rows, typed};
 use super::sessions::action_result;
+use super::sign_in::signed_in;
 use super::{BoxStream, QuiverFlightSql};
 
 pub(super) const TICKET: &str = "ticket";
@@ -55,13 +56,7 @@ impl QuiverFlightSql {
             Ok(planned) => planned.map_err(to_status),
             Err(_) => Err(timed_out(self.options.query_timeout)),
         };
-        result.inspect_err(|status| {
-            let kind = match status.code() {
-                tonic::Code::Internal | tonic::Code::DeadlineExceeded => "error",
-                _ => "refused",
-            };
-            self.audit_refusal(principal, sql, &format!("{kind}: {}", status.message()));
-        })
+        result.inspect_err(|status| self.audit_refusal(principal, sql, status))
     }
 
     /// Plans `sql` holding one of the user's slots, within a deadline from now (for calls
@@ -203,13 +198,13 @@ impl QuiverFlightSql {
         log.hold(slot);
         let param_rows = match &ticket.params {
             Some(ipc) => parameter_rows(&planned.plan, ipc).inspect_err(|status| {
-                log.set_outcome(format!("refused: {}", status.message()));
+                log.refused(status);
             })?,
             None => vec![Vec::new()],
         };
         let token = self.running.start(&ticket.query_id, principal.email());
         if token.is_cancelled() {
-            log.set_outcome("cancelled before it started");
+            log.cancelled("cancelled before it started");
             return Err(Status::cancelled("the query was cancelled"));
         }
         // The first execution is planned now, so its errors become the call's status; further
@@ -226,7 +221,7 @@ impl QuiverFlightSql {
             Ok(first) => first.map_err(to_status),
             Err(_) => Err(timed_out(self.options.query_timeout)),
         }
-        .inspect_err(|status| log.set_outcome(format!("error: {}", status.message())))?;
+        .inspect_err(|status| log.failed(status))?;
         let engine = self.engine.clone();
         let rest = stream::iter(param_rows)
             .then(move |params| {
@@ -264,7 +259,7 @@ impl QuiverFlightSql {
                         .check_bytes(sent)
                         .map(|()| data)
                         .inspect_err(|status| {
-                            bytes_log.set_outcome(format!("error: {}", status.message()));
+                            bytes_log.failed(status);
                         })
                 }
                 Err(FlightError::Tonic(status)) => Err(*status),
@@ -279,7 +274,7 @@ impl QuiverFlightSql {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let command = Any::decode(&*request.get_ref().cmd)
             .ok()
             .and_then(|any| Command::try_from(any).ok())
@@ -360,7 +355,7 @@ impl QuiverFlightSql {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         Err(Status::invalid_argument("unknown ticket type"))
     }
 
@@ -369,7 +364,7 @@ impl QuiverFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let schema = self.session_schema(&request, &principal);
         let info = self
             .query_info(&principal, query.query, schema, None, request.into_inner())
@@ -381,7 +376,7 @@ impl QuiverFlightSql {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request).await?;
+        signed_in(&request)?;
         Err(Status::unimplemented(
             "Substrait plans are not supported; send SQL",
         ))
@@ -392,7 +387,7 @@ impl QuiverFlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let ticket: QueryTicket = self.sealer.open(TICKET, &ticket.statement_handle)?;
         if ticket.user != principal.email() {
             return Err(Status::permission_denied(
@@ -412,7 +407,7 @@ impl QuiverFlightSql {
         query: ActionCancelQueryRequest,
         request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
-        let principal = self.principal(&request).await?;
+        let principal = signed_in(&request)?;
         let info = FlightInfo::decode(&*query.info)
             .map_err(|_| Status::invalid_argument("CancelQuery needs a FlightInfo"))?;
         let status = self.cancel_info(&principal, &info).await?;

@@ -15,30 +15,21 @@
 //! the rows of a grant that masks it, and the column is hidden only if every grant hides it.
 
 use std::collections::HashSet;
-use std::fmt;
-use std::sync::Arc;
 
-use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::Session;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Column, DFSchema, Result, ScalarValue};
-use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::session_state::SessionState;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{
-    BinaryExpr, ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, TableProviderFilterPushDown, Volatility, and, lit, or, when,
-};
-use datafusion::optimizer::simplify_expressions::ExprSimplifier;
-use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
+    BinaryExpr, Expr, ExprSchemable, Operator, Volatility, lit, or, when,
 };
 
 use crate::state::access::Grant;
+
+mod table;
+
+pub(crate) use table::unqualify;
+pub(crate) use table::{PolicyExec, PolicyTable};
 
 /// How one visible column of a policy-governed table is produced.
 #[derive(Debug, Clone)]
@@ -52,7 +43,7 @@ enum ColumnRule {
 /// A principal's compiled policy on one table: which rows, and how each visible column is
 /// produced from the base table's columns.
 #[derive(Debug, Clone)]
-pub struct TablePolicy {
+pub(crate) struct TablePolicy {
     /// Predicate over base columns; `None` keeps every row.
     rows: Option<Expr>,
     /// Visible columns: (index in the base schema, rule), in base order.
@@ -70,7 +61,7 @@ impl TablePolicy {
     /// Combines `grants` (all covering this table) into one policy. Grants whose filter or
     /// masks do not compile against the table are skipped with a warning (fail closed);
     /// `None` when nothing remains.
-    pub fn compile(state: &SessionState, base: &Schema, grants: &[&Grant]) -> Option<Self> {
+    pub(crate) fn compile(state: &SessionState, base: &Schema, grants: &[&Grant]) -> Option<Self> {
         let parsed: Vec<ParsedGrant> = grants
             .iter()
             .filter_map(|g| match parse_grant(state, base, g) {
@@ -88,7 +79,11 @@ impl TablePolicy {
     }
 
     /// Checks one grant against a table, with messages for the person writing it.
-    pub fn validate(state: &SessionState, base: &Schema, grant: &Grant) -> Result<(), String> {
+    pub(crate) fn validate(
+        state: &SessionState,
+        base: &Schema,
+        grant: &Grant,
+    ) -> Result<(), String> {
         for column in grant.column_masks.keys() {
             if base.field_with_name(column).is_err() {
                 return Err(format!(
@@ -118,12 +113,12 @@ impl TablePolicy {
     }
 
     /// Whether the policy hides rows.
-    pub fn filters_rows(&self) -> bool {
+    pub(crate) fn filters_rows(&self) -> bool {
         self.rows.is_some()
     }
 
     /// Names of the visible columns shown unchanged (not masked).
-    pub fn clear_columns(&self, base: &Schema) -> Vec<String> {
+    pub(crate) fn clear_columns(&self, base: &Schema) -> Vec<String> {
         self.columns
             .iter()
             .filter(|(_, r)| matches!(r, ColumnRule::Clear))
@@ -133,13 +128,13 @@ impl TablePolicy {
 
     /// Whether what the policy shows depends on who runs the query: its filter or a mask
     /// calls a function that is not fixed by its arguments (`current_user()`).
-    pub fn is_personal(&self) -> bool {
+    pub(crate) fn is_personal(&self) -> bool {
         self.expressions().any(varies)
     }
 
     /// Whether what the policy shows changes between two runs by the same caller: its
     /// filter or a mask calls `now()`, `random()` or the like (evaluated for each query).
-    pub fn is_time_relative(&self) -> bool {
+    pub(crate) fn is_time_relative(&self) -> bool {
         self.expressions().any(|e| {
             e.exists(|e| {
                 Ok(matches!(e, Expr::ScalarFunction(f)
@@ -160,7 +155,7 @@ impl TablePolicy {
     }
 
     /// True when the policy changes nothing (no filter, every column clear).
-    pub fn is_transparent(&self, base: &Schema) -> bool {
+    pub(crate) fn is_transparent(&self, base: &Schema) -> bool {
         self.rows.is_none()
             && self.columns.len() == base.fields().len()
             && self
@@ -323,7 +318,7 @@ fn parse_grant(state: &SessionState, base: &Schema, grant: &Grant) -> Result<Par
 
 /// Whether a user predicate may run below the policy: it cannot fail and reveals nothing,
 /// because it only compares columns that are clear on every visible row with literals.
-pub fn is_safe_filter(expr: &Expr, clear: &HashSet<&str>) -> bool {
+pub(crate) fn is_safe_filter(expr: &Expr, clear: &HashSet<&str>) -> bool {
     let is_col = |e: &Expr| matches!(e, Expr::Column(c) if clear.contains(c.name.as_str()));
     let is_lit = |e: &Expr| matches!(e, Expr::Literal(..));
     match expr {
@@ -361,285 +356,10 @@ pub(crate) fn varies(expr: &Expr) -> bool {
     .unwrap_or(true)
 }
 
-/// A table as one principal may see it: the base table's rows filtered and its columns
-/// masked or hidden by the principal's grants.
-#[derive(Debug)]
-pub struct PolicyTable {
-    base: Arc<dyn TableProvider>,
-    policy: TablePolicy,
-    schema: SchemaRef,
-}
-
-impl PolicyTable {
-    /// Wraps `base` with `policy`.
-    pub fn new(base: Arc<dyn TableProvider>, policy: TablePolicy) -> Self {
-        let base_schema = base.schema();
-        let fields: Vec<Field> = policy
-            .columns
-            .iter()
-            .map(|(index, rule)| {
-                let field = base_schema.field(*index).clone();
-                match rule {
-                    ColumnRule::Clear => field,
-                    ColumnRule::Computed(_) => field.with_nullable(true),
-                }
-            })
-            .collect();
-        Self {
-            base,
-            policy,
-            schema: Arc::new(Schema::new(fields)),
-        }
-    }
-
-    /// The policy it applies.
-    pub fn policy(&self) -> &TablePolicy {
-        &self.policy
-    }
-
-    /// The table it filters and masks.
-    pub fn base(&self) -> &Arc<dyn TableProvider> {
-        &self.base
-    }
-
-    /// Names of the columns that are clear on every visible row.
-    fn clear_columns(&self) -> HashSet<&str> {
-        self.schema
-            .fields()
-            .iter()
-            .zip(&self.policy.columns)
-            .filter(|(_, (_, rule))| matches!(rule, ColumnRule::Clear))
-            .map(|(field, _)| field.name().as_str())
-            .collect()
-    }
-}
-
-/// Drops table qualifiers, so expressions resolve against the provider's own schema.
-pub(crate) fn unqualify(expr: Expr) -> Result<Expr> {
-    expr.transform(|e| match e {
-        Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(
-            Column::new_unqualified(c.name),
-        ))),
-        other => Ok(Transformed::no(other)),
-    })
-    .map(|t| t.data)
-}
-
-#[async_trait]
-impl TableProvider for PolicyTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
-        let clear = self.clear_columns();
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if is_safe_filter(f, &clear) {
-                    TableProviderFilterPushDown::Exact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let base_schema = self.base.schema();
-        let wanted: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.policy.columns.len()).collect(),
-        };
-        let pushed: Vec<Expr> = filters
-            .iter()
-            .cloned()
-            .map(unqualify)
-            .collect::<Result<_>>()?;
-
-        // Base columns needed: the row filter's, the wanted columns' and the pushed filters'.
-        let mut needed: HashSet<usize> = HashSet::new();
-        let note = |needed: &mut HashSet<usize>, expr: &Expr| {
-            for c in expr.column_refs() {
-                if let Ok(i) = base_schema.index_of(&c.name) {
-                    needed.insert(i);
-                }
-            }
-        };
-        if let Some(rows) = &self.policy.rows {
-            note(&mut needed, rows);
-        }
-        for f in &pushed {
-            note(&mut needed, f);
-        }
-        for &out in &wanted {
-            match &self.policy.columns[out] {
-                (i, ColumnRule::Clear) => {
-                    needed.insert(*i);
-                }
-                (_, ColumnRule::Computed(e)) => note(&mut needed, e),
-            }
-        }
-        let mut needed: Vec<usize> = needed.into_iter().collect();
-        needed.sort_unstable();
-
-        // Without a row filter or pushed filters, a limit can go to the base scan.
-        let base_limit = (self.policy.rows.is_none() && pushed.is_empty())
-            .then_some(limit)
-            .flatten();
-        // The base scan may use the row filter and the pushed filters to read less (parquet
-        // pruning, a remote source's `WHERE`); all of them are applied again just above.
-        let to_base: Vec<Expr> = self.policy.rows.iter().chain(&pushed).cloned().collect();
-        let mut plan = self
-            .base
-            .scan(state, Some(&needed), &to_base, base_limit)
-            .await?;
-        let inner = DFSchema::try_from(plan.schema().as_ref().clone())?;
-        // Functions of the query's time (`now()`, `current_date()`) take this query's value:
-        // a row filter such as `day >= current_date() - 7` is evaluated for each query.
-        let simplifier = ExprSimplifier::new(
-            SimplifyContext::builder()
-                .with_schema(Arc::new(inner.clone()))
-                .with_query_execution_start_time(state.execution_props().query_execution_start_time)
-                .build(),
-        );
-
-        let predicate = self.policy.rows.iter().cloned().chain(pushed).reduce(and);
-        if let Some(predicate) = predicate {
-            let predicate = simplifier.simplify(simplifier.coerce(predicate, &inner)?)?;
-            let physical = state.create_physical_expr(predicate, &inner)?;
-            plan = Arc::new(FilterExec::try_new(physical, plan)?);
-        }
-        let mut exprs = Vec::with_capacity(wanted.len());
-        for &out in &wanted {
-            let (index, rule) = &self.policy.columns[out];
-            let name = base_schema.field(*index).name().clone();
-            let expr = match rule {
-                ColumnRule::Clear => Expr::Column(Column::new_unqualified(&name)),
-                ColumnRule::Computed(e) => {
-                    simplifier.simplify(simplifier.coerce(e.clone(), &inner)?)?
-                }
-            };
-            exprs.push((state.create_physical_expr(expr, &inner)?, name));
-        }
-        plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
-        Ok(Arc::new(PolicyExec::new(plan)))
-    }
-}
-
-/// A pass-through node that the optimizer cannot see through: filters are not pushed below
-/// it and it reports no statistics. It marks where a policy ends and user SQL begins.
-#[derive(Debug)]
-pub struct PolicyExec {
-    input: Arc<dyn ExecutionPlan>,
-}
-
-impl PolicyExec {
-    pub(crate) fn new(input: Arc<dyn ExecutionPlan>) -> Self {
-        Self { input }
-    }
-}
-
-impl DisplayAs for PolicyExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "PolicyExec")
-    }
-}
-
-impl ExecutionPlan for PolicyExec {
-    fn name(&self) -> &str {
-        "PolicyExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        match children.pop() {
-            Some(child) if children.is_empty() => Ok(Arc::new(Self::new(child))),
-            _ => datafusion::common::internal_err!("PolicyExec has exactly one child"),
-        }
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
-    }
-
-    fn partition_statistics(&self, _partition: Option<usize>) -> Result<Arc<Statistics>> {
-        Ok(Arc::new(Statistics::new_unknown(&self.schema())))
-    }
-}
-
-/// `current_user()`: the e-mail of the principal running the query, for row filters such as
-/// `owner_email = current_user()`.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct CurrentUser {
-    email: String,
-    signature: Signature,
-}
-
-impl CurrentUser {
-    /// The function for `email`'s sessions.
-    pub fn udf(email: &str) -> ScalarUDF {
-        ScalarUDF::from(Self {
-            email: email.to_string(),
-            signature: Signature::nullary(Volatility::Stable),
-        })
-    }
-}
-
-impl ScalarUDFImpl for CurrentUser {
-    fn name(&self) -> &str {
-        "current_user"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
-            self.email.clone(),
-        ))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::datatypes::Field;
     use datafusion::logical_expr::{col, in_list};
     use datafusion::prelude::SessionContext;
 
