@@ -422,10 +422,11 @@ impl Identity<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn store() -> StateStore {
+    /// A store with one administrator, `root@example.com`.
+    pub(in crate::state) fn store() -> StateStore {
         let store = StateStore::in_memory().unwrap();
         store
             .identity()

@@ -215,16 +215,7 @@ impl Identity<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::StateStore;
-
-    fn store() -> StateStore {
-        let store = StateStore::in_memory().unwrap();
-        store
-            .identity()
-            .ensure_bootstrap_admin("root@example.com", "root-password")
-            .unwrap();
-        store
-    }
+    use crate::state::identity::tests::store;
 
     #[test]
     fn built_in_groups_stay_and_names_are_checked() {

@@ -187,12 +187,13 @@ impl Tables<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     use crate::state::StateStore;
 
-    fn def(name: &str) -> TableDef {
+    /// A `files` definition of `name`.
+    pub(in crate::state) fn def(name: &str) -> TableDef {
         serde_json::from_value(serde_json::json!({
             "name": name, "connector": "files", "options": {"path": "/x.csv"}
         }))

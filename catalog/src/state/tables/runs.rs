@@ -362,14 +362,7 @@ mod tests {
     use super::*;
     use crate::NewVersion;
     use crate::state::StateStore;
-    use quiver_config::TableDef;
-
-    fn def(name: &str) -> TableDef {
-        serde_json::from_value(serde_json::json!({
-            "name": name, "connector": "files", "options": {"path": "/x.csv"}
-        }))
-        .unwrap()
-    }
+    use crate::state::tables::definitions::tests::def;
 
     #[test]
     fn definitions_runs_and_retention() {
