@@ -71,8 +71,10 @@ def superset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(superset):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Superset's pages are slow under a loaded machine: wait as long for a check as for an action.
+    expect.set_options(timeout=30_000)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
@@ -109,6 +111,10 @@ def test_superset_adds_quiver_browses_and_queries(server, superset, page):
     dialog.get_by_role("button", name="Test connection").click()
     expect(page.get_by_text("Connection looks good!")).to_be_visible()
     dialog.get_by_role("button", name="Connect", exact=True).click()
+    # The dialog closes once the database is saved; the list does not always refresh by
+    # itself under load, so read it again.
+    expect(dialog).to_be_hidden()
+    page.goto(f"{superset}/databaseview/list/")
     expect(page.get_by_role("cell", name="Quiver", exact=True)).to_be_visible()
 
     # SQL Lab: the schema and its tables are what the analyst may read; a query runs, and
