@@ -1,5 +1,5 @@
 //! What the JSON API and the web pages both do that is more than one state-store call, so a
-//! button and an endpoint cannot drift apart (checks, audit rows, the Jira path).
+//! button and an endpoint cannot drift apart (checks, audit rows, push sources' jobs).
 
 use axum::http::StatusCode;
 use quiver_catalog::{Principal, TableName};
@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::{AppState, blocking};
 
 /// Starts a sync of `name` now, for `actor`, and audits it; returns the run. For a Jira
-/// table this is the consistency check, or with `jql` a backfill.
+/// table (a push source's, `jira.*`) this is the consistency check, or with `jql` a backfill.
 pub(crate) async fn start_sync(
     app: &AppState,
     actor: &Principal,
@@ -18,9 +18,13 @@ pub(crate) async fn start_sync(
 ) -> Result<i64, ApiError> {
     let trigger = Trigger::Manual(actor.email().to_string());
     let run = match jql.filter(|j| !j.trim().is_empty()) {
-        Some(jql) if name.schema() == quiver_orchestrator::jira::SCHEMA => app
-            .orchestrator
-            .start_jira(quiver_orchestrator::JiraJob::Backfill(jql), trigger)?,
+        Some(jql) if app.orchestrator.push(name.schema()).is_some() => {
+            app.orchestrator.start_push(
+                name.schema(),
+                quiver_orchestrator::PushJob::Backfill(jql),
+                trigger,
+            )?
+        }
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -120,8 +120,20 @@ impl From<quiver_orchestrator::OrchestratorError> for ApiError {
             E::Invalid(_) | E::SchemaChange(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
             }
-            E::BadPayload(m) => Self::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            E::Refused(refused) => refused.into(),
             other => Self::internal(&other),
+        }
+    }
+}
+
+/// A refused webhook delivery.
+impl From<quiver_orchestrator::push::Refused> for ApiError {
+    fn from(e: quiver_orchestrator::push::Refused) -> Self {
+        use quiver_orchestrator::push::Refused as R;
+        match e {
+            R::Off(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            R::Unauthenticated(m) => Self::unauthenticated(m),
+            R::BadPayload(m) => Self::new(StatusCode::BAD_REQUEST, "bad_request", m),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! - [`actions`]: what the API and the pages both do (so they cannot drift).
 //! - [`metrics`]: `GET /metrics` (Prometheus).
 //! - [`ui`]: the server-rendered web pages, one file per page family.
-//! - [`webhooks`]: `POST /webhooks/jira`, HMAC-signed deliveries.
+//! - [`webhooks`]: `POST /webhooks/{source}`, push sources' signed deliveries (Jira's).
 //! - [`error`]: the one mapping of errors to JSON responses.
 //!
 //! Every route is registered through [`utoipa_axum`], so the OpenAPI document served at
@@ -173,7 +173,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ui::tables))
         .routes(routes!(ui::sync_table))
         .routes(routes!(ui::audit))
-        .routes(routes!(webhooks::jira))
+        .routes(routes!(webhooks::receive))
 }
 
 /// The OpenAPI document of the HTTP API.

@@ -7,7 +7,8 @@
 //!
 //! - [`bigquery`]: a BigQuery table or query, with a dry run as the cost guard.
 //! - [`files`]: CSV (typed by DuckDB's sniffer), JSON lines and Parquet, local or remote.
-//! - [`jira`]: Jira Cloud issues, pushed by webhook, fetched whole (not a [`Connector`]).
+//! - [`push`]: sources that push changes by webhook ([`PushSource`], beside [`Connector`]);
+//!   [`jira`]: Jira Cloud issues, fetched whole when a delivery names them.
 //! - [`keboola`]: a Keboola Storage table, through the Storage API's async export.
 //! - [`postgres`]: a PostgreSQL table or query, via binary `COPY`.
 //! - [`sql`]: a query over other Quiver tables, materialized.
@@ -18,10 +19,11 @@
 
 pub(crate) mod bigquery;
 pub(crate) mod files;
-pub mod jira;
+pub(crate) mod jira;
 pub(crate) mod keboola;
 pub mod options;
 pub(crate) mod postgres;
+pub mod push;
 pub(crate) mod pushdown;
 pub mod remote;
 pub mod sink;
@@ -29,6 +31,7 @@ pub(crate) mod sql;
 pub mod tpch;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -36,6 +39,7 @@ use datafusion::prelude::SessionContext;
 use futures::stream::BoxStream;
 use quiver_config::FieldProblem;
 
+pub use push::PushSource;
 pub use sink::{Landed, ParquetSink};
 
 /// Every connector, by the name a table definition uses. Adding one is one line here.
@@ -59,6 +63,25 @@ pub fn connector_names() -> String {
         .map(|(n, _)| *n)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Every push source, by the name of its schema, webhook path (`/webhooks/{name}`) and
+/// configuration section. Adding one is one line here.
+pub const PUSH_SOURCES: &[(&str, PushFactory)] = &[("jira", jira::Jira::from_config)];
+
+/// Builds a push source from the configuration; `None` when its section is absent.
+pub type PushFactory =
+    fn(&quiver_config::Config) -> Result<Option<Arc<dyn PushSource>>, ConnectorError>;
+
+/// The push sources the configuration sets up.
+pub fn push_sources(
+    config: &quiver_config::Config,
+) -> Result<Vec<Arc<dyn PushSource>>, ConnectorError> {
+    let mut sources = Vec::new();
+    for (_, build) in PUSH_SOURCES {
+        sources.extend(build(config)?);
+    }
+    Ok(sources)
 }
 
 /// A source of rows.

@@ -27,7 +27,7 @@ pub async fn ensure_demo_data(
         }
         tracing::info!(table = %name, scale, "generating demo table");
         let landed = tpch::generate(storage, table, scale).await?;
-        publish(state, &name, &landed, Some(&description))?;
+        publish::landed(state, &name, &landed, Some(&description))?;
     }
     Ok(state
         .tables()

@@ -4,21 +4,21 @@
 //! - [`Orchestrator`]: shared by the scheduler, the HTTP API and `quiver sync`; `runs`: one
 //!   sync per table at a time, a global concurrency limit, run history; `scheduler`: the
 //!   background lease, due syncs with retries and backoff; `recovery`: cleaning up after
-//!   stopped processes; `validate`: checking definitions; `publish`: a landed run becomes a
-//!   version; `demo`: the TPC-H demo tables.
+//!   stopped processes; `validate`: checking definitions; `publish`: every kind of version
+//!   becomes visible there; `demo`: the TPC-H demo tables.
 //! - [`sync`]: one run — read, land, merge (incremental), profile, commit in one transaction.
 //! - [`schedule`]: `every 15m`, `daily 03:00`, cron. [`profile`]: per-column statistics.
-//! - [`jira`]: Jira webhook deliveries into monthly shards of schema `jira`; backfill,
-//!   consistency check, SLA refresh.
+//! - [`push`]: the driver of push sources (Jira): webhook deliveries into shards of the
+//!   source's schema; backfill, consistency check, refresh.
 //! - [`retention`]: removes replaced versions after their retention, and orphaned folders.
 //!
 //! Readers see the previous version until the commit and the new one after, never a mix; a
 //! crash at any point leaves the previous version served, and the next start cleans up.
 
 mod demo;
-pub mod jira;
 pub(crate) mod profile;
 mod publish;
+pub mod push;
 mod recovery;
 pub(crate) mod retention;
 mod runs;
@@ -37,8 +37,7 @@ use quiver_connectors::ConnectorError;
 use tokio::sync::Semaphore;
 
 pub use demo::ensure_demo_data;
-pub use jira::JiraJob;
-pub use publish::publish;
+pub use push::{PushJob, PushSync};
 pub use runs::{Running, Trigger};
 pub use schedule::Schedule;
 pub use validate::validate;
@@ -64,9 +63,9 @@ pub enum OrchestratorError {
     /// The source's schema changed in a way the table cannot follow.
     #[error("{0}")]
     SchemaChange(String),
-    /// A webhook payload that cannot be used.
-    #[error("{0}")]
-    BadPayload(String),
+    /// A webhook delivery that was refused before anything was stored.
+    #[error(transparent)]
+    Refused(#[from] quiver_connectors::push::Refused),
     /// Parquet failed reading or writing a shard.
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
@@ -82,7 +81,8 @@ pub struct Orchestrator {
     scratch: PathBuf,
     running: Mutex<HashMap<TableName, Running>>,
     permits: Semaphore,
-    jira: Option<Arc<jira::JiraSync>>,
+    /// The push sources' writers (Jira), each keeping the schema of its name.
+    push: Vec<Arc<PushSync>>,
     /// This process's id among the replicas (its runs and its `background` lease).
     replica: String,
     /// Whether this replica holds the lease now.
@@ -121,7 +121,7 @@ impl Orchestrator {
             options,
             scratch,
             running: Mutex::default(),
-            jira: None,
+            push: Vec::new(),
             replica,
             leading: Default::default(),
             forgot_replicas: Mutex::default(),
@@ -134,25 +134,20 @@ impl Orchestrator {
         &self.scratch
     }
 
-    /// Keeping Jira's tables for the site in `config` (deliveries are processed while the
-    /// scheduler runs).
-    pub fn with_jira(
-        mut self,
-        config: quiver_config::JiraConfig,
-    ) -> Result<Self, OrchestratorError> {
-        let jira = jira::JiraSync::new(
-            config,
+    /// Keeping `source`'s tables (deliveries are processed while the scheduler runs).
+    pub fn with_push(mut self, source: Arc<dyn quiver_connectors::PushSource>) -> Self {
+        self.push.push(Arc::new(PushSync::new(
+            source,
             self.state.clone(),
             self.storage.clone(),
             self.options.retention,
-        )?;
-        self.jira = Some(Arc::new(jira));
-        Ok(self)
+        )));
+        self
     }
 
-    /// The Jira writer, when Jira is configured.
-    pub fn jira(&self) -> Option<&Arc<jira::JiraSync>> {
-        self.jira.as_ref()
+    /// The writer of push source `name`, when it is configured.
+    pub fn push(&self, name: &str) -> Option<&Arc<PushSync>> {
+        self.push.iter().find(|p| p.name() == name)
     }
 
     /// The state store.

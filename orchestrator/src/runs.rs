@@ -8,7 +8,7 @@ use quiver_catalog::{CatalogError, TableName};
 use quiver_config::TableDef;
 use quiver_connectors::sink::Progress;
 
-use crate::{JiraJob, Orchestrator, OrchestratorError, lock, retention, sync};
+use crate::{Orchestrator, OrchestratorError, PushJob, lock, retention, sync};
 
 /// Why a sync runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +60,8 @@ impl Orchestrator {
         table: &TableName,
         trigger: Trigger,
     ) -> Result<i64, OrchestratorError> {
-        if self.is_jira(table)? {
-            return self.start_jira(JiraJob::Check, trigger);
+        if let Some(push) = self.pushed(table)? {
+            return self.start_push(push.name(), PushJob::Check, trigger);
         }
         let (def, running) = self.claim(table, &trigger)?;
         let run = running.run;
@@ -80,8 +80,10 @@ impl Orchestrator {
         trigger: Trigger,
         on_start: impl FnOnce(&Running),
     ) -> Result<SyncRun, OrchestratorError> {
-        if self.is_jira(table)? {
-            return self.run_jira(JiraJob::Check, trigger, |_, _| {}).await;
+        if let Some(push) = self.pushed(table)? {
+            return self
+                .run_push(push.name(), PushJob::Check, trigger, |_, _| {})
+                .await;
         }
         let (def, running) = self.claim(table, &trigger)?;
         on_start(&running);

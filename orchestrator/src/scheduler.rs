@@ -1,5 +1,5 @@
 //! The scheduler: the background lease that makes one replica the leader, due syncs
-//! started with retries and backoff, Jira processing and garbage collection while leading.
+//! started with retries and backoff, push sources' deliveries and garbage collection while leading.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +8,9 @@ use quiver_catalog::{Backend, CatalogError, TableName};
 use quiver_config::SyncMode;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Orchestrator, OrchestratorError, Schedule, Trigger, jira, lock, retention};
+use crate::{Orchestrator, OrchestratorError, Schedule, Trigger, lock, retention};
 
-/// The lease whose holder runs scheduled syncs, Jira processing and retention.
+/// The lease whose holder runs scheduled syncs, push sources' deliveries and retention.
 const LEASE: &str = "background";
 /// How long a lease lasts unrenewed: a dead leader is replaced within this and a tick.
 const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -113,7 +113,7 @@ impl Orchestrator {
     }
 
     /// Renews or takes the background lease; while holding it, interrupts the syncs of
-    /// replicas that died, and runs Jira processing, which stops when the lease is lost.
+    /// replicas that died, and processes push sources' deliveries, which stops when the lease is lost.
     async fn lead(
         &self,
         leading: Option<CancellationToken>,
@@ -153,8 +153,8 @@ impl Orchestrator {
             (true, None) => {
                 tracing::info!(replica = %self.replica, "this replica now runs schedules and background jobs");
                 let leading = shutdown.child_token();
-                if let Some(jira) = &self.jira {
-                    tokio::spawn(jira.clone().run(leading.clone()));
+                for push in &self.push {
+                    tokio::spawn(push.clone().run(leading.clone()));
                 }
                 Some(leading)
             }
@@ -171,8 +171,8 @@ impl Orchestrator {
     /// points at (unfinished runs); returns how many folders went.
     pub async fn collect_garbage(&self) -> Result<usize, OrchestratorError> {
         let mut busy: Vec<TableName> = lock(&self.running).keys().cloned().collect();
-        if self.jira.as_ref().is_some_and(|j| j.is_writing()) {
-            busy.extend(jira::JiraSync::tables());
+        for push in self.push.iter().filter(|p| p.is_writing()) {
+            busy.extend(push.tables());
         }
         retention::collect(&self.state, &self.storage, self.options.retention, &busy).await
     }

@@ -15,7 +15,7 @@ use quiver_config::{SyncMode, TableDef};
 use quiver_connectors::{Batches, ConnectorError, Landed, ParquetSink, ReadRequest};
 
 use crate::profile::{self, quote};
-use crate::{Orchestrator, OrchestratorError, Running};
+use crate::{Orchestrator, OrchestratorError, Running, publish};
 
 /// How often a long sync logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -131,7 +131,8 @@ pub(crate) async fn run(
                 .or(since),
             None => None,
         };
-        Ok::<_, OrchestratorError>(orchestrator.state.tables().commit_version(
+        publish::version(
+            &orchestrator.state,
             table,
             &NewVersion {
                 location: landed.location.clone(),
@@ -142,7 +143,7 @@ pub(crate) async fn run(
                 profile,
                 run: Some(running.run),
             },
-        )?)
+        )
     }
     .await;
     if result.is_err() {

@@ -316,7 +316,7 @@ pub(crate) fn open_engine(
 }
 
 /// The orchestrator with the `sync` section's settings, downloading into `data_dir/scratch`,
-/// keeping Jira's tables when `jira:` is configured.
+/// keeping the tables of the push sources configured (`jira:`).
 pub(crate) fn new_orchestrator(
     config: &Config,
     state: &Arc<StateStore>,
@@ -332,10 +332,9 @@ pub(crate) fn new_orchestrator(
         config.storage.data_dir.join("scratch"),
         replica.to_string(),
     );
-    Ok(match &config.jira {
-        Some(jira) => orchestrator.with_jira(jira.clone())?,
-        None => orchestrator,
-    })
+    Ok(quiver_connectors::push_sources(config)?
+        .into_iter()
+        .fold(orchestrator, |o, source| o.with_push(source)))
 }
 
 /// The object store for table data: the configured URL, else `data_dir/objects`.

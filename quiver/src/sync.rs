@@ -69,11 +69,11 @@ pub(crate) fn run(args: SyncArgs, mut config: Config) -> anyhow::Result<bool> {
         config.storage.data_dir = dir.clone();
     }
     let table: TableName = args.table.parse()?;
-    if args.backfill && table.schema() != quiver_orchestrator::jira::SCHEMA {
+    let pushed = quiver_connectors::PUSH_SOURCES
+        .iter()
+        .any(|(source, _)| *source == table.schema());
+    if args.backfill && !pushed {
         bail!("--backfill applies to Jira tables (jira.*), not `{table}`");
-    }
-    if args.backfill && config.jira.is_none() {
-        bail!("--backfill needs Jira configured: add a `jira:` section to the configuration");
     }
     let jql = args.jql.clone().filter(|_| args.backfill);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -122,7 +122,9 @@ async fn sync_here(
         crate::server::new_orchestrator(config, state, &storage, &engine, &replica.id)?;
     orchestrator.recover(&config.tables).await?;
     if let Some(jql) = jql {
-        return Ok(report(&backfill(&orchestrator, jql).await?.into()));
+        return Ok(report(
+            &backfill(&orchestrator, table.schema(), jql).await?.into(),
+        ));
     }
     let bar = spinner(&table.to_string());
     let progress = std::sync::Mutex::new(None);
@@ -146,9 +148,11 @@ async fn sync_here(
     Ok(report(&run.into()))
 }
 
-/// Runs a Jira backfill with a progress bar over Jira's (approximate) issue count.
+/// Runs a backfill of push source `source` with a progress bar over its (approximate)
+/// issue count.
 async fn backfill(
     orchestrator: &quiver_orchestrator::Orchestrator,
+    source: &str,
     jql: String,
 ) -> anyhow::Result<quiver_catalog::state::tables::SyncRun> {
     let bar = ProgressBar::new(0);
@@ -159,11 +163,12 @@ async fn backfill(
         .expect("static template")
         .progress_chars("=> "),
     );
-    bar.set_prefix("jira backfill");
+    bar.set_prefix(format!("{source} backfill"));
     bar.enable_steady_tick(Duration::from_millis(200));
     let run = orchestrator
-        .run_jira(
-            quiver_orchestrator::JiraJob::Backfill(jql),
+        .run_push(
+            source,
+            quiver_orchestrator::PushJob::Backfill(jql),
             Trigger::Manual("cli".into()),
             |done, total| {
                 bar.set_length(total);
@@ -178,7 +183,7 @@ async fn backfill(
 /// Prints the outcome of a run; returns whether it succeeded.
 fn report(run: &quiver_admin::api::tables::SyncRun) -> bool {
     if run.status == "succeeded" && run.version.is_none() {
-        // A Jira job: it commits versions as it goes and counts issues.
+        // A push source's job: it commits versions as it goes and counts issues.
         println!(
             "{}: succeeded, {} issues loaded or repaired (run {})",
             run.table,

@@ -67,7 +67,7 @@ def test_the_openapi_document_lists_the_documented_interface(server):
                      ("post", "/oauth/token"), ("get", "/auth/oidc/{provider}/login"),
                      ("get", "/auth/oidc/{provider}/callback"), ("get", "/connect"), ("get", "/catalog"),
                      ("get", "/admin/users"), ("get", "/admin/grants"), ("get", "/admin/audit"),
-                     ("post", "/webhooks/jira")]:
+                     ("post", "/webhooks/{source}")]:
         assert expected in ops, expected
     assert "bearer" in doc["components"]["securitySchemes"]
 
@@ -85,9 +85,12 @@ def test_every_route_needs_credentials_and_admin_routes_need_an_admin(server, an
         send = {"data": {"csrf": csrf}} if web else ({"json": {}} if method in {"post", "patch"} else {})
         anonymous = requests.request(method, url, allow_redirects=False, timeout=30,
                                      **({"data": {}} if web and method == "post" else {}))
-        if path == "/webhooks/jira":
-            # Signed by HMAC, not a token; with no secret configured (this server) it is off.
-            assert anonymous.status_code == 503, anonymous.text
+        if path == "/webhooks/{source}":
+            # Signed by the source, not a token: an unknown source is not found, and Jira's
+            # webhooks are off with no secret configured (this server).
+            assert anonymous.status_code == 404, anonymous.text
+            jira = requests.post(base + "/webhooks/jira", timeout=30)
+            assert jira.status_code == 503 and "webhook_secret" in jira.json()["error"]["message"], jira.text
             continue
         assert anonymous.status_code < 500, (method, path, anonymous.text)
         if (method, path) in PUBLIC:

@@ -14,11 +14,11 @@ use crate::ConnectorError;
 /// Retries of one request after `429`/`503` or a connection failure.
 const RETRIES: u32 = 5;
 /// Issues per search page (Jira's maximum for full issues).
-pub const PAGE_SIZE: usize = 100;
+pub(crate) const PAGE_SIZE: usize = 100;
 
 /// An issue with everything Quiver stores about it.
 #[derive(Debug, Clone)]
-pub struct FetchedIssue {
+pub(crate) struct FetchedIssue {
     /// The issue as `GET /rest/api/3/issue/{key}?expand=renderedFields,changelog` returns
     /// it, with every comment and changelog history (paged in when Jira truncated them).
     pub issue: Value,
@@ -28,7 +28,7 @@ pub struct FetchedIssue {
 
 /// One page of a JQL search.
 #[derive(Debug, Clone)]
-pub struct SearchPage {
+pub(crate) struct SearchPage {
     /// The issues, with the fields asked for.
     pub issues: Vec<Value>,
     /// Token for the next page; `None` on the last.
@@ -37,7 +37,7 @@ pub struct SearchPage {
 
 /// A Jira Cloud site.
 #[derive(Clone)]
-pub struct JiraClient {
+pub(crate) struct JiraClient {
     http: reqwest::Client,
     base: Url,
     email: String,
@@ -54,7 +54,7 @@ impl std::fmt::Debug for JiraClient {
 
 impl JiraClient {
     /// A client for the site at `url`, signing in as `email` with an API token.
-    pub fn new(url: &str, email: &str, token: &str) -> Result<Self, ConnectorError> {
+    pub(crate) fn new(url: &str, email: &str, token: &str) -> Result<Self, ConnectorError> {
         let mut base = Url::parse(url)
             .map_err(|e| ConnectorError::Config(format!("jira.url `{url}`: {e}")))?;
         if !base.path().ends_with('/') {
@@ -75,7 +75,7 @@ impl JiraClient {
 
     /// The whole issue, or `None` when Jira says it does not exist (deleted, or no longer
     /// visible to the account).
-    pub async fn issue(&self, key: &str) -> Result<Option<FetchedIssue>, ConnectorError> {
+    pub(crate) async fn issue(&self, key: &str) -> Result<Option<FetchedIssue>, ConnectorError> {
         let path = format!("rest/api/3/issue/{key}");
         let Some(mut issue) = self
             .get(&path, &[("expand", "renderedFields,changelog")])
@@ -111,7 +111,7 @@ impl JiraClient {
     }
 
     /// One page of issues matching `jql` (`POST /rest/api/3/search/jql`).
-    pub async fn search(
+    pub(crate) async fn search(
         &self,
         jql: &str,
         fields: &[&str],
@@ -139,7 +139,7 @@ impl JiraClient {
     }
 
     /// Every issue matching `jql`, with `fields`, page by page.
-    pub async fn search_all(
+    pub(crate) async fn search_all(
         &self,
         jql: &str,
         fields: &[&str],
@@ -157,7 +157,7 @@ impl JiraClient {
     }
 
     /// About how many issues match `jql` (`POST /rest/api/3/search/approximate-count`).
-    pub async fn count(&self, jql: &str) -> Result<u64, ConnectorError> {
+    pub(crate) async fn count(&self, jql: &str) -> Result<u64, ConnectorError> {
         let answer = self
             .post("rest/api/3/search/approximate-count", &json!({"jql": jql}))
             .await?;

@@ -14,9 +14,10 @@ use serde_json::{Map, Value, json};
 
 use super::client::FetchedIssue;
 use crate::ConnectorError;
+use crate::push::ItemRows;
 
-/// The tables, in the order [`IssueRows::tables`] holds their rows.
-pub const TABLES: [&str; 6] = [
+/// The tables, in the order [`ItemRows::tables`] holds their rows.
+pub(crate) const TABLES: [&str; 6] = [
     "issues",
     "comments",
     "attachments",
@@ -24,9 +25,6 @@ pub const TABLES: [&str; 6] = [
     "issuelinks",
     "remote_links",
 ];
-
-/// Index of `issues` in [`TABLES`].
-pub const ISSUES: usize = 0;
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -133,25 +131,13 @@ static SCHEMAS: LazyLock<[SchemaRef; 6]> = LazyLock::new(|| {
 });
 
 /// The schema of table `TABLES[index]`.
-pub fn schema(index: usize) -> SchemaRef {
+pub(crate) fn schema(index: usize) -> SchemaRef {
     SCHEMAS[index].clone()
 }
 
-/// One issue's rows in every table.
-#[derive(Debug, Clone)]
-pub struct IssueRows {
-    /// Jira's issue id (stable when an issue moves and its key changes).
-    pub issue_id: String,
-    /// The issue key, e.g. `ABC-123`.
-    pub key: String,
-    /// The shard: the month the issue was created, `YYYY-MM`.
-    pub month: String,
-    /// Rows per table, in [`TABLES`] order, as JSON objects keyed by column.
-    pub tables: [Vec<Value>; 6],
-}
-
-/// Splits a fetched issue into rows of the six tables.
-pub fn issue_rows(fetched: &FetchedIssue) -> Result<IssueRows, ConnectorError> {
+/// Splits a fetched issue into rows of the six tables; its shard is the month it was
+/// created.
+pub(crate) fn issue_rows(fetched: &FetchedIssue) -> Result<ItemRows, ConnectorError> {
     let issue = &fetched.issue;
     let head = issue_row(issue)?;
     let (id, key, month) = (
@@ -250,16 +236,15 @@ pub fn issue_rows(fetched: &FetchedIssue) -> Result<IssueRows, ConnectorError> {
             })))
         })
         .collect();
-    Ok(IssueRows {
-        issue_id: id,
-        key,
-        month,
-        tables: [vec![head], comments, attachments, changelog, links, remote],
+    Ok(ItemRows {
+        id,
+        shard: month,
+        tables: vec![vec![head], comments, attachments, changelog, links, remote],
     })
 }
 
 /// The `issues` row of an issue (as the issue or search endpoints return it).
-pub fn issue_row(issue: &Value) -> Result<Value, ConnectorError> {
+pub(crate) fn issue_row(issue: &Value) -> Result<Value, ConnectorError> {
     let fields = &issue["fields"];
     let key = issue["key"].as_str().unwrap_or_default();
     let id = text(&issue["id"]);
@@ -332,7 +317,7 @@ pub fn issue_row(issue: &Value) -> Result<Value, ConnectorError> {
 }
 
 /// Rows of `TABLES[index]` as one Arrow batch.
-pub fn to_batch(index: usize, rows: &[Value]) -> Result<RecordBatch, ConnectorError> {
+pub(crate) fn to_batch(index: usize, rows: &[Value]) -> Result<RecordBatch, ConnectorError> {
     let schema = schema(index);
     let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.len().max(1))
@@ -371,7 +356,7 @@ fn time(v: &Value) -> Value {
 }
 
 /// Plain text of an Atlassian Document Format value (or the value itself if it is text).
-pub fn adf_text(doc: &Value) -> Value {
+pub(crate) fn adf_text(doc: &Value) -> Value {
     fn walk(node: &Value, out: &mut String) {
         match node["type"].as_str() {
             Some("text") => out.push_str(node["text"].as_str().unwrap_or_default()),
@@ -449,12 +434,12 @@ mod tests {
     fn an_issue_becomes_rows_of_every_table_in_its_utc_creation_month() {
         let rows = issue_rows(&issue()).unwrap();
         assert_eq!(
-            (rows.key.as_str(), rows.month.as_str()),
-            ("ABC-7", "2026-02")
+            (rows.tables[0][0]["issue_key"].as_str(), rows.shard.as_str()),
+            (Some("ABC-7"), "2026-02")
         );
         let counts: Vec<usize> = rows.tables.iter().map(Vec::len).collect();
         assert_eq!(counts, vec![1, 1, 0, 2, 1, 1]);
-        let head = &rows.tables[ISSUES][0];
+        let head = &rows.tables[0][0];
         assert_eq!(head["description"], "Hello @Ana\nLine 2");
         assert_eq!(head["created"], "2026-02-01T01:30:00.000000Z");
         assert!(head["sla"].as_str().unwrap().contains("Time to resolution"));

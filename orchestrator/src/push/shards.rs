@@ -1,7 +1,7 @@
-//! Writing the tables: per month, read the current shard of each table, drop the changed
-//! issues' old rows, add their new ones, write a new file, and commit all six tables in one
-//! transaction. A lock per month keeps two writers of one month from overwriting each
-//! other; different months commit in parallel (each commit swaps only its own shards).
+//! Writing the tables: per shard, read the current file of each table, drop the changed
+//! items' old rows, add their new ones, write a new file, and commit every table in one
+//! transaction. A lock per shard keeps two writers of one shard from overwriting each
+//! other; different shards commit in parallel (each commit swaps only its own files).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -14,72 +14,61 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use quiver_catalog::state::tables::{ShardChange, ShardFile};
 use quiver_catalog::{CatalogError, TableName};
-use quiver_connectors::jira::tables::{ISSUES, to_batch};
-use quiver_connectors::jira::{IssueRows, TABLES, issue_rows};
+use quiver_connectors::push::{Held, HeldItems, ItemRows, Target};
 use quiver_connectors::sink::encode_parquet;
 use serde_json::Value;
 
-use super::{FETCHES, JiraSync, SCHEMA, Target};
+use super::{FETCHES, PushSync};
 use crate::OrchestratorError;
 
-/// What happened to one issue.
+/// The head table's index in the source's tables.
+const HEAD: usize = 0;
+
+/// What happened to one item.
 #[derive(Debug, Clone)]
 pub(super) enum Change {
-    /// Its rows in every table, as Jira has it now.
-    Upsert(IssueRows),
-    /// Only its `issues` row (SLA refresh).
+    /// Its rows in every table, as the source has it now.
+    Upsert(ItemRows),
+    /// Only its head row (the refresh).
     Head {
         id: String,
-        month: String,
+        shard: String,
         row: Value,
     },
-    /// Gone from Jira: removed from every table.
-    Delete { id: String, month: String },
+    /// Gone from the source: removed from every table.
+    Delete { id: String, shard: String },
 }
 
 impl Change {
-    fn month(&self) -> &str {
+    fn shard(&self) -> &str {
         match self {
-            Change::Upsert(rows) => &rows.month,
-            Change::Head { month, .. } | Change::Delete { month, .. } => month,
+            Change::Upsert(rows) => &rows.shard,
+            Change::Head { shard, .. } | Change::Delete { shard, .. } => shard,
         }
     }
 
     fn id(&self) -> &str {
         match self {
-            Change::Upsert(rows) => &rows.issue_id,
+            Change::Upsert(rows) => &rows.id,
             Change::Head { id, .. } | Change::Delete { id, .. } => id,
         }
     }
 }
 
-/// What Quiver holds about an issue (from the `issues` table).
-#[derive(Debug, Clone)]
-pub(super) struct Held {
-    pub(super) key: String,
-    pub(super) month: String,
-    pub(super) updated: Option<i64>,
-    pub(super) sla: Option<String>,
-}
-
-impl JiraSync {
-    /// Fetches issues (`deleted` ones are removed without asking) and applies what could be
-    /// fetched; returns the issues that could not be, with the reason.
+impl PushSync {
+    /// Fetches items (`deleted` ones are removed without asking) and applies what could be
+    /// fetched; returns the items that could not be, with the reason.
     pub(super) async fn refetch(
         &self,
         targets: Vec<(Target, bool)>,
     ) -> Result<HashMap<String, String>, OrchestratorError> {
-        let fetched: Vec<(Target, Result<Option<IssueRows>, OrchestratorError>)> =
+        let fetched: Vec<(Target, Result<Option<ItemRows>, OrchestratorError>)> =
             futures::stream::iter(targets)
                 .map(|(target, deleted)| async move {
                     if deleted {
                         return (target, Ok(None));
                     }
-                    let rows = async {
-                        let issue = self.client.issue(&target.reference).await?;
-                        Ok(issue.as_ref().map(issue_rows).transpose()?)
-                    }
-                    .await;
+                    let rows = self.source.fetch(&target).await.map_err(Into::into);
                     (target, rows)
                 })
                 .buffer_unordered(FETCHES)
@@ -89,12 +78,12 @@ impl JiraSync {
         let mut unplaced = Vec::new();
         let mut failed = HashMap::new();
         for (target, rows) in fetched {
-            match (rows, target.id, target.month) {
+            match (rows, target.id, target.shard) {
                 (Err(e), _, _) => {
                     failed.insert(target.reference, e.to_string());
                 }
                 (Ok(Some(rows)), _, _) => changes.push(Change::Upsert(rows)),
-                (Ok(None), Some(id), Some(month)) => changes.push(Change::Delete { id, month }),
+                (Ok(None), Some(id), Some(shard)) => changes.push(Change::Delete { id, shard }),
                 (Ok(None), id, _) => unplaced.push((target.reference, id)),
             }
         }
@@ -108,7 +97,7 @@ impl JiraSync {
                 if let Some((id, h)) = found {
                     changes.push(Change::Delete {
                         id: id.clone(),
-                        month: h.month.clone(),
+                        shard: h.shard.clone(),
                     });
                 }
             }
@@ -118,7 +107,7 @@ impl JiraSync {
     }
 
     /// [`Self::refetch`] for jobs: what could be fetched is applied, then any failure fails
-    /// the job, naming how many issues and the first reason.
+    /// the job, naming how many items and the first reason.
     pub(super) async fn refetch_all(
         &self,
         targets: Vec<(Target, bool)>,
@@ -126,62 +115,64 @@ impl JiraSync {
         let failed = self.refetch(targets).await?;
         match failed.iter().next() {
             None => Ok(()),
-            Some((issue, error)) => Err(OrchestratorError::Connector(
+            Some((item, error)) => Err(OrchestratorError::Connector(
                 quiver_connectors::ConnectorError::Source(format!(
-                    "{} issue(s) could not be read from Jira (the rest were loaded); {issue}: {error}",
-                    failed.len()
+                    "{} item(s) could not be read from {} (the rest were loaded); {item}: {error}",
+                    failed.len(),
+                    self.name()
                 )),
             )),
         }
     }
 
-    /// Rewrites the shards the changes touch, month by month (months in parallel).
+    /// Rewrites the shards the changes touch, shard by shard (shards in parallel).
     pub(super) async fn apply(&self, changes: Vec<Change>) -> Result<(), OrchestratorError> {
-        let mut by_month: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<String, Vec<Change>> = BTreeMap::new();
         for change in changes {
-            by_month
-                .entry(change.month().to_string())
+            by_shard
+                .entry(change.shard().to_string())
                 .or_default()
                 .push(change);
         }
         futures::future::try_join_all(
-            by_month
+            by_shard
                 .into_iter()
-                .map(|(month, changes)| self.rewrite_month(month, changes)),
+                .map(|(shard, changes)| self.rewrite_shard(shard, changes)),
         )
         .await?;
         Ok(())
     }
 
-    async fn rewrite_month(
+    async fn rewrite_shard(
         &self,
-        month: String,
+        shard: String,
         changes: Vec<Change>,
     ) -> Result<(), OrchestratorError> {
         let lock = self
-            .months
+            .shards
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(month.clone())
+            .entry(shard.clone())
             .or_default()
             .clone();
         let _turn = lock.lock().await;
         self.writing.fetch_add(1, Ordering::AcqRel);
-        let result = self.rewrite_locked(&month, &changes).await;
+        let result = self.rewrite_locked(&shard, &changes).await;
         self.writing.fetch_sub(1, Ordering::AcqRel);
         result
     }
 
     async fn rewrite_locked(
         &self,
-        month: &str,
+        shard: &str,
         changes: &[Change],
     ) -> Result<(), OrchestratorError> {
+        let id_column = self.source.head().id;
         let mut commit = Vec::new();
-        for (index, table) in Self::tables().into_iter().enumerate() {
+        for (index, table) in self.tables().into_iter().enumerate() {
             let replaced: HashSet<&str> = changes
                 .iter()
-                .filter(|c| index == ISSUES || !matches!(c, Change::Head { .. }))
+                .filter(|c| index == HEAD || !matches!(c, Change::Head { .. }))
                 .map(Change::id)
                 .collect();
             if replaced.is_empty() {
@@ -191,19 +182,21 @@ impl JiraSync {
                 .iter()
                 .flat_map(|c| match c {
                     Change::Upsert(rows) => rows.tables[index].clone(),
-                    Change::Head { row, .. } if index == ISSUES => vec![row.clone()],
+                    Change::Head { row, .. } if index == HEAD => vec![row.clone()],
                     _ => Vec::new(),
                 })
                 .collect();
             let current = self.state.tables().current_shards(&table)?;
-            let file = current.iter().find(|f| f.shard == month);
+            let file = current.iter().find(|f| f.shard == shard);
             let mut batches = Vec::new();
             let mut dropped = 0;
             if let Some(file) = file {
                 for batch in self.read(&file.url, None).await? {
                     let ids = batch
-                        .column_by_name("issue_id")
-                        .ok_or_else(|| CatalogError::Internal(format!("{table} has no issue_id")))?
+                        .column_by_name(id_column)
+                        .ok_or_else(|| {
+                            CatalogError::Internal(format!("{table} has no {id_column}"))
+                        })?
                         .as_string::<i32>();
                     let keep: BooleanArray = ids
                         .iter()
@@ -217,25 +210,25 @@ impl JiraSync {
             if dropped == 0 && new_rows.is_empty() && !current.is_empty() {
                 continue;
             }
-            batches.push(to_batch(index, &new_rows)?);
+            batches.push(self.source.batch(index, &new_rows)?);
             commit.push(ShardChange {
                 location: self.storage.folder_url(&self.storage.table_prefix(&table)),
                 // Described when first published; an admin's later description stays.
                 description: current
                     .is_empty()
-                    .then(|| description(TABLES[index]).to_string()),
-                files: vec![self.write(&table, month, &batches).await?],
+                    .then(|| self.source.tables()[index].description.to_string()),
+                files: vec![self.write(&table, shard, &batches).await?],
                 table,
             });
         }
-        self.state.tables().commit_shards(&commit)?;
+        crate::publish::shards(&self.state, &commit)?;
         Ok(())
     }
 
     async fn write(
         &self,
         table: &TableName,
-        month: &str,
+        shard: &str,
         batches: &[RecordBatch],
     ) -> Result<ShardFile, OrchestratorError> {
         let schema = batches
@@ -247,7 +240,7 @@ impl JiraSync {
         let key = self
             .storage
             .table_prefix(table)
-            .join(month)
+            .join(shard)
             .join(format!("{}.parquet", uuid::Uuid::new_v4().simple()));
         let bytes = buffer.len();
         self.storage
@@ -257,7 +250,7 @@ impl JiraSync {
             .map_err(|e| CatalogError::Storage(format!("writing {key}: {e}")))?;
         self.storage.sync_file(&key).await?;
         Ok(ShardFile {
-            shard: month.to_string(),
+            shard: shard.to_string(),
             url: self.storage.file_url(&key),
             rows,
             bytes: bytes as i64,
@@ -283,58 +276,45 @@ impl JiraSync {
         Ok(builder.build()?.try_collect().await?)
     }
 
-    /// Every issue Quiver holds, by id.
-    pub(super) async fn held(&self) -> Result<HashMap<String, Held>, OrchestratorError> {
-        let table = TableName::new(SCHEMA, TABLES[ISSUES])?;
+    /// Every item Quiver holds, by id (from the head table).
+    pub(super) async fn held(&self) -> Result<HeldItems, OrchestratorError> {
+        let head = self.source.head();
         let mut out = HashMap::new();
-        for file in self.state.tables().current_shards(&table)? {
-            let columns = ["issue_id", "issue_key", "issue_month", "updated", "sla"];
+        for file in self.state.tables().current_shards(&self.head_table())? {
+            let columns = [head.id, head.key, head.shard, head.updated, head.watched];
             for batch in self.read(&file.url, Some(&columns)).await? {
                 let text = |name: &str| {
                     batch
                         .column_by_name(name)
                         .map(|c| c.as_string::<i32>().clone())
                 };
-                let (Some(ids), Some(keys), Some(months), Some(slas)) = (
-                    text("issue_id"),
-                    text("issue_key"),
-                    text("issue_month"),
-                    text("sla"),
+                let (Some(ids), Some(keys), Some(shards), Some(watched)) = (
+                    text(head.id),
+                    text(head.key),
+                    text(head.shard),
+                    text(head.watched),
                 ) else {
                     continue;
                 };
                 let updated = batch
-                    .column_by_name("updated")
+                    .column_by_name(head.updated)
                     .map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
                 for i in 0..batch.num_rows() {
                     out.insert(
                         ids.value(i).to_string(),
                         Held {
                             key: keys.value(i).to_string(),
-                            month: months.value(i).to_string(),
+                            shard: shards.value(i).to_string(),
                             updated: updated
                                 .as_ref()
                                 .filter(|u| u.is_valid(i))
                                 .map(|u| u.value(i)),
-                            sla: slas.is_valid(i).then(|| slas.value(i).to_string()),
+                            watched: watched.is_valid(i).then(|| watched.value(i).to_string()),
                         },
                     );
                 }
             }
         }
         Ok(out)
-    }
-}
-
-/// What each table holds, for catalogs.
-fn description(table: &str) -> &'static str {
-    match table {
-        "issues" => "Jira issues, one row each (kept current by webhook)",
-        "comments" => "Jira issue comments",
-        "attachments" => "Jira issue attachments (metadata and download URL)",
-        "changelog" => "Jira issue history, one row per changed field",
-        "issuelinks" => "Links between Jira issues, from each side",
-        "remote_links" => "Jira issues' links to other systems",
-        _ => "Jira",
     }
 }
