@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use quiver_catalog::state::access::NewGrant;
+use quiver_catalog::state::access::{NewGrant, Privilege};
 use quiver_catalog::state::audit::AuditQuery;
 use quiver_catalog::state::identity::{MembershipSource, UserUpdate};
 use quiver_catalog::{EngineOptions, QueryEngine, StateStore};
@@ -57,6 +57,10 @@ enum AdminCommand {
         /// Hide a column entirely.
         #[arg(long = "hide", value_name = "COLUMN")]
         hidden: Vec<String>,
+        /// Let the group also create, replace, append to and drop tables (a whole schema,
+        /// `schema.*`, that no sync keeps tables in).
+        #[arg(long)]
+        write: bool,
     },
     /// Remove a grant by id (see `grants`).
     Revoke {
@@ -173,6 +177,7 @@ pub(crate) fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
             row_filter,
             masks,
             hidden,
+            write,
         } => {
             let mut column_masks = BTreeMap::new();
             for mask in masks {
@@ -189,6 +194,11 @@ pub(crate) fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
                 table,
                 row_filter,
                 column_masks,
+                privilege: if write {
+                    Privilege::Write
+                } else {
+                    Privilege::Read
+                },
             };
             let storage = crate::server::open_storage(&config)?;
             let engine = QueryEngine::new(

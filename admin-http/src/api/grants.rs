@@ -1,4 +1,4 @@
-//! Grants: which groups may read which tables, rows and columns.
+//! Grants: which groups may read which tables, rows and columns, and write which schemas.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +28,9 @@ pub struct Grant {
     row_filter: Option<String>,
     /// Column → SQL expression replacing its value, or `null` to hide the column.
     column_masks: BTreeMap<String, Option<String>>,
+    /// `read`, or `write` (read, and create, replace, append to and drop tables).
+    #[schema(example = "read")]
+    privilege: String,
 }
 
 impl From<access::Grant> for Grant {
@@ -38,6 +41,7 @@ impl From<access::Grant> for Grant {
             table: g.table.to_string(),
             row_filter: g.row_filter,
             column_masks: g.column_masks,
+            privilege: g.privilege.to_string(),
         }
     }
 }
@@ -56,16 +60,29 @@ pub struct NewGrant {
     /// Column → SQL expression, or `null` to hide the column.
     #[serde(default)]
     column_masks: BTreeMap<String, Option<String>>,
+    /// `read` (the default), or `write`: only on a whole schema (`sandbox.*`) that no sync
+    /// keeps tables in.
+    #[serde(default)]
+    #[schema(example = "read")]
+    privilege: Option<String>,
 }
 
-impl From<NewGrant> for access::NewGrant {
-    fn from(g: NewGrant) -> Self {
-        Self {
+impl TryFrom<NewGrant> for access::NewGrant {
+    type Error = quiver_catalog::CatalogError;
+
+    fn try_from(g: NewGrant) -> Result<Self, Self::Error> {
+        Ok(Self {
             group: g.group,
             table: g.table,
             row_filter: g.row_filter,
             column_masks: g.column_masks,
-        }
+            privilege: g
+                .privilege
+                .as_deref()
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or_default(),
+        })
     }
 }
 
@@ -91,7 +108,10 @@ pub async fn create_grant(
     AdminCaller(p): AdminCaller,
     Json(body): Json<NewGrant>,
 ) -> Result<(StatusCode, Json<Grant>), ApiError> {
-    let grant = app.engine.create_grant(p.email(), &body.into()).await?;
+    let grant = app
+        .engine
+        .create_grant(p.email(), &body.try_into()?)
+        .await?;
     Ok((StatusCode::CREATED, Json(grant.into())))
 }
 

@@ -133,6 +133,7 @@ pub(crate) async fn create_grant(
         table: form.table,
         row_filter: form.row_filter.filter(|f| !f.trim().is_empty()),
         column_masks,
+        privilege: Default::default(),
     };
     match app
         .engine

@@ -53,7 +53,7 @@ use crate::engine::limits::QueryLimits;
 use crate::engine::policy::TablePolicy;
 use crate::engine::remote::RemoteSources;
 use crate::names::CATALOG_NAME;
-use crate::state::access::{Grant, GrantTarget, NewGrant};
+use crate::state::access::{Grant, GrantTarget, NewGrant, Privilege};
 use crate::state::{StateStore, TableEntry};
 use crate::storage::Storage;
 use crate::{CatalogError, TableName};
@@ -188,6 +188,7 @@ impl QueryEngine {
             table: target.clone(),
             row_filter: row_filter.map(String::from),
             column_masks: new.column_masks.clone(),
+            privilege: new.privilege,
         };
         let covered: Vec<TableEntry> = self
             .state
@@ -196,6 +197,9 @@ impl QueryEngine {
             .into_iter()
             .filter(|t| target.covers(&t.name))
             .collect();
+        if new.privilege == Privilege::Write {
+            self.check_writable(&target, &covered)?;
+        }
         if covered.is_empty() && matches!(target, GrantTarget::Table(_)) {
             return Err(CatalogError::NotFound(format!("no table `{target}`")));
         }
@@ -236,7 +240,38 @@ impl QueryEngine {
             &target,
             row_filter,
             &grant.column_masks,
+            grant.privilege,
         )
+    }
+
+    /// Whether `target` may be granted for writing: a whole schema, holding no table that a
+    /// sync keeps (its next sync would overwrite what users wrote) and no definition.
+    fn check_writable(
+        &self,
+        target: &GrantTarget,
+        covered: &[TableEntry],
+    ) -> Result<(), CatalogError> {
+        let GrantTarget::Schema(schema) = target else {
+            return Err(CatalogError::InvalidInput(format!(
+                "`write` is granted on a whole schema (`{}.*`), not on one table",
+                target.schema()
+            )));
+        };
+        let defined = self
+            .state
+            .tables()
+            .definitions()?
+            .into_iter()
+            .map(|d| d.name)
+            .find(|name| name.schema() == schema);
+        // Until users can write, every table there is a synced one.
+        if let Some(kept) = defined.or_else(|| covered.first().map(|t| t.name.clone())) {
+            return Err(CatalogError::InvalidInput(format!(
+                "`{schema}` holds tables kept by syncs (such as `{kept}`), which would overwrite \
+                 what users write: grant `write` on a schema of its own"
+            )));
+        }
+        Ok(())
     }
 
     /// The Arrow schema of a visible table as clients see it (no view types), or `None`

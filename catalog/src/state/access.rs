@@ -74,8 +74,57 @@ impl Serialize for GrantTarget {
     }
 }
 
+/// What a grant allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Privilege {
+    /// Reading (the default).
+    #[default]
+    Read,
+    /// Reading, and creating, replacing, appending to and dropping tables: only on a whole
+    /// schema that no sync writes to.
+    Write,
+}
+
+impl Privilege {
+    /// The name in the API, YAML and the state store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+}
+
+impl FromStr for Privilege {
+    type Err = CatalogError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read" => Ok(Self::Read),
+            "write" => Ok(Self::Write),
+            other => Err(CatalogError::InvalidInput(format!(
+                "privilege must be `read` or `write`, not `{}`",
+                other.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Privilege {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Privilege {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// A grant: members of `group` may read `target`, only the rows `row_filter` keeps, with
-/// `column_masks` applied (a column mapped to `None` is hidden).
+/// `column_masks` applied (a column mapped to `None` is hidden); with [`Privilege::Write`]
+/// they may also write tables in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// Grant id, for revoking.
@@ -88,6 +137,8 @@ pub struct Grant {
     pub row_filter: Option<String>,
     /// Column → SQL expression replacing its value, or `None` to hide the column.
     pub column_masks: BTreeMap<String, Option<String>>,
+    /// Read, or read and write.
+    pub privilege: Privilege,
 }
 
 /// A grant to be made; the engine validates it against the table before it is stored.
@@ -101,6 +152,8 @@ pub struct NewGrant {
     pub row_filter: Option<String>,
     /// Column → SQL expression, or `null` to hide the column.
     pub column_masks: BTreeMap<String, Option<String>>,
+    /// Read (the default), or read and write.
+    pub privilege: Privilege,
 }
 
 /// The grants (see [`StateStore::access`]).
@@ -116,6 +169,7 @@ impl Access<'_> {
         target: &GrantTarget,
         row_filter: Option<&str>,
         column_masks: &BTreeMap<String, Option<String>>,
+        privilege: Privilege,
     ) -> Result<Grant, CatalogError> {
         let masks = serde_json::to_string(column_masks)
             .map_err(|e| CatalogError::Internal(e.to_string()))?;
@@ -124,14 +178,14 @@ impl Access<'_> {
                 return Err(no_group(group));
             }
             let id: i64 = tx.query_row(
-                "INSERT INTO grants (group_name, schema_name, table_name, row_filter, column_masks, created_by)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                params![group, target.schema(), target.table_part(), row_filter, masks, actor],
+                "INSERT INTO grants (group_name, schema_name, table_name, row_filter, column_masks, created_by, privilege)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                params![group, target.schema(), target.table_part(), row_filter, masks, actor, privilege.as_str()],
                 |r| r.get(0),
             )?;
             Ok((
                 id,
-                json!({ "id": id, "group": group, "row_filter": row_filter, "column_masks": column_masks }),
+                json!({ "id": id, "group": group, "row_filter": row_filter, "column_masks": column_masks, "privilege": privilege.as_str() }),
             ))
         })?;
         self.grant(id)
@@ -159,7 +213,7 @@ impl Access<'_> {
     pub fn grants(&self) -> Result<Vec<Grant>, CatalogError> {
         let conn = self.0.conn()?;
         let rows = conn.query_map(
-            "SELECT id, group_name, schema_name, table_name, row_filter, column_masks
+            "SELECT id, group_name, schema_name, table_name, row_filter, column_masks, privilege
              FROM grants ORDER BY id",
             params![],
             |r| {
@@ -170,12 +224,13 @@ impl Access<'_> {
                     r.get::<String>(3)?,
                     r.get::<Option<String>>(4)?,
                     r.get::<String>(5)?,
+                    r.get::<Option<String>>(6)?,
                 ))
             },
         )?;
         let mut grants = Vec::new();
         for row in rows {
-            let (id, group, schema, table, row_filter, masks) = row;
+            let (id, group, schema, table, row_filter, masks, privilege) = row;
             let table = if table == "*" {
                 GrantTarget::Schema(schema)
             } else {
@@ -183,12 +238,20 @@ impl Access<'_> {
             };
             let column_masks = serde_json::from_str(&masks)
                 .map_err(|e| CatalogError::State(format!("grant {id} has corrupt masks: {e}")))?;
+            // Grants made before privileges existed read.
+            let privilege = match privilege.as_deref() {
+                None => Privilege::Read,
+                Some(p) => p.parse().map_err(|_| {
+                    CatalogError::State(format!("grant {id} has an unknown privilege `{p}`"))
+                })?,
+            };
             grants.push(Grant {
                 id,
                 group,
                 table,
                 row_filter,
                 column_masks,
+                privilege,
             });
         }
         Ok(grants)
@@ -211,5 +274,13 @@ mod tests {
         );
         assert!("TPCH.*".parse::<GrantTarget>().is_err());
         assert!("nation".parse::<GrantTarget>().is_err());
+    }
+
+    #[test]
+    fn privileges_parse_and_name_themselves() {
+        assert_eq!("write".parse::<Privilege>().unwrap(), Privilege::Write);
+        assert_eq!(Privilege::default().to_string(), "read");
+        let e = "WRITE".parse::<Privilege>().unwrap_err().to_string();
+        assert!(e.contains("`read` or `write`"), "{e}");
     }
 }

@@ -218,4 +218,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         principal   VARCHAR NOT NULL       -- the user's e-mail
     );
     "#,
+    // 11: what a grant allows: 'read' or 'write' (NULL, for grants made before: read).
+    r#"
+    ALTER TABLE grants ADD COLUMN privilege VARCHAR;
+    "#,
 ];

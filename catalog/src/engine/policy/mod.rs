@@ -405,6 +405,7 @@ mod tests {
                 .iter()
                 .map(|(c, m)| (c.to_string(), m.map(String::from)))
                 .collect(),
+            privilege: Default::default(),
         }
     }
 
