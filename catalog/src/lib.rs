@@ -13,12 +13,14 @@
 //!   catalog holds only what that principal may read, row filters and masks in the plan
 //!   (`policy`), statement limits, memory, the runtime, remote tables, distributed stages,
 //!   hot tables in memory, results cache and parts, plain types on the wire.
-//! - [`storage`]: the object store holding table data, and its key layout; [`names`]:
-//!   validated `schema.table` names.
+//! - [`storage`]: the object store holding table data, and its key layout; [`sink`]: the
+//!   one place table data is written (by syncs and by users); [`names`]: validated
+//!   `schema.table` names.
 
 pub mod auth;
 pub mod engine;
 pub(crate) mod names;
+pub mod sink;
 pub mod state;
 pub(crate) mod storage;
 

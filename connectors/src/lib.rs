@@ -14,7 +14,8 @@
 //! - [`sql`]: a query over other Quiver tables, materialized.
 //! - [`remote`]: PostgreSQL and BigQuery as sources of tables read at query time
 //!   (`mode: remote`); [`pushdown`]: the filters such a source runs, in its SQL.
-//! - [`sink`]: the one place data is written. [`tpch`]: the demo dataset.
+//! - [`tpch`]: the demo dataset (written, like every connector's data, through
+//!   `quiver_catalog::sink`).
 //! - [`options`]: typed, documented options with errors that name the field.
 
 pub(crate) mod bigquery;
@@ -26,7 +27,6 @@ pub(crate) mod postgres;
 pub mod push;
 pub(crate) mod pushdown;
 pub mod remote;
-pub mod sink;
 pub(crate) mod sql;
 pub mod tpch;
 
@@ -40,6 +40,8 @@ use futures::stream::BoxStream;
 use quiver_config::FieldProblem;
 
 pub use push::PushSource;
+/// The sink lives beside the storage it writes to, shared with users' writes.
+pub use quiver_catalog::sink;
 pub use sink::{Landed, ParquetSink};
 
 /// Every connector, by the name a table definition uses. Adding one is one line here.

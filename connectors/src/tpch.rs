@@ -172,7 +172,7 @@ pub async fn generate(
         part += batch.len() as i32;
     }
     let landed = sink.finish().await?;
-    tracing::info!(table = %name, scale, rows = landed.rows, bytes = landed.bytes, files = landed.files, "TPC-H table generated");
+    tracing::info!(table = %name, scale, rows = landed.rows, bytes = landed.bytes, files = landed.files.len(), "TPC-H table generated");
     Ok(landed)
 }
 

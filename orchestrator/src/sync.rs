@@ -86,12 +86,13 @@ pub(crate) async fn run(
             }
         };
         let sink = ParquetSink::new(&orchestrator.storage, table);
-        sink.write_stream(batches, &running.progress).await
+        sink.write_stream(batches.schema, batches.stream, &running.progress)
+            .await
     }
     .await;
     logger.abort();
     let mut landed = landed?;
-    tracing::info!(table = %table, run = running.run, rows = landed.rows, bytes = landed.bytes, files = landed.files, land_seconds = started.elapsed().as_secs_f64(), "landed");
+    tracing::info!(table = %table, run = running.run, rows = landed.rows, bytes = landed.bytes, files = landed.files.len(), land_seconds = started.elapsed().as_secs_f64(), "landed");
     let mut config = SessionConfig::new();
     // Plain Utf8, as the engine reads: a merge compares old and new column types.
     config
@@ -292,13 +293,13 @@ async fn merge(
     };
     let frame = ctx.sql(&sql).await?;
     let stream = frame.execute_stream().await?;
-    let batches = Batches {
-        schema: stream.schema(),
-        stream: Box::pin(stream.map_err(ConnectorError::from)),
-    };
     let progress = Arc::new(quiver_connectors::sink::Progress::default());
     let merged = ParquetSink::new(&orchestrator.storage, table)
-        .write_stream(batches, &progress)
+        .write_stream(
+            stream.schema(),
+            stream.map_err(ConnectorError::from),
+            &progress,
+        )
         .await?;
     Ok(merged)
 }

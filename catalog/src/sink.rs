@@ -1,6 +1,6 @@
-//! Where every connector writes: parquet part files under a fresh run folder of the object
-//! store. Nothing written here is visible to queries until the orchestrator commits the
-//! folder as a new table version.
+//! Where all table data is written — by connectors and by users' writes: parquet part files
+//! under a fresh run folder of the object store. Nothing written here is visible to queries
+//! until the state store commits it as (part of) a table version.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -15,12 +15,11 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use quiver_catalog::engine::wire::{plain_batch, plain_schema};
-use quiver_catalog::{Storage, TableName};
+use futures::{Stream, StreamExt};
 
-use futures::StreamExt;
-
-use crate::{Batches, ConnectorError};
+use crate::engine::wire::{plain_batch, plain_schema};
+use crate::state::tables::ShardFile;
+use crate::{CatalogError, Storage, TableName};
 
 /// Rows per parquet row group: small enough for min/max pruning to skip most of a file on a
 /// selective filter, large enough for fast scans.
@@ -38,7 +37,7 @@ const ENCODERS: usize = 2;
 const PART_BYTES: usize = 256 * 1024 * 1024;
 
 /// A part file being encoded on a blocking thread: its bytes and row count.
-type Encoding = tokio::task::JoinHandle<Result<(Vec<u8>, i64), ConnectorError>>;
+type Encoding = tokio::task::JoinHandle<Result<(Vec<u8>, i64), CatalogError>>;
 
 /// Rows and bytes written so far by a running sync; read by logs and progress bars.
 #[derive(Debug, Default)]
@@ -73,8 +72,9 @@ pub struct Landed {
     pub rows: i64,
     /// Parquet bytes written.
     pub bytes: i64,
-    /// Part files written.
-    pub files: usize,
+    /// The part files written, in order (each a [`ShardFile`] keyed `<run>/<file>`), for
+    /// versions that list their files (users' writes).
+    pub files: Vec<ShardFile>,
 }
 
 /// Writes one run of a table as numbered parquet part files.
@@ -84,7 +84,7 @@ pub struct ParquetSink {
     prefix: ObjectPath,
     rows: i64,
     bytes: i64,
-    files: usize,
+    files: Vec<ShardFile>,
 }
 
 impl ParquetSink {
@@ -95,7 +95,7 @@ impl ParquetSink {
             prefix: storage.new_run_prefix(table),
             rows: 0,
             bytes: 0,
-            files: 0,
+            files: Vec::new(),
         }
     }
 
@@ -105,23 +105,30 @@ impl ParquetSink {
         index: usize,
         file: Vec<u8>,
         rows: i64,
-    ) -> Result<(), ConnectorError> {
-        let path = self.prefix.clone().join(format!("part-{index:05}.parquet"));
+    ) -> Result<(), CatalogError> {
+        let name = format!("part-{index:05}.parquet");
+        let path = self.prefix.clone().join(name.as_str());
         let len = file.len() as i64;
         self.storage
             .store()
             .put(&path, PutPayload::from(file))
             .await
-            .map_err(|e| ConnectorError::Storage(format!("writing {path}: {e}")))?;
+            .map_err(|e| CatalogError::Storage(format!("writing {path}: {e}")))?;
         self.rows += rows;
         self.bytes += len;
-        self.files += 1;
+        let run = self.prefix.filename().unwrap_or_default();
+        self.files.push(ShardFile {
+            shard: format!("{run}/{name}"),
+            url: self.storage.file_url(&path),
+            rows,
+            bytes: len,
+        });
         Ok(())
     }
 
     /// Makes the written files durable (fsync on a local disk; object stores are durable
     /// once a put returns) and returns the run's summary, ready to be committed.
-    pub async fn finish(self) -> Result<Landed, ConnectorError> {
+    pub async fn finish(self) -> Result<Landed, CatalogError> {
         self.storage.sync_folder(&self.prefix).await?;
         Ok(Landed {
             location: self.storage.folder_url(&self.prefix),
@@ -131,22 +138,31 @@ impl ParquetSink {
         })
     }
 
-    /// Writes a stream of batches as part files of up to half a million rows. Parts are
-    /// encoded on blocking threads, up to [`ENCODERS`] at once, while the next ones are
-    /// read, so the source and the encoders keep both cores busy; memory stays bounded by
-    /// the parts in flight.
-    pub async fn write_stream(
+    /// The run folder's URL (trailing slash).
+    pub fn location(&self) -> String {
+        self.storage.folder_url(&self.prefix)
+    }
+
+    /// Writes a stream of batches of `schema` as part files of up to half a million rows.
+    /// Parts are encoded on blocking threads, up to [`ENCODERS`] at once, while the next
+    /// ones are read, so the source and the encoders keep both cores busy; memory stays
+    /// bounded by the parts in flight. The stream's first error ends the write, returned
+    /// as it came.
+    pub async fn write_stream<E>(
         mut self,
-        mut batches: Batches,
+        schema: SchemaRef,
+        mut batches: impl Stream<Item = Result<RecordBatch, E>> + Unpin,
         progress: &Progress,
-    ) -> Result<Landed, ConnectorError> {
-        let schema = batches.schema.clone();
+    ) -> Result<Landed, E>
+    where
+        E: From<CatalogError>,
+    {
         let mut pending: VecDeque<Encoding> = VecDeque::new();
         let mut part: Vec<RecordBatch> = Vec::new();
         let (mut part_rows, mut part_bytes) = (0usize, 0usize);
         let (mut spawned, mut index) = (0usize, 0usize);
         loop {
-            let next = batches.stream.next().await.transpose()?;
+            let next = batches.next().await.transpose()?;
             let end = next.is_none();
             if let Some(batch) = next {
                 progress
@@ -170,7 +186,7 @@ impl ParquetSink {
                 let batches = std::mem::take(&mut part);
                 let schema = schema.clone();
                 pending.push_back(tokio::task::spawn_blocking(move || {
-                    encode_parquet(schema, batches.into_iter().map(Ok))
+                    encode_parquet::<CatalogError>(schema, batches.into_iter().map(Ok))
                 }));
                 spawned += 1;
                 (part_rows, part_bytes) = (0, 0);
@@ -182,7 +198,7 @@ impl ParquetSink {
         while let Some(handle) = pending.pop_front() {
             self.store_encoded(&mut index, handle, progress).await?;
         }
-        self.finish().await
+        Ok(self.finish().await?)
     }
 
     async fn store_encoded(
@@ -190,10 +206,10 @@ impl ParquetSink {
         index: &mut usize,
         handle: Encoding,
         progress: &Progress,
-    ) -> Result<(), ConnectorError> {
+    ) -> Result<(), CatalogError> {
         let (file, rows) = handle
             .await
-            .map_err(|e| ConnectorError::Storage(format!("parquet encoder failed: {e}")))??;
+            .map_err(|e| CatalogError::Internal(format!("parquet encoder failed: {e}")))??;
         progress
             .bytes
             .fetch_add(file.len() as u64, Ordering::Relaxed);
@@ -213,10 +229,10 @@ impl ParquetSink {
 /// dates scan faster from a dictionary, while for keys and amounts building one that is
 /// abandoned once full costs about as much as all the rest of the encoding, and every read
 /// of a page — a point lookup's unit of work — would decode it.
-pub fn encode_parquet(
+pub fn encode_parquet<E: From<CatalogError>>(
     schema: SchemaRef,
-    batches: impl IntoIterator<Item = Result<RecordBatch, ConnectorError>>,
-) -> Result<(Vec<u8>, i64), ConnectorError> {
+    batches: impl IntoIterator<Item = Result<RecordBatch, E>>,
+) -> Result<(Vec<u8>, i64), E> {
     let mut batches = batches.into_iter().peekable();
     let first = batches.peek().and_then(|b| b.as_ref().ok());
     let mut props = WriterProperties::builder()
@@ -242,14 +258,16 @@ pub fn encode_parquet(
     // Files hold plain strings, whatever the source produced: the engine reads them as
     // views anyway, and a merge compares an old version's types with a new one's.
     let schema = plain_schema(&schema);
-    let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props))?;
+    let parquet = |e: parquet::errors::ParquetError| CatalogError::Internal(format!("parquet: {e}"));
+    let mut writer =
+        ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props)).map_err(parquet)?;
     let mut rows = 0;
     for batch in batches {
-        let batch = plain_batch(batch?, &schema)?;
+        let batch = plain_batch(batch?, &schema).map_err(|e| CatalogError::Query(e.into()))?;
         rows += batch.num_rows() as i64;
-        writer.write(&batch)?;
+        writer.write(&batch).map_err(parquet)?;
     }
-    Ok((writer.into_inner()?, rows))
+    Ok((writer.into_inner().map_err(parquet)?, rows))
 }
 
 /// A fixed-width column's values repeat when at most one in [`DICTIONARY_SHARE`] is new.
@@ -303,7 +321,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let (file, count) = encode_parquet(schema, [Ok(batch.clone())]).unwrap();
+        let (file, count) = encode_parquet::<CatalogError>(schema, [Ok(batch.clone())]).unwrap();
         assert_eq!(count, rows);
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file)).unwrap();
         let dictionary: Vec<bool> = reader
