@@ -84,6 +84,12 @@ impl From<CatalogError> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, "not_found", m)
             }
             CatalogError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            CatalogError::AlreadyExists(m) => Self::new(StatusCode::CONFLICT, "already_exists", m),
+            CatalogError::Aborted(m) => Self::new(StatusCode::CONFLICT, "aborted", m),
+            CatalogError::PermissionDenied(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", m),
+            CatalogError::Unsupported(m) => {
+                Self::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m)
+            }
             other @ CatalogError::StateUnavailable(..) => {
                 tracing::error!(error = %other, "state database unavailable");
                 Self::new(

@@ -68,6 +68,20 @@ pub enum CatalogError {
     /// The change conflicts with what exists (a duplicate, the last administrator…).
     #[error("{0}")]
     Conflict(String),
+    /// A table to be created exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A write lost a race: what it started from changed before it committed. Trying again
+    /// may succeed.
+    #[error("{0}")]
+    Aborted(String),
+    /// The caller may read the table or schema but not do this to it.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A kind of statement Quiver does not run (`UPDATE`, `DELETE`, …); the message names
+    /// what it accepts instead.
+    #[error("{0}")]
+    Unsupported(String),
     /// The object store could not be opened or used.
     #[error("object store: {0}")]
     Storage(String),

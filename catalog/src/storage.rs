@@ -169,6 +169,18 @@ impl Storage {
         .map_err(|e| CatalogError::Storage(format!("fsync: {e}")))
     }
 
+    /// Removes every file under `prefix`, logging (not failing) what cannot be removed:
+    /// for cleaning up after a write that was not committed (the sweep removes the rest).
+    pub async fn delete_folder(&self, prefix: &ObjectPath) {
+        use futures::{StreamExt, TryStreamExt};
+        let store = self.store();
+        let locations = store.list(Some(prefix)).map_ok(|meta| meta.location).boxed();
+        let deleted: Result<Vec<_>, _> = store.delete_stream(locations).try_collect().await;
+        if let Err(e) = deleted {
+            tracing::warn!(folder = %prefix, error = %e, "cannot remove an uncommitted write's files; the sweep will");
+        }
+    }
+
     /// The URL of one file.
     pub fn file_url(&self, key: &ObjectPath) -> String {
         format!("{}{}", self.base_url, key)

@@ -22,6 +22,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Limits applied to every query.
     pub query: QueryConfig,
+    /// Where users may write tables (bulk ingest, `CREATE TABLE`, `INSERT`), and how much.
+    pub write: WriteConfig,
     /// The demo dataset that `quiver demo` generates.
     pub demo: DemoConfig,
     /// Log output.
@@ -388,6 +390,38 @@ impl Default for QueryConfig {
             distributed_threshold: ByteSize::mib(256),
             acceleration_memory: ByteSize::b(0),
             results_cache_memory: ByteSize::mib(64),
+        }
+    }
+}
+
+/// Users' writes. Users write only to schemas a `write` grant names and to their personal
+/// schema (`me`); every write is one new table version, like a sync's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WriteConfig {
+    /// Every user has a personal schema, `me` in their own statements (`home_<name>` to
+    /// administrators), that only they and administrators can read and write. Default `true`.
+    pub personal_schemas: bool,
+    /// Parquet bytes one user's personal schema may hold; a write into a fuller one is
+    /// refused. Default: no limit.
+    pub quota_per_user: Option<ByteSize>,
+    /// Parquet bytes each shared writable schema may hold. Default: no limit.
+    pub quota_per_schema: Option<ByteSize>,
+    /// Arrow bytes one ingest or statement may write; a larger one fails and publishes
+    /// nothing. Default `10 GiB`.
+    pub max_write_bytes: ByteSize,
+    /// Tables one writable schema may hold. Default `1000`.
+    pub max_tables_per_schema: u64,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        Self {
+            personal_schemas: true,
+            quota_per_user: None,
+            quota_per_schema: None,
+            max_write_bytes: ByteSize::gib(10),
+            max_tables_per_schema: 1000,
         }
     }
 }

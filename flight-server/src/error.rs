@@ -16,6 +16,10 @@ pub(crate) fn to_status(error: CatalogError) -> Status {
         e @ CatalogError::LimitExceeded { .. } => Status::invalid_argument(e.to_string()),
         CatalogError::NotFound(m) | CatalogError::TableNotFound(m) => Status::not_found(m),
         CatalogError::Conflict(m) => Status::failed_precondition(m),
+        CatalogError::AlreadyExists(m) => Status::already_exists(m),
+        CatalogError::Aborted(m) => Status::aborted(m),
+        CatalogError::PermissionDenied(m) => Status::permission_denied(m),
+        CatalogError::Unsupported(m) => Status::unimplemented(m),
         CatalogError::Query(e) => datafusion_status(&e),
         other @ CatalogError::StateUnavailable(..) => {
             tracing::error!(error = %other, "state database unavailable");

@@ -216,6 +216,7 @@ pub(crate) fn run(args: AdminArgs, config: Config) -> anyhow::Result<()> {
                     acceleration_memory: 0,
                     results_cache_memory: 0,
                     remote_sources: None,
+                    writes: crate::server::write_options(&config.write),
                 },
             )?;
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -311,8 +311,20 @@ pub(crate) fn open_engine(
             acceleration_memory: config.query.acceleration_memory.as_u64() as usize,
             results_cache_memory: config.query.results_cache_memory.as_u64() as usize,
             remote_sources: Some(Arc::new(RemoteSources::new(config.sync.clone()))),
+            writes: write_options(&config.write),
         },
     )?))
+}
+
+/// The engine's view of the `write` section.
+pub(crate) fn write_options(write: &quiver_config::WriteConfig) -> quiver_catalog::engine::WriteOptions {
+    quiver_catalog::engine::WriteOptions {
+        personal_schemas: write.personal_schemas,
+        quota_per_user: write.quota_per_user.map_or(0, |b| b.as_u64()),
+        quota_per_schema: write.quota_per_schema.map_or(0, |b| b.as_u64()),
+        max_write_bytes: write.max_write_bytes.as_u64(),
+        max_tables_per_schema: write.max_tables_per_schema,
+    }
 }
 
 /// The orchestrator with the `sync` section's settings, downloading into `data_dir/scratch`,

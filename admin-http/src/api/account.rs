@@ -80,7 +80,7 @@ pub async fn catalog(
         let t = visible.entry;
         let columns = app
             .engine
-            .table_schema(&p, &t.name)
+            .table_schema(&p, &visible.name)
             .await?
             .map(|schema| {
                 schema
@@ -115,7 +115,7 @@ pub async fn catalog(
         };
         out.push(CatalogTable {
             profile,
-            name: t.name.to_string(),
+            name: visible.name.to_string(),
             description: t.description,
             version: t.version,
             published_at: t.committed_at,

@@ -24,7 +24,7 @@ pub(crate) async fn catalog(State(app): State<AppState>, user: PageUser) -> Resp
     for t in tables {
         let schema = app
             .engine
-            .table_schema(&user.principal, &t.entry.name)
+            .table_schema(&user.principal, &t.name)
             .await
             .ok()
             .flatten();
@@ -40,8 +40,8 @@ pub(crate) async fn catalog(State(app): State<AppState>, user: PageUser) -> Resp
             }
             @for (visible, schema) in &rows {
                 @let t = &visible.entry;
-                section.table id=(format!("table-{}", t.name)) {
-                    h2 { code { (t.name) } }
+                section.table id=(format!("table-{}", visible.name)) {
+                    h2 { code { (visible.name) } }
                     @if let Some(d) = &t.description { p { (d) } }
                     p {
                         @if visible.remote {

@@ -29,6 +29,7 @@ mod statements;
 pub(crate) mod system;
 pub mod wire;
 pub mod worker;
+pub mod writes;
 
 pub use parts::Layout;
 
@@ -36,6 +37,7 @@ use sessions::PrincipalSession;
 pub use sessions::VisibleTable;
 pub(crate) use sessions::register_functions;
 pub use statements::{Planned, number_placeholders, parameter_types, read_only, tables_read};
+pub use writes::{IngestMode, PERSONAL_SCHEMA, WriteOptions, WriteStatement, WriteTarget};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,7 @@ use crate::engine::policy::TablePolicy;
 use crate::engine::remote::RemoteSources;
 use crate::names::CATALOG_NAME;
 use crate::state::access::{Grant, GrantTarget, NewGrant, Privilege};
+use crate::state::tables::PERSONAL_PREFIX;
 use crate::state::{StateStore, TableEntry};
 use crate::storage::Storage;
 use crate::{CatalogError, TableName};
@@ -85,6 +88,8 @@ pub struct EngineOptions {
     pub results_cache_memory: usize,
     /// The sources of `mode: remote` tables; `None`: such tables are not served here.
     pub remote_sources: Option<Arc<dyn RemoteSources>>,
+    /// Where users may write, and how much.
+    pub writes: WriteOptions,
 }
 
 /// The schema unqualified table names are looked up in when the client chose none.
@@ -114,6 +119,10 @@ pub struct QueryEngine {
     results: Arc<results::ResultsCache>,
     /// The sources of remote tables.
     remote_sources: Option<Arc<dyn RemoteSources>>,
+    /// Where users' writes land.
+    storage: Storage,
+    /// Where users may write, and how much.
+    writes: WriteOptions,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -160,6 +169,8 @@ impl QueryEngine {
             accelerator: accelerate::Accelerator::new(options.acceleration_memory),
             results: Arc::new(results::ResultsCache::new(options.results_cache_memory)),
             remote_sources: options.remote_sources,
+            storage: storage.clone(),
+            writes: options.writes,
         })
     }
 
@@ -197,8 +208,15 @@ impl QueryEngine {
             .into_iter()
             .filter(|t| target.covers(&t.name))
             .collect();
+        // Personal schemas are their owners' alone.
+        if target.schema().starts_with(PERSONAL_PREFIX) || target.schema() == PERSONAL_SCHEMA {
+            return Err(CatalogError::InvalidInput(format!(
+                "`{}` is a personal schema: only its owner and administrators reach it, and no grant can change that",
+                target.schema()
+            )));
+        }
         if new.privilege == Privilege::Write {
-            self.check_writable(&target, &covered)?;
+            self.check_writable(&target)?;
         }
         if covered.is_empty() && matches!(target, GrantTarget::Table(_)) {
             return Err(CatalogError::NotFound(format!("no table `{target}`")));
@@ -246,26 +264,14 @@ impl QueryEngine {
 
     /// Whether `target` may be granted for writing: a whole schema, holding no table that a
     /// sync keeps (its next sync would overwrite what users wrote) and no definition.
-    fn check_writable(
-        &self,
-        target: &GrantTarget,
-        covered: &[TableEntry],
-    ) -> Result<(), CatalogError> {
+    fn check_writable(&self, target: &GrantTarget) -> Result<(), CatalogError> {
         let GrantTarget::Schema(schema) = target else {
             return Err(CatalogError::InvalidInput(format!(
                 "`write` is granted on a whole schema (`{}.*`), not on one table",
                 target.schema()
             )));
         };
-        let defined = self
-            .state
-            .tables()
-            .definitions()?
-            .into_iter()
-            .map(|d| d.name)
-            .find(|name| name.schema() == schema);
-        // Until users can write, every table there is a synced one.
-        if let Some(kept) = defined.or_else(|| covered.first().map(|t| t.name.clone())) {
+        if let Some(kept) = self.state.tables().kept_by_syncs(schema)? {
             return Err(CatalogError::InvalidInput(format!(
                 "`{schema}` holds tables kept by syncs (such as `{kept}`), which would overwrite \
                  what users write: grant `write` on a schema of its own"

@@ -31,7 +31,7 @@ use crate::state::TableEntry;
 use crate::state::access::Grant;
 use crate::{CatalogError, TableName};
 
-use super::{DEFAULT_SCHEMA, QueryEngine, lock};
+use super::{DEFAULT_SCHEMA, PERSONAL_SCHEMA, QueryEngine, lock};
 
 /// A principal's DataFusion session and the tables in its catalog.
 pub(super) struct PrincipalSession {
@@ -42,7 +42,10 @@ pub(super) struct PrincipalSession {
 /// A table in a principal's catalog.
 #[derive(Debug, Clone)]
 pub struct VisibleTable {
-    /// The table as registered.
+    /// The name the principal addresses it by: the registered name, except for its own
+    /// personal tables (`me.scores`).
+    pub name: TableName,
+    /// The table as registered (its version, and its stored name).
     pub entry: TableEntry,
     /// Rows are filtered for this principal, so the table-wide row and byte counts would
     /// reveal how much is hidden: do not show them.
@@ -142,7 +145,26 @@ impl QueryEngine {
             .filter(|d| d.def.mode == SyncMode::Remote)
             .map(|d| (d.name, d.def))
             .collect();
+        // The principal's own tables are in `me`; others' personal schemas are for admins.
+        let own = self.state.tables().personal_schema(principal.email())?;
+        let personal: std::collections::HashSet<String> = self
+            .state
+            .tables()
+            .personal_schemas()?
+            .into_iter()
+            .map(|(schema, _)| schema)
+            .collect();
+        if self.writes.personal_schemas {
+            schemas.insert(
+                PERSONAL_SCHEMA.to_string(),
+                Arc::new(MemorySchemaProvider::new()),
+            );
+        }
         for entry in self.state.tables().list()? {
+            let mine = own.as_deref() == Some(entry.name.schema());
+            if personal.contains(entry.name.schema()) && !mine && !principal.is_admin() {
+                continue;
+            }
             let base = match (remote.get(&entry.name), self.accelerator.table(&entry)) {
                 (Some(def), _) => match self
                     .remote_table(&ctx, &entry, def, principal.is_admin())
@@ -161,7 +183,7 @@ impl QueryEngine {
                 .iter()
                 .map(|f| f.name().clone())
                 .collect();
-            let provider = if principal.is_admin() {
+            let provider = if principal.is_admin() || mine {
                 base
             } else {
                 let applicable: Vec<&Grant> = grants
@@ -185,15 +207,21 @@ impl QueryEngine {
                     Arc::new(PolicyTable::new(base, policy))
                 }
             };
+            let name = if mine {
+                TableName::new(PERSONAL_SCHEMA, entry.name.table())?
+            } else {
+                entry.name.clone()
+            };
             let schema = schemas
-                .entry(entry.name.schema().to_string())
+                .entry(name.schema().to_string())
                 .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
             datafusion::catalog::SchemaProvider::register_table(
                 schema.as_ref(),
-                entry.name.table().to_string(),
+                name.table().to_string(),
                 provider,
             )?;
             visible.push(VisibleTable {
+                name,
                 remote: remote.contains_key(&entry.name),
                 entry,
                 row_filtered,

@@ -12,6 +12,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
@@ -32,7 +33,19 @@ fn missing_table(
     statement: &DfStatement,
     visible: &[VisibleTable],
 ) -> Result<(), CatalogError> {
+    // The table a `CREATE` or `DROP` names need not exist (yet).
+    let made = match statement {
+        DfStatement::Statement(inner) => match inner.as_ref() {
+            SqlStatement::CreateTable(create) => vec![create.name.to_string()],
+            SqlStatement::Drop { names, .. } => names.iter().map(ToString::to_string).collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
     for reference in state.resolve_table_references(statement)? {
+        if made.iter().any(|m| TableReference::parse_str(m) == reference) {
+            continue;
+        }
         // `FROM generate_series(…)` names a table function, not a table.
         let function = matches!(reference, TableReference::Bare { .. })
             && state.table_functions().contains_key(reference.table());
@@ -50,12 +63,12 @@ fn missing_table(
         let message = format!("table '{name}' not found");
         let candidates: Vec<String> = visible
             .iter()
-            .filter(|t| t.entry.name.table() == reference.table())
-            .map(|t| format!("`{}`", t.entry.name))
+            .filter(|t| t.name.table() == reference.table())
+            .map(|t| format!("`{}`", t.name))
             .collect();
         let schemas: std::collections::BTreeSet<String> = visible
             .iter()
-            .map(|t| format!("`{}`", t.entry.name.schema()))
+            .map(|t| format!("`{}`", t.name.schema()))
             .collect();
         let schemas = schemas.into_iter().collect::<Vec<_>>();
         return Err(CatalogError::TableNotFound(if !candidates.is_empty() {
@@ -141,7 +154,16 @@ impl QueryEngine {
         missing_table(&state, &statement, &session.tables)?;
         let plan = state.statement_to_plan(statement).await?;
         self.limits.check_plan(&plan)?;
-        verify_read_only(&plan)?;
+        let write = self.write_statement(principal, &plan, schema)?;
+        match &write {
+            None => verify_read_only(&plan)?,
+            // What a write reads is a query like any other.
+            Some(_) => {
+                for input in plan.inputs() {
+                    verify_read_only(input)?;
+                }
+            }
+        }
         // EXPLAIN would show policy literals, storage paths and pre-filter row counts.
         if !principal.is_admin()
             && matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_))
@@ -154,6 +176,7 @@ impl QueryEngine {
         // No view types leave the server (EXPLAIN's text columns are plain already).
         let plan = match plan {
             LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => plan,
+            _ if write.is_some() => plan,
             plan => crate::engine::wire::plain_plan(plan)?,
         };
         // The engine's settings include server paths (the spill directory): for admins.
@@ -167,10 +190,13 @@ impl QueryEngine {
         let read = session
             .tables
             .iter()
-            .filter(|t| !t.remote && tables.contains(&t.entry.name.to_string()))
+            .filter(|t| !t.remote && tables.contains(&t.name.to_string()))
             .map(|t| t.entry.clone())
             .collect::<Vec<_>>();
-        let result_key = self.results.key(principal, &plan, &read, &tables);
+        let result_key = match write {
+            None => self.results.key(principal, &plan, &read, &tables),
+            Some(_) => None,
+        };
         Ok(Planned {
             ctx,
             plan,
@@ -178,6 +204,7 @@ impl QueryEngine {
             read,
             generation,
             result_key,
+            write,
         })
     }
 
@@ -264,6 +291,8 @@ pub struct Planned {
     generation: u64,
     /// Where its result is kept, if it may be (see `results`).
     result_key: Option<String>,
+    /// What it writes, for a write statement (run by [`QueryEngine::execute_write`]).
+    pub write: Option<super::WriteStatement>,
 }
 
 impl Planned {
@@ -354,7 +383,7 @@ pub(super) fn verify_read_only(plan: &LogicalPlan) -> Result<(), CatalogError> {
 
 fn read_only_error(why: &str) -> CatalogError {
     CatalogError::InvalidQuery(format!(
-        "Quiver is read-only; only queries are accepted ({why})"
+        "statement not accepted ({why}): Quiver runs queries and, in schemas you may write to, CREATE [OR REPLACE] TABLE [AS SELECT], INSERT and DROP TABLE; everything else is read-only"
     ))
 }
 

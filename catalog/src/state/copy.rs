@@ -20,6 +20,8 @@ const TABLES: &[&str] = &[
     "version_details",
     "version_files",
     "table_definitions",
+    "written_tables",
+    "personal_schemas",
     "grants",
     "tokens",
     "client_credentials",

@@ -222,4 +222,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE grants ADD COLUMN privilege VARCHAR;
     "#,
+    // 12: tables users wrote (not kept by syncs), and each user's personal schema.
+    r#"
+    CREATE TABLE written_tables (
+        schema_name VARCHAR NOT NULL,
+        table_name  VARCHAR NOT NULL,
+        created_by  VARCHAR NOT NULL,      -- the e-mail of the user who created it
+        PRIMARY KEY (schema_name, table_name)
+    );
+    CREATE TABLE personal_schemas (
+        schema_name VARCHAR PRIMARY KEY,   -- home_<local part>[_n], the user's for good
+        email       VARCHAR NOT NULL UNIQUE
+    );
+    "#,
 ];

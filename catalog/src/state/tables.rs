@@ -5,10 +5,12 @@
 mod definitions;
 mod runs;
 mod shards;
+mod written;
 
 pub use definitions::{DefinedIn, Definition};
 pub use runs::{ExpiredVersion, RunHistory, SyncRun};
 pub use shards::{ShardChange, ShardFile};
+pub use written::{PERSONAL_PREFIX, WriteCommit, WriteMode, Written};
 
 use super::{StateStore, Timestamp, params};
 use crate::{CatalogError, TableName};
@@ -162,6 +164,7 @@ impl Tables<'_> {
                     "DELETE FROM tables WHERE schema_name = $1 AND table_name = $2",
                     "DELETE FROM version_details WHERE schema_name = $1 AND table_name = $2",
                     "DELETE FROM table_definitions WHERE schema_name = $1 AND table_name = $2",
+                    "DELETE FROM written_tables WHERE schema_name = $1 AND table_name = $2",
                 ] {
                     tx.execute(statement, params![name.schema(), name.table()])?;
                 }

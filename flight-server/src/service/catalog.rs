@@ -94,7 +94,8 @@ impl QuiverFlightSql {
             .await
             .map_err(to_status)?
             .into_iter()
-            .map(|t| t.entry.name.schema().to_string())
+            .map(|t| t.name.schema().to_string())
+            .chain(self.engine.personal_schemas().map(String::from))
             .collect();
         schemas.sort();
         schemas.dedup();
@@ -143,15 +144,17 @@ impl QuiverFlightSql {
             Default::default()
         };
         let no_remarks = std::collections::BTreeMap::new();
-        for table in tables.into_iter().map(|t| t.entry) {
+        for visible in tables {
+            let table = &visible.entry;
+            let shown = &visible.name;
             let schema = if include_schema {
                 let remarks = remarks.get(&table.name).unwrap_or(&no_remarks);
                 self.engine
-                    .table_schema(&principal, &table.name)
+                    .table_schema(&principal, shown)
                     .await
                     .map_err(to_status)?
                     .map(|schema| {
-                        let (db_schema, name) = (table.name.schema(), table.name.table());
+                        let (db_schema, name) = (shown.schema(), shown.table());
                         Arc::new(Schema::new_with_metadata(
                             schema
                                 .fields()
@@ -170,8 +173,8 @@ impl QuiverFlightSql {
             builder
                 .append(
                     CATALOG_NAME,
-                    table.name.schema(),
-                    table.name.table(),
+                    shown.schema(),
+                    shown.table(),
                     "TABLE",
                     schema.as_deref().unwrap_or(&empty),
                 )

@@ -30,8 +30,9 @@ impl QuiverFlightSql {
             .await
             .map_err(to_status)?
             .iter()
-            .map(|t| t.entry.name.schema().to_string())
+            .map(|t| t.name.schema().to_string())
             .chain(principal.is_admin().then(|| "system".to_string()))
+            .chain(self.engine.personal_schemas().map(String::from))
             .collect();
         let mut errors = std::collections::HashMap::new();
         let mut schema = None;
