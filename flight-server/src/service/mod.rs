@@ -10,6 +10,7 @@
 //! - [`prepared`]: prepared statements and all parameter binding.
 //! - [`catalog`]: catalogs, schemas, tables, `GetSqlInfo`, XDBC types, keys.
 //! - [`sessions`]: session options.
+//! - [`writes`]: bulk ingest and write statements.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ mod prepared;
 mod sessions;
 mod sign_in;
 mod statements;
+mod writes;
 
 use sign_in::signed_in;
 pub(crate) use sign_in::{SignIn, parse_basic};
@@ -58,8 +60,6 @@ pub(crate) use sign_in::{SignIn, parse_basic};
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
-const READ_ONLY_MESSAGE: &str =
-    "Quiver is read-only: INSERT, UPDATE, DELETE, DDL and bulk ingestion are not accepted";
 
 /// Limits and lifetimes of the Flight SQL service.
 #[derive(Debug, Clone)]
@@ -245,31 +245,31 @@ impl FlightSqlService for QuiverFlightSql {
         self.close_prepared(query, request).await
     }
 
+    #[instrument(skip_all)]
     async fn do_put_statement_update(
         &self,
-        _ticket: CommandStatementUpdate,
+        cmd: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        signed_in(&request)?;
-        Err(Status::invalid_argument(READ_ONLY_MESSAGE))
+        self.statement_update(cmd, request).await
     }
 
+    #[instrument(skip_all)]
     async fn do_put_statement_ingest(
         &self,
-        _ticket: CommandStatementIngest,
+        cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        signed_in(&request)?;
-        Err(Status::invalid_argument(READ_ONLY_MESSAGE))
+        self.ingest(cmd, request).await
     }
 
+    #[instrument(skip_all)]
     async fn do_put_prepared_statement_update(
         &self,
-        _query: CommandPreparedStatementUpdate,
+        cmd: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        signed_in(&request)?;
-        Err(Status::invalid_argument(READ_ONLY_MESSAGE))
+        self.prepared_update(cmd, request).await
     }
 
     async fn get_flight_info_catalogs(

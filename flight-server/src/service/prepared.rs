@@ -237,11 +237,15 @@ impl QuiverFlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let principal = signed_in(&request)?;
         let schema = self.session_schema(&request, &principal);
-        let plan = self
+        let planned = self
             .plan_now(&principal, &query.query, schema.as_deref())
-            .await?
-            .plan;
-        let dataset = metadata::result_schema(plan.schema().as_arrow());
+            .await?;
+        let plan = planned.plan;
+        // A write has no result set (JDBC then runs it as an update).
+        let dataset = match planned.write {
+            Some(_) => Schema::empty(),
+            None => metadata::result_schema(plan.schema().as_arrow()),
+        };
         let parameters = Schema::new(
             parameter_types(&plan)
                 .map_err(to_status)?

@@ -84,6 +84,11 @@ impl QuiverFlightSql {
     ) -> Result<FlightInfo, Status> {
         let planned = self.plan_now(principal, &sql, db_schema.as_deref()).await?;
         let planned = typed(planned, params.as_deref())?;
+        if planned.write.is_some() {
+            return self
+                .write_info(principal, &planned, &sql, params.as_deref(), descriptor)
+                .await;
+        }
         let schema = metadata::result_schema(planned.plan.schema().as_arrow());
         let layout = match self.split_bytes() {
             Some(min_bytes) if params.is_none() => {
