@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow::array::Array;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use futures::{Stream, StreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use futures::{Stream, StreamExt};
 
 use crate::engine::wire::{plain_batch, plain_schema};
 use crate::state::tables::ShardFile;
@@ -258,7 +258,8 @@ pub fn encode_parquet<E: From<CatalogError>>(
     // Files hold plain strings, whatever the source produced: the engine reads them as
     // views anyway, and a merge compares an old version's types with a new one's.
     let schema = plain_schema(&schema);
-    let parquet = |e: parquet::errors::ParquetError| CatalogError::Internal(format!("parquet: {e}"));
+    let parquet =
+        |e: parquet::errors::ParquetError| CatalogError::Internal(format!("parquet: {e}"));
     let mut writer =
         ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props)).map_err(parquet)?;
     let mut rows = 0;

@@ -174,7 +174,10 @@ impl Storage {
     pub async fn delete_folder(&self, prefix: &ObjectPath) {
         use futures::{StreamExt, TryStreamExt};
         let store = self.store();
-        let locations = store.list(Some(prefix)).map_ok(|meta| meta.location).boxed();
+        let locations = store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .boxed();
         let deleted: Result<Vec<_>, _> = store.delete_stream(locations).try_collect().await;
         if let Err(e) = deleted {
             tracing::warn!(folder = %prefix, error = %e, "cannot remove an uncommitted write's files; the sweep will");

@@ -28,7 +28,8 @@ pub(crate) fn sql_info(statement_timeout: std::time::Duration) -> SqlInfoData {
     b.append(SqlInfo::FlightSqlServerName, SERVER_NAME);
     b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
     b.append(SqlInfo::FlightSqlServerArrowVersion, "1.5");
-    b.append(SqlInfo::FlightSqlServerReadOnly, true);
+    // Writable where a grant allows (`write`) and in each user's own schema.
+    b.append(SqlInfo::FlightSqlServerReadOnly, false);
     b.append(SqlInfo::FlightSqlServerSql, true);
     b.append(SqlInfo::FlightSqlServerSubstrait, false);
     b.append(SqlInfo::FlightSqlServerSubstraitMinVersion, "");
@@ -43,12 +44,12 @@ pub(crate) fn sql_info(statement_timeout: std::time::Duration) -> SqlInfoData {
         SqlSupportedTransaction::None as i32,
     );
     b.append(SqlInfo::FlightSqlServerCancel, true);
-    b.append(SqlInfo::FlightSqlServerBulkIngestion, false);
+    b.append(SqlInfo::FlightSqlServerBulkIngestion, true);
     b.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
     // SQL language
     b.append(SqlInfo::SqlDdlCatalog, false);
     b.append(SqlInfo::SqlDdlSchema, false);
-    b.append(SqlInfo::SqlDdlTable, false);
+    b.append(SqlInfo::SqlDdlTable, true);
     b.append(
         SqlInfo::SqlIdentifierCase,
         SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32,

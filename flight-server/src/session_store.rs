@@ -34,10 +34,12 @@ pub(crate) const CAPACITY: usize = 100_000;
 pub(crate) const PER_USER: usize = 500;
 
 /// What a session remembers.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Options {
     /// Where unqualified table names are looked up.
     pub schema: Option<String>,
+    /// Its temporary tables (removed from disk when the session is forgotten).
+    pub temp: Option<Arc<quiver_catalog::engine::TempTables>>,
 }
 
 struct Session {
@@ -58,6 +60,8 @@ struct Open {
     by_bearer: HashMap<[u8; 32], String>,
     /// Each user's session ids, oldest first.
     by_user: HashMap<String, VecDeque<String>>,
+    /// When idle sessions were last forgotten.
+    swept: Option<Instant>,
 }
 
 /// How a call names its session.
@@ -166,8 +170,16 @@ impl Open {
         self.by_id.get(id).is_some_and(live).then(|| id.clone())
     }
 
-    /// A new session of `user`, after making room for it.
+    /// A new session of `user`, after making room for it (and, at most once a minute,
+    /// forgetting idle sessions, so their temporary tables go).
     fn open(&mut self, user: &str) -> String {
+        if self
+            .swept
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            self.swept = Some(Instant::now());
+            self.forget_idle();
+        }
         let mine = self.by_user.get(user).map_or(0, VecDeque::len);
         if mine >= PER_USER
             && let Some(oldest) = self.by_user.get(user).and_then(|ids| ids.front().cloned())
@@ -208,15 +220,7 @@ impl Open {
 
     /// Forgets idle sessions, and the least recently used one while full.
     fn make_room(&mut self) {
-        let idle: Vec<String> = self
-            .by_id
-            .iter()
-            .filter(|(_, s)| s.used.elapsed() >= IDLE)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in idle {
-            self.forget(&id);
-        }
+        self.forget_idle();
         while self.by_id.len() >= CAPACITY {
             let Some(oldest) = self
                 .by_id
@@ -227,6 +231,18 @@ impl Open {
                 break;
             };
             self.forget(&oldest);
+        }
+    }
+
+    fn forget_idle(&mut self) {
+        let idle: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, s)| s.used.elapsed() >= IDLE)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            self.forget(&id);
         }
     }
 }
@@ -344,25 +360,20 @@ mod tests {
         let id = sessions.update(&caller(None, "t1"), "ann", |o| {
             o.schema = Some("tpch".into())
         });
-        let tpch = Options {
-            schema: Some("tpch".into()),
-        };
-        assert_eq!(sessions.options(&caller(None, "t1"), "ann"), tpch);
-        assert_eq!(sessions.options(&caller(Some(&id), "t2"), "ann"), tpch);
+        let tpch = Some("tpch".to_string());
+        assert_eq!(sessions.options(&caller(None, "t1"), "ann").schema, tpch);
+        assert_eq!(
+            sessions.options(&caller(Some(&id), "t2"), "ann").schema,
+            tpch
+        );
         // Another user presenting the cookie (or a bearer hash collision) finds nothing.
         assert_eq!(
-            sessions.options(&caller(Some(&id), "t1"), "bob"),
-            Options::default()
+            sessions.options(&caller(Some(&id), "t1"), "bob").schema,
+            None
         );
-        assert_eq!(
-            sessions.options(&caller(None, "t3"), "ann"),
-            Options::default()
-        );
+        assert_eq!(sessions.options(&caller(None, "t3"), "ann").schema, None);
         assert!(sessions.close(&caller(Some(&id), "t9"), "ann"));
-        assert_eq!(
-            sessions.options(&caller(None, "t1"), "ann"),
-            Options::default()
-        );
+        assert_eq!(sessions.options(&caller(None, "t1"), "ann").schema, None);
         assert!(!sessions.close(&caller(None, "t1"), "ann"));
     }
 

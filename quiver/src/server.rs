@@ -317,7 +317,9 @@ pub(crate) fn open_engine(
 }
 
 /// The engine's view of the `write` section.
-pub(crate) fn write_options(write: &quiver_config::WriteConfig) -> quiver_catalog::engine::WriteOptions {
+pub(crate) fn write_options(
+    write: &quiver_config::WriteConfig,
+) -> quiver_catalog::engine::WriteOptions {
     quiver_catalog::engine::WriteOptions {
         personal_schemas: write.personal_schemas,
         quota_per_user: write.quota_per_user.map_or(0, |b| b.as_u64()),

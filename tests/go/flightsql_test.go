@@ -4,6 +4,7 @@
 package quiver_test
 
 import (
+	"context"
 	"database/sql"
 	"os"
 	"reflect"
@@ -11,7 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/flight/flightsql"
 	_ "github.com/apache/arrow-go/v18/arrow/flight/flightsql/driver"
+	pb "github.com/apache/arrow-go/v18/arrow/flight/gen/flight"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 func open(t *testing.T, env string) *sql.DB {
@@ -143,3 +151,77 @@ func TestAPoolWithinTheConcurrencyCapIsNeverRefused(t *testing.T) {
 type errorString string
 
 func (e errorString) Error() string { return string(e) }
+
+// Writes: Exec of CREATE TABLE, INSERT (with and without parameters) and DROP answer with
+// the rows written; the Flight SQL client's bulk ingest appends; a user who only reads is
+// told where it may write.
+func TestWritesThroughExecAndIngest(t *testing.T) {
+	db := open(t, "QUIVER_ADMIN_DSN")
+	exec := func(query string, args ...any) int64 {
+		t.Helper()
+		res, err := db.Exec(query, args...)
+		if err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	exec("DROP TABLE IF EXISTS me.go_t")
+	exec("CREATE TABLE me.go_t (id BIGINT, name VARCHAR)")
+	if n := exec("INSERT INTO me.go_t VALUES (1, 'a'), (2, 'b')"); n != 2 {
+		t.Fatalf("insert: %d rows", n)
+	}
+	if n := exec("INSERT INTO me.go_t VALUES (?, ?)", 3, "c"); n != 1 {
+		t.Fatalf("prepared insert: %d rows", n)
+	}
+
+	// Bulk ingest through the Flight SQL client, as an appending Go service would.
+	dsn := os.Getenv("QUIVER_ADMIN_ADDR")
+	client, err := flightsql.NewClient(dsn, nil, nil, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, err := client.Client.AuthenticateBasicToken(context.Background(), os.Getenv("QUIVER_ADMIN_EMAIL"), os.Getenv("QUIVER_ADMIN_PASSWORD"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.PrimitiveTypes.Int64, Nullable: true},
+		{Name: "name", Type: arrow.BinaryTypes.String, Nullable: true}}, nil)
+	b := array.NewRecordBuilder(memory.DefaultAllocator, schema)
+	defer b.Release()
+	b.Field(0).(*array.Int64Builder).AppendValues([]int64{4, 5}, nil)
+	b.Field(1).(*array.StringBuilder).AppendValues([]string{"d", "e"}, nil)
+	rec := b.NewRecord()
+	defer rec.Release()
+	rdr, err := array.NewRecordReader(schema, []arrow.Record{rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	me := "me"
+	n, err := client.ExecuteIngest(ctx, rdr, &flightsql.ExecuteIngestOpts{
+		TableDefinitionOptions: &pb.CommandStatementIngest_TableDefinitionOptions{
+			IfNotExist: pb.CommandStatementIngest_TableDefinitionOptions_TABLE_NOT_EXIST_OPTION_FAIL,
+			IfExists:   pb.CommandStatementIngest_TableDefinitionOptions_TABLE_EXISTS_OPTION_APPEND,
+		},
+		Table:  "go_t",
+		Schema: &me,
+	})
+	if err != nil || n != 2 {
+		t.Fatalf("ingest: %d rows, %v", n, err)
+	}
+	var count int64
+	if err := db.QueryRow("SELECT count(*) FROM me.go_t").Scan(&count); err != nil || count != 5 {
+		t.Fatalf("count: %d, %v", count, err)
+	}
+	exec("DROP TABLE me.go_t")
+
+	analyst := open(t, "QUIVER_ANALYST_DSN")
+	_, err = analyst.Exec("CREATE TABLE tpch.mine AS SELECT 1 AS one")
+	if err == nil || !strings.Contains(err.Error(), "read-only") || !strings.Contains(err.Error(), "`me`") {
+		t.Fatalf("a write to a schema the analyst only reads: %v", err)
+	}
+}

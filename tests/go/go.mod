@@ -2,7 +2,10 @@ module quiver.dev/tests/go
 
 go 1.25.0
 
-require github.com/apache/arrow-go/v18 v18.8.0
+require (
+	github.com/apache/arrow-go/v18 v18.8.0
+	google.golang.org/grpc v1.83.2
+)
 
 require (
 	github.com/goccy/go-json v0.10.6 // indirect
@@ -17,6 +20,5 @@ require (
 	golang.org/x/sys v0.47.0 // indirect
 	golang.org/x/text v0.41.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260526163538-3dc84a4a5aaa // indirect
-	google.golang.org/grpc v1.83.2 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )

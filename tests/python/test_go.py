@@ -29,7 +29,8 @@ def test_the_go_database_sql_driver(server):
     admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
     email, _, _ = user_granted(server, admin, "go", "tpch.nation", PASSWORD)
     env = dict(os.environ, QUIVER_ADMIN_DSN=dsn(server, ADMIN_EMAIL, ADMIN_PASSWORD),
-               QUIVER_ANALYST_DSN=dsn(server, email, PASSWORD))
+               QUIVER_ANALYST_DSN=dsn(server, email, PASSWORD), QUIVER_ADMIN_ADDR=server.flight,
+               QUIVER_ADMIN_EMAIL=ADMIN_EMAIL, QUIVER_ADMIN_PASSWORD=ADMIN_PASSWORD)
     run = subprocess.run(["go", "test", "-count=1", "-v", "./..."], cwd=GO, capture_output=True, text=True,
                          timeout=900, env=env)
     assert run.returncode == 0, f"{run.stdout[-8000:]}\n{run.stderr[-3000:]}"

@@ -3,6 +3,8 @@ with the `write` privilege on a whole schema that no sync keeps tables in."""
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 
 import pytest
@@ -52,3 +54,254 @@ def test_write_is_granted_on_a_whole_schema_no_sync_keeps(server, admin_token, g
     # None of the refusals was stored.
     mine = [g for g in api(server, "GET", "/api/admin/grants", admin_token)[1] if g["group"] == group]
     assert sorted((g["table"], g["privilege"]) for g in mine) == [(f"{sandbox}.*", "write"), ("tpch.nation", "read")]
+
+
+# --- Writing through the clients analysts use --------------------------------------------
+
+import adbc_driver_manager
+import pyarrow as pa
+
+from harness import connect, user_granted
+
+PASSWORD = "writer-password-1"
+
+
+def rows(conn, sql):
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+def ingest(conn, table, data, **kwargs):
+    with conn.cursor() as cur:
+        return cur.adbc_ingest(table, data, **kwargs)
+
+
+def scores(*pairs):
+    return pa.table({"id": pa.array([p[0] for p in pairs], pa.int64()),
+                     "score": pa.array([p[1] for p in pairs], pa.float64())})
+
+
+@pytest.fixture
+def writer(server, admin_token):
+    """A user who may read tpch.nation and nothing else."""
+    email, _, _ = user_granted(server, admin_token, "writer", "tpch.nation", PASSWORD)
+    return email
+
+
+def test_adbc_ingest_every_mode_into_the_personal_schema(server, admin_token, writer):
+    with connect(server, writer, PASSWORD) as conn:
+        assert ingest(conn, "scores", scores((1, 0.5), (2, 0.7), (3, 0.9)), mode="create", db_schema_name="me") == 3
+        assert rows(conn, "SELECT id, score FROM me.scores ORDER BY id") == [(1, 0.5), (2, 0.7), (3, 0.9)]
+
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            ingest(conn, "scores", scores((4, 0.1)), mode="create", db_schema_name="me")
+        assert "already exists" in str(err.value)
+        assert ingest(conn, "scores", scores((4, 0.1)), mode="append", db_schema_name="me") == 1
+        assert rows(conn, "SELECT count(*) FROM me.scores") == [(4,)]
+        assert ingest(conn, "scores", scores((9, 9.0)), mode="replace", db_schema_name="me") == 1
+        assert rows(conn, "SELECT id FROM me.scores") == [(9,)]
+        assert ingest(conn, "more", scores((1, 1.0)), mode="create_append", db_schema_name="me") == 1
+        assert ingest(conn, "more", scores((2, 2.0)), mode="create_append", db_schema_name="me") == 1
+        assert rows(conn, "SELECT sum(id) FROM me.more") == [(3,)]
+
+        # Appending other columns or types names the column and both types; nothing lands.
+        wrong = pa.table({"id": pa.array(["x"]), "score": pa.array([1.0])})
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            ingest(conn, "more", wrong, mode="append", db_schema_name="me")
+        assert "`id`" in str(err.value) and "Int64" in str(err.value) and "Utf8" in str(err.value), err.value
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            ingest(conn, "nothing_here", scores((1, 1.0)), mode="append", db_schema_name="me")
+        assert "create_append" in str(err.value)
+        assert rows(conn, "SELECT count(*) FROM me.more") == [(2,)]
+
+        # With no schema, the session's (public) is not writable: the error says where to write.
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            ingest(conn, "loose", scores((1, 1.0)), mode="create")
+        assert "`me." in str(err.value), err.value
+
+        # The metadata calls show `me` and its tables like any other.
+        objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        schemas = {s["db_schema_name"]: [t["table_name"] for t in s["db_schema_tables"] or []]
+                   for c in objects for s in c["catalog_db_schemas"]}
+        assert sorted(schemas["me"]) == ["more", "scores"], schemas
+        assert conn.adbc_get_table_schema("scores", db_schema_filter="me").names == ["id", "score"]
+
+    # Only its owner (and admins, under `home_<name>`) can see a personal schema.
+    home = "home_" + writer.split("@")[0].replace("-", "_")
+    with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as admin:
+        assert rows(admin, f"SELECT id FROM {home}.scores") == [(9,)]
+    other, _, _ = user_granted(server, admin_token, "other", "tpch.nation", PASSWORD)
+    with connect(server, other, PASSWORD) as conn:
+        assert rows(conn, "SELECT count(*) FROM information_schema.tables WHERE table_schema LIKE 'home_%'") == [(0,)]
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            rows(conn, f"SELECT * FROM {home}.scores")
+        assert "not found" in str(err.value)
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            ingest(conn, "scores", scores((1, 1.0)), mode="append", db_schema_name=home)
+        assert "not found" in str(err.value)
+        # Its own `me` is empty.
+        assert rows(conn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'me'") == [(0,)]
+
+
+def test_a_shared_sandbox_is_written_by_its_group_and_unknown_to_others(server, admin_token):
+    sandbox = f"sandbox_{uuid.uuid4().hex[:8]}"
+    writer, group, _ = user_granted(server, admin_token, "sand", f"{sandbox}.*", PASSWORD, privilege="write")
+    colleague = f"colleague-{uuid.uuid4().hex[:8]}@example.com"
+    assert api(server, "POST", "/api/admin/users", admin_token, {"email": colleague, "password": PASSWORD})[0] == 201
+    assert api(server, "POST", f"/api/admin/groups/{group}/members", admin_token, {"email": colleague})[0] == 204
+    outsider, _, _ = user_granted(server, admin_token, "outsider", "tpch.nation", PASSWORD)
+
+    with connect(server, writer, PASSWORD) as conn:
+        assert ingest(conn, "shared", scores((1, 1.0), (2, 2.0)), mode="create", db_schema_name=sandbox) == 2
+    with connect(server, colleague, PASSWORD) as conn:
+        assert rows(conn, f"SELECT count(*) FROM {sandbox}.shared") == [(2,)]
+        assert ingest(conn, "shared", scores((3, 3.0)), mode="append", db_schema_name=sandbox) == 1
+    with connect(server, outsider, PASSWORD) as conn:
+        for attempt in (lambda: rows(conn, f"SELECT * FROM {sandbox}.shared"),
+                        lambda: ingest(conn, "shared", scores((1, 1.0)), mode="append", db_schema_name=sandbox),
+                        lambda: ingest(conn, "fresh", scores((1, 1.0)), mode="create", db_schema_name=sandbox)):
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                attempt()
+            assert "not found" in str(err.value), err.value
+        # A schema it can read is named read-only, not hidden.
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            ingest(conn, "nation", scores((1, 1.0)), mode="append", db_schema_name="tpch")
+        assert "read-only" in str(err.value), err.value
+    with connect(server, writer, PASSWORD) as conn:
+        assert rows(conn, f"SELECT sum(id) FROM {sandbox}.shared") == [(6,)]
+
+
+def test_sql_writes_through_statements_and_prepared_statements(server, admin_token):
+    # A user who sees only Europe's nations, and masked comments.
+    writer, _, _ = user_granted(server, admin_token, "sqlw", "tpch.nation", PASSWORD,
+                                row_filter="n_regionkey = 3", column_masks={"n_comment": "'***'"})
+    with connect(server, writer, PASSWORD) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE me.t (a BIGINT, b VARCHAR)")
+        cur.execute("INSERT INTO me.t VALUES (1, 'x'), (2, 'y')")
+        cur.executemany("INSERT INTO me.t VALUES (?, ?)", [(3, "z"), (4, "w")])
+        assert rows(conn, "SELECT a, b FROM me.t ORDER BY a") == [(1, "x"), (2, "y"), (3, "z"), (4, "w")]
+        cur.execute("INSERT INTO me.t VALUES (?, ?)", parameters=(5, "v"))
+        assert rows(conn, "SELECT count(*) FROM me.t") == [(5,)]
+
+        # CTAS through a policy holds only the rows and values the user could see.
+        cur.execute("CREATE TABLE me.europe AS SELECT n_name, n_comment FROM tpch.nation")
+        europe = rows(conn, "SELECT n_name, n_comment FROM me.europe ORDER BY n_name")
+        assert [n for n, _ in europe] == ["FRANCE", "GERMANY", "ROMANIA", "RUSSIA", "UNITED KINGDOM"]
+        assert {c for _, c in europe} == {"***"}
+        cur.execute("CREATE OR REPLACE TABLE me.europe AS SELECT n_name FROM tpch.nation WHERE n_name LIKE 'F%'")
+        assert rows(conn, "SELECT * FROM me.europe") == [("FRANCE",)]
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            cur.execute("CREATE TABLE me.europe AS SELECT 1 AS one")
+        assert "already exists" in str(err.value)
+        cur.execute("CREATE TABLE IF NOT EXISTS me.europe AS SELECT 1 AS one")
+        assert rows(conn, "SELECT * FROM me.europe") == [("FRANCE",)]
+
+        # What is not supported says what is.
+        for sql in ("DELETE FROM me.t WHERE a = 1", "UPDATE me.t SET a = 0"):
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                cur.execute(sql)
+            assert "CREATE OR REPLACE TABLE" in str(err.value), err.value
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            cur.execute("DROP TABLE tpch.nation")
+        assert "read-only" in str(err.value), err.value
+
+        cur.execute("DROP TABLE me.europe")
+        cur.execute("DROP TABLE IF EXISTS me.europe")
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            cur.execute("DROP TABLE me.europe")
+        assert "no table" in str(err.value)
+        # No transactions: commit is accepted and does nothing; every statement committed.
+        conn.commit()
+    with connect(server, writer, PASSWORD) as conn:
+        assert rows(conn, "SELECT count(*) FROM me.t") == [(5,)]
+
+    # The audit names who wrote what, from which tables, and how many rows.
+    status, writes = api(server, "GET", f"/api/admin/audit?action=table.write&actor={writer}", admin_token)
+    assert status == 200, writes
+    ctas = [json.loads(e["detail"]) for e in writes if e["target"].endswith(".europe")]
+    # Newest first: the replace, then the first CTAS (5 rows read through the policy).
+    assert ctas[-1]["read"] == ["tpch.nation"] and ctas[-1]["rows"] == 5, ctas
+    assert "CREATE TABLE me.europe AS SELECT" in ctas[-1]["statement"]
+
+
+def test_pandas_and_polars_write_through_adbc(server, admin_token, writer):
+    import pandas as pd
+    import polars as pl
+
+    with connect(server, writer, PASSWORD) as conn:
+        frame = pd.DataFrame({"k": [1, 2, 3], "v": ["a", "b", "c"]})
+        frame.to_sql("from_pandas", conn, schema="me", index=False)
+        assert rows(conn, "SELECT count(*) FROM me.from_pandas") == [(3,)]
+        frame.to_sql("from_pandas", conn, schema="me", index=False, if_exists="append")
+        assert rows(conn, "SELECT count(*) FROM me.from_pandas") == [(6,)]
+    polars_frame = pl.DataFrame({"k": [10, 20], "v": ["x", "y"]})
+    with connect(server, writer, PASSWORD) as conn:
+        polars_frame.write_database("me.from_polars", conn, engine="adbc")
+        polars_frame.write_database("me.from_polars", conn, engine="adbc", if_table_exists="append")
+        assert rows(conn, "SELECT sum(k) FROM me.from_polars") == [(60,)]
+
+
+def test_an_ingest_that_fails_midway_publishes_nothing(server, writer):
+    def batches():
+        yield scores((1, 1.0)).to_batches()[0]
+        raise RuntimeError("the notebook died")
+
+    schema = scores((1, 1.0)).schema
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    with connect(server, writer, PASSWORD) as conn:
+        with pytest.raises(Exception):
+            ingest(conn, "half", reader, mode="create", db_schema_name="me")
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            rows(conn, "SELECT * FROM me.half")
+        assert "not found" in str(err.value)
+
+
+def test_kill_9_mid_ingest_publishes_nothing_and_its_files_are_swept(tmp_path):
+    import glob
+    import signal
+    import threading
+    import time
+
+    from harness import Server, on_postgres
+
+    data = str(tmp_path / "data")
+    server = Server(["serve"], data)
+    try:
+        big = pa.table({"id": pa.array(range(300_000), pa.int64()), "score": pa.array([0.5] * 300_000)})
+
+        def slow():
+            for batch in big.to_batches(max_chunksize=100_000) * 3:
+                yield batch
+            time.sleep(60)  # the server dies while it waits for more
+            yield big.to_batches()[0]
+
+        def run():
+            try:
+                with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as conn:
+                    reader = pa.RecordBatchReader.from_batches(big.schema, slow())
+                    ingest(conn, "half", reader, mode="create", db_schema_name="me")
+            except Exception:
+                pass
+
+        threading.Thread(target=run, daemon=True).start()
+        staged = lambda: glob.glob(f"{data}/tables/home_admin/half/*/*")  # noqa: E731
+        deadline = time.time() + 60
+        while not staged() and time.time() < deadline:
+            time.sleep(0.2)
+        assert staged(), "the first part was not written while the stream was open"
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait()
+    finally:
+        server.stop()
+    server = Server(["serve"], data)
+    try:
+        with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as conn:
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                rows(conn, "SELECT count(*) FROM me.half")
+            assert "not found" in str(err.value)
+        if not on_postgres():
+            assert not [f for f in glob.glob(f"{data}/tables/home_admin/half/**", recursive=True)
+                        if os.path.isfile(f)], "the cut-off write's files were not swept"
+    finally:
+        server.stop()

@@ -32,12 +32,13 @@ async fn grants_page(app: &AppState, user: &PageUser, error: Option<String>) -> 
         error.as_deref(),
         html! {
             table #grants {
-                thead { tr { th { "Group" } th { "Table" } th { "Row filter" } th { "Column masks" } th { "" } } }
+                thead { tr { th { "Group" } th { "Table" } th { "Privilege" } th { "Row filter" } th { "Column masks" } th { "" } } }
                 tbody {
                     @for g in &grants {
                         tr {
                             td { (g.group) }
                             td { code { (g.table.to_string()) } }
+                            td.privilege { (g.privilege.as_str()) }
                             td { @if let Some(f) = &g.row_filter { code { (f) } } @else { "all rows" } }
                             td {
                                 @for (c, m) in &g.column_masks {
@@ -67,6 +68,12 @@ async fn grants_page(app: &AppState, user: &PageUser, error: Option<String>) -> 
                         input type="text" name="table" list="known-tables" required;
                         datalist #known-tables { @for t in &tables { option value=(t.name.to_string()) {} } }
                     }
+                    label { "Privilege"
+                        select name="privilege" {
+                            option value="read" selected { "read" }
+                            option value="write" { "write (whole schema: schema.*; read, create, replace, append, drop)" }
+                        }
+                    }
                     label { "Row filter (SQL condition; empty: all rows)" input type="text" name="row_filter" placeholder="region = 'EU'"; }
                     label { "Column masks, one per line: column = SQL expression" textarea name="masks" rows="3" placeholder="email = left(email, 2) || '…'" {} }
                     label { "Hidden columns (comma-separated)" input type="text" name="hidden"; }
@@ -92,6 +99,8 @@ pub(crate) struct GrantForm {
     row_filter: Option<String>,
     masks: Option<String>,
     hidden: Option<String>,
+    /// `read` (default) or `write`.
+    privilege: Option<String>,
     csrf: String,
 }
 
@@ -133,7 +142,10 @@ pub(crate) async fn create_grant(
         table: form.table,
         row_filter: form.row_filter.filter(|f| !f.trim().is_empty()),
         column_masks,
-        privilege: Default::default(),
+        privilege: match form.privilege.as_deref().unwrap_or("read").parse() {
+            Ok(privilege) => privilege,
+            Err(e) => return grants_page(&app, &user, Some(format!("{e}"))).await,
+        },
     };
     match app
         .engine

@@ -27,6 +27,7 @@ mod results;
 mod sessions;
 mod statements;
 pub(crate) mod system;
+pub mod temporary;
 pub mod wire;
 pub mod worker;
 pub mod writes;
@@ -37,6 +38,7 @@ use sessions::PrincipalSession;
 pub use sessions::VisibleTable;
 pub(crate) use sessions::register_functions;
 pub use statements::{Planned, number_placeholders, parameter_types, read_only, tables_read};
+pub use temporary::{TEMP_SCHEMA, TempTables};
 pub use writes::{IngestMode, PERSONAL_SCHEMA, WriteOptions, WriteStatement, WriteTarget};
 
 use std::collections::HashMap;
@@ -121,6 +123,8 @@ pub struct QueryEngine {
     remote_sources: Option<Arc<dyn RemoteSources>>,
     /// Where users' writes land.
     storage: Storage,
+    /// Where spill files and sessions' temporary tables go.
+    spill_dir: std::path::PathBuf,
     /// Where users may write, and how much.
     writes: WriteOptions,
 }
@@ -144,6 +148,8 @@ impl QueryEngine {
                 options.spill_dir.display()
             ))
         })?;
+        // Temporary tables of a previous process's sessions: their sessions are gone.
+        let _ = std::fs::remove_dir_all(options.spill_dir.join("temporary"));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
             .with_disk_manager_builder(
@@ -170,6 +176,7 @@ impl QueryEngine {
             results: Arc::new(results::ResultsCache::new(options.results_cache_memory)),
             remote_sources: options.remote_sources,
             storage: storage.clone(),
+            spill_dir: options.spill_dir.clone(),
             writes: options.writes,
         })
     }

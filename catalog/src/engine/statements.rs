@@ -22,7 +22,7 @@ use crate::auth::principal::Principal;
 use crate::names::CATALOG_NAME;
 use crate::state::TableEntry;
 
-use super::{DEFAULT_SCHEMA, QueryEngine, VisibleTable};
+use super::{DEFAULT_SCHEMA, QueryEngine, TEMP_SCHEMA, TempTables, VisibleTable};
 
 /// The first table `statement` names that the session's catalog does not hold, as
 /// [`CatalogError::TableNotFound`] with a hint: the tables of that name the principal can
@@ -43,7 +43,10 @@ fn missing_table(
         _ => Vec::new(),
     };
     for reference in state.resolve_table_references(statement)? {
-        if made.iter().any(|m| TableReference::parse_str(m) == reference) {
+        if made
+            .iter()
+            .any(|m| TableReference::parse_str(m) == reference)
+        {
             continue;
         }
         // `FROM generate_series(…)` names a table function, not a table.
@@ -99,22 +102,35 @@ pub fn read_only() -> SQLOptions {
 impl QueryEngine {
     /// Plans `sql` for `principal`, refusing anything but a read-only query within the
     /// [`QueryLimits`]. `?` placeholders are accepted as well as `$1`. Unqualified table
-    /// names are looked up in `schema` (the client's session schema; default `public`).
+    /// names are looked up in `schema` (the client's session schema; default `public`, or
+    /// `temp` when the session holds temporary tables, which `temp` brings).
     /// The work runs on the query runtime; dropping the future abandons it.
     pub async fn plan(
         self: &Arc<Self>,
         principal: &Principal,
         sql: &str,
         schema: Option<&str>,
+        temp: Option<Arc<TempTables>>,
     ) -> Result<Planned, CatalogError> {
         self.limits.check_length(sql)?;
         let engine = self.clone();
         let principal = principal.clone();
         let sql = sql.to_string();
-        let schema = schema.unwrap_or(DEFAULT_SCHEMA).to_string();
+        let temp = temp.filter(|t| !t.is_empty());
+        let schema = schema
+            .unwrap_or(if temp.is_some() {
+                TEMP_SCHEMA
+            } else {
+                DEFAULT_SCHEMA
+            })
+            .to_string();
         let planned = self
             .executor
-            .run(async move { engine.plan_here(&principal, &sql, &schema).await })
+            .run(async move {
+                engine
+                    .plan_here(&principal, &sql, &schema, temp.as_deref())
+                    .await
+            })
             .await?;
         for entry in self.accelerator.note_reads(&planned.read) {
             let engine = self.clone();
@@ -129,11 +145,15 @@ impl QueryEngine {
         principal: &Principal,
         sql: &str,
         schema: &str,
+        temp: Option<&TempTables>,
     ) -> Result<Planned, CatalogError> {
         // Read first: a change while planning makes the plan look stale, never current.
         let generation = self.state.generation();
         let session = self.principal_session(principal).await?;
-        let ctx = session.ctx.clone();
+        let ctx = match temp {
+            Some(temp) => self.with_temp_tables(&session.ctx, temp).await?,
+            None => session.ctx.clone(),
+        };
         let sql = number_placeholders(sql)?;
         let mut state = ctx.state();
         state.config_mut().options_mut().catalog.default_schema = schema.to_string();
@@ -193,9 +213,10 @@ impl QueryEngine {
             .filter(|t| !t.remote && tables.contains(&t.name.to_string()))
             .map(|t| t.entry.clone())
             .collect::<Vec<_>>();
+        // Temporary tables are the session's alone: their results are not kept.
         let result_key = match write {
-            None => self.results.key(principal, &plan, &read, &tables),
-            Some(_) => None,
+            None if temp.is_none() => self.results.key(principal, &plan, &read, &tables),
+            _ => None,
         };
         Ok(Planned {
             ctx,

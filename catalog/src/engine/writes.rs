@@ -29,7 +29,12 @@ use super::{DEFAULT_SCHEMA, Planned, QueryEngine};
 pub const PERSONAL_SCHEMA: &str = "me";
 
 /// Schemas no one writes to, whatever the grants say.
-const RESERVED: &[&str] = &["information_schema", "system", PERSONAL_SCHEMA];
+const RESERVED: &[&str] = &[
+    "information_schema",
+    "system",
+    PERSONAL_SCHEMA,
+    super::temporary::TEMP_SCHEMA,
+];
 
 /// Where users may write, from the `write` section of the configuration.
 #[derive(Debug, Clone)]
@@ -179,10 +184,10 @@ impl QueryEngine {
             )));
         }
         let granted = self.state.access().grants()?.iter().any(|g| {
-                g.privilege == Privilege::Write
-                    && g.table.schema() == schema
-                    && principal.groups().contains(&g.group)
-            });
+            g.privilege == Privilege::Write
+                && g.table.schema() == schema
+                && principal.groups().contains(&g.group)
+        });
         if !granted {
             if !given {
                 return Err(CatalogError::PermissionDenied(format!(
@@ -282,21 +287,7 @@ impl QueryEngine {
             check_append(&target.shown, &existing, &plain_schema(&schema))?;
         }
         self.check_quotas(principal, target, current.is_none())?;
-        let limit = self.writes.max_write_bytes;
-        let mut written = 0u64;
-        let bounded = batches.map(move |batch| {
-            let batch = batch?;
-            written += batch.get_array_memory_size() as u64;
-            if limit > 0 && written > limit {
-                return Err(CatalogError::LimitExceeded {
-                    setting: "write.max_write_bytes",
-                    message: format!(
-                        "the write is larger than {limit} bytes of Arrow data; nothing was written"
-                    ),
-                });
-            }
-            Ok(batch)
-        });
+        let bounded = self.bounded(batches);
         let run = tables.start_write(&target.table, principal.email(), replica)?;
         let sink = ParquetSink::new(&self.storage, &target.table);
         let location = sink.location();
@@ -324,6 +315,31 @@ impl QueryEngine {
             }
         }
         committed
+    }
+
+    /// `batches`, failing once they pass `write.max_write_bytes` of Arrow data.
+    pub(super) fn bounded<S>(
+        &self,
+        batches: S,
+    ) -> impl Stream<Item = Result<RecordBatch, CatalogError>> + Send + Unpin
+    where
+        S: Stream<Item = Result<RecordBatch, CatalogError>> + Send + Unpin,
+    {
+        let limit = self.writes.max_write_bytes;
+        let mut written = 0u64;
+        batches.map(move |batch| {
+            let batch = batch?;
+            written += batch.get_array_memory_size() as u64;
+            if limit > 0 && written > limit {
+                return Err(CatalogError::LimitExceeded {
+                    setting: "write.max_write_bytes",
+                    message: format!(
+                        "the write is larger than {limit} bytes of Arrow data; nothing was written"
+                    ),
+                });
+            }
+            Ok(batch)
+        })
     }
 
     /// Refuses a write that would take `target`'s schema past a quota.
@@ -483,9 +499,11 @@ impl QueryEngine {
                 };
                 (target.clone(), mode, create.input.as_ref().clone())
             }
-            (WriteStatement::Insert { target }, LogicalPlan::Dml(dml)) => {
-                (target.clone(), IngestMode::Append, dml.input.as_ref().clone())
-            }
+            (WriteStatement::Insert { target }, LogicalPlan::Dml(dml)) => (
+                target.clone(),
+                IngestMode::Append,
+                dml.input.as_ref().clone(),
+            ),
             _ => return Err(CatalogError::Internal("write plan changed shape".into())),
         };
         let engine = self.clone();
@@ -511,8 +529,17 @@ impl QueryEngine {
 
 /// Refuses appending data of `incoming` schema to a table of `existing` schema, naming the
 /// first column that differs and both types.
-fn check_append(table: &str, existing: &SchemaRef, incoming: &SchemaRef) -> Result<(), CatalogError> {
-    let names = |s: &SchemaRef| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+pub(super) fn check_append(
+    table: &str,
+    existing: &SchemaRef,
+    incoming: &SchemaRef,
+) -> Result<(), CatalogError> {
+    let names = |s: &SchemaRef| {
+        s.fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>()
+    };
     for field in existing.fields() {
         match incoming.field_with_name(field.name()) {
             Err(_) => {
@@ -554,9 +581,14 @@ fn check_append(table: &str, existing: &SchemaRef, incoming: &SchemaRef) -> Resu
     Ok(())
 }
 
-/// Types equal once nullability inside nested types is set aside.
+/// Types that hold the same values: equal once nested nullability is set aside, and any
+/// two string (or binary) layouts — clients send `large_string` or `string_view` for text
+/// that is read back the same.
 fn same_type(a: &DataType, b: &DataType) -> bool {
-    a == b || a.equals_datatype(b)
+    use DataType::*;
+    let text = |t: &DataType| matches!(t, Utf8 | LargeUtf8 | Utf8View);
+    let binary = |t: &DataType| matches!(t, Binary | LargeBinary | BinaryView);
+    a.equals_datatype(b) || (text(a) && text(b)) || (binary(a) && binary(b))
 }
 
 fn type_name(ty: &DataType) -> String {
@@ -570,3 +602,41 @@ fn unsupported(what: &str) -> CatalogError {
 }
 
 use super::lock;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
+        Arc::new(Schema::new(
+            fields
+                .iter()
+                .map(|(n, t)| Field::new(*n, t.clone(), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    #[test]
+    fn an_append_names_the_column_and_both_types() {
+        let table = schema(&[("id", DataType::Int64), ("name", DataType::Utf8)]);
+        let ok = schema(&[("id", DataType::Int64), ("name", DataType::LargeUtf8)]);
+        assert!(check_append("me.t", &table, &ok).is_ok());
+        let text = |s: SchemaRef| check_append("me.t", &table, &s).unwrap_err().to_string();
+        let wrong = text(schema(&[("id", DataType::Utf8), ("name", DataType::Utf8)]));
+        assert!(
+            wrong.contains("`id` is Int64 in the table but Utf8 in the data"),
+            "{wrong}"
+        );
+        let missing = text(schema(&[("id", DataType::Int64)]));
+        assert!(missing.contains("no column `name`"), "{missing}");
+        let extra = text(schema(&[
+            ("id", DataType::Int64),
+            ("name", DataType::Utf8),
+            ("x", DataType::Int8),
+        ]));
+        assert!(extra.contains("it has no column `x`"), "{extra}");
+        let order = text(schema(&[("name", DataType::Utf8), ("id", DataType::Int64)]));
+        assert!(order.contains("table's order"), "{order}");
+    }
+}

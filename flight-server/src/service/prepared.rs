@@ -236,9 +236,10 @@ impl QuiverFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let principal = signed_in(&request)?;
-        let schema = self.session_schema(&request, &principal);
+        let session = self.session(&request, &principal);
+        let schema = session.schema;
         let planned = self
-            .plan_now(&principal, &query.query, schema.as_deref())
+            .plan_now(&principal, &query.query, schema.as_deref(), session.temp)
             .await?;
         let plan = planned.plan;
         // A write has no result set (JDBC then runs it as an update).
@@ -275,12 +276,13 @@ impl QuiverFlightSql {
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let principal = signed_in(&request)?;
         let mut prepared = self.open_prepared(&principal, &query.prepared_statement_handle)?;
+        let temp = self.session(&request, &principal).temp;
         let ipc = self
             .read_parameters(&principal, request.into_inner())
             .await?;
         // Check now, so a bad binding fails at bind time rather than at execution.
         let plan = self
-            .plan_now(&principal, &prepared.sql, prepared.schema.as_deref())
+            .plan_now(&principal, &prepared.sql, prepared.schema.as_deref(), temp)
             .await?
             .plan;
         if !ipc.is_empty() {
@@ -302,11 +304,13 @@ impl QuiverFlightSql {
         let principal = signed_in(&request)?;
         let prepared = self.open_prepared(&principal, &cmd.prepared_statement_handle)?;
         let params = self.prepared_params(&prepared);
+        let temp = self.session(&request, &principal).temp;
         let info = self
             .query_info(
                 &principal,
                 prepared.sql,
                 prepared.schema,
+                temp,
                 params,
                 request.into_inner(),
             )

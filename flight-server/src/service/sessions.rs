@@ -83,9 +83,35 @@ impl QuiverFlightSql {
         request: &Request<T>,
         principal: &Principal,
     ) -> Option<String> {
+        self.session(request, principal).schema
+    }
+
+    /// What the caller's session holds: its schema and temporary tables.
+    pub(super) fn session<T>(
+        &self,
+        request: &Request<T>,
+        principal: &Principal,
+    ) -> crate::session_store::Options {
         self.sessions
             .options(&Caller::of(request), principal.email())
-            .schema
+    }
+
+    /// The caller's temporary tables, making its session (and them) on first use.
+    pub(super) fn temp_tables<T>(
+        &self,
+        request: &Request<T>,
+        principal: &Principal,
+    ) -> Result<std::sync::Arc<quiver_catalog::engine::TempTables>, Status> {
+        if let Some(temp) = self.session(request, principal).temp {
+            return Ok(temp);
+        }
+        let made = self.engine.temp_tables().map_err(to_status)?;
+        let mut temp = None;
+        self.sessions
+            .update(&Caller::of(request), principal.email(), |options| {
+                temp = Some(options.temp.get_or_insert(made).clone());
+            });
+        temp.ok_or_else(|| Status::internal("no session"))
     }
 
     /// `GetSessionOptions`: the catalog, and the schema in force (the one set, else where

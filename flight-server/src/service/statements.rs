@@ -22,6 +22,7 @@ use datafusion::logical_expr::LogicalPlan;
 use futures::{StreamExt, TryStreamExt, stream};
 use prost::Message;
 use quiver_catalog::auth::principal::unix_now;
+use quiver_catalog::engine::TempTables;
 use quiver_catalog::{Planned, Principal};
 use quiver_config::Compression;
 use tonic::{Request, Response, Status};
@@ -49,9 +50,10 @@ impl QuiverFlightSql {
         principal: &Principal,
         sql: &str,
         schema: Option<&str>,
+        temp: Option<Arc<TempTables>>,
         deadline: tokio::time::Instant,
     ) -> Result<Planned, Status> {
-        let planning = self.engine.plan(principal, sql, schema);
+        let planning = self.engine.plan(principal, sql, schema, temp);
         let result = match tokio::time::timeout_at(deadline, planning).await {
             Ok(planned) => planned.map_err(to_status),
             Err(_) => Err(timed_out(self.options.query_timeout)),
@@ -66,9 +68,11 @@ impl QuiverFlightSql {
         principal: &Principal,
         sql: &str,
         schema: Option<&str>,
+        temp: Option<Arc<TempTables>>,
     ) -> Result<Planned, Status> {
         let _slot = self.slot(principal, sql, None).await?;
-        self.plan(principal, sql, schema, self.deadline()).await
+        self.plan(principal, sql, schema, temp, self.deadline())
+            .await
     }
 
     /// A `FlightInfo` for `sql` with `params`: one endpoint with a sealed ticket or, for a
@@ -79,10 +83,13 @@ impl QuiverFlightSql {
         principal: &Principal,
         sql: String,
         db_schema: Option<String>,
+        temp: Option<Arc<TempTables>>,
         params: Option<Vec<u8>>,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
-        let planned = self.plan_now(principal, &sql, db_schema.as_deref()).await?;
+        let planned = self
+            .plan_now(principal, &sql, db_schema.as_deref(), temp)
+            .await?;
         let planned = typed(planned, params.as_deref())?;
         if planned.write.is_some() {
             return self
@@ -177,6 +184,7 @@ impl QuiverFlightSql {
         &self,
         principal: &Principal,
         ticket: QueryTicket,
+        temp: Option<Arc<TempTables>>,
     ) -> Result<Response<BoxStream<FlightData>>, Status> {
         let deadline = self.deadline();
         let slot = self
@@ -186,7 +194,13 @@ impl QuiverFlightSql {
             Some(planned) if self.engine.is_current(&planned) => planned,
             _ => {
                 let planned = self
-                    .plan(principal, &ticket.sql, ticket.schema.as_deref(), deadline)
+                    .plan(
+                        principal,
+                        &ticket.sql,
+                        ticket.schema.as_deref(),
+                        temp,
+                        deadline,
+                    )
                     .await?;
                 typed(planned, ticket.params.as_deref())?
             }
@@ -286,15 +300,21 @@ impl QuiverFlightSql {
             .ok_or_else(|| Status::invalid_argument("GetSchema needs a Flight SQL command"))?;
         let planned = match command {
             Command::CommandStatementQuery(query) => {
-                let schema = self.session_schema(&request, &principal);
-                self.plan_now(&principal, &query.query, schema.as_deref())
-                    .await?
+                let session = self.session(&request, &principal);
+                self.plan_now(
+                    &principal,
+                    &query.query,
+                    session.schema.as_deref(),
+                    session.temp,
+                )
+                .await?
             }
             Command::CommandPreparedStatementQuery(cmd) => {
                 let prepared = self.open_prepared(&principal, &cmd.prepared_statement_handle)?;
                 let params = self.prepared_params(&prepared);
+                let temp = self.session(&request, &principal).temp;
                 let planned = self
-                    .plan_now(&principal, &prepared.sql, prepared.schema.as_deref())
+                    .plan_now(&principal, &prepared.sql, prepared.schema.as_deref(), temp)
                     .await?;
                 typed(planned, params.as_deref())?
             }
@@ -370,9 +390,16 @@ impl QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let principal = signed_in(&request)?;
-        let schema = self.session_schema(&request, &principal);
+        let session = self.session(&request, &principal);
         let info = self
-            .query_info(&principal, query.query, schema, None, request.into_inner())
+            .query_info(
+                &principal,
+                query.query,
+                session.schema,
+                session.temp,
+                None,
+                request.into_inner(),
+            )
             .await?;
         Ok(Response::new(info))
     }
@@ -404,7 +431,8 @@ impl QuiverFlightSql {
                 "the ticket has expired; run the query again",
             ));
         }
-        self.run_ticket(&principal, ticket).await
+        let temp = self.session(&request, &principal).temp;
+        self.run_ticket(&principal, ticket, temp).await
     }
 
     pub(super) async fn cancel_query(

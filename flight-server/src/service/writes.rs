@@ -21,7 +21,7 @@ use arrow_flight::sql::{
 use arrow_flight::{FlightDescriptor, FlightInfo};
 use datafusion::scalar::ScalarValue;
 use futures::{StreamExt, TryStreamExt};
-use quiver_catalog::engine::IngestMode;
+use quiver_catalog::engine::{IngestMode, TEMP_SCHEMA};
 use quiver_catalog::{CATALOG_NAME, CatalogError, Planned, Principal};
 use tonic::{Request, Status};
 
@@ -104,9 +104,14 @@ impl QuiverFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let principal = signed_in(&request)?;
-        let schema = self.session_schema(&request, &principal);
+        let session = self.session(&request, &principal);
         let planned = self
-            .plan_now(&principal, &cmd.query, schema.as_deref())
+            .plan_now(
+                &principal,
+                &cmd.query,
+                session.schema.as_deref(),
+                session.temp,
+            )
             .await?;
         self.update(&principal, &planned, &cmd.query, None).await
     }
@@ -120,6 +125,7 @@ impl QuiverFlightSql {
     ) -> Result<i64, Status> {
         let principal = signed_in(&request)?;
         let prepared = self.open_prepared(&principal, &cmd.prepared_statement_handle)?;
+        let temp = self.session(&request, &principal).temp;
         let sent = self
             .read_parameters(&principal, request.into_inner())
             .await?;
@@ -129,7 +135,7 @@ impl QuiverFlightSql {
             Some(sent)
         };
         let planned = self
-            .plan_now(&principal, &prepared.sql, prepared.schema.as_deref())
+            .plan_now(&principal, &prepared.sql, prepared.schema.as_deref(), temp)
             .await?;
         let planned = super::prepared::typed(planned, params.as_deref())?;
         self.update(&principal, &planned, &prepared.sql, params.as_deref())
@@ -187,21 +193,32 @@ impl QuiverFlightSql {
         session_schema: Option<&str>,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        if cmd.temporary {
-            return Err(Status::unimplemented(
-                "temporary tables are not supported yet; ingest into `me` (your personal schema) and drop the table when done",
-            ));
-        }
         if let Some(catalog) = cmd.catalog.as_deref().filter(|c| *c != CATALOG_NAME) {
             return Err(Status::not_found(format!(
                 "catalog `{catalog}` not found; the only catalog is `{CATALOG_NAME}`"
             )));
         }
         let mode = ingest_mode(cmd)?;
-        let target = self
-            .engine
-            .write_target(principal, cmd.schema.as_deref(), &cmd.table, session_schema)
-            .map_err(to_status)?;
+        let temp = match cmd.temporary {
+            true => {
+                if cmd.schema.as_deref().is_some_and(|s| s != TEMP_SCHEMA) {
+                    return Err(Status::invalid_argument(format!(
+                        "a temporary table is in schema `{TEMP_SCHEMA}`, not `{}`",
+                        cmd.schema.as_deref().unwrap_or_default()
+                    )));
+                }
+                Some(self.temp_tables(&request, principal)?)
+            }
+            false => None,
+        };
+        let target = match &temp {
+            Some(_) => None,
+            None => Some(
+                self.engine
+                    .write_target(principal, cmd.schema.as_deref(), &cmd.table, session_schema)
+                    .map_err(to_status)?,
+            ),
+        };
         let _slot = self.slot(principal, "bulk ingest", None).await?;
         let mut decoder = FlightDataDecoder::new(request.into_inner().map_err(FlightError::from));
         // The stream opens with its schema.
@@ -240,6 +257,14 @@ impl QuiverFlightSql {
                 }
             })
             .boxed();
+        let (Some(target), None) = (target, &temp) else {
+            let temp = temp.expect("temporary");
+            return self
+                .engine
+                .ingest_temporary(&temp, &cmd.table, mode, schema, batches)
+                .await
+                .map_err(to_status);
+        };
         let detail = serde_json::json!({
             "ingest": format!("{mode:?}").to_lowercase(),
             "table": target.shown,

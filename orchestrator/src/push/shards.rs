@@ -236,7 +236,8 @@ impl PushSync {
             .map(|b| b.schema())
             .ok_or_else(|| CatalogError::Internal("no batches to write".into()))?;
         // The layout every landed file has (compression, row groups, dictionaries).
-        let (buffer, rows) = encode_parquet::<CatalogError>(schema, batches.iter().cloned().map(Ok))?;
+        let (buffer, rows) =
+            encode_parquet::<CatalogError>(schema, batches.iter().cloned().map(Ok))?;
         let key = self
             .storage
             .table_prefix(table)

@@ -5,3 +5,4 @@
 mod config_cli;
 mod flight_sql;
 mod hostile_parameters;
+mod writing;

@@ -276,7 +276,11 @@ impl Tables<'_> {
             }
             let mut n = 1;
             loop {
-                let name = if n == 1 { base.clone() } else { format!("{base}_{n}") };
+                let name = if n == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}_{n}")
+                };
                 if tx.execute(
                     "INSERT INTO personal_schemas (schema_name, email) VALUES ($1, $2)
                      ON CONFLICT DO NOTHING",
@@ -303,7 +307,11 @@ impl Tables<'_> {
     }
 }
 
-fn version_size(tx: &Conn<'_>, table: &TableName, version: i64) -> Result<(i64, i64), CatalogError> {
+fn version_size(
+    tx: &Conn<'_>,
+    table: &TableName,
+    version: i64,
+) -> Result<(i64, i64), CatalogError> {
     tx.query_row(
         "SELECT coalesce(sum(row_count), 0)::BIGINT, coalesce(sum(byte_count), 0)::BIGINT
          FROM version_files WHERE schema_name = $1 AND table_name = $2 AND version = $3",

@@ -273,6 +273,41 @@ class JdbcDriverTest {
   }
 
   @Test
+  void writesThroughExecuteUpdateCreateTableAsAndBatches() throws SQLException {
+    try (Connection conn = connect(ANALYST, ANALYST_PASSWORD, "");
+        Statement st = conn.createStatement()) {
+      st.executeUpdate("DROP TABLE IF EXISTS me.jdbc_t");
+      assertEquals(0, st.executeUpdate("CREATE TABLE me.jdbc_t (id BIGINT, name VARCHAR)"));
+      assertEquals(2, st.executeUpdate("INSERT INTO me.jdbc_t VALUES (1, 'a'), (2, 'b')"));
+      try (PreparedStatement ps = conn.prepareStatement("INSERT INTO me.jdbc_t VALUES (?, ?)")) {
+        for (long id = 3; id <= 5; id++) {
+          ps.setLong(1, id);
+          ps.setString(2, "n" + id);
+          ps.addBatch();
+        }
+        int[] counts = ps.executeBatch();
+        assertEquals(5, scalar(conn, "SELECT count(*) FROM me.jdbc_t"));
+        assertTrue(counts.length >= 1, java.util.Arrays.toString(counts));
+        ps.setLong(1, 6);
+        ps.setString(2, "six");
+        assertEquals(1, ps.executeUpdate());
+      }
+      // CTAS of what the analyst can read; `execute` of a write has no result set.
+      st.executeUpdate("DROP TABLE IF EXISTS me.jdbc_nations");
+      assertFalse(st.execute("CREATE TABLE me.jdbc_nations AS SELECT * FROM tpch.nation"));
+      assertEquals(scalar(conn, "SELECT count(*) FROM tpch.nation"),
+          scalar(conn, "SELECT count(*) FROM me.jdbc_nations"));
+      assertEquals(List.of("jdbc_nations", "jdbc_t"),
+          column(conn.getMetaData().getTables(null, "me", "jdbc%", null), "TABLE_NAME"));
+      // A schema the analyst only reads is refused, naming where to write.
+      SQLException refused = assertThrows(SQLException.class,
+          () -> st.executeUpdate("CREATE TABLE tpch.mine AS SELECT 1 AS one"));
+      assertTrue(refused.getMessage().contains("`me`"), refused.getMessage());
+      assertEquals(6, scalar(conn, "SELECT count(*) FROM me.jdbc_t"));
+    }
+  }
+
+  @Test
   void aLargeResultIsFetchedWhole() throws SQLException {
     try (Connection conn = admin()) {
       long expected = scalar(conn, "SELECT count(*) FROM tpch.lineitem");
@@ -332,7 +367,8 @@ class JdbcDriverTest {
       column(md.getTypeInfo(), "TYPE_NAME");
       assertEquals(List.of(), column(md.getPrimaryKeys(null, "tpch", "orders"), "COLUMN_NAME"));
       assertFalse(md.getSQLKeywords().isEmpty());
-      assertTrue(md.isReadOnly());
+      // Writable where a grant allows, and in each user's own schema (`me`).
+      assertFalse(md.isReadOnly());
     }
   }
 
