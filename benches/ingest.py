@@ -1,8 +1,10 @@
 """Ingest benchmark: CSV → parquet and PostgreSQL → parquet through Quiver's connectors, each
-beside DuckDB doing the same conversion in the same run (`COPY … TO … (FORMAT parquet)`).
+beside DuckDB doing the same conversion in the same run (`COPY … TO … (FORMAT parquet)`);
+and Flight SQL bulk ingest (`adbc_ingest` of TPC-H lineitem into a running server) beside
+DuckDB writing the same Arrow table to local parquet in this process.
 
-    make bench-ingest                       # 2 million rows
-    python benches/ingest.py --rows 500000 --runs 3
+    make bench-ingest                       # 2 million rows, and lineitem at scale 1
+    python benches/ingest.py --rows 500000 --runs 3 --flight-scale 0.1
 
 Quiver runs `quiver sync` (server stopped); its time is the sync's own `land_seconds` log
 field (source read + parquet written + fsync), so process start-up is not counted; the
@@ -80,11 +82,76 @@ def duckdb_postgres(conn: duckdb.DuckDBPyConnection):
     conn.execute(f"LOAD '{named}'")
 
 
+def flight_ingest(scale: float, runs: int, work: pathlib.Path):
+    """`adbc_ingest` of lineitem (read from the demo at `scale`) into the same server, beside
+    DuckDB writing that Arrow table to parquet; the server's RSS is sampled throughout."""
+    import threading
+
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    from harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server
+
+    server = Server(["demo", "--scale", str(scale)], str(work / "flight-data"))
+    try:
+        conn = flight_sql.connect(server.uri, db_kwargs={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+        with conn.cursor() as cur:
+            cur.execute("SELECT * FROM tpch.lineitem")
+            lineitem = cur.fetch_arrow_table()
+        arrow_bytes = lineitem.nbytes
+        print(f"lineitem at scale {scale}: {lineitem.num_rows} rows, {arrow_bytes / 2**20:.0f} MiB of Arrow",
+              flush=True)
+        duck = duckdb.connect()
+        baseline = server.rss_bytes()
+        duck_times, quiver_times, peaks = [], [], []
+        for run in range(runs):
+            started = time.perf_counter()
+            duck.execute(f"COPY (SELECT * FROM lineitem) TO '{work}/duck-lineitem.parquet' "
+                         "(FORMAT parquet, COMPRESSION lz4_raw)")
+            duck_times.append(time.perf_counter() - started)
+            peak, done = [0], threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    peak[0] = max(peak[0], server.rss_bytes())
+                    time.sleep(0.05)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            started = time.perf_counter()
+            with conn.cursor() as cur:
+                cur.adbc_ingest("lineitem_copy", lineitem, mode="replace", db_schema_name="me")
+            quiver_times.append(time.perf_counter() - started)
+            done.set()
+            sampler.join()
+            peaks.append(peak[0])
+        conn.close()
+        duck_s, quiver_s = median(duck_times), median(quiver_times)
+        print()
+        print("| write of lineitem | DuckDB local s | Quiver adbc_ingest s | Quiver MB/s | Quiver / DuckDB throughput "
+              "| server RSS before | peak RSS during ingest |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"| scale {scale}, {lineitem.num_rows:,} rows | {duck_s:.2f} | {quiver_s:.2f} | "
+              f"{arrow_bytes / 2**20 / quiver_s:.0f} | {duck_s / quiver_s:.2f}× | {baseline / 2**20:.0f} MiB | "
+              f"{max(peaks) / 2**20:.0f} MiB |", flush=True)
+    finally:
+        server.stop()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--flight-scale", type=float, default=1.0,
+                        help="TPC-H scale of the lineitem ingested over Flight SQL (0: skip)")
+    parser.add_argument("--flight-only", action="store_true", help="only the Flight SQL ingest")
     args = parser.parse_args()
+    if args.flight_only:
+        work = pathlib.Path(tempfile.mkdtemp(prefix="quiver-ingest-"))
+        try:
+            flight_ingest(args.flight_scale, args.runs, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="quiver-ingest-"))
     try:
@@ -142,6 +209,9 @@ def main():
         for name, (duck_s, land_s, sync_s) in results.items():
             print(f"| {name} → parquet | {duck_s:.2f} | {land_s:.2f} | {args.rows / land_s:,.0f} | "
                   f"{land_s / duck_s:.2f}× | {sync_s:.2f} |")
+        if args.flight_scale > 0:
+            print()
+            flight_ingest(args.flight_scale, args.runs, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -271,7 +271,7 @@ def test_kill_9_mid_ingest_publishes_nothing_and_its_files_are_swept(tmp_path):
         big = pa.table({"id": pa.array(range(300_000), pa.int64()), "score": pa.array([0.5] * 300_000)})
 
         def slow():
-            for batch in big.to_batches(max_chunksize=100_000) * 3:
+            for batch in big.to_batches(max_chunksize=100_000) * 6:
                 yield batch
             time.sleep(60)  # the server dies while it waits for more
             yield big.to_batches()[0]
@@ -285,7 +285,7 @@ def test_kill_9_mid_ingest_publishes_nothing_and_its_files_are_swept(tmp_path):
                 pass
 
         threading.Thread(target=run, daemon=True).start()
-        staged = lambda: glob.glob(f"{data}/tables/home_admin/half/*/*")  # noqa: E731
+        staged = lambda: glob.glob(f"{data}/objects/tables/home_admin/half/*/*")  # noqa: E731
         deadline = time.time() + 60
         while not staged() and time.time() < deadline:
             time.sleep(0.2)
@@ -301,7 +301,29 @@ def test_kill_9_mid_ingest_publishes_nothing_and_its_files_are_swept(tmp_path):
                 rows(conn, "SELECT count(*) FROM me.half")
             assert "not found" in str(err.value)
         if not on_postgres():
-            assert not [f for f in glob.glob(f"{data}/tables/home_admin/half/**", recursive=True)
+            assert not [f for f in glob.glob(f"{data}/objects/tables/home_admin/half/**", recursive=True)
                         if os.path.isfile(f)], "the cut-off write's files were not swept"
     finally:
         server.stop()
+
+
+def test_temporary_tables_belong_to_their_session(server, writer):
+    with connect(server, writer, PASSWORD) as conn:
+        assert ingest(conn, "scratch", scores((1, 1.0), (2, 2.0)), mode="create", temporary=True) == 2
+        assert ingest(conn, "scratch", scores((3, 3.0)), mode="append", temporary=True) == 1
+        assert rows(conn, "SELECT count(*) FROM temp.scratch") == [(3,)]
+        # Unqualified names look in `temp` while the session chose no schema.
+        assert rows(conn, "SELECT count(*) FROM scratch s JOIN tpch.nation n ON s.id = n.n_nationkey") == [(3,)]
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            ingest(conn, "scratch", scores((4, 4.0)), mode="create", temporary=True)
+        assert "already exists" in str(err.value)
+        assert ingest(conn, "scratch", scores((9, 9.0)), mode="replace", temporary=True) == 1
+        assert rows(conn, "SELECT id FROM temp.scratch") == [(9,)]
+        # Another connection of the same user is another session: it cannot see them.
+        with connect(server, writer, PASSWORD) as other:
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                rows(other, "SELECT * FROM temp.scratch")
+            assert "not found" in str(err.value)
+    # They are never versions: nobody, not even an admin, finds them in the catalog.
+    with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as admin:
+        assert rows(admin, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'scratch'") == [(0,)]
