@@ -87,6 +87,8 @@ pub struct Orchestrator {
     replica: String,
     /// Whether this replica holds the lease now.
     leading: std::sync::atomic::AtomicBool,
+    /// Whether a written table is being profiled now (one at a time).
+    profiling: std::sync::atomic::AtomicBool,
     /// When the leader last forgot long-dead replicas (once a minute is plenty).
     forgot_replicas: Mutex<Option<std::time::Instant>>,
     /// Tables whose interrupted runs left files a sweep could not remove yet (another
@@ -124,6 +126,7 @@ impl Orchestrator {
             push: Vec::new(),
             replica,
             leading: Default::default(),
+            profiling: Default::default(),
             forgot_replicas: Mutex::default(),
             unswept: Mutex::default(),
         }

@@ -9,6 +9,34 @@ use serde_json::{Value, json};
 
 use crate::OrchestratorError;
 
+/// Profiles the current version of one written table that has none yet (users' writes
+/// commit without one, so a write's latency is the write's alone); `false` when none is
+/// left. The leader calls it between other work.
+pub(crate) async fn profile_a_write(
+    orchestrator: &crate::Orchestrator,
+) -> Result<bool, OrchestratorError> {
+    let state = orchestrator.state.clone();
+    let found = tokio::task::spawn_blocking(move || state.tables().unprofiled_write())
+        .await
+        .map_err(|e| quiver_catalog::CatalogError::Internal(e.to_string()))??;
+    let Some((table, version, files)) = found else {
+        return Ok(false);
+    };
+    // The engine's runtime knows the object store.
+    let session = orchestrator
+        .engine
+        .session(&crate::sync::sync_principal())
+        .await?;
+    let ctx = SessionContext::new_with_config_rt(Default::default(), session.runtime_env());
+    let profile = profile(&ctx, files).await?;
+    orchestrator
+        .state
+        .tables()
+        .set_profile(&table, version, &profile)?;
+    tracing::info!(table = %table, version, "written table profiled");
+    Ok(true)
+}
+
 /// Columns with at most this many distinct values get their top values listed.
 const TOP_VALUES_UP_TO: u64 = 1000;
 /// How many top values are listed.
@@ -23,13 +51,13 @@ fn orderable(data_type: &DataType) -> bool {
         )
 }
 
-/// Profiles the parquet folder at `location`.
+/// Profiles the parquet at `locations` (a version's folder, or its files).
 pub(crate) async fn profile(
     ctx: &SessionContext,
-    location: &str,
+    locations: Vec<String>,
 ) -> Result<Value, OrchestratorError> {
     let frame = ctx
-        .read_parquet(location, ParquetReadOptions::default())
+        .read_parquet(locations, ParquetReadOptions::default())
         .await?;
     let schema = frame.schema().inner().clone();
     let table = format!("profile_{}", uuid_like());

@@ -88,6 +88,16 @@ impl Orchestrator {
                     if leading.is_some() && let Err(e) = self.start_due() {
                         tracing::warn!(error = %e, "scheduler");
                     }
+                    if leading.is_some() && !self.profiling.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            // One table per tick, so a burst of writes does not hold a core.
+                            if let Err(e) = crate::profile::profile_a_write(&me).await {
+                                tracing::warn!(error = %e, "profiling a written table");
+                            }
+                            me.profiling.store(false, std::sync::atomic::Ordering::Release);
+                        });
+                    }
                 }
                 _ = collect.tick(), if leading.is_some() => {
                     if let Err(e) = self.collect_garbage().await {

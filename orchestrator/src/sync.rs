@@ -21,7 +21,7 @@ use crate::{Orchestrator, OrchestratorError, Running, publish};
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// The identity syncs read other tables as (the `sql` connector): an administrator.
-fn sync_principal() -> Principal {
+pub(crate) fn sync_principal() -> Principal {
     Principal::new("sync@quiver.internal".into(), vec!["Admin".into()])
 }
 
@@ -123,7 +123,7 @@ pub(crate) async fn run(
         let profile = if remote {
             None
         } else {
-            Some(profile::profile(&work, &landed.location).await?)
+            Some(profile::profile(&work, vec![landed.location.clone()]).await?)
         };
         let new_watermark = match watermark {
             Some(column) => profile

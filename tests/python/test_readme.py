@@ -30,14 +30,15 @@ def block(blocks: list[str], marker: str) -> str:
     return found[0]
 
 
-ADBC, POLARS = block(PYTHON, "parameters=(7,)"), block(PYTHON, "import polars")
+ADBC, POLARS = block(PYTHON, "parameters=(7,)"), block(PYTHON, "pl.read_database")
 PAT, OAUTH = block(PYTHON, "Bearer qvr_"), block(PYTHON, "client_credentials")
-CURL, SERVICE = block(SHELL, "api localhost:8080/api/admin/grants"), block(SHELL, "service-accounts")
-ADMIN_CLI = block(SHELL, "quiver admin grant")
+CURL, SERVICE = block(SHELL, "api localhost:8080/api/admin/users"), block(SHELL, "service-accounts")
+ADMIN_CLI = block(SHELL, "quiver admin user add")
+WRITING, WRITE_GRANT = block(PYTHON, "adbc_ingest"), block(SHELL, '"privilege":"write"')
 
 
 def test_every_snippet_has_a_run():
-    assert len(PYTHON) == 4 and {ADBC, POLARS, PAT, OAUTH} == set(PYTHON)
+    assert len(PYTHON) == 5 and {ADBC, POLARS, PAT, OAUTH, WRITING} == set(PYTHON)
 
 
 def local(code: str, server: Server) -> str:
@@ -79,6 +80,23 @@ def test_adbc_and_polars_snippets(server):
     out = python(local(ADBC + POLARS, server))
     assert "GERMANY" in out  # n_nationkey 7
     assert "shape: (10, 2)" in out and "o_totalprice" in out
+
+
+def test_writing_snippets(server):
+    """The write grant block (its API line, and the same offline is the CLI's `--write`),
+    then the Python block writing into `me` with ADBC, SQL, pandas and polars."""
+    token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    group = "analysts"
+    api(server, "POST", "/api/admin/groups", token, {"name": group})
+    with tempfile.TemporaryDirectory() as tmp:
+        api_line = next(line for line in WRITE_GRANT.splitlines() if line.startswith("api "))
+        setup = (f"T={token}\n"
+                 "api() { curl -s -H \"authorization: Bearer $T\" -H 'content-type: application/json' \"$@\"; }\n")
+        out = shell(local(setup + api_line, server), tmp)
+    assert '"privilege":"write"' in out.replace(" ", ""), out
+    connect_line = ADBC.split("with conn.cursor()")[0]
+    out = python(local(connect_line + WRITING, server) + query("SELECT count(*) FROM me.scores"))
+    assert "rows: [(7,)]" in out, out
 
 
 def test_personal_access_token_snippet(server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 
 import pytest
@@ -171,6 +172,26 @@ def test_a_shared_sandbox_is_written_by_its_group_and_unknown_to_others(server, 
     with connect(server, writer, PASSWORD) as conn:
         assert rows(conn, f"SELECT sum(id) FROM {sandbox}.shared") == [(6,)]
 
+    # A sync is never defined where users write: it would overwrite them.
+    status, body = api(server, "POST", "/api/admin/tables", admin_token,
+                       {"name": f"{sandbox}.synced", "connector": "files", "options": {"path": "/tmp/x.csv"}})
+    assert status == 422 and "cannot be synced" in body["error"]["message"], body
+
+    # A written table is a table like any other: the catalog shows it with its row count and,
+    # soon after the write, its profile; a grant can filter its rows.
+    token = login(server, writer, PASSWORD)
+    deadline = time.time() + 30
+    while True:
+        listed = {t["name"]: t for t in api(server, "GET", "/api/catalog", token)[1]}
+        table = listed[f"{sandbox}.shared"]
+        if table.get("profile") or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert table["rows"] == 3 and table["profile"], table
+    reader, _, _ = user_granted(server, admin_token, "filtered", f"{sandbox}.shared", PASSWORD, row_filter="id > 1")
+    with connect(server, reader, PASSWORD) as conn:
+        assert rows(conn, f"SELECT id FROM {sandbox}.shared ORDER BY id") == [(2,), (3,)]
+
 
 def test_sql_writes_through_statements_and_prepared_statements(server, admin_token):
     # A user who sees only Europe's nations, and masked comments.
@@ -261,7 +282,6 @@ def test_kill_9_mid_ingest_publishes_nothing_and_its_files_are_swept(tmp_path):
     import glob
     import signal
     import threading
-    import time
 
     from harness import Server, on_postgres
 

@@ -21,7 +21,7 @@ use arrow_flight::sql::{
 use arrow_flight::{FlightDescriptor, FlightInfo};
 use datafusion::scalar::ScalarValue;
 use futures::{StreamExt, TryStreamExt};
-use quiver_catalog::engine::{IngestMode, TEMP_SCHEMA};
+use quiver_catalog::engine::IngestMode;
 use quiver_catalog::{CATALOG_NAME, CatalogError, Planned, Principal};
 use tonic::{Request, Status};
 
@@ -199,16 +199,10 @@ impl QuiverFlightSql {
             )));
         }
         let mode = ingest_mode(cmd)?;
+        // A temporary table is always in `temp`: a schema sent with it is not used (the
+        // Python driver keeps the schema of a cursor's previous ingest).
         let temp = match cmd.temporary {
-            true => {
-                if cmd.schema.as_deref().is_some_and(|s| s != TEMP_SCHEMA) {
-                    return Err(Status::invalid_argument(format!(
-                        "a temporary table is in schema `{TEMP_SCHEMA}`, not `{}`",
-                        cmd.schema.as_deref().unwrap_or_default()
-                    )));
-                }
-                Some(self.temp_tables(&request, principal)?)
-            }
+            true => Some(self.temp_tables(&request, principal)?),
             false => None,
         };
         let target = match &temp {

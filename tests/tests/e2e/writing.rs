@@ -112,16 +112,19 @@ async fn two_replaces_race_to_one_winner_and_two_appends_both_land() -> anyhow::
         vec![20, 30, 40]
     );
 
-    // A stream that fails midway publishes nothing.
-    let broken = stream::iter([
-        Ok(batch(&[1])),
-        Err(FlightError::ProtocolError("the client gave up".into())),
-    ]);
-    assert!(
-        b.execute_ingest(ingest("broken", N::Create, E::Fail), broken)
+    // A client that goes away midway (its call reset) publishes nothing.
+    let mut d = server.client().await?;
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<RecordBatch, FlightError>>();
+    tx.unbounded_send(Ok(batch(&[1])))?;
+    let cut = tokio::spawn(async move {
+        d.execute_ingest(ingest("broken", N::Create, E::Fail), rx)
             .await
-            .is_err()
-    );
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cut.abort();
+    let _ = cut.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(tx);
     let missing = query(&mut b, "SELECT * FROM me.broken").await.unwrap_err();
     assert!(missing.to_string().contains("not found"), "{missing}");
     Ok(())

@@ -86,6 +86,7 @@ impl Tables<'_> {
                 "table `{name}` already exists"
             )));
         }
+        self.refuse_writable(name)?;
         self.0
             .change(actor, "table.create", &name.to_string(), |tx| {
                 tx.execute(
@@ -95,6 +96,21 @@ impl Tables<'_> {
                 )?;
                 Ok(((), serde_json::to_value(def).unwrap_or_default()))
             })
+    }
+
+    /// Refuses a sync into a schema users write to: its next run would overwrite them.
+    fn refuse_writable(&self, name: &TableName) -> Result<(), CatalogError> {
+        let schema = name.schema();
+        let personal = schema.starts_with(super::PERSONAL_PREFIX) || schema == "me";
+        let granted = self.0.access().grants()?.into_iter().any(|g| {
+            g.privilege == crate::state::access::Privilege::Write && g.table.schema() == schema
+        });
+        if personal || granted {
+            return Err(CatalogError::InvalidInput(format!(
+                "`{name}` cannot be synced: users write to `{schema}` (a personal schema or one granted `write`), and a sync would overwrite what they wrote; sync into a schema of its own"
+            )));
+        }
+        Ok(())
     }
 
     /// Replaces the definition of an API-defined table.
@@ -140,6 +156,9 @@ impl Tables<'_> {
     ) -> Result<usize, CatalogError> {
         let current = self.definitions()?;
         let mut changed = 0;
+        for (name, _) in defs {
+            self.refuse_writable(name)?;
+        }
         for (name, def) in defs {
             let json = serde_json::to_string(def)
                 .map_err(|e| CatalogError::Internal(format!("definition: {e}")))?;

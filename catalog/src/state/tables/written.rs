@@ -294,6 +294,47 @@ impl Tables<'_> {
         })
     }
 
+    /// The current version of a written table that has no profile yet, with its files'
+    /// URLs (the orchestrator profiles written tables after the fact).
+    pub fn unprofiled_write(&self) -> Result<Option<(TableName, i64, Vec<String>)>, CatalogError> {
+        let found: Option<(String, String, i64)> = self.0.conn()?.query_opt(
+            "SELECT t.schema_name, t.table_name, t.current_version
+             FROM tables t
+             JOIN written_tables w ON w.schema_name = t.schema_name AND w.table_name = t.table_name
+             JOIN version_details d ON d.schema_name = t.schema_name
+              AND d.table_name = t.table_name AND d.version = t.current_version
+             WHERE d.profile IS NULL
+             ORDER BY 1, 2",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let Some((schema, table, version)) = found else {
+            return Ok(None);
+        };
+        let table = TableName::new(&schema, &table)?;
+        let files = self
+            .shard_files(&table, version)?
+            .into_iter()
+            .map(|f| f.url)
+            .collect();
+        Ok(Some((table, version, files)))
+    }
+
+    /// Stores the profile of a version made before its profile was known.
+    pub fn set_profile(
+        &self,
+        table: &TableName,
+        version: i64,
+        profile: &serde_json::Value,
+    ) -> Result<(), CatalogError> {
+        self.0.conn()?.execute(
+            "UPDATE version_details SET profile = $1
+             WHERE schema_name = $2 AND table_name = $3 AND version = $4",
+            params![profile.to_string(), table.schema(), table.table(), version],
+        )?;
+        Ok(())
+    }
+
     /// Rows and bytes of the tables of `schema` (for quotas).
     pub fn schema_usage(&self, schema: &str) -> Result<(i64, i64), CatalogError> {
         self.0.conn()?.query_row(
