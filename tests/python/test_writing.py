@@ -347,3 +347,21 @@ def test_temporary_tables_belong_to_their_session(server, writer):
     # They are never versions: nobody, not even an admin, finds them in the catalog.
     with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as admin:
         assert rows(admin, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'scratch'") == [(0,)]
+
+
+def test_no_transactions_as_the_adbc_driver_documents(server, writer):
+    """GetSqlInfo says there are no transactions, so DB-API's default `autocommit=False`
+    cannot be honoured: the driver warns once and keeps autocommit; `commit()` does nothing
+    and every statement is already visible to other connections."""
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    with pytest.warns(Warning, match="Cannot disable autocommit"):
+        conn = flight_sql.connect(server.uri, db_kwargs={"username": writer, "password": PASSWORD})
+    with conn:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE me.tx AS SELECT 1 AS one")
+        with connect(server, writer, PASSWORD) as other:
+            assert rows(other, "SELECT one FROM me.tx") == [(1,)]
+        conn.commit()
+        conn.rollback()
+        assert rows(conn, "SELECT one FROM me.tx") == [(1,)]

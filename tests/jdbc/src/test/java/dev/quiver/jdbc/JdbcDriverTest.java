@@ -304,6 +304,19 @@ class JdbcDriverTest {
           () -> st.executeUpdate("CREATE TABLE tpch.mine AS SELECT 1 AS one"));
       assertTrue(refused.getMessage().contains("`me`"), refused.getMessage());
       assertEquals(6, scalar(conn, "SELECT count(*) FROM me.jdbc_t"));
+
+      // No transactions: with auto-commit off, each statement still commits on its own (another
+      // connection sees it at once); commit() and rollback() are the driver's no-ops.
+      conn.setAutoCommit(false);
+      assertEquals(1, st.executeUpdate("INSERT INTO me.jdbc_t VALUES (7, 'seven')"));
+      try (Connection other = connect(ANALYST, ANALYST_PASSWORD, "")) {
+        assertEquals(7, scalar(other, "SELECT count(*) FROM me.jdbc_t"));
+      }
+      conn.rollback();
+      conn.commit();
+      assertEquals(7, scalar(conn, "SELECT count(*) FROM me.jdbc_t"));
+      assertEquals(Connection.TRANSACTION_NONE, conn.getMetaData().getDefaultTransactionIsolation());
+      assertFalse(conn.getMetaData().supportsTransactions());
     }
   }
 
