@@ -81,7 +81,7 @@ fn render(issues: &[ConfigIssue]) -> String {
 
 /// The top-level sections, in the order they are documented.
 const SECTIONS: &[&str] = &[
-    "server", "storage", "auth", "query", "demo", "logging", "sync", "tables", "jira",
+    "server", "storage", "auth", "query", "write", "demo", "logging", "sync", "tables", "jira",
 ];
 
 impl Config {
@@ -124,6 +124,7 @@ impl Config {
                         "storage" => section(key, value, &mut config.storage, &mut issues),
                         "auth" => section(key, value, &mut config.auth, &mut issues),
                         "query" => section(key, value, &mut config.query, &mut issues),
+                        "write" => section(key, value, &mut config.write, &mut issues),
                         "demo" => section(key, value, &mut config.demo, &mut issues),
                         "logging" => section(key, value, &mut config.logging, &mut issues),
                         "sync" => section(key, value, &mut config.sync, &mut issues),

@@ -365,3 +365,38 @@ def test_no_transactions_as_the_adbc_driver_documents(server, writer):
         conn.commit()
         conn.rollback()
         assert rows(conn, "SELECT one FROM me.tx") == [(1,)]
+
+
+def test_quotas_name_their_setting_and_keep_what_was_written(tmp_path):
+    import numpy as np
+
+    from harness import Server
+
+    config = "write:\n  quota_per_user: 100 KiB\n  max_tables_per_schema: 3\n  max_write_bytes: 4 MiB\n"
+    server = Server(["serve"], str(tmp_path / "data"), config=config)
+    try:
+        with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as conn:
+            for name in ("a", "b", "c"):
+                assert ingest(conn, name, scores((1, 1.0)), mode="create", db_schema_name="me") == 1
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                ingest(conn, "d", scores((1, 1.0)), mode="create", db_schema_name="me")
+            assert "write.max_tables_per_schema" in str(err.value), err.value
+
+            huge = pa.table({"id": pa.array(np.arange(1_000_000), pa.int64()),
+                             "score": pa.array(np.random.default_rng(1).random(1_000_000))})
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                ingest(conn, "a", huge, mode="append", db_schema_name="me")
+            assert "write.max_write_bytes" in str(err.value), err.value
+            assert rows(conn, "SELECT count(*) FROM me.a") == [(1,)]
+
+            assert ingest(conn, "a", huge.slice(0, 20_000), mode="append", db_schema_name="me") == 20_000
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                ingest(conn, "b", scores((2, 2.0)), mode="append", db_schema_name="me")
+            assert "write.quota_per_user" in str(err.value) and "`me`" in str(err.value), err.value
+            # What was written before the quota stays; dropping makes room again.
+            assert rows(conn, "SELECT count(*) FROM me.a") == [(20_001,)]
+            with conn.cursor() as cur:
+                cur.execute("DROP TABLE me.a")
+            assert ingest(conn, "b", scores((2, 2.0)), mode="append", db_schema_name="me") == 1
+    finally:
+        server.stop()
