@@ -116,6 +116,15 @@ def test_adbc_ingest_every_mode_into_the_personal_schema(server, admin_token, wr
         assert "create_append" in str(err.value)
         assert rows(conn, "SELECT count(*) FROM me.more") == [(2,)]
 
+        # Names are identifiers: checked before anything is written.
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            ingest(conn, "Bad Name", scores((1, 1.0)), mode="create", db_schema_name="me")
+        assert "not a valid name" in str(err.value), err.value
+        for reserved in ("system", "information_schema"):
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                ingest(conn, "x", scores((1, 1.0)), mode="create", db_schema_name=reserved)
+            assert "read-only" in str(err.value), err.value
+
         # With no schema, the session's (public) is not writable: the error says where to write.
         with pytest.raises(adbc_driver_manager.Error) as err:
             ingest(conn, "loose", scores((1, 1.0)), mode="create")

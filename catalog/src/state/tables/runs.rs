@@ -103,17 +103,7 @@ impl Tables<'_> {
                     "a sync of `{table}` is already running (run {run})"
                 )));
             }
-            let run: i64 = tx.query_row(
-                "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status)
-                 VALUES ($1, $2, $3, $4, 'running') RETURNING id",
-                params![table.schema(), table.table(), trigger, actor],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "INSERT INTO sync_run_replicas (run, replica) VALUES ($1, $2)",
-                params![run, replica],
-            )?;
-            Ok(run)
+            insert_run(tx, table, trigger, actor, replica)
         })
     }
 
@@ -355,6 +345,27 @@ impl Tables<'_> {
         )?;
         Ok(locations.into_iter().collect())
     }
+}
+
+/// Records a run of `table` as running on `replica`; returns its id.
+pub(super) fn insert_run(
+    tx: &crate::state::Conn<'_>,
+    table: &TableName,
+    trigger: &str,
+    actor: Option<&str>,
+    replica: &str,
+) -> Result<i64, CatalogError> {
+    let run: i64 = tx.query_row(
+        "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status)
+         VALUES ($1, $2, $3, $4, 'running') RETURNING id",
+        params![table.schema(), table.table(), trigger, actor],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO sync_run_replicas (run, replica) VALUES ($1, $2)",
+        params![run, replica],
+    )?;
+    Ok(run)
 }
 
 #[cfg(test)]

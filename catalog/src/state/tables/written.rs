@@ -67,19 +67,8 @@ impl Tables<'_> {
         actor: &str,
         replica: &str,
     ) -> Result<i64, CatalogError> {
-        self.0.transaction(|tx| {
-            let run: i64 = tx.query_row(
-                "INSERT INTO sync_runs (schema_name, table_name, trigger, actor, status)
-                 VALUES ($1, $2, 'write', $3, 'running') RETURNING id",
-                params![table.schema(), table.table(), actor],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "INSERT INTO sync_run_replicas (run, replica) VALUES ($1, $2)",
-                params![run, replica],
-            )?;
-            Ok(run)
-        })
+        self.0
+            .transaction(|tx| super::runs::insert_run(tx, table, "write", Some(actor), replica))
     }
 
     /// Commits a write as the table's next version, audited as `actor` with its lineage.
