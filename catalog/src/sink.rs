@@ -169,7 +169,7 @@ impl ParquetSink {
                     .rows
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 part_rows += batch.num_rows();
-                part_bytes += batch.get_array_memory_size();
+                part_bytes += arrow_bytes(&batch);
                 if batch.num_rows() > 0 {
                     part.push(batch);
                 }
@@ -269,6 +269,17 @@ pub fn encode_parquet<E: From<CatalogError>>(
         writer.write(&batch).map_err(parquet)?;
     }
     Ok((writer.into_inner().map_err(parquet)?, rows))
+}
+
+/// The bytes of a batch's values. Not `get_array_memory_size`: the columns of a batch
+/// decoded from one IPC message (a client's upload) share its buffer, which that would
+/// count once per column.
+pub fn arrow_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }
 
 /// A fixed-width column's values repeat when at most one in [`DICTIONARY_SHARE`] is new.

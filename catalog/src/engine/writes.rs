@@ -329,7 +329,7 @@ impl QueryEngine {
         let mut written = 0u64;
         batches.map(move |batch| {
             let batch = batch?;
-            written += batch.get_array_memory_size() as u64;
+            written += crate::sink::arrow_bytes(&batch) as u64;
             if limit > 0 && written > limit {
                 return Err(CatalogError::LimitExceeded {
                     setting: "write.max_write_bytes",
