@@ -112,7 +112,7 @@ impl QueryEngine {
             .filter(|_| matches!(mode, IngestMode::Append | IngestMode::CreateAppend))
         {
             let ctx = self.new_context("temporary@quiver.internal")?;
-            let current = plain_schema(&temp_provider(&ctx, &temp.storage, files).await?.schema());
+            let current = plain_schema(&temp_provider(&ctx, files).await?.schema());
             super::writes::check_append(&shown, &current, &plain_schema(&schema))?;
         }
         let sink = ParquetSink::new(&temp.storage, &name);
@@ -139,10 +139,7 @@ impl QueryEngine {
         let schema = Arc::new(MemorySchemaProvider::new());
         let tables = temp.lock().clone();
         for (name, files) in &tables {
-            schema.register_table(
-                name.clone(),
-                temp_provider(ctx, &temp.storage, files).await?,
-            )?;
+            schema.register_table(name.clone(), temp_provider(ctx, files).await?)?;
         }
         let base = ctx
             .catalog(CATALOG_NAME)
@@ -163,7 +160,6 @@ impl QueryEngine {
 /// A ListingTable over a temporary table's files.
 async fn temp_provider(
     ctx: &SessionContext,
-    storage: &Storage,
     files: &[ShardFile],
 ) -> Result<Arc<dyn TableProvider>, CatalogError> {
     use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -178,8 +174,7 @@ async fn temp_provider(
         .first()
         .ok_or_else(|| CatalogError::Internal("a temporary table without files".into()))?
         .clone();
-    // The local store is registered under `file:///` already (the spill folder is local).
-    let _ = storage;
+    // Local files: DataFusion's registry knows `file:///` whatever the object store is.
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let schema = options.infer_schema(&ctx.state(), &first).await?;

@@ -110,16 +110,6 @@ pub enum WriteStatement {
     },
 }
 
-impl WriteStatement {
-    /// The table written.
-    pub fn target(&self) -> Option<&WriteTarget> {
-        match self {
-            Self::Create { target, .. } | Self::Insert { target } => Some(target),
-            Self::Drop { target } => target.as_ref(),
-        }
-    }
-}
-
 impl QueryEngine {
     /// The personal schema's name (`me`) when users have one.
     pub fn personal_schemas(&self) -> Option<&'static str> {
@@ -286,7 +276,7 @@ impl QueryEngine {
             let existing = plain_schema(&self.provider(&ctx, entry).await?.schema());
             check_append(&target.shown, &existing, &plain_schema(&schema))?;
         }
-        self.check_quotas(principal, target, current.is_none())?;
+        self.check_quotas(target, current.is_none())?;
         let bounded = self.bounded(batches);
         let run = tables.start_write(&target.table, principal.email(), replica)?;
         let sink = ParquetSink::new(&self.storage, &target.table);
@@ -343,12 +333,7 @@ impl QueryEngine {
     }
 
     /// Refuses a write that would take `target`'s schema past a quota.
-    fn check_quotas(
-        &self,
-        principal: &Principal,
-        target: &WriteTarget,
-        new_table: bool,
-    ) -> Result<(), CatalogError> {
+    fn check_quotas(&self, target: &WriteTarget, new_table: bool) -> Result<(), CatalogError> {
         let schema = target.table.schema();
         let (count, bytes) = self.state.tables().schema_usage(schema)?;
         let personal = schema.starts_with(PERSONAL_PREFIX);
@@ -376,7 +361,6 @@ impl QueryEngine {
                 ),
             });
         }
-        let _ = principal;
         Ok(())
     }
 
@@ -476,7 +460,7 @@ impl QueryEngine {
                 if let Some(target) = target {
                     self.state
                         .tables()
-                        .drop_written(principal.email(), &target.table)?;
+                        .delete_table(principal.email(), &target.table)?;
                 }
                 return Ok(0);
             }
@@ -546,7 +530,7 @@ pub(super) fn check_append(
                 return Err(CatalogError::InvalidInput(format!(
                     "cannot append to `{table}`: the data has no column `{}` ({}); the table's columns are {}",
                     field.name(),
-                    type_name(field.data_type()),
+                    field.data_type(),
                     names(existing).join(", ")
                 )));
             }
@@ -554,8 +538,8 @@ pub(super) fn check_append(
                 return Err(CatalogError::InvalidInput(format!(
                     "cannot append to `{table}`: column `{}` is {} in the table but {} in the data",
                     field.name(),
-                    type_name(field.data_type()),
-                    type_name(given.data_type())
+                    field.data_type(),
+                    given.data_type()
                 )));
             }
             Ok(_) => {}
@@ -589,10 +573,6 @@ fn same_type(a: &DataType, b: &DataType) -> bool {
     let text = |t: &DataType| matches!(t, Utf8 | LargeUtf8 | Utf8View);
     let binary = |t: &DataType| matches!(t, Binary | LargeBinary | BinaryView);
     a.equals_datatype(b) || (text(a) && text(b)) || (binary(a) && binary(b))
-}
-
-fn type_name(ty: &DataType) -> String {
-    ty.to_string()
 }
 
 fn unsupported(what: &str) -> CatalogError {

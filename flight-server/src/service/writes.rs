@@ -205,7 +205,7 @@ impl QuiverFlightSql {
             true => Some(self.temp_tables(&request, principal)?),
             false => None,
         };
-        let target = match &temp {
+        let target = match temp {
             Some(_) => None,
             None => Some(
                 self.engine
@@ -251,8 +251,9 @@ impl QuiverFlightSql {
                 }
             })
             .boxed();
-        let (Some(target), None) = (target, &temp) else {
-            let temp = temp.expect("temporary");
+        let Some(target) = target else {
+            let temp =
+                temp.ok_or_else(|| Status::internal("neither a table nor a temporary one"))?;
             return self
                 .engine
                 .ingest_temporary(&temp, &cmd.table, mode, schema, batches)

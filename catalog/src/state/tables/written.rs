@@ -215,12 +215,6 @@ impl Tables<'_> {
             .transpose()
     }
 
-    /// Drops a written table: it stops being queryable at once; its files are collected
-    /// by retention like any replaced version's. Audited as `actor`.
-    pub fn drop_written(&self, actor: &str, table: &TableName) -> Result<(), CatalogError> {
-        self.delete_table(actor, table)
-    }
-
     /// The personal schema of `email`, if they have written anything yet.
     pub fn personal_schema(&self, email: &str) -> Result<Option<String>, CatalogError> {
         self.0.conn()?.query_opt(
