@@ -407,9 +407,16 @@ pub struct WriteConfig {
     pub quota_per_user: Option<ByteSize>,
     /// Parquet bytes each shared writable schema may hold. Default: no limit.
     pub quota_per_schema: Option<ByteSize>,
+    /// Parquet bytes named writable schemas may hold, in place of `quota_per_schema`
+    /// (`sandbox: 50 GiB`). Default: none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub schema_quotas: BTreeMap<String, ByteSize>,
     /// Arrow bytes one ingest or statement may write; a larger one fails and publishes
     /// nothing. Default `10 GiB`.
     pub max_write_bytes: ByteSize,
+    /// Rows one ingest or statement may write; a larger one fails and publishes nothing.
+    /// Default: no limit.
+    pub max_write_rows: Option<u64>,
     /// Tables one writable schema may hold. Default `1000`.
     pub max_tables_per_schema: u64,
 }
@@ -420,7 +427,9 @@ impl Default for WriteConfig {
             personal_schemas: true,
             quota_per_user: None,
             quota_per_schema: None,
+            schema_quotas: BTreeMap::new(),
             max_write_bytes: ByteSize::gib(10),
+            max_write_rows: None,
             max_tables_per_schema: 1000,
         }
     }

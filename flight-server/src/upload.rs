@@ -1,13 +1,15 @@
-//! Arrow IPC streams a client sends (bound parameters), checked before arrow-ipc decodes
-//! them.
+//! Arrow IPC streams a client sends (bound parameters, bulk ingest), checked before
+//! arrow-ipc decodes them.
 //!
-//! A compressed IPC buffer starts with the length it claims to inflate to, and arrow-ipc
-//! allocates that much before it looks at the data: a 32 KB message claiming 1 TiB aborts
-//! the process, and one claiming 768 MiB is granted it. So each message is read here first,
-//! from its header and the first bytes of its buffers, without allocating: the bytes it will
-//! hold once decoded must fit what is left of the caller's budget, and LZ4 buffers — whose
-//! decoder grows past the claimed length — are inflated into nothing to check that the claim
-//! is true. ZSTD's decoder stops at the claim by itself.
+//! arrow-ipc trusts the offsets and lengths a message's header declares: a buffer said to
+//! reach past the body panics the task that decodes it. And a compressed IPC buffer starts
+//! with the length it claims to inflate to, which arrow-ipc allocates before it looks at
+//! the data: a 32 KB message claiming 1 TiB aborts the process, and one claiming 768 MiB is
+//! granted it. So each message is read here first, from its header and the first bytes of
+//! its buffers, without allocating: every buffer must lie within the body, the bytes it
+//! will hold once decoded must fit what is left of the caller's budget, and LZ4 buffers —
+//! whose decoder grows past the claimed length — are inflated into nothing to check that
+//! the claim is true. ZSTD's decoder stops at the claim by itself.
 
 use std::io::Read;
 
@@ -47,6 +49,24 @@ pub(crate) fn decoded_len(message: &FlightData, budget: usize) -> Result<usize, 
     let Some(batch) = batch else {
         return within(body.len(), budget);
     };
+    let buffers = batch
+        .buffers()
+        .into_iter()
+        .flatten()
+        .map(|buffer| {
+            let (offset, length) = (buffer.offset(), buffer.length());
+            usize::try_from(offset)
+                .ok()
+                .zip(usize::try_from(length).ok())
+                .and_then(|(start, len)| body.get(start..start.checked_add(len)?))
+                .ok_or_else(|| {
+                    UploadError::Malformed(format!(
+                        "a buffer at {offset}+{length} lies outside the {}-byte body",
+                        body.len()
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let Some(compression) = batch.compression() else {
         return within(body.len(), budget);
     };
@@ -58,18 +78,7 @@ pub(crate) fn decoded_len(message: &FlightData, budget: usize) -> Result<usize, 
         )));
     }
     let mut total = 0usize;
-    for buffer in batch.buffers().into_iter().flatten() {
-        let (offset, length) = (buffer.offset(), buffer.length());
-        let bytes = usize::try_from(offset)
-            .ok()
-            .zip(usize::try_from(length).ok())
-            .and_then(|(start, len)| body.get(start..start.checked_add(len)?))
-            .ok_or_else(|| {
-                UploadError::Malformed(format!(
-                    "a buffer at {offset}+{length} lies outside the {}-byte body",
-                    body.len()
-                ))
-            })?;
+    for bytes in buffers {
         if bytes.is_empty() {
             continue;
         }
@@ -207,6 +216,13 @@ mod tests {
         assert!(matches!(
             decoded_len(&claiming(lz4, 16), 1 << 20),
             Err(UploadError::Malformed(m)) if m.contains("claims 16 bytes")
+        ));
+        // A plain body cut short of the buffers its header declares (arrow-ipc panics).
+        let mut short = message(None, 1000);
+        short.data_body = short.data_body.slice(..short.data_body.len() / 2);
+        assert!(matches!(
+            decoded_len(&short, usize::MAX),
+            Err(UploadError::Malformed(m)) if m.contains("lies outside")
         ));
         let mut garbage = message(None, 10);
         garbage.data_header = vec![0xff; 40].into();

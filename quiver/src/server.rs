@@ -324,7 +324,13 @@ pub(crate) fn write_options(
         personal_schemas: write.personal_schemas,
         quota_per_user: write.quota_per_user.map_or(0, |b| b.as_u64()),
         quota_per_schema: write.quota_per_schema.map_or(0, |b| b.as_u64()),
+        schema_quotas: write
+            .schema_quotas
+            .iter()
+            .map(|(schema, quota)| (schema.clone(), quota.as_u64()))
+            .collect(),
         max_write_bytes: write.max_write_bytes.as_u64(),
+        max_write_rows: write.max_write_rows.unwrap_or(0),
         max_tables_per_schema: write.max_tables_per_schema,
     }
 }

@@ -130,6 +130,35 @@ def test_grants_and_sign_outs_reach_every_replica_within_a_second(cluster):
     eventually(signed_out_on_b, within=1.0)
 
 
+def test_a_write_on_one_replica_is_read_on_another_and_appends_from_both_land(cluster):
+    a, b, *_ = cluster
+    data = pyarrow.table({"id": pyarrow.array([1, 2], pyarrow.int64())})
+
+    def ingest(replica, table, mode):
+        with connect(replica, ADMIN_EMAIL, ADMIN_PASSWORD) as conn, conn.cursor() as cur:
+            written = cur.adbc_ingest(table, data, mode=mode, db_schema_name="me")
+            conn.commit()
+            return written
+
+    def count(replica, table):
+        try:
+            return rows(replica, f"SELECT count(*) AS n FROM me.{table}")[0]["n"]
+        except adbc_driver_manager.Error:
+            return None
+
+    assert ingest(a, "shared_writes", "create") == 2
+    eventually(lambda: count(b, "shared_writes") == 2, within=1.0)
+    # Appends from both replicas both land; a replace on B is what A reads next.
+    assert ingest(a, "shared_writes", "append") == 2
+    assert ingest(b, "shared_writes", "append") == 2
+    eventually(lambda: count(a, "shared_writes") == 6, within=1.0)
+    assert ingest(b, "shared_writes", "replace") == 2
+    eventually(lambda: count(a, "shared_writes") == 2, within=1.0)
+    with connect(b, ADMIN_EMAIL, ADMIN_PASSWORD) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE me.made_on_b AS SELECT n_nationkey FROM tpch.nation")
+    eventually(lambda: count(a, "made_on_b") == 25, within=1.0)
+
+
 def test_quiver_admin_works_beside_running_replicas(cluster):
     a, b, env, tmp, _ = cluster
     done = subprocess.run([quiver_bin(), "admin", "--data-dir", os.path.join(tmp, "cli"),

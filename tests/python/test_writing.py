@@ -154,6 +154,56 @@ def test_adbc_ingest_every_mode_into_the_personal_schema(server, admin_token, wr
         assert rows(conn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'me'") == [(0,)]
 
 
+def test_comments_describe_written_tables_to_every_client(server, admin_token, writer):
+    """`COMMENT ON TABLE | COLUMN` is how a writer documents what it wrote: the remarks reach
+    ADBC (`ARROW:FLIGHT:SQL:REMARKS`) and the catalog API like a definition's descriptions."""
+    REMARKS = b"ARROW:FLIGHT:SQL:REMARKS"
+    with connect(server, writer, PASSWORD) as conn:
+        assert ingest(conn, "noted", scores((1, 0.5)), mode="create", db_schema_name="me") == 1
+        with conn.cursor() as cur:
+            cur.execute("COMMENT ON TABLE me.noted IS 'Scores of the spring campaign'")
+            cur.execute("COMMENT ON COLUMN me.noted.score IS 'Between 0 and 1'")
+            cur.execute("COMMENT ON COLUMN noted.id IS 'The customer''s id'")
+        fields = {f.name: f.metadata or {} for f in conn.adbc_get_table_schema("noted", db_schema_filter="me")}
+        assert fields["score"][REMARKS].decode() == "Between 0 and 1"
+        assert fields["id"][REMARKS].decode() == "The customer's id"
+
+        # What cannot be commented on says why, and changes nothing.
+        for sql, expected in [
+            ("COMMENT ON COLUMN me.noted.nope IS 'x'", "has no column `nope`; its columns are id, score"),
+            ("COMMENT ON TABLE tpch.nation IS 'x'", "read-only"),
+            ("COMMENT ON TABLE me.absent IS 'x'", "no table `me.absent`"),
+            ("COMMENT ON SCHEMA me IS 'x'", "COMMENT ON TABLE and COMMENT ON COLUMN"),
+        ]:
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+            assert expected in str(err.value), (sql, err.value)
+
+        # `IS NULL` takes a remark away again.
+        with conn.cursor() as cur:
+            cur.execute("COMMENT ON COLUMN me.noted.id IS NULL")
+        fields = {f.name: f.metadata or {} for f in conn.adbc_get_table_schema("noted", db_schema_filter="me")}
+        assert REMARKS not in fields["id"] and fields["score"][REMARKS].decode() == "Between 0 and 1"
+
+    token = login(server, writer, PASSWORD)
+    listed = {t["name"]: t for t in api(server, "GET", "/api/catalog", token)[1]}
+    table = listed["me.noted"]
+    assert table["description"] == "Scores of the spring campaign", table
+    assert {c["name"]: c.get("description") for c in table["columns"]} == {"id": None, "score": "Between 0 and 1"}
+
+    # Another user cannot comment on it, nor learn it exists.
+    other, _, _ = user_granted(server, admin_token, "commenter", "tpch.nation", PASSWORD)
+    home = "home_" + writer.split("@")[0].replace("-", "_")
+    with connect(server, other, PASSWORD) as conn:
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            with conn.cursor() as cur:
+                cur.execute(f"COMMENT ON TABLE {home}.noted IS 'mine now'")
+        assert "not found" in str(err.value), err.value
+    listed = {t["name"]: t for t in api(server, "GET", "/api/catalog", token)[1]}
+    assert listed["me.noted"]["description"] == "Scores of the spring campaign"
+
+
 def test_a_shared_sandbox_is_written_by_its_group_and_unknown_to_others(server, admin_token):
     sandbox = f"sandbox_{uuid.uuid4().hex[:8]}"
     writer, group, _ = user_granted(server, admin_token, "sand", f"{sandbox}.*", PASSWORD, privilege="write")
@@ -381,7 +431,9 @@ def test_quotas_name_their_setting_and_keep_what_was_written(tmp_path):
 
     from harness import Server
 
-    config = "write:\n  quota_per_user: 100 KiB\n  max_tables_per_schema: 3\n  max_write_bytes: 4 MiB\n"
+    sandbox = "quota_sandbox"
+    config = ("write:\n  quota_per_user: 100 KiB\n  max_tables_per_schema: 3\n  max_write_bytes: 4 MiB\n"
+              f"  max_write_rows: 100000\n  schema_quotas:\n    {sandbox}: 50 KiB\n")
     server = Server(["serve"], str(tmp_path / "data"), config=config)
     try:
         with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as conn:
@@ -407,5 +459,59 @@ def test_quotas_name_their_setting_and_keep_what_was_written(tmp_path):
             with conn.cursor() as cur:
                 cur.execute("DROP TABLE me.a")
             assert ingest(conn, "b", scores((2, 2.0)), mode="append", db_schema_name="me") == 1
+
+            # Rows per write: within the bytes, past the rows.
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                ingest(conn, "b", huge.slice(0, 150_000), mode="append", db_schema_name="me")
+            assert "write.max_write_rows" in str(err.value) and "100000 rows" in str(err.value), err.value
+            assert rows(conn, "SELECT count(*) FROM me.b") == [(2,)]
+
+        # A schema named in `schema_quotas` has its own quota.
+        token = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+        user, _, _ = user_granted(server, token, "quota", f"{sandbox}.*", PASSWORD, privilege="write")
+        with connect(server, user, PASSWORD) as conn:
+            assert ingest(conn, "t", huge.slice(0, 20_000), mode="create", db_schema_name=sandbox) == 20_000
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                ingest(conn, "t", scores((1, 1.0)), mode="append", db_schema_name=sandbox)
+            assert "write.schema_quotas" in str(err.value) and f"`{sandbox}`" in str(err.value), err.value
+            assert rows(conn, f"SELECT count(*) FROM {sandbox}.t") == [(20_000,)]
+    finally:
+        server.stop()
+
+
+def test_replaced_versions_of_written_tables_are_collected_after_the_retention(tmp_path):
+    """Files no current version lists go once their version's retention has passed; files an
+    append shares with the current version stay."""
+    from harness import Server
+
+    data = tmp_path / "data"
+    config = "sync:\n  retention: 1s\n"
+    server = Server(["serve"], str(data), config=config)
+    folder = data / "objects" / "tables"
+
+    def files():
+        return sorted(p.name for p in folder.rglob("*.parquet") if "home_" in str(p))
+
+    try:
+        with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as conn:
+            assert ingest(conn, "kept", scores((1, 1.0)), mode="create", db_schema_name="me") == 1
+            assert ingest(conn, "kept", scores((2, 2.0)), mode="append", db_schema_name="me") == 1
+            assert len(files()) == 2
+            assert ingest(conn, "kept", scores((3, 3.0)), mode="replace", db_schema_name="me") == 1
+            assert ingest(conn, "kept", scores((4, 4.0)), mode="append", db_schema_name="me") == 1
+            current = files()
+            assert len(current) == 4
+    finally:
+        server.stop()
+    time.sleep(1.5)
+    # The leader collects garbage as it starts leading, and every few minutes after.
+    server = Server(["serve"], str(data), config=config)
+    try:
+        deadline = time.time() + 30
+        while len(files()) > 2 and time.time() < deadline:
+            time.sleep(0.5)
+        assert len(files()) == 2, files()
+        with connect(server, ADMIN_EMAIL, ADMIN_PASSWORD) as conn:
+            assert rows(conn, "SELECT id FROM me.kept ORDER BY id") == [(3,), (4,)]
     finally:
         server.stop()

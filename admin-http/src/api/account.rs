@@ -65,6 +65,10 @@ pub struct CatalogColumn {
     #[serde(rename = "type")]
     data_type: String,
     nullable: bool,
+    /// What the column holds: from the table's definition, or put on a written table
+    /// with `COMMENT ON COLUMN`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
 }
 
 /// The tables the caller may read, with their visible columns and freshness.
@@ -76,8 +80,10 @@ pub async fn catalog(
     Caller { principal: p, .. }: Caller,
 ) -> Result<Json<Vec<CatalogTable>>, ApiError> {
     let mut out = Vec::new();
+    let remarks = blocking(&app, |s| s.tables().column_remarks()).await?;
     for visible in app.engine.visible_tables(&p).await? {
         let t = visible.entry;
+        let described = remarks.get(&t.name);
         let columns = app
             .engine
             .table_schema(&p, &visible.name)
@@ -90,6 +96,7 @@ pub async fn catalog(
                         name: f.name().clone(),
                         data_type: f.data_type().to_string(),
                         nullable: f.is_nullable(),
+                        description: described.and_then(|d| d.get(f.name())).cloned(),
                     })
                     .collect()
             })

@@ -15,11 +15,10 @@ pub(crate) async fn catalog(State(app): State<AppState>, user: PageUser) -> Resp
         Ok(t) => t,
         Err(e) => return crate::error::ApiError::from(e).into_response(),
     };
-    let described: std::collections::HashMap<_, _> =
-        match blocking(&app, |s| s.tables().definitions()).await {
-            Ok(d) => d.into_iter().map(|d| (d.name, d.def.columns)).collect(),
-            Err(e) => return e.into_response(),
-        };
+    let described = match blocking(&app, |s| s.tables().column_remarks()).await {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
     let mut rows = Vec::new();
     for t in tables {
         let schema = app

@@ -169,6 +169,39 @@ impl QueryEngine {
             },
             _ => return Err(read_only_error("not a query")),
         };
+        if let (
+            DfStatement::Statement(_),
+            SqlStatement::Comment {
+                object_type,
+                object_name,
+                comment,
+                ..
+            },
+        ) = (&statement, query)
+        {
+            let write = self
+                .comment_statement(
+                    principal,
+                    &ctx,
+                    object_type,
+                    object_name,
+                    comment.clone(),
+                    schema,
+                )
+                .await?;
+            return Ok(Planned {
+                plan: LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+                    produce_one_row: false,
+                    schema: Arc::new(datafusion::common::DFSchema::empty()),
+                }),
+                ctx,
+                tables: Vec::new(),
+                read: Vec::new(),
+                generation,
+                result_key: None,
+                write: Some(write),
+            });
+        }
         self.limits.check_depth(query)?;
         self.limits.check_expansion(query)?;
         missing_table(&state, &statement, &session.tables)?;

@@ -14,6 +14,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::TableReference;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::sqlparser::ast::{CommentObject, ObjectName};
 use futures::{Stream, StreamExt};
 
 use crate::auth::principal::Principal;
@@ -45,8 +46,12 @@ pub struct WriteOptions {
     pub quota_per_user: u64,
     /// Bytes of parquet a shared writable schema may hold; 0: no bound.
     pub quota_per_schema: u64,
+    /// Bytes of parquet named schemas may hold, in place of `quota_per_schema`.
+    pub schema_quotas: std::collections::HashMap<String, u64>,
     /// Bytes of Arrow data one ingest or statement may write; 0: no bound.
     pub max_write_bytes: u64,
+    /// Rows one ingest or statement may write; 0: no bound.
+    pub max_write_rows: u64,
     /// Tables one schema may hold; 0: no bound.
     pub max_tables_per_schema: u64,
 }
@@ -57,7 +62,9 @@ impl Default for WriteOptions {
             personal_schemas: true,
             quota_per_user: 0,
             quota_per_schema: 0,
+            schema_quotas: Default::default(),
             max_write_bytes: 0,
+            max_write_rows: 0,
             max_tables_per_schema: 0,
         }
     }
@@ -107,6 +114,15 @@ pub enum WriteStatement {
     Drop {
         /// The table (`None`: `IF EXISTS` and there is none the principal may drop).
         target: Option<WriteTarget>,
+    },
+    /// `COMMENT ON TABLE t | COLUMN t.c IS '…' | NULL`.
+    Comment {
+        /// The table.
+        target: WriteTarget,
+        /// The column, or `None` for the table's description.
+        column: Option<String>,
+        /// The remark; `None` removes it.
+        remark: Option<String>,
     },
 }
 
@@ -251,7 +267,11 @@ impl QueryEngine {
         S: Stream<Item = Result<RecordBatch, CatalogError>> + Send + Unpin,
     {
         let tables = self.state.tables();
-        let current = tables.list()?.into_iter().find(|t| t.name == target.table);
+        let current = match tables.get(&target.table) {
+            Ok(entry) => Some(entry),
+            Err(CatalogError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
         let mode = match (mode, &current) {
             (IngestMode::Create, Some(_)) => {
                 return Err(CatalogError::AlreadyExists(format!(
@@ -307,7 +327,8 @@ impl QueryEngine {
         committed
     }
 
-    /// `batches`, failing once they pass `write.max_write_bytes` of Arrow data.
+    /// `batches`, failing once they pass `write.max_write_bytes` of Arrow data or
+    /// `write.max_write_rows` rows.
     pub(super) fn bounded<S>(
         &self,
         batches: S,
@@ -315,16 +336,25 @@ impl QueryEngine {
     where
         S: Stream<Item = Result<RecordBatch, CatalogError>> + Send + Unpin,
     {
-        let limit = self.writes.max_write_bytes;
-        let mut written = 0u64;
+        let (max_bytes, max_rows) = (self.writes.max_write_bytes, self.writes.max_write_rows);
+        let (mut bytes, mut rows) = (0u64, 0u64);
         batches.map(move |batch| {
             let batch = batch?;
-            written += crate::sink::arrow_bytes(&batch) as u64;
-            if limit > 0 && written > limit {
+            bytes += crate::sink::arrow_bytes(&batch) as u64;
+            rows += batch.num_rows() as u64;
+            if max_bytes > 0 && bytes > max_bytes {
                 return Err(CatalogError::LimitExceeded {
                     setting: "write.max_write_bytes",
                     message: format!(
-                        "the write is larger than {limit} bytes of Arrow data; nothing was written"
+                        "the write is larger than {max_bytes} bytes of Arrow data; nothing was written"
+                    ),
+                });
+            }
+            if max_rows > 0 && rows > max_rows {
+                return Err(CatalogError::LimitExceeded {
+                    setting: "write.max_write_rows",
+                    message: format!(
+                        "the write has more than {max_rows} rows; nothing was written"
                     ),
                 });
             }
@@ -339,6 +369,8 @@ impl QueryEngine {
         let personal = schema.starts_with(PERSONAL_PREFIX);
         let (quota, setting) = if personal {
             (self.writes.quota_per_user, "write.quota_per_user")
+        } else if let Some(quota) = self.writes.schema_quotas.get(schema) {
+            (*quota, "write.schema_quotas")
         } else {
             (self.writes.quota_per_schema, "write.quota_per_schema")
         };
@@ -435,6 +467,79 @@ impl QueryEngine {
         }))
     }
 
+    /// `COMMENT ON TABLE | COLUMN`, on a table `principal` may write; anything else named
+    /// by `COMMENT ON` is refused.
+    pub(super) async fn comment_statement(
+        &self,
+        principal: &Principal,
+        ctx: &datafusion::prelude::SessionContext,
+        object: &CommentObject,
+        name: &ObjectName,
+        remark: Option<String>,
+        session_schema: &str,
+    ) -> Result<WriteStatement, CatalogError> {
+        // Unquoted names are folded to lower case, as the planner folds them.
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|part| match part.as_ident() {
+                Some(ident) if ident.quote_style.is_some() => ident.value.clone(),
+                Some(ident) => ident.value.to_lowercase(),
+                None => part.to_string(),
+            })
+            .collect();
+        let (schema, table, column) = match (object, parts.as_slice()) {
+            (CommentObject::Table, [table]) => (None, table, None),
+            (CommentObject::Table, [schema, table]) => (Some(schema.as_str()), table, None),
+            (CommentObject::Column, [table, column]) => (None, table, Some(column.clone())),
+            (CommentObject::Column, [schema, table, column]) => {
+                (Some(schema.as_str()), table, Some(column.clone()))
+            }
+            (CommentObject::Table | CommentObject::Column, _) => {
+                return Err(CatalogError::InvalidQuery(format!(
+                    "COMMENT ON {object} names `{name}`; name it as [schema.]table{}",
+                    if matches!(object, CommentObject::Column) {
+                        ".column"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            _ => {
+                return Err(unsupported(&format!(
+                    "COMMENT ON {object} is not supported; COMMENT ON TABLE and COMMENT ON COLUMN are, on tables you may write"
+                )));
+            }
+        };
+        let target = self.write_target(principal, schema, table, Some(session_schema))?;
+        let Ok(entry) = self.state.tables().get(&target.table) else {
+            return Err(CatalogError::TableNotFound(format!(
+                "no table `{}` you may comment on",
+                target.shown
+            )));
+        };
+        if let Some(column) = &column {
+            let columns = self.provider(ctx, &entry).await?.schema();
+            if columns.field_with_name(column).is_err() {
+                return Err(CatalogError::InvalidQuery(format!(
+                    "`{}` has no column `{column}`; its columns are {}",
+                    target.shown,
+                    columns
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        Ok(WriteStatement::Comment {
+            target,
+            column,
+            remark,
+        })
+    }
+
     /// Runs a planned write statement (after binding `params`); returns the rows written.
     pub async fn execute_write(
         self: &Arc<Self>,
@@ -456,6 +561,22 @@ impl QueryEngine {
         };
         let detail = serde_json::json!({ "statement": sql, "read": planned.tables });
         let (target, mode, input) = match (&write, plan) {
+            (
+                WriteStatement::Comment {
+                    target,
+                    column,
+                    remark,
+                },
+                _,
+            ) => {
+                self.state.tables().set_remark(
+                    principal.email(),
+                    &target.table,
+                    column.as_deref(),
+                    remark.as_deref(),
+                )?;
+                return Ok(0);
+            }
             (WriteStatement::Drop { target }, _) => {
                 if let Some(target) = target {
                     self.state
@@ -577,7 +698,7 @@ fn same_type(a: &DataType, b: &DataType) -> bool {
 
 fn unsupported(what: &str) -> CatalogError {
     CatalogError::Unsupported(format!(
-        "{what}. Quiver runs queries and, in schemas you may write to, CREATE [OR REPLACE] TABLE [AS SELECT], INSERT INTO … VALUES/SELECT, DROP TABLE and bulk ingest; everything else is read-only"
+        "{what}. Quiver runs queries and, in schemas you may write to, CREATE [OR REPLACE] TABLE [AS SELECT], INSERT INTO … VALUES/SELECT, DROP TABLE, COMMENT ON TABLE/COLUMN and bulk ingest; everything else is read-only"
     ))
 }
 

@@ -235,4 +235,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         email       VARCHAR NOT NULL UNIQUE
     );
     "#,
+    // 13: remarks users put on the columns of the tables they wrote (`COMMENT ON COLUMN`),
+    // a JSON object of column name to remark (synced tables' come from their definitions).
+    r#"
+    ALTER TABLE written_tables ADD COLUMN remarks VARCHAR;
+    "#,
 ];

@@ -119,10 +119,12 @@ impl Tables<'_> {
 
     /// One table with a committed version.
     pub fn get(&self, name: &TableName) -> Result<TableEntry, CatalogError> {
-        self.list()?
-            .into_iter()
-            .find(|t| &t.name == name)
-            .ok_or_else(|| CatalogError::NotFound(format!("no table `{name}`")))
+        self.entries(
+            "WHERE t.schema_name = $1 AND t.table_name = $2",
+            params![name.schema(), name.table()],
+        )?
+        .pop()
+        .ok_or_else(|| CatalogError::NotFound(format!("no table `{name}`")))
     }
 
     /// Sets a table's description.
@@ -174,14 +176,27 @@ impl Tables<'_> {
 
     /// Every table with a committed version, ordered by name.
     pub fn list(&self) -> Result<Vec<TableEntry>, CatalogError> {
+        self.entries("", params![])
+    }
+
+    /// The tables with a committed version that `filter` (a `WHERE` clause on `t`, the
+    /// `tables` row, taking `values`) keeps, ordered by name.
+    fn entries(
+        &self,
+        filter: &str,
+        values: crate::state::value::Params<'_>,
+    ) -> Result<Vec<TableEntry>, CatalogError> {
         self.0.conn()?.query_map(
-            "SELECT t.schema_name, t.table_name, t.description, v.version, v.location,
-                    v.row_count, v.byte_count, v.committed_at
-             FROM tables t JOIN table_versions v
-               ON v.schema_name = t.schema_name AND v.table_name = t.table_name
-              AND v.version = t.current_version
-             ORDER BY 1, 2",
-            params![],
+            &format!(
+                "SELECT t.schema_name, t.table_name, t.description, v.version, v.location,
+                        v.row_count, v.byte_count, v.committed_at
+                 FROM tables t JOIN table_versions v
+                   ON v.schema_name = t.schema_name AND v.table_name = t.table_name
+                  AND v.version = t.current_version
+                 {filter}
+                 ORDER BY 1, 2"
+            ),
+            values,
             |r| {
                 Ok(TableEntry {
                     name: TableName::new(&r.get::<String>(0)?, &r.get::<String>(1)?)?,

@@ -130,16 +130,13 @@ impl QuiverFlightSql {
             .map_err(to_status)?;
         let mut builder = query.into_builder();
         let empty = Schema::empty();
-        // Column descriptions from the tables' definitions, as the columns' remarks.
-        let remarks: std::collections::HashMap<_, _> = if include_schema {
+        // Column descriptions (definitions', and those put on written tables) as remarks.
+        let remarks = if include_schema {
             let state = self.engine.state().clone();
-            tokio::task::spawn_blocking(move || state.tables().definitions())
+            tokio::task::spawn_blocking(move || state.tables().column_remarks())
                 .await
                 .map_err(|e| internal(&e))?
                 .map_err(to_status)?
-                .into_iter()
-                .map(|d| (d.name, d.def.columns))
-                .collect()
         } else {
             Default::default()
         };

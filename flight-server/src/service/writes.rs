@@ -19,14 +19,16 @@ use arrow_flight::sql::{
     TableExistsOption, TableNotExistOption,
 };
 use arrow_flight::{FlightDescriptor, FlightInfo};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::scalar::ScalarValue;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use quiver_catalog::engine::IngestMode;
 use quiver_catalog::{CATALOG_NAME, CatalogError, Planned, Principal};
 use tonic::{Request, Status};
 
-use crate::error::{internal, to_status};
+use crate::error::{datafusion_status, internal, to_status};
 use crate::stream::{QueryLog, timed_out};
+use crate::upload;
 
 use super::QuiverFlightSql;
 use super::prepared::parameter_rows;
@@ -214,7 +216,23 @@ impl QuiverFlightSql {
             ),
         };
         let _slot = self.slot(principal, "bulk ingest", None).await?;
-        let mut decoder = FlightDataDecoder::new(request.into_inner().map_err(FlightError::from));
+        // Each message is checked before it is decoded, and held against the caller's
+        // memory while it is: one message never decodes to more than the user may hold.
+        let memory = MemoryConsumer::new("bulk ingest message")
+            .register(&self.engine.user_pool(principal.email()));
+        let checked = request.into_inner().map(move |message| {
+            let message = message.map_err(FlightError::from)?;
+            let len = upload::decoded_len(&message, usize::MAX).map_err(|e| {
+                FlightError::Tonic(Box::new(Status::invalid_argument(format!(
+                    "cannot read the ingest stream: {e}; nothing was written"
+                ))))
+            })?;
+            memory
+                .try_resize(len)
+                .map_err(|e| FlightError::Tonic(Box::new(datafusion_status(&e))))?;
+            Ok(message)
+        });
+        let mut decoder = FlightDataDecoder::new(checked);
         // The stream opens with its schema.
         let schema = loop {
             match decoder.next().await {

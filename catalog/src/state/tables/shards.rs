@@ -7,7 +7,7 @@
 //! take turns (the Jira processor holds a lock per month from reading a shard to
 //! committing it).
 
-use crate::state::params;
+use crate::state::{Conn, params};
 
 use super::Tables;
 use crate::state::StateStore;
@@ -59,44 +59,21 @@ impl Tables<'_> {
                     params![schema, name],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                tx.execute(
-                    "INSERT INTO version_files
-                     SELECT schema_name, table_name, $1, shard, url, row_count, byte_count
-                     FROM version_files WHERE schema_name = $2 AND table_name = $3 AND version = $4",
-                    params![version, schema, name, current],
-                )?;
+                carry_files(tx, &change.table, current, version)?;
                 for file in &change.files {
                     tx.execute(
                         "DELETE FROM version_files
                          WHERE schema_name = $1 AND table_name = $2 AND version = $3 AND shard = $4",
                         params![schema, name, version, file.shard],
                     )?;
-                    tx.execute(
-                        "INSERT INTO version_files VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        params![
-                            schema, name, version, file.shard, file.url, file.rows, file.bytes
-                        ],
-                    )?;
                 }
-                let (rows, bytes): (i64, i64) = tx.query_row(
-                    "SELECT sum(row_count)::BIGINT, sum(byte_count)::BIGINT FROM version_files
-                     WHERE schema_name = $1 AND table_name = $2 AND version = $3",
-                    params![schema, name, version],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                tx.execute(
-                    "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    params![schema, name, version, change.location, rows, bytes],
-                )?;
-                tx.execute(
-                    "INSERT INTO version_details (schema_name, table_name, version) VALUES ($1, $2, $3)",
-                    params![schema, name, version],
-                )?;
-                tx.execute(
-                    "UPDATE tables SET current_version = $1, description = coalesce($2, description)
-                     WHERE schema_name = $3 AND table_name = $4",
-                    params![version, change.description, schema, name],
+                publish_listed(
+                    tx,
+                    &change.table,
+                    version,
+                    &change.location,
+                    &change.files,
+                    change.description.as_deref(),
                 )?;
                 versions.push(version);
             }
@@ -142,6 +119,66 @@ impl Tables<'_> {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Lists version `from`'s files (none when `None`) for version `to` of `table` too: shared,
+/// never copied.
+pub(super) fn carry_files(
+    tx: &Conn<'_>,
+    table: &TableName,
+    from: Option<i64>,
+    to: i64,
+) -> Result<(), CatalogError> {
+    tx.execute(
+        "INSERT INTO version_files
+         SELECT schema_name, table_name, $1, shard, url, row_count, byte_count
+         FROM version_files WHERE schema_name = $2 AND table_name = $3 AND version = $4",
+        params![to, table.schema(), table.table(), from],
+    )?;
+    Ok(())
+}
+
+/// Lists `files` for `version` of `table` beside those carried over, and makes it the
+/// table's current version at `location`, with `description` when one is given. Returns the
+/// version's rows and bytes, summed over all its files.
+pub(super) fn publish_listed(
+    tx: &Conn<'_>,
+    table: &TableName,
+    version: i64,
+    location: &str,
+    files: &[ShardFile],
+    description: Option<&str>,
+) -> Result<(i64, i64), CatalogError> {
+    let (schema, name) = (table.schema(), table.table());
+    for file in files {
+        tx.execute(
+            "INSERT INTO version_files VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            params![
+                schema, name, version, file.shard, file.url, file.rows, file.bytes
+            ],
+        )?;
+    }
+    let (rows, bytes): (i64, i64) = tx.query_row(
+        "SELECT coalesce(sum(row_count), 0)::BIGINT, coalesce(sum(byte_count), 0)::BIGINT
+         FROM version_files WHERE schema_name = $1 AND table_name = $2 AND version = $3",
+        params![schema, name, version],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    tx.execute(
+        "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        params![schema, name, version, location, rows, bytes],
+    )?;
+    tx.execute(
+        "INSERT INTO version_details (schema_name, table_name, version) VALUES ($1, $2, $3)",
+        params![schema, name, version],
+    )?;
+    tx.execute(
+        "UPDATE tables SET current_version = $1, description = coalesce($2, description)
+         WHERE schema_name = $3 AND table_name = $4",
+        params![version, description, schema, name],
+    )?;
+    Ok((rows, bytes))
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@
 //! Also the personal schemas: each user's, created on their first write, under a name that
 //! is kept when anything else about the user changes.
 
+use std::collections::{BTreeMap, HashMap};
+
+use super::shards::{carry_files, publish_listed};
 use super::{ShardFile, Tables};
-use crate::state::{Conn, params};
+use crate::state::params;
 use crate::{CatalogError, TableName};
 
 /// How a write changes its table.
@@ -117,36 +120,11 @@ impl Tables<'_> {
                         current.unwrap_or(0)
                     )));
                 }
-                WriteMode::Append => {
-                    tx.execute(
-                        "INSERT INTO version_files
-                         SELECT schema_name, table_name, $1, shard, url, row_count, byte_count
-                         FROM version_files WHERE schema_name = $2 AND table_name = $3 AND version = $4",
-                        params![version, schema, name, current],
-                    )?;
-                }
+                WriteMode::Append => carry_files(tx, &write.table, current, version)?,
                 _ => {}
             }
-            for file in &write.files {
-                tx.execute(
-                    "INSERT INTO version_files VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    params![schema, name, version, file.shard, file.url, file.rows, file.bytes],
-                )?;
-            }
-            let (rows, bytes) = version_size(tx, &write.table, version)?;
-            tx.execute(
-                "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                params![schema, name, version, write.location, rows, bytes],
-            )?;
-            tx.execute(
-                "INSERT INTO version_details (schema_name, table_name, version) VALUES ($1, $2, $3)",
-                params![schema, name, version],
-            )?;
-            tx.execute(
-                "UPDATE tables SET current_version = $1 WHERE schema_name = $2 AND table_name = $3",
-                params![version, schema, name],
-            )?;
+            let (rows, _) =
+                publish_listed(tx, &write.table, version, &write.location, &write.files, None)?;
             let written_bytes: i64 = write.files.iter().map(|f| f.bytes).sum();
             if tx.execute(
                 "UPDATE sync_runs SET status = 'succeeded', ended_at = current_timestamp,
@@ -189,6 +167,71 @@ impl Tables<'_> {
                 |r| r.get::<i32>(0),
             )?
             .is_some())
+    }
+
+    /// Puts `remark` on `column` of the written table `table` (on the table itself when
+    /// `column` is `None`); `None` removes it.
+    pub fn set_remark(
+        &self,
+        actor: &str,
+        table: &TableName,
+        column: Option<&str>,
+        remark: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        let detail = serde_json::json!({ "column": column, "remark": remark });
+        self.0
+            .change(actor, "table.comment", &table.to_string(), |tx| {
+                let (schema, name) = (table.schema(), table.table());
+                let Some(column) = column else {
+                    tx.execute(
+                        "UPDATE tables SET description = $1 WHERE schema_name = $2 AND table_name = $3",
+                        params![remark, schema, name],
+                    )?;
+                    return Ok(((), detail.clone()));
+                };
+                let stored: Option<Option<String>> = tx.query_opt(
+                    "SELECT remarks FROM written_tables WHERE schema_name = $1 AND table_name = $2",
+                    params![schema, name],
+                    |r| r.get(0),
+                )?;
+                let Some(stored) = stored else {
+                    return Err(CatalogError::NotFound(format!("no written table `{table}`")));
+                };
+                let mut remarks = parse_remarks(stored.as_deref());
+                match remark {
+                    Some(remark) => remarks.insert(column.to_string(), remark.to_string()),
+                    None => remarks.remove(column),
+                };
+                tx.execute(
+                    "UPDATE written_tables SET remarks = $1 WHERE schema_name = $2 AND table_name = $3",
+                    params![serde_json::to_string(&remarks).unwrap_or_default(), schema, name],
+                )?;
+                Ok(((), detail.clone()))
+            })
+    }
+
+    /// The remarks on every table's columns: from the definitions of synced tables, and
+    /// those users put on the tables they wrote.
+    pub fn column_remarks(
+        &self,
+    ) -> Result<HashMap<TableName, BTreeMap<String, String>>, CatalogError> {
+        let mut all: HashMap<_, _> = self
+            .definitions()?
+            .into_iter()
+            .map(|d| (d.name, d.def.columns))
+            .collect();
+        let written: Vec<(String, String, String)> = self.0.conn()?.query_map(
+            "SELECT schema_name, table_name, remarks FROM written_tables WHERE remarks IS NOT NULL",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        for (schema, table, remarks) in written {
+            all.insert(
+                TableName::new(&schema, &table)?,
+                parse_remarks(Some(&remarks)),
+            );
+        }
+        Ok(all)
     }
 
     /// A table of `schema` that users did not write (a synced or demo table), if any.
@@ -331,17 +374,11 @@ impl Tables<'_> {
     }
 }
 
-fn version_size(
-    tx: &Conn<'_>,
-    table: &TableName,
-    version: i64,
-) -> Result<(i64, i64), CatalogError> {
-    tx.query_row(
-        "SELECT coalesce(sum(row_count), 0)::BIGINT, coalesce(sum(byte_count), 0)::BIGINT
-         FROM version_files WHERE schema_name = $1 AND table_name = $2 AND version = $3",
-        params![table.schema(), table.table(), version],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
+/// Remarks as stored (a JSON object of column to remark); anything else reads as none.
+fn parse_remarks(stored: Option<&str>) -> BTreeMap<String, String> {
+    stored
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
