@@ -141,6 +141,19 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::grants::grants, api::grants::create_grant))
         .routes(routes!(api::grants::revoke_grant))
         .routes(routes!(
+            api::governance::table_tags,
+            api::governance::set_table_tags
+        ))
+        .routes(routes!(
+            api::governance::schema_tags,
+            api::governance::set_schema_tags
+        ))
+        .routes(routes!(
+            api::governance::policies,
+            api::governance::create_policy
+        ))
+        .routes(routes!(api::governance::delete_policy))
+        .routes(routes!(
             api::service_accounts::service_accounts,
             api::service_accounts::create_service_account
         ))

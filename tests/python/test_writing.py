@@ -163,7 +163,7 @@ def test_comments_describe_written_tables_to_every_client(server, admin_token, w
         with conn.cursor() as cur:
             cur.execute("COMMENT ON TABLE me.noted IS 'Scores of the spring campaign'")
             cur.execute("COMMENT ON COLUMN me.noted.score IS 'Between 0 and 1'")
-            cur.execute("COMMENT ON COLUMN noted.id IS 'The customer''s id'")
+            cur.execute("COMMENT ON COLUMN me.noted.id IS 'The customer''s id'")
         fields = {f.name: f.metadata or {} for f in conn.adbc_get_table_schema("noted", db_schema_filter="me")}
         assert fields["score"][REMARKS].decode() == "Between 0 and 1"
         assert fields["id"][REMARKS].decode() == "The customer's id"

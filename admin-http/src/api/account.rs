@@ -69,6 +69,9 @@ pub struct CatalogColumn {
     /// with `COMMENT ON COLUMN`.
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<String>,
+    /// The tags the column carries (its own, its table's and its schema's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
 }
 
 /// The tables the caller may read, with their visible columns and freshness.
@@ -80,7 +83,10 @@ pub async fn catalog(
     Caller { principal: p, .. }: Caller,
 ) -> Result<Json<Vec<CatalogTable>>, ApiError> {
     let mut out = Vec::new();
-    let remarks = blocking(&app, |s| s.tables().column_remarks()).await?;
+    let (remarks, tags) = blocking(&app, |s| {
+        Ok((s.tables().column_remarks()?, s.governance().tags()?))
+    })
+    .await?;
     for visible in app.engine.visible_tables(&p).await? {
         let t = visible.entry;
         let described = remarks.get(&t.name);
@@ -97,6 +103,7 @@ pub async fn catalog(
                         data_type: f.data_type().to_string(),
                         nullable: f.is_nullable(),
                         description: described.and_then(|d| d.get(f.name())).cloned(),
+                        tags: tags.of_column(&t.name, f.name()).into_iter().collect(),
                     })
                     .collect()
             })

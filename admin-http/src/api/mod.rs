@@ -8,6 +8,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod governance;
 pub mod grants;
 pub mod service_accounts;
 pub mod tables;

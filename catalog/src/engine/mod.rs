@@ -127,6 +127,8 @@ pub struct QueryEngine {
     spill_dir: std::path::PathBuf,
     /// Where users may write, and how much.
     writes: WriteOptions,
+    /// The key of `hash` masks, read from the state once.
+    mask_key: std::sync::OnceLock<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -178,12 +180,22 @@ impl QueryEngine {
             storage: storage.clone(),
             spill_dir: options.spill_dir.clone(),
             writes: options.writes,
+            mask_key: std::sync::OnceLock::new(),
         })
     }
 
     /// The state store this engine reads the table registry from.
     pub fn state(&self) -> &Arc<StateStore> {
         &self.state
+    }
+
+    /// The key of `hash` masks (kept in the state, the same on every replica).
+    pub(crate) fn mask_key(&self) -> Result<Arc<[u8]>, CatalogError> {
+        if let Some(key) = self.mask_key.get() {
+            return Ok(key.clone());
+        }
+        let key: Arc<[u8]> = self.state.governance().mask_key()?.into();
+        Ok(self.mask_key.get_or_init(|| key).clone())
     }
 
     /// Where large statements' stages run, on a cluster.

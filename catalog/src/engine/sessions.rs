@@ -23,12 +23,13 @@ use crate::engine::executor::YieldAfterJoins;
 use crate::engine::functions::BoundedConcatPlanner;
 use crate::engine::functions::CurrentUser;
 use crate::engine::memory::UserPool;
-use crate::engine::policy::{PolicyTable, TablePolicy};
+use crate::engine::policy::{MaskHash, PolicyTable, TablePolicy};
 use crate::engine::remote::RemoteTable;
 use crate::engine::system::{AuditTable, SYSTEM_SCHEMA};
 use crate::names::CATALOG_NAME;
 use crate::state::TableEntry;
 use crate::state::access::Grant;
+use crate::state::governance::{Mask, Policy, PolicyKind, Tags, tag_covers};
 use crate::{CatalogError, TableName};
 
 use super::{DEFAULT_SCHEMA, PERSONAL_SCHEMA, QueryEngine, lock};
@@ -113,7 +114,7 @@ impl QueryEngine {
             .get_or_insert_default()
             .push(Arc::new(BoundedConcatPlanner::new(&pool)));
         let ctx = SessionContext::new_with_state(state.build());
-        register_functions(&ctx, email, &pool);
+        register_functions(&ctx, email, &pool, &self.mask_key()?);
         Ok(ctx)
     }
 
@@ -133,6 +134,13 @@ impl QueryEngine {
             Vec::new()
         } else {
             self.state.access().grants()?
+        };
+        // Tags and policies reach users other than admins.
+        let governance = if principal.is_admin() {
+            (Tags::default(), Vec::new())
+        } else {
+            let g = self.state.governance();
+            (g.tags()?, g.policies()?)
         };
         let catalog = MemoryCatalogProvider::new();
         let mut schemas: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
@@ -196,9 +204,12 @@ impl QueryEngine {
                     continue;
                 }
                 let state = ctx.state();
-                let Some(policy) = TablePolicy::compile(&state, &base.schema(), &applicable) else {
+                let Some(mut policy) = TablePolicy::compile(&state, &base.schema(), &applicable)
+                else {
                     continue;
                 };
+                let masks = tag_masks(&governance, principal, &entry.name, &base.schema());
+                policy.apply_tag_masks(&state, &base.schema(), &masks);
                 row_filtered = policy.filters_rows();
                 clear_columns = policy.clear_columns(&base.schema());
                 if policy.is_transparent(&base.schema()) {
@@ -343,9 +354,48 @@ impl QueryEngine {
     }
 }
 
-/// The functions of `email`'s sessions: `current_user()` and the amplifying functions
-/// bounded by `pool`.
-pub(crate) fn register_functions(ctx: &SessionContext, email: &str, pool: &Arc<dyn MemoryPool>) {
+/// The functions of `email`'s sessions: `current_user()`, the amplifying functions bounded
+/// by `pool`, and the keyed hash of `hash` masks under `mask_key`.
+pub(crate) fn register_functions(
+    ctx: &SessionContext,
+    email: &str,
+    pool: &Arc<dyn MemoryPool>,
+    mask_key: &[u8],
+) {
     ctx.register_udf(CurrentUser::udf(email));
+    ctx.register_udf(MaskHash::udf(mask_key));
     crate::engine::functions::bound_functions(ctx, pool);
+}
+
+/// The tag masks `principal` sees `table`'s columns (of `schema`) through: for each column
+/// carrying a tag that a policy not excepting the principal's groups is bound to, the most
+/// restrictive such policy's mask.
+fn tag_masks(
+    (tags, policies): &(Tags, Vec<Policy>),
+    principal: &Principal,
+    table: &TableName,
+    schema: &datafusion::arrow::datatypes::Schema,
+) -> Vec<(usize, Mask)> {
+    if tags.is_empty() || policies.is_empty() {
+        return Vec::new();
+    }
+    let applying: Vec<(&Policy, Mask)> = policies
+        .iter()
+        .filter(|p| p.kind == PolicyKind::Mask && p.applies_to(principal.groups()))
+        .filter_map(|p| p.parsed_mask().ok().map(|m| (p, m)))
+        .collect();
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(index, field)| {
+            let carried = tags.of_column(table, field.name());
+            applying
+                .iter()
+                .filter(|(p, _)| carried.iter().any(|t| tag_covers(&p.tag, t)))
+                .map(|(_, m)| m.clone())
+                .min_by_key(Mask::rank)
+                .map(|mask| (index, mask))
+        })
+        .collect()
 }

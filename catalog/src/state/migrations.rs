@@ -240,4 +240,24 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE written_tables ADD COLUMN remarks VARCHAR;
     "#,
+    // 14: governance: tags on schemas, tables and columns ('' for the parts a tag is not
+    // on), policies bound to tags (JSON, as the API takes them), and server secrets (the
+    // key of keyed masks).
+    r#"
+    CREATE TABLE tags (
+        schema_name VARCHAR NOT NULL,
+        table_name  VARCHAR NOT NULL,      -- '' for a schema's own tag
+        column_name VARCHAR NOT NULL,      -- '' for a table's (or schema's) own tag
+        tag         VARCHAR NOT NULL,
+        PRIMARY KEY (schema_name, table_name, column_name, tag)
+    );
+    CREATE TABLE policies (
+        name        VARCHAR PRIMARY KEY,
+        definition  VARCHAR NOT NULL
+    );
+    CREATE TABLE server_keys (
+        name        VARCHAR PRIMARY KEY,   -- 'mask'
+        value       VARCHAR NOT NULL
+    );
+    "#,
 ];

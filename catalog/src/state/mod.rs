@@ -15,6 +15,7 @@ pub mod cluster;
 mod copy;
 pub(crate) mod db;
 mod duck;
+pub mod governance;
 pub mod identity;
 mod migrations;
 mod pg;
@@ -35,6 +36,7 @@ pub(crate) use value::{Row, params};
 pub use access::Access;
 pub use audit::Audit;
 pub use cluster::Cluster;
+pub use governance::Governance;
 pub use identity::Identity;
 pub use tables::{NewVersion, TableEntry, Tables};
 pub use webhooks::Webhooks;
@@ -214,6 +216,11 @@ impl StateStore {
     /// Table versions, definitions, sync runs and shards.
     pub fn tables(&self) -> Tables<'_> {
         Tables(self)
+    }
+
+    /// Tags and policies.
+    pub fn governance(&self) -> Governance<'_> {
+        Governance(self)
     }
 
     /// The audit log.

@@ -220,7 +220,12 @@ impl QuiverFlightSql {
         // memory while it is: one message never decodes to more than the user may hold.
         let memory = MemoryConsumer::new("bulk ingest message")
             .register(&self.engine.user_pool(principal.email()));
-        let checked = request.into_inner().map(move |message| {
+        // A message with neither header nor body (a descriptor alone) carries no data.
+        let carrying = request.into_inner().filter(|message| {
+            futures::future::ready(!matches!(message,
+                Ok(m) if m.data_header.is_empty() && m.data_body.is_empty()))
+        });
+        let checked = carrying.map(move |message| {
             let message = message.map_err(FlightError::from)?;
             let len = upload::decoded_len(&message, usize::MAX).map_err(|e| {
                 FlightError::Tonic(Box::new(Status::invalid_argument(format!(

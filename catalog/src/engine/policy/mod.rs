@@ -26,8 +26,10 @@ use datafusion::logical_expr::{
 
 use crate::state::access::Grant;
 
+mod masks;
 mod table;
 
+pub(crate) use masks::MaskHash;
 pub(crate) use table::unqualify;
 pub(crate) use table::{PolicyExec, PolicyTable};
 
@@ -110,6 +112,32 @@ impl TablePolicy {
                 .map_err(|e| e.strip_backtrace())?;
         }
         Ok(())
+    }
+
+    /// Shows the columns `masks` names (by index in `base`) through their tag mask, on top
+    /// of what the grants show of them. A mask that does not compile shows NULL.
+    pub(crate) fn apply_tag_masks(
+        &mut self,
+        state: &SessionState,
+        base: &Schema,
+        masks: &[(usize, crate::state::governance::Mask)],
+    ) {
+        for (index, rule) in &mut self.columns {
+            let Some((_, mask)) = masks.iter().find(|(i, _)| i == index) else {
+                continue;
+            };
+            let field = base.field(*index);
+            let value = match rule {
+                ColumnRule::Clear => Expr::Column(Column::new_unqualified(field.name())),
+                ColumnRule::Computed(e) => e.clone(),
+            };
+            let masked = masks::mask_expr(mask, value, field.data_type(), state)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(column = field.name(), %mask, error = %e, "tag mask shows NULL: it does not compile for the column");
+                    lit(ScalarValue::try_from(field.data_type()).unwrap_or(ScalarValue::Null))
+                });
+            *rule = ColumnRule::Computed(cast(masked, field.data_type()));
+        }
     }
 
     /// Whether the policy hides rows.
