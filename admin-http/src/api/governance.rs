@@ -94,19 +94,18 @@ pub async fn set_table_tags(
     if !published && !defined {
         return Err(CatalogError::NotFound(format!("no table `{name}`")).into());
     }
-    if let Some(schema) = app.engine.table_schema(&p, &name).await? {
-        if let Some(unknown) = body
+    if let Some(schema) = app.engine.table_schema(&p, &name).await?
+        && let Some(unknown) = body
             .columns
             .keys()
             .find(|c| schema.field_with_name(c).is_err())
-        {
-            let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            return Err(CatalogError::InvalidInput(format!(
-                "`{name}` has no column `{unknown}`; its columns are {}",
-                columns.join(", ")
-            ))
-            .into());
-        }
+    {
+        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(CatalogError::InvalidInput(format!(
+            "`{name}` has no column `{unknown}`; its columns are {}",
+            columns.join(", ")
+        ))
+        .into());
     }
     let email = p.email().to_string();
     let stored = name.clone();
