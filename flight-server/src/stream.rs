@@ -52,6 +52,8 @@ pub struct RunningQueries {
     inner: Arc<Mutex<Registry>>,
     /// Woken whenever the end of some work has been recorded in the shared state.
     recorded: Arc<tokio::sync::Notify>,
+    /// Woken whenever a place is freed.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 /// One unit of a user's concurrent work (planning a statement, or one result stream);
@@ -60,6 +62,7 @@ pub struct RunningQueries {
 pub struct Slot {
     registry: Arc<Mutex<Registry>>,
     recorded: Arc<tokio::sync::Notify>,
+    freed: Arc<tokio::sync::Notify>,
     user: String,
     /// The same work recorded in a state shared by replicas (see [`Slot::share`]).
     shared: Option<(Arc<StateStore>, String)>,
@@ -124,6 +127,8 @@ impl Drop for Slot {
                 registry.busy.remove(&self.user);
             }
         }
+        drop(registry);
+        self.freed.notify_waiters();
     }
 }
 
@@ -144,9 +149,35 @@ impl RunningQueries {
         Ok(Slot {
             registry: self.inner.clone(),
             recorded: self.recorded.clone(),
+            freed: self.freed.clone(),
             user: user.to_string(),
             shared: None,
         })
+    }
+
+    /// Like [`Self::slot`], waiting up to `grace` for a place to be freed before refusing:
+    /// a client that sends its next call as soon as it has its last row (and drops the
+    /// stream rather than reading its end) can arrive before that stream is torn down.
+    pub async fn slot_within(
+        &self,
+        user: &str,
+        max: usize,
+        grace: Duration,
+    ) -> Result<Slot, usize> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.slot(user, max) {
+                Ok(slot) => return Ok(slot),
+                Err(busy) => {
+                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                        return Err(busy);
+                    }
+                }
+            }
+        }
     }
 
     /// Waits (a second at most) until the ends of `user`'s finished streams are recorded in
@@ -536,5 +567,23 @@ mod tests {
         running.slot("b", 2).expect("other users are not affected");
         drop(first);
         running.slot("a", 2).expect("a slot was freed");
+    }
+
+    #[tokio::test]
+    async fn a_place_freed_within_the_grace_is_given_instead_of_a_refusal() {
+        let running = RunningQueries::default();
+        let held = running.slot("a", 1).unwrap();
+        let grace = Duration::from_millis(300);
+        let waiting = tokio::spawn({
+            let running = running.clone();
+            async move { running.slot_within("a", 1, grace).await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        let _kept = running.slot("a", 1).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(running.slot_within("a", 1, grace).await.map(drop), Err(1));
+        assert!(started.elapsed() >= grace);
     }
 }

@@ -16,6 +16,10 @@ use super::QuiverFlightSql;
 
 /// How often a replica looks for cancellations asked of other replicas.
 pub(super) const CLUSTER_POLL: Duration = Duration::from_millis(250);
+/// How long a call waits for one of the user's places to be freed before it is refused: a
+/// client that drops a stream once it has its last row and calls again at once must not
+/// be refused for the place that stream still held.
+const PLACE_GRACE: Duration = Duration::from_millis(500);
 /// The location that means "the connection this `FlightInfo` came on" (Flight spec).
 pub(super) const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
 
@@ -38,7 +42,11 @@ impl QuiverFlightSql {
             self.audit_refusal(principal, sql, &status);
             status
         };
-        let mut slot = self.running.slot(principal.email(), max).map_err(refuse)?;
+        let mut slot = self
+            .running
+            .slot_within(principal.email(), max, PLACE_GRACE)
+            .await
+            .map_err(refuse)?;
         let state = self.engine.state().clone();
         if let Some(query) = query_id
             && state.cluster().is_shared()
