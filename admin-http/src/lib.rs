@@ -134,6 +134,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::account::revoke_token))
         .routes(routes!(api::users::users, api::users::create_user))
         .routes(routes!(api::users::update_user, api::users::delete_user))
+        .routes(routes!(api::users::attributes, api::users::set_attributes))
         .routes(routes!(api::users::groups, api::users::create_group))
         .routes(routes!(api::users::delete_group))
         .routes(routes!(api::users::members, api::users::add_member))

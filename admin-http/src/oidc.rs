@@ -335,11 +335,17 @@ fn identity_of(p: &OidcProvider, claims: IdClaims) -> Result<IdpIdentity, ApiErr
             Some(serde_json::Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         });
+    let attributes = p
+        .attributes
+        .iter()
+        .filter_map(|(attribute, claim)| Some((attribute.clone(), claims.rest.get(claim)?.clone())))
+        .collect();
     Ok(IdpIdentity {
         provider: p.name.clone(),
         email,
         name: claims.name,
         groups,
+        attributes,
     })
 }
 

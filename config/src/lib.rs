@@ -81,7 +81,17 @@ fn render(issues: &[ConfigIssue]) -> String {
 
 /// The top-level sections, in the order they are documented.
 const SECTIONS: &[&str] = &[
-    "server", "storage", "auth", "query", "write", "demo", "logging", "sync", "tables", "jira",
+    "server",
+    "storage",
+    "auth",
+    "query",
+    "write",
+    "demo",
+    "logging",
+    "sync",
+    "tables",
+    "governance",
+    "jira",
 ];
 
 impl Config {
@@ -129,6 +139,7 @@ impl Config {
                         "logging" => section(key, value, &mut config.logging, &mut issues),
                         "sync" => section(key, value, &mut config.sync, &mut issues),
                         "tables" => section(key, value, &mut config.tables, &mut issues),
+                        "governance" => section(key, value, &mut config.governance, &mut issues),
                         "jira" => section(key, value, &mut config.jira, &mut issues),
                         other => issues.push(ConfigIssue::at_key(
                             other,

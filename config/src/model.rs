@@ -32,6 +32,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Tables to keep in sync from their sources (more can be added through the admin API).
     pub tables: Vec<TableDef>,
+    /// Policies bound to tags and tables, beside those made through the admin API.
+    pub governance: GovernanceConfig,
     /// Jira Cloud, pushing issue events into the `jira` schema. Off when absent.
     pub jira: Option<JiraConfig>,
 }
@@ -235,6 +237,11 @@ pub struct OidcProvider {
     /// made by admins are left alone, and `Admin` is never granted this way.
     #[serde(default)]
     pub groups_claim: Option<String>,
+    /// User attributes taken from ID-token claims at each sign-in, attribute → claim, e.g.
+    /// `{region: region_claim}`; read in conditions as `user_attribute('region')`. A claim
+    /// the token lacks leaves the attribute as it was.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -550,8 +557,103 @@ pub struct TableDef {
     /// Column → description, shown in the web catalog and handed to drivers as the column's
     /// remarks (`ARROW:FLIGHT:SQL:REMARKS`: JDBC `getColumns` `REMARKS`, the field metadata of
     /// ADBC's `adbc_get_table_schema`).
+    /// Each entry is a description, or `{description: "…", tags: [pii.email]}` to tag the
+    /// column too (the file's tags replace that column's own tags at each start).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub columns: BTreeMap<String, String>,
+    pub columns: BTreeMap<String, ColumnDef>,
+}
+
+/// A column's entry under a table's `columns:`: its description, or a description and tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnDef {
+    /// The column's description.
+    Description(String),
+    /// A description and tags, `{description: "…", tags: [pii.email]}`.
+    Detailed(ColumnDetail),
+}
+
+impl ColumnDef {
+    /// The description, if any.
+    pub fn description(&self) -> Option<&str> {
+        match self {
+            Self::Description(d) => Some(d),
+            Self::Detailed(d) => d.description.as_deref(),
+        }
+    }
+
+    /// The tags given in the file.
+    pub fn tags(&self) -> &[String] {
+        match self {
+            Self::Description(_) => &[],
+            Self::Detailed(d) => &d.tags,
+        }
+    }
+}
+
+/// A column's description and tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnDetail {
+    /// Shown in catalogs and handed to drivers as the column's remarks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Tags the column carries (`pii.email`), besides its table's and schema's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// Governance kept in the file: policies bound to tags and tables. The file's policies
+/// replace those of the same names at each start, and one removed from the file is removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// Mask and row policies, as `POST /api/admin/policies` takes them.
+    pub policies: Vec<Policy>,
+}
+
+/// What a policy does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Shows the values of every column carrying its tag through a mask.
+    Mask,
+    /// Decides which rows of its tables a caller sees: permissive ones add rows to what grants
+    /// show (OR), restrictive ones keep only rows meeting their condition (AND).
+    Row,
+}
+
+/// A mask or row policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Unique name (letters, digits, `_`, `-`).
+    pub name: String,
+    /// `mask` or `row`.
+    pub kind: PolicyKind,
+    /// The tag it is bound to: every column carrying it (or a tag below it: `pii` covers
+    /// `pii.email`) is covered. A row policy bound to a tag covers each table with such a
+    /// column, and its condition names the column as `{col}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Row policies: the table (`schema.table`, or `schema.*`) it covers, instead of a tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Mask policies: `null`, `redact`, `hash`, `partial(keep_first, keep_last)`,
+    /// `round(digits)`, `truncate_date(unit)`, or a SQL expression written with `{col}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    /// Row policies: the SQL condition a row must meet; it may use the caller
+    /// (`current_user()`, `current_user_groups()`, `user_attribute('region')`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Row policies: AND-ed over grants and permissive policies (a row must meet it whatever
+    /// they say) instead of OR-ed with the grants' filters.
+    #[serde(default)]
+    pub restrictive: bool,
+    /// Groups the policy does not apply to.
+    #[serde(default)]
+    pub except_groups: Vec<String>,
 }
 
 /// How a sync updates a table.

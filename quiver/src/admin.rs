@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use quiver_catalog::state::access::{NewGrant, Privilege};
 use quiver_catalog::state::audit::AuditQuery;
-use quiver_catalog::state::identity::{MembershipSource, UserUpdate};
+use quiver_catalog::state::identity::{AttributeValue, MembershipSource, UserUpdate};
 use quiver_catalog::{EngineOptions, QueryEngine, StateStore};
 use quiver_config::Config;
 
@@ -101,6 +101,13 @@ enum UserCommand {
     Activate { email: String },
     /// Delete a user with memberships and tokens.
     Delete { email: String },
+    /// Set a user attribute, read in conditions as `user_attribute('NAME')`: one value,
+    /// several (a list), or none to remove it.
+    SetAttribute {
+        email: String,
+        name: String,
+        values: Vec<String>,
+    },
     /// List users.
     List,
 }
@@ -345,6 +352,22 @@ fn user(state: &StateStore, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Delete { email } => {
             state.identity().delete_user(ACTOR, &email)?;
             println!("user {email} deleted");
+        }
+        UserCommand::SetAttribute {
+            email,
+            name,
+            mut values,
+        } => {
+            let mut attributes = state.identity().attributes(&email)?;
+            match values.len() {
+                0 => attributes.remove(&name),
+                1 => attributes.insert(name.clone(), AttributeValue::One(values.remove(0))),
+                _ => attributes.insert(name.clone(), AttributeValue::Many(values)),
+            };
+            state
+                .identity()
+                .set_attributes(ACTOR, &email, &attributes)?;
+            println!("{email}: attribute {name} set");
         }
         UserCommand::List => {
             for u in state.identity().users()? {

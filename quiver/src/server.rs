@@ -126,6 +126,10 @@ async fn serve(config: Config, demo_scale: Option<f64>) -> anyhow::Result<()> {
         .recover(&config.tables)
         .await
         .context("cannot prepare the table definitions")?;
+    state
+        .governance()
+        .sync_config(&config.tables, &config.governance.policies)
+        .context("cannot store the configuration's tags and policies")?;
     let tokens = TokenSigner::new(&secret, config.auth.token_lifetime);
     let auth = Arc::new(Authenticator::new(state.clone(), tokens));
     let flight = QuiverFlightSql::new(

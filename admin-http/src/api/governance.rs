@@ -176,8 +176,7 @@ pub async fn create_policy(
     AdminCaller(p): AdminCaller,
     Json(body): Json<Policy>,
 ) -> Result<(StatusCode, Json<Policy>), ApiError> {
-    let email = p.email().to_string();
-    let policy = blocking(&app, move |s| s.governance().create_policy(&email, &body)).await?;
+    let policy = app.engine.create_policy(p.email(), &body).await?;
     Ok((StatusCode::CREATED, Json(policy)))
 }
 

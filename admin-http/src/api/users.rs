@@ -155,6 +155,52 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A user's attributes, read in conditions as `user_attribute('name')`.
+#[utoipa::path(get, path = "/api/admin/users/{email}/attributes", tag = "admin", params(("email" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn attributes(
+    State(app): State<AppState>,
+    _: AdminCaller,
+    Path(email): Path<String>,
+) -> Result<Json<identity::Attributes>, ApiError> {
+    let attributes = blocking(&app, move |s| {
+        s.identity().user(&email)?;
+        s.identity().attributes(&email)
+    })
+    .await?;
+    Ok(Json(attributes))
+}
+
+/// Replace a user's attributes: name → a string (or number, kept as text) or a list of
+/// them, e.g. `{"region": "EU", "teams": ["a", "b"]}`. `{}` removes them all.
+#[utoipa::path(put, path = "/api/admin/users/{email}/attributes", tag = "admin", params(("email" = String, Path)),
+    request_body(content = Object, example = json!({"region": "EU", "teams": ["a", "b"]})),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn set_attributes(
+    State(app): State<AppState>,
+    AdminCaller(p): AdminCaller,
+    Path(email): Path<String>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Json<identity::Attributes>, ApiError> {
+    let attributes = body
+        .iter()
+        .map(|(name, value)| {
+            Ok((
+                name.clone(),
+                identity::AttributeValue::from_json(name, value)?,
+            ))
+        })
+        .collect::<Result<identity::Attributes, quiver_catalog::CatalogError>>()?;
+    let actor = p.email().to_string();
+    let stored = blocking(&app, move |s| {
+        s.identity().set_attributes(&actor, &email, &attributes)
+    })
+    .await?;
+    Ok(Json(stored))
+}
+
 /// `POST /api/admin/groups` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -49,6 +49,8 @@ pub struct IdpIdentity {
     pub name: Option<String>,
     /// The provider's groups, when its configuration maps a groups claim.
     pub groups: Option<Vec<String>>,
+    /// User attributes from the provider's claims (`oidc.attributes`), by attribute name.
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -440,6 +442,7 @@ fn verify(
                 &identity.email,
                 identity.name.as_deref(),
                 identity.groups.as_deref(),
+                &identity.attributes,
             )?
             .map(|p| (p, None)),
     })

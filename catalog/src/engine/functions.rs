@@ -1,6 +1,5 @@
-//! The SQL functions Quiver adds or changes: `current_user()` ([`CurrentUser`], for row
-//! filters), and the functions whose output can be far larger than their input, bounded by
-//! the caller's memory.
+//! The functions whose output can be far larger than their input, bounded by the caller's
+//! memory (the functions about the caller are in [`crate::engine::caller`]).
 //!
 //! DataFusion accounts the memory of operators that buffer (sorts, joins, aggregates) to
 //! the memory pool, but not the arrays a function builds: `repeat('x', 536870912)` or
@@ -475,44 +474,6 @@ impl ScalarUDFImpl for Bounded {
 
     fn placement(&self, args: &[ExpressionPlacement]) -> ExpressionPlacement {
         self.inner.placement(args)
-    }
-}
-
-/// `current_user()`: the e-mail of the principal running the query, for row filters such as
-/// `owner_email = current_user()`.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub(crate) struct CurrentUser {
-    email: String,
-    signature: Signature,
-}
-
-impl CurrentUser {
-    /// The function for `email`'s sessions.
-    pub(crate) fn udf(email: &str) -> ScalarUDF {
-        ScalarUDF::from(Self {
-            email: email.to_string(),
-            signature: Signature::nullary(Volatility::Stable),
-        })
-    }
-}
-
-impl ScalarUDFImpl for CurrentUser {
-    fn name(&self) -> &str {
-        "current_user"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
-            self.email.clone(),
-        ))))
     }
 }
 

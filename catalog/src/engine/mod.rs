@@ -15,6 +15,7 @@
 //! in parts (`parts`). Every plan ends in plain Arrow types ([`crate::engine::wire`]).
 
 mod accelerate;
+pub(crate) mod caller;
 pub mod distributed;
 pub(crate) mod executor;
 pub(crate) mod functions;
@@ -36,7 +37,6 @@ pub use parts::Layout;
 
 use sessions::PrincipalSession;
 pub use sessions::VisibleTable;
-pub(crate) use sessions::register_functions;
 pub use statements::{Planned, number_placeholders, parameter_types, read_only, tables_read};
 pub use temporary::{TEMP_SCHEMA, TempTables};
 pub use writes::{IngestMode, PERSONAL_SCHEMA, WriteOptions, WriteStatement, WriteTarget};
@@ -54,10 +54,11 @@ use crate::auth::principal::Principal;
 use crate::engine::distributed::Distribution;
 use crate::engine::executor::QueryExecutor;
 use crate::engine::limits::QueryLimits;
-use crate::engine::policy::TablePolicy;
+use crate::engine::policy::{TablePolicy, validate_condition};
 use crate::engine::remote::RemoteSources;
 use crate::names::CATALOG_NAME;
 use crate::state::access::{Grant, GrantTarget, NewGrant, Privilege};
+use crate::state::governance::{Policy, PolicyKind, PolicyRules, tag_covers};
 use crate::state::tables::PERSONAL_PREFIX;
 use crate::state::{StateStore, TableEntry};
 use crate::storage::Storage;
@@ -279,6 +280,53 @@ impl QueryEngine {
             &grant.column_masks,
             grant.privilege,
         )
+    }
+
+    /// Validates a policy and stores it. A row policy's condition must be a true/false
+    /// condition on each table it covers now (bound to a tag: each column carrying it).
+    pub async fn create_policy(
+        &self,
+        actor: &str,
+        policy: &Policy,
+    ) -> Result<Policy, CatalogError> {
+        if policy.kind == PolicyKind::Row
+            && let Some(condition) = &policy.condition
+        {
+            let tags = self.state.governance().tags()?;
+            let ctx = self.new_context(actor)?;
+            let bound_table = policy.table_pattern();
+            for entry in self.state.tables().list()? {
+                if bound_table.as_ref().is_some_and(|t| !t.covers(&entry.name)) {
+                    continue;
+                }
+                let schema = self.provider(&ctx, &entry).await?.schema();
+                // Bound to a table: the condition as written; to a tag: once per tagged column.
+                let columns: Vec<Option<&str>> = match (&bound_table, &policy.tag) {
+                    (Some(_), _) => vec![None],
+                    (None, Some(bound)) => schema
+                        .fields()
+                        .iter()
+                        .filter(|f| {
+                            tags.of_column(&entry.name, f.name())
+                                .iter()
+                                .any(|t| tag_covers(bound, t))
+                        })
+                        .map(|f| Some(f.name().as_str()))
+                        .collect(),
+                    (None, None) => Vec::new(),
+                };
+                for column in columns {
+                    let sql = policy.condition_for(column);
+                    validate_condition(&ctx.state(), &schema, &sql).map_err(|e| {
+                        CatalogError::InvalidInput(format!(
+                            "condition `{condition}` on {}: {e}",
+                            entry.name
+                        ))
+                    })?;
+                }
+            }
+        }
+        self.state.governance().create_policy(actor, policy)
     }
 
     /// Whether `target` may be granted for writing: a whole schema, holding no table that a

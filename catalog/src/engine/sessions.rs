@@ -21,15 +21,14 @@ use quiver_config::{SyncMode, TableDef};
 use crate::auth::principal::Principal;
 use crate::engine::executor::YieldAfterJoins;
 use crate::engine::functions::BoundedConcatPlanner;
-use crate::engine::functions::CurrentUser;
 use crate::engine::memory::UserPool;
-use crate::engine::policy::{MaskHash, PolicyTable, TablePolicy};
+use crate::engine::policy::{MaskHash, PolicyTable, RowPolicies, TablePolicy};
 use crate::engine::remote::RemoteTable;
 use crate::engine::system::{AuditTable, SYSTEM_SCHEMA};
 use crate::names::CATALOG_NAME;
 use crate::state::TableEntry;
 use crate::state::access::Grant;
-use crate::state::governance::{Mask, Policy, PolicyKind, Tags, tag_covers};
+use crate::state::governance::{Mask, Policy, PolicyKind, PolicyRules, Tags, tag_covers};
 use crate::{CatalogError, TableName};
 
 use super::{DEFAULT_SCHEMA, PERSONAL_SCHEMA, QueryEngine, lock};
@@ -114,7 +113,7 @@ impl QueryEngine {
             .get_or_insert_default()
             .push(Arc::new(BoundedConcatPlanner::new(&pool)));
         let ctx = SessionContext::new_with_state(state.build());
-        register_functions(&ctx, email, &pool, &self.mask_key()?);
+        self.register_functions(&ctx, email, &pool)?;
         Ok(ctx)
     }
 
@@ -204,7 +203,9 @@ impl QueryEngine {
                     continue;
                 }
                 let state = ctx.state();
-                let Some(mut policy) = TablePolicy::compile(&state, &base.schema(), &applicable)
+                let rows = row_policies(&governance, principal, &entry.name, &base.schema());
+                let Some(mut policy) =
+                    TablePolicy::compile(&state, &base.schema(), &applicable, &rows)
                 else {
                     continue;
                 };
@@ -354,17 +355,26 @@ impl QueryEngine {
     }
 }
 
-/// The functions of `email`'s sessions: `current_user()`, the amplifying functions bounded
-/// by `pool`, and the keyed hash of `hash` masks under `mask_key`.
-pub(crate) fn register_functions(
-    ctx: &SessionContext,
-    email: &str,
-    pool: &Arc<dyn MemoryPool>,
-    mask_key: &[u8],
-) {
-    ctx.register_udf(CurrentUser::udf(email));
-    ctx.register_udf(MaskHash::udf(mask_key));
-    crate::engine::functions::bound_functions(ctx, pool);
+impl QueryEngine {
+    /// The functions of `email`'s sessions: the caller's (`current_user()`, its groups and
+    /// attributes, read from the state), the amplifying functions bounded by `pool`, and
+    /// the keyed hash of `hash` masks.
+    pub(crate) fn register_functions(
+        &self,
+        ctx: &SessionContext,
+        email: &str,
+        pool: &Arc<dyn MemoryPool>,
+    ) -> Result<(), CatalogError> {
+        let identity = self.state.identity();
+        let groups = identity
+            .principal(email)?
+            .map(|p| p.groups().to_vec())
+            .unwrap_or_default();
+        crate::engine::caller::register(ctx, email, &groups, &identity.attributes(email)?);
+        ctx.register_udf(MaskHash::udf(&self.mask_key()?));
+        crate::engine::functions::bound_functions(ctx, pool);
+        Ok(())
+    }
 }
 
 /// The tag masks `principal` sees `table`'s columns (of `schema`) through: for each column
@@ -392,10 +402,53 @@ fn tag_masks(
             let carried = tags.of_column(table, field.name());
             applying
                 .iter()
-                .filter(|(p, _)| carried.iter().any(|t| tag_covers(&p.tag, t)))
+                .filter(|(p, _)| {
+                    let bound = p.tag.as_deref().unwrap_or_default();
+                    carried.iter().any(|t| tag_covers(bound, t))
+                })
                 .map(|(_, m)| m.clone())
                 .min_by_key(Mask::rank)
                 .map(|mask| (index, mask))
         })
         .collect()
+}
+
+/// The row policies covering `table` (of `schema`) for `principal`: those bound to the
+/// table (or its schema), and those bound to a tag, once for each column carrying it.
+fn row_policies(
+    (tags, policies): &(Tags, Vec<Policy>),
+    principal: &Principal,
+    table: &TableName,
+    schema: &datafusion::arrow::datatypes::Schema,
+) -> RowPolicies {
+    let mut out = RowPolicies {
+        table: table.to_string(),
+        ..RowPolicies::default()
+    };
+    let applying = policies
+        .iter()
+        .filter(|p| p.kind == PolicyKind::Row && p.applies_to(principal.groups()));
+    for policy in applying {
+        let conditions: Vec<String> = match (&policy.tag, policy.table_pattern()) {
+            (_, Some(pattern)) if pattern.covers(table) => vec![policy.condition_for(None)],
+            (Some(bound), _) => schema
+                .fields()
+                .iter()
+                .filter(|f| {
+                    tags.of_column(table, f.name())
+                        .iter()
+                        .any(|t| tag_covers(bound, t))
+                })
+                .map(|f| policy.condition_for(Some(f.name())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let list = if policy.restrictive {
+            &mut out.restrictive
+        } else {
+            &mut out.permissive
+        };
+        list.extend(conditions.into_iter().map(|c| (policy.name.clone(), c)));
+    }
+    out
 }

@@ -39,11 +39,9 @@ impl WorkerSessionBuilder for WorkerSessions {
         let (runtime, pool) = self.engine.user_runtime(&email);
         let builder = distribution.stages(query.builder.with_runtime_env(runtime), &email)?;
         let ctx = SessionContext::new_with_state(builder.build());
-        let key = self
-            .engine
-            .mask_key()
+        self.engine
+            .register_functions(&ctx, &email, &pool)
             .map_err(|e| exec_datafusion_err!("{e}"))?;
-        crate::engine::register_functions(&ctx, &email, &pool, &key);
         ctx.register_udf(crate::engine::functions::checked_size(&pool));
         Ok(ctx.state())
     }

@@ -15,6 +15,7 @@ const TABLES: &[&str] = &[
     "users",
     "groups",
     "memberships",
+    "user_attributes",
     "tables",
     "table_versions",
     "version_details",

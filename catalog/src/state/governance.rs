@@ -7,12 +7,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::access::GrantTarget;
 use super::identity::{group_exists, no_group};
 use super::{StateStore, params};
 use crate::{CatalogError, TableName};
+
+/// Who the audit log names for changes the configuration file makes.
+const CONFIG: &str = "config";
 
 /// Every tag, by what it is attached to.
 #[derive(Debug, Clone, Default)]
@@ -194,41 +197,107 @@ impl fmt::Display for Mask {
     }
 }
 
-/// What kind of policy: masks for now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyKind {
-    /// Shows the values of every column carrying its tag through a [`Mask`].
-    Mask,
+pub use quiver_config::{Policy, PolicyKind};
+
+/// What the engine and the API ask of a [`Policy`].
+pub trait PolicyRules {
+    /// The parsed mask of a mask policy.
+    fn parsed_mask(&self) -> Result<Mask, CatalogError>;
+    /// Whether the policy applies to a member of `groups`.
+    fn applies_to(&self, groups: &[String]) -> bool;
+    /// Row policies: the tables it covers, when bound to a table.
+    fn table_pattern(&self) -> Option<GrantTarget>;
+    /// Row policies: its condition for one table, with `{col}` naming `column` (a column
+    /// carrying its tag) when given.
+    fn condition_for(&self, column: Option<&str>) -> String;
+    /// Checks that the fields fit the kind, with a message naming what is wrong.
+    fn check(&self) -> Result<(), CatalogError>;
 }
 
-/// A policy as the API and YAML give it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    /// Unique name (letters, digits, `_`, `-`).
-    pub name: String,
-    /// What it does.
-    pub kind: PolicyKind,
-    /// The tag it is bound to: every column carrying it (or a tag below it) is covered.
-    pub tag: String,
-    /// How covered columns are shown (see [`Mask`]).
-    pub mask: String,
-    /// Groups that see covered columns as they are.
-    #[serde(default)]
-    pub except_groups: Vec<String>,
-}
-
-impl Policy {
-    /// The parsed mask (checked when the policy was stored).
-    pub fn parsed_mask(&self) -> Result<Mask, CatalogError> {
-        self.mask.parse()
+impl PolicyRules for Policy {
+    fn parsed_mask(&self) -> Result<Mask, CatalogError> {
+        self.mask.as_deref().unwrap_or_default().parse()
     }
 
-    /// Whether the policy applies to a member of `groups`.
-    pub fn applies_to(&self, groups: &[String]) -> bool {
+    fn applies_to(&self, groups: &[String]) -> bool {
         !self.except_groups.iter().any(|g| groups.contains(g))
     }
+
+    fn table_pattern(&self) -> Option<GrantTarget> {
+        self.table.as_deref().and_then(|t| t.parse().ok())
+    }
+
+    fn condition_for(&self, column: Option<&str>) -> String {
+        let condition = self.condition.as_deref().unwrap_or("false");
+        match column {
+            Some(c) => condition.replace("{col}", &format!("\"{}\"", c.replace('"', "\"\""))),
+            None => condition.to_string(),
+        }
+    }
+
+    fn check(&self) -> Result<(), CatalogError> {
+        let invalid = |m: &str| Err(CatalogError::InvalidInput(m.to_string()));
+        match self.kind {
+            PolicyKind::Mask => {
+                if self.table.is_some() || self.condition.is_some() || self.restrictive {
+                    return invalid(
+                        "a mask policy takes `tag` and `mask`; `table`, `condition` and `restrictive` are for row policies",
+                    );
+                }
+                let Some(tag) = &self.tag else {
+                    return invalid("a mask policy needs the `tag` it is bound to");
+                };
+                check_tag(tag)?;
+                if self.mask.is_none() {
+                    return invalid("a mask policy needs a `mask`");
+                }
+                if let Mask::Sql(sql) = self.parsed_mask()? {
+                    check_sql(&sql.replace("{col}", "value"), "mask")?;
+                }
+            }
+            PolicyKind::Row => {
+                if self.mask.is_some() {
+                    return invalid("a row policy takes a `condition`, not a `mask`");
+                }
+                match (&self.tag, &self.table) {
+                    (Some(tag), None) => check_tag(tag)?,
+                    (None, Some(table)) => {
+                        table.parse::<GrantTarget>()?;
+                    }
+                    _ => {
+                        return invalid(
+                            "a row policy is bound to either a `table` (`schema.table` or `schema.*`) or a `tag`",
+                        );
+                    }
+                }
+                let Some(condition) = &self.condition else {
+                    return invalid(
+                        "a row policy needs a `condition`, a SQL condition on the rows",
+                    );
+                };
+                if self.table.is_some() && condition.contains("{col}") {
+                    return invalid(
+                        "`{col}` names the tagged column in a policy bound to a tag; a policy bound to a table names its columns",
+                    );
+                }
+                check_sql(&condition.replace("{col}", "value"), "condition")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `sql` parses as a SQL expression (whether it fits a table is checked where
+/// the table is known).
+fn check_sql(sql: &str, what: &str) -> Result<(), CatalogError> {
+    use datafusion::sql::sqlparser::{dialect::GenericDialect, parser::Parser};
+    Parser::new(&GenericDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .map(|_| ())
+        .map_err(|e| {
+            CatalogError::InvalidInput(format!("{what} `{sql}` is not a SQL expression: {e}"))
+        })
 }
 
 /// Tags and policies (see [`StateStore::governance`]).
@@ -296,6 +365,90 @@ impl Governance<'_> {
             })
     }
 
+    /// Makes the state match the configuration file: the columns its tables tag get
+    /// exactly those tags of their own, and its policies replace those of the same names
+    /// (a policy the file once held and no longer does is removed). Returns how many
+    /// changed. Groups a file's policy excepts need not exist yet.
+    pub fn sync_config(
+        &self,
+        tables: &[quiver_config::TableDef],
+        policies: &[Policy],
+    ) -> Result<usize, CatalogError> {
+        let mut changed = 0;
+        let tags = self.tags()?;
+        for def in tables {
+            let name: TableName = def.name.parse()?;
+            let mut columns = tags.own_columns(&name);
+            let mut differs = false;
+            for (column, entry) in &def.columns {
+                if entry.tags().is_empty() {
+                    continue;
+                }
+                let wanted: BTreeSet<String> = entry.tags().iter().cloned().collect();
+                differs |= columns.get(column) != Some(&wanted);
+                columns.insert(column.clone(), wanted);
+            }
+            if differs {
+                self.set_table_tags(CONFIG, &name, &tags.of_table(&name), &columns)?;
+                changed += 1;
+            }
+        }
+        let stored: Vec<(String, String, Option<String>)> = self.0.conn()?.query_map(
+            "SELECT name, definition, origin FROM policies",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        for policy in policies {
+            policy.check().map_err(|e| {
+                CatalogError::InvalidInput(format!("governance.policies `{}`: {e}", policy.name))
+            })?;
+            let json =
+                serde_json::to_string(policy).map_err(|e| CatalogError::Internal(e.to_string()))?;
+            let same = stored.iter().any(|(name, definition, origin)| {
+                name == &policy.name
+                    && origin.as_deref() == Some(CONFIG)
+                    && serde_json::from_str::<Policy>(definition).ok().as_ref() == Some(policy)
+            });
+            if same {
+                continue;
+            }
+            self.0.change(CONFIG, "policy.create", &policy.name, |tx| {
+                tx.execute(
+                    "INSERT INTO policies (name, definition, origin) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, origin = excluded.origin",
+                    params![policy.name, json, CONFIG],
+                )?;
+                Ok(((), serde_json::to_value(policy).unwrap_or_default()))
+            })?;
+            changed += 1;
+        }
+        for (name, _, origin) in &stored {
+            if origin.as_deref() == Some(CONFIG) && !policies.iter().any(|p| &p.name == name) {
+                self.0.change(CONFIG, "policy.delete", name, |tx| {
+                    tx.execute("DELETE FROM policies WHERE name = $1", params![name])?;
+                    Ok(((), json!({ "name": name })))
+                })?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Refuses to change a policy the configuration file defines.
+    fn refuse_config_policy(tx: &super::Conn<'_>, name: &str) -> Result<(), CatalogError> {
+        let origin: Option<Option<String>> = tx.query_opt(
+            "SELECT origin FROM policies WHERE name = $1",
+            params![name],
+            |r| r.get(0),
+        )?;
+        if origin.flatten().as_deref() == Some(CONFIG) {
+            return Err(CatalogError::Conflict(format!(
+                "policy `{name}` is defined in the configuration file (governance.policies); change it there"
+            )));
+        }
+        Ok(())
+    }
+
     /// Replaces the tags of `schema` itself.
     pub fn set_schema_tags(
         &self,
@@ -353,17 +506,7 @@ impl Governance<'_> {
                 policy.name.chars().take(80).collect::<String>()
             )));
         }
-        check_tag(&policy.tag)?;
-        if let Mask::Sql(sql) = policy.parsed_mask()? {
-            use datafusion::sql::sqlparser::{dialect::GenericDialect, parser::Parser};
-            let value = sql.replace("{col}", "value");
-            Parser::new(&GenericDialect {})
-                .try_with_sql(&value)
-                .and_then(|mut p| p.parse_expr())
-                .map_err(|e| {
-                    CatalogError::InvalidInput(format!("mask `{sql}` is not a SQL expression: {e}"))
-                })?;
-        }
+        policy.check()?;
         let json =
             serde_json::to_string(policy).map_err(|e| CatalogError::Internal(e.to_string()))?;
         self.0.change(actor, "policy.create", &policy.name, |tx| {
@@ -397,6 +540,7 @@ impl Governance<'_> {
     /// Removes a policy.
     pub fn delete_policy(&self, actor: &str, name: &str) -> Result<(), CatalogError> {
         self.0.change(actor, "policy.delete", name, |tx| {
+            Self::refuse_config_policy(tx, name)?;
             if tx.execute("DELETE FROM policies WHERE name = $1", params![name])? == 0 {
                 return Err(CatalogError::NotFound(format!("no policy `{name}`")));
             }

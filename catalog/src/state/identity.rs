@@ -7,11 +7,13 @@
 //! `Everyone` always exist, every active user is in `Everyone`, and the last active
 //! administrator can be neither deactivated nor removed from `Admin`.
 
+mod attributes;
 mod clients;
 mod groups;
 mod sessions;
 mod tokens;
 
+pub use attributes::{AttributeValue, Attributes};
 pub use clients::CLIENT_SECRET_PREFIX;
 pub use clients::ClientInfo;
 pub use groups::{Member, MembershipSource};
@@ -220,6 +222,10 @@ impl Identity<'_> {
             keep_an_admin(tx, &email)?;
             tx.execute("DELETE FROM memberships WHERE email = $1", params![email])?;
             tx.execute("DELETE FROM tokens WHERE email = $1", params![email])?;
+            tx.execute(
+                "DELETE FROM user_attributes WHERE email = $1",
+                params![email],
+            )?;
             tx.execute("DELETE FROM users WHERE email = $1", params![email])?;
             Ok(((), serde_json::Value::Null))
         })
@@ -283,6 +289,7 @@ impl Identity<'_> {
         email: &str,
         name: Option<&str>,
         groups: Option<&[String]>,
+        attributes: &BTreeMap<String, serde_json::Value>,
     ) -> Result<Option<crate::Principal>, CatalogError> {
         let email = normalize_email(email)?;
         let actor = format!("oidc:{provider}");
@@ -324,6 +331,7 @@ impl Identity<'_> {
                 }
                 synced = wanted;
             }
+            attributes::set_from_idp(tx, &email, attributes)?;
             Ok((
                 true,
                 json!({ "created": created, "groups_from_idp": groups.map(|_| synced) }),
@@ -514,16 +522,32 @@ pub(super) mod tests {
                 "Ivy@Example.com",
                 Some("Ivy"),
                 Some(&groups(&["sales", "Admin", "unknown"])),
+                &BTreeMap::from([
+                    ("region".to_string(), serde_json::json!("EU")),
+                    ("Bad Name".to_string(), serde_json::json!("x")),
+                ]),
             )
             .unwrap()
             .unwrap();
         assert_eq!(p.groups(), ["Everyone", "sales"]);
+        let attributes = s.identity().attributes("ivy@example.com").unwrap();
+        assert_eq!(
+            attributes,
+            Attributes::from([("region".into(), AttributeValue::One("EU".into()))]),
+            "a claim's attribute is set, a badly named one skipped"
+        );
         s.identity()
             .add_member("t", "support", "ivy@example.com", MembershipSource::Admin)
             .unwrap();
         let p = s
             .identity()
-            .sign_in_from_idp("okta", "ivy@example.com", None, Some(&groups(&[])))
+            .sign_in_from_idp(
+                "okta",
+                "ivy@example.com",
+                None,
+                Some(&groups(&[])),
+                &BTreeMap::new(),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -543,7 +567,7 @@ pub(super) mod tests {
             .unwrap();
         assert!(
             s.identity()
-                .sign_in_from_idp("okta", "ivy@example.com", None, None)
+                .sign_in_from_idp("okta", "ivy@example.com", None, None, &BTreeMap::new())
                 .unwrap()
                 .is_none()
         );

@@ -260,4 +260,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         value       VARCHAR NOT NULL
     );
     "#,
+    // 15: user attributes (`user_attribute('region')` in conditions): a JSON string or
+    // list of strings per user and name; where a policy was defined.
+    r#"
+    CREATE TABLE user_attributes (
+        email       VARCHAR NOT NULL,
+        name        VARCHAR NOT NULL,
+        value       VARCHAR NOT NULL,
+        PRIMARY KEY (email, name)
+    );
+    ALTER TABLE policies ADD COLUMN origin VARCHAR;   -- 'config' for the file's, else NULL
+    "#,
 ];

@@ -12,7 +12,7 @@ pub use runs::{ExpiredVersion, RunHistory, SyncRun};
 pub use shards::{ShardChange, ShardFile};
 pub use written::{PERSONAL_PREFIX, WriteCommit, WriteMode, Written};
 
-use super::{StateStore, Timestamp, params};
+use super::{Conn, StateStore, Timestamp, params};
 use crate::{CatalogError, TableName};
 
 /// A new table version, ready to commit.
@@ -74,26 +74,16 @@ impl Tables<'_> {
                 params![schema, name],
                 |r| r.get(0),
             )?;
-            tx.execute(
-                "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                params![schema, name, version, new.location, new.rows, new.bytes],
-            )?;
-            tx.execute(
-                "INSERT INTO version_details (schema_name, table_name, version, watermark, profile)
-                 VALUES ($1, $2, $3, $4, $5)",
-                params![
-                    schema,
-                    name,
-                    version,
-                    new.watermark,
-                    new.profile.as_ref().map(|p| p.to_string())
-                ],
-            )?;
-            tx.execute(
-                "UPDATE tables SET current_version = $1, description = coalesce($2, description)
-                 WHERE schema_name = $3 AND table_name = $4",
-                params![version, description, schema, name],
+            let details = VersionDetails {
+                watermark: new.watermark.as_deref(),
+                profile: new.profile.as_ref().map(|p| p.to_string()),
+            };
+            insert_version(
+                tx,
+                table,
+                (version, &new.location, new.rows, new.bytes),
+                &details,
+                description,
             )?;
             // A run the cluster took for dead (its replica's heartbeats stopped) may have
             // lost its files to the sweep since: it publishes nothing.
@@ -210,6 +200,42 @@ impl Tables<'_> {
             },
         )
     }
+}
+
+/// What a version records beyond its files: an incremental table's watermark and the
+/// column profile (both filled in later for listed versions).
+#[derive(Debug, Default)]
+pub(super) struct VersionDetails<'a> {
+    pub(super) watermark: Option<&'a str>,
+    pub(super) profile: Option<String>,
+}
+
+/// Records `version` (at `location`, with its row and byte counts) of `table` and makes it
+/// current, in the caller's transaction: the one place a version is published.
+pub(super) fn insert_version(
+    tx: &Conn<'_>,
+    table: &TableName,
+    (version, location, rows, bytes): (i64, &str, i64, i64),
+    details: &VersionDetails<'_>,
+    description: Option<&str>,
+) -> Result<(), CatalogError> {
+    let (schema, name) = (table.schema(), table.table());
+    tx.execute(
+        "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        params![schema, name, version, location, rows, bytes],
+    )?;
+    tx.execute(
+        "INSERT INTO version_details (schema_name, table_name, version, watermark, profile)
+         VALUES ($1, $2, $3, $4, $5)",
+        params![schema, name, version, details.watermark, details.profile],
+    )?;
+    tx.execute(
+        "UPDATE tables SET current_version = $1, description = coalesce($2, description)
+         WHERE schema_name = $3 AND table_name = $4",
+        params![version, description, schema, name],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@ pub(crate) fn mask_expr(
     let expr = state
         .create_logical_expr(&template, &df)
         .map_err(|e| e.strip_backtrace())?;
+    super::no_subqueries(&expr)?;
     let substituted = expr
         .transform(|e| match e {
             Expr::Column(Column { ref name, .. }) if name == VALUE => {

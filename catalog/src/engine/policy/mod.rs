@@ -24,6 +24,7 @@ use datafusion::logical_expr::{
     BinaryExpr, Expr, ExprSchemable, Operator, Volatility, lit, or, when,
 };
 
+use crate::engine::caller::CALLER_FUNCTIONS;
 use crate::state::access::Grant;
 
 mod masks;
@@ -50,6 +51,21 @@ pub(crate) struct TablePolicy {
     rows: Option<Expr>,
     /// Visible columns: (index in the base schema, rule), in base order.
     columns: Vec<(usize, ColumnRule)>,
+    /// Why the table may not be read at all: a restrictive row policy on it cannot be
+    /// evaluated, and the table stays closed rather than open.
+    closed: Option<String>,
+}
+
+/// The row policies covering one table for one caller, as (policy name, condition written
+/// for the table).
+#[derive(Debug, Default)]
+pub(crate) struct RowPolicies {
+    /// The table's name, for messages.
+    pub(crate) table: String,
+    /// OR-ed with the grants' filters.
+    pub(crate) permissive: Vec<(String, String)>,
+    /// AND-ed over everything else.
+    pub(crate) restrictive: Vec<(String, String)>,
 }
 
 /// One grant, parsed against a table.
@@ -60,11 +76,17 @@ struct ParsedGrant {
 }
 
 impl TablePolicy {
-    /// Combines `grants` (all covering this table) into one policy. Grants whose filter or
-    /// masks do not compile against the table are skipped with a warning (fail closed);
-    /// `None` when nothing remains.
-    pub(crate) fn compile(state: &SessionState, base: &Schema, grants: &[&Grant]) -> Option<Self> {
-        let parsed: Vec<ParsedGrant> = grants
+    /// Combines `grants` (all covering this table) and the row policies over it into one
+    /// policy. Grants and permissive policies that do not compile against the table are
+    /// skipped with a warning (fail closed: fewer rows); a restrictive policy that does not
+    /// compile closes the table. `None` when no grant remains.
+    pub(crate) fn compile(
+        state: &SessionState,
+        base: &Schema,
+        grants: &[&Grant],
+        row_policies: &RowPolicies,
+    ) -> Option<Self> {
+        let mut parsed: Vec<ParsedGrant> = grants
             .iter()
             .filter_map(|g| match parse_grant(state, base, g) {
                 Ok(p) => Some(p),
@@ -77,7 +99,44 @@ impl TablePolicy {
         if parsed.is_empty() {
             return None;
         }
-        Some(Self::combine(base, &parsed))
+        let df = DFSchema::try_from(base.clone()).ok()?;
+        // Rows a permissive policy adds show each column as the strictest grant does.
+        let strictest = strictest_masks(&parsed);
+        for (name, condition) in &row_policies.permissive {
+            match parse_condition(state, &df, condition) {
+                Ok(filter) => parsed.push(ParsedGrant {
+                    filter: Some(filter),
+                    masks: strictest.clone(),
+                }),
+                Err(e) => {
+                    tracing::warn!(policy = %name, error = %e, "permissive row policy skipped: it does not compile against the table")
+                }
+            }
+        }
+        let mut policy = Self::combine(base, &parsed);
+        for (name, condition) in &row_policies.restrictive {
+            match parse_condition(state, &df, condition) {
+                Ok(only) => {
+                    policy.rows = Some(match policy.rows.take() {
+                        Some(rows) => datafusion::logical_expr::and(rows, only),
+                        None => only,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(policy = %name, error = %e, "table closed: a restrictive row policy does not compile against it");
+                    policy.closed = Some(format!(
+                        "`{}` is closed to you: its restrictive row policy `{name}` cannot be evaluated on it; an administrator must fix the policy",
+                        row_policies.table
+                    ));
+                }
+            }
+        }
+        Some(policy)
+    }
+
+    /// Why the table may not be read at all, if it may not.
+    pub(crate) fn closed(&self) -> Option<&str> {
+        self.closed.as_deref()
     }
 
     /// Checks one grant against a table, with messages for the person writing it.
@@ -142,7 +201,7 @@ impl TablePolicy {
 
     /// Whether the policy hides rows.
     pub(crate) fn filters_rows(&self) -> bool {
-        self.rows.is_some()
+        self.rows.is_some() || self.closed.is_some()
     }
 
     /// Names of the visible columns shown unchanged (not masked).
@@ -167,7 +226,7 @@ impl TablePolicy {
             e.exists(|e| {
                 Ok(matches!(e, Expr::ScalarFunction(f)
                     if f.func.signature().volatility != Volatility::Immutable
-                        && f.func.name() != "current_user"))
+                        && !CALLER_FUNCTIONS.contains(&f.func.name())))
             })
             .unwrap_or(true)
         })
@@ -185,6 +244,7 @@ impl TablePolicy {
     /// True when the policy changes nothing (no filter, every column clear).
     pub(crate) fn is_transparent(&self, base: &Schema) -> bool {
         self.rows.is_none()
+            && self.closed.is_none()
             && self.columns.len() == base.fields().len()
             && self
                 .columns
@@ -242,8 +302,58 @@ impl TablePolicy {
             };
             columns.push((index, rule));
         }
-        Self { rows, columns }
+        Self {
+            rows,
+            columns,
+            closed: None,
+        }
     }
+}
+
+/// Checks a row policy's condition against a table, planning it physically too, so
+/// nothing fails later at query time.
+pub(crate) fn validate_condition(
+    state: &SessionState,
+    base: &Schema,
+    sql: &str,
+) -> Result<(), String> {
+    let df = DFSchema::try_from(base.clone()).map_err(|e| e.to_string())?;
+    let expr = parse_condition(state, &df, sql)?;
+    state
+        .create_physical_expr(expr, &df)
+        .map(|_| ())
+        .map_err(|e| e.strip_backtrace())
+}
+
+/// Per column, the strictest of the grants' treatments: hidden if any grant hides it, else
+/// masked if any masks it (by the first such mask), else clear.
+fn strictest_masks(grants: &[ParsedGrant]) -> Vec<Option<Option<Expr>>> {
+    let columns = grants.first().map_or(0, |g| g.masks.len());
+    (0..columns)
+        .map(|i| {
+            if grants.iter().any(|g| matches!(g.masks[i], Some(None))) {
+                Some(None)
+            } else {
+                grants.iter().find_map(|g| g.masks[i].clone())
+            }
+        })
+        .collect()
+}
+
+/// Parses a SQL condition on a table's rows (a grant's filter or a row policy's): it must
+/// be true/false, without subqueries.
+fn parse_condition(state: &SessionState, df: &DFSchema, sql: &str) -> Result<Expr, String> {
+    let expr = state
+        .create_logical_expr(sql, df)
+        .map_err(|e| e.strip_backtrace())?;
+    no_subqueries(&expr)?;
+    let ty = expr.get_type(df).map_err(|e| e.strip_backtrace())?;
+    if ty != DataType::Boolean {
+        return Err(format!(
+            "a condition must be true/false, but `{sql}` is {ty}"
+        ));
+    }
+    Ok(expr)
 }
 
 /// `None` (all rows) if any input is `None`, else the OR of the inputs.
@@ -294,29 +404,12 @@ fn parse_grant(state: &SessionState, base: &Schema, grant: &Grant) -> Result<Par
         let expr = state
             .create_logical_expr(sql, &df)
             .map_err(|e| e.strip_backtrace())?;
-        if expr
-            .exists(|e| {
-                Ok(matches!(
-                    e,
-                    Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)
-                ))
-            })
-            .unwrap_or(true)
-        {
-            return Err("subqueries are not allowed in row filters or masks".into());
-        }
+        no_subqueries(&expr)?;
         Ok(expr)
     };
     let filter = match grant.row_filter.as_deref() {
         Some(sql) => {
-            let expr = parse(sql).map_err(|e| format!("row_filter: {e}"))?;
-            let ty = expr.get_type(&df).map_err(|e| e.strip_backtrace())?;
-            if ty != DataType::Boolean {
-                return Err(format!(
-                    "row_filter must be a true/false condition, but `{sql}` is {ty}"
-                ));
-            }
-            Some(expr)
+            Some(parse_condition(state, &df, sql).map_err(|e| format!("row_filter: {e}"))?)
         }
         None => None,
     };
@@ -342,6 +435,24 @@ fn parse_grant(state: &SessionState, base: &Schema, grant: &Grant) -> Result<Par
         });
     }
     Ok(ParsedGrant { filter, masks })
+}
+
+/// Refuses subqueries in a policy's expression: it is evaluated on one table's rows, with
+/// no other table to read.
+pub(crate) fn no_subqueries(expr: &Expr) -> Result<(), String> {
+    let found = expr
+        .exists(|e| {
+            Ok(matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)
+            ))
+        })
+        .unwrap_or(true);
+    if found {
+        Err("subqueries are not allowed in row filters, conditions or masks".into())
+    } else {
+        Ok(())
+    }
 }
 
 /// Whether a user predicate may run below the policy: it cannot fail and reveals nothing,
@@ -452,7 +563,8 @@ mod tests {
             &[("email", Some("'***'")), ("secret", None)],
         );
         let b = grant(2, Some("id > 100"), &[("secret", None)]);
-        let policy = TablePolicy::compile(&state, &schema, &[&a, &b]).unwrap();
+        let policy =
+            TablePolicy::compile(&state, &schema, &[&a, &b], &RowPolicies::default()).unwrap();
         assert_eq!(
             policy.rows.as_ref().unwrap().to_string(),
             "id < Int64(10) OR id > Int64(100)"
@@ -472,19 +584,60 @@ mod tests {
         // A grant without filter or masks makes the table transparent.
         let all = grant(3, None, &[]);
         assert!(
-            TablePolicy::compile(&state, &schema, &[&a, &all])
+            TablePolicy::compile(&state, &schema, &[&a, &all], &RowPolicies::default())
                 .unwrap()
                 .rows
                 .is_none()
         );
         assert!(
-            TablePolicy::compile(&state, &schema, &[&all])
+            TablePolicy::compile(&state, &schema, &[&all], &RowPolicies::default())
                 .unwrap()
                 .is_transparent(&schema)
         );
         // A grant that does not compile is skipped, not widened.
         let broken = grant(4, Some("nope = 1"), &[]);
-        assert!(TablePolicy::compile(&state, &schema, &[&broken]).is_none());
+        assert!(
+            TablePolicy::compile(&state, &schema, &[&broken], &RowPolicies::default()).is_none()
+        );
         assert!(TablePolicy::validate(&state, &schema, &broken).is_err());
+    }
+
+    #[test]
+    fn permissive_policies_add_rows_masked_as_strictly_as_any_grant_and_restrictive_ones_close() {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("email", DataType::Utf8, true),
+            Field::new("secret", DataType::Utf8, true),
+        ]);
+        let ctx = SessionContext::new();
+        let state = ctx.state();
+        let a = grant(1, Some("id < 10"), &[("email", Some("'***'"))]);
+        let rows = RowPolicies {
+            table: "s.t".into(),
+            permissive: vec![("more".into(), "id > 100".into())],
+            restrictive: vec![("legal".into(), "secret IS NULL".into())],
+        };
+        let policy = TablePolicy::compile(&state, &schema, &[&a], &rows).unwrap();
+        assert_eq!(
+            policy.rows.as_ref().unwrap().to_string(),
+            "(id < Int64(10) OR id > Int64(100)) AND secret IS NULL"
+        );
+        // The permissive policy's rows show `email` masked, as the only grant does.
+        let ColumnRule::Computed(email) = &policy.columns[1].1 else {
+            panic!("email should be computed")
+        };
+        assert!(!email.to_string().contains("THEN email"), "{email}");
+        assert!(policy.closed().is_none());
+        // A restrictive policy that does not compile closes the table; a permissive one
+        // that does not is skipped.
+        let broken = RowPolicies {
+            table: "s.t".into(),
+            permissive: vec![("wide".into(), "nope = 1".into())],
+            restrictive: vec![("legal".into(), "id".into())],
+        };
+        let policy = TablePolicy::compile(&state, &schema, &[&a], &broken).unwrap();
+        assert_eq!(policy.rows.as_ref().unwrap().to_string(), "id < Int64(10)");
+        assert!(policy.closed().unwrap().contains("`legal`"));
+        assert!(!policy.is_transparent(&schema));
     }
 }

@@ -121,6 +121,9 @@ impl TableProvider for PolicyTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(reason) = self.policy.closed() {
+            return datafusion::common::plan_err!("{reason}");
+        }
         let base_schema = self.base.schema();
         let wanted: Vec<usize> = match projection {
             Some(p) => p.clone(),

@@ -164,19 +164,12 @@ pub(super) fn publish_listed(
         params![schema, name, version],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    tx.execute(
-        "INSERT INTO table_versions (schema_name, table_name, version, location, row_count, byte_count)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        params![schema, name, version, location, rows, bytes],
-    )?;
-    tx.execute(
-        "INSERT INTO version_details (schema_name, table_name, version) VALUES ($1, $2, $3)",
-        params![schema, name, version],
-    )?;
-    tx.execute(
-        "UPDATE tables SET current_version = $1, description = coalesce($2, description)
-         WHERE schema_name = $3 AND table_name = $4",
-        params![version, description, schema, name],
+    super::insert_version(
+        tx,
+        table,
+        (version, location, rows, bytes),
+        &super::VersionDetails::default(),
+        description,
     )?;
     Ok((rows, bytes))
 }

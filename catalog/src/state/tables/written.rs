@@ -218,7 +218,15 @@ impl Tables<'_> {
         let mut all: HashMap<_, _> = self
             .definitions()?
             .into_iter()
-            .map(|d| (d.name, d.def.columns))
+            .map(|d| {
+                let remarks = d
+                    .def
+                    .columns
+                    .iter()
+                    .filter_map(|(c, def)| Some((c.clone(), def.description()?.to_string())))
+                    .collect();
+                (d.name, remarks)
+            })
             .collect();
         let written: Vec<(String, String, String)> = self.0.conn()?.query_map(
             "SELECT schema_name, table_name, remarks FROM written_tables WHERE remarks IS NOT NULL",
