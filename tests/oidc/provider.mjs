@@ -4,7 +4,7 @@
 //   node provider.mjs <redirect_uri>
 //
 // Prints `ISSUER <url>` once listening. Interactions (login, consent) complete at once as the
-// account last set with `POST /test/account` (JSON: sub, email, email_verified, name, groups),
+// account last set with `POST /test/account` (JSON: sub, email, email_verified, name, groups, region),
 // so a test drives the whole authorization-code flow with plain HTTP requests.
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -35,7 +35,7 @@ server.listen(0, '127.0.0.1', () => {
       openid: ['sub'],
       email: ['email', 'email_verified'],
       profile: ['name'],
-      groups: ['groups'],
+      groups: ['groups', 'region'],
     },
     // Claims go into the ID token itself, as Google, Okta and Entra do.
     conformIdTokenClaims: false,
@@ -73,7 +73,7 @@ server.listen(0, '127.0.0.1', () => {
           ? await provider.Grant.find(details.grantId)
           : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
         grant.addOIDCScope('openid email profile groups');
-        grant.addOIDCClaims(['email', 'email_verified', 'name', 'groups']);
+        grant.addOIDCClaims(['email', 'email_verified', 'name', 'groups', 'region']);
         const grantId = await grant.save();
         await provider.interactionFinished(req, res, { consent: { grantId } },
           { mergeWithLastSubmission: true });

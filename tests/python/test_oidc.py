@@ -47,6 +47,7 @@ auth:
       scopes: [openid, email, profile, groups]
       allowed_domains: [example.com]
       groups_claim: groups
+      attributes: {region: region}
 """
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"), config=config,
@@ -93,10 +94,12 @@ class Flow:
         return self.browser.cookies.get("quiver_session")
 
 
-def account(email, groups=(), verified=True, name="Test User"):
+def account(email, groups=(), verified=True, name="Test User", region=None):
     """An account at the provider; `verified=None` sends no `email_verified` claim at all."""
     person = {"sub": str(uuid.uuid4()), "email": email, "email_verified": verified, "name": name,
               "groups": list(groups)}
+    if region is not None:
+        person["region"] = region
     if verified is None:
         del person["email_verified"]
     return person
@@ -133,6 +136,31 @@ def test_sign_in_creates_the_user_syncs_groups_and_works_for_flight_sql(idp_and_
     person["groups"] = []
     flow = Flow(issuer, server, person)
     assert api(server, "GET", "/api/me", flow.session_token)[1]["groups"] == ["Everyone", "manual"]
+
+
+def test_a_claim_mapped_to_a_user_attribute_drives_a_grant_filter(idp_and_server):
+    issuer, server = idp_and_server
+    admin = login(server, ADMIN_EMAIL, ADMIN_PASSWORD)
+    group = f"regional_{uuid.uuid4().hex[:6]}"
+    assert api(server, "POST", "/api/admin/groups", admin, {"name": group})[0] == 201
+    # One grant for every region: each person sees the nations of the region their provider says.
+    status, grant = api(server, "POST", "/api/admin/grants", admin, {
+        "group": group, "table": "tpch.region",
+        "row_filter": "r_name = user_attribute('region')"})
+    assert status == 201, grant
+    seen = {}
+    for email, region in [("paul@example.com", "EUROPE"), ("rita@example.com", "ASIA")]:
+        flow = Flow(issuer, server, account(email, groups=[group], region=region))
+        assert api(server, "GET", f"/api/admin/users/{email}/attributes", admin)[1] == {"region": region}
+        with connect(server, token=flow.session_token) as c, c.cursor() as cur:
+            cur.execute("SELECT r_name FROM tpch.region")
+            seen[email] = [r[0] for r in cur.fetchall()]
+    assert seen == {"paul@example.com": ["EUROPE"], "rita@example.com": ["ASIA"]}
+    # The provider moves Paul; his next sign-in carries it, and his next query follows.
+    flow = Flow(issuer, server, account("paul@example.com", groups=[group], region="AFRICA"))
+    with connect(server, token=flow.session_token) as c, c.cursor() as cur:
+        cur.execute("SELECT r_name FROM tpch.region")
+        assert [r[0] for r in cur.fetchall()] == ["AFRICA"]
 
 
 def test_redirects_after_sign_in_stay_on_this_server(idp_and_server):

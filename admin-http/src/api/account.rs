@@ -32,6 +32,18 @@ pub async fn me(Caller { principal: p, .. }: Caller) -> Json<Me> {
     })
 }
 
+/// What the caller may read of each table, and which grant, policy or tag brought each row
+/// condition and mask.
+#[utoipa::path(get, path = "/api/me/access", tag = "me",
+    responses((status = 200, body = Vec<Object>), (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn my_access(
+    State(app): State<AppState>,
+    Caller { principal: p, .. }: Caller,
+) -> Result<Json<Vec<quiver_catalog::engine::TableAccess>>, ApiError> {
+    Ok(Json(app.engine.effective_access(&p).await?))
+}
+
 /// A table in the caller's catalog.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CatalogTable {

@@ -10,6 +10,7 @@ pub mod account;
 pub mod audit;
 pub mod governance;
 pub mod grants;
+pub mod preview;
 pub mod service_accounts;
 pub mod tables;
 pub mod users;

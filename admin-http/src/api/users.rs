@@ -201,6 +201,26 @@ pub async fn set_attributes(
     Ok(Json(stored))
 }
 
+/// What a user may read of each table, and why (as `GET /api/me/access` shows them).
+#[utoipa::path(get, path = "/api/admin/users/{email}/access", tag = "admin", params(("email" = String, Path)),
+    responses((status = 200, body = Vec<Object>), (status = 404, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn access(
+    State(app): State<AppState>,
+    _: AdminCaller,
+    Path(email): Path<String>,
+) -> Result<Json<Vec<quiver_catalog::engine::TableAccess>>, ApiError> {
+    let principal = {
+        let email = email.clone();
+        blocking(&app, move |s| {
+            s.identity().principal(&email.trim().to_lowercase())
+        })
+        .await?
+    }
+    .ok_or_else(|| quiver_catalog::CatalogError::NotFound(format!("no active user `{email}`")))?;
+    Ok(Json(app.engine.effective_access(&principal).await?))
+}
+
 /// `POST /api/admin/groups` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -15,6 +15,7 @@
 //! in parts (`parts`). Every plan ends in plain Arrow types ([`crate::engine::wire`]).
 
 mod accelerate;
+mod access;
 pub(crate) mod caller;
 pub mod distributed;
 pub(crate) mod executor;
@@ -33,6 +34,7 @@ pub mod wire;
 pub mod worker;
 pub mod writes;
 
+pub use access::{ColumnAccess, GrantInForce, PolicyEffect, RowPolicyInForce, TableAccess};
 pub use parts::Layout;
 
 use sessions::PrincipalSession;

@@ -22,7 +22,7 @@ use crate::auth::principal::Principal;
 use crate::engine::executor::YieldAfterJoins;
 use crate::engine::functions::BoundedConcatPlanner;
 use crate::engine::memory::UserPool;
-use crate::engine::policy::{MaskHash, PolicyTable, RowPolicies, TablePolicy};
+use crate::engine::policy::{MaskHash, PolicyTable, RowPolicies, TablePolicy, TagMask};
 use crate::engine::remote::RemoteTable;
 use crate::engine::system::{AuditTable, SYSTEM_SCHEMA};
 use crate::names::CATALOG_NAME;
@@ -380,12 +380,12 @@ impl QueryEngine {
 /// The tag masks `principal` sees `table`'s columns (of `schema`) through: for each column
 /// carrying a tag that a policy not excepting the principal's groups is bound to, the most
 /// restrictive such policy's mask.
-fn tag_masks(
+pub(super) fn tag_masks(
     (tags, policies): &(Tags, Vec<Policy>),
     principal: &Principal,
     table: &TableName,
     schema: &datafusion::arrow::datatypes::Schema,
-) -> Vec<(usize, Mask)> {
+) -> Vec<TagMask> {
     if tags.is_empty() || policies.is_empty() {
         return Vec::new();
     }
@@ -398,7 +398,7 @@ fn tag_masks(
         .fields()
         .iter()
         .enumerate()
-        .filter_map(|(index, field)| {
+        .filter_map(|(column, field)| {
             let carried = tags.of_column(table, field.name());
             applying
                 .iter()
@@ -406,16 +406,19 @@ fn tag_masks(
                     let bound = p.tag.as_deref().unwrap_or_default();
                     carried.iter().any(|t| tag_covers(bound, t))
                 })
-                .map(|(_, m)| m.clone())
-                .min_by_key(Mask::rank)
-                .map(|mask| (index, mask))
+                .min_by_key(|(_, m)| m.rank())
+                .map(|(p, mask)| TagMask {
+                    column,
+                    mask: mask.clone(),
+                    policy: p.name.clone(),
+                })
         })
         .collect()
 }
 
 /// The row policies covering `table` (of `schema`) for `principal`: those bound to the
 /// table (or its schema), and those bound to a tag, once for each column carrying it.
-fn row_policies(
+pub(super) fn row_policies(
     (tags, policies): &(Tags, Vec<Policy>),
     principal: &Principal,
     table: &TableName,

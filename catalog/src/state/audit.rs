@@ -74,6 +74,25 @@ pub struct QueryRecord {
     pub outcome: String,
 }
 
+/// A statement an admin ran as another user ("view as").
+#[derive(Debug, Clone)]
+pub struct PreviewRecord {
+    /// The admin who ran it.
+    pub admin: String,
+    /// The user it ran as.
+    pub user: String,
+    /// Its SQL.
+    pub statement: String,
+    /// Tables it read, `schema.table`.
+    pub tables: Vec<String>,
+    /// Rows returned.
+    pub rows: u64,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// `ok` or `error: …`.
+    pub outcome: String,
+}
+
 /// The audit log (see [`StateStore::audit`]).
 pub struct Audit<'a>(pub(super) &'a StateStore);
 
@@ -105,6 +124,25 @@ impl Audit<'_> {
         self.0.conn()?.execute(
             "INSERT INTO audit (actor, action, target, outcome) VALUES ($1, $2, $3, $4)",
             params![actor, action, target, outcome],
+        )?;
+        Ok(())
+    }
+
+    /// Records a statement an admin ran as another user: action `preview`, the admin as
+    /// actor, the user as target.
+    pub fn record_preview(&self, p: &PreviewRecord) -> Result<(), CatalogError> {
+        self.0.conn()?.execute(
+            "INSERT INTO audit (actor, action, target, outcome, statement, tables, row_count, duration_ms)
+             VALUES ($1, 'preview', $2, $3, $4, $5, $6, $7)",
+            params![
+                p.admin,
+                p.user,
+                p.outcome,
+                p.statement,
+                p.tables.join(","),
+                p.rows as i64,
+                p.duration_ms as i64
+            ],
         )?;
         Ok(())
     }

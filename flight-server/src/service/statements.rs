@@ -140,6 +140,16 @@ impl QuiverFlightSql {
             .with_total_records(-1)
             .with_total_bytes(-1)
             .with_ordered(is_ordered(&planned.plan));
+        // Say when policies filtered or masked what the statement reads (never how).
+        let effects = self
+            .engine
+            .policy_effects(principal, &planned.tables)
+            .await
+            .map_err(to_status)?;
+        if !effects.is_empty() {
+            let metadata = serde_json::json!({ "policy": effects });
+            info = info.with_app_metadata(metadata.to_string().into_bytes());
+        }
         let locations = self.locations();
         for (index, ticket) in tickets.iter().enumerate() {
             self.plans.keep(&ticket.query_id, principal, &planned);

@@ -56,6 +56,16 @@ pub(crate) struct TablePolicy {
     closed: Option<String>,
 }
 
+/// The mask a tag policy puts on one column (the most restrictive, when several cover it).
+#[derive(Debug, Clone)]
+pub(crate) struct TagMask {
+    /// The column's index in the base table.
+    pub(crate) column: usize,
+    pub(crate) mask: crate::state::governance::Mask,
+    /// The policy it comes from.
+    pub(crate) policy: String,
+}
+
 /// The row policies covering one table for one caller, as (policy name, condition written
 /// for the table).
 #[derive(Debug, Default)]
@@ -179,10 +189,10 @@ impl TablePolicy {
         &mut self,
         state: &SessionState,
         base: &Schema,
-        masks: &[(usize, crate::state::governance::Mask)],
+        masks: &[TagMask],
     ) {
         for (index, rule) in &mut self.columns {
-            let Some((_, mask)) = masks.iter().find(|(i, _)| i == index) else {
+            let Some(TagMask { mask, .. }) = masks.iter().find(|m| m.column == *index) else {
                 continue;
             };
             let field = base.field(*index);
