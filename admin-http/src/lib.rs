@@ -163,6 +163,7 @@ fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(api::service_accounts::revoke_service_account))
         .routes(routes!(api::audit::audit))
+        .routes(routes!(api::audit::access_history))
         .routes(routes!(api::audit::backup_state))
         .routes(routes!(api::tables::tables, api::tables::create_table))
         .routes(routes!(api::tables::sync_table))

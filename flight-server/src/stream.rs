@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use futures::{FutureExt, Stream};
+use quiver_catalog::Planned;
 use quiver_catalog::StateStore;
-use quiver_catalog::state::audit::QueryRecord;
+use quiver_catalog::state::audit::{QueryRecord, TableRead};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
@@ -271,8 +272,8 @@ pub struct QueryLog {
     pub user: String,
     /// The SQL text.
     pub statement: String,
-    /// Tables the query reads, once planned.
-    tables: Mutex<Vec<String>>,
+    /// Tables the query reads, and what of each, once planned.
+    tables: Mutex<(Vec<String>, Vec<TableRead>)>,
     /// The user's place for this work, released when the query ends.
     slot: Mutex<Option<Slot>>,
     started: Instant,
@@ -309,9 +310,10 @@ impl QueryLog {
         })
     }
 
-    /// Records the tables the query reads.
-    pub fn set_tables(&self, tables: Vec<String>) {
-        *self.tables.lock().unwrap_or_else(|p| p.into_inner()) = tables;
+    /// Records the tables the query reads, and what of each (for the access history).
+    pub fn set_reads(&self, planned: &Planned) {
+        *self.tables.lock().unwrap_or_else(|p| p.into_inner()) =
+            (planned.tables.clone(), planned.reads.clone());
     }
 
     /// Holds `slot` until the query ends.
@@ -373,10 +375,13 @@ impl Drop for QueryLog {
             .flatten()
             .unwrap_or_else(|| ("cancelled", "cancelled: client went away".into()));
         let duration_ms = self.started.elapsed().as_millis() as u64;
+        let (tables, reads) =
+            std::mem::take(self.tables.get_mut().unwrap_or_else(|p| p.into_inner()));
         let record = QueryRecord {
             user: std::mem::take(&mut self.user),
             statement: std::mem::take(&mut self.statement),
-            tables: std::mem::take(self.tables.get_mut().unwrap_or_else(|p| p.into_inner())),
+            tables,
+            reads,
             rows: self.rows.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             duration_ms,

@@ -446,3 +446,63 @@ def test_effective_access_explains_each_mask_and_condition(gov):
     for name in (f"phones_{suffix}", f"few_{suffix}"):
         assert api(server, "DELETE", f"/api/admin/policies/{name}", admin)[0] == 204
     assert api(server, "PUT", "/api/admin/tables/tpch.supplier/tags", admin, {})[0] == 200
+
+
+def history(server, admin, **query):
+    """The access history, waiting for the statements' audit rows (written in batches)."""
+    import time
+    import urllib.parse
+
+    path = "/api/admin/access-history?" + urllib.parse.urlencode(query)
+    deadline = time.time() + 10
+    while True:
+        status, found = api(server, "GET", path, admin)
+        assert status == 200, found
+        if found or time.time() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_access_history_tells_projected_from_filter_only_columns(gov):
+    server, admin = gov
+    reader, group, grant = user_granted(server, admin, "audited", "tpch.customer", PASSWORD,
+                                        column_masks={"c_phone": "'***'"})
+    status, nation_grant = api(server, "POST", "/api/admin/grants", admin, {"group": group, "table": "tpch.nation"})
+    assert status == 201, nation_grant
+    rows(server, reader, PASSWORD, "SELECT c_name, c_phone FROM tpch.customer WHERE c_acctbal > 9000")
+    got = history(server, admin, table="tpch.customer", user=reader)
+    assert len(got) == 1, got
+    assert {k: got[0][k] for k in ("user", "table", "columns_projected", "columns_filtered", "masked_columns",
+                                   "policies")} == {
+        "user": reader, "table": "tpch.customer", "columns_projected": ["c_name", "c_phone"],
+        "columns_filtered": ["c_acctbal"], "masked_columns": ["c_phone"], "policies": [f"grant {grant['id']}"]}
+
+    rows(server, reader, PASSWORD,
+         "SELECT n.n_name, count(*) AS n FROM tpch.customer c JOIN tpch.nation n ON c.c_nationkey = n.n_nationkey "
+         "WHERE c.c_mktsegment = 'BUILDING' GROUP BY n.n_name")
+    import time
+
+    deadline = time.time() + 10
+    while len(got := history(server, admin, user=reader)) < 3 and time.time() < deadline:
+        time.sleep(0.2)
+    joined = {r["table"]: r for r in got if r["statement_id"] == got[0]["statement_id"]}
+    assert joined["tpch.customer"]["columns_projected"] == []
+    assert joined["tpch.customer"]["columns_filtered"] == ["c_mktsegment", "c_nationkey"]
+    assert joined["tpch.nation"]["columns_projected"] == ["n_name"]
+    assert joined["tpch.nation"]["columns_filtered"] == ["n_nationkey"]
+    assert [r["statement_id"] for r in history(server, admin, table="tpch.customer", column="c_mktsegment",
+                                                user=reader)] == [got[0]["statement_id"]]
+
+    # "Who read c_phone unmasked" is one query for an admin, and the admin is among them.
+    rows(server, ADMIN_EMAIL, ADMIN_PASSWORD, "SELECT c_phone FROM tpch.customer LIMIT 1")
+    history(server, admin, user=ADMIN_EMAIL, table="tpch.customer")
+    who = rows(server, ADMIN_EMAIL, ADMIN_PASSWORD,
+               "SELECT DISTINCT \"user\" FROM system.access_history WHERE table_name = 'tpch.customer' "
+               "AND array_has(columns_projected, 'c_phone') AND NOT array_has(masked_columns, 'c_phone')")
+    assert {r["user"] for r in who} >= {ADMIN_EMAIL} and reader not in {r["user"] for r in who}
+    # Not for anyone else.
+    token = login(server, reader, PASSWORD)
+    assert api(server, "GET", "/api/admin/access-history", token)[0] == 403
+    with pytest.raises(adbc_driver_manager.Error):
+        rows(server, reader, PASSWORD, "SELECT * FROM system.access_history")
+    assert api(server, "GET", "/api/admin/access-history?bogus=1", admin)[0] == 400

@@ -143,3 +143,40 @@ pub async fn backup_state(
     )
         .into_response())
 }
+
+/// `GET /api/admin/access-history` filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AccessHistoryQuery {
+    /// Only reads of this table (`schema.table`).
+    table: Option<String>,
+    /// Only reads that showed or filtered on this column.
+    column: Option<String>,
+    /// Only this user's.
+    user: Option<String>,
+    /// At most this many statements (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// Who read which columns: one row per statement and table, newest first — the columns in
+/// its output, those used only to choose rows, the grants and policies that shaped what
+/// the user saw, and the output columns they saw masked (also `system.access_history`).
+#[utoipa::path(get, path = "/api/admin/access-history", tag = "admin", params(AccessHistoryQuery),
+    responses((status = 200, body = Vec<Object>), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn access_history(
+    State(app): State<AppState>,
+    _: AdminCaller,
+    Query(q): Query<AccessHistoryQuery>,
+) -> Result<Json<Vec<audit::AccessRow>>, ApiError> {
+    let filter = audit::AccessFilter {
+        table: q.table,
+        column: q.column,
+        user: q.user.map(|u| u.trim().to_lowercase()),
+        limit: q.limit,
+    };
+    Ok(Json(
+        blocking(&app, move |s| s.audit().access_history(&filter)).await?,
+    ))
+}

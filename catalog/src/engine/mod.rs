@@ -21,6 +21,7 @@ pub mod distributed;
 pub(crate) mod executor;
 pub(crate) mod functions;
 pub(crate) mod limits;
+mod lineage;
 pub(crate) mod memory;
 mod parts;
 pub(crate) mod policy;

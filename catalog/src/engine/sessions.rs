@@ -24,7 +24,7 @@ use crate::engine::functions::BoundedConcatPlanner;
 use crate::engine::memory::UserPool;
 use crate::engine::policy::{MaskHash, PolicyTable, RowPolicies, TablePolicy, TagMask};
 use crate::engine::remote::RemoteTable;
-use crate::engine::system::{AuditTable, SYSTEM_SCHEMA};
+use crate::engine::system::{SYSTEM_SCHEMA, SnapshotTable};
 use crate::names::CATALOG_NAME;
 use crate::state::TableEntry;
 use crate::state::access::Grant;
@@ -56,6 +56,9 @@ pub struct VisibleTable {
     /// Read from its source by each query (`mode: remote`): its version holds only the
     /// schema, so it has no row count or profile of its own.
     pub remote: bool,
+    /// The grants and policies that shape it for this principal (`grant 12`,
+    /// `policy legal_only`), for the access history.
+    pub applied: Vec<String>,
 }
 
 impl QueryEngine {
@@ -184,6 +187,7 @@ impl QueryEngine {
                 (None, None) => self.provider(&ctx, &entry).await?,
             };
             let mut row_filtered = false;
+            let mut applied: Vec<String> = Vec::new();
             let mut clear_columns: Vec<String> = base
                 .schema()
                 .fields()
@@ -211,6 +215,16 @@ impl QueryEngine {
                 };
                 let masks = tag_masks(&governance, principal, &entry.name, &base.schema());
                 policy.apply_tag_masks(&state, &base.schema(), &masks);
+                applied.extend(applicable.iter().map(|g| format!("grant {}", g.id)));
+                let named = rows
+                    .permissive
+                    .iter()
+                    .chain(&rows.restrictive)
+                    .map(|(name, _)| name)
+                    .chain(masks.iter().map(|m| &m.policy));
+                applied.extend(named.map(|name| format!("policy {name}")));
+                applied.sort();
+                applied.dedup();
                 row_filtered = policy.filters_rows();
                 clear_columns = policy.clear_columns(&base.schema());
                 if policy.is_transparent(&base.schema()) {
@@ -238,6 +252,7 @@ impl QueryEngine {
                 entry,
                 row_filtered,
                 clear_columns,
+                applied,
             });
         }
         if principal.is_admin() {
@@ -245,7 +260,12 @@ impl QueryEngine {
             datafusion::catalog::SchemaProvider::register_table(
                 system.as_ref(),
                 "audit".into(),
-                Arc::new(AuditTable::new(self.state.clone())?),
+                Arc::new(SnapshotTable::audit(self.state.clone())?),
+            )?;
+            datafusion::catalog::SchemaProvider::register_table(
+                system.as_ref(),
+                "access_history".into(),
+                Arc::new(SnapshotTable::access_history(self.state.clone())?),
             )?;
             schemas.insert(SYSTEM_SCHEMA.into(), system);
         }

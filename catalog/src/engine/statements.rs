@@ -197,6 +197,7 @@ impl QueryEngine {
                 ctx,
                 tables: Vec::new(),
                 read: Vec::new(),
+                reads: Vec::new(),
                 generation,
                 result_key: None,
                 write: Some(write),
@@ -226,6 +227,7 @@ impl QueryEngine {
             ));
         }
         let tables = tables_read(&plan, schema);
+        let reads = super::lineage::reads(&plan, schema, &session.tables);
         // No view types leave the server (EXPLAIN's text columns are plain already).
         let plan = match plan {
             LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => plan,
@@ -256,6 +258,7 @@ impl QueryEngine {
             plan,
             tables,
             read,
+            reads,
             generation,
             result_key,
             write,
@@ -341,6 +344,8 @@ pub struct Planned {
     pub tables: Vec<String>,
     /// The registered tables among them, at the versions it reads.
     pub read: Vec<TableEntry>,
+    /// What it reads of each table, for the access history.
+    pub reads: Vec<crate::state::audit::TableRead>,
     /// The state's generation it was planned at (see [`QueryEngine::is_current`]).
     generation: u64,
     /// Where its result is kept, if it may be (see `results`).

@@ -1,9 +1,12 @@
-//! The `system` schema, in administrators' catalogs only: `system.audit` is the audit log,
-//! queryable with SQL like any table.
+//! The `system` schema, in administrators' catalogs only: `system.audit` is the audit log and
+//! `system.access_history` what each statement read of each table (the columns in its
+//! output, those used only to choose rows, the policies and masks in force), queryable with
+//! SQL like any table.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::Result;
@@ -13,28 +16,46 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::CatalogError;
 use crate::state::StateStore;
 
 /// Name of the schema holding system tables.
 pub(crate) const SYSTEM_SCHEMA: &str = "system";
 
-/// `system.audit`: a snapshot of the audit log taken when the query runs.
+/// Reads a system table from the state: `Some(0)` rows gives just its schema.
+type Read = fn(&StateStore, Option<usize>) -> Result<(SchemaRef, Vec<RecordBatch>), CatalogError>;
+
+/// A system table: a snapshot of part of the state taken when the query runs.
 #[derive(Debug)]
-pub(crate) struct AuditTable {
+pub(crate) struct SnapshotTable {
     state: Arc<StateStore>,
     schema: SchemaRef,
+    read: Read,
 }
 
-impl AuditTable {
-    /// The table over `state`'s audit log.
-    pub(crate) fn new(state: Arc<StateStore>) -> Result<Self, crate::CatalogError> {
-        let (schema, _) = state.audit().arrow(Some(0))?;
-        Ok(Self { state, schema })
+impl SnapshotTable {
+    /// `system.audit`.
+    pub(crate) fn audit(state: Arc<StateStore>) -> Result<Self, CatalogError> {
+        Self::new(state, |s, limit| s.audit().arrow(limit))
+    }
+
+    /// `system.access_history`.
+    pub(crate) fn access_history(state: Arc<StateStore>) -> Result<Self, CatalogError> {
+        Self::new(state, |s, limit| s.audit().access_history_arrow(limit))
+    }
+
+    fn new(state: Arc<StateStore>, read: Read) -> Result<Self, CatalogError> {
+        let (schema, _) = read(&state, Some(0))?;
+        Ok(Self {
+            state,
+            schema,
+            read,
+        })
     }
 }
 
 #[async_trait]
-impl TableProvider for AuditTable {
+impl TableProvider for SnapshotTable {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -50,8 +71,8 @@ impl TableProvider for AuditTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = self.state.clone();
-        let (_, batches) = tokio::task::spawn_blocking(move || state.audit().arrow(None))
+        let (state, read) = (self.state.clone(), self.read);
+        let (_, batches) = tokio::task::spawn_blocking(move || read(&state, None))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e)))?;

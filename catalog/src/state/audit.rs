@@ -55,6 +55,22 @@ pub struct AuditQuery {
     pub action: Option<String>,
 }
 
+/// What a statement read of one table, for the access history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableRead {
+    /// `schema.table`, as the user named it.
+    pub table: String,
+    /// Columns that reach the output.
+    pub columns_projected: Vec<String>,
+    /// Columns used only to choose rows (filters, join keys, sorts).
+    pub columns_filtered: Vec<String>,
+    /// The grants and policies that shaped what the user saw of the table (`grant 12`,
+    /// `policy legal_only`).
+    pub policies: Vec<String>,
+    /// Output columns the user saw masked.
+    pub masked_columns: Vec<String>,
+}
+
 /// A finished query, as the Flight SQL service reports it.
 #[derive(Debug, Clone)]
 pub struct QueryRecord {
@@ -72,6 +88,8 @@ pub struct QueryRecord {
     pub duration_ms: u64,
     /// `ok`, `cancelled`, `error: …`.
     pub outcome: String,
+    /// What it read of each table, for the access history.
+    pub reads: Vec<TableRead>,
 }
 
 /// A statement an admin ran as another user ("view as").
@@ -232,6 +250,153 @@ impl Audit<'_> {
     }
 }
 
+/// Which access-history rows to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AccessFilter {
+    /// Only reads of this table (`schema.table`).
+    pub table: Option<String>,
+    /// Only reads that projected or filtered on this column.
+    pub column: Option<String>,
+    /// Only this user's.
+    pub user: Option<String>,
+    /// At most this many statements' rows (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// One row of the access history: what one statement read of one table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccessRow {
+    /// The statement's audit id.
+    pub statement_id: i64,
+    /// Who ran it.
+    pub user: String,
+    /// When, UTC, ISO 8601.
+    pub occurred_at: String,
+    /// What it read of the table.
+    #[serde(flatten)]
+    pub read: TableRead,
+}
+
+impl Audit<'_> {
+    /// The access history, newest first: one row per statement and table read.
+    pub fn access_history(&self, filter: &AccessFilter) -> Result<Vec<AccessRow>, CatalogError> {
+        let limit = filter.limit.unwrap_or(100).clamp(1, 1000) as i64;
+        let like = filter
+            .table
+            .as_ref()
+            .map(|t| format!("%\"table\":{}%", serde_json::Value::from(t.as_str())));
+        let rows: Vec<(i64, Timestamp, String, String)> = self.0.conn()?.query_map(
+            "SELECT id, occurred_at, actor, access FROM audit
+             WHERE access IS NOT NULL
+               AND ($1::VARCHAR IS NULL OR actor = $1)
+               AND ($2::VARCHAR IS NULL OR access LIKE $2)
+             ORDER BY id DESC LIMIT $3",
+            params![filter.user, like, limit],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let mut out = Vec::new();
+        for (id, at, user, access) in rows {
+            let reads: Vec<TableRead> = serde_json::from_str(&access).unwrap_or_default();
+            for read in reads {
+                if filter.table.as_ref().is_some_and(|t| t != &read.table) {
+                    continue;
+                }
+                if let Some(c) = &filter.column
+                    && !read.columns_projected.contains(c)
+                    && !read.columns_filtered.contains(c)
+                {
+                    continue;
+                }
+                out.push(AccessRow {
+                    statement_id: id,
+                    user: user.clone(),
+                    occurred_at: at.iso_millis(),
+                    read,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole access history as Arrow batches, oldest first (the admins'
+    /// `system.access_history`); `limit` caps the statements (0 gives just the schema).
+    pub fn access_history_arrow(
+        &self,
+        limit: Option<usize>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), CatalogError> {
+        use arrow::array::{ListBuilder, StringBuilder};
+        let limit = limit.map(|l| l as i64).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, Timestamp, String, String)> = self.0.conn()?.query_map(
+            "SELECT id, occurred_at, actor, access FROM audit WHERE access IS NOT NULL
+             ORDER BY id LIMIT $1",
+            params![limit],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let (mut ids, mut at, mut users, mut tables) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut lists: [ListBuilder<StringBuilder>; 4] =
+            std::array::from_fn(|_| ListBuilder::new(StringBuilder::new()));
+        for (id, when, user, access) in rows {
+            let reads: Vec<TableRead> = serde_json::from_str(&access).unwrap_or_default();
+            for read in reads {
+                ids.push(id);
+                at.push(when.0);
+                users.push(user.clone());
+                tables.push(read.table.clone());
+                for (list, values) in lists.iter_mut().zip([
+                    &read.columns_projected,
+                    &read.columns_filtered,
+                    &read.policies,
+                    &read.masked_columns,
+                ]) {
+                    list.append_value(values.iter().map(Some));
+                }
+            }
+        }
+        let [projected, filtered, policies, masked] =
+            lists.map(|mut l| Arc::new(l.finish()) as ArrayRef);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(TimestampMicrosecondArray::from(at)),
+            Arc::new(StringArray::from(users)),
+            Arc::new(StringArray::from(tables)),
+            projected,
+            filtered,
+            policies,
+            masked,
+        ];
+        let schema = access_history_schema();
+        let batch = RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| CatalogError::Internal(format!("access history batch: {e}")))?;
+        Ok((schema, vec![batch]))
+    }
+}
+
+/// The columns of `system.access_history`.
+fn access_history_schema() -> SchemaRef {
+    let list = |name: &str| {
+        Field::new(
+            name,
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            true,
+        )
+    };
+    Arc::new(Schema::new(vec![
+        Field::new("statement_id", DataType::Int64, false),
+        Field::new(
+            "occurred_at",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
+        Field::new("user", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        list("columns_projected"),
+        list("columns_filtered"),
+        list("policies"),
+        list("masked_columns"),
+    ]))
+}
+
 /// The columns of `system.audit`.
 fn audit_schema() -> SchemaRef {
     let text = |name: &str| Field::new(name, DataType::Utf8, true);
@@ -256,7 +421,7 @@ fn audit_schema() -> SchemaRef {
     ]))
 }
 
-/// Rows one statement of [`insert_queries`] writes at most (7 parameters each).
+/// Rows one statement of [`insert_queries`] writes at most (8 parameters each).
 const INSERT_ROWS: usize = 200;
 /// How long the writer gathers records after the first before writing them.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
@@ -267,7 +432,7 @@ const ATTEMPTS: u32 = 5;
 fn insert_queries(db: &Db, records: &[QueryRecord]) -> Result<(), CatalogError> {
     let conn = db.conn()?;
     for chunk in records.chunks(INSERT_ROWS) {
-        let rows: Vec<(String, i64, i64, i64)> = chunk
+        let rows: Vec<(String, i64, i64, i64, Option<String>)> = chunk
             .iter()
             .map(|q| {
                 (
@@ -275,23 +440,17 @@ fn insert_queries(db: &Db, records: &[QueryRecord]) -> Result<(), CatalogError> 
                     q.rows as i64,
                     q.bytes as i64,
                     q.duration_ms as i64,
+                    (!q.reads.is_empty())
+                        .then(|| serde_json::to_string(&q.reads).unwrap_or_default()),
                 )
             })
             .collect();
         let mut values = Vec::with_capacity(chunk.len());
-        let mut args: Vec<&dyn Param> = Vec::with_capacity(chunk.len() * 7);
-        for (i, (q, (tables, rows, bytes, ms))) in chunk.iter().zip(&rows).enumerate() {
-            let n = i * 7;
-            values.push(format!(
-                "(${}, 'query', ${}, ${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7
-            ));
+        let mut args: Vec<&dyn Param> = Vec::with_capacity(chunk.len() * 8);
+        for (i, (q, (tables, rows, bytes, ms, access))) in chunk.iter().zip(&rows).enumerate() {
+            let n = i * 8;
+            let p: Vec<String> = (1..=8).map(|k| format!("${}", n + k)).collect();
+            values.push(format!("({}, 'query', {})", p[0], p[1..].join(", ")));
             args.extend([
                 &q.user as &dyn Param,
                 &q.outcome,
@@ -300,11 +459,12 @@ fn insert_queries(db: &Db, records: &[QueryRecord]) -> Result<(), CatalogError> 
                 rows,
                 bytes,
                 ms,
+                access,
             ]);
         }
         conn.execute(
             &format!(
-                "INSERT INTO audit (actor, action, outcome, statement, tables, row_count, byte_count, duration_ms) VALUES {}",
+                "INSERT INTO audit (actor, action, outcome, statement, tables, row_count, byte_count, duration_ms, access) VALUES {}",
                 values.join(", ")
             ),
             &args,

@@ -261,7 +261,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 15: user attributes (`user_attribute('region')` in conditions): a JSON string or
-    // list of strings per user and name; where a policy was defined.
+    // list of strings per user and name; where a policy was defined; what each statement read
+    // of each table (the access history).
     r#"
     CREATE TABLE user_attributes (
         email       VARCHAR NOT NULL,
@@ -270,5 +271,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (email, name)
     );
     ALTER TABLE policies ADD COLUMN origin VARCHAR;   -- 'config' for the file's, else NULL
+    ALTER TABLE audit ADD COLUMN access VARCHAR;       -- a statement's reads, JSON
     "#,
 ];

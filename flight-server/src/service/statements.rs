@@ -223,7 +223,7 @@ impl QuiverFlightSql {
             self.running.clone(),
             Some(self.engine.state().clone()),
         );
-        log.set_tables(planned.tables.clone());
+        log.set_reads(&planned);
         log.hold(slot);
         let param_rows = match &ticket.params {
             Some(ipc) => parameter_rows(&planned.plan, ipc).inspect_err(|status| {

@@ -54,7 +54,7 @@ impl QuiverFlightSql {
             self.running.clone(),
             Some(self.engine.state().clone()),
         );
-        log.set_tables(planned.tables.clone());
+        log.set_reads(planned);
         log.hold(slot);
         let rows = match params {
             Some(ipc) => parameter_rows(&planned.plan, ipc).inspect_err(|s| log.refused(s))?,
