@@ -259,11 +259,6 @@ def test_one_grant_with_user_attributes_serves_every_region(gov):
     server, admin = gov
     group = f"regions_{uuid.uuid4().hex[:6]}"
     assert api(server, "POST", "/api/admin/groups", admin, {"name": group})[0] == 201
-    status, grant = api(server, "POST", "/api/admin/grants", admin, {
-        "group": group, "table": "tpch.nation",
-        "row_filter": "CAST(n_regionkey AS VARCHAR) = user_attribute('region') "
-                      "OR array_has(user_attribute('regions'), CAST(n_regionkey AS VARCHAR))"})
-    assert status == 201, grant
     people = {}
     for name, attributes in [("one", {"region": "1"}), ("two", {"regions": ["2", "3"]}), ("none", {})]:
         email = f"{name}-{uuid.uuid4().hex[:6]}@example.com"
@@ -272,6 +267,12 @@ def test_one_grant_with_user_attributes_serves_every_region(gov):
         status, stored = api(server, "PUT", f"/api/admin/users/{email}/attributes", admin, attributes)
         assert status == 200 and stored == attributes, stored
         people[name] = email
+    # `regions` is a list (someone holds a list): `user_attribute` gives a list to all.
+    status, grant = api(server, "POST", "/api/admin/grants", admin, {
+        "group": group, "table": "tpch.nation",
+        "row_filter": "CAST(n_regionkey AS VARCHAR) = user_attribute('region') "
+                      "OR array_has(user_attribute('regions'), CAST(n_regionkey AS VARCHAR))"})
+    assert status == 201, grant
     regions = {name: sorted({r["n_regionkey"] for r in rows(server, email, PASSWORD, "SELECT n_regionkey FROM tpch.nation")})
                for name, email in people.items()}
     assert regions == {"one": [1], "two": [2, 3], "none": []}

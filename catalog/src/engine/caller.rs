@@ -3,6 +3,7 @@
 //! a session (its principal's), so a condition such as `region = user_attribute('region')`
 //! becomes a comparison with a literal when planned.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
@@ -20,12 +21,14 @@ use crate::state::identity::{AttributeValue, Attributes};
 pub(crate) const CALLER_FUNCTIONS: &[&str] =
     &["current_user", "current_user_groups", "user_attribute"];
 
-/// Registers the caller's functions for `email`, a member of `groups` with `attributes`.
+/// Registers the caller's functions for `email`, a member of `groups` with `attributes`;
+/// `lists` names the attributes that are lists (for every user).
 pub(crate) fn register(
     ctx: &SessionContext,
     email: &str,
     groups: &[String],
     attributes: &Attributes,
+    lists: &BTreeSet<String>,
 ) {
     ctx.register_udf(ScalarUDF::from(Fact::new(
         "current_user",
@@ -37,6 +40,7 @@ pub(crate) fn register(
     )));
     ctx.register_udf(ScalarUDF::from(UserAttribute {
         attributes: attributes.clone(),
+        lists: lists.clone(),
         signature: Signature::one_of(
             vec![
                 TypeSignature::Exact(vec![DataType::Utf8]),
@@ -93,11 +97,13 @@ impl ScalarUDFImpl for Fact {
     }
 }
 
-/// `user_attribute('region')`: the caller's attribute as text, a list of text for an
-/// attribute with several values, NULL when the caller has none of that name.
+/// `user_attribute('region')`: the caller's attribute as text, or a list of text for an
+/// attribute some user holds as a list; NULL when the caller has none of that name.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct UserAttribute {
     attributes: Attributes,
+    /// Attributes that are lists, for every user.
+    lists: BTreeSet<String>,
     signature: Signature,
 }
 
@@ -108,10 +114,13 @@ impl UserAttribute {
                 "user_attribute takes the attribute's name as a literal, as in user_attribute('region')"
             );
         };
-        Ok(match self.attributes.get(name) {
-            Some(AttributeValue::One(v)) => ScalarValue::Utf8(Some(v.clone())),
-            Some(AttributeValue::Many(vs)) => strings(vs),
-            None => ScalarValue::Utf8(None),
+        let list = self.lists.contains(name);
+        Ok(match (self.attributes.get(name), list) {
+            (Some(AttributeValue::One(v)), false) => ScalarValue::Utf8(Some(v.clone())),
+            (Some(AttributeValue::One(v)), true) => strings(std::slice::from_ref(v)),
+            (Some(AttributeValue::Many(vs)), _) => strings(vs),
+            (None, false) => ScalarValue::Utf8(None),
+            (None, true) => ScalarValue::try_from(&strings(&[]).data_type())?,
         })
     }
 }
@@ -162,23 +171,26 @@ mod tests {
                 AttributeValue::Many(vec!["a".into(), "b".into()]),
             ),
         ]);
+        let lists = BTreeSet::from(["teams".to_string(), "sites".to_string()]);
         register(
             &ctx,
             "ann@example.com",
             &["Everyone".into(), "sales".into()],
             &attributes,
+            &lists,
         );
         let out = show(
             &ctx,
             "SELECT current_user() AS u, user_attribute('region') AS r, \
              array_has(user_attribute('teams'), 'b') AS in_b, \
              array_has(current_user_groups(), 'sales') AS in_sales, \
-             user_attribute('unset') IS NULL AS unset",
+             user_attribute('unset') IS NULL AS unset, \
+             array_has(user_attribute('sites'), 'x') IS NULL AS no_sites",
         )
         .await
         .unwrap();
         assert!(
-            out.contains("| ann@example.com | EU | true | true     | true  |"),
+            out.contains("| ann@example.com | EU | true | true     | true  | true     |"),
             "{out}"
         );
         let e = show(

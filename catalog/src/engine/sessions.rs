@@ -390,7 +390,13 @@ impl QueryEngine {
             .principal(email)?
             .map(|p| p.groups().to_vec())
             .unwrap_or_default();
-        crate::engine::caller::register(ctx, email, &groups, &identity.attributes(email)?);
+        crate::engine::caller::register(
+            ctx,
+            email,
+            &groups,
+            &identity.attributes(email)?,
+            &identity.list_attributes()?,
+        );
         ctx.register_udf(MaskHash::udf(&self.mask_key()?));
         crate::engine::functions::bound_functions(ctx, pool);
         Ok(())

@@ -3,7 +3,7 @@
 //! every user instead of one grant per region. Set by admins, or from an identity
 //! provider's claims at each sign-in (`oidc.attributes`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -84,6 +84,18 @@ impl Identity<'_> {
     /// `email`'s attributes (none for an unknown user).
     pub fn attributes(&self, email: &str) -> Result<Attributes, CatalogError> {
         read(&self.0.conn()?, &email.trim().to_lowercase())
+    }
+
+    /// Names of the attributes some user holds as a list: `user_attribute` gives a list for
+    /// them to every user (one value becomes a list of one), so a condition has one type
+    /// whoever runs it.
+    pub fn list_attributes(&self) -> Result<BTreeSet<String>, CatalogError> {
+        let names: Vec<String> = self.0.conn()?.query_map(
+            "SELECT DISTINCT name FROM user_attributes WHERE value LIKE '[%'",
+            params![],
+            |r| r.get(0),
+        )?;
+        Ok(names.into_iter().collect())
     }
 
     /// Replaces `email`'s attributes with `attributes`.
