@@ -644,7 +644,7 @@ pub struct Policy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<String>,
     /// Row policies: the SQL condition a row must meet; it may use the caller
-    /// (`current_user()`, `current_user_groups()`, `user_attribute('region')`).
+    /// (`current_user`, `current_user_groups()`, `user_attribute('region')`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
     /// Row policies: AND-ed over grants and permissive policies (a row must meet it whatever

@@ -46,7 +46,11 @@ def test_admin_cli_manages_access_offline():
         ok("member", "add", "analysts", "gina@example.com")
         bad = admin(data, "grant", "tpch.nation", "--group", "analysts", "--row-filter", "n_nope = 3")
         assert bad.returncode != 0 and "n_nope" in bad.stderr
-        assert "grant" in ok("grant", "tpch.nation", "--group", "analysts", "--row-filter", "n_regionkey = 3",
+        ok("user", "set-attribute", "gina@example.com", "region", "3")
+        bad = admin(data, "user", "set-attribute", "gina@example.com", "Region", "3")
+        assert bad.returncode != 0 and "not an attribute name" in bad.stderr
+        assert "grant" in ok("grant", "tpch.nation", "--group", "analysts", "--row-filter",
+                             "CAST(n_regionkey AS VARCHAR) = user_attribute('region')",
                              "--mask", "n_comment='redacted'", "--hide", "n_regionkey")
         token = ok("token", "create", "gina@example.com", "--name", "cli").strip()
         assert token.startswith("qvr_")

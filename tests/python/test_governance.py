@@ -278,7 +278,7 @@ def test_one_grant_with_user_attributes_serves_every_region(gov):
     assert regions == {"one": [1], "two": [2, 3], "none": []}
     # The caller's functions answer for the caller.
     got = rows(server, people["two"], PASSWORD,
-               f"SELECT current_user() AS u, array_has(current_user_groups(), '{group}') AS member, "
+               f"SELECT current_user AS u, array_has(current_user_groups(), '{group}') AS member, "
                "user_attribute('regions') AS r, user_attribute('unset') AS unset")
     assert got == [{"u": people["two"], "member": True, "r": ["2", "3"], "unset": None}]
     # A change reaches the next query.
@@ -350,17 +350,17 @@ def test_tags_and_policies_in_the_configuration_file(tmp_path):
 
 def test_view_as_gives_exactly_what_the_user_gets_and_is_audited(gov):
     server, admin = gov
-    reader, group, grant = user_granted(server, admin, "viewed", "tpch.customer", PASSWORD,
-                                        row_filter="c_nationkey = 7", column_masks={"c_phone": "'***'",
-                                                                                    "c_address": None})
-    sql = "SELECT c_custkey, c_name, c_phone FROM tpch.customer ORDER BY c_custkey LIMIT 5"
+    reader, group, grant = user_granted(server, admin, "viewed", "tpch.part", PASSWORD,
+                                        row_filter="p_size = 7", column_masks={"p_brand": "'***'",
+                                                                               "p_comment": None})
+    sql = "SELECT p_partkey, p_name, p_brand FROM tpch.part ORDER BY p_partkey LIMIT 5"
     own = rows(server, reader, PASSWORD, sql)
     status, seen = api(server, "POST", "/api/admin/preview", admin, {"as": reader, "sql": sql})
     assert status == 200, seen
     assert seen["rows"] == own and seen["as"] == reader and not seen["truncated"]
-    assert [c["name"] for c in seen["columns"]] == ["c_custkey", "c_name", "c_phone"]
-    assert {r["c_phone"] for r in seen["rows"]} == {"***"}
-    effects = {"tpch.customer": {"rows_filtered": True, "masked_columns": ["c_phone"]}}
+    assert [c["name"] for c in seen["columns"]] == ["p_partkey", "p_name", "p_brand"]
+    assert {r["p_brand"] for r in seen["rows"]} == {"***"}
+    effects = {"tpch.part": {"rows_filtered": True, "masked_columns": ["p_brand"]}}
     assert seen["policy"] == effects
     # The user's own Flight SQL answer says the same in its FlightInfo (and never the how).
     import json
@@ -373,14 +373,14 @@ def test_view_as_gives_exactly_what_the_user_gets_and_is_audited(gov):
     options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(reader, PASSWORD)])
     info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)), options)
     assert json.loads(info.app_metadata) == {"policy": effects}
-    assert b"c_nationkey" not in info.app_metadata
+    assert b"p_size" not in info.app_metadata
     admin_client = flight.FlightClient(server.uri)
     options = flight.FlightCallOptions(headers=[admin_client.authenticate_basic_token(ADMIN_EMAIL, ADMIN_PASSWORD)])
     assert admin_client.get_flight_info(flight.FlightDescriptor.for_command(statement_command(sql)),
                                         options).app_metadata == b""
 
     # The user's errors, in the user's words: a hidden column, a table they lack.
-    for bad, expected in [("SELECT c_address FROM tpch.customer", "c_address"),
+    for bad, expected in [("SELECT p_comment FROM tpch.part", "p_comment"),
                           ("SELECT * FROM tpch.orders", "orders")]:
         status, seen = api(server, "POST", "/api/admin/preview", admin, {"as": reader, "sql": bad})
         assert status == 200 and expected in seen["error"] and seen["rows"] == [], seen
@@ -389,7 +389,7 @@ def test_view_as_gives_exactly_what_the_user_gets_and_is_audited(gov):
         assert seen["error"] in str(e.value), (seen["error"], str(e.value))
 
     status, seen = api(server, "POST", "/api/admin/preview", admin,
-                       {"as": reader, "sql": "SELECT c_custkey FROM tpch.customer", "max_rows": 3})
+                       {"as": reader, "sql": "SELECT p_partkey FROM tpch.part", "max_rows": 3})
     assert status == 200 and len(seen["rows"]) == 3 and seen["truncated"], seen
 
     # Attacks: not an admin, an unknown user, a write, a malformed body.
@@ -466,40 +466,40 @@ def history(server, admin, **query):
 
 def test_access_history_tells_projected_from_filter_only_columns(gov):
     server, admin = gov
-    reader, group, grant = user_granted(server, admin, "audited", "tpch.customer", PASSWORD,
-                                        column_masks={"c_phone": "'***'"})
-    status, nation_grant = api(server, "POST", "/api/admin/grants", admin, {"group": group, "table": "tpch.nation"})
-    assert status == 201, nation_grant
-    rows(server, reader, PASSWORD, "SELECT c_name, c_phone FROM tpch.customer WHERE c_acctbal > 9000")
-    got = history(server, admin, table="tpch.customer", user=reader)
+    reader, group, grant = user_granted(server, admin, "audited", "tpch.part", PASSWORD,
+                                        column_masks={"p_brand": "'***'"})
+    status, more = api(server, "POST", "/api/admin/grants", admin, {"group": group, "table": "tpch.partsupp"})
+    assert status == 201, more
+    rows(server, reader, PASSWORD, "SELECT p_name, p_brand FROM tpch.part WHERE p_size > 40")
+    got = history(server, admin, table="tpch.part", user=reader)
     assert len(got) == 1, got
     assert {k: got[0][k] for k in ("user", "table", "columns_projected", "columns_filtered", "masked_columns",
                                    "policies")} == {
-        "user": reader, "table": "tpch.customer", "columns_projected": ["c_name", "c_phone"],
-        "columns_filtered": ["c_acctbal"], "masked_columns": ["c_phone"], "policies": [f"grant {grant['id']}"]}
+        "user": reader, "table": "tpch.part", "columns_projected": ["p_brand", "p_name"],
+        "columns_filtered": ["p_size"], "masked_columns": ["p_brand"], "policies": [f"grant {grant['id']}"]}
 
     rows(server, reader, PASSWORD,
-         "SELECT n.n_name, count(*) AS n FROM tpch.customer c JOIN tpch.nation n ON c.c_nationkey = n.n_nationkey "
-         "WHERE c.c_mktsegment = 'BUILDING' GROUP BY n.n_name")
+         "SELECT ps.ps_supplycost, count(*) AS n FROM tpch.part p JOIN tpch.partsupp ps "
+         "ON p.p_partkey = ps.ps_partkey WHERE p.p_type = 'STANDARD' GROUP BY ps.ps_supplycost")
     import time
 
     deadline = time.time() + 10
     while len(got := history(server, admin, user=reader)) < 3 and time.time() < deadline:
         time.sleep(0.2)
     joined = {r["table"]: r for r in got if r["statement_id"] == got[0]["statement_id"]}
-    assert joined["tpch.customer"]["columns_projected"] == []
-    assert joined["tpch.customer"]["columns_filtered"] == ["c_mktsegment", "c_nationkey"]
-    assert joined["tpch.nation"]["columns_projected"] == ["n_name"]
-    assert joined["tpch.nation"]["columns_filtered"] == ["n_nationkey"]
-    assert [r["statement_id"] for r in history(server, admin, table="tpch.customer", column="c_mktsegment",
+    assert joined["tpch.part"]["columns_projected"] == []
+    assert joined["tpch.part"]["columns_filtered"] == ["p_partkey", "p_type"]
+    assert joined["tpch.partsupp"]["columns_projected"] == ["ps_supplycost"]
+    assert joined["tpch.partsupp"]["columns_filtered"] == ["ps_partkey"]
+    assert [r["statement_id"] for r in history(server, admin, table="tpch.part", column="p_type",
                                                 user=reader)] == [got[0]["statement_id"]]
 
-    # "Who read c_phone unmasked" is one query for an admin, and the admin is among them.
-    rows(server, ADMIN_EMAIL, ADMIN_PASSWORD, "SELECT c_phone FROM tpch.customer LIMIT 1")
-    history(server, admin, user=ADMIN_EMAIL, table="tpch.customer")
+    # "Who read p_brand unmasked" is one query for an admin, and the admin is among them.
+    rows(server, ADMIN_EMAIL, ADMIN_PASSWORD, "SELECT p_brand FROM tpch.part LIMIT 1")
+    history(server, admin, user=ADMIN_EMAIL, table="tpch.part")
     who = rows(server, ADMIN_EMAIL, ADMIN_PASSWORD,
-               "SELECT DISTINCT \"user\" FROM system.access_history WHERE table_name = 'tpch.customer' "
-               "AND array_has(columns_projected, 'c_phone') AND NOT array_has(masked_columns, 'c_phone')")
+               "SELECT DISTINCT \"user\" FROM system.access_history WHERE table_name = 'tpch.part' "
+               "AND array_has(columns_projected, 'p_brand') AND NOT array_has(masked_columns, 'p_brand')")
     assert {r["user"] for r in who} >= {ADMIN_EMAIL} and reader not in {r["user"] for r in who}
     # Not for anyone else.
     token = login(server, reader, PASSWORD)

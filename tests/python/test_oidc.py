@@ -47,7 +47,7 @@ auth:
       scopes: [openid, email, profile, groups]
       allowed_domains: [example.com]
       groups_claim: groups
-      attributes: {region: region}
+      attributes: {{region: region}}
 """
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(["demo", "--scale", "0.01"], os.path.join(tmp, "data"), config=config,

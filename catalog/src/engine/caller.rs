@@ -1,5 +1,5 @@
 //! Functions about the caller, for grants' filters, row policies and masks:
-//! `current_user()`, `current_user_groups()` and `user_attribute('name')`. Each is fixed for
+//! `current_user`, `current_user_groups()` and `user_attribute('name')`. Each is fixed for
 //! a session (its principal's), so a condition such as `region = user_attribute('region')`
 //! becomes a comparison with a literal when planned.
 
@@ -181,7 +181,7 @@ mod tests {
         );
         let out = show(
             &ctx,
-            "SELECT current_user() AS u, user_attribute('region') AS r, \
+            "SELECT current_user AS u, user_attribute('region') AS r, \
              array_has(user_attribute('teams'), 'b') AS in_b, \
              array_has(current_user_groups(), 'sales') AS in_sales, \
              user_attribute('unset') IS NULL AS unset, \
