@@ -284,6 +284,13 @@ impl Conn<'_> {
             {
                 self.lost_race.set(true);
             }
+            // Text with a NUL character, which PostgreSQL cannot store (the embedded state
+            // can): the caller's input is at fault, not the server.
+            if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE {
+                return CatalogError::InvalidInput(
+                    "text may not contain NUL (\\0) characters".into(),
+                );
+            }
             if *code == SqlState::QUERY_CANCELED {
                 return CatalogError::StateUnavailable(
                     self.db.label.clone(),
